@@ -1,0 +1,96 @@
+"""The output block grid: which region each block id covers, and chunk-safe block shapes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# A block should hold about this many voxels when we are free to choose: big enough that
+# per-block overhead (halo reads, Python calls) is small, small enough to stay cache-friendly.
+TARGET_BLOCK_VOXELS = 64**3
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """A C-ordered grid of `block_shape` blocks over `shape`; edge blocks are cropped.
+
+    >>> grid = BlockGrid((5, 7), (2, 4))
+    >>> grid.grid_shape, grid.n_blocks
+    ((3, 2), 6)
+    >>> grid.block_slices(5)
+    (slice(4, 5, None), slice(4, 7, None))
+    """
+
+    shape: tuple[int, ...]
+    block_shape: tuple[int, ...]
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        return tuple(math.ceil(s / b) for s, b in zip(self.shape, self.block_shape))
+
+    @property
+    def n_blocks(self) -> int:
+        return math.prod(self.grid_shape)
+
+    def block_slices(self, block_id: int) -> tuple[slice, ...]:
+        """The region of block `block_id` (C order over the grid)."""
+        position = np.unravel_index(block_id, self.grid_shape)
+        return tuple(
+            slice(int(p) * b, min((int(p) + 1) * b, s))
+            for p, b, s in zip(position, self.block_shape, self.shape)
+        )
+
+    def validate_block_ids(self, block_ids: Iterable[int]) -> list[int]:
+        """Sorted unique block ids, or a ValueError naming `block_ids` and the valid range."""
+        ids = []
+        for block_id in block_ids:
+            if not isinstance(block_id, (int, np.integer)) or isinstance(block_id, bool):
+                raise ValueError(f"block_ids must be integers, got {block_id!r}")
+            if not 0 <= block_id < self.n_blocks:
+                raise ValueError(
+                    f"block_ids must lie in [0, {self.n_blocks}) for a grid of {self.grid_shape} "
+                    f"blocks of shape {self.block_shape}; got {block_id}"
+                )
+            ids.append(int(block_id))
+        return sorted(set(ids))
+
+
+def default_block_shape(shape: Sequence[int], write_unit: Sequence[int] | None) -> tuple[int, ...]:
+    """A block shape that is a multiple of `write_unit` (chunk or shard) and holds about
+    TARGET_BLOCK_VOXELS: axes are doubled in turn, last (fastest) axis first, never past `shape`.
+
+    >>> default_block_shape((512, 512, 512), (32, 32, 32))
+    (64, 64, 64)
+    >>> default_block_shape((10, 1000), None)
+    (10, 1000)
+    """
+    unit = write_unit if write_unit is not None else (1,) * len(shape)
+    block = [min(u, s) for u, s in zip(unit, shape)]
+    while math.prod(block) < TARGET_BLOCK_VOXELS and block != list(shape):
+        for axis in reversed(range(len(shape))):
+            if math.prod(block) < TARGET_BLOCK_VOXELS:
+                block[axis] = min(block[axis] * 2, shape[axis])
+    return tuple(block)
+
+
+def check_block_shape(block_shape: Sequence[int], write_unit: Sequence[int] | None, shape: Sequence[int]) -> tuple[int, ...]:
+    """Validate an explicit `block_shape`: positive ints, one per axis, and a multiple of the
+    output's chunks (or shards) so that no two blocks ever write the same chunk."""
+    block = tuple(block_shape)
+    if len(block) != len(shape) or any(
+        not isinstance(b, (int, np.integer)) or isinstance(b, bool) or b < 1 for b in block
+    ):
+        raise ValueError(f"block_shape must be {len(shape)} positive integers, got {block_shape!r}")
+    if write_unit is not None:
+        unaligned = [
+            axis for axis, (b, u, s) in enumerate(zip(block, write_unit, shape)) if b % u and b < s
+        ]
+        if unaligned:
+            raise ValueError(
+                f"block_shape {block} is not a multiple of the output's chunk/shard shape "
+                f"{tuple(write_unit)} (axes {unaligned}): two blocks would write the same chunk"
+            )
+    return tuple(int(b) for b in block)

@@ -1,0 +1,23 @@
+"""Short human-readable names for inputs and outputs, for flow run names and logs."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+
+def describe(data: Any) -> str:
+    """'raw.zarr/volume' for paths (last two parts), 'numpy(64, 64) uint8' for arrays.
+
+    >>> describe("data/raw.zarr/volume"), describe(np.zeros((2, 3), np.uint8)), describe(None)
+    ('raw.zarr/volume', 'numpy(2, 3) uint8', 'memory')
+    """
+    if data is None:
+        return "memory"
+    if isinstance(data, (str, os.PathLike)):
+        return "/".join(os.fspath(data).rstrip("/").split("/")[-2:])
+    if isinstance(data, np.ndarray):
+        return f"numpy{data.shape} {data.dtype}"
+    return getattr(data, "name", type(data).__name__)

@@ -1,0 +1,88 @@
+"""Where results go: check an output against what will be written (before any write), then
+create or open it. A missing output path is created as zarr (v3, or v2 inside a v2 container) or
+n5; an existing one must have the right shape and a dtype that holds the result."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorstore as ts
+import zarr
+
+from bioimage_tasks.grid import default_block_shape
+from bioimage_tasks.sources import ArraySource, ContainerPath, Source, TensorStoreSource, as_source
+
+
+@dataclass(frozen=True, eq=False)
+class OutputPlan:
+    """A checked output: an existing sink, or what to create. `open()` does the creating."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    existing: Source | None = None
+    create_at: ContainerPath | None = None
+    chunks: tuple[int, ...] | None = None
+
+    @property
+    def write_unit(self) -> tuple[int, ...] | None:
+        return self.existing.write_unit if self.existing is not None else self.chunks
+
+    @property
+    def in_memory(self) -> bool:
+        return self.existing is None and self.create_at is None
+
+    def open(self) -> ArraySource | TensorStoreSource:
+        if self.existing is not None:
+            return self.existing
+        if self.create_at is None:
+            return ArraySource(np.zeros(self.shape, self.dtype), "memory")
+        return create_array(self.create_at, self.shape, self.dtype, self.chunks)
+
+
+def plan_output(output: Any, shape: tuple[int, ...], dtype: np.dtype) -> OutputPlan:
+    """Check `output` can receive an array of `shape` and `dtype`; raise ValueError naming `output`
+    otherwise. Nothing is created or written here."""
+    dtype = np.dtype(dtype)
+    if output is None:
+        return OutputPlan(shape, dtype)
+    if isinstance(output, (str, os.PathLike)):
+        path = ContainerPath.parse(os.fspath(output), "output")
+        if not path.exists():
+            return OutputPlan(shape, dtype, create_at=path, chunks=default_block_shape(shape, None))
+        existing = path.open("r+")
+    else:
+        existing = as_source(output, "output")
+        if not hasattr(existing, "write"):
+            raise ValueError(f"output must be writable (a numpy, zarr or tensorstore array), got {output!r}")
+    if existing.shape != shape:
+        raise ValueError(f"output has shape {existing.shape}, expected {shape}")
+    if not np.can_cast(dtype, existing.dtype, "safe"):
+        raise ValueError(f"output dtype {existing.dtype} cannot hold the result dtype {dtype}")
+    return OutputPlan(shape, existing.dtype, existing=existing)
+
+
+def create_array(path: ContainerPath, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...]) -> ArraySource | TensorStoreSource:
+    """Create an empty (fill value 0) array at `path`, zarr or n5 by its container suffix."""
+    if path.format == "n5":
+        spec = path.n5_spec() | {
+            "metadata": {
+                "dimensions": list(shape),
+                "blockSize": list(chunks),
+                "dataType": np.dtype(dtype).name,
+                "compression": {"type": "gzip"},
+            }
+        }
+        return TensorStoreSource(ts.open(spec, create=True).result(), str(path))
+    array = zarr.create_array(
+        store=path.container,
+        name=path.key or None,
+        shape=shape,
+        dtype=dtype,
+        chunks=chunks,
+        fill_value=0,
+        zarr_format=path.zarr_format(),
+    )
+    return ArraySource(array, str(path))

@@ -1,0 +1,157 @@
+"""Array sources and sinks behind one small interface: numpy arrays, zarr v2/v3 arrays (zarr-python)
+and n5 datasets (tensorstore), addressed as objects or as `"path/container.zarr/key"` strings."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import tensorstore as ts
+import zarr
+
+CONTAINER_SUFFIXES = (".zarr", ".n5")
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Anything block-wise code reads from: a shape, a dtype, numpy-style slicing, and the unit a
+    writer must own whole (chunk or shard; None for in-memory arrays)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    @property
+    def write_unit(self) -> tuple[int, ...] | None: ...
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True, eq=False)
+class ArraySource:
+    """A numpy or zarr array (anything with numpy slicing); also the sink that writes into it."""
+
+    array: Any
+    name: str = "array"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    @property
+    def write_unit(self) -> tuple[int, ...] | None:
+        shards = getattr(self.array, "shards", None)
+        chunks = shards or getattr(self.array, "chunks", None)
+        return tuple(chunks) if chunks is not None else None
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        return np.asarray(self.array[key])
+
+    def write(self, key: tuple[slice, ...], values: np.ndarray) -> None:
+        self.array[key] = values
+
+
+@dataclass(frozen=True, eq=False)
+class TensorStoreSource:
+    """A tensorstore array (n5 datasets); also the sink that writes into it."""
+
+    store: ts.TensorStore
+    name: str = "tensorstore"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.store.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.store.dtype.numpy_dtype)
+
+    @property
+    def write_unit(self) -> tuple[int, ...] | None:
+        return tuple(int(s) for s in self.store.chunk_layout.write_chunk.shape)
+
+    @property
+    def array(self) -> ts.TensorStore:
+        return self.store
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        return self.store[key].read().result()
+
+    def write(self, key: tuple[slice, ...], values: np.ndarray) -> None:
+        self.store[key].write(values).result()
+
+
+@dataclass(frozen=True)
+class ContainerPath:
+    """`"data/raw.zarr/volume"` split into container `data/raw.zarr`, key `volume`, format zarr."""
+
+    container: str
+    key: str
+    format: str  # "zarr" or "n5"
+
+    @classmethod
+    def parse(cls, path: str, parameter: str) -> ContainerPath:
+        parts = path.rstrip("/").split("/")
+        for index, part in enumerate(parts):
+            for suffix in CONTAINER_SUFFIXES:
+                if part.endswith(suffix) and len(part) > len(suffix):
+                    return cls("/".join(parts[: index + 1]) or "/", "/".join(parts[index + 1 :]), suffix[1:])
+        raise ValueError(
+            f"{parameter} must be 'path/container.zarr/key' or 'path/container.n5/key', got {path!r}"
+        )
+
+    def exists(self) -> bool:
+        metadata = ("attributes.json",) if self.format == "n5" else ("zarr.json", ".zarray")
+        return any(os.path.exists(os.path.join(self.container, self.key, m)) for m in metadata)
+
+    def zarr_format(self) -> int:
+        """2 inside an existing zarr v2 container, else 3."""
+        return 2 if os.path.exists(os.path.join(self.container, ".zgroup")) else 3
+
+    def open(self, mode: str = "r") -> ArraySource | TensorStoreSource:
+        if not self.exists():
+            raise FileNotFoundError(f"no {self.format} array at {self.container!r} key {self.key!r}")
+        if self.format == "n5":
+            return TensorStoreSource(ts.open(self.n5_spec(), open=True).result(), str(self))
+        return ArraySource(zarr.open_array(store=self.container, path=self.key, mode=mode), str(self))
+
+    def n5_spec(self) -> dict:
+        return {"driver": "n5", "kvstore": {"driver": "file", "path": self.container}, "path": self.key}
+
+    def __str__(self) -> str:
+        return f"{self.container}/{self.key}" if self.key else self.container
+
+
+def as_source(data: Any, parameter: str = "input") -> Source:
+    """Wrap `data` (numpy array, zarr array, tensorstore, path string or a Source) as a Source;
+    a path that does not exist raises FileNotFoundError naming `parameter`."""
+    if isinstance(data, (str, os.PathLike)):
+        path = ContainerPath.parse(os.fspath(data), parameter)
+        try:
+            return path.open("r")
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{parameter}: {error}") from None
+    if isinstance(data, Source):
+        return data
+    if isinstance(data, ts.TensorStore):
+        return TensorStoreSource(data)
+    if isinstance(data, (np.ndarray, zarr.Array)):
+        return ArraySource(data, _describe(data))
+    raise TypeError(
+        f"{parameter} must be a numpy array, a zarr array, a tensorstore, or a "
+        f"'path/container.zarr/key' string, got {type(data).__name__}"
+    )
+
+
+def _describe(array: np.ndarray | zarr.Array) -> str:
+    if isinstance(array, zarr.Array):
+        return f"{getattr(array.store, 'root', array.store)}/{array.path}"
+    return f"numpy{array.shape}"

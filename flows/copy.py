@@ -1,0 +1,47 @@
+"""`copy_flow`: block-wise copy between formats, or persisting a lazy source such as a ResizedSource."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from bioimage_tasks.naming import describe
+from bioimage_tasks.planning import plan_blockwise
+from bioimage_tasks.runners import RunnerConfig, check_backend, make_task_runner
+from bioimage_tasks.sources import as_source
+from bioimage_tasks.tasks import run_plan
+
+
+def _run_name() -> str:
+    parameters = flow_run.parameters
+    return f"copy {describe(parameters['input'])} -> {describe(parameters.get('output'))}"
+
+
+@flow(name="copy", flow_run_name=_run_name, validate_parameters=False)
+def copy_flow(
+    input: Any,
+    output: Any = None,
+    *,
+    block_shape: Sequence[int] | None = None,
+    job_type: str = "local",
+    job_config: RunnerConfig | None = None,
+    num_workers: int = 1,
+    mask: Any = None,
+    block_ids: Sequence[int] | None = None,
+    resume_from: Any = None,
+) -> Any:
+    """Copy `input` (any source, e.g. zarr, n5, numpy or a ResizedSource) into `output` block-wise.
+
+    `output` is created if missing (zarr or n5 by its path) or must match the input's shape and
+    hold its dtype; without it a numpy array is returned. `block_shape`, `mask` and `block_ids` work
+    as in `downsample_flow`. Returns the output array.
+    """
+    config = check_backend(job_type, num_workers, job_config)
+    plan = plan_blockwise(
+        as_source(input), output, mask=mask, block_shape=block_shape, block_ids=block_ids, resume_from=resume_from
+    )
+    with make_task_runner(job_type, num_workers) as runner:
+        return run_plan(runner, plan, num_workers, config.blocks_per_task)

@@ -1,0 +1,87 @@
+"""`downsample_flow`: block-wise, exact downsampling of arrays larger than memory."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from bioimage_tasks.geometry import downscale_shape, normalize_factors
+from bioimage_tasks.naming import describe
+from bioimage_tasks.planning import plan_blockwise
+from bioimage_tasks.resampling import ResizedSource
+from bioimage_tasks.runners import RunnerConfig, check_backend, make_task_runner
+from bioimage_tasks.sources import as_source
+from bioimage_tasks.tasks import measure_source_range, run_plan
+
+METHODS = ("resize", "mean", "mode", "min", "max", "median", "stride")
+AVAILABLE_METHODS = ("resize",)
+
+
+def _run_name() -> str:
+    parameters = flow_run.parameters
+    factor = parameters["scale_factor"]
+    factor_text = "x".join(str(f) for f in factor) if isinstance(factor, Sequence) else str(factor)
+    return f"downsample {describe(parameters['input'])} x{factor_text} -> {describe(parameters.get('output'))}"
+
+
+def check_resize_options(method: str, order: int, anti_aliasing: bool) -> None:
+    """Reject an unknown or not yet available method and an order outside 0-5."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in AVAILABLE_METHODS:
+        raise NotImplementedError(f"method={method!r} is not available yet; use method='resize'")
+    if not isinstance(order, int) or isinstance(order, bool) or not 0 <= order <= 5:
+        raise ValueError(f"order must be an integer from 0 to 5, got {order!r}")
+    if not isinstance(anti_aliasing, bool):
+        raise ValueError(f"anti_aliasing must be True or False, got {anti_aliasing!r}")
+
+
+@flow(name="downsample", flow_run_name=_run_name, validate_parameters=False)
+def downsample_flow(
+    input: Any,
+    scale_factor: int | Sequence[int],
+    output: Any = None,
+    *,
+    order: int = 0,
+    anti_aliasing: bool = False,
+    method: str = "resize",
+    block_shape: Sequence[int] | None = None,
+    job_type: str = "local",
+    job_config: RunnerConfig | None = None,
+    num_workers: int = 1,
+    mask: Any = None,
+    block_ids: Sequence[int] | None = None,
+    resume_from: Any = None,
+) -> Any:
+    """Downsample `input` by `scale_factor` (an int or one int >= 1 per axis) block-wise.
+
+    The input (numpy, zarr v2/v3, n5, or a "path/container.zarr/key" string) is resampled to
+    `downscale_shape(shape, factors)` (ceil mode) exactly as scikit-image's whole-array
+    `resize(x, shape, order, anti_aliasing, mode="reflect", preserve_range=True)` would, cast back
+    to the input dtype (integers rounded to nearest). The defaults (order 0, no anti-aliasing) are
+    label-safe: order 0 picks input voxels, never mixes them.
+
+    `output` (array or path; created if missing) receives the result; without it a numpy array
+    is returned. `block_shape` is in output space and must be a multiple of the output's chunks
+    (default: derived from them). `mask` (output space) limits writes to its nonzero voxels;
+    `block_ids` limits the run to those blocks of the output grid. Returns the output array.
+    """
+    check_resize_options(method, order, anti_aliasing)
+    config = check_backend(job_type, num_workers, job_config)
+    source = as_source(input)
+    factors = normalize_factors(scale_factor, len(source.shape))
+    if source.dtype == bool and (order > 0 or anti_aliasing):
+        raise ValueError("a bool input needs order=0 and anti_aliasing=False (interpolation is undefined for bool)")
+    resized = ResizedSource(source, downscale_shape(source.shape, factors), order, anti_aliasing)
+    plan = plan_blockwise(
+        resized, output, mask=mask, block_shape=block_shape, block_ids=block_ids, resume_from=resume_from
+    )
+    with make_task_runner(job_type, num_workers) as runner:
+        if order >= 2:
+            value_range = measure_source_range(runner, source, num_workers)
+            plan = plan.with_source(replace(resized, value_range=value_range))
+        return run_plan(runner, plan, num_workers, config.blocks_per_task)
