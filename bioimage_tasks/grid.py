@@ -76,6 +76,16 @@ def default_block_shape(shape: Sequence[int], write_unit: Sequence[int] | None) 
     return tuple(block)
 
 
+def chunks_dividing(block_shape: Sequence[int], preferred: Sequence[int]) -> tuple[int, ...]:
+    """Per axis, the largest chunk size <= `preferred` that divides `block_shape`: chunks for a new
+    output that blocks of `block_shape` own whole.
+
+    >>> chunks_dividing((8, 512, 100), (64, 64, 64))
+    (8, 64, 50)
+    """
+    return tuple(max(d for d in range(1, min(b, p) + 1) if b % d == 0) for b, p in zip(block_shape, preferred))
+
+
 def check_block_shape(block_shape: Sequence[int], write_unit: Sequence[int] | None, shape: Sequence[int]) -> tuple[int, ...]:
     """Validate an explicit `block_shape`: positive ints, one per axis, and a multiple of the
     output's chunks (or shards) so that no two blocks ever write the same chunk."""

@@ -12,7 +12,7 @@ import numpy as np
 import tensorstore as ts
 import zarr
 
-from bioimage_tasks.grid import default_block_shape
+from bioimage_tasks.grid import chunks_dividing, default_block_shape
 from bioimage_tasks.sources import ArraySource, ContainerPath, Source, TensorStoreSource, as_source
 
 
@@ -42,16 +42,22 @@ class OutputPlan:
         return create_array(self.create_at, self.shape, self.dtype, self.chunks)
 
 
-def plan_output(output: Any, shape: tuple[int, ...], dtype: np.dtype) -> OutputPlan:
+def plan_output(
+    output: Any, shape: tuple[int, ...], dtype: np.dtype, block_shape: tuple[int, ...] | None = None
+) -> OutputPlan:
     """Check `output` can receive an array of `shape` and `dtype`; raise ValueError naming `output`
-    otherwise. Nothing is created or written here."""
+    otherwise. Nothing is created or written here. A new output gets chunks of about 64**3 voxels
+    that divide `block_shape` when one is given."""
     dtype = np.dtype(dtype)
     if output is None:
         return OutputPlan(shape, dtype)
     if isinstance(output, (str, os.PathLike)):
         path = ContainerPath.parse(os.fspath(output), "output")
         if not path.exists():
-            return OutputPlan(shape, dtype, create_at=path, chunks=default_block_shape(shape, None))
+            chunks = default_block_shape(shape, None)
+            if block_shape is not None:
+                chunks = chunks_dividing(block_shape, chunks)
+            return OutputPlan(shape, dtype, create_at=path, chunks=chunks)
         existing = path.open("r+")
     else:
         existing = as_source(output, "output")

@@ -40,13 +40,15 @@ def plan_blockwise(
         raise ValueError("block_ids and resume_from cannot be combined: block_ids re-runs exactly those blocks")
     if resume_from is not None:
         raise NotImplementedError("resume_from is not available yet; re-run with block_ids instead")
-    output_plan = plan_output(output, source.shape, source.dtype)
+    if block_shape is not None:
+        block_shape = check_block_shape(block_shape, None, source.shape)
+    output_plan = plan_output(output, source.shape, source.dtype, block_shape)
     unit = output_plan.write_unit
     if block_shape is None:
-        shape = default_block_shape(source.shape, unit)
+        block_shape = default_block_shape(source.shape, unit)
     else:
-        shape = check_block_shape(block_shape, unit, source.shape)
-    grid = BlockGrid(source.shape, shape)
+        check_block_shape(block_shape, unit, source.shape)
+    grid = BlockGrid(source.shape, block_shape)
     mask_source = None
     if mask is not None:
         mask_source = as_source(mask, "mask")

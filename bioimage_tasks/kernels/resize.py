@@ -125,13 +125,16 @@ def cast_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 def spline_weights(coords: np.ndarray, order: int) -> np.ndarray:
     """B-spline weights (n, order + 1) of the taps `first_tap(coords) + [0..order]`, evaluated
     by scipy itself on unit impulses so they are the weights its zoom uses. The weights depend
-    only on the position within the knot interval, which we move next to a short impulse signal;
-    that move is exact except for a last-bit rounding on the first few voxels of an axis."""
+    only on the position within the knot interval, so coordinates are moved by a whole number
+    next to a short impulse signal; the move is exact for coordinates >= offset + 1, smaller
+    ones are used as they are unless their taps would fold over the edge (orders >= 2 only,
+    whose recursive pre-filter is not bit-exact anyway)."""
     if order == 0:
         return np.ones((len(coords), 1))
     offset = order // 2 + 1
     knot = np.floor(coords) if order % 2 else np.floor(coords + 0.5)
-    near = (coords - knot) + offset
+    usable_as_is = (coords < offset + 1) & (first_tap(coords, order) >= 0)
+    near = np.where(usable_as_is, coords, (coords - knot) + offset)
     starts = first_tap(near, order)
     impulse = np.zeros(2 * offset + order + 3)
     weights = np.empty((len(coords), order + 1))
