@@ -1,0 +1,28 @@
+# One entry point for people and CI. `make demo` and `make test` set everything up from a fresh
+# clone (Python 3.11, pip) in .venv, with versions pinned by constraints.txt.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
+
+.PHONY: setup demo test clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) scripts/demo.py
+
+test: setup
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .prefect data

@@ -1,0 +1,102 @@
+"""Bad input is rejected before any output voxel is written: an existing output keeps its data,
+a new output path is never created, and each message names the parameter and what was expected."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import zarr
+
+from bioimage_tasks.runners import RunnerConfig
+from flows import copy_flow, downsample_flow
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+SHAPE = (20, 22, 18)
+OUT_SHAPE = (10, 11, 9)
+SENTINEL = 99
+
+
+@pytest.fixture
+def setup(tmp_path, rng):
+    image = rng.integers(0, 1000, SHAPE).astype(np.uint16)
+    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint16", chunks=(8, 8, 8))[:] = image
+    existing = zarr.create_array(store=str(tmp_path / "out.zarr"), name="s1", shape=OUT_SHAPE, dtype="uint16",
+                                 chunks=(4, 4, 4))
+    existing[:] = SENTINEL
+    return tmp_path
+
+
+BAD_CALLS = [  # (keyword changes, exception, message pattern)
+    ({"scale_factor": (2, 2)}, ValueError, r"scale_factor must have one entry per input axis \(3\)"),
+    ({"scale_factor": (2, 0, 2)}, ValueError, r"scale_factor entries must be >= 1"),
+    ({"scale_factor": 1.5}, ValueError, r"scale_factor must be an int"),
+    ({"scale_factor": (2, 2.5, 2)}, ValueError, r"scale_factor entries must be integers"),
+    ({"order": 6}, ValueError, r"order must be an integer from 0 to 5"),
+    ({"order": -1}, ValueError, r"order must be an integer from 0 to 5"),
+    ({"job_type": "cloud"}, ValueError, r"job_type must be one of"),
+    ({"job_type": "slurm"}, NotImplementedError, r"job_type='slurm' is not available yet"),
+    ({"method": "bilinear"}, ValueError, r"method must be one of"),
+    ({"method": "mode"}, NotImplementedError, r"method='mode' is not available yet"),
+    ({"num_workers": 0}, ValueError, r"num_workers must be an integer >= 1"),
+    ({"job_config": {"cores": 4}}, ValueError, r"job_config must be a RunnerConfig"),
+    ({"mask": np.ones((3, 3, 3), bool)}, ValueError, r"mask has shape \(3, 3, 3\), expected the output shape \(10, 11, 9\)"),
+    ({"input": "missing.zarr/raw"}, FileNotFoundError, r"input: no zarr array"),
+    ({"input": "not-a-container/raw"}, ValueError, r"input must be 'path/container.zarr/key'"),
+    ({"mask": "missing.zarr/mask"}, FileNotFoundError, r"mask: no zarr array"),
+    ({"block_ids": [0, 10_000]}, ValueError, r"block_ids must lie in \[0, 1\) for a grid of \(1, 1, 1\)"),
+    ({"block_ids": [0], "resume_from": "some-run"}, ValueError, r"block_ids and resume_from cannot be combined"),
+    ({"block_shape": (6, 4, 4)}, ValueError, r"block_shape \(6, 4, 4\) is not a multiple of the output's chunk/shard shape \(4, 4, 4\)"),
+    ({"block_shape": (4, 4)}, ValueError, r"block_shape must be 3 positive integers"),
+]
+
+
+@pytest.mark.parametrize("changes,error,pattern", BAD_CALLS, ids=[str(c[0])[:40] for c in BAD_CALLS])
+def test_bad_input_leaves_existing_output_untouched(setup, changes, error, pattern):
+    kwargs = {"input": f"{setup}/in.zarr/raw", "scale_factor": 2, "output": f"{setup}/out.zarr/s1"} | changes
+    for key in ("input", "mask"):
+        if isinstance(kwargs.get(key), str) and kwargs[key].startswith("missing"):
+            kwargs[key] = f"{setup}/{kwargs[key]}"
+    with pytest.raises(error, match=pattern):
+        downsample_flow(**kwargs)
+    assert np.all(zarr.open_array(str(setup / "out.zarr"), path="s1")[:] == SENTINEL)
+
+
+def test_bad_input_creates_no_new_output(setup):
+    with pytest.raises(ValueError, match="order"):
+        downsample_flow(f"{setup}/in.zarr/raw", 2, f"{setup}/new.zarr/s1", order=9)
+    with pytest.raises(ValueError, match="block_ids"):
+        downsample_flow(f"{setup}/in.zarr/raw", 2, f"{setup}/new.zarr/s1", block_ids=[-1])
+    assert not os.path.exists(setup / "new.zarr")
+
+
+def test_output_shape_and_dtype_are_checked(setup, rng):
+    with pytest.raises(ValueError, match=r"output has shape \(10, 11, 9\), expected \(7, 8, 6\)"):
+        downsample_flow(f"{setup}/in.zarr/raw", 3, f"{setup}/out.zarr/s1")
+    small = zarr.create_array(store=str(setup / "out.zarr"), name="u8", shape=OUT_SHAPE, dtype="uint8")
+    with pytest.raises(ValueError, match="output dtype uint8 cannot hold the result dtype uint16"):
+        downsample_flow(f"{setup}/in.zarr/raw", 2, small)
+    with pytest.raises(ValueError, match="output has shape"):
+        copy_flow(f"{setup}/in.zarr/raw", f"{setup}/out.zarr/s1")
+    assert np.all(zarr.open_array(str(setup / "out.zarr"), path="s1")[:] == SENTINEL)
+
+
+def test_bool_input_rejects_interpolation(rng):
+    labels = rng.random((8, 8)) > 0.5
+    with pytest.raises(ValueError, match="bool input needs order=0 and anti_aliasing=False"):
+        downsample_flow(labels, 2, order=1)
+    with pytest.raises(ValueError, match="bool input needs order=0 and anti_aliasing=False"):
+        downsample_flow(labels, 2, anti_aliasing=True)
+
+
+def test_runner_config_is_checked():
+    with pytest.raises(ValueError, match="blocks_per_task must be >= 1"):
+        RunnerConfig(blocks_per_task=0)
+
+
+def test_blocks_per_task_bounds_task_count(rng):
+    x = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+    result = downsample_flow(x, 2, block_shape=(4, 4), job_config=RunnerConfig(blocks_per_task=5))
+    np.testing.assert_array_equal(result, x[1::2, 1::2])
