@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from bioimage_tasks.grid import BlockGrid
 from bioimage_tasks.kernels.masking import merge_masked
+from bioimage_tasks.records import BlockRecords, executor
 from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource
 
 # Bounds on Prefect tasks per run: enough per worker to balance load, batches of at most
@@ -21,26 +22,31 @@ MAX_TASKS = 256
 
 @dataclass(frozen=True, eq=False)
 class BlockJob:
-    """Copy `source` into `sink` block by block over `grid`, only where `mask` is set."""
+    """Copy `source` into `sink` block by block over `grid`, only where `mask` is set, recording
+    each finished block in `records` (when the output has them)."""
 
     source: Source
     sink: ArraySource | TensorStoreSource
     grid: BlockGrid
     mask: Source | None = None
+    records: BlockRecords | None = None
 
 
 @dataclass
 class BatchReport:
-    """What a batch did: blocks written, blocks skipped because their mask is empty, voxels written."""
+    """What a batch did: blocks written, blocks skipped because their mask is empty, voxels
+    written, and who ran it (SLURM job or host:pid)."""
 
     written: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     voxels_written: int = 0
+    executors: set[str] = field(default_factory=set)
 
     def add(self, other: BatchReport) -> None:
         self.written += other.written
         self.skipped += other.skipped
         self.voxels_written += other.voxels_written
+        self.executors |= other.executors
 
 
 class BlocksFailedError(RuntimeError):
@@ -81,7 +87,7 @@ def process_block(job: BlockJob, block_id: int) -> int:
 
 def process_batch(job: BlockJob, block_ids: Sequence[int]) -> BatchReport:
     """Write a batch of blocks. Every block is attempted; if any failed, BlocksFailedError names them."""
-    report = BatchReport()
+    report = BatchReport(executors={executor()})
     failed: dict[int, str] = {}
     for block_id in block_ids:
         try:
@@ -89,6 +95,8 @@ def process_batch(job: BlockJob, block_ids: Sequence[int]) -> BatchReport:
         except Exception as error:  # noqa: BLE001 - reported per block, re-raised below
             failed[block_id] = f"{type(error).__name__}: {error}"
             continue
+        if job.records is not None:
+            job.records.mark_done(block_id)
         (report.written if voxels else report.skipped).append(block_id)
         report.voxels_written += voxels
     if failed:

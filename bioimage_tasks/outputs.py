@@ -13,6 +13,7 @@ import tensorstore as ts
 import zarr
 
 from bioimage_tasks.grid import chunks_dividing, default_block_shape
+from bioimage_tasks.records import TOKEN_ATTRIBUTE, new_token
 from bioimage_tasks.sources import ArraySource, ContainerPath, Source, TensorStoreSource, as_source
 
 
@@ -71,7 +72,8 @@ def plan_output(
 
 
 def create_array(path: ContainerPath, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...]) -> ArraySource | TensorStoreSource:
-    """Create an empty (fill value 0) array at `path`, zarr or n5 by its container suffix."""
+    """Create an empty (fill value 0) array at `path`, zarr or n5 by its container suffix, with a
+    fresh identity token in its attributes."""
     if path.format == "n5":
         spec = path.n5_spec() | {
             "metadata": {
@@ -81,7 +83,9 @@ def create_array(path: ContainerPath, shape: tuple[int, ...], dtype: np.dtype, c
                 "compression": {"type": "gzip"},
             }
         }
-        return TensorStoreSource(ts.open(spec, create=True).result(), str(path))
+        sink = TensorStoreSource(ts.open(spec, create=True).result(), str(path))
+        sink.set_attribute(TOKEN_ATTRIBUTE, new_token())
+        return sink
     array = zarr.create_array(
         store=path.container,
         name=path.key or None,
@@ -90,5 +94,18 @@ def create_array(path: ContainerPath, shape: tuple[int, ...], dtype: np.dtype, c
         chunks=chunks,
         fill_value=0,
         zarr_format=path.zarr_format(),
+        attributes={TOKEN_ATTRIBUTE: new_token()},
     )
     return ArraySource(array, str(path))
+
+
+def output_token(sink: ArraySource | TensorStoreSource) -> str | None:
+    """The output's identity token, written into its attributes on first use; it changes whenever
+    the output is deleted and recreated. None for outputs without a folder on disk."""
+    if getattr(sink, "directory", None) is None:
+        return None
+    token = sink.get_attribute(TOKEN_ATTRIBUTE)
+    if token is None:
+        token = new_token()
+        sink.set_attribute(TOKEN_ATTRIBUTE, token)
+    return token

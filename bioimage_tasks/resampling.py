@@ -52,6 +52,12 @@ class ResizedSource:
             return (0.0,) * len(self.shape)
         return anti_aliasing_sigma(self.source.shape, self.shape)
 
+    def fingerprint(self) -> dict | None:
+        inner = getattr(self.source, "fingerprint", None)
+        if inner is None:
+            return None
+        return {"resize": {"shape": self.shape, "order": self.order, "anti_aliasing": self.anti_aliasing}, "input": inner()}
+
     def clip_range(self) -> tuple[float, float] | None:
         """The range scikit-image clips to: only orders >= 2 can leave the input's range."""
         if self.order < 2:

@@ -1,46 +1,233 @@
-"""Backends: which Prefect task runner executes the batches for a `job_type`."""
+"""Backends: which Prefect task runner executes the batches for a `job_type`, with one typed
+config dataclass per backend. Threads run in the flow's process; every other backend is Prefect's
+DaskTaskRunner over a different Dask cluster, so the same task and kernel run everywhere."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
+from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
 
 JOB_TYPES = ("local", "subprocess", "slurm", "dask")
-AVAILABLE_JOB_TYPES = ("local",)
 
 
 @dataclass(frozen=True)
 class RunnerConfig:
     """Settings every backend shares. `blocks_per_task` fixes the batch size (default: chosen from
-    the block count and workers, see `blockwise.plan_batches`)."""
+    the block count and workers, see `blockwise.plan_batches`). A Dask backend that has had no
+    worker for `worker_timeout` seconds (all killed, or jobs stuck in a queue) fails the run with
+    a clear error instead of waiting forever; raise it where SLURM queues are slow."""
 
     blocks_per_task: int | None = None
+    worker_timeout: float = 900.0
 
     def __post_init__(self) -> None:
         if self.blocks_per_task is not None and self.blocks_per_task < 1:
             raise ValueError(f"job_config.blocks_per_task must be >= 1, got {self.blocks_per_task}")
+        if self.worker_timeout <= 0:
+            raise ValueError(f"job_config.worker_timeout must be > 0 seconds, got {self.worker_timeout}")
+
+
+@dataclass(frozen=True)
+class LocalClusterConfig(RunnerConfig):
+    """job_type="subprocess": a distributed.LocalCluster of `num_workers` processes on this machine."""
+
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"
+
+
+@dataclass(frozen=True)
+class SlurmConfig(RunnerConfig):
+    """job_type="slurm": Dask workers as SLURM jobs (dask-jobqueue), `num_workers` of them at most.
+
+    `setup` lines run in each job before the worker starts (e.g. `module load ...`, `source
+    venv/bin/activate`); `python` is the interpreter on the nodes (default: this one). Jobs scale
+    adaptively between `min_jobs` and `num_workers`, so killed or expired jobs are replaced."""
+
+    partition: str | None = None
+    walltime: str = "01:00:00"
+    memory: str = "4GB"
+    cores: int = 1
+    account: str | None = None
+    qos: str | None = None
+    extra_directives: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()
+    python: str | None = None
+    log_directory: str | None = None
+    interface: str | None = None
+    min_jobs: int = 1
+    job_name: str = "bioimage-tasks"
+
+    def cluster_kwargs(self) -> dict:
+        directives = list(self.extra_directives) + ([f"--qos={self.qos}"] if self.qos else [])
+        kwargs = {
+            "queue": self.partition,
+            "account": self.account,
+            "walltime": self.walltime,
+            "memory": self.memory,
+            "cores": self.cores,
+            "processes": 1,
+            "job_extra_directives": directives,
+            "job_script_prologue": list(self.setup),
+            "python": self.python or sys.executable,
+            "log_directory": self.log_directory,
+            "interface": self.interface,
+            "job_name": f"{self.job_name}-{uuid.uuid4().hex[:8]}",
+            "scheduler_options": {"dashboard_address": ":0"},
+        }
+        return {key: value for key, value in kwargs.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class DaskConfig(RunnerConfig):
+    """job_type="dask": an existing Dask scheduler (Kubernetes, dask-gateway, a shared cluster).
+    Its workers need this package installed and `PREFECT_API_URL` pointing at the flow's API."""
+
+    address: str = field(default="")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.address:
+            raise ValueError("DaskConfig.address must name the scheduler, e.g. 'tcp://host:8786'")
+
+
+CONFIG_TYPES: dict[str, type[RunnerConfig]] = {
+    "local": RunnerConfig,
+    "subprocess": LocalClusterConfig,
+    "slurm": SlurmConfig,
+    "dask": DaskConfig,
+}
 
 
 def check_backend(job_type: str, num_workers: int, job_config: RunnerConfig | None) -> RunnerConfig:
     """Validate the backend parameters before any work starts; return the effective config."""
     if job_type not in JOB_TYPES:
         raise ValueError(f"job_type must be one of {JOB_TYPES}, got {job_type!r}")
-    if job_type not in AVAILABLE_JOB_TYPES:
-        raise NotImplementedError(
-            f"job_type={job_type!r} is not available yet (only {AVAILABLE_JOB_TYPES}); use job_type='local'"
-        )
     if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
         raise ValueError(f"num_workers must be an integer >= 1, got {num_workers!r}")
-    if job_config is None:
-        return RunnerConfig()
-    if not isinstance(job_config, RunnerConfig):
-        raise ValueError(f"job_config must be a RunnerConfig for job_type={job_type!r}, got {job_config!r}")
-    return job_config
+    expected = CONFIG_TYPES[job_type]
+    config = RunnerConfig() if job_config is None else job_config
+    if type(config) is RunnerConfig and expected is not RunnerConfig:
+        # DaskConfig: asks for the address
+        config = expected(blocks_per_task=config.blocks_per_task, worker_timeout=config.worker_timeout)
+    if type(config) is not expected:
+        raise ValueError(f"job_config must be a {expected.__name__} for job_type={job_type!r}, got {job_config!r}")
+    return config
 
 
-def make_task_runner(job_type: str, num_workers: int) -> TaskRunner:
-    """A task runner for `job_type` (checked by `check_backend`): threads in this process for "local"."""
+def make_task_runner(job_type: str, num_workers: int, config: RunnerConfig) -> TaskRunner:
+    """The task runner for a checked backend."""
     if job_type == "local":
         return ThreadPoolTaskRunner(max_workers=num_workers)
-    raise NotImplementedError(f"job_type={job_type!r} is not available yet")
+    if job_type == "dask":
+        return DaskTaskRunner(address=config.address)
+    if job_type == "subprocess":
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={
+                "n_workers": num_workers,
+                "threads_per_worker": config.threads_per_worker,
+                "processes": True,
+                "memory_limit": config.memory_limit,
+                "dashboard_address": ":0",
+            },
+        )
+    return DaskTaskRunner(
+        cluster_class="dask_jobqueue.SLURMCluster",
+        cluster_kwargs=config.cluster_kwargs(),
+        adapt_kwargs={"minimum_jobs": min(config.min_jobs, num_workers), "maximum_jobs": num_workers},
+    )
+
+
+@contextlib.contextmanager
+def backend(job_type: str, num_workers: int, config: RunnerConfig) -> Iterator[TaskRunner]:
+    """Start the task runner for a backend and stop it (cancelling SLURM jobs) however the block
+    ends: normally, on an error, on Ctrl-C or on SIGTERM. Dask workers are pointed at this flow's
+    Prefect API first, so they do not each start a temporary server of their own."""
+    if job_type != "local":  # cluster chatter is not progress: keep it out of the run's log
+        for name in ["distributed", *logging.root.manager.loggerDict]:
+            if name.startswith("distributed"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+    with workers_use_this_api(job_type), sigterm_raises(), make_task_runner(job_type, num_workers, config) as runner:
+        yield runner
+
+
+@contextlib.contextmanager
+def workers_use_this_api(job_type: str) -> Iterator[None]:
+    """Export the flow's Prefect API URL (a server's, or the ephemeral one this process started)
+    to the environment that local and SLURM workers inherit, for the duration of the run."""
+    url = PREFECT_API_URL.value() or _ephemeral_api_url()
+    if job_type == "local" or not url or os.environ.get("PREFECT_API_URL") == url:
+        yield
+        return
+    previous = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = previous
+
+
+def _ephemeral_api_url() -> str | None:
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    return server.api_url if server.running else None
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit while the backend runs, so clusters and SLURM jobs are shut
+    down by the normal exit path instead of being left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(f"stopped by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class NoWorkersError(RuntimeError):
+    """The Dask cluster had no worker for longer than `worker_timeout`."""
+
+
+def worker_watchdog(runner: TaskRunner, timeout: float) -> Callable[[], None]:
+    """A check to call while waiting on a runner: raises NoWorkersError once a Dask runner has had
+    no connected worker for `timeout` seconds; does nothing for threads."""
+    if not isinstance(runner, DaskTaskRunner):
+        return lambda: None
+    missing_since: float | None = None
+
+    def check() -> None:
+        nonlocal missing_since
+        if runner.client.scheduler_info(n_workers=-1).get("workers"):
+            missing_since = None
+            return
+        missing_since = missing_since or time.monotonic()
+        if time.monotonic() - missing_since > timeout:
+            raise NoWorkersError(
+                f"no Dask worker for {timeout:.0f} s (workers killed, or jobs not starting); finished "
+                "blocks are kept: re-run the same call to resume"
+            )
+
+    return check

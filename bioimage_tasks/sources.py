@@ -3,6 +3,8 @@ and n5 datasets (tensorstore), addressed as objects or as `"path/container.zarr/
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -58,6 +60,25 @@ class ArraySource:
     def write(self, key: tuple[slice, ...], values: np.ndarray) -> None:
         self.array[key] = values
 
+    @property
+    def directory(self) -> str | None:
+        """The array's folder on the local file system (None in memory or on other stores)."""
+        root = getattr(getattr(self.array, "store", None), "root", None)
+        return os.path.join(str(root), self.array.path) if root is not None else None
+
+    def fingerprint(self) -> dict:
+        """What identifies this data: its location and metadata, or for numpy its content."""
+        identity = {"shape": self.shape, "dtype": str(self.dtype), "chunks": self.write_unit}
+        if isinstance(self.array, np.ndarray):
+            return identity | {"numpy": hashlib.blake2b(np.ascontiguousarray(self.array).data, digest_size=16).hexdigest()}
+        return identity | {"zarr": self.directory or repr(self.array.store)}
+
+    def get_attribute(self, name: str) -> Any:
+        return None if isinstance(self.array, np.ndarray) else self.array.attrs.get(name)
+
+    def set_attribute(self, name: str, value: Any) -> None:
+        self.array.attrs[name] = value
+
 
 @dataclass(frozen=True, eq=False)
 class TensorStoreSource:
@@ -87,6 +108,31 @@ class TensorStoreSource:
 
     def write(self, key: tuple[slice, ...], values: np.ndarray) -> None:
         self.store[key].write(values).result()
+
+    @property
+    def directory(self) -> str | None:
+        """The dataset's folder for file-backed n5 (None otherwise)."""
+        kvstore = self.store.kvstore
+        return kvstore.path.rstrip("/") if kvstore is not None and kvstore.url.startswith("file://") else None
+
+    def fingerprint(self) -> dict:
+        return {"shape": self.shape, "dtype": str(self.dtype), "chunks": self.write_unit, "n5": self.directory}
+
+    def _attributes_file(self) -> str:
+        return os.path.join(self.directory, "attributes.json")
+
+    def get_attribute(self, name: str) -> Any:
+        if self.directory is None:
+            return None
+        with open(self._attributes_file()) as stream:
+            return json.load(stream).get(name)
+
+    def set_attribute(self, name: str, value: Any) -> None:
+        with open(self._attributes_file()) as stream:
+            attributes = json.load(stream)
+        attributes[name] = value
+        with open(self._attributes_file(), "w") as stream:
+            json.dump(attributes, stream)
 
 
 @dataclass(frozen=True)

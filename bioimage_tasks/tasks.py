@@ -9,15 +9,19 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
 from prefect.runtime import task_run
 from prefect.task_runners import TaskRunner
-from prefect.utilities.annotations import quote, unmapped
+from prefect.utilities.annotations import unmapped
 
 from bioimage_tasks.blockwise import BatchReport, BlockJob, BlocksFailedError, plan_batches, process_batch
 from bioimage_tasks.grid import BlockGrid, default_block_shape
-from bioimage_tasks.planning import BlockwisePlan
+from bioimage_tasks.planning import BlockwisePlan, block_records
 from bioimage_tasks.resampling import combine_ranges, measure_value_range
+from bioimage_tasks.runners import RunnerConfig, worker_watchdog
 from bioimage_tasks.sources import Source
+
+WATCH_INTERVAL = 5.0  # seconds between worker checks while batches run
 
 
 def _batch_run_name() -> str:
@@ -37,54 +41,73 @@ def measure_range(source: Source, block_ids: list[int]) -> tuple[float, float]:
     return measure_value_range(source, block_ids)
 
 
-def map_batches(runner: TaskRunner, task_fn: Any, fixed: dict[str, Any], batches: Sequence[list[int]]) -> list[Any]:
+def map_batches(
+    runner: TaskRunner, task_fn: Any, fixed: dict[str, Any], batches: Sequence[list[int]], worker_timeout: float
+) -> list[Any]:
     """Run `task_fn(**fixed, block_ids=batch)` for every batch on `runner` and return the results in
     order; if any batch failed, raise BlocksFailedError listing every failed block. `fixed` values
-    are passed as they are (quoted: Prefect neither maps nor inspects them)."""
-    parameters = {name: unmapped(quote(value)) for name, value in fixed.items()}
+    go unmapped to every task. A Dask backend without workers for `worker_timeout` s fails."""
+    parameters = {name: unmapped(value) for name, value in fixed.items()}
     futures = runner.map(task_fn, parameters | {"block_ids": batches})
+    check_workers = worker_watchdog(runner, worker_timeout)
+    pending = list(futures)
+    while pending:
+        pending = list(wait(pending, timeout=WATCH_INTERVAL).not_done)
+        if pending:
+            check_workers()
     results, failed = [], {}
     for batch, future in zip(batches, futures):
-        future.wait()
+        future.wait()  # done already; this stores the final state on Dask futures
         state = future.state
         if state.is_completed():
             results.append(future.result())
             continue
-        error = state.result(raise_on_failure=False)
+        error = state.result(raise_on_failure=False) if state.is_final() else None
         if isinstance(error, BlocksFailedError):
             failed.update(error.failures)
         else:
-            failed.update({block_id: f"{type(error).__name__}: {error}" for block_id in batch})
+            reason = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else f"task {state.type.value}"
+            failed.update({block_id: reason for block_id in batch})
     if failed:
         raise BlocksFailedError(failed, sum(len(b) for b in batches))
     return results
 
 
-def measure_source_range(runner: TaskRunner, source: Source, num_workers: int) -> tuple[float, float]:
+def measure_source_range(runner: TaskRunner, source: Source, num_workers: int, config: RunnerConfig) -> tuple[float, float]:
     """The whole source's (min, max), measured in parallel batches."""
     grid = BlockGrid(source.shape, default_block_shape(source.shape, source.write_unit))
-    ranges = map_batches(runner, measure_range, {"source": source}, plan_batches(range(grid.n_blocks), num_workers))
+    batches = plan_batches(range(grid.n_blocks), num_workers, config.blocks_per_task)
+    ranges = map_batches(runner, measure_range, {"source": source}, batches, config.worker_timeout)
     return combine_ranges(ranges)
 
 
-def run_plan(runner: TaskRunner, plan: BlockwisePlan, num_workers: int, blocks_per_task: int | None) -> Any:
-    """Create/open the output, write every planned block in batches, and return the output array."""
+def run_plan(runner: TaskRunner, plan: BlockwisePlan, num_workers: int, config: RunnerConfig) -> Any:
+    """Create/open the output, write every planned block that is not recorded as done (explicit
+    `block_ids` are always rewritten) in batches, and return the output array."""
     logger = get_run_logger()
     sink = plan.output.open()
-    job = BlockJob(plan.source, sink, plan.grid, plan.mask)
-    batches = plan_batches(plan.block_ids, num_workers, blocks_per_task)
+    records = block_records(plan, sink)
+    todo = plan.block_ids
+    if records is not None:
+        if plan.explicit_block_ids:
+            records.forget(todo)
+        done = records.done()
+        todo = [block_id for block_id in todo if block_id not in done]
+    job = BlockJob(plan.source, sink, plan.grid, plan.mask, records)
+    batches = plan_batches(todo, num_workers, config.blocks_per_task)
     logger.info(
-        "grid of %d blocks of shape %s over %s; running %d blocks in %d batches on %d workers",
-        plan.grid.n_blocks, plan.grid.block_shape, plan.grid.shape, len(plan.block_ids), len(batches), num_workers,
+        "grid of %d blocks of shape %s over %s; %d of %d planned blocks already done; "
+        "running %d blocks in %d batches on %d workers",
+        plan.grid.n_blocks, plan.grid.block_shape, plan.grid.shape, len(plan.block_ids) - len(todo),
+        len(plan.block_ids), len(todo), len(batches), num_workers,
     )
     started = time.perf_counter()
     report = BatchReport()
-    for batch_report in map_batches(runner, process_blocks, {"job": job}, batches):
+    for batch_report in map_batches(runner, process_blocks, {"job": job}, batches, config.worker_timeout):
         report.add(batch_report)
     logger.info(
-        "wrote %d blocks (%d skipped, empty mask), %d voxels, in %.2f s to %s",
+        "wrote %d blocks (%d skipped, empty mask), %d voxels, in %.2f s to %s; ran on %s",
         len(report.written), len(report.skipped), report.voxels_written, time.perf_counter() - started,
-        getattr(sink, "name", "output"),
+        getattr(sink, "name", "output"), ", ".join(sorted(report.executors)) or "nothing",
     )
     return sink.array
-

@@ -10,7 +10,7 @@ from prefect.runtime import flow_run
 
 from bioimage_tasks.naming import describe
 from bioimage_tasks.planning import plan_blockwise
-from bioimage_tasks.runners import RunnerConfig, check_backend, make_task_runner
+from bioimage_tasks.runners import RunnerConfig, backend, check_backend
 from bioimage_tasks.sources import as_source
 from bioimage_tasks.tasks import run_plan
 
@@ -41,7 +41,8 @@ def copy_flow(
     """
     config = check_backend(job_type, num_workers, job_config)
     plan = plan_blockwise(
-        as_source(input), output, mask=mask, block_shape=block_shape, block_ids=block_ids, resume_from=resume_from
+        as_source(input), output, mask=mask, block_shape=block_shape, block_ids=block_ids, resume_from=resume_from,
+        job_type=job_type,
     )
-    with make_task_runner(job_type, num_workers) as runner:
-        return run_plan(runner, plan, num_workers, config.blocks_per_task)
+    with backend(job_type, num_workers, config) as runner:
+        return run_plan(runner, plan, num_workers, config)

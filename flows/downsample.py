@@ -13,7 +13,7 @@ from bioimage_tasks.geometry import downscale_shape, normalize_factors
 from bioimage_tasks.naming import describe
 from bioimage_tasks.planning import plan_blockwise
 from bioimage_tasks.resampling import ResizedSource
-from bioimage_tasks.runners import RunnerConfig, check_backend, make_task_runner
+from bioimage_tasks.runners import RunnerConfig, backend, check_backend
 from bioimage_tasks.sources import as_source
 from bioimage_tasks.tasks import measure_source_range, run_plan
 
@@ -78,10 +78,11 @@ def downsample_flow(
         raise ValueError("a bool input needs order=0 and anti_aliasing=False (interpolation is undefined for bool)")
     resized = ResizedSource(source, downscale_shape(source.shape, factors), order, anti_aliasing)
     plan = plan_blockwise(
-        resized, output, mask=mask, block_shape=block_shape, block_ids=block_ids, resume_from=resume_from
+        resized, output, mask=mask, block_shape=block_shape, block_ids=block_ids, resume_from=resume_from,
+        job_type=job_type,
     )
-    with make_task_runner(job_type, num_workers) as runner:
+    with backend(job_type, num_workers, config) as runner:
         if order >= 2:
-            value_range = measure_source_range(runner, source, num_workers)
+            value_range = measure_source_range(runner, source, num_workers, config)
             plan = plan.with_source(replace(resized, value_range=value_range))
-        return run_plan(runner, plan, num_workers, config.blocks_per_task)
+        return run_plan(runner, plan, num_workers, config)

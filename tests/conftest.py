@@ -26,3 +26,30 @@ def prefect_server():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real single-node SLURM (Debian's slurmctld, slurmd, munge), started by the project's own
+    script. Skipped where it cannot run (not root, no apt); in CI (CI=true) it must run."""
+    import shutil
+    import subprocess
+
+    reason = None
+    if os.geteuid() != 0:
+        reason = "needs root to install and start slurmctld/slurmd/munged"
+    elif shutil.which("apt-get") is None and shutil.which("sinfo") is None:
+        reason = "no apt-get to install SLURM"
+    if reason is None:
+        started = subprocess.run(["bash", os.path.join(REPO, "scripts", "slurm-test-cluster.sh"), "start"],
+                                 capture_output=True, text=True)
+        if started.returncode != 0:
+            reason = f"scripts/slurm-test-cluster.sh start failed: {started.stderr[-2000:]}"
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"SLURM must run in CI: {reason}")
+        pytest.skip(reason)
+    yield
