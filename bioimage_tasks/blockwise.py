@@ -34,17 +34,20 @@ class BlockJob:
 
 @dataclass
 class BatchReport:
-    """What a batch did: blocks written, blocks skipped because their mask is empty, voxels
-    written, and who ran it (SLURM job or host:pid)."""
+    """What a batch did: blocks written, blocks skipped because their mask is empty, blocks found
+    already done (a re-executed or retried batch), voxels written, and who ran it (SLURM job or
+    host:pid)."""
 
     written: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+    already_done: list[int] = field(default_factory=list)
     voxels_written: int = 0
     executors: set[str] = field(default_factory=set)
 
     def add(self, other: BatchReport) -> None:
         self.written += other.written
         self.skipped += other.skipped
+        self.already_done += other.already_done
         self.voxels_written += other.voxels_written
         self.executors |= other.executors
 
@@ -86,10 +89,16 @@ def process_block(job: BlockJob, block_id: int) -> int:
 
 
 def process_batch(job: BlockJob, block_ids: Sequence[int]) -> BatchReport:
-    """Write a batch of blocks. Every block is attempted; if any failed, BlocksFailedError names them."""
+    """Write a batch of blocks, except those already recorded as done (a retried batch, or one
+    Dask re-executes after losing a worker, only does what is missing). Every block is attempted;
+    if any failed, BlocksFailedError names them."""
     report = BatchReport(executors={executor()})
     failed: dict[int, str] = {}
+    done = job.records.done() if job.records is not None else set()
     for block_id in block_ids:
+        if block_id in done:
+            report.already_done.append(block_id)
+            continue
         try:
             voxels = process_block(job, block_id)
         except Exception as error:  # noqa: BLE001 - reported per block, re-raised below

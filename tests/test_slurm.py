@@ -1,0 +1,108 @@
+"""A real single-node SLURM: workers are SLURM jobs (seen by the tasks themselves), output is
+bit-identical to threads, a cancelled job loses no block, a cluster that cannot start workers
+fails in bounded time, and no job outlives its flow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+import zarr
+from helpers import SlowSource, records_dir, slurm_jobs, wait_for
+from reference import random_array
+
+from bioimage_tasks import BlockGrid
+from bioimage_tasks.records import BlockRecords
+from bioimage_tasks.runners import NoWorkersError, SlurmConfig
+from flows import copy_flow, downsample_flow
+
+pytestmark = [pytest.mark.usefixtures("prefect_server", "slurm_cluster"), pytest.mark.slow]
+
+SHAPE = (48, 50, 44)
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture
+def slurm_config(tmp_path, monkeypatch):
+    """Jobs on the loopback interface; tests/ importable by the job's Python (sbatch passes the
+    environment), for the test-only sources."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")])))
+    return SlurmConfig(interface="lo", walltime="00:15:00", memory="1GB", log_directory=str(tmp_path / "logs"),
+                       worker_timeout=120)
+
+
+@pytest.fixture
+def volume(tmp_path):
+    image = random_array(np.random.default_rng(3), SHAPE, "uint8")
+    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=(16, 16, 16))[:] = image
+    mask = np.zeros((24, 25, 22), bool)
+    mask[2:19, 4:20, 1:15] = True
+    zarr.create_array(store=str(tmp_path / "in.zarr"), name="mask", shape=mask.shape, dtype=bool, chunks=(8, 8, 8))[:] = mask
+    return tmp_path, image
+
+
+def no_jobs_left():
+    wait_for(lambda: not slurm_jobs(), timeout=30)
+
+
+def test_slurm_matches_threads_and_runs_as_jobs(volume, slurm_config):
+    root, _ = volume
+    options = {"order": 1, "anti_aliasing": True, "mask": f"{root}/in.zarr/mask", "block_shape": (8, 8, 8)}
+    threads = downsample_flow(f"{root}/in.zarr/raw", 2, f"{root}/threads.zarr/s1", **options)
+    on_slurm = downsample_flow(f"{root}/in.zarr/raw", 2, f"{root}/slurm.zarr/s1", job_type="slurm", num_workers=2,
+                               job_config=slurm_config, **options)
+    np.testing.assert_array_equal(on_slurm[:], threads[:])
+    executors = BlockRecords(records_dir(f"{root}/slurm.zarr/s1")).executors()
+    assert executors and all(e.startswith("slurm-job:") for e in executors.values()), executors
+    block_ids = downsample_flow(f"{root}/in.zarr/raw", 2, f"{root}/ids.zarr/s1", job_type="slurm", num_workers=1,
+                                job_config=slurm_config, block_ids=[1, 4], block_shape=(8, 8, 8))
+    grid = BlockGrid(block_ids.shape, (8, 8, 8))
+    expected = np.zeros(block_ids.shape, np.uint8)
+    full = downsample_flow(f"{root}/in.zarr/raw", 2)
+    for block_id in (1, 4):
+        expected[grid.block_slices(block_id)] = full[grid.block_slices(block_id)]
+    np.testing.assert_array_equal(block_ids[:], expected)
+    no_jobs_left()
+
+
+def test_cancelled_job_loses_no_block(volume, slurm_config):
+    """scancel the job that is working: adaptive scaling brings a new one, the output is complete."""
+    root, image = volume
+    output_dir = f"{root}/cancel.zarr/copy"
+    cancelled = []
+
+    def cancel_a_job():
+        directory = wait_for(lambda: os.path.isdir(f"{output_dir}/.bioimage-tasks") and records_dir(output_dir), 180)
+        executors = wait_for(lambda: BlockRecords(directory).executors(), 180)
+        job = sorted(executors.values())[0].split(":")[1]
+        subprocess.run(["scancel", job], check=True)
+        cancelled.append(job)
+
+    canceller = threading.Thread(target=cancel_a_job, daemon=True)
+    canceller.start()
+    result = copy_flow(SlowSource(f"{root}/in.zarr/raw", delay=0.3), output_dir, block_shape=(16, 16, 16),
+                       job_type="slurm", num_workers=2, job_config=slurm_config)
+    canceller.join(timeout=5)
+    assert cancelled, "no job was cancelled: the run finished too fast to test anything"
+    np.testing.assert_array_equal(result[:], image)
+    executors = BlockRecords(records_dir(output_dir)).executors()
+    assert len(executors) == BlockGrid(SHAPE, (16, 16, 16)).n_blocks
+    assert f"slurm-job:{cancelled[0]}" in executors.values()
+    assert len(set(executors.values())) >= 2
+    no_jobs_left()
+
+
+def test_jobs_that_never_start_fail_in_bounded_time(volume, slurm_config, tmp_path):
+    """Jobs held in the queue (--begin in an hour): the run fails with a clear error after
+    worker_timeout, and the pending jobs are cancelled."""
+    root, _ = volume
+    held = SlurmConfig(**{**slurm_config.__dict__, "extra_directives": ("--begin=now+1hour",), "worker_timeout": 15})
+    started = time.monotonic()
+    with pytest.raises(NoWorkersError, match="no Dask worker for 15 s"):
+        downsample_flow(f"{root}/in.zarr/raw", 2, f"{root}/held.zarr/s1", job_type="slurm", num_workers=1, job_config=held)
+    assert time.monotonic() - started < 90
+    no_jobs_left()
