@@ -37,6 +37,11 @@ class BlockRecords:
 
     directory: str
 
+    @property
+    def key(self) -> str:
+        """The run key these records belong to."""
+        return os.path.basename(self.directory)
+
     def mark_done(self, block_id: int) -> None:
         """Atomically record `block_id` as written (write a temporary file, then rename)."""
         os.makedirs(self.directory, exist_ok=True)

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -27,16 +27,30 @@ class RunnerConfig:
     """Settings every backend shares. `blocks_per_task` fixes the batch size (default: chosen from
     the block count and workers, see `blockwise.plan_batches`). A Dask backend that has had no
     worker for `worker_timeout` seconds (all killed, or jobs stuck in a queue) fails the run with
-    a clear error instead of waiting forever; raise it where SLURM queues are slow."""
+    a clear error instead of waiting forever; raise it where SLURM queues are slow.
+
+    A batch that raises (an I/O error, a lost worker) is retried `retries` times with exponential
+    backoff from `retry_delay` seconds; a retry only redoes the blocks not yet recorded as done.
+    Finished batches are cached by Prefect under `result_storage` (default: a folder next to the
+    output, which SLURM nodes reach whenever they reach the output)."""
 
     blocks_per_task: int | None = None
     worker_timeout: float = 900.0
+    retries: int = 2
+    retry_delay: float = 2.0
+    result_storage: str | None = None
 
     def __post_init__(self) -> None:
         if self.blocks_per_task is not None and self.blocks_per_task < 1:
             raise ValueError(f"job_config.blocks_per_task must be >= 1, got {self.blocks_per_task}")
         if self.worker_timeout <= 0:
             raise ValueError(f"job_config.worker_timeout must be > 0 seconds, got {self.worker_timeout}")
+        if self.retries < 0 or self.retry_delay < 0:
+            raise ValueError(f"job_config.retries and retry_delay must be >= 0, got {self.retries}, {self.retry_delay}")
+
+    def shared(self) -> dict:
+        """The RunnerConfig fields, to carry them over into a backend's own config type."""
+        return {f.name: getattr(self, f.name) for f in fields(RunnerConfig)}
 
 
 @dataclass(frozen=True)
@@ -119,8 +133,7 @@ def check_backend(job_type: str, num_workers: int, job_config: RunnerConfig | No
     expected = CONFIG_TYPES[job_type]
     config = RunnerConfig() if job_config is None else job_config
     if type(config) is RunnerConfig and expected is not RunnerConfig:
-        # DaskConfig: asks for the address
-        config = expected(blocks_per_task=config.blocks_per_task, worker_timeout=config.worker_timeout)
+        config = expected(**config.shared())  # DaskConfig: asks for the address
     if type(config) is not expected:
         raise ValueError(f"job_config must be a {expected.__name__} for job_type={job_type!r}, got {job_config!r}")
     return config

@@ -3,20 +3,25 @@ Each task only calls the plain functions of `blockwise` / `resampling`."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
+from prefect.filesystems import LocalFileSystem
 from prefect.futures import wait
 from prefect.runtime import task_run
 from prefect.task_runners import TaskRunner
+from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import unmapped
 
 from bioimage_tasks.blockwise import BatchReport, BlockJob, BlocksFailedError, plan_batches, process_batch
 from bioimage_tasks.grid import BlockGrid, default_block_shape
 from bioimage_tasks.planning import BlockwisePlan, block_records
+from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.resampling import combine_ranges, measure_value_range
 from bioimage_tasks.runners import RunnerConfig, worker_watchdog
 from bioimage_tasks.sources import Source
@@ -81,33 +86,59 @@ def measure_source_range(runner: TaskRunner, source: Source, num_workers: int, c
     return combine_ranges(ranges)
 
 
+def batch_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    """Prefect cache key of a batch: the run key (operation and parameters, input identity, grid,
+    mask, the output's identity token) plus the exact block ids. No key, no caching, for outputs
+    without records (in memory)."""
+    records = parameters["job"].records
+    if records is None:
+        return None
+    ids = ",".join(map(str, parameters["block_ids"]))
+    return f"bioimage-tasks-{records.key}-{hashlib.blake2b(ids.encode(), digest_size=8).hexdigest()}"
+
+
+def result_storage(config: RunnerConfig, records: BlockRecords) -> LocalFileSystem:
+    """The (saved) Prefect storage block for cached batch results: `config.result_storage`, or a
+    folder beside the block records in the output."""
+    path = os.path.abspath(config.result_storage or os.path.join(os.path.dirname(records.directory), "prefect-results"))
+    storage = LocalFileSystem(basepath=path)
+    storage.save(f"bioimage-tasks-{hashlib.blake2b(path.encode(), digest_size=8).hexdigest()}", overwrite=True)
+    return storage
+
+
 def run_plan(runner: TaskRunner, plan: BlockwisePlan, num_workers: int, config: RunnerConfig) -> Any:
-    """Create/open the output, write every planned block that is not recorded as done (explicit
-    `block_ids` are always rewritten) in batches, and return the output array."""
+    """Create/open the output and write the planned blocks in batches, resuming: batches finished
+    by an earlier identical run come from Prefect's cache, and within a batch, blocks recorded as
+    done are not redone. Explicit `block_ids` are always rewritten. Returns the output array."""
     logger = get_run_logger()
     sink = plan.output.open()
     records = block_records(plan, sink)
-    todo = plan.block_ids
+    task_fn = process_blocks.with_options(
+        retries=config.retries, retry_delay_seconds=exponential_backoff(backoff_factor=config.retry_delay)
+    )
+    already_done = 0
     if records is not None:
         if plan.explicit_block_ids:
-            records.forget(todo)
-        done = records.done()
-        todo = [block_id for block_id in todo if block_id not in done]
+            records.forget(plan.block_ids)
+        already_done = len(records.done() & set(plan.block_ids))
+        task_fn = task_fn.with_options(
+            cache_policy=CacheKeyFnPolicy(cache_key_fn=batch_cache_key), persist_result=True, result_storage=result_storage(config, records),
+            refresh_cache=plan.explicit_block_ids,
+        )
     job = BlockJob(plan.source, sink, plan.grid, plan.mask, records)
-    batches = plan_batches(todo, num_workers, config.blocks_per_task)
+    batches = plan_batches(plan.block_ids, num_workers, config.blocks_per_task)
     logger.info(
-        "grid of %d blocks of shape %s over %s; %d of %d planned blocks already done; "
-        "running %d blocks in %d batches on %d workers",
-        plan.grid.n_blocks, plan.grid.block_shape, plan.grid.shape, len(plan.block_ids) - len(todo),
-        len(plan.block_ids), len(todo), len(batches), num_workers,
+        "grid of %d blocks of shape %s over %s; %d of %d planned blocks already done; %d batches on %d workers",
+        plan.grid.n_blocks, plan.grid.block_shape, plan.grid.shape, already_done, len(plan.block_ids),
+        len(batches), num_workers,
     )
     started = time.perf_counter()
     report = BatchReport()
-    for batch_report in map_batches(runner, process_blocks, {"job": job}, batches, config.worker_timeout):
+    for batch_report in map_batches(runner, task_fn, {"job": job}, batches, config.worker_timeout):
         report.add(batch_report)
     logger.info(
-        "wrote %d blocks (%d skipped, empty mask), %d voxels, in %.2f s to %s; ran on %s",
-        len(report.written), len(report.skipped), report.voxels_written, time.perf_counter() - started,
-        getattr(sink, "name", "output"), ", ".join(sorted(report.executors)) or "nothing",
+        "wrote %d blocks (%d skipped, empty mask; %d found done), %d voxels, in %.2f s to %s; ran on %s",
+        len(report.written), len(report.skipped), len(report.already_done), report.voxels_written,
+        time.perf_counter() - started, getattr(sink, "name", "output"), ", ".join(sorted(report.executors)) or "nothing",
     )
     return sink.array

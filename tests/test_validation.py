@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from bioimage_tasks.runners import RunnerConfig
+from bioimage_tasks.runners import RunnerConfig, SlurmConfig
 from flows import copy_flow, downsample_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -37,11 +37,13 @@ BAD_CALLS = [  # (keyword changes, exception, message pattern)
     ({"order": 6}, ValueError, r"order must be an integer from 0 to 5"),
     ({"order": -1}, ValueError, r"order must be an integer from 0 to 5"),
     ({"job_type": "cloud"}, ValueError, r"job_type must be one of"),
-    ({"job_type": "slurm"}, NotImplementedError, r"job_type='slurm' is not available yet"),
+    ({"job_type": "subprocess", "output": None}, ValueError, r"job_type='subprocess' needs an output"),
+    ({"job_type": "dask"}, ValueError, r"DaskConfig.address must name the scheduler"),
     ({"method": "bilinear"}, ValueError, r"method must be one of"),
     ({"method": "mode"}, NotImplementedError, r"method='mode' is not available yet"),
     ({"num_workers": 0}, ValueError, r"num_workers must be an integer >= 1"),
     ({"job_config": {"cores": 4}}, ValueError, r"job_config must be a RunnerConfig"),
+    ({"job_type": "subprocess", "job_config": SlurmConfig()}, ValueError, r"job_config must be a LocalClusterConfig"),
     ({"mask": np.ones((3, 3, 3), bool)}, ValueError, r"mask has shape \(3, 3, 3\), expected the output shape \(10, 11, 9\)"),
     ({"input": "missing.zarr/raw"}, FileNotFoundError, r"input: no zarr array"),
     ({"input": "not-a-container/raw"}, ValueError, r"input must be 'path/container.zarr/key'"),
