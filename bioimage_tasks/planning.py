@@ -86,4 +86,4 @@ def block_records(plan: BlockwisePlan, sink: ArraySource | TensorStoreSource) ->
     if token is None or any(f is None for f in fingerprints):
         return None
     key = run_key({"parts": fingerprints, "grid": [plan.grid.shape, plan.grid.block_shape], "output": token})
-    return BlockRecords(os.path.join(sink.directory, RECORDS_DIR, key))
+    return BlockRecords(os.path.join(sink.directory, RECORDS_DIR, "blocks", key))

@@ -33,7 +33,7 @@ def executor() -> str:
 
 @dataclass(frozen=True)
 class BlockRecords:
-    """The record folder of one run key: `<array dir>/.bioimage-tasks/<key>/<block id>`."""
+    """The record folder of one run key: `<array dir>/.bioimage-tasks/blocks/<key>/<block id>`."""
 
     directory: str
 

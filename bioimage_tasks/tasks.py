@@ -100,7 +100,8 @@ def batch_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
 def result_storage(config: RunnerConfig, records: BlockRecords) -> LocalFileSystem:
     """The (saved) Prefect storage block for cached batch results: `config.result_storage`, or a
     folder beside the block records in the output."""
-    path = os.path.abspath(config.result_storage or os.path.join(os.path.dirname(records.directory), "prefect-results"))
+    beside_records = os.path.join(os.path.dirname(os.path.dirname(records.directory)), "prefect-results")
+    path = os.path.abspath(config.result_storage or beside_records)
     storage = LocalFileSystem(basepath=path)
     storage.save(f"bioimage-tasks-{hashlib.blake2b(path.encode(), digest_size=8).hexdigest()}", overwrite=True)
     return storage

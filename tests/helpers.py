@@ -28,7 +28,7 @@ class SlowSource:
     write_unit = property(lambda self: self._inner().write_unit)
 
     def fingerprint(self) -> dict:
-        return {"slow": self._inner().fingerprint()}
+        return self._inner().fingerprint()  # the same data, read slowly
 
     def __getitem__(self, key) -> np.ndarray:
         time.sleep(self.delay)
@@ -54,6 +54,6 @@ def slurm_jobs(name_prefix: str = "bioimage-tasks") -> list[str]:
 
 def records_dir(array_dir: str) -> str:
     """The single run-key folder of block records under an output array's folder."""
-    base = os.path.join(array_dir, ".bioimage-tasks")
+    base = os.path.join(array_dir, ".bioimage-tasks", "blocks")
     (key,) = os.listdir(base)
     return os.path.join(base, key)

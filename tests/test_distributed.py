@@ -88,7 +88,7 @@ def test_killed_worker_loses_no_block(volume):
     killed = []
 
     def kill_a_worker():
-        directory = wait_for(lambda: os.path.isdir(f"{root}/killed.zarr/copy/.bioimage-tasks") and records_dir(f"{root}/killed.zarr/copy"), 120)
+        directory = wait_for(lambda: os.path.isdir(f"{root}/killed.zarr/copy/.bioimage-tasks/blocks") and records_dir(f"{root}/killed.zarr/copy"), 120)
         executors = wait_for(lambda: BlockRecords(directory).executors(), 120)
         pid = int(sorted(executors.values())[0].split(":")[1])
         os.kill(pid, signal.SIGKILL)

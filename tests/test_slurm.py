@@ -76,7 +76,7 @@ def test_cancelled_job_loses_no_block(volume, slurm_config):
     cancelled = []
 
     def cancel_a_job():
-        directory = wait_for(lambda: os.path.isdir(f"{output_dir}/.bioimage-tasks") and records_dir(output_dir), 180)
+        directory = wait_for(lambda: os.path.isdir(f"{output_dir}/.bioimage-tasks/blocks") and records_dir(output_dir), 180)
         executors = wait_for(lambda: BlockRecords(directory).executors(), 180)
         job = sorted(executors.values())[0].split(":")[1]
         subprocess.run(["scancel", job], check=True)

@@ -1,0 +1,192 @@
+"""Resume, retries and nothing lost, with real processes and the real Prefect engine: a run
+killed with SIGKILL resumes paying only for missing blocks; recreated outputs and changed
+parameters never reuse old results; transient failures recover through retries."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+from helpers import records_dir, wait_for
+from reference import random_array, skimage_downsample
+
+from bioimage_tasks import BlockGrid
+from bioimage_tasks.records import BlockRecords
+from bioimage_tasks.runners import LocalClusterConfig, RunnerConfig
+from flows import copy_flow, downsample_flow
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+SHAPE = (48, 40, 40)
+OUT_SHAPE = (24, 20, 20)
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture
+def volume(tmp_path):
+    image = random_array(np.random.default_rng(11), SHAPE, "uint8")
+    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=(16, 16, 16))[:] = image
+    return tmp_path, image
+
+
+def expected_order1(image):
+    return np.clip(np.rint(skimage_downsample(image, (2, 2, 2), 1, True)), 0, 255).astype(np.uint8)
+
+
+def record_times(array_dir: str) -> dict[int, float]:
+    records = BlockRecords(records_dir(array_dir))
+    times = {}
+    for block_id in records.done():
+        with open(os.path.join(records.directory, str(block_id))) as stream:
+            times[block_id] = json.load(stream)["time"]
+    return times
+
+
+def executed_since(array_dir: str, started: float) -> set[int]:
+    """Blocks the run starting at `started` executed, from the run's own block records."""
+    return {block_id for block_id, t in record_times(array_dir).items() if t >= started}
+
+
+@pytest.mark.parametrize("job_type", ["local", pytest.param("subprocess", marks=pytest.mark.slow),
+                                      pytest.param("slurm", marks=pytest.mark.slow)])
+def test_sigkilled_run_resumes_only_missing_blocks(request, volume, job_type):
+    from prefect.settings import PREFECT_API_URL
+
+    if job_type == "slurm":
+        request.getfixturevalue("slurm_cluster")
+    root, image = volume
+    output, array_dir = f"{root}/out.zarr/s1", f"{root}/out.zarr/s1"
+    n_blocks = BlockGrid(OUT_SHAPE, (8, 8, 8)).n_blocks
+    env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value(),
+                        "PYTHONPATH": os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen([sys.executable, os.path.join(TESTS_DIR, "resume_job.py"), f"{root}/in.zarr/raw", output,
+                                job_type, "0.4", str(root / "logs")], env=env)
+    try:
+        wait_for(lambda: os.path.isdir(f"{array_dir}/.bioimage-tasks/blocks") and len(BlockRecords(records_dir(array_dir)).done()) >= n_blocks // 4, 240)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    time.sleep(1.0)  # let writes in flight on orphaned workers land or die
+    missing = n_blocks - len(BlockRecords(records_dir(array_dir)).done())
+    assert 0 < missing < n_blocks, "the run must be killed part-way"
+    started = time.time()
+    result = downsample_flow(f"{root}/in.zarr/raw", 2, output, order=1, anti_aliasing=True, block_shape=(8, 8, 8))
+    executed = executed_since(array_dir, started)
+    assert len(executed) <= 1.1 * missing, f"rerun executed {len(executed)} blocks for {missing} missing"
+    assert len(BlockRecords(records_dir(array_dir)).done()) == n_blocks
+    np.testing.assert_array_equal(result[:], expected_order1(image))
+    clean = downsample_flow(f"{root}/in.zarr/raw", 2, f"{root}/clean.zarr/s1", order=1, anti_aliasing=True, block_shape=(8, 8, 8))
+    np.testing.assert_array_equal(result[:], clean[:])
+
+
+def test_identical_rerun_executes_nothing(volume):
+    root, image = volume
+    output = f"{root}/out.zarr/s1"
+    downsample_flow(f"{root}/in.zarr/raw", 2, output, order=1, anti_aliasing=True, block_shape=(8, 8, 8))
+    before = record_times(output)
+    started = time.time()
+    result = downsample_flow(f"{root}/in.zarr/raw", 2, output, order=1, anti_aliasing=True, block_shape=(8, 8, 8),
+                             num_workers=3)  # another batching: block records still resume
+    assert executed_since(output, started) == set()
+    assert record_times(output) == before
+    np.testing.assert_array_equal(result[:], expected_order1(image))
+
+
+def test_recreated_output_is_recomputed(volume):
+    """The Prefect cache lives outside the output here, so only the output's identity token
+    stops it from claiming blocks of the new, empty output."""
+    root, image = volume
+    config = RunnerConfig(result_storage=str(root / "shared-cache"))
+    output = f"{root}/out.zarr/s1"
+    downsample_flow(f"{root}/in.zarr/raw", 2, output, order=1, anti_aliasing=True, block_shape=(8, 8, 8), job_config=config)
+    zarr.create_array(store=str(root / "out.zarr"), name="s1", shape=OUT_SHAPE, dtype="uint8", chunks=(8, 8, 8), overwrite=True)
+    started = time.time()
+    result = downsample_flow(f"{root}/in.zarr/raw", 2, output, order=1, anti_aliasing=True, block_shape=(8, 8, 8),
+                             job_config=config)
+    assert len(executed_since(output, started)) == BlockGrid(OUT_SHAPE, (8, 8, 8)).n_blocks
+    np.testing.assert_array_equal(result[:], expected_order1(image))
+
+
+@pytest.mark.parametrize("change", [{"order": 0, "anti_aliasing": False}, {"scale_factor": (2, 2, 1)}])
+def test_changed_parameters_never_hit_the_old_cache(volume, change):
+    root, image = volume
+    config = RunnerConfig(result_storage=str(root / "shared-cache"))
+    base = {"input": f"{root}/in.zarr/raw", "scale_factor": 2, "order": 1, "anti_aliasing": True,
+            "block_shape": (8, 8, 8), "job_config": config}
+    downsample_flow(**base, output=f"{root}/a.zarr/s1")
+    changed = base | change
+    result = downsample_flow(**changed, output=f"{root}/b.zarr/s1")
+    factors = changed["scale_factor"] if isinstance(changed["scale_factor"], tuple) else (2, 2, 2)
+    reference = skimage_downsample(image, factors, changed["order"], changed["anti_aliasing"])
+    np.testing.assert_array_equal(result[:], np.clip(np.rint(reference), 0, 255).astype(np.uint8))
+    if "order" in change:  # same output, new order: the old records must not vouch for anything
+        again = downsample_flow(**changed, output=f"{root}/a.zarr/s1")
+        np.testing.assert_array_equal(again[:], result[:])
+
+
+class FlakySource:
+    """Fails the first read of chosen blocks (a marker file remembers it), then works: a
+    transient I/O error."""
+
+    def __init__(self, array: np.ndarray, flaky_starts: set[tuple[int, ...]], marker_dir: str):
+        self.array, self.flaky_starts, self.marker_dir = array, flaky_starts, marker_dir
+        self.name = "flaky"
+
+    shape = property(lambda self: self.array.shape)
+    dtype = property(lambda self: self.array.dtype)
+    write_unit = None
+
+    def fingerprint(self) -> dict:
+        return {"flaky": self.marker_dir}
+
+    def __getitem__(self, key):
+        start = tuple(k.start for k in key)
+        marker = os.path.join(self.marker_dir, "-".join(map(str, start)))
+        if start in self.flaky_starts and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise OSError("injected transient read failure")
+        return self.array[key]
+
+
+def test_transient_failures_recover_through_retries(volume):
+    root, image = volume
+    grid = BlockGrid(SHAPE, (8, 8, 8))
+    flaky = FlakySource(image, {tuple(s.start for s in grid.block_slices(b)) for b in (2, 9, 30)}, str(root))
+    result = copy_flow(flaky, f"{root}/copy.zarr/raw", block_shape=(8, 8, 8), num_workers=2,
+                       job_config=RunnerConfig(retries=2, retry_delay=0.1))
+    np.testing.assert_array_equal(result[:], image)
+    assert len(os.listdir(root)) >= 3 + 2  # the three markers prove the failures happened
+
+
+def test_rewriting_blocks_gives_the_same_output(volume):
+    root, image = volume
+    output = f"{root}/out.zarr/s1"
+    first = downsample_flow(f"{root}/in.zarr/raw", 2, output, order=1, anti_aliasing=True, block_shape=(8, 8, 8))[:]
+    started = time.time()
+    all_ids = list(range(BlockGrid(OUT_SHAPE, (8, 8, 8)).n_blocks))
+    again = downsample_flow(f"{root}/in.zarr/raw", 2, output, order=1, anti_aliasing=True, block_shape=(8, 8, 8),
+                            block_ids=all_ids)
+    assert executed_since(output, started) == set(all_ids)  # block_ids ignore records and cache
+    np.testing.assert_array_equal(again[:], first)
+
+
+@pytest.mark.parametrize("job_type,config", [("local", None), pytest.param("subprocess", LocalClusterConfig(worker_timeout=120), marks=pytest.mark.slow)])
+def test_tiny_chunks_lose_no_update(volume, job_type, config):
+    """4 workers on 2^3 chunks with a partial mask: every block owns its chunks, nothing is lost."""
+    root, image = volume
+    output = zarr.create_array(store=str(root / "tiny.zarr"), name="s1", shape=OUT_SHAPE, dtype="uint8", chunks=(2, 2, 2))
+    output[:] = 5
+    mask = np.random.default_rng(0).random(OUT_SHAPE) > 0.3
+    zarr.create_array(store=str(root / "tiny.zarr"), name="mask", shape=OUT_SHAPE, dtype=bool, chunks=(4, 4, 4))[:] = mask
+    downsample_flow(f"{root}/in.zarr/raw", 2, output, order=1, anti_aliasing=True, num_workers=4, job_type=job_type,
+                    job_config=config, mask=f"{root}/tiny.zarr/mask", block_shape=(2, 4, 2))
+    got, expected = output[:], expected_order1(image)
+    np.testing.assert_array_equal(got[mask], expected[mask])
+    assert np.all(got[~mask] == 5)
