@@ -62,7 +62,8 @@ class BlocksFailedError(RuntimeError):
         first = self.failed_block_ids[0]
         super().__init__(
             f"{len(failed)} of {total} blocks failed: {self.failed_block_ids}. The other blocks are "
-            f"written. Re-run these blocks with the same call plus block_ids={self.failed_block_ids}. "
+            f"written. Re-run the same call to resume (finished blocks are skipped), or re-run exactly "
+            f"these blocks with the same call plus block_ids={self.failed_block_ids}. "
             f"First error (block {first}): {failed[first]}"
         )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 import os
+import uuid
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ class BlockwisePlan:
     block_ids: list[int]
     mask: Source | None = None
     explicit_block_ids: bool = False
+    resume_records: str | os.PathLike | None = None
 
     def with_source(self, source: Source) -> BlockwisePlan:
         return replace(self, source=source)
@@ -45,8 +47,6 @@ def plan_blockwise(
     Backends other than "local" run in other processes, so they need file-backed data."""
     if block_ids is not None and resume_from is not None:
         raise ValueError("block_ids and resume_from cannot be combined: block_ids re-runs exactly those blocks")
-    if resume_from is not None:
-        raise NotImplementedError("resume_from is not available yet; re-run with block_ids instead")
     if block_shape is not None:
         block_shape = check_block_shape(block_shape, None, source.shape)
     output_plan = plan_output(output, source.shape, source.dtype, block_shape)
@@ -61,6 +61,8 @@ def plan_blockwise(
         mask_source = as_source(mask, "mask")
         if mask_source.shape != source.shape:
             raise ValueError(f"mask has shape {mask_source.shape}, expected the output shape {source.shape}")
+    if resume_from is not None:
+        check_resume_from(resume_from, output, output_plan)
     ids = list(range(grid.n_blocks)) if block_ids is None else grid.validate_block_ids(block_ids)
     if job_type != "local":
         for name, data in (("input", source), ("mask", mask_source)):
@@ -68,7 +70,34 @@ def plan_blockwise(
                 raise ValueError(f"job_type={job_type!r} needs a file-backed {name} (a zarr/n5 path or array), not numpy")
         if output_plan.existing is None and output_plan.create_at is None or in_memory(output_plan.existing):
             raise ValueError(f"job_type={job_type!r} needs an output (a zarr/n5 path or array), not numpy or None")
-    return BlockwisePlan(source, output_plan, grid, ids, mask_source, explicit_block_ids=block_ids is not None)
+    return BlockwisePlan(source, output_plan, grid, ids, mask_source, explicit_block_ids=block_ids is not None,
+                         resume_records=resume_from if isinstance(resume_from, (str, os.PathLike)) and os.path.isdir(resume_from) else None)
+
+
+def check_resume_from(resume_from: Any, output: Any, output_plan: OutputPlan) -> None:
+    """`resume_from` names the failed run to resume into the same output: its Prefect flow run id,
+    or its block-record folder (printed when it failed). Resuming needs that output to exist, and
+    a flow run id must be of a run that wrote to this same output."""
+    if output_plan.existing is None:
+        raise ValueError(f"resume_from={resume_from!r}: the output {output!r} does not exist, there is nothing to resume")
+    if isinstance(resume_from, (str, os.PathLike)) and os.path.isdir(resume_from):
+        return  # checked against this run's records once the output's token is read
+    try:
+        run_id = uuid.UUID(str(resume_from))
+    except ValueError:
+        raise ValueError(
+            f"resume_from must be a Prefect flow run id or a block-record folder, got {resume_from!r}"
+        ) from None
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            previous = client.read_flow_run(run_id)
+        except Exception as error:  # noqa: BLE001 - any lookup failure means we cannot resume it
+            raise ValueError(f"resume_from: no flow run {run_id} in the Prefect API ({error})") from None
+    previous_output = previous.parameters.get("output")
+    if str(previous_output) != str(output):
+        raise ValueError(f"resume_from: flow run {run_id} wrote to {previous_output!r}, not to {output!r}")
 
 
 def in_memory(source: Source | None) -> bool:

@@ -114,6 +114,11 @@ def run_plan(runner: TaskRunner, plan: BlockwisePlan, num_workers: int, config: 
     logger = get_run_logger()
     sink = plan.output.open()
     records = block_records(plan, sink)
+    if plan.resume_records is not None and (records is None or os.path.abspath(plan.resume_records) != records.directory):
+        raise ValueError(
+            f"resume_from={str(plan.resume_records)!r} holds the records of another computation; this call's "
+            f"records are {records.directory if records else 'not kept (output in memory)'}"
+        )
     task_fn = process_blocks.with_options(
         retries=config.retries, retry_delay_seconds=exponential_backoff(backoff_factor=config.retry_delay)
     )
@@ -129,9 +134,10 @@ def run_plan(runner: TaskRunner, plan: BlockwisePlan, num_workers: int, config: 
     job = BlockJob(plan.source, sink, plan.grid, plan.mask, records)
     batches = plan_batches(plan.block_ids, num_workers, config.blocks_per_task)
     logger.info(
-        "grid of %d blocks of shape %s over %s; %d of %d planned blocks already done; %d batches on %d workers",
+        "grid of %d blocks of shape %s over %s; %d of %d planned blocks already done; %d batches on %d workers; "
+        "block records in %s",
         plan.grid.n_blocks, plan.grid.block_shape, plan.grid.shape, already_done, len(plan.block_ids),
-        len(batches), num_workers,
+        len(batches), num_workers, records.directory if records else "memory (no resume)",
     )
     started = time.perf_counter()
     report = BatchReport()

@@ -190,3 +190,43 @@ def test_tiny_chunks_lose_no_update(volume, job_type, config):
     got, expected = output[:], expected_order1(image)
     np.testing.assert_array_equal(got[mask], expected[mask])
     assert np.all(got[~mask] == 5)
+
+
+class BrokenBlocks(FlakySource):
+    """Fails chosen blocks every time until `repair()`: a permanent failure, then a fix."""
+
+    def __getitem__(self, key):
+        if tuple(k.start for k in key) in self.flaky_starts:
+            raise OSError("injected permanent read failure")
+        return self.array[key]
+
+    def repair(self) -> None:
+        self.flaky_starts = set()
+
+
+def test_resume_from_a_failed_flow_run(volume):
+    from bioimage_tasks import BlocksFailedError
+
+    root, image = volume
+    grid = BlockGrid(SHAPE, (8, 8, 8))
+    broken = BrokenBlocks(image, {tuple(s.start for s in grid.block_slices(b)) for b in (4, 20)}, str(root / "id"))
+    output = f"{root}/copy.zarr/raw"
+    state = copy_flow(broken, output, block_shape=(8, 8, 8), job_config=RunnerConfig(retries=0), return_state=True)
+    assert state.is_failed()
+    error = state.result(raise_on_failure=False)
+    assert isinstance(error, BlocksFailedError) and error.failed_block_ids == [4, 20]
+    broken.repair()
+    copy_flow(image, f"{root}/other.zarr/raw", block_shape=(8, 8, 8))
+    started = time.time()
+    with pytest.raises(ValueError, match="wrote to"):
+        copy_flow(broken, f"{root}/other.zarr/raw", block_shape=(8, 8, 8), resume_from=state.state_details.flow_run_id)
+    with pytest.raises(ValueError, match="there is nothing to resume"):
+        copy_flow(broken, f"{root}/missing.zarr/raw", resume_from=state.state_details.flow_run_id)
+    with pytest.raises(ValueError, match="must be a Prefect flow run id or a block-record folder"):
+        copy_flow(broken, output, resume_from="not-a-run")
+    result = copy_flow(broken, output, block_shape=(8, 8, 8), resume_from=state.state_details.flow_run_id)
+    assert executed_since(output, started) == {4, 20}
+    np.testing.assert_array_equal(result[:], image)
+    with pytest.raises(ValueError, match="holds the records of another computation"):
+        copy_flow(broken, output, block_shape=(16, 16, 16), resume_from=records_dir(output))
+    assert copy_flow(broken, output, block_shape=(8, 8, 8), resume_from=records_dir(output)) is not None
