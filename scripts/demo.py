@@ -31,7 +31,7 @@ def main() -> None:
     source = sample_volume()
     output = f"{DATA}/sample.zarr/s1"
     started = time.perf_counter()
-    result = downsample_flow(source, 2, output, order=1, anti_aliasing=True, num_workers=2)
+    result = downsample_flow(source, 2, output, order=1, anti_aliasing=True, job_type="subprocess", num_workers=2)
     elapsed = time.perf_counter() - started
     values = np.asarray(result[:])
     print()
