@@ -5,7 +5,9 @@ fails in bounded time, and no job outlives its flow."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 
@@ -105,4 +107,27 @@ def test_jobs_that_never_start_fail_in_bounded_time(volume, slurm_config, tmp_pa
     with pytest.raises(NoWorkersError, match="no Dask worker for 15 s"):
         downsample_flow(f"{root}/in.zarr/raw", 2, f"{root}/held.zarr/s1", job_type="slurm", num_workers=1, job_config=held)
     assert time.monotonic() - started < 90
+    no_jobs_left()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_interrupted_flow_leaves_no_jobs(volume, signum):
+    """A flow process stopped by SIGTERM or Ctrl-C cancels its SLURM jobs on the way out."""
+    from prefect.settings import PREFECT_API_URL
+
+    root, _ = volume
+    env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value(),
+                        "PYTHONPATH": os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen([sys.executable, os.path.join(TESTS_DIR, "resume_job.py"), f"{root}/in.zarr/raw",
+                                f"{root}/out.zarr/s1", "slurm", "0.5", str(root / "logs")], env=env)
+    try:
+        wait_for(lambda: os.path.isdir(f"{root}/out.zarr/s1/.bioimage-tasks/blocks")
+                 and BlockRecords(records_dir(f"{root}/out.zarr/s1")).done(), 180)
+        assert slurm_jobs(), "the run should have SLURM jobs while it works"
+        process.send_signal(signum)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    n_blocks = BlockGrid((24, 25, 22), (8, 8, 8)).n_blocks
+    assert len(BlockRecords(records_dir(f"{root}/out.zarr/s1")).done()) < n_blocks, "the run was not interrupted"
     no_jobs_left()
