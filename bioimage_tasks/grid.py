@@ -45,6 +45,8 @@ class BlockGrid:
 
     def validate_block_ids(self, block_ids: Iterable[int]) -> list[int]:
         """Sorted unique block ids, or a ValueError naming `block_ids` and the valid range."""
+        if isinstance(block_ids, (str, bytes)) or not isinstance(block_ids, Iterable):
+            raise ValueError(f"block_ids must be a sequence of integers, got {block_ids!r}")
         ids = []
         for block_id in block_ids:
             if not isinstance(block_id, (int, np.integer)) or isinstance(block_id, bool):

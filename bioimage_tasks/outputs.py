@@ -31,10 +31,6 @@ class OutputPlan:
     def write_unit(self) -> tuple[int, ...] | None:
         return self.existing.write_unit if self.existing is not None else self.chunks
 
-    @property
-    def in_memory(self) -> bool:
-        return self.existing is None and self.create_at is None
-
     def open(self) -> ArraySource | TensorStoreSource:
         if self.existing is not None:
             return self.existing

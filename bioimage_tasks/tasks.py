@@ -108,9 +108,10 @@ def result_storage(config: RunnerConfig, records: BlockRecords) -> LocalFileSyst
 
 
 def run_plan(runner: TaskRunner, plan: BlockwisePlan, num_workers: int, config: RunnerConfig) -> Any:
-    """Create/open the output and write the planned blocks in batches, resuming: batches finished
-    by an earlier identical run come from Prefect's cache, and within a batch, blocks recorded as
-    done are not redone. Explicit `block_ids` are always rewritten. Returns the output array."""
+    """Create/open the output and write the planned blocks in batches, resuming from the block
+    records: fully recorded batches are skipped, other batches skip their recorded blocks, and a
+    batch Prefect finished before with the same cache key comes from Prefect's cache. Explicit
+    `block_ids` are always rewritten. Returns the output array."""
     logger = get_run_logger()
     sink = plan.output.open()
     records = block_records(plan, sink)
@@ -122,22 +123,24 @@ def run_plan(runner: TaskRunner, plan: BlockwisePlan, num_workers: int, config: 
     task_fn = process_blocks.with_options(
         retries=config.retries, retry_delay_seconds=exponential_backoff(backoff_factor=config.retry_delay)
     )
-    already_done = 0
+    done: set[int] = set()
     if records is not None:
         if plan.explicit_block_ids:
             records.forget(plan.block_ids)
-        already_done = len(records.done() & set(plan.block_ids))
+        done = records.done()
         task_fn = task_fn.with_options(
-            cache_policy=CacheKeyFnPolicy(cache_key_fn=batch_cache_key), persist_result=True, result_storage=result_storage(config, records),
-            refresh_cache=plan.explicit_block_ids,
+            cache_policy=CacheKeyFnPolicy(cache_key_fn=batch_cache_key), persist_result=True,
+            result_storage=result_storage(config, records), refresh_cache=plan.explicit_block_ids,
         )
     job = BlockJob(plan.source, sink, plan.grid, plan.mask, records)
-    batches = plan_batches(plan.block_ids, num_workers, config.blocks_per_task)
+    # Batches whose blocks are all recorded are not even submitted: a Prefect cache hit costs
+    # ~15 ms on threads and ~80-300 ms on Dask, a look at the records nothing.
+    batches = [b for b in plan_batches(plan.block_ids, num_workers, config.blocks_per_task) if not done.issuperset(b)]
     logger.info(
-        "grid of %d blocks of shape %s over %s; %d of %d planned blocks already done; %d batches on %d workers; "
-        "block records in %s",
-        plan.grid.n_blocks, plan.grid.block_shape, plan.grid.shape, already_done, len(plan.block_ids),
-        len(batches), num_workers, records.directory if records else "memory (no resume)",
+        "grid of %d blocks of shape %s over %s; %d of %d planned blocks already done; %d batches to run on %d "
+        "workers; block records in %s",
+        plan.grid.n_blocks, plan.grid.block_shape, plan.grid.shape, len(done & set(plan.block_ids)),
+        len(plan.block_ids), len(batches), num_workers, records.directory if records else "memory (no resume)",
     )
     started = time.perf_counter()
     report = BatchReport()
