@@ -21,3 +21,8 @@ def describe(data: Any) -> str:
     if isinstance(data, np.ndarray):
         return f"numpy{data.shape} {data.dtype}"
     return getattr(data, "name", type(data).__name__)
+
+
+def describe_source(data: Any, source: Any) -> str:
+    """What was given and what it holds: 'raw.zarr/volume (512, 512, 512) uint8 chunks (64, 64, 64)'."""
+    return f"{describe(data)} {tuple(source.shape)} {source.dtype} chunks {source.write_unit}"

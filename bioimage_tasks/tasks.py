@@ -4,6 +4,7 @@ Each task only calls the plain functions of `blockwise` / `resampling`."""
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -22,11 +23,12 @@ from bioimage_tasks.blockwise import BatchReport, BlockJob, BlocksFailedError, p
 from bioimage_tasks.grid import BlockGrid, default_block_shape
 from bioimage_tasks.planning import BlockwisePlan, block_records
 from bioimage_tasks.records import BlockRecords
+from bioimage_tasks.reporting import Progress, publish_summary, summary_markdown
 from bioimage_tasks.resampling import combine_ranges, measure_value_range
 from bioimage_tasks.runners import RunnerConfig, worker_watchdog
 from bioimage_tasks.sources import Source
 
-WATCH_INTERVAL = 5.0  # seconds between worker checks while batches run
+WATCH_INTERVAL = 2.0  # seconds between progress and worker checks while batches run
 
 
 def _batch_run_name() -> str:
@@ -47,17 +49,28 @@ def measure_range(source: Source, block_ids: list[int]) -> tuple[float, float]:
 
 
 def map_batches(
-    runner: TaskRunner, task_fn: Any, fixed: dict[str, Any], batches: Sequence[list[int]], worker_timeout: float
+    runner: TaskRunner,
+    task_fn: Any,
+    fixed: dict[str, Any],
+    batches: Sequence[list[int]],
+    worker_timeout: float,
+    progress: Progress | None = None,
 ) -> list[Any]:
     """Run `task_fn(**fixed, block_ids=batch)` for every batch on `runner` and return the results in
     order; if any batch failed, raise BlocksFailedError listing every failed block. `fixed` values
-    go unmapped to every task. A Dask backend without workers for `worker_timeout` s fails."""
+    go unmapped to every task. A Dask backend without workers for `worker_timeout` s fails.
+    `progress` advances by each batch's blocks as it finishes."""
     parameters = {name: unmapped(value) for name, value in fixed.items()}
     futures = runner.map(task_fn, parameters | {"block_ids": batches})
     check_workers = worker_watchdog(runner, worker_timeout)
+    sizes = {id(future): len(batch) for future, batch in zip(futures, batches)}
     pending = list(futures)
     while pending:
-        pending = list(wait(pending, timeout=WATCH_INTERVAL).not_done)
+        still_pending = list(wait(pending, timeout=WATCH_INTERVAL).not_done)
+        if progress is not None:
+            remaining = {id(future) for future in still_pending}
+            progress.advance(sum(sizes[id(f)] for f in pending if id(f) not in remaining))
+        pending = still_pending
         if pending:
             check_workers()
     results, failed = [], {}
@@ -107,11 +120,14 @@ def result_storage(config: RunnerConfig, records: BlockRecords) -> LocalFileSyst
     return storage
 
 
-def run_plan(runner: TaskRunner, plan: BlockwisePlan, num_workers: int, config: RunnerConfig) -> Any:
+def run_plan(
+    runner: TaskRunner, plan: BlockwisePlan, num_workers: int, config: RunnerConfig, details: dict[str, Any], kind: str
+) -> Any:
     """Create/open the output and write the planned blocks in batches, resuming from the block
     records: fully recorded batches are skipped, other batches skip their recorded blocks, and a
     batch Prefect finished before with the same cache key comes from Prefect's cache. Explicit
-    `block_ids` are always rewritten. Returns the output array."""
+    `block_ids` are always rewritten. Progress and a summary (`details` plus what happened) are
+    published as Prefect artifacts. Returns the output array."""
     logger = get_run_logger()
     sink = plan.output.open()
     records = block_records(plan, sink)
@@ -127,7 +143,7 @@ def run_plan(runner: TaskRunner, plan: BlockwisePlan, num_workers: int, config: 
     if records is not None:
         if plan.explicit_block_ids:
             records.forget(plan.block_ids)
-        done = records.done()
+        done = records.done() & set(plan.block_ids)
         task_fn = task_fn.with_options(
             cache_policy=CacheKeyFnPolicy(cache_key_fn=batch_cache_key), persist_result=True,
             result_storage=result_storage(config, records), refresh_cache=plan.explicit_block_ids,
@@ -139,16 +155,28 @@ def run_plan(runner: TaskRunner, plan: BlockwisePlan, num_workers: int, config: 
     logger.info(
         "grid of %d blocks of shape %s over %s; %d of %d planned blocks already done; %d batches to run on %d "
         "workers; block records in %s",
-        plan.grid.n_blocks, plan.grid.block_shape, plan.grid.shape, len(done & set(plan.block_ids)),
-        len(plan.block_ids), len(batches), num_workers, records.directory if records else "memory (no resume)",
+        plan.grid.n_blocks, plan.grid.block_shape, plan.grid.shape, len(done), len(plan.block_ids), len(batches),
+        num_workers, records.directory if records else "memory (no resume)",
     )
+    details = details | {"output": f"{getattr(sink, 'name', 'output')} {sink.shape} {sink.dtype} chunks {sink.write_unit}",
+                         "grid": f"{plan.grid.n_blocks} blocks of {plan.grid.block_shape}, {len(batches)} batches"}
+    submitted = {block_id for batch in batches for block_id in batch}
+    progress = Progress(len(plan.block_ids), len(done - submitted), kind)  # submitted blocks count as their batch ends
     started = time.perf_counter()
-    report = BatchReport()
-    for batch_report in map_batches(runner, task_fn, {"job": job}, batches, config.worker_timeout):
-        report.add(batch_report)
+    report, failed = BatchReport(), 0
+    try:
+        for batch_report in map_batches(runner, task_fn, {"job": job}, batches, config.worker_timeout, progress):
+            report.add(batch_report)
+    except BlocksFailedError as error:
+        failed = len(error.failed_block_ids)
+        raise
+    finally:
+        seconds = time.perf_counter() - started
+        voxels = sum(math.prod(s.stop - s.start for s in plan.grid.block_slices(b)) for b in plan.block_ids)
+        publish_summary(summary_markdown(details, report, len(done), failed, seconds, voxels), key=f"{kind}-summary")
     logger.info(
         "wrote %d blocks (%d skipped, empty mask; %d found done), %d voxels, in %.2f s to %s; ran on %s",
-        len(report.written), len(report.skipped), len(report.already_done), report.voxels_written,
-        time.perf_counter() - started, getattr(sink, "name", "output"), ", ".join(sorted(report.executors)) or "nothing",
+        len(report.written), len(report.skipped), len(report.already_done), report.voxels_written, seconds,
+        getattr(sink, "name", "output"), ", ".join(sorted(report.executors)) or "nothing",
     )
     return sink.array

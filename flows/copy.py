@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from bioimage_tasks.naming import describe
+from bioimage_tasks.naming import describe, describe_source
 from bioimage_tasks.planning import plan_blockwise
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend
 from bioimage_tasks.sources import as_source
@@ -40,9 +40,15 @@ def copy_flow(
     as in `downsample_flow`. Returns the output array.
     """
     config = check_backend(job_type, num_workers, job_config)
+    source = as_source(input)
     plan = plan_blockwise(
-        as_source(input), output, mask=mask, block_shape=block_shape, block_ids=block_ids, resume_from=resume_from,
+        source, output, mask=mask, block_shape=block_shape, block_ids=block_ids, resume_from=resume_from,
         job_type=job_type,
     )
     with backend(job_type, num_workers, config) as runner:
-        return run_plan(runner, plan, num_workers, config)
+        details = {
+            "input": describe_source(input, source),
+            "mask": describe(mask) if mask is not None else "none",
+            "backend": f"{job_type} x{num_workers}",
+        }
+        return run_plan(runner, plan, num_workers, config, details, "copy")

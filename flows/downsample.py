@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
-from bioimage_tasks.naming import describe
+from bioimage_tasks.naming import describe, describe_source
 from bioimage_tasks.planning import plan_blockwise
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend
@@ -85,4 +85,11 @@ def downsample_flow(
         if order >= 2:
             value_range = measure_source_range(runner, source, num_workers, config)
             plan = plan.with_source(replace(resized, value_range=value_range))
-        return run_plan(runner, plan, num_workers, config)
+        details = {
+            "input": describe_source(input, source),
+            "scale factor": factors,
+            "method": f"{method}, order {order}, anti-aliasing {anti_aliasing}",
+            "mask": describe(mask) if mask is not None else "none",
+            "backend": f"{job_type} x{num_workers}",
+        }
+        return run_plan(runner, plan, num_workers, config, details, "downsample")

@@ -1,0 +1,42 @@
+"""What the Prefect UI shows: a progress artifact that reaches 100 %, a summary artifact with the
+run's facts, and readable flow and task run names, read back through the Prefect API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+
+from bioimage_tasks.reporting import progress_listener
+from flows import downsample_flow
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def test_progress_and_summary_artifacts(tmp_path, rng):
+    x = rng.integers(0, 255, (40, 40, 40), dtype=np.uint8)
+    seen = []
+    token = progress_listener.set(lambda done, total: seen.append((done, total)))
+    try:
+        state = downsample_flow(x, 2, f"{tmp_path}/out.zarr/s1", order=1, anti_aliasing=True, block_shape=(4, 4, 4),
+                                num_workers=2, return_state=True)
+    finally:
+        progress_listener.reset(token)
+    assert state.is_completed()
+    run_id = state.state_details.flow_run_id
+    assert seen[0] == (0, 125) and seen[-1] == (125, 125)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+        flow_run = client.read_flow_run(run_id)
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    by_type = {artifact.type: artifact for artifact in artifacts}
+    assert by_type["progress"].data == 100.0
+    summary = by_type["markdown"].data
+    assert by_type["markdown"].key == "downsample-summary"
+    for fact in ("| blocks written | 125 |", "| blocks failed | 0 |", "(40, 40, 40) uint8", "order 1, anti-aliasing True",
+                 "local x2", "125 blocks of (4, 4, 4)"):
+        assert fact in summary, f"{fact!r} missing from the summary:\n{summary}"
+    assert flow_run.name == "downsample numpy(40, 40, 40) uint8 x2 -> out.zarr/s1"
+    assert any(run.name.startswith("process-blocks 0-") for run in task_runs)
