@@ -1,0 +1,125 @@
+"""The `bioimage-tasks` command line: the same flows, from a shell. A progress bar on a terminal,
+quiet with --quiet; errors print one line and exit 1 (a traceback only with --debug)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, Optional
+
+import typer
+
+app = typer.Typer(help="Block-wise processing of bio-image volumes larger than memory (Prefect flows).",
+                  no_args_is_help=True, add_completion=False)
+
+JOB_TYPE_HELP = "Where batches run: local (threads), subprocess (local Dask cluster), slurm, or dask."
+BLOCK_SHAPE_HELP = "Block shape in output space, e.g. 64,64,64; a multiple of the output chunks (default: derived from them)."
+
+
+def integers(text: str | None, name: str) -> tuple[int, ...] | None:
+    """'64,64,64' -> (64, 64, 64); a clear error for anything else."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"{name} must be comma-separated integers, got {text!r}") from None
+
+
+def run(flow_call: Callable[[], Any], quiet: bool, debug: bool, output: str) -> None:
+    """Call a flow with a progress bar (on a terminal, unless quiet) and turn errors into one line."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from bioimage_tasks.reporting import progress_listener
+
+    console = Console(stderr=True)
+    show_bar = not quiet and console.is_terminal
+    try:
+        if show_bar:
+            with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                          TimeElapsedColumn(), console=console) as bar:
+                task = bar.add_task("blocks", total=None)
+                token = progress_listener.set(lambda done, total: bar.update(task, completed=done, total=total))
+                try:
+                    result = flow_call()
+                finally:
+                    progress_listener.reset(token)
+        else:
+            result = flow_call()
+    except Exception as error:  # noqa: BLE001 - the CLI's contract: one line, non-zero exit
+        if debug:
+            raise
+        console.print(f"[red]error:[/red] {type(error).__name__}: {error}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if not quiet:
+        console.print(f"wrote {output}: shape {tuple(result.shape)} {result.dtype}", highlight=False)
+
+
+def quiet_prefect(debug: bool) -> None:
+    """Keep Prefect's own console output (run logs, tracebacks) off the terminal: the bar shows
+    progress and errors print as one line. The logs still go to the Prefect API and UI.
+    --debug keeps everything. (Prefect reads PREFECT_LOGGING_* overrides of its logging config.)"""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if debug:
+        os.environ["PREFECT_LOGGING_LEVEL"] = "DEBUG"
+    else:
+        os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"
+
+
+@app.command()
+def downsample(
+    input: str = typer.Argument(..., help="Input array: path/container.zarr/key or path/container.n5/key."),
+    output: str = typer.Argument(..., help="Output array path (created if missing)."),
+    factor: str = typer.Option("2", "--factor", "-f", help="Scale factor: one int, or one per axis (1,2,2)."),
+    order: int = typer.Option(0, help="Spline order 0-5 (0 is label-safe: picks voxels)."),
+    anti_aliasing: bool = typer.Option(False, "--anti-aliasing/--no-anti-aliasing", help="Gaussian pre-filter, as scikit-image."),
+    method: str = typer.Option("resize", help="Downsampling method."),
+    job_type: str = typer.Option("local", "--job-type", help=JOB_TYPE_HELP),
+    workers: int = typer.Option(1, "--workers", "-w", help="Threads, worker processes or SLURM jobs."),
+    block_shape: Optional[str] = typer.Option(None, "--block-shape", help=BLOCK_SHAPE_HELP),
+    mask: Optional[str] = typer.Option(None, help="Output-space mask array; only its nonzero voxels are written."),
+    block_ids: Optional[str] = typer.Option(None, "--block-ids", help="Only these blocks of the output grid, e.g. 0,5,7."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and Prefect's debug logs."),
+) -> None:
+    """Downsample INPUT into OUTPUT exactly as scikit-image's resize would, block by block."""
+    quiet_prefect(debug)
+    factors = integers(factor, "--factor")
+    ids = integers(block_ids, "--block-ids")
+    shape = integers(block_shape, "--block-shape")
+    from flows import downsample_flow
+
+    run(lambda: downsample_flow(input, factors[0] if len(factors) == 1 else factors, output, order=order,
+                                anti_aliasing=anti_aliasing, method=method, block_shape=shape, job_type=job_type,
+                                num_workers=workers, mask=mask, block_ids=ids), quiet, debug, output)
+
+
+@app.command()
+def copy(
+    input: str = typer.Argument(..., help="Input array: path/container.zarr/key or path/container.n5/key."),
+    output: str = typer.Argument(..., help="Output array path (created if missing; zarr or n5 by its suffix)."),
+    job_type: str = typer.Option("local", "--job-type", help=JOB_TYPE_HELP),
+    workers: int = typer.Option(1, "--workers", "-w", help="Threads, worker processes or SLURM jobs."),
+    block_shape: Optional[str] = typer.Option(None, "--block-shape", help=BLOCK_SHAPE_HELP),
+    mask: Optional[str] = typer.Option(None, help="Mask array; only its nonzero voxels are written."),
+    block_ids: Optional[str] = typer.Option(None, "--block-ids", help="Only these blocks of the output grid."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and Prefect's debug logs."),
+) -> None:
+    """Copy INPUT into OUTPUT block by block (format conversion: zarr v2/v3, n5)."""
+    quiet_prefect(debug)
+    ids, shape = integers(block_ids, "--block-ids"), integers(block_shape, "--block-shape")
+    from flows import copy_flow
+
+    run(lambda: copy_flow(input, output, block_shape=shape, job_type=job_type, num_workers=workers, mask=mask,
+                          block_ids=ids), quiet, debug, output)
+
+
+def main() -> None:
+    app(prog_name="bioimage-tasks")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

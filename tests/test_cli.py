@@ -1,0 +1,65 @@
+"""The command line, run as a real process against the session's Prefect API."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+from reference import skimage_downsample
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    from prefect.settings import PREFECT_API_URL
+
+    env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value()}
+    return subprocess.run([sys.executable, "-m", "bioimage_tasks.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.fixture
+def image_path(tmp_path, rng):
+    image = rng.integers(0, 255, (30, 34, 26), dtype=np.uint8)
+    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=image.shape, dtype="uint8", chunks=(8, 8, 8))[:] = image
+    return f"{tmp_path}/in.zarr/raw", image
+
+
+def test_downsample_and_copy(tmp_path, image_path):
+    path, image = image_path
+    done = cli("downsample", path, f"{tmp_path}/out.zarr/s1", "--factor", "1,2,2", "--order", "1", "--anti-aliasing",
+               "--workers", "2", "--block-shape", "8,8,8")
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stderr and "(30, 17, 13) uint8" in done.stderr
+    expected = np.clip(np.rint(skimage_downsample(image, (1, 2, 2), 1, True)), 0, 255)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr"), path="s1")[:], expected)
+    copied = cli("copy", f"{tmp_path}/out.zarr/s1", f"{tmp_path}/out.n5/s1", "--quiet")
+    assert copied.returncode == 0 and copied.stdout == "" and copied.stderr == "", copied.stderr
+
+
+def test_bad_argument_prints_one_line(tmp_path, image_path):
+    path, _ = image_path
+    failed = cli("downsample", path, f"{tmp_path}/out.zarr/s1", "--order", "9")
+    assert failed.returncode == 1
+    lines = [line for line in failed.stderr.splitlines() if line.strip()]
+    assert lines == ["error: ValueError: order must be an integer from 0 to 5, got 9"], failed.stderr
+    assert "Traceback" not in failed.stderr + failed.stdout
+    missing = cli("copy", f"{tmp_path}/nothing.zarr/raw", f"{tmp_path}/o.zarr/raw")
+    assert missing.returncode == 1 and "FileNotFoundError: input: no zarr array" in missing.stderr
+    unparsable = cli("downsample", path, f"{tmp_path}/out.zarr/s1", "--factor", "2,x")
+    assert unparsable.returncode == 2 and "--factor must be comma-separated integers" in unparsable.stderr
+    debug = cli("downsample", path, f"{tmp_path}/out.zarr/s1", "--order", "9", "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_help_explains_every_option():
+    shown = cli("downsample", "--help")
+    assert shown.returncode == 0
+    for option in ("--factor", "--order", "--anti-aliasing", "--job-type", "--workers", "--block-shape", "--mask",
+                   "--block-ids", "--quiet", "--debug"):
+        assert option in shown.stdout
+    assert "copy" in cli("--help").stdout
