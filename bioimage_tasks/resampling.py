@@ -1,6 +1,7 @@
-"""`ResizedSource`: a lazy, resampled view of a source. Slicing it returns exactly the region
-scikit-image's whole-array `resize(..., mode="reflect", preserve_range=True)` would produce,
-computed from only the input voxels that region depends on."""
+"""Lazy downsampled views of a source. Slicing a `ResizedSource` returns exactly the region
+scikit-image's whole-array `resize(..., mode="reflect", preserve_range=True)` would produce, and
+slicing a `WindowedSource` the region tensorstore's `downsample` driver would, each computed from
+only the input voxels that region depends on."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bioimage_tasks.geometry import downscale_shape
 from bioimage_tasks.grid import BlockGrid, default_block_shape
 from bioimage_tasks.kernels.resize import anti_aliasing_sigma, mirror_indices, plan_axis, resize_region, value_range
+from bioimage_tasks.kernels.window import window_reduce
 from bioimage_tasks.sources import Source
 
 
@@ -112,3 +115,48 @@ def measure_value_range(source: Source, block_ids: Sequence[int] | None = None) 
 def combine_ranges(ranges: Sequence[tuple[float, float]]) -> tuple[float, float]:
     """The range covering all `ranges`."""
     return float(np.nanmin([r[0] for r in ranges])), float(np.nanmax([r[1] for r in ranges]))
+
+
+@dataclass(frozen=True, eq=False)
+class WindowedSource:
+    """`source` reduced over windows of `factors` with a tensorstore `downsample` method (mean,
+    mode, min, max, median, stride). Slicing it reads only the windows of the requested region,
+    which are whole (or cut by the array edge), so blocks need no halo.
+
+    >>> from bioimage_tasks.sources import ArraySource
+    >>> WindowedSource(ArraySource(np.array([1, 1, 2, 3, 3], dtype=np.uint8)), (2,), "max")[:]
+    array([1, 3, 3], dtype=uint8)
+    """
+
+    source: Source
+    factors: tuple[int, ...]
+    method: str
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return downscale_shape(self.source.shape, self.factors)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.source.dtype
+
+    @property
+    def write_unit(self) -> None:
+        return None
+
+    @property
+    def name(self) -> str:
+        return f"{getattr(self.source, 'name', 'source')} {self.method} over {self.factors}"
+
+    def fingerprint(self) -> dict | None:
+        inner = getattr(self.source, "fingerprint", None)
+        if inner is None:
+            return None
+        return {"window": {"factors": self.factors, "method": self.method}, "input": inner()}
+
+    def __getitem__(self, key: tuple[slice, ...] | slice) -> np.ndarray:
+        region = normalize_key(key, self.shape)
+        windows = tuple(
+            slice(s.start * f, min(s.stop * f, n)) for s, f, n in zip(region, self.factors, self.source.shape)
+        )
+        return window_reduce(self.source[windows], self.factors, self.method)

@@ -12,13 +12,14 @@ from prefect.runtime import flow_run
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
 from bioimage_tasks.naming import describe, describe_source
 from bioimage_tasks.planning import plan_blockwise
-from bioimage_tasks.resampling import ResizedSource
+from bioimage_tasks.kernels.window import METHODS as WINDOW_METHODS
+from bioimage_tasks.kernels.window import SUPPORTED_DTYPES as WINDOW_DTYPES
+from bioimage_tasks.resampling import ResizedSource, WindowedSource
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend
 from bioimage_tasks.sources import as_source
 from bioimage_tasks.tasks import measure_source_range, run_plan
 
-METHODS = ("resize", "mean", "mode", "min", "max", "median", "stride")
-AVAILABLE_METHODS = ("resize",)
+METHODS = ("resize", *WINDOW_METHODS)
 
 
 def _run_name() -> str:
@@ -28,16 +29,16 @@ def _run_name() -> str:
     return f"downsample {describe(parameters['input'])} x{factor_text} -> {describe(parameters.get('output'))}"
 
 
-def check_resize_options(method: str, order: int, anti_aliasing: bool) -> None:
-    """Reject an unknown or not yet available method and an order outside 0-5."""
+def check_method_options(method: str, order: int, anti_aliasing: bool) -> None:
+    """Reject an unknown method, an order outside 0-5, and resize options given to a window method."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method not in AVAILABLE_METHODS:
-        raise NotImplementedError(f"method={method!r} is not available yet; use method='resize'")
     if not isinstance(order, int) or isinstance(order, bool) or not 0 <= order <= 5:
         raise ValueError(f"order must be an integer from 0 to 5, got {order!r}")
     if not isinstance(anti_aliasing, bool):
         raise ValueError(f"anti_aliasing must be True or False, got {anti_aliasing!r}")
+    if method != "resize" and (order != 0 or anti_aliasing):
+        raise ValueError(f"order and anti_aliasing apply to method='resize' only, not method={method!r}")
 
 
 @flow(name="downsample", flow_run_name=_run_name, validate_parameters=False)
@@ -60,31 +61,38 @@ def downsample_flow(
     """Downsample `input` by `scale_factor` (an int or one int >= 1 per axis) block-wise.
 
     The input (numpy, zarr v2/v3, n5, or a "path/container.zarr/key" string) is resampled to
-    `downscale_shape(shape, factors)` (ceil mode) exactly as scikit-image's whole-array
-    `resize(x, shape, order, anti_aliasing, mode="reflect", preserve_range=True)` would, cast back
-    to the input dtype (integers rounded to nearest). The defaults (order 0, no anti-aliasing) are
-    label-safe: order 0 picks input voxels, never mixes them.
+    `downscale_shape(shape, factors)` (ceil mode). `method="resize"` does it exactly as
+    scikit-image's whole-array `resize(x, shape, order, anti_aliasing, mode="reflect",
+    preserve_range=True)` would, cast back to the input dtype (integers rounded to nearest); the
+    defaults (order 0, no anti-aliasing) are label-safe: order 0 picks input voxels, never mixes
+    them. The window methods "mean", "mode", "min", "max", "median" and "stride" reduce each window
+    of `factors` voxels exactly as tensorstore's `downsample` driver does ("mode" is label-safe).
 
     `output` (array or path; created if missing) receives the result; without it a numpy array
     is returned. `block_shape` is in output space and must be a multiple of the output's chunks
     (default: derived from them). `mask` (output space) limits writes to its nonzero voxels;
     `block_ids` limits the run to those blocks of the output grid. Returns the output array.
     """
-    check_resize_options(method, order, anti_aliasing)
+    check_method_options(method, order, anti_aliasing)
     config = check_backend(job_type, num_workers, job_config)
     source = as_source(input)
     factors = normalize_factors(scale_factor, len(source.shape))
     if source.dtype == bool and (order > 0 or anti_aliasing):
         raise ValueError("a bool input needs order=0 and anti_aliasing=False (interpolation is undefined for bool)")
-    resized = ResizedSource(source, downscale_shape(source.shape, factors), order, anti_aliasing)
+    if method != "resize" and source.dtype not in WINDOW_DTYPES:
+        raise ValueError(f"method={method!r} supports {sorted(str(d) for d in WINDOW_DTYPES)}, not {source.dtype}")
+    if method == "resize":
+        downsampled = ResizedSource(source, downscale_shape(source.shape, factors), order, anti_aliasing)
+    else:
+        downsampled = WindowedSource(source, factors, method)
     plan = plan_blockwise(
-        resized, output, mask=mask, block_shape=block_shape, block_ids=block_ids, resume_from=resume_from,
+        downsampled, output, mask=mask, block_shape=block_shape, block_ids=block_ids, resume_from=resume_from,
         job_type=job_type,
     )
     with backend(job_type, num_workers, config) as runner:
-        if order >= 2:
+        if method == "resize" and order >= 2:
             value_range = measure_source_range(runner, source, num_workers, config)
-            plan = plan.with_source(replace(resized, value_range=value_range))
+            plan = plan.with_source(replace(downsampled, value_range=value_range))
         details = {
             "input": describe_source(input, source),
             "scale factor": factors,

@@ -40,7 +40,7 @@ BAD_CALLS = [  # (keyword changes, exception, message pattern)
     ({"job_type": "subprocess", "output": None}, ValueError, r"job_type='subprocess' needs an output"),
     ({"job_type": "dask"}, ValueError, r"DaskConfig.address must name the scheduler"),
     ({"method": "bilinear"}, ValueError, r"method must be one of"),
-    ({"method": "mode"}, NotImplementedError, r"method='mode' is not available yet"),
+    ({"method": "mode", "order": 1}, ValueError, r"order and anti_aliasing apply to method='resize' only"),
     ({"num_workers": 0}, ValueError, r"num_workers must be an integer >= 1"),
     ({"job_config": {"cores": 4}}, ValueError, r"job_config must be a RunnerConfig"),
     ({"job_type": "subprocess", "job_config": SlurmConfig()}, ValueError, r"job_config must be a LocalClusterConfig"),

@@ -2,5 +2,8 @@
 
 from bioimage_tasks.kernels.masking import merge_masked
 from bioimage_tasks.kernels.resize import AxisPlan, mirror_indices, plan_axis, resize_region, value_range
+from bioimage_tasks.kernels.window import METHODS as WINDOW_METHODS
+from bioimage_tasks.kernels.window import window_reduce
 
-__all__ = ["AxisPlan", "merge_masked", "mirror_indices", "plan_axis", "resize_region", "value_range"]
+__all__ = ["WINDOW_METHODS", "AxisPlan", "merge_masked", "mirror_indices", "plan_axis", "resize_region",
+           "value_range", "window_reduce"]

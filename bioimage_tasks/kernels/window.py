@@ -1,0 +1,260 @@
+"""Pure per-block window downsampling: tensorstore's `downsample` driver evaluated on one
+window-aligned block. No I/O, no Prefect, no Dask.
+
+Every output voxel reduces one window of `factors` input voxels; the output shape is
+`ceil(shape / factors)` and a partial window at the array edge reduces only its in-bounds voxels.
+Because the block's origin lies on the window grid, its windows are exactly the array's windows,
+so reducing blocks independently and pasting the results equals reducing the whole array.
+
+Semantics, each checked against `tensorstore.downsample(tensorstore.array(x), factors, method)`:
+- `mean`: integers (and bool) round to nearest, ties to even, computed exactly from an integer
+  sum (64-bit types split into 32-bit halves, so uint64/int64 never overflow or go through
+  float64). Floats accumulate in their own dtype, one window voxel after the other in C order
+  starting from +0.0, then divide by the count, which is what tensorstore does bit for bit.
+- `min`/`max`: floats fold `x < acc` (`x > acc`) from +inf (-inf) like tensorstore, so NaN is
+  skipped, an all-NaN window gives +inf (-inf) and of +0.0/-0.0 the first one wins.
+- `median`: the lower middle value of the sorted window (index `(count - 1) // 2`).
+- `mode`: the most frequent value, the lowest one on a tie.
+- `stride`: the window's first voxel.
+NaN in `mode`/`median` and the sign of a zero they return are not specified (tensorstore sorts
+with `<` there); everything else is exact for bool, (u)int8-64 and float32/64.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+
+import numpy as np
+
+from bioimage_tasks.geometry import downscale_shape
+
+METHODS = ("mean", "mode", "min", "max", "median", "stride")
+
+SUPPORTED_DTYPES = frozenset(np.dtype(t) for t in ("bool", "uint8", "uint16", "uint32", "uint64",
+                                             "int8", "int16", "int32", "int64", "float32", "float64"))
+_MAX_NETWORK = 32  # windows up to this many voxels are sorted by a vectorised sorting network
+_LOW32 = 0xFFFFFFFF
+
+
+def window_reduce(block: np.ndarray, factors: Sequence[int], method: str) -> np.ndarray:
+    """Reduce every `factors` window of `block` with `method`, exactly as tensorstore's
+    `downsample` driver does; `block`'s origin must lie on the window grid.
+
+    Returns an array of shape `downscale_shape(block.shape, factors)` and `block`'s dtype.
+
+    >>> x = np.array([[1, 2, 2, 7, 9], [3, 2, 7, 8, 9]], dtype=np.uint8)
+    >>> window_reduce(x, (2, 2), "mode")
+    array([[2, 7, 9]], dtype=uint8)
+    >>> window_reduce(np.array([-3, -2, 3, 4, 7], dtype=np.int16), (2,), "mean")  # ties to even
+    array([-2,  4,  7], dtype=int16)
+    """
+    block = np.asarray(block)
+    factors = tuple(int(f) for f in factors)
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if len(factors) != block.ndim or any(f < 1 for f in factors):
+        raise ValueError(f"factors {factors} must be {block.ndim} integers >= 1")
+    if block.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"unsupported dtype {block.dtype}")
+    if math.prod(factors) >= 2**31:
+        raise ValueError(f"windows of {math.prod(factors)} voxels are too large")
+    if method == "stride":
+        return block[tuple(slice(None, None, f) for f in factors)].copy()
+    if method in ("min", "max"):
+        return _extremum(block, factors, method == "min")
+    if method == "mean":
+        return _mean(block, factors)
+    return _sorted_window_reduce(block, factors, method)
+
+
+def _offsets(shape: Sequence[int], factors: Sequence[int]) -> Iterator[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """For each offset inside the window, in C order: (output region, strided input view) of the
+    windows containing that offset. Only the last window along an axis can lack an offset, so the
+    output region is always a leading corner."""
+    for offset in itertools.product(*(range(f) for f in factors)):
+        if any(o >= n for o, n in zip(offset, shape)):
+            continue
+        dst = tuple(slice(0, -(-(n - o) // f)) for n, o, f in zip(shape, offset, factors))
+        src = tuple(slice(o, None, f) for o, f in zip(offset, factors))
+        yield dst, src
+
+
+def _counts(shape: Sequence[int], factors: Sequence[int]) -> np.ndarray | int:
+    """Number of in-bounds voxels of every window (a plain int when no window is partial)."""
+    if all(n % f == 0 for n, f in zip(shape, factors)):
+        return math.prod(factors)
+    count = np.ones((), np.int64)
+    for n, f in zip(shape, factors):
+        extent = np.minimum(f, n - np.arange(0, n, f, dtype=np.int64))
+        count = np.multiply.outer(count, extent)
+    return count
+
+
+def _extremum(block: np.ndarray, factors: Sequence[int], is_min: bool) -> np.ndarray:
+    out_shape = downscale_shape(block.shape, factors)
+    if block.dtype.kind == "f":
+        # tensorstore's fold: acc = +-inf; acc = x if x < acc (x > acc), so NaN never wins.
+        acc = np.full(out_shape, np.inf if is_min else -np.inf, block.dtype)
+        better = np.less if is_min else np.greater
+        for dst, src in _offsets(block.shape, factors):
+            values, current = block[src], acc[dst]
+            np.copyto(current, values, where=better(values, current))
+        return acc
+    ufunc = np.minimum if is_min else np.maximum
+    acc = block[tuple(slice(None, None, f) for f in factors)].copy()  # offset 0: every window has it
+    for dst, src in itertools.islice(_offsets(block.shape, factors), 1, None):
+        ufunc(acc[dst], block[src], out=acc[dst])
+    return acc
+
+
+def _mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    out_shape = downscale_shape(block.shape, factors)
+    count = _counts(block.shape, factors)
+    if block.dtype.kind == "f":
+        acc = np.zeros(out_shape, block.dtype)
+        for dst, src in _offsets(block.shape, factors):
+            acc[dst] += block[src]
+        return (acc / np.asarray(count, block.dtype)).astype(block.dtype, copy=False)
+    if block.dtype.itemsize < 8:  # bool, (u)int8-32: an int64 sum is exact (int32 for 8/16-bit)
+        narrow = block.dtype.itemsize <= 2 and math.prod(factors) < 2**15
+        total = np.zeros(out_shape, np.int32 if narrow else np.int64)
+        for dst, src in _offsets(block.shape, factors):
+            total[dst] += block[src]
+        if isinstance(count, int) and count > 1 and count & (count - 1) == 0:
+            # full windows of 2**s voxels (the common case): shifts instead of a slow int division
+            shift = count.bit_length() - 1
+            total += (total >> shift) & 1  # + 1 when the floor quotient is odd: ties go to even
+            total += count // 2 - 1
+            return (total >> shift).astype(block.dtype)
+        quotient, remainder = np.divmod(total, count)
+        return _round_half_even(quotient, remainder, count).astype(block.dtype)
+    # 64-bit: sum the high (signed) and low (unsigned) 32-bit halves separately, then divide
+    # high part first: sum = high * 2**32 + low, each step fits int64 while count < 2**31.
+    low = (block & _LOW32).astype(np.int64)
+    high = (block >> 32).astype(np.int64)
+    low_sum = np.zeros(out_shape, np.int64)
+    high_sum = np.zeros(out_shape, np.int64)
+    for dst, src in _offsets(block.shape, factors):
+        low_sum[dst] += low[src]
+        high_sum[dst] += high[src]
+    high_sum += low_sum >> 32
+    low_sum &= _LOW32
+    high_quotient = high_sum // count
+    rest = ((high_sum - high_quotient * count) << 32) + low_sum  # < count * 2**32
+    low_quotient = rest // count
+    remainder = rest - low_quotient * count
+    # The exact quotient may exceed int64 (uint64) or pass through it (int64): assemble it modulo
+    # 2**64; the rounded mean lies within the dtype's range, so the bits are right.
+    quotient = (high_quotient.astype(np.uint64) << np.uint64(32)) + low_quotient.astype(np.uint64)
+    return _round_half_even(quotient, remainder, count).view(block.dtype)
+
+
+def _round_half_even(quotient: np.ndarray, remainder: np.ndarray, count: np.ndarray | int) -> np.ndarray:
+    """`quotient + remainder / count` (floor quotient, 0 <= remainder < count) rounded to nearest,
+    ties to even: round up iff `2 * remainder + (quotient odd) > count`. Works in place."""
+    remainder <<= 1
+    remainder += (quotient & 1).astype(remainder.dtype, copy=False)
+    quotient += (remainder > count).astype(quotient.dtype)
+    return quotient
+
+
+def _sorted_window_reduce(block: np.ndarray, factors: Sequence[int], method: str) -> np.ndarray:
+    """mode/median: gather each window into a column, sort the columns, then pick."""
+    out_shape = downscale_shape(block.shape, factors)
+    size = math.prod(factors)
+    counts = _counts(block.shape, factors)
+    partial = not isinstance(counts, int)
+    rows = _window_rows(block, factors, out_shape)
+    if size <= _MAX_NETWORK:
+        _sort_network(rows)
+    else:
+        rows = list(np.sort(np.stack(rows), axis=0))
+    if method == "median":
+        if not partial:
+            return rows[(size - 1) // 2].reshape(out_shape)
+        middle = ((counts - 1) // 2).reshape(-1)
+        result = rows[0].copy()
+        for k in range(1, size):
+            np.copyto(result, rows[k], where=middle == k)
+        return result.reshape(out_shape)
+    # mode: walk the sorted columns keeping the current run length and the longest run so far;
+    # only a strictly longer run replaces it, so the lowest value wins ties. Padding sorts last
+    # and positions >= count are never taken. The best value is blended arithmetically on the bits
+    # (best += (value - best) * longer, modulo 2**n), which beats a masked copy on mixed masks.
+    bits = np.dtype(f"u{block.dtype.itemsize}")
+    best = rows[0].view(bits).copy()
+    length_type = np.min_scalar_type(size)
+    best_length = np.ones(best.shape, length_type)
+    run = best_length.copy()
+    counts = counts.reshape(-1) if partial else None
+    for k in range(1, size):
+        run *= rows[k] == rows[k - 1]
+        run += 1
+        longer = run > best_length
+        if partial:
+            longer &= counts > k
+        best += (rows[k].view(bits) - best) * longer
+        np.maximum(best_length, run, out=best_length)  # past `count` nothing is taken any more
+    return best.view(block.dtype).reshape(out_shape)
+
+
+def _window_rows(block: np.ndarray, factors: Sequence[int], out_shape: Sequence[int]) -> list[np.ndarray]:
+    """The windows as `prod(factors)` flat arrays (one per window offset, C order), each holding
+    that offset's voxel of every window. Partial windows are padded with the dtype's largest value,
+    which sorts after every real voxel (NaN aside)."""
+    padded_shape = tuple(n * f for n, f in zip(out_shape, factors))
+    if padded_shape != block.shape:
+        if block.dtype.kind == "f":
+            fill = np.inf
+        elif block.dtype.kind == "b":
+            fill = True
+        else:
+            fill = np.iinfo(block.dtype).max
+        padded = np.full(padded_shape, fill, block.dtype)
+        padded[tuple(slice(0, n) for n in block.shape)] = block
+    else:
+        padded = block
+    ndim = block.ndim
+    interleaved = [v for pair in zip(out_shape, factors) for v in pair]
+    axes = [*range(1, 2 * ndim, 2), *range(0, 2 * ndim, 2)]
+    columns = padded.reshape(interleaved).transpose(axes).reshape(math.prod(factors), -1)
+    if np.may_share_memory(columns, block):  # the sort works in place
+        columns = columns.copy()
+    return list(columns)
+
+
+def _sort_network(rows: list[np.ndarray]) -> None:
+    """Sort element-wise across `rows` (every column ascending) in place with Batcher's odd-even
+    merge network: a fixed list of compare-exchanges, each one vectorised over all windows."""
+    scratch = np.empty_like(rows[0])
+    for i, j in _network_pairs(len(rows)):
+        low, high = rows[i], rows[j]
+        np.minimum(low, high, out=scratch)
+        np.maximum(low, high, out=high)
+        rows[i], scratch = scratch, low
+
+
+@lru_cache(maxsize=None)
+def _network_pairs(size: int) -> tuple[tuple[int, int], ...]:
+    """Compare-exchange pairs of Batcher's odd-even merge sort for `size` elements: the network
+    for the next power of two with comparators touching missing elements (think +inf) dropped.
+
+    >>> len(_network_pairs(8)), _network_pairs(3)
+    (19, ((0, 1), (0, 2), (1, 2)))
+    """
+    n = 1 << max(0, size - 1).bit_length()
+    pairs = []
+    p = 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p) and i + j + k < size:
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return tuple(pairs)

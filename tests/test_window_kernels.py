@@ -1,0 +1,176 @@
+"""The window downsampling kernel against tensorstore's `downsample` driver (the reference), on
+whole arrays and block by block: odd shapes (partial edge windows), anisotropic factors, every
+method, integer dtypes over their full range (uint64 ids above 2**53) and with few distinct values
+(so mode ties happen). Every comparison is exact, float32 mean included."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorstore as ts
+
+from bioimage_tasks.geometry import downscale_shape
+from bioimage_tasks.kernels.window import METHODS, _sort_network, window_reduce
+
+SHAPES_3D = [(37, 41, 23), (33, 17, 9), (24, 18, 12)]  # the last one: whole windows only
+FACTORS_3D = [(1, 2, 2), (3, 2, 1), (2, 2, 2), (4, 3, 2)]
+CASES = [(s, f) for s in SHAPES_3D for f in FACTORS_3D] + [((5, 7), (2, 2)), ((5, 7), (3, 4)), ((5, 7), (2, 8))]
+
+
+def reference(x: np.ndarray, factors, method: str) -> np.ndarray:
+    return ts.downsample(ts.array(x), list(factors), method).read().result()
+
+
+def random_array(rng: np.random.Generator, shape, dtype, data: str) -> np.ndarray:
+    """`wide`: the dtype's full range (floats: normal, both signs); `few`: four distinct values,
+    extremes included (uint64: one id just above 2**53), so windows often tie."""
+    dtype = np.dtype(dtype)
+    if dtype == bool:
+        return rng.integers(0, 2, shape).astype(bool)
+    if dtype.kind == "f":
+        if data == "few":
+            return rng.integers(-2, 2, shape).astype(dtype)
+        return (rng.standard_normal(shape) * 1000).astype(dtype)
+    info = np.iinfo(dtype)
+    if data == "few":
+        middle = 2**53 + 1 if dtype == np.uint64 else (int(info.min) + int(info.max)) // 2
+        palette = np.array([info.min, info.max, info.max - 1, middle], dtype)
+        return palette[rng.integers(0, len(palette), shape)]
+    return rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+
+
+def assert_same(got: np.ndarray, expected: np.ndarray) -> None:
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected, strict=True)
+
+
+@pytest.mark.parametrize("shape,factors", CASES)
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "uint32", "uint64", "int16", "float32"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("data", ["wide", "few"])
+def test_matches_tensorstore(rng, shape, factors, dtype, method, data):
+    x = random_array(rng, shape, dtype, data)
+    got = window_reduce(x, factors, method)
+    assert got.shape == downscale_shape(shape, factors)
+    assert_same(got, reference(x, factors, method))
+
+
+@pytest.mark.parametrize("shape,factors", [((37, 41, 23), (2, 2, 2)), ((33, 17, 9), (4, 3, 2)), ((24, 18, 12), (2, 2, 2))])
+@pytest.mark.parametrize("dtype", ["bool", "int8", "int32", "int64", "uint64", "float64"])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("data", ["wide", "few"])
+def test_other_dtypes_match_tensorstore(rng, shape, factors, dtype, method, data):
+    x = random_array(rng, shape, dtype, data)
+    assert_same(window_reduce(x, factors, method), reference(x, factors, method))
+
+
+def blockwise_reduce(x: np.ndarray, factors, method: str, block_shape) -> np.ndarray:
+    """Reduce window-aligned input regions (output block * factors, clipped to the array) one by
+    one and paste the results: what a block-wise runner does."""
+    out_shape = downscale_shape(x.shape, factors)
+    out = np.zeros(out_shape, x.dtype)
+    starts = [range(0, n, b) for n, b in zip(out_shape, block_shape)]
+    for start in itertools.product(*starts):
+        dst = tuple(slice(s, min(s + b, n)) for s, b, n in zip(start, block_shape, out_shape))
+        src = tuple(slice(d.start * f, min(d.stop * f, n)) for d, f, n in zip(dst, factors, x.shape))
+        out[dst] = window_reduce(x[src], factors, method)
+    return out
+
+
+@pytest.mark.parametrize("shape,factors,block_shape", [
+    *(((37, 41, 23), f, (4, 5, 3)) for f in FACTORS_3D),
+    ((33, 17, 9), (2, 2, 2), (4, 5, 3)),
+    ((24, 18, 12), (4, 3, 2), (2, 4, 5)),
+    ((5, 7), (2, 3), (2, 1)),
+])
+@pytest.mark.parametrize("dtype", ["uint8", "uint64", "int16", "float32"])
+@pytest.mark.parametrize("method", METHODS)
+def test_blockwise_equals_whole(rng, shape, factors, block_shape, dtype, method):
+    x = random_array(rng, shape, dtype, "few" if method == "mode" else "wide")
+    whole = window_reduce(x, factors, method)
+    assert_same(blockwise_reduce(x, factors, method, block_shape), whole)
+    assert_same(whole, reference(x, factors, method))
+
+
+# Hand-made cases pinning down the semantics (each also checked against tensorstore).
+SEMANTICS = [
+    # integer mean rounds to nearest, ties to even, negative values included
+    ([-3, -2, -1, 0, 1, 2, -6, -5, 5, 6], "int16", (2,), "mean", [-2, 0, 2, -6, 6]),
+    ([0, 0, -1, 0, -1, -1], "int16", (3,), "mean", [0, -1]),
+    # uint64 / int64 mean is exact at the ends of the range (no overflow, no float64)
+    ([2**60 + 1, 2**60 + 2, 2**64 - 1, 2**64 - 1, 2**64 - 1, 2**64 - 3], "uint64", (2,), "mean",
+     [2**60 + 2, 2**64 - 1, 2**64 - 2]),
+    ([2**63 - 1, 2**63 - 2, -2**63, -2**63 + 1], "int64", (2,), "mean", [2**63 - 2, -2**63]),
+    # bool mean: half-true windows round to False
+    ([True, False, True, True, True, False, False], "bool", (2,), "mean", [False, True, False, False]),
+    # a partial edge window reduces only its in-bounds voxels
+    ([1, 2, 3, 4, 5, 6, 7], "uint8", (4,), "mean", [2, 6]),
+    ([1, 2, 3, 4, 5], "uint8", (3,), "mean", [2, 4]),
+    ([1, 2, 3, 4, 5], "uint8", (3,), "median", [2, 4]),
+    ([9, 8, 7, 6, 5], "uint8", (3,), "stride", [9, 6]),
+    ([9, 8, 7, 6, 5], "uint8", (3,), "min", [7, 5]),
+    ([9, 8, 7, 6, 5], "uint8", (3,), "max", [9, 6]),
+    # median: the lower middle value of an even count
+    ([4, 3, 2, 1, 9, 9, 1, 1], "uint8", (4,), "median", [2, 1]),
+    # mode: most frequent, the lowest value on a tie (signed: the most negative)
+    ([5, 5, 1, 1, 3, 2, 1, 0, 2, 2, 2, 9], "uint8", (4,), "mode", [1, 0, 2]),
+    ([5, 5, -1, -1, 7, 8, 8], "int16", (4,), "mode", [-1, 8]),
+    ([2**64 - 1, 2**53 + 1, 2**53 + 1, 2**64 - 1, 2**53 + 3], "uint64", (4,), "mode", [2**53 + 1, 2**53 + 3]),
+    # float32 mean accumulates in float32, in C order within the window, then divides
+    ([1e8, 1, -1e8, 1, 1, 1e8, 1, -1e8], "float32", (4,), "mean", [0.25, 0.0]),
+    # float min/max skip NaN (an all-NaN window gives +-inf)
+    ([np.nan, 1, np.nan, np.nan], "float32", (2,), "min", [1, np.inf]),
+    ([np.nan, 1, np.nan, np.nan], "float32", (2,), "max", [1, -np.inf]),
+]
+
+
+@pytest.mark.parametrize("values,dtype,factors,method,expected", SEMANTICS)
+def test_semantics(values, dtype, factors, method, expected):
+    x = np.array(values, dtype)
+    expected = np.array(expected, dtype)
+    assert_same(reference(x, factors, method), expected)
+    assert_same(window_reduce(x, factors, method), expected)
+
+
+def test_float32_mean_2d_accumulation_order():
+    x = np.array([[1, 1e8], [1, -1e8]], np.float32)  # C order: 1 + 1e8 + 1 - 1e8 == 0 in float32
+    assert_same(window_reduce(x, (2, 2), "mean"), reference(x, (2, 2), "mean"))
+    assert window_reduce(x, (2, 2), "mean")[0, 0] == 0
+
+
+def test_large_windows_use_the_fallback_sort(rng):
+    x = random_array(rng, (13, 11, 9), "uint16", "few")
+    for method in ("mode", "median"):
+        assert_same(window_reduce(x, (4, 3, 3), method), reference(x, (4, 3, 3), method))
+
+
+def test_input_is_not_modified(rng):
+    # with factors (2, 1, 1) and one window along axis 0, the windows are a view of the input
+    x = random_array(rng, (2, 6, 8), "uint32", "wide")
+    before = x.copy()
+    for method in METHODS:
+        window_reduce(x, (2, 1, 1), method)
+        window_reduce(x, (2, 2, 2), method)
+    assert_same(x, before)
+
+
+@pytest.mark.parametrize("size", range(1, 40))
+def test_sort_network(rng, size):
+    columns = rng.integers(0, 4, (size, 64)).astype(np.int16)
+    rows = list(columns.copy())
+    _sort_network(rows)
+    assert_same(np.stack(rows), np.sort(columns, axis=0))
+
+
+def test_rejects_bad_arguments():
+    x = np.zeros((4, 4), np.uint8)
+    with pytest.raises(ValueError, match="method"):
+        window_reduce(x, (2, 2), "average")
+    with pytest.raises(ValueError, match="factors"):
+        window_reduce(x, (2,), "mean")
+    with pytest.raises(ValueError, match="factors"):
+        window_reduce(x, (0, 2), "mean")
+    with pytest.raises(TypeError, match="dtype"):
+        window_reduce(x.astype(np.float16), (2, 2), "mean")
