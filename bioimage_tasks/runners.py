@@ -131,6 +131,11 @@ def check_backend(job_type: str, num_workers: int, job_config: RunnerConfig | No
     if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
         raise ValueError(f"num_workers must be an integer >= 1, got {num_workers!r}")
     expected = CONFIG_TYPES[job_type]
+    if isinstance(job_config, dict):  # from a deployment or the API: JSON parameters
+        try:
+            job_config = expected(**job_config)
+        except TypeError as error:
+            raise ValueError(f"job_config for job_type={job_type!r} takes {expected.__name__} fields: {error}") from None
     config = RunnerConfig() if job_config is None else job_config
     if type(config) is RunnerConfig and expected is not RunnerConfig:
         config = expected(**config.shared())  # DaskConfig: asks for the address

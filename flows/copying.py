@@ -1,4 +1,6 @@
-"""`copy_flow`: block-wise copy between formats, or persisting a lazy source such as a ResizedSource."""
+"""`copy_flow`: block-wise copy between formats, or persisting a lazy source such as a
+ResizedSource. (The module is not named `copy`: Prefect puts flows/ on sys.path when it loads a
+deployment's entrypoint, and a flows/copy.py would then shadow the standard library's copy.)"""
 
 from __future__ import annotations
 

@@ -1,0 +1,104 @@
+"""Deployments against a real `prefect server start` on 127.0.0.1: serve them, trigger one with
+run_deployment and let the other fire from its schedule, then check the data and what the API
+shows (flow runs, states, artifacts)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+from helpers import wait_for
+from reference import skimage_downsample
+
+pytestmark = pytest.mark.slow
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A real Prefect server with its own database; its scheduler looks for due runs every 5 s."""
+    import httpx
+
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_API_PORT": str(port),
+                        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                                str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api"
+
+    def healthy():
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(healthy, 120, interval=0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_served_deployments_run_on_demand_and_on_schedule(server, tmp_path):
+    from prefect import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, DeploymentFilter,
+                                                DeploymentFilterName, FlowRunFilter, FlowRunFilterState,
+                                                FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    image = np.random.default_rng(5).integers(0, 255, (40, 36, 32), dtype=np.uint8)
+    zarr.create_array(store=str(tmp_path / "sample.zarr"), name="raw", shape=image.shape, dtype="uint8",
+                      chunks=(16, 16, 16))[:] = image
+    script = ("import sys; sys.path.insert(0, 'deployments'); from serve import build_deployments; "
+              "from prefect import serve; "
+              f"serve(*build_deployments({str(tmp_path)!r}, {{'cron': '0 2 * * *'}}, {{'interval': 15}}))")
+    env = os.environ | {"PREFECT_API_URL": server, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    served = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server}):
+            def registered():
+                with get_client(sync_client=True) as client:
+                    return len(client.read_deployments()) == 2
+            wait_for(registered, 120, interval=1)
+            run = run_deployment("downsample/nightly-downsample", timeout=240)
+            assert run.state.is_completed(), run.state
+            expected = np.clip(np.rint(skimage_downsample(image, (2, 2, 2), 1, True)), 0, 255)
+            np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "sample.zarr"), path="s1")[:], expected)
+
+            def scheduled_copy_completed():
+                with get_client(sync_client=True) as client:
+                    return client.read_flow_runs(
+                        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["nightly-n5-export"])),
+                        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))),
+                    )
+            copies = wait_for(scheduled_copy_completed, 180, interval=2)
+            assert copies[0].auto_scheduled
+            import tensorstore as ts
+            n5 = ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": str(tmp_path / "sample.n5")},
+                          "path": "s1"}).result().read().result()
+            np.testing.assert_array_equal(n5, expected)
+            with get_client(sync_client=True) as client:
+                artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+            assert {a.type for a in artifacts} >= {"progress", "markdown"}
+            assert run.name.startswith("downsample sample.zarr/raw x2")
+    finally:
+        served.terminate()
+        served.wait(timeout=60)
