@@ -6,15 +6,23 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 app = typer.Typer(help="Block-wise processing of bio-image volumes larger than memory (Prefect flows).",
                   no_args_is_help=True, add_completion=False)
 
-JOB_TYPE_HELP = "Where batches run: local (threads), subprocess (local Dask cluster), slurm, or dask."
-BLOCK_SHAPE_HELP = "Block shape in output space, e.g. 64,64,64; a multiple of the output chunks (default: derived from them)."
+# Options both commands take.
+Input = Annotated[str, typer.Argument(help="Input array: path/container.zarr/key or path/container.n5/key.")]
+Output = Annotated[str, typer.Argument(help="Output array path (created if missing; zarr or n5 by its suffix).")]
+JobType = Annotated[str, typer.Option("--job-type", help="Where batches run: local (threads), subprocess (local Dask cluster), slurm, or dask.")]
+Workers = Annotated[int, typer.Option("--workers", "-w", help="Threads, worker processes or SLURM jobs.")]
+BlockShape = Annotated[Optional[str], typer.Option("--block-shape", help="Block shape in output space, e.g. 64,64,64; a multiple of the output chunks (default: derived from them).")]
+Mask = Annotated[Optional[str], typer.Option(help="Output-space mask array; only its nonzero voxels are written.")]
+BlockIds = Annotated[Optional[str], typer.Option("--block-ids", help="Only these blocks of the output grid, e.g. 0,5,7.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and Prefect's debug logs.")]
 
 
 def integers(text: str | None, name: str) -> tuple[int, ...] | None:
@@ -70,25 +78,25 @@ def quiet_prefect(debug: bool) -> None:
 
 @app.command()
 def downsample(
-    input: str = typer.Argument(..., help="Input array: path/container.zarr/key or path/container.n5/key."),
-    output: str = typer.Argument(..., help="Output array path (created if missing)."),
-    factor: str = typer.Option("2", "--factor", "-f", help="Scale factor: one int, or one per axis (1,2,2)."),
-    order: int = typer.Option(0, help="Spline order 0-5 (0 is label-safe: picks voxels)."),
-    anti_aliasing: bool = typer.Option(False, "--anti-aliasing/--no-anti-aliasing", help="Gaussian pre-filter, as scikit-image."),
-    method: str = typer.Option("resize", help="Downsampling method."),
-    job_type: str = typer.Option("local", "--job-type", help=JOB_TYPE_HELP),
-    workers: int = typer.Option(1, "--workers", "-w", help="Threads, worker processes or SLURM jobs."),
-    block_shape: Optional[str] = typer.Option(None, "--block-shape", help=BLOCK_SHAPE_HELP),
-    mask: Optional[str] = typer.Option(None, help="Output-space mask array; only its nonzero voxels are written."),
-    block_ids: Optional[str] = typer.Option(None, "--block-ids", help="Only these blocks of the output grid, e.g. 0,5,7."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and Prefect's debug logs."),
+    input: Input,
+    output: Output,
+    factor: Annotated[str, typer.Option("--factor", "-f", help="Scale factor: one int, or one per axis (1,2,2).")] = "2",
+    order: Annotated[int, typer.Option(help="Spline order 0-5 (0 is label-safe: picks voxels).")] = 0,
+    anti_aliasing: Annotated[bool, typer.Option("--anti-aliasing/--no-anti-aliasing", help="Gaussian pre-filter, as scikit-image.")] = False,
+    method: Annotated[str, typer.Option(help="resize, or a window method: mean, mode, min, max, median, stride.")] = "resize",
+    job_type: JobType = "local",
+    workers: Workers = 1,
+    block_shape: BlockShape = None,
+    mask: Mask = None,
+    block_ids: BlockIds = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> None:
-    """Downsample INPUT into OUTPUT exactly as scikit-image's resize would, block by block."""
+    """Downsample INPUT into OUTPUT exactly as scikit-image's resize (or tensorstore's window
+    methods) would, block by block."""
     quiet_prefect(debug)
     factors = integers(factor, "--factor")
-    ids = integers(block_ids, "--block-ids")
-    shape = integers(block_shape, "--block-shape")
+    ids, shape = integers(block_ids, "--block-ids"), integers(block_shape, "--block-shape")
     from flows import downsample_flow
 
     run(lambda: downsample_flow(input, factors[0] if len(factors) == 1 else factors, output, order=order,
@@ -98,15 +106,15 @@ def downsample(
 
 @app.command()
 def copy(
-    input: str = typer.Argument(..., help="Input array: path/container.zarr/key or path/container.n5/key."),
-    output: str = typer.Argument(..., help="Output array path (created if missing; zarr or n5 by its suffix)."),
-    job_type: str = typer.Option("local", "--job-type", help=JOB_TYPE_HELP),
-    workers: int = typer.Option(1, "--workers", "-w", help="Threads, worker processes or SLURM jobs."),
-    block_shape: Optional[str] = typer.Option(None, "--block-shape", help=BLOCK_SHAPE_HELP),
-    mask: Optional[str] = typer.Option(None, help="Mask array; only its nonzero voxels are written."),
-    block_ids: Optional[str] = typer.Option(None, "--block-ids", help="Only these blocks of the output grid."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and Prefect's debug logs."),
+    input: Input,
+    output: Output,
+    job_type: JobType = "local",
+    workers: Workers = 1,
+    block_shape: BlockShape = None,
+    mask: Mask = None,
+    block_ids: BlockIds = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> None:
     """Copy INPUT into OUTPUT block by block (format conversion: zarr v2/v3, n5)."""
     quiet_prefect(debug)

@@ -17,8 +17,30 @@ from bioimage_tasks.kernels.window import window_reduce
 from bioimage_tasks.sources import Source
 
 
+class DerivedSource:
+    """What every lazy view over `self.source` shares: the source's dtype, no write unit of its
+    own, and a fingerprint made of the view's parameters and the source's fingerprint."""
+
+    source: Source
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.source.dtype
+
+    @property
+    def write_unit(self) -> None:
+        return None
+
+    def describe(self, what: str) -> str:
+        return f"{getattr(self.source, 'name', 'source')} {what}"
+
+    def derived_fingerprint(self, parameters: dict) -> dict | None:
+        inner = getattr(self.source, "fingerprint", None)
+        return None if inner is None else {"view": parameters, "input": inner()}
+
+
 @dataclass(frozen=True, eq=False)
-class ResizedSource:
+class ResizedSource(DerivedSource):
     """`source` resampled to `shape` with a B-spline of `order` (0-5), optionally Gaussian
     anti-aliased first. `value_range` (the input's min and max, which orders >= 2 are clipped to,
     as scikit-image does) is measured on first use when not given.
@@ -38,16 +60,8 @@ class ResizedSource:
     _measured: dict = field(default_factory=dict, repr=False)
 
     @property
-    def dtype(self) -> np.dtype:
-        return self.source.dtype
-
-    @property
-    def write_unit(self) -> None:
-        return None
-
-    @property
     def name(self) -> str:
-        return f"{getattr(self.source, 'name', 'source')} resized to {self.shape}"
+        return self.describe(f"resized to {self.shape}")
 
     @property
     def sigma(self) -> tuple[float, ...]:
@@ -56,10 +70,9 @@ class ResizedSource:
         return anti_aliasing_sigma(self.source.shape, self.shape)
 
     def fingerprint(self) -> dict | None:
-        inner = getattr(self.source, "fingerprint", None)
-        if inner is None:
-            return None
-        return {"resize": {"shape": self.shape, "order": self.order, "anti_aliasing": self.anti_aliasing}, "input": inner()}
+        return self.derived_fingerprint(
+            {"resize": {"shape": self.shape, "order": self.order, "anti_aliasing": self.anti_aliasing}}
+        )
 
     def clip_range(self) -> tuple[float, float] | None:
         """The range scikit-image clips to: only orders >= 2 can leave the input's range."""
@@ -118,7 +131,7 @@ def combine_ranges(ranges: Sequence[tuple[float, float]]) -> tuple[float, float]
 
 
 @dataclass(frozen=True, eq=False)
-class WindowedSource:
+class WindowedSource(DerivedSource):
     """`source` reduced over windows of `factors` with a tensorstore `downsample` method (mean,
     mode, min, max, median, stride). Slicing it reads only the windows of the requested region,
     which are whole (or cut by the array edge), so blocks need no halo.
@@ -137,22 +150,11 @@ class WindowedSource:
         return downscale_shape(self.source.shape, self.factors)
 
     @property
-    def dtype(self) -> np.dtype:
-        return self.source.dtype
-
-    @property
-    def write_unit(self) -> None:
-        return None
-
-    @property
     def name(self) -> str:
-        return f"{getattr(self.source, 'name', 'source')} {self.method} over {self.factors}"
+        return self.describe(f"{self.method} over {self.factors}")
 
     def fingerprint(self) -> dict | None:
-        inner = getattr(self.source, "fingerprint", None)
-        if inner is None:
-            return None
-        return {"window": {"factors": self.factors, "method": self.method}, "input": inner()}
+        return self.derived_fingerprint({"window": {"factors": self.factors, "method": self.method}})
 
     def __getitem__(self, key: tuple[slice, ...] | slice) -> np.ndarray:
         region = normalize_key(key, self.shape)
