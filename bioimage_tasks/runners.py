@@ -144,6 +144,12 @@ def check_backend(job_type: str, num_workers: int, job_config: RunnerConfig | No
     return config
 
 
+def describe_backend(job_type: str, num_workers: int) -> str:
+    """'local: 2 threads', 'subprocess: 4 worker processes', 'slurm: up to 8 SLURM jobs', ..."""
+    units = {"local": "threads", "subprocess": "worker processes", "slurm": "SLURM jobs (adaptive)", "dask": "workers wanted"}
+    return f"{job_type}: {num_workers} {units[job_type]}"
+
+
 def make_task_runner(job_type: str, num_workers: int, config: RunnerConfig) -> TaskRunner:
     """The task runner for a checked backend."""
     if job_type == "local":

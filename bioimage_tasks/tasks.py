@@ -39,7 +39,14 @@ def _batch_run_name() -> str:
 @task(name="process-blocks", task_run_name=_batch_run_name, cache_policy=NO_CACHE)
 def process_blocks(job: BlockJob, block_ids: list[int]) -> BatchReport:
     """Write a batch of output blocks (see `blockwise.process_batch`)."""
-    return process_batch(job, block_ids)
+    started = time.perf_counter()
+    report = process_batch(job, block_ids)
+    get_run_logger().debug(
+        "blocks %d-%d: %d written, %d skipped (empty mask), %d already done, %d voxels, %.3f s on %s",
+        block_ids[0], block_ids[-1], len(report.written), len(report.skipped), len(report.already_done),
+        report.voxels_written, time.perf_counter() - started, ", ".join(report.executors),
+    )
+    return report
 
 
 @task(name="measure-range", task_run_name=_batch_run_name, cache_policy=NO_CACHE)
@@ -153,10 +160,10 @@ def run_plan(
     # ~15 ms on threads and ~80-300 ms on Dask, a look at the records nothing.
     batches = [b for b in plan_batches(plan.block_ids, num_workers, config.blocks_per_task) if not done.issuperset(b)]
     logger.info(
-        "grid of %d blocks of shape %s over %s; %d of %d planned blocks already done; %d batches to run on %d "
-        "workers; block records in %s",
+        "grid of %d blocks of shape %s over %s; %d of %d planned blocks already done; %d batches to run on %s; "
+        "block records in %s",
         plan.grid.n_blocks, plan.grid.block_shape, plan.grid.shape, len(done), len(plan.block_ids), len(batches),
-        num_workers, records.directory if records else "memory (no resume)",
+        details["backend"], records.directory if records else "memory (no resume)",
     )
     details = details | {"output": f"{getattr(sink, 'name', 'output')} {sink.shape} {sink.dtype} chunks {sink.write_unit}",
                          "grid": f"{plan.grid.n_blocks} blocks of {plan.grid.block_shape}, {len(batches)} batches"}

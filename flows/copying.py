@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 
 from bioimage_tasks.naming import describe, describe_source
 from bioimage_tasks.planning import plan_blockwise
-from bioimage_tasks.runners import RunnerConfig, backend, check_backend
+from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
 from bioimage_tasks.sources import as_source
 from bioimage_tasks.tasks import run_plan
 
@@ -51,6 +51,6 @@ def copy_flow(
         details = {
             "input": describe_source(input, source),
             "mask": describe(mask) if mask is not None else "none",
-            "backend": f"{job_type} x{num_workers}",
+            "backend": describe_backend(job_type, num_workers),
         }
         return run_plan(runner, plan, num_workers, config, details, "copy")

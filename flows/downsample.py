@@ -15,7 +15,7 @@ from bioimage_tasks.planning import plan_blockwise
 from bioimage_tasks.kernels.window import METHODS as WINDOW_METHODS
 from bioimage_tasks.kernels.window import SUPPORTED_DTYPES as WINDOW_DTYPES
 from bioimage_tasks.resampling import ResizedSource, WindowedSource
-from bioimage_tasks.runners import RunnerConfig, backend, check_backend
+from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
 from bioimage_tasks.sources import as_source
 from bioimage_tasks.tasks import measure_source_range, run_plan
 
@@ -98,6 +98,6 @@ def downsample_flow(
             "scale factor": factors,
             "method": f"{method}, order {order}, anti-aliasing {anti_aliasing}",
             "mask": describe(mask) if mask is not None else "none",
-            "backend": f"{job_type} x{num_workers}",
+            "backend": describe_backend(job_type, num_workers),
         }
         return run_plan(runner, plan, num_workers, config, details, "downsample")

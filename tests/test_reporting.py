@@ -36,7 +36,7 @@ def test_progress_and_summary_artifacts(tmp_path, rng):
     summary = by_type["markdown"].data
     assert by_type["markdown"].key == "downsample-summary"
     for fact in ("| blocks written | 125 |", "| blocks failed | 0 |", "(40, 40, 40) uint8", "order 1, anti-aliasing True",
-                 "local x2", "125 blocks of (4, 4, 4)"):
+                 "local: 2 threads", "125 blocks of (4, 4, 4)"):
         assert fact in summary, f"{fact!r} missing from the summary:\n{summary}"
     assert flow_run.name == "downsample numpy(40, 40, 40) uint8 x2 -> out.zarr/s1"
     assert any(run.name.startswith("process-blocks 0-") for run in task_runs)
