@@ -67,9 +67,12 @@ def plan_output(
     return OutputPlan(shape, existing.dtype, existing=existing)
 
 
-def create_array(path: ContainerPath, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...]) -> ArraySource | TensorStoreSource:
+def create_array(
+    path: ContainerPath, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
+    shards: tuple[int, ...] | None = None, dimension_names: tuple[str, ...] | None = None,
+) -> ArraySource | TensorStoreSource:
     """Create an empty (fill value 0) array at `path`, zarr or n5 by its container suffix, with a
-    fresh identity token in its attributes."""
+    fresh identity token in its attributes (and, in zarr v3, `dimension_names` when given)."""
     if path.format == "n5":
         spec = path.n5_spec() | {
             "metadata": {
@@ -82,15 +85,18 @@ def create_array(path: ContainerPath, shape: tuple[int, ...], dtype: np.dtype, c
         sink = TensorStoreSource(ts.open(spec, create=True).result(), str(path))
         sink.set_attribute(TOKEN_ATTRIBUTE, new_token())
         return sink
+    zarr_format = path.zarr_format()
     array = zarr.create_array(
         store=path.container,
         name=path.key or None,
         shape=shape,
         dtype=dtype,
         chunks=chunks,
+        shards=shards,
         fill_value=0,
-        zarr_format=path.zarr_format(),
+        zarr_format=zarr_format,
         attributes={TOKEN_ATTRIBUTE: new_token()},
+        dimension_names=dimension_names if zarr_format == 3 else None,
     )
     return ArraySource(array, str(path))
 

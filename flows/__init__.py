@@ -2,5 +2,6 @@
 
 from flows.copying import copy_flow
 from flows.downsample import downsample_flow
+from flows.pyramid import pyramid_flow
 
-__all__ = ["copy_flow", "downsample_flow"]
+__all__ = ["copy_flow", "downsample_flow", "pyramid_flow"]

@@ -1,0 +1,103 @@
+"""OME-Zarr multiscale geometry and metadata, kept apart from any computation: which factors
+each level uses, where each level's voxels sit (scale and translation), and the NGFF 0.4 / 0.5
+attributes that say so."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+WINDOW_SHIFTED = ("mean", "mode", "min", "max", "median")  # a window's value sits at its centre
+
+
+def plan_isotropic_factors(voxel_size: Sequence[float], levels: int) -> list[tuple[int, ...]]:
+    """Per-level factors (relative to the previous level) that first halve the finest axes until
+    voxels are as isotropic as possible, then halve all axes: an axis is halved when that brings
+    its voxel within sqrt(2) of the coarsest axis (nearest in log scale), else it stays.
+
+    >>> plan_isotropic_factors((1.0, 0.25, 0.25), 3)
+    [(1, 2, 2), (1, 2, 2), (2, 2, 2)]
+    """
+    current = list(voxel_size)
+    plan = []
+    for _ in range(levels):
+        coarsest = max(current)
+        factors = tuple(2 if size * 2 <= coarsest * math.sqrt(2) else 1 for size in current)
+        if all(f == 1 for f in factors):
+            factors = (2,) * len(current)
+        plan.append(factors)
+        current = [size * f for size, f in zip(current, factors)]
+    return plan
+
+
+def cumulative_factors(level_factors: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """Factors of every level relative to s0 (s0 itself included, all ones).
+
+    >>> cumulative_factors([(1, 2, 2), (2, 2, 2)])
+    [(1, 1, 1), (1, 2, 2), (2, 4, 4)]
+    """
+    ndim = len(level_factors[0]) if level_factors else 0
+    result = [(1,) * ndim]
+    for factors in level_factors:
+        result.append(tuple(a * b for a, b in zip(result[-1], factors)))
+    return result
+
+
+def level_transform(
+    method: str, voxel_size: Sequence[float], origin: Sequence[float], factors: Sequence[int],
+    shape0: Sequence[int], shape: Sequence[int],
+) -> tuple[list[float], list[float]]:
+    """(scale, translation) of a level downsampled from s0 by cumulative `factors`.
+
+    Window methods put each output voxel at its window's centre: spacing `factor` voxels and a
+    shift of `(factor - 1) / 2` voxels of s0. `stride` keeps each window's first voxel: no shift.
+    `resize` (scikit-image) spaces samples `shape0 / shape` apart, centre-aligned, which equals the
+    factor whenever it divides the shape.
+
+    >>> level_transform("mean", (2.0, 1.0), (0.0, 0.0), (2, 4), (10, 10), (5, 3))
+    ([4.0, 4.0], [1.0, 1.5])
+    >>> level_transform("stride", (2.0, 1.0), (0.0, 0.0), (2, 4), (10, 10), (5, 3))
+    ([4.0, 4.0], [0.0, 0.0])
+    """
+    if method == "resize":
+        steps = [n0 / n for n0, n in zip(shape0, shape)]
+    else:
+        steps = [float(f) for f in factors]
+    scale = [v * step for v, step in zip(voxel_size, steps)]
+    shift = [(step - 1) / 2 if method != "stride" else 0.0 for step in steps]
+    translation = [o + v * s for o, v, s in zip(origin, voxel_size, shift)]
+    return scale, translation
+
+
+def axes_metadata(axes: Sequence[str], units: Sequence[str | None]) -> list[dict[str, Any]]:
+    """NGFF axes: t is time, c channel, anything else space."""
+    kinds = {"t": "time", "c": "channel"}
+    result = []
+    for name, unit in zip(axes, units):
+        axis: dict[str, Any] = {"name": name, "type": kinds.get(name, "space")}
+        if unit:
+            axis["unit"] = unit
+        result.append(axis)
+    return result
+
+
+def multiscales_attributes(
+    ngff_version: str, name: str, axes: list[dict[str, Any]], transforms: Sequence[tuple[list[float], list[float]]],
+    method: str,
+) -> dict[str, Any]:
+    """The group attributes of an OME-Zarr multiscale image with levels s0..sN."""
+    multiscale: dict[str, Any] = {
+        "name": name,
+        "axes": axes,
+        "datasets": [
+            {"path": f"s{level}", "coordinateTransformations": [
+                {"type": "scale", "scale": scale}, {"type": "translation", "translation": translation}]}
+            for level, (scale, translation) in enumerate(transforms)
+        ],
+        "type": method,
+        "metadata": {"method": f"bioimage-tasks downsample_flow(method={method!r})"},
+    }
+    if ngff_version == "0.4":
+        return {"multiscales": [{"version": "0.4", **multiscale}]}
+    return {"ome": {"version": "0.5", "multiscales": [multiscale]}}
