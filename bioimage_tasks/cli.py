@@ -35,8 +35,9 @@ def integers(text: str | None, name: str) -> tuple[int, ...] | None:
         raise typer.BadParameter(f"{name} must be comma-separated integers, got {text!r}") from None
 
 
-def run(flow_call: Callable[[], Any], quiet: bool, debug: bool, output: str) -> None:
-    """Call a flow with a progress bar (on a terminal, unless quiet) and turn errors into one line."""
+def run(flow_call: Callable[[], Any], quiet: bool, debug: bool, done: Callable[[Any], str]) -> None:
+    """Call a flow with a progress bar (on a terminal, unless quiet) and turn errors into one line;
+    `done` says what the result is."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -62,7 +63,11 @@ def run(flow_call: Callable[[], Any], quiet: bool, debug: bool, output: str) -> 
         console.print(f"[red]error:[/red] {type(error).__name__}: {error}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     if not quiet:
-        console.print(f"wrote {output}: shape {tuple(result.shape)} {result.dtype}", highlight=False)
+        console.print(done(result), highlight=False)
+
+
+def wrote(output: str) -> Callable[[Any], str]:
+    return lambda array: f"wrote {output}: shape {tuple(array.shape)} {array.dtype}"
 
 
 def quiet_prefect(debug: bool) -> None:
@@ -101,7 +106,7 @@ def downsample(
 
     run(lambda: downsample_flow(input, factors[0] if len(factors) == 1 else factors, output, order=order,
                                 anti_aliasing=anti_aliasing, method=method, block_shape=shape, job_type=job_type,
-                                num_workers=workers, mask=mask, block_ids=ids), quiet, debug, output)
+                                num_workers=workers, mask=mask, block_ids=ids), quiet, debug, wrote(output))
 
 
 @app.command()
@@ -122,7 +127,39 @@ def copy(
     from flows import copy_flow
 
     run(lambda: copy_flow(input, output, block_shape=shape, job_type=job_type, num_workers=workers, mask=mask,
-                          block_ids=ids), quiet, debug, output)
+                          block_ids=ids), quiet, debug, wrote(output))
+
+
+@app.command()
+def pyramid(
+    input: Input,
+    output_group: Annotated[str, typer.Argument(help="OME-Zarr group to write, e.g. data/image.zarr.")],
+    levels: Annotated[Optional[int], typer.Option(help="Number of levels below s0, planned from --voxel-size.")] = None,
+    factors: Annotated[Optional[str], typer.Option(help="Per-level factors relative to the previous level: '2;1,2,2'.")] = None,
+    method: Annotated[str, typer.Option(help="mean, mode (labels), min, max, median, stride, or resize.")] = "mean",
+    voxel_size: Annotated[Optional[str], typer.Option("--voxel-size", help="Voxel size of s0 per axis, e.g. 2.0,0.5,0.5.")] = None,
+    units: Annotated[Optional[str], typer.Option(help="Unit of the spatial axes, e.g. micrometer.")] = None,
+    chunks: Annotated[Optional[str], typer.Option(help="Chunk shape of every level, e.g. 64,64,64.")] = None,
+    shards: Annotated[Optional[str], typer.Option(help="Shard shape (zarr v3 / NGFF 0.5 only).")] = None,
+    ngff_version: Annotated[str, typer.Option("--ngff-version", help="0.5 (zarr v3) or 0.4 (zarr v2).")] = "0.5",
+    job_type: JobType = "local",
+    workers: Workers = 1,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Write INPUT as an OME-Zarr multiscale image (s0..sN) with exact per-level geometry."""
+    quiet_prefect(debug)
+    scale_factors = None
+    if factors is not None:
+        scale_factors = [f[0] if len(f) == 1 else f for f in (integers(level, "--factors") for level in factors.split(";"))]
+    sizes = None if voxel_size is None else tuple(float(v) for v in voxel_size.split(","))
+    from flows import pyramid_flow
+
+    chunk_shape, shard_shape = integers(chunks, "--chunks"), integers(shards, "--shards")
+    run(lambda: pyramid_flow(input, output_group, levels=levels, scale_factors=scale_factors, method=method,
+                             voxel_size=sizes, units=units, chunks=chunk_shape, shards=shard_shape,
+                             ngff_version=ngff_version, job_type=job_type, num_workers=workers),
+        quiet, debug, lambda group: f"wrote OME-Zarr multiscale image {group}")
 
 
 def main() -> None:

@@ -41,6 +41,17 @@ def test_downsample_and_copy(tmp_path, image_path):
     assert copied.returncode == 0 and copied.stdout == "" and copied.stderr == "", copied.stderr
 
 
+def test_pyramid(tmp_path, image_path):
+    path, image = image_path
+    done = cli("pyramid", path, f"{tmp_path}/image.zarr", "--factors", "2;1,2,2", "--method", "mean",
+               "--voxel-size", "1.0,0.5,0.5", "--units", "micrometer", "--chunks", "8,8,8")
+    assert done.returncode == 0, done.stderr
+    group = zarr.open_group(str(tmp_path / "image.zarr"), mode="r")
+    assert group["s2"].shape == (15, 9, 7)
+    scales = [d["coordinateTransformations"][0]["scale"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
+    assert scales == [[1.0, 0.5, 0.5], [2.0, 1.0, 1.0], [2.0, 2.0, 2.0]]
+
+
 def test_bad_argument_prints_one_line(tmp_path, image_path):
     path, _ = image_path
     failed = cli("downsample", path, f"{tmp_path}/out.zarr/s1", "--order", "9")
