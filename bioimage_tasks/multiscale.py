@@ -84,9 +84,10 @@ def axes_metadata(axes: Sequence[str], units: Sequence[str | None]) -> list[dict
 
 def multiscales_attributes(
     ngff_version: str, name: str, axes: list[dict[str, Any]], transforms: Sequence[tuple[list[float], list[float]]],
-    method: str,
+    method: str, label: bool = False,
 ) -> dict[str, Any]:
-    """The group attributes of an OME-Zarr multiscale image with levels s0..sN."""
+    """The group attributes of an OME-Zarr multiscale image with levels s0..sN; with `label`, of
+    a label image inside `<image>/labels/`, whose source image is two groups up."""
     multiscale: dict[str, Any] = {
         "name": name,
         "axes": axes,
@@ -98,6 +99,16 @@ def multiscales_attributes(
         "type": method,
         "metadata": {"method": f"bioimage-tasks downsample_flow(method={method!r})"},
     }
+    image_label = {"image-label": {"source": {"image": "../../"}}} if label else {}
     if ngff_version == "0.4":
-        return {"multiscales": [{"version": "0.4", **multiscale}]}
-    return {"ome": {"version": "0.5", "multiscales": [multiscale]}}
+        if label:
+            image_label["image-label"]["version"] = "0.4"
+        return {"multiscales": [{"version": "0.4", **multiscale}], **image_label}
+    return {"ome": {"version": "0.5", "multiscales": [multiscale], **image_label}}
+
+
+def labels_group_attributes(ngff_version: str, existing: dict[str, Any], name: str) -> dict[str, Any]:
+    """The `labels` group's attributes listing label image `name` beside those already listed."""
+    listed = existing.get("ome", existing).get("labels", [])
+    names = listed + [name] if name not in listed else listed
+    return {"labels": names} if ngff_version == "0.4" else {"ome": {"version": "0.5", "labels": names}}

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import zarr
 from prefect import flow
 from prefect.runtime import flow_run
 
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
 from bioimage_tasks.grid import default_block_shape
-from bioimage_tasks.multiscale import (axes_metadata, cumulative_factors, level_transform, multiscales_attributes,
-                                       plan_isotropic_factors)
+from bioimage_tasks.multiscale import (axes_metadata, cumulative_factors, labels_group_attributes, level_transform,
+                                       multiscales_attributes, plan_isotropic_factors)
 from bioimage_tasks.naming import describe
 from bioimage_tasks.outputs import create_array
 from bioimage_tasks.runners import RunnerConfig
@@ -46,6 +47,7 @@ def pyramid_flow(
     shards: Sequence[int] | None = None,
     ngff_version: str = "0.5",
     name: str | None = None,
+    labels: bool = False,
     job_type: str = "local",
     job_config: RunnerConfig | None = None,
     num_workers: int = 1,
@@ -60,7 +62,9 @@ def pyramid_flow(
     above, which is the same and cheaper), so integer mean and mode are never chained through
     rounded levels. Scale and translation follow from the factors and the method's sampling
     (window centres; stride keeps the first voxel). Levels are resumable flows on any backend.
-    Returns the group's path."""
+    With `labels=True` the output is a segmentation: `output_group` must be
+    "<image group>/labels/<name>", the data integer, the method label-safe (mode, min, max,
+    median, stride, or resize of order 0), and the `labels` group lists it. Returns the group's path."""
     check_method_options(method, order, anti_aliasing)
     if ngff_version not in ("0.4", "0.5"):
         raise ValueError(f"ngff_version must be '0.4' or '0.5', got {ngff_version!r}")
@@ -85,6 +89,8 @@ def pyramid_flow(
     group_path = ContainerPath.parse(output_group, "output_group")
     if group_path.format != "zarr":
         raise ValueError(f"output_group must be a zarr path for OME-Zarr, got {output_group!r}")
+    if labels:
+        check_label_options(group_path, source.dtype, method, order, anti_aliasing)
 
     group = zarr.open_group(group_path.container, path=group_path.key, mode="a",
                             zarr_format=2 if ngff_version == "0.4" else 3)
@@ -108,6 +114,22 @@ def pyramid_flow(
                             anti_aliasing=anti_aliasing, **common)
 
     transforms = [level_transform(method, voxel_size, origin, f, shapes[0], shape) for f, shape in zip(cumulative, shapes)]
-    group.attrs.update(multiscales_attributes(ngff_version, name or group_path.key or "image",
-                                              axes_metadata(axes, units), transforms, method))
+    label_name = group_path.key.rsplit("/", 1)[-1]
+    group.attrs.update(multiscales_attributes(ngff_version, name or label_name or "image", axes_metadata(axes, units),
+                                              transforms, method, label=labels))
+    if labels:
+        labels_group = zarr.open_group(group_path.container, path=group_path.key.rsplit("/", 1)[0], mode="a")
+        labels_group.attrs.update(labels_group_attributes(ngff_version, dict(labels_group.attrs), label_name))
     return str(group_path)
+
+
+def check_label_options(group_path: ContainerPath, dtype: Any, method: str, order: int, anti_aliasing: bool) -> None:
+    """A label image lives at <image>/labels/<name>, holds integers, and is downsampled label-safely."""
+    parts = group_path.key.split("/")
+    if len(parts) < 2 or parts[-2] != "labels":
+        raise ValueError(f"labels=True needs output_group '<image>.zarr/labels/<name>', got {str(group_path)!r}")
+    if np.dtype(dtype).kind not in "iub":
+        raise ValueError(f"label images hold integers, got dtype {dtype}")
+    if method == "mean" or (method == "resize" and (order > 0 or anti_aliasing)):
+        raise ValueError(f"method={method!r} (order {order}, anti_aliasing {anti_aliasing}) mixes label ids; "
+                         "use mode, min, max, median, stride or resize with order 0")
