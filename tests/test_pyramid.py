@@ -4,6 +4,7 @@ against shapes, transforms and data computed independently here (math, tensorsto
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -135,3 +136,18 @@ def test_label_image_beside_its_image(tmp_path, rng, ngff_version):
         pyramid_flow(cells, f"{tmp_path}/image.zarr/labels/bad", scale_factors=[2], method="mean", labels=True)
     with pytest.raises(ValueError, match="labels/<name>"):
         pyramid_flow(cells, f"{tmp_path}/other.zarr", scale_factors=[2], method="mode", labels=True)
+
+
+@pytest.mark.slow
+def test_pyramid_on_a_local_dask_cluster_resumes(tmp_path, rng):
+    labels = rng.integers(0, 5, (32, 40, 36)).astype(np.uint32)
+    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=labels.shape, dtype="uint32", chunks=(16, 16, 16))[:] = labels
+    options = {"scale_factors": [2, 2], "method": "mode", "job_type": "subprocess", "num_workers": 2, "chunks": (8, 8, 8)}
+    pyramid_flow(f"{tmp_path}/in.zarr/raw", f"{tmp_path}/out.zarr", **options)
+    chunk = f"{tmp_path}/out.zarr/s2/c/0/0/0"
+    before = os.path.getmtime(chunk)
+    pyramid_flow(f"{tmp_path}/in.zarr/raw", f"{tmp_path}/out.zarr", **options)  # a rerun resumes: nothing rewritten
+    assert os.path.getmtime(chunk) == before
+    group = zarr.open_group(f"{tmp_path}/out.zarr", mode="r")
+    for level in range(3):
+        np.testing.assert_array_equal(group[f"s{level}"][:], tensorstore_level(labels, (2**level,) * 3, "mode"))
