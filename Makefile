@@ -26,3 +26,10 @@ test: setup
 
 clean:
 	rm -rf $(VENV) .prefect data
+
+# Our flows against tensorstore, dask.array, scikit-image and bioimage-py on generated data
+# (benchmarks/README.md); e.g. make bench BENCH_ARGS="--size 256 --repeats 3"
+BENCH_ARGS ?=
+.PHONY: bench
+bench: setup
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
