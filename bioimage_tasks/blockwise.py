@@ -95,7 +95,7 @@ def process_batch(job: BlockJob, block_ids: Sequence[int]) -> BatchReport:
     if any failed, BlocksFailedError names them."""
     report = BatchReport(executors={executor()})
     failed: dict[int, str] = {}
-    done = job.records.done() if job.records is not None else set()
+    done = job.records.done_among(list(block_ids)) if job.records is not None else set()
     for block_id in block_ids:
         if block_id in done:
             report.already_done.append(block_id)
