@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,3 +27,18 @@ def describe(data: Any) -> str:
 def describe_source(data: Any, source: Any) -> str:
     """What was given and what it holds: 'raw.zarr/volume (512, 512, 512) uint8 chunks (64, 64, 64)'."""
     return f"{describe(data)} {tuple(source.shape)} {source.dtype} chunks {source.write_unit}"
+
+
+def flow_run_namer(kind: str, output_parameter: str = "output",
+                   detail: Callable[[dict[str, Any]], str] | None = None) -> Callable[[], str]:
+    """A Prefect `flow_run_name` callable: '<kind> <input>[ <detail>] -> <output>' from the run's
+    parameters, e.g. 'downsample raw.zarr/volume x2 -> raw.zarr/s1'."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        parameters = flow_run.parameters
+        middle = f" {detail(parameters)}" if detail is not None else ""
+        return f"{kind} {describe(parameters['input'])}{middle} -> {describe(parameters.get(output_parameter))}"
+
+    return name

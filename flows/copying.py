@@ -8,21 +8,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from prefect import flow
-from prefect.runtime import flow_run
 
-from bioimage_tasks.naming import describe, describe_source
+from bioimage_tasks.naming import describe, describe_source, flow_run_namer
 from bioimage_tasks.planning import plan_blockwise
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
 from bioimage_tasks.sources import as_source
 from bioimage_tasks.tasks import run_plan
 
 
-def _run_name() -> str:
-    parameters = flow_run.parameters
-    return f"copy {describe(parameters['input'])} -> {describe(parameters.get('output'))}"
-
-
-@flow(name="copy", flow_run_name=_run_name, validate_parameters=False)
+@flow(name="copy", flow_run_name=flow_run_namer("copy"), validate_parameters=False)
 def copy_flow(
     input: Any,
     output: Any = None,

@@ -7,10 +7,9 @@ from dataclasses import replace
 from typing import Any
 
 from prefect import flow
-from prefect.runtime import flow_run
 
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
-from bioimage_tasks.naming import describe, describe_source
+from bioimage_tasks.naming import describe, describe_source, flow_run_namer
 from bioimage_tasks.planning import plan_blockwise
 from bioimage_tasks.kernels.window import METHODS as WINDOW_METHODS
 from bioimage_tasks.kernels.window import SUPPORTED_DTYPES as WINDOW_DTYPES
@@ -22,11 +21,9 @@ from bioimage_tasks.tasks import measure_source_range, run_plan
 METHODS = ("resize", *WINDOW_METHODS)
 
 
-def _run_name() -> str:
-    parameters = flow_run.parameters
+def _factor_text(parameters: dict[str, Any]) -> str:
     factor = parameters["scale_factor"]
-    factor_text = "x".join(str(f) for f in factor) if isinstance(factor, Sequence) else str(factor)
-    return f"downsample {describe(parameters['input'])} x{factor_text} -> {describe(parameters.get('output'))}"
+    return "x" + ("x".join(str(f) for f in factor) if isinstance(factor, Sequence) else str(factor))
 
 
 def check_method_options(method: str, order: int, anti_aliasing: bool) -> None:
@@ -41,7 +38,7 @@ def check_method_options(method: str, order: int, anti_aliasing: bool) -> None:
         raise ValueError(f"order and anti_aliasing apply to method='resize' only, not method={method!r}")
 
 
-@flow(name="downsample", flow_run_name=_run_name, validate_parameters=False)
+@flow(name="downsample", flow_run_name=flow_run_namer("downsample", detail=_factor_text), validate_parameters=False)
 def downsample_flow(
     input: Any,
     scale_factor: int | Sequence[int],

@@ -8,13 +8,12 @@ from typing import Any
 import numpy as np
 import zarr
 from prefect import flow
-from prefect.runtime import flow_run
 
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
 from bioimage_tasks.grid import default_block_shape
 from bioimage_tasks.multiscale import (axes_metadata, cumulative_factors, labels_group_attributes, level_transform,
                                        multiscales_attributes, plan_isotropic_factors)
-from bioimage_tasks.naming import describe
+from bioimage_tasks.naming import flow_run_namer
 from bioimage_tasks.outputs import create_array
 from bioimage_tasks.runners import RunnerConfig
 from bioimage_tasks.sources import ContainerPath, as_source
@@ -24,12 +23,7 @@ from flows.downsample import check_method_options, downsample_flow
 CHAINABLE = ("min", "max", "stride")  # exact when computed from the previous level
 
 
-def _run_name() -> str:
-    parameters = flow_run.parameters
-    return f"pyramid {describe(parameters['input'])} -> {describe(parameters['output_group'])}"
-
-
-@flow(name="pyramid", flow_run_name=_run_name, validate_parameters=False)
+@flow(name="pyramid", flow_run_name=flow_run_namer("pyramid", "output_group"), validate_parameters=False)
 def pyramid_flow(
     input: Any,
     output_group: str,
