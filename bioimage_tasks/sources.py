@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -55,10 +56,36 @@ class ArraySource:
         return tuple(chunks) if chunks is not None else None
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        if self.fast_io is not None:
+            return self.fast_io[key].read().result()
         return np.asarray(self.array[key])
 
     def write(self, key: tuple[slice, ...], values: np.ndarray) -> None:
-        self.array[key] = values
+        if self.fast_io is not None:
+            self.fast_io[key].write(values).result()
+        else:
+            self.array[key] = values
+
+    @cached_property
+    def fast_io(self) -> ts.TensorStore | None:
+        """A tensorstore handle on this zarr array on disk, which reads 2-3x and writes ~1.4x faster
+        than zarr-python (measured, benchmarks/); None for numpy, other stores, or metadata
+        tensorstore cannot open (codecs it lacks), where zarr-python does the I/O. Opened once per
+        process: it is not pickled."""
+        if not isinstance(self.array, zarr.Array) or not isinstance(self.array.store, zarr.storage.LocalStore):
+            return None
+        driver = "zarr3" if self.array.metadata.zarr_format == 3 else "zarr"
+        spec = {"driver": driver, "kvstore": {"driver": "file", "path": self.directory}}
+        try:
+            store = ts.open(spec, open=True, read=True, write=not self.array.read_only).result()
+        except ValueError:
+            return None
+        if tuple(store.shape) != self.shape or np.dtype(store.dtype.numpy_dtype) != self.dtype:
+            return None
+        return store
+
+    def __getstate__(self) -> dict:
+        return {name: value for name, value in self.__dict__.items() if name != "fast_io"}
 
     @property
     def directory(self) -> str | None:

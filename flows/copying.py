@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from prefect import flow
-
+from bioimage_tasks.blockwise_flow import blockwise_flow
 from bioimage_tasks.naming import describe, describe_source, flow_run_namer
 from bioimage_tasks.planning import plan_blockwise
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
@@ -16,7 +15,7 @@ from bioimage_tasks.sources import as_source
 from bioimage_tasks.tasks import run_plan
 
 
-@flow(name="copy", flow_run_name=flow_run_namer("copy"), validate_parameters=False)
+@blockwise_flow("copy", flow_run_namer("copy"))
 def copy_flow(
     input: Any,
     output: Any = None,

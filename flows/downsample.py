@@ -6,8 +6,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from prefect import flow
-
+from bioimage_tasks.blockwise_flow import blockwise_flow
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
 from bioimage_tasks.naming import describe, describe_source, flow_run_namer
 from bioimage_tasks.planning import plan_blockwise
@@ -38,7 +37,7 @@ def check_method_options(method: str, order: int, anti_aliasing: bool) -> None:
         raise ValueError(f"order and anti_aliasing apply to method='resize' only, not method={method!r}")
 
 
-@flow(name="downsample", flow_run_name=flow_run_namer("downsample", detail=_factor_text), validate_parameters=False)
+@blockwise_flow("downsample", flow_run_namer("downsample", detail=_factor_text))
 def downsample_flow(
     input: Any,
     scale_factor: int | Sequence[int],

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 import zarr
-from prefect import flow
 
+from bioimage_tasks.blockwise_flow import blockwise_flow
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
 from bioimage_tasks.grid import default_block_shape
 from bioimage_tasks.multiscale import (axes_metadata, cumulative_factors, labels_group_attributes, level_transform,
@@ -23,7 +23,7 @@ from flows.downsample import check_method_options, downsample_flow
 CHAINABLE = ("min", "max", "stride")  # exact when computed from the previous level
 
 
-@flow(name="pyramid", flow_run_name=flow_run_namer("pyramid", "output_group"), validate_parameters=False)
+@blockwise_flow("pyramid", flow_run_namer("pyramid", "output_group"))
 def pyramid_flow(
     input: Any,
     output_group: str,
