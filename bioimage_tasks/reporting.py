@@ -23,13 +23,15 @@ progress_listener: contextvars.ContextVar[Callable[[int, int], None] | None] = c
 
 
 class Progress:
-    """Blocks done out of the planned total for one run, reported at a bounded rate."""
+    """Blocks done out of the planned total for one run, reported at a bounded rate. The progress
+    artifact is created once the run has lasted MIN_UPDATE_INTERVAL (a shorter run has only its
+    summary: a bar that appears at 100 % shows nothing, and costs two API calls)."""
 
     def __init__(self, total: int, already_done: int, label: str):
         self.total, self.done, self.label = total, already_done, label
         self.logged_tenths = already_done * 10 // max(total, 1)
         self.last_update = time.monotonic()
-        self.artifact = create_progress_artifact(100.0 * self.fraction, description=f"{label}: blocks done")
+        self.artifact: Any = None
         self.listener = progress_listener.get()
         self._notify()
 
@@ -38,18 +40,27 @@ class Progress:
         return self.done / self.total if self.total else 1.0
 
     def advance(self, blocks: int) -> None:
-        """`blocks` more blocks are done (written, skipped by mask, or found done)."""
-        if not blocks:
-            return
+        """`blocks` more blocks are done (written, skipped by mask, or found done); 0 still
+        publishes the artifact when it is due."""
         self.done += blocks
         tenths = self.done * 10 // max(self.total, 1)
         if tenths > self.logged_tenths:
             self.logged_tenths = tenths
             get_run_logger().info("%s: %d of %d blocks done (%d %%)", self.label, self.done, self.total, 100 * self.fraction)
-        if time.monotonic() - self.last_update >= MIN_UPDATE_INTERVAL or self.done >= self.total:
-            self.last_update = time.monotonic()
-            update_progress_artifact(self.artifact, 100.0 * self.fraction)
+        self.tick()
         self._notify()
+
+    def tick(self) -> None:
+        """Publish the progress artifact if MIN_UPDATE_INTERVAL has passed since the last time (or
+        since the start), and its final value if it exists when the run is complete."""
+        due = time.monotonic() - self.last_update >= MIN_UPDATE_INTERVAL
+        if self.artifact is None and due:
+            self.artifact = create_progress_artifact(100.0 * self.fraction, description=f"{self.label}: blocks done")
+        elif self.artifact is not None and (due or self.done >= self.total):
+            update_progress_artifact(self.artifact, 100.0 * self.fraction)
+        else:
+            return
+        self.last_update = time.monotonic()
 
     def _notify(self) -> None:
         if self.listener is not None:

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
 from prefect.filesystems import LocalFileSystem
 from prefect.futures import wait
 from prefect.runtime import task_run
+from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import TaskRunner
 from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import unmapped
@@ -118,13 +119,27 @@ def batch_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
 
 
 def result_storage(config: RunnerConfig, records: BlockRecords) -> LocalFileSystem:
-    """The (saved) Prefect storage block for cached batch results: `config.result_storage`, or a
-    folder beside the block records in the output."""
+    """The saved Prefect storage block (Prefect requires a saved one) for cached batch results:
+    `config.result_storage`, or a folder beside the block records in the output. Saving costs
+    ~80-100 ms of API calls, loading ~40 ms, so an existing block for the folder is loaded, and a
+    process reuses what it loaded or saved."""
     beside_records = os.path.join(os.path.dirname(os.path.dirname(records.directory)), "prefect-results")
     path = os.path.abspath(config.result_storage or beside_records)
-    storage = LocalFileSystem(basepath=path)
-    storage.save(f"bioimage-tasks-{hashlib.blake2b(path.encode(), digest_size=8).hexdigest()}", overwrite=True)
-    return storage
+    known = (PREFECT_API_URL.value(), path)  # a block lives in one server's database
+    if known not in _STORAGE_BLOCKS:
+        name = f"bioimage-tasks-{hashlib.blake2b(path.encode(), digest_size=8).hexdigest()}"
+        try:
+            storage = LocalFileSystem.load(name)
+        except ValueError:  # no block of that name yet
+            storage = None
+        if storage is None or storage.basepath != path:
+            storage = LocalFileSystem(basepath=path)
+            storage.save(name, overwrite=True)
+        _STORAGE_BLOCKS[known] = storage
+    return _STORAGE_BLOCKS[known]
+
+
+_STORAGE_BLOCKS: dict[tuple[str | None, str], LocalFileSystem] = {}
 
 
 def run_plan(

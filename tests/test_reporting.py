@@ -8,13 +8,15 @@ import pytest
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
+from bioimage_tasks import reporting
 from bioimage_tasks.reporting import progress_listener
 from flows import downsample_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-def test_progress_and_summary_artifacts(tmp_path, rng):
+def test_progress_and_summary_artifacts(tmp_path, rng, monkeypatch):
+    monkeypatch.setattr(reporting, "MIN_UPDATE_INTERVAL", 0.0)  # publish on every batch, as a long run does
     x = rng.integers(0, 255, (40, 40, 40), dtype=np.uint8)
     seen = []
     token = progress_listener.set(lambda done, total: seen.append((done, total)))
@@ -40,3 +42,13 @@ def test_progress_and_summary_artifacts(tmp_path, rng):
         assert fact in summary, f"{fact!r} missing from the summary:\n{summary}"
     assert flow_run.name == "downsample numpy(40, 40, 40) uint8 x2 -> out.zarr/s1"
     assert any(run.name.startswith("process-blocks 0-") for run in task_runs)
+
+
+def test_a_short_run_publishes_only_its_summary(tmp_path, rng):
+    """A run shorter than the progress interval gets no progress artifact (it would appear at
+    100 %), only its summary."""
+    state = downsample_flow(rng.integers(0, 255, (16, 16, 16), dtype=np.uint8), 2, return_state=True)
+    with get_client(sync_client=True) as client:
+        artifact_filter = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        artifacts = client.read_artifacts(artifact_filter=artifact_filter)
+    assert [artifact.type for artifact in artifacts] == ["markdown"]

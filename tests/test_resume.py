@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,11 @@ import zarr
 from helpers import records_dir, wait_for
 from reference import random_array, skimage_downsample
 
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
 from bioimage_tasks import BlockGrid
+from bioimage_tasks.blockwise import plan_batches
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.runners import LocalClusterConfig, RunnerConfig
 from flows import copy_flow, downsample_flow
@@ -98,6 +103,28 @@ def test_identical_rerun_executes_nothing(volume):
     assert executed_since(output, started) == set()
     assert record_times(output) == before
     np.testing.assert_array_equal(result[:], expected_order1(image))
+
+
+def test_prefect_cache_resumes_when_block_records_are_lost(volume):
+    """With the block records deleted, every batch comes from Prefect's persisted result cache
+    (its storage block is loaded, not saved again, on the rerun) and no block is recomputed."""
+    root, image = volume
+    output = f"{root}/out.zarr/s1"
+    kwargs = {"order": 1, "anti_aliasing": True, "block_shape": (8, 8, 8)}
+    downsample_flow(f"{root}/in.zarr/raw", 2, output, **kwargs)
+    records = records_dir(output)
+    shutil.rmtree(records)
+    state = downsample_flow(f"{root}/in.zarr/raw", 2, output, return_state=True, **kwargs)
+    with get_client(sync_client=True) as client:
+        flow_run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        n_batches = len(plan_batches(range(BlockGrid(OUT_SHAPE, (8, 8, 8)).n_blocks), 1))
+        task_states = wait_for(  # task runs reach the API through events, so they may lag
+            lambda: [r.state.name for r in client.read_task_runs(flow_run_filter=flow_run_filter)]
+            if len(client.read_task_runs(flow_run_filter=flow_run_filter)) == n_batches else None, 30
+        )
+    assert set(task_states) == {"Cached"}
+    assert not os.path.exists(records)  # nothing executed, so nothing recorded
+    np.testing.assert_array_equal(state.result()[:], expected_order1(image))
 
 
 def test_recreated_output_is_recomputed(volume):
