@@ -1,13 +1,15 @@
 """Our downsample flows against the peers a user would pick instead, on the same data in one run.
 
     python benchmarks/bench.py [--size 256|512|1024] [--repeats 3] [--cases mean-image,mode-labels]
-                               [--out DIR] [--data DIR] [--peer-venv DIR]
+                               [--contenders tensorstore,dask] [--out DIR] [--data DIR] [--peer-venv DIR]
+    python benchmarks/bench.py --compare [RESULTS.json ...]   # scaling of ours across sizes
 
 Every contender runs in its own fresh Python process (its wall time is measured inside that
 process around the work only; its peak RSS is the whole process tree's, sampled by this process).
 Contenders alternate within each repeat (the order rotates) and each cell is the median (min-max)
 of --repeats runs. The machines are shared and noisy: read the ratios, not the seconds.
-See benchmarks/README.md for how to read the table.
+Contenders that hold the whole volume in memory are skipped at a size whose estimated peak RSS
+exceeds 80 % of MemAvailable. See benchmarks/README.md for how to read the table.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ RESULT_TAG = "BENCH-RESULT "
 DEFAULT_ROOT = Path(tempfile.gettempdir()) / "bioimage-tasks-bench"
 PEER_PACKAGES = {"bioimage_py": ["bioimage-py==0.2.2", "zarr>=3.1,<3.2"], "matplotlib": ["matplotlib"]}
 OURS = "ours flow (local x2)"
+GENERATED_UP_TO = 512  # larger volumes are mirror-tiled from the 512^3 ones (make_volumes)
+MEMORY_SHARE = 0.8  # a whole-array contender runs only if its estimated peak fits in this share of MemAvailable
+SCALING_LIMIT = 1.2  # --compare: peak RSS ratio and seconds-per-voxel ratio allowed between two sizes
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,6 +96,12 @@ class Contender:
     imports: tuple[str, ...] = ()  # imported before the clock starts
     prepare: Callable[[Case], None] = lambda case: None
     peer: str | None = None  # the peer-venv package it needs
+    # Contenders that hold the whole volume in memory: their peak RSS (MB) measured at 512^3, which
+    # scaled by the voxel count estimates the peak at other sizes (None: memory does not grow with it)
+    peak_mb_at_512: Callable[[Case], float] | None = None
+
+    def estimated_peak_mb(self, case: Case, size: int) -> float | None:
+        return None if self.peak_mb_at_512 is None else self.peak_mb_at_512(case) * (size / 512) ** 3
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,6 +286,10 @@ def resize_only(case: Case) -> bool:
     return case.method == "resize" and (case.is_order0 or case.anti_aliasing)
 
 
+# Peak RSS MB at 512^3, medians of bench-512-20261124-030016.json (3 repeats, min-max within 1 %)
+SKIMAGE_PEAK_MB_AT_512 = {"order0-image": 257, "order0-labels": 746, "order1aa-image": 2390}
+IO_FLOOR_PEAK_MB_AT_512 = {"image": 272, "labels": 660}
+
 OUR_MODULES = ("flows", "bioimage_tasks.blockwise", "bioimage_tasks.planning", "bioimage_tasks.resampling")
 ZARR_MODULES = ("numpy", "zarr")
 
@@ -288,10 +303,12 @@ CONTENDERS = {
         Contender("tensorstore downsample", lambda case: not case.anti_aliasing, run_tensorstore, ("tensorstore",)),
         Contender("dask.array", lambda case: case.is_order0 or case.method in ("stride", "mean", "mode"), run_dask,
                   (*ZARR_MODULES, "dask.array")),
-        Contender("skimage resize (whole array)", resize_only, run_skimage, (*ZARR_MODULES, "skimage.transform")),
+        Contender("skimage resize (whole array)", resize_only, run_skimage, (*ZARR_MODULES, "skimage.transform"),
+                  peak_mb_at_512=lambda case: SKIMAGE_PEAK_MB_AT_512[case.name]),
         Contender("bioimage-py 0.2.2 (local x2)", resize_only, run_bioimage_py, (*ZARR_MODULES, "bioimage_py"),
                   peer="bioimage_py"),
-        Contender("I/O floor (read all + write 1/8)", lambda case: True, run_io_floor, ("numpy", "tensorstore")),
+        Contender("I/O floor (read all + write 1/8)", lambda case: True, run_io_floor, ("numpy", "tensorstore"),
+                  peak_mb_at_512=lambda case: IO_FLOOR_PEAK_MB_AT_512[case.volume]),
     )
 }
 
@@ -324,11 +341,13 @@ def run_one(request: dict[str, Any]) -> None:
 
 @dataclass
 class Cell:
-    """Results of one contender on one case, one entry per repeat (None where a run failed)."""
+    """Results of one contender on one case, one entry per repeat (None where a run failed);
+    `skipped` says why it was not run at all (then both lists are empty)."""
 
     seconds: list[float | None] = field(default_factory=list)
     rss_mb: list[float | None] = field(default_factory=list)
     error: str | None = None
+    skipped: str | None = None
 
 
 class TreeRssSampler(threading.Thread):
@@ -361,23 +380,70 @@ class TreeRssSampler(threading.Thread):
 
 
 def make_volumes(data_dir: Path, size: int) -> dict[str, str]:
-    """The SIZE^3 uint8 image and uint32 labels as zarr v3, 64^3 chunks, generated once per size."""
+    """The SIZE^3 uint8 image and uint32 labels as zarr v3, 64^3 chunks, generated once per size:
+    by `sample_data` up to 512^3, mirror-tiled from the 512^3 volumes above (`sample_data` needs
+    tens of GB at 1024^3). Written under a temporary name and renamed when complete, so an
+    interrupted generation is redone, not used."""
     import zarr
 
     from bioimage_tasks.sample_data import blob_labels, smooth_image
 
     shape = (size,) * 3
     store = data_dir / f"volumes-{size}.zarr"
+    tiles = make_volumes(data_dir, GENERATED_UP_TO) if size > GENERATED_UP_TO else None
     paths = {}
     for name, make in (("image", smooth_image), ("labels", blob_labels)):
         path = f"{store}/{name}"
         if not (store / name / "zarr.json").exists() or zarr.open_array(str(store), path=name).shape != shape:
-            print(f"generating {path} ...", flush=True)
-            values = make(shape)
-            zarr.create_array(store=str(store), name=name, shape=shape, dtype=values.dtype, chunks=(CHUNK,) * 3,
-                              overwrite=True)[:] = values
+            partial = f"{name}.partial"
+            shutil.rmtree(store / partial, ignore_errors=True)
+            started = time.perf_counter()
+            if tiles:
+                print(f"generating {path} (mirror-tiled from {tiles[name]}) ...", flush=True)
+                mirror_tile(tiles[name], store, partial, size)
+            else:
+                print(f"generating {path} ...", flush=True)
+                values = make(shape)
+                zarr.create_array(store=str(store), name=partial, shape=shape, dtype=values.dtype,
+                                  chunks=(CHUNK,) * 3)[:] = values
+                del values
+            shutil.rmtree(store / name, ignore_errors=True)
+            os.replace(store / partial, store / name)
+            print(f"  {time.perf_counter() - started:.0f} s, {disk_mb(store / name):.0f} MB on disk", flush=True)
         paths[name] = path
     return paths
+
+
+def mirror_index(size: int, n: int) -> Any:
+    """Source index of each of `size` positions when a length-n axis is tiled by mirroring:
+    0..n-1, n-1..0, 0..n-1, ... (each seam repeats its voxel, so the volume stays smooth)."""
+    import numpy as np
+
+    position = np.arange(size) % (2 * n)
+    return np.where(position < n, position, 2 * n - 1 - position)
+
+
+def mirror_tile(source: str, store: Path, name: str, size: int) -> None:
+    """A size^3 array `name` in `store` filled from the n^3 volume at `source` by mirror-tiling
+    (for 1024 from 512: each octant is the volume flipped along the axes on which the octant is
+    the upper half). Written in blocks of 64 x n x n, so the peak is about one n^3 volume."""
+    import numpy as np
+    import zarr
+
+    container, key = split_path(source)
+    tile = zarr.open_array(container, path=key, mode="r")[:]
+    n = tile.shape[0]
+    index = mirror_index(size, n)
+    out = zarr.create_array(store=str(store), name=name, shape=(size,) * 3, dtype=tile.dtype, chunks=(CHUNK,) * 3)
+    for z in range(0, size, CHUNK):
+        for y in range(0, size, n):
+            for x in range(0, size, n):
+                block = (slice(z, z + CHUNK), slice(y, y + n), slice(x, x + n))
+                out[block] = tile[np.ix_(*(index[b] for b in block))]
+
+
+def disk_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
 def peer_venv(path: Path) -> tuple[str | None, set[str]]:
@@ -441,6 +507,27 @@ class PrefectServer:
         self.log.close()
 
 
+def mem_available_mb() -> float:
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    return math.inf
+
+
+def skip_reason(contender: Contender, case: Case, size: int, peer_modules: set[str]) -> str | None:
+    """Why `contender` cannot run `case` at `size` here ("skipped: ..."), None if it can: its peer
+    package is missing, or it holds the whole volume and its estimated peak RSS exceeds
+    MEMORY_SHARE of MemAvailable (checked when the case starts)."""
+    if contender.peer and contender.peer not in peer_modules:
+        return f"skipped: {contender.peer} is not installable in the peer venv"
+    needs = contender.estimated_peak_mb(case, size)
+    available = mem_available_mb()
+    if needs is not None and needs > MEMORY_SHARE * available:
+        return f"skipped: needs ~{needs / 1024:.1f} GB, {available / 1024:.1f} GB available"
+    return None
+
+
 def measure(python: str, env: dict[str, str], request: dict[str, Any], timeout: float) -> tuple[float, float]:
     """Run one contender in a fresh process; (seconds, peak tree RSS MB). Raises on failure."""
     child = subprocess.Popen([python, str(Path(__file__).resolve()), "--run-one", json.dumps(request)],
@@ -483,6 +570,9 @@ def print_table(case: Case, cells: dict[str, Cell], input_mb: float, repeats: in
     print(f"{'contender':36} {'wall s':>20} {'input MB/s':>11} {'peak RSS MB':>12} {'ours/contender':>22}")
     for name, cell in cells.items():
         seconds = valid(cell.seconds)
+        if cell.skipped:
+            print(f"{name:36} {cell.skipped}")
+            continue
         if cell.error and not seconds:
             print(f"{name:36} failed: {cell.error}")
             continue
@@ -496,39 +586,58 @@ def print_table(case: Case, cells: dict[str, Cell], input_mb: float, repeats: in
         print(f"Prefect's share of ours (1 - no-Prefect/flow, paired): {median_range([100 * s for s in shares])} %")
 
 
-def target_checks(results: dict[str, dict[str, Cell]]) -> list[tuple[str, str, bool]]:
-    """The issue's targets: (what, measured, met) from the paired median ratios."""
+def target_checks(results: dict[str, dict[str, Cell]]) -> list[tuple[str, str, bool | None]]:
+    """The issue's targets: (what, measured, met) from the paired median ratios; met is None and
+    measured "not measured (skipped: ...)" where a contender of the comparison was skipped."""
+    checks: list[tuple[str, str, bool | None]] = []
 
-    def ratio(case: str, a: str, b: str) -> float | None:
+    def check(what: str, case: str, a: str, b: str, met: Callable[[float], bool],
+              show: str = "{:.2f}x") -> float | None:
+        """Adds the check on the paired median a/b; nothing if a or b was not selected or never succeeded."""
         cells = results.get(case, {})
         if a not in cells or b not in cells:
             return None
+        if skipped := cells[a].skipped or cells[b].skipped:
+            checks.append((what, f"not measured ({skipped})", None))
+            return None
         values = paired_ratios(cells[a], cells[b])
-        return statistics.median(values) if values else None
+        if not values:
+            return None
+        value = statistics.median(values)
+        checks.append((what, show.format(value), met(value)))
+        return value
 
-    checks: list[tuple[str, str, bool]] = []
     limits = {"order0-image": 1.3, "order0-labels": 1.3, "stride-image": 1.3, "stride-labels": 1.3,
               "mean-image": 1.3, "mode-labels": 1.5}
     for case, limit in limits.items():
-        value = ratio(case, OURS, "tensorstore downsample")
-        if value is not None:
-            checks.append((f"{case}: ours/tensorstore <= {limit}", f"{value:.2f}x", value <= limit))
-    if (value := ratio("order1aa-image", "skimage resize (whole array)", OURS)) is not None:
-        checks.append(("order1aa-image: skimage/ours >= 4", f"{value:.2f}x", value >= 4))
+        check(f"{case}: ours/tensorstore <= {limit}", case, OURS, "tensorstore downsample", lambda v, l=limit: v <= l)
+    skimage = "skimage resize (whole array)"
+    rss_target = "order1aa-image: ours peak RSS <= skimage's / 4"
+    if check("order1aa-image: skimage/ours >= 4", "order1aa-image", skimage, OURS, lambda v: v >= 4) is not None:
         cells = results["order1aa-image"]
         ours_rss = statistics.median(valid(cells[OURS].rss_mb))
-        sk_rss = statistics.median(valid(cells["skimage resize (whole array)"].rss_mb))
-        checks.append(("order1aa-image: ours peak RSS <= skimage's / 4", f"{ours_rss:.0f} vs {sk_rss:.0f} MB",
-                       ours_rss <= sk_rss / 4))
-    if (value := ratio("order1aa-image", "bioimage-py 0.2.2 (local x2)", OURS)) is not None:
-        checks.append(("order1aa-image: bioimage-py/ours >= 2", f"{value:.2f}x", value >= 2))
+        sk_rss = statistics.median(valid(cells[skimage].rss_mb))
+        checks.append((rss_target, f"{ours_rss:.0f} vs {sk_rss:.0f} MB", ours_rss <= sk_rss / 4))
+    elif skimage in results.get("order1aa-image", {}) and results["order1aa-image"][skimage].skipped:
+        checks.append((rss_target, f"not measured ({results['order1aa-image'][skimage].skipped})", None))
+    check("order1aa-image: bioimage-py/ours >= 2", "order1aa-image", "bioimage-py 0.2.2 (local x2)", OURS,
+          lambda v: v >= 2)
     for case in results:
         for peer in ("bioimage-py 0.2.2 (local x2)", "dask.array"):
-            if (value := ratio(case, OURS, peer)) is not None:
-                checks.append((f"{case}: ours faster than {peer.split()[0]}", f"ours/peer {value:.2f}x", value < 1))
-        if (value := ratio(case, "ours no Prefect (threads x2)", OURS)) is not None:
+            check(f"{case}: ours faster than {peer.split()[0]}", case, OURS, peer, lambda v: v < 1, "ours/peer {:.2f}x")
+        if (value := ratio_or_none(results, case, "ours no Prefect (threads x2)", OURS)) is not None:
             checks.append((f"{case}: Prefect <= 5% of wall", f"{100 * (1 - value):.1f} %", 1 - value <= 0.05))
     return checks
+
+
+def ratio_or_none(results: dict[str, dict[str, Cell]], case: str, a: str, b: str) -> float | None:
+    cells = results.get(case, {})
+    values = paired_ratios(cells[a], cells[b]) if a in cells and b in cells else []
+    return statistics.median(values) if values else None
+
+
+def verdict(met: bool | None) -> str:
+    return "--  " if met is None else "MET " if met else "MISS"
 
 
 def draw_chart(results_json: Path, png: Path) -> None:
@@ -560,6 +669,43 @@ def draw_chart(results_json: Path, png: Path) -> None:
     fig.savefig(png, dpi=110)
 
 
+def compare_sizes(paths: list[Path]) -> None:
+    """The issue's scaling targets for ours from result JSONs of several sizes: for each case and
+    each pair of neighbouring sizes (512 and 1024, say), peak RSS ratio <= SCALING_LIMIT (flat in
+    volume size) and wall-time ratio / voxel ratio <= SCALING_LIMIT (linear in volume size), on
+    the medians. Per size and case the newest file that measured ours on it is used."""
+    newest: dict[int, dict[str, tuple[str, dict[str, Any]]]] = {}
+    for path in sorted(paths, key=lambda p: p.name):  # bench-SIZE-YYYYmmdd-HHMMSS.json: by time within a size
+        report = json.loads(path.read_text())
+        for case, cells in report["cases"].items():
+            if valid(cells.get(OURS, {}).get("seconds", [])):
+                newest.setdefault(report["size"], {})[case] = (path.name, cells)
+    sizes = sorted(newest)
+    if len(sizes) < 2:
+        raise SystemExit(f"--compare needs results of at least two sizes with ours measured; got sizes {sizes} "
+                         f"from {len(paths)} file(s)")
+    for small, large in zip(sizes, sizes[1:]):
+        voxels = (large / small) ** 3
+        print(f"\n== scaling {small}^3 -> {large}^3 ({voxels:.0f}x the voxels), medians; targets: peak RSS ratio"
+              f" <= {SCALING_LIMIT} (flat), wall-time ratio / {voxels:.0f} <= {SCALING_LIMIT} (linear)")
+        print(f"{'case':15} {'contender':29} {'wall s':>15} {'x time':>7} {'s/voxel':>8}      "
+              f"{'peak RSS MB':>13} {'x RSS':>6}")
+        for case in (c for c in newest[large] if c in newest[small]):
+            for name in (n for n in newest[large][case][1] if n.startswith("ours")):
+                a, b = newest[small][case][1].get(name), newest[large][case][1][name]
+                if not a or not valid(a["seconds"]) or not valid(b["seconds"]):
+                    continue
+                ta, tb = statistics.median(valid(a["seconds"])), statistics.median(valid(b["seconds"]))
+                ra, rb = statistics.median(valid(a["rss_mb"])), statistics.median(valid(b["rss_mb"]))
+                per_voxel = tb / ta / voxels
+                print(f"{case:15} {name:29} {f'{ta:.2f} -> {tb:.2f}':>15} {tb / ta:7.2f} {per_voxel:8.2f} "
+                      f"{verdict(per_voxel <= SCALING_LIMIT)} {f'{ra:.0f} -> {rb:.0f}':>13} {rb / ra:6.2f} "
+                      f"{verdict(rb / ra <= SCALING_LIMIT)}")
+        cases = [c for c in newest[large] if c in newest[small]]
+        files = sorted({newest[size][c][0] for size in (small, large) for c in cases})
+        print(f"from {', '.join(files)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, choices=(256, 512, 1024), default=512)
@@ -570,6 +716,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_ROOT / "data", help="generated volumes (kept between runs)")
     parser.add_argument("--peer-venv", type=Path, default=DEFAULT_ROOT / "peer-venv", help="separate venv for bioimage-py and matplotlib")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per contender run")
+    parser.add_argument("--compare", nargs="*", type=Path, metavar="RESULTS.json",
+                        help="only compare result JSONs of several sizes (the scaling targets); no files: all in --out")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     parser.add_argument("--chart", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -578,6 +726,8 @@ def main() -> None:
         return run_one(json.loads(args.run_one))
     if args.chart:
         return draw_chart(*args.chart)
+    if args.compare is not None:
+        return compare_sizes(args.compare or sorted(args.out.glob("bench-*.json")))
 
     cases = [CASES[name] for name in args.cases.split(",") if name]
     wanted = [w.strip().lower() for w in args.contenders.split(",") if w.strip()]
@@ -597,9 +747,10 @@ def main() -> None:
                           or any(w in c.name.lower() for w in wanted))]
             cells = results[case.name] = {c.name: Cell() for c in contenders}
             for contender in contenders:
-                if contender.peer and contender.peer not in peer_modules:
-                    cells[contender.name].error = f"skipped: {contender.peer} is not installable in the peer venv"
-            runnable = [c for c in contenders if not cells[c.name].error]
+                cells[contender.name].skipped = skip_reason(contender, case, args.size, peer_modules)
+                if cells[contender.name].skipped:
+                    print(f"  {case.name} {contender.name} -- {cells[contender.name].skipped}", flush=True)
+            runnable = [c for c in contenders if not cells[c.name].skipped]
             for repeat in range(args.repeats):
                 shift = repeat % len(runnable)
                 for contender in runnable[shift:] + runnable[:shift]:
@@ -629,7 +780,7 @@ def main() -> None:
     checks = target_checks(results)
     print("\n== targets (paired median ratios)")
     for what, measured, met in checks:
-        print(f"{'MET ' if met else 'MISS'} {what:58} {measured}")
+        print(f"{verdict(met)} {what:58} {measured}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results_json = args.out / f"bench-{args.size}-{stamp}.json"
     results_json.write_text(json.dumps({
