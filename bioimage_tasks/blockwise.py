@@ -4,7 +4,7 @@ blocks are batched. Prefect tasks (tasks.py) and every backend call these same f
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bioimage_tasks.grid import BlockGrid
@@ -71,44 +71,58 @@ class BlocksFailedError(RuntimeError):
         return type(self), (self.failures, self.total)
 
 
-def process_block(job: BlockJob, block_id: int) -> int:
-    """Write one block; return the voxels written (0 when its mask is empty). Writing a block twice
-    gives the same output, so retries and re-executed tasks are safe."""
+def start_block(job: BlockJob, block_id: int) -> tuple[int, Callable[[], None]]:
+    """Compute one block and start writing it; return the voxels it writes (0 when its mask is
+    empty) and a function that waits until the write is done. Writing a block twice gives the
+    same output, so retries and re-executed tasks are safe."""
     key = job.grid.block_slices(block_id)
     if job.mask is None:
         values = job.source[key]
-        job.sink.write(key, values)
-        return values.size
+        return values.size, job.sink.start_write(key, values)
     inside = job.mask[key].astype(bool, copy=False)
     if not inside.any():
-        return 0
+        return 0, lambda: None
     values = job.source[key]
     if not inside.all():
         values = merge_masked(values, job.sink[key], inside)
-    job.sink.write(key, values)
-    return int(inside.sum())
+    return int(inside.sum()), job.sink.start_write(key, values)
 
 
 def process_batch(job: BlockJob, block_ids: Sequence[int]) -> BatchReport:
     """Write a batch of blocks, except those already recorded as done (a retried batch, or one
-    Dask re-executes after losing a worker, only does what is missing). Every block is attempted;
-    if any failed, BlocksFailedError names them."""
+    Dask re-executes after losing a worker, only does what is missing). A block's write finishes
+    while the next block is read and computed; a block is recorded only once its write is done.
+    Every block is attempted; if any failed, BlocksFailedError names them."""
     report = BatchReport(executors={executor()})
     failed: dict[int, str] = {}
     done = job.records.done_among(list(block_ids)) if job.records is not None else set()
+    writing: list[tuple[int, int, Callable[[], None]]] = []  # at most one block in flight
+
+    def finish_writing() -> None:
+        for block_id, voxels, finish in writing:
+            try:
+                finish()
+            except Exception as error:  # noqa: BLE001 - reported per block, re-raised below
+                failed[block_id] = f"{type(error).__name__}: {error}"
+                continue
+            if job.records is not None:
+                job.records.mark_done(block_id)
+            (report.written if voxels else report.skipped).append(block_id)
+            report.voxels_written += voxels
+        writing.clear()
+
     for block_id in block_ids:
         if block_id in done:
             report.already_done.append(block_id)
             continue
         try:
-            voxels = process_block(job, block_id)
+            started = start_block(job, block_id)
         except Exception as error:  # noqa: BLE001 - reported per block, re-raised below
             failed[block_id] = f"{type(error).__name__}: {error}"
             continue
-        if job.records is not None:
-            job.records.mark_done(block_id)
-        (report.written if voxels else report.skipped).append(block_id)
-        report.voxels_written += voxels
+        finish_writing()
+        writing.append((block_id, *started))
+    finish_writing()
     if failed:
         raise BlocksFailedError(failed, len(block_ids))
     return report

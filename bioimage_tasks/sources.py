@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol, runtime_checkable
@@ -61,10 +62,15 @@ class ArraySource:
         return np.asarray(self.array[key])
 
     def write(self, key: tuple[slice, ...], values: np.ndarray) -> None:
+        self.start_write(key, values)()
+
+    def start_write(self, key: tuple[slice, ...], values: np.ndarray) -> Callable[[], None]:
+        """Start writing `values` at `key`; the returned function waits until they are written
+        (raising the write's error). Only tensorstore writes run in the background."""
         if self.fast_io is not None:
-            self.fast_io[key].write(values).result()
-        else:
-            self.array[key] = values
+            return self.fast_io[key].write(values).result
+        self.array[key] = values
+        return lambda: None
 
     @cached_property
     def fast_io(self) -> ts.TensorStore | None:
@@ -134,7 +140,11 @@ class TensorStoreSource:
         return self.store[key].read().result()
 
     def write(self, key: tuple[slice, ...], values: np.ndarray) -> None:
-        self.store[key].write(values).result()
+        self.start_write(key, values)()
+
+    def start_write(self, key: tuple[slice, ...], values: np.ndarray) -> Callable[[], None]:
+        """Start writing `values` at `key`; the returned function waits until they are written."""
+        return self.store[key].write(values).result
 
     @property
     def directory(self) -> str | None:

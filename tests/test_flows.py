@@ -10,6 +10,9 @@ import zarr
 from reference import assert_matches_skimage, random_array, reference_shape, skimage_downsample
 
 from bioimage_tasks import BlocksFailedError, BlockGrid, ResizedSource, as_source
+from bioimage_tasks.blockwise import BlockJob, process_batch
+from bioimage_tasks.records import BlockRecords
+from bioimage_tasks.sources import ArraySource
 from flows import copy_flow, downsample_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -163,6 +166,43 @@ def test_failed_blocks_are_reported_and_rerun_with_block_ids(tmp_path, image):
     source.failing_starts.clear()
     copy_flow(source, output, block_shape=(8, 8, 8), block_ids=raised.value.failed_block_ids)
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr"), path="copy")[:], image)
+
+
+class FailingWrites:
+    """A sink whose background writes fail for chosen blocks (the failure shows when the write is
+    waited for, as a tensorstore write's does)."""
+
+    def __init__(self, sink: ArraySource, failing_starts: set[tuple[int, ...]]):
+        self.sink, self.failing_starts = sink, failing_starts
+
+    def __getattr__(self, name):
+        return getattr(self.sink, name)
+
+    def start_write(self, key, values):
+        finish = self.sink.start_write(key, values)
+        if tuple(k.start for k in key) not in self.failing_starts:
+            return finish
+
+        def fail():
+            finish()
+            raise OSError("injected write failure")
+
+        return fail
+
+
+def test_a_failed_background_write_is_reported_and_not_recorded(tmp_path, image):
+    grid = BlockGrid(SHAPE, (8, 8, 8))
+    sink = ArraySource(zarr.create_array(store=str(tmp_path / "out.zarr"), name="copy", shape=SHAPE, dtype=image.dtype,
+                                         chunks=(8, 8, 8)))
+    assert sink.fast_io is not None  # tensorstore writes run in the background
+    records = BlockRecords(str(tmp_path / "records"))
+    bad = [5, 6, grid.n_blocks - 1]  # two in a row, and the batch's last block
+    failing = FailingWrites(sink, {tuple(s.start for s in grid.block_slices(b)) for b in bad})
+    with pytest.raises(BlocksFailedError) as raised:
+        process_batch(BlockJob(as_source(image), failing, grid, None, records), range(grid.n_blocks))
+    assert raised.value.failed_block_ids == bad
+    assert "injected write failure" in str(raised.value)
+    assert records.done() == set(range(grid.n_blocks)) - set(bad)
 
 
 def test_failed_run_ends_in_failed_state(tmp_path, image):
