@@ -12,6 +12,7 @@ import pytest
 import tensorstore as ts
 
 from bioimage_tasks.geometry import downscale_shape
+from bioimage_tasks.kernels import window
 from bioimage_tasks.kernels.window import METHODS, _sort_network, window_reduce
 
 SHAPES_3D = [(37, 41, 23), (33, 17, 9), (24, 18, 12)]  # the last one: whole windows only
@@ -92,6 +93,60 @@ def test_blockwise_equals_whole(rng, shape, factors, block_shape, dtype, method)
     whole = window_reduce(x, factors, method)
     assert_same(blockwise_reduce(x, factors, method, block_shape), whole)
     assert_same(whole, reference(x, factors, method))
+
+
+def label_array(rng: np.random.Generator, shape, dtype) -> np.ndarray:
+    """Label-like data: blobs of 3 voxels per side from a palette with the dtype's extremes (uint64:
+    ids above 2**53), a few noise voxels, so most windows hold one value and the rest mix few."""
+    x = random_array(rng, tuple(-(-n // 3) for n in shape), dtype, "few")
+    for axis in range(x.ndim):
+        x = np.repeat(x, 3, axis=axis)
+    x = x[tuple(slice(0, n) for n in shape)].copy()
+    noise = rng.random(shape) < 0.02
+    x[noise] = random_array(rng, shape, dtype, "few")[noise]
+    return x
+
+
+@pytest.mark.parametrize("shape,factors", [((24, 18, 12), (2, 2, 2)), ((37, 41, 23), (2, 2, 2)),
+                                           ((33, 17, 9), (3, 2, 1)), ((24, 18, 12), (1, 2, 4)), ((5, 7), (2, 2))])
+@pytest.mark.parametrize("dtype", ["bool", "uint8", "uint32", "uint64", "int16", "float32"])
+@pytest.mark.parametrize("method", ["mode", "median"])
+def test_labels_match_tensorstore(rng, shape, factors, dtype, method):
+    # mostly single-valued windows: only the mixed ones are sorted (padded edge windows included)
+    x = label_array(rng, shape, dtype)
+    assert_same(window_reduce(x, factors, method), reference(x, factors, method))
+
+
+@pytest.mark.parametrize("shape,factors", [((9, 7, 12), (2, 3, 2)), ((5, 6), (3, 2)), ((4, 6, 10), (2, 2, 2)),
+                                           ((3, 8), (1, 2))])
+@pytest.mark.parametrize("dtype", ["bool", "int8", "uint8", "int16", "uint16", "int32", "uint32"])
+@pytest.mark.parametrize("data", ["wide", "few"])
+def test_mean_of_pairs_matches_tensorstore(rng, shape, factors, dtype, data):
+    # factor 2 along an even last axis sums pairs first, with partial windows along other axes;
+    # a strided last axis takes the generic path
+    x = random_array(rng, shape[:-1] + (2 * shape[-1],), dtype, data)
+    for block in (x[..., :shape[-1]], x[..., ::2]):
+        assert_same(window_reduce(block, factors, "mean"), reference(np.ascontiguousarray(block), factors, "mean"))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint32", "uint64", "float32"])
+@pytest.mark.parametrize("method", METHODS)
+def test_slabs_match_tensorstore(rng, monkeypatch, dtype, method):
+    # tiny slabs: many of them, the last one with partial windows, some mixed, some not
+    monkeypatch.setattr(window, "_SLAB_BYTES", 200)
+    x = np.concatenate([label_array(rng, (20, 9, 10), dtype), random_array(rng, (17, 9, 10), dtype, "wide")])
+    for factors in [(2, 2, 2), (3, 1, 2), (1, 3, 4)]:
+        assert_same(window_reduce(x, factors, method), reference(x, factors, method))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_unit_factors_return_the_array(method):
+    # tensorstore leaves the values as they are: no float rounding of -0.0, NaN not skipped
+    x = np.array([-0.0, np.nan, 1.0, -0.0], np.float32)
+    for block, factors in [(x, (1,)), (x.reshape(2, 2), (1, 1)), (x[1], ())]:
+        got = window_reduce(block, factors, method)
+        assert got.shape == block.shape
+        assert_same(got.view(np.uint32), reference(block, factors, method).view(np.uint32))
 
 
 # Hand-made cases pinning down the semantics (each also checked against tensorstore).

@@ -16,6 +16,7 @@ Semantics, each checked against `tensorstore.downsample(tensorstore.array(x), fa
 - `median`: the lower middle value of the sorted window (index `(count - 1) // 2`).
 - `mode`: the most frequent value, the lowest one on a tie.
 - `stride`: the window's first voxel.
+With all factors 1 every method returns the array unchanged, as tensorstore does.
 NaN in `mode`/`median` and the sign of a zero they return are not specified (tensorstore sorts
 with `<` there); everything else is exact for bool, (u)int8-64 and float32/64.
 """
@@ -37,6 +38,8 @@ SUPPORTED_DTYPES = frozenset(np.dtype(t) for t in ("bool", "uint8", "uint16", "u
                                              "int8", "int16", "int32", "int64", "float32", "float64"))
 _MAX_NETWORK = 32  # windows up to this many voxels are sorted by a vectorised sorting network
 _LOW32 = 0xFFFFFFFF
+_SLAB_BYTES = 2**19  # input bytes reduced at a time, so that a slab's passes run in cache
+_MAX_MIXED = 0.5  # mode/median sort only a slab's mixed windows when at most this share is mixed
 
 
 def window_reduce(block: np.ndarray, factors: Sequence[int], method: str) -> np.ndarray:
@@ -61,13 +64,33 @@ def window_reduce(block: np.ndarray, factors: Sequence[int], method: str) -> np.
         raise TypeError(f"unsupported dtype {block.dtype}")
     if math.prod(factors) >= 2**31:
         raise ValueError(f"windows of {math.prod(factors)} voxels are too large")
-    if method == "stride":
-        return block[tuple(slice(None, None, f) for f in factors)].copy()
+    if method == "stride" or math.prod(factors) == 1 or not block.size:
+        # each window's first voxel; with all factors 1 tensorstore returns the array as it is (no
+        # float rounding of a lone -0.0 or NaN). The Ellipsis keeps a 0-d result an array.
+        return block[(..., *(slice(None, None, f) for f in factors))].copy()
+    out = np.empty(downscale_shape(block.shape, factors), block.dtype)
+    for dst, slab in _slabs(block, factors):
+        out[dst] = _reduce(slab, factors, method)
+    return out
+
+
+def _slabs(block: np.ndarray, factors: tuple[int, ...]) -> Iterator[tuple[slice, np.ndarray]]:
+    """(output rows, input slab) for slabs of whole windows along the first axis of about
+    `_SLAB_BYTES` each: reduced one after the other, each pass's operands and temporaries stay in
+    cache (up to twice as fast as a whole 128**3 block at once)."""
+    plane_bytes = factors[0] * math.prod(block.shape[1:]) * block.dtype.itemsize
+    planes = max(1, _SLAB_BYTES // plane_bytes)  # output planes per slab
+    for start in range(0, block.shape[0], planes * factors[0]):
+        yield slice(start // factors[0], start // factors[0] + planes), block[start:start + planes * factors[0]]
+
+
+def _reduce(block: np.ndarray, factors: tuple[int, ...], method: str) -> np.ndarray:
+    """`window_reduce` of one slab by any method but `stride`."""
     if method in ("min", "max"):
         return _extremum(block, factors, method == "min")
     if method == "mean":
         return _mean(block, factors)
-    return _sorted_window_reduce(block, factors, method)
+    return _sorted_reduce(block, factors, method)
 
 
 def _offsets(shape: Sequence[int], factors: Sequence[int]) -> Iterator[tuple[tuple[slice, ...], tuple[slice, ...]]]:
@@ -118,17 +141,27 @@ def _mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
         for dst, src in _offsets(block.shape, factors):
             acc[dst] += block[src]
         return (acc / np.asarray(count, block.dtype)).astype(block.dtype, copy=False)
-    if block.dtype.itemsize < 8:  # bool, (u)int8-32: an int64 sum is exact (int32 for 8/16-bit)
-        narrow = block.dtype.itemsize <= 2 and math.prod(factors) < 2**15
-        total = np.zeros(out_shape, np.int32 if narrow else np.int64)
-        for dst, src in _offsets(block.shape, factors):
-            total[dst] += block[src]
+    if block.dtype.itemsize < 8:  # bool, (u)int8-32: integer sums, exact in the types chosen here
+        values, rest = _pair_sums(block, factors)
+        if values is block:  # int32 holds 2**15 sums of 16-bit values, int64 anything
+            accumulator = np.int32 if block.dtype.itemsize <= 2 and math.prod(factors) < 2**15 else np.int64
+        else:  # the pair sums' double width holds fewer than 2**bits sums (and their rounding)
+            accumulator = values.dtype if math.prod(factors) < 2 ** (8 * block.dtype.itemsize) else np.int64
+        (_, first), *others = _offsets(values.shape, rest)  # offset 0 lies in every window
+        total = values[first].astype(accumulator)
+        for dst, src in others:
+            total[dst] += values[src]
         if isinstance(count, int) and count > 1 and count & (count - 1) == 0:
             # full windows of 2**s voxels (the common case): shifts instead of a slow int division
             shift = count.bit_length() - 1
-            total += (total >> shift) & 1  # + 1 when the floor quotient is odd: ties go to even
+            odd = total >> shift
+            odd &= 1
+            total += odd  # + 1 when the floor quotient is odd: ties go to even
             total += count // 2 - 1
-            return (total >> shift).astype(block.dtype)
+            total >>= shift
+            return total.astype(block.dtype)
+        if not isinstance(count, int):
+            count = count.astype(accumulator)  # int64 and uint64 would promote to float64
         quotient, remainder = np.divmod(total, count)
         return _round_half_even(quotient, remainder, count).astype(block.dtype)
     # 64-bit: sum the high (signed) and low (unsigned) 32-bit halves separately, then divide
@@ -152,6 +185,27 @@ def _mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     return _round_half_even(quotient, remainder, count).view(block.dtype)
 
 
+def _pair_sums(block: np.ndarray, factors: Sequence[int]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(values, factors) left to sum for a mean of bool or (u)int8-32: with factor 2 along a
+    contiguous last axis of even length, the sums of the windows' pairs of neighbours there in a
+    type of twice the width, and factor 1 there; else `block` and `factors` unchanged. Viewing
+    each pair as one integer of twice the width yields all pair sums in a few whole-array passes,
+    where the generic path makes a strided, widening pass per window voxel."""
+    size = block.dtype.itemsize
+    if not (factors[-1] == 2 and block.shape[-1] % 2 == 0 and block.strides[-1] == size):
+        return block, tuple(factors)
+    pairs = block.view(f"{'i' if block.dtype.kind == 'i' else 'u'}{2 * size}")
+    sums = pairs >> 8 * size  # the high halves (an arithmetic shift when signed)
+    if pairs.dtype.kind == "u":  # pair - (2**bits - 1) * high == low + high, with one allocation
+        sums *= 2 ** (8 * size) - 1
+        np.subtract(pairs, sums, out=sums)
+    else:
+        low = pairs << 8 * size
+        low >>= 8 * size  # sign-extended
+        sums += low
+    return sums, (*factors[:-1], 1)
+
+
 def _round_half_even(quotient: np.ndarray, remainder: np.ndarray, count: np.ndarray | int) -> np.ndarray:
     """`quotient + remainder / count` (floor quotient, 0 <= remainder < count) rounded to nearest,
     ties to even: round up iff `2 * remainder + (quotient odd) > count`. Works in place."""
@@ -161,30 +215,59 @@ def _round_half_even(quotient: np.ndarray, remainder: np.ndarray, count: np.ndar
     return quotient
 
 
-def _sorted_window_reduce(block: np.ndarray, factors: Sequence[int], method: str) -> np.ndarray:
-    """mode/median: gather each window into a column, sort the columns, then pick."""
+def _sorted_reduce(block: np.ndarray, factors: Sequence[int], method: str) -> np.ndarray:
+    """mode/median: gather each window into a column, sort the columns, then pick. A window whose
+    voxels all have the same bits (most windows of a label volume) is its own answer, padded or
+    not, so when few windows are mixed only those are sorted."""
     out_shape = downscale_shape(block.shape, factors)
-    size = math.prod(factors)
     counts = _counts(block.shape, factors)
+    columns = _window_columns(block, factors, out_shape)
+    mixed = _mixed_columns(columns)
+    if mixed is None:
+        return _pick(list(columns), counts, method).reshape(out_shape)
+    result = columns[0]  # the first voxel, never padding
+    if mixed.size:
+        counts = counts if isinstance(counts, int) else counts.reshape(-1)[mixed]
+        result[mixed] = _pick(list(np.take(columns, mixed, axis=1)), counts, method)
+    return result.reshape(out_shape)
+
+
+def _mixed_columns(columns: np.ndarray) -> np.ndarray | None:
+    """Indices of the columns whose values do not all have the same bits, or None if more than
+    `_MAX_MIXED` of them are mixed (then sorting them all is cheaper); noisy images show that
+    after the first comparison already."""
+    bits = columns.view(f"u{columns.dtype.itemsize}")
+    same = bits[1] == bits[0]
+    if same.size - np.count_nonzero(same) > _MAX_MIXED * same.size:
+        return None
+    for row in bits[2:]:
+        same &= row == bits[0]
+    mixed = np.flatnonzero(~same)
+    return mixed if mixed.size <= _MAX_MIXED * same.size else None
+
+
+def _pick(rows: list[np.ndarray], counts: np.ndarray | int, method: str) -> np.ndarray:
+    """Sort the columns of `rows` (one per window, see `_window_columns`) and pick each one's median
+    or mode, as a flat array; `counts` gives the windows' numbers of real (unpadded) voxels."""
+    size = len(rows)
     partial = not isinstance(counts, int)
-    rows = _window_rows(block, factors, out_shape)
     if size <= _MAX_NETWORK:
         _sort_network(rows)
     else:
         rows = list(np.sort(np.stack(rows), axis=0))
     if method == "median":
         if not partial:
-            return rows[(size - 1) // 2].reshape(out_shape)
+            return rows[(size - 1) // 2]
         middle = ((counts - 1) // 2).reshape(-1)
         result = rows[0].copy()
         for k in range(1, size):
             np.copyto(result, rows[k], where=middle == k)
-        return result.reshape(out_shape)
+        return result
     # mode: walk the sorted columns keeping the current run length and the longest run so far;
     # only a strictly longer run replaces it, so the lowest value wins ties. Padding sorts last
     # and positions >= count are never taken. The best value is blended arithmetically on the bits
     # (best += (value - best) * longer, modulo 2**n), which beats a masked copy on mixed masks.
-    bits = np.dtype(f"u{block.dtype.itemsize}")
+    bits = np.dtype(f"u{rows[0].dtype.itemsize}")
     best = rows[0].view(bits).copy()
     length_type = np.min_scalar_type(size)
     best_length = np.ones(best.shape, length_type)
@@ -198,13 +281,13 @@ def _sorted_window_reduce(block: np.ndarray, factors: Sequence[int], method: str
             longer &= counts > k
         best += (rows[k].view(bits) - best) * longer
         np.maximum(best_length, run, out=best_length)  # past `count` nothing is taken any more
-    return best.view(block.dtype).reshape(out_shape)
+    return best.view(rows[0].dtype)
 
 
-def _window_rows(block: np.ndarray, factors: Sequence[int], out_shape: Sequence[int]) -> list[np.ndarray]:
-    """The windows as `prod(factors)` flat arrays (one per window offset, C order), each holding
-    that offset's voxel of every window. Partial windows are padded with the dtype's largest value,
-    which sorts after every real voxel (NaN aside)."""
+def _window_columns(block: np.ndarray, factors: Sequence[int], out_shape: Sequence[int]) -> np.ndarray:
+    """The windows as the columns of a new `(prod(factors), windows)` array: row k holds window
+    offset k's (C order) voxel of every window. Partial windows are padded with the dtype's largest
+    value, which sorts after every real voxel (NaN aside)."""
     padded_shape = tuple(n * f for n, f in zip(out_shape, factors))
     if padded_shape != block.shape:
         if block.dtype.kind == "f":
@@ -223,7 +306,7 @@ def _window_rows(block: np.ndarray, factors: Sequence[int], out_shape: Sequence[
     columns = padded.reshape(interleaved).transpose(axes).reshape(math.prod(factors), -1)
     if np.may_share_memory(columns, block):  # the sort works in place
         columns = columns.copy()
-    return list(columns)
+    return columns
 
 
 def _sort_network(rows: list[np.ndarray]) -> None:
