@@ -158,7 +158,8 @@ class WindowedSource(DerivedSource):
 
     def __getitem__(self, key: tuple[slice, ...] | slice) -> np.ndarray:
         region = normalize_key(key, self.shape)
-        windows = tuple(
-            slice(s.start * f, min(s.stop * f, n)) for s, f, n in zip(region, self.factors, self.source.shape)
-        )
-        return window_reduce(self.source[windows], self.factors, self.method)
+        bounds = [(s.start * f, min(s.stop * f, n)) for s, f, n in zip(region, self.factors, self.source.shape)]
+        if self.method == "stride" and not isinstance(self.source, DerivedSource):
+            # a strided read: only the windows' first voxels are copied out of the decoded chunks
+            return np.asarray(self.source[tuple(slice(a, b, f) for (a, b), f in zip(bounds, self.factors))])
+        return window_reduce(self.source[tuple(slice(a, b) for a, b in bounds)], self.factors, self.method)

@@ -20,8 +20,8 @@ CONTAINER_SUFFIXES = (".zarr", ".n5")
 
 @runtime_checkable
 class Source(Protocol):
-    """Anything block-wise code reads from: a shape, a dtype, numpy-style slicing, and the unit a
-    writer must own whole (chunk or shard; None for in-memory arrays)."""
+    """Anything block-wise code reads from: a shape, a dtype, numpy-style slicing (with positive
+    steps), and the unit a writer must own whole (chunk or shard; None for in-memory arrays)."""
 
     @property
     def shape(self) -> tuple[int, ...]: ...
