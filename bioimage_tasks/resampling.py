@@ -12,7 +12,8 @@ import numpy as np
 
 from bioimage_tasks.geometry import downscale_shape
 from bioimage_tasks.grid import BlockGrid, default_block_shape
-from bioimage_tasks.kernels.resize import anti_aliasing_sigma, mirror_indices, plan_axis, resize_region, value_range
+from bioimage_tasks.kernels.resize import (anti_aliasing_sigma, cast_to, first_tap, mirror_indices, plan_axis,
+                                           resize_region, tap_index, value_range)
 from bioimage_tasks.kernels.window import window_reduce
 from bioimage_tasks.sources import Source
 
@@ -74,9 +75,18 @@ class ResizedSource(DerivedSource):
             {"resize": {"shape": self.shape, "order": self.order, "anti_aliasing": self.anti_aliasing}}
         )
 
+    @property
+    def clips(self) -> bool:
+        """Whether scikit-image's clip of the result to the input's (min, max) can change a value:
+        not for order 0 without anti-aliasing (it picks input voxels) nor for order 1 into an
+        integer dtype (a convex combination, rounded); otherwise the range must be measured."""
+        if self.order == 0 and not self.anti_aliasing:
+            return False
+        return not (self.order == 1 and self.dtype.kind in "iu")
+
     def clip_range(self) -> tuple[float, float] | None:
-        """The range scikit-image clips to: only orders >= 2 can leave the input's range."""
-        if self.order < 2:
+        """The input's (min, max) that scikit-image clips to, where clipping can change a value."""
+        if not self.clips:
             return None
         if self.value_range is not None:
             return self.value_range
@@ -91,6 +101,11 @@ class ResizedSource(DerivedSource):
             for n_in, n_out, s, sigma in zip(self.source.shape, self.shape, region, self.sigma)
         ]
         shape = self.source.shape
+        if self.order == 0 and not self.anti_aliasing and not isinstance(self.source, DerivedSource):
+            # nearest voxels: at an integer factor a strided read, which copies nothing else
+            picks = [tap_index(first_tap(p.coords, 0)) for p in plans]
+            if all(isinstance(k, slice) and k.start >= 0 and k.stop <= n for k, n in zip(picks, shape)):
+                return cast_to(np.asarray(self.source[tuple(picks)]), self.dtype)
         box = tuple(slice(max(p.read_start, 0), min(p.read_stop, n)) for p, n in zip(plans, shape))
         pad = [(b.start - p.read_start, p.read_stop - b.stop) for p, b in zip(plans, box)]
         if all(b.stop - b.start > max(widths) or b.stop - b.start == n for b, widths, n in zip(box, pad, shape)):

@@ -86,7 +86,7 @@ def downsample_flow(
         job_type=job_type,
     )
     with backend(job_type, num_workers, config) as runner:
-        if method == "resize" and order >= 2:
+        if isinstance(downsampled, ResizedSource) and downsampled.clips:
             value_range = measure_source_range(runner, source, num_workers, config)
             plan = plan.with_source(replace(downsampled, value_range=value_range))
         details = {

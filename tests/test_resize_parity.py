@@ -59,6 +59,27 @@ def test_order0_anti_aliasing_matches_skimage(rng, shape, factors, block_shape):
     np.testing.assert_array_equal(got, _skimage(x, factors, 0, True).astype(np.uint8))
 
 
+@pytest.mark.parametrize("dtype,value", [("uint8", 7), ("uint8", 100), ("int16", -5), ("uint16", 300)])
+@pytest.mark.parametrize("factors", [(3, 3, 3), (5, 2, 4)])
+def test_order0_anti_aliasing_on_a_constant_image_keeps_its_value(dtype, value, factors):
+    """scikit-image clips every order's result to the input's range: a constant image stays
+    constant where the Gaussian in the input dtype rounds its value down."""
+    x = np.full((19, 23, 17), value, dtype)
+    got = blockwise_resize(x, factors, 0, True, (4, 3, 5))
+    np.testing.assert_array_equal(got, _skimage(x, factors, 0, True).astype(dtype))
+    assert np.all(got == value)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("anti_aliasing", [False, True])
+def test_float_order1_is_bit_identical(rng, dtype, anti_aliasing):
+    """Floats at order 1 equal scikit-image's values bit for bit, its clip to the input's range
+    included (a convex combination can leave the range by one unit in the last place)."""
+    x = random_array(rng, (37, 41, 23), dtype)
+    got = blockwise_resize(x, (2, 3, 2), 1, anti_aliasing, (5, 7, 4))
+    np.testing.assert_array_equal(got, _skimage(x, (2, 3, 2), 1, anti_aliasing).astype(dtype))
+
+
 def test_uint64_labels_above_2_53_come_back_unchanged(rng):
     """Order 0 never goes through float64: ids above 2**53 survive bit for bit."""
     ids = np.array([2**53 + 1, 2**63 + 12345, 2**64 - 1, 2**60 + 3], dtype=np.uint64)

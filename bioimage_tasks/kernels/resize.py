@@ -390,7 +390,8 @@ def resize_region(
     data = smooth(region, sigma, zoom_dtype)
     taps = [t - r for t, r in zip(taps, radii)]
     if order == 0:
-        return cast_to(data[np.ix_(*taps)], out_dtype)
+        picked = data[np.ix_(*taps)]
+        return cast_to(picked if value_range is None else np.clip(picked, *value_range), out_dtype)
     if order >= 2:
         data = ndimage.spline_filter(data, order, output=np.float64, mode="mirror")
     data = interpolate(data, taps, weights, integers)
