@@ -127,14 +127,22 @@ def create_zarr(path: str, shape: tuple[int, ...], dtype: Any) -> Any:
     return zarr.create_array(store=store, name=key, shape=shape, dtype=dtype, chunks=(CHUNK,) * len(shape), fill_value=0)
 
 
+SETTLE_SECONDS = 3.0
+
+
 def warm_up_prefect(case: Case) -> None:
     """One tiny untimed flow call: the process's first flow call pays Prefect's client and flow
-    registration set-up, which is per process, not per volume."""
+    registration set-up, which is per process, not per volume. Then SETTLE_SECONDS for the server
+    to store the warm-up's task-run events and log batches (sent every 2 s): on the default
+    SQLite database, a flow run created while those writes land can get "database is locked"
+    (HTTP 503), which Prefect's client retries after 2 s. A user's first call has no warm-up
+    before it, so that stall would be the benchmark's own."""
     import numpy as np
 
     from flows import downsample_flow
 
     downsample_flow(np.zeros((8, 8, 8), np.uint8), FACTOR, **case.flow_kwargs)
+    time.sleep(SETTLE_SECONDS)
 
 
 def run_ours_flow(job_type: str) -> Callable[[Case, str, str], None]:
