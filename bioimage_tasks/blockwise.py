@@ -7,10 +7,12 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from bioimage_tasks.grid import BlockGrid
 from bioimage_tasks.kernels.masking import merge_masked
 from bioimage_tasks.records import BlockRecords, executor
-from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource
+from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource, start_read
 
 # Bounds on Prefect tasks per run: enough per worker to balance load, batches of at most
 # BLOCKS_PER_TASK blocks while that keeps the task count under MAX_TASKS, and never so many tasks
@@ -71,31 +73,37 @@ class BlocksFailedError(RuntimeError):
         return type(self), (self.failures, self.total)
 
 
-def start_block(job: BlockJob, block_id: int) -> tuple[int, Callable[[], None]]:
-    """Compute one block and start writing it; return the voxels it writes (0 when its mask is
-    empty) and a function that waits until the write is done. Writing a block twice gives the
-    same output, so retries and re-executed tasks are safe."""
+def start_block(
+    job: BlockJob, block_id: int, values: Callable[[], np.ndarray] | None = None
+) -> tuple[int, Callable[[], None]]:
+    """Compute one block (from `values`, its read started earlier, when given) and start writing
+    it; return the voxels it writes (0 when its mask is empty) and a function that waits until
+    the write is done. Writing a block twice gives the same output, so retries and re-executed
+    tasks are safe."""
     key = job.grid.block_slices(block_id)
     if job.mask is None:
-        values = job.source[key]
-        return values.size, job.sink.start_write(key, values)
+        data = values() if values is not None else job.source[key]
+        return data.size, job.sink.start_write(key, data)
     inside = job.mask[key].astype(bool, copy=False)
     if not inside.any():
         return 0, lambda: None
-    values = job.source[key]
+    data = job.source[key]
     if not inside.all():
-        values = merge_masked(values, job.sink[key], inside)
-    return int(inside.sum()), job.sink.start_write(key, values)
+        data = merge_masked(data, job.sink[key], inside)
+    return int(inside.sum()), job.sink.start_write(key, data)
 
 
 def process_batch(job: BlockJob, block_ids: Sequence[int]) -> BatchReport:
     """Write a batch of blocks, except those already recorded as done (a retried batch, or one
-    Dask re-executes after losing a worker, only does what is missing). A block's write finishes
-    while the next block is read and computed; a block is recorded only once its write is done.
-    Every block is attempted; if any failed, BlocksFailedError names them."""
+    Dask re-executes after losing a worker, only does what is missing). Blocks overlap in a
+    pipeline: while one block is computed, the next one's input is read (unmasked jobs) and the
+    previous one's output written, in tensorstore's threads; a block is recorded only once its
+    write is done. Every block is attempted; if any failed, BlocksFailedError names them."""
     report = BatchReport(executors={executor()})
     failed: dict[int, str] = {}
     done = job.records.done_among(list(block_ids)) if job.records is not None else set()
+    report.already_done = [block_id for block_id in block_ids if block_id in done]
+    todo = [block_id for block_id in block_ids if block_id not in done]
     writing: list[tuple[int, int, Callable[[], None]]] = []  # at most one block in flight
 
     def finish_writing() -> None:
@@ -111,12 +119,16 @@ def process_batch(job: BlockJob, block_ids: Sequence[int]) -> BatchReport:
             report.voxels_written += voxels
         writing.clear()
 
-    for block_id in block_ids:
-        if block_id in done:
-            report.already_done.append(block_id)
-            continue
+    reading: Callable[[], np.ndarray] | None = None
+    for index, block_id in enumerate(todo):
+        values, reading = reading, None
+        if job.mask is None and index + 1 < len(todo):
+            try:
+                reading = start_read(job.source, job.grid.block_slices(todo[index + 1]))
+            except Exception:  # noqa: BLE001 - that block reads again, and reports, in its turn
+                reading = None
         try:
-            started = start_block(job, block_id)
+            started = start_block(job, block_id, values)
         except Exception as error:  # noqa: BLE001 - reported per block, re-raised below
             failed[block_id] = f"{type(error).__name__}: {error}"
             continue

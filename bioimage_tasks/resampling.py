@@ -5,7 +5,7 @@ only the input voxels that region depends on."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +15,7 @@ from bioimage_tasks.grid import BlockGrid, default_block_shape
 from bioimage_tasks.kernels.resize import (anti_aliasing_sigma, cast_to, first_tap, mirror_indices, plan_axis,
                                            resize_region, tap_index, value_range)
 from bioimage_tasks.kernels.window import window_reduce
-from bioimage_tasks.sources import Source
+from bioimage_tasks.sources import Source, start_read
 
 
 class DerivedSource:
@@ -95,29 +95,39 @@ class ResizedSource(DerivedSource):
         return self._measured["range"]
 
     def __getitem__(self, key: tuple[slice, ...] | slice) -> np.ndarray:
+        return self.start_read(key)()
+
+    def start_read(self, key: tuple[slice, ...] | slice) -> Callable[[], np.ndarray]:
+        """Start reading the input region of `key` (in the background where the source can);
+        the returned function resizes it."""
         region = normalize_key(key, self.shape)
         plans = [
             plan_axis(n_in, n_out, s.start, s.stop, self.order, sigma)
             for n_in, n_out, s, sigma in zip(self.source.shape, self.shape, region, self.sigma)
         ]
-        shape = self.source.shape
+        shape, clip = self.source.shape, self.clip_range()
         if self.order == 0 and not self.anti_aliasing and not isinstance(self.source, DerivedSource):
             # nearest voxels: at an integer factor a strided read, which copies nothing else
             picks = [tap_index(first_tap(p.coords, 0)) for p in plans]
             if all(isinstance(k, slice) and k.start >= 0 and k.stop <= n for k, n in zip(picks, shape)):
-                return cast_to(np.asarray(self.source[tuple(picks)]), self.dtype)
+                picked = start_read(self.source, tuple(picks))
+                return lambda: cast_to(np.asarray(picked()), self.dtype)
         box = tuple(slice(max(p.read_start, 0), min(p.read_stop, n)) for p, n in zip(plans, shape))
         pad = [(b.start - p.read_start, p.read_stop - b.stop) for p, b in zip(plans, box)]
         if all(b.stop - b.start > max(widths) or b.stop - b.start == n for b, widths, n in zip(box, pad, shape)):
             # The box holds the mirror image of what lies past the edges, so numpy's "reflect"
             # (scipy's "mirror") pads it in one copy, far cheaper than a gather per axis.
-            data = self.source[box]
-            if any(low or high for low, high in pad):
-                data = np.pad(data, pad, mode="reflect")
-        else:
-            indices = [mirror_indices(p.read_start, p.read_stop, n) for p, n in zip(plans, shape)]
-            data = read_indexed(self.source, indices)
-        return resize_region(data, plans, self.order, self.sigma, self.clip_range(), self.dtype)
+            boxed = start_read(self.source, box)
+
+            def resize() -> np.ndarray:
+                data = boxed()
+                if any(low or high for low, high in pad):
+                    data = np.pad(data, pad, mode="reflect")
+                return resize_region(data, plans, self.order, self.sigma, clip, self.dtype)
+
+            return resize
+        data = read_indexed(self.source, [mirror_indices(p.read_start, p.read_stop, n) for p, n in zip(plans, shape)])
+        return lambda: resize_region(data, plans, self.order, self.sigma, clip, self.dtype)
 
 
 def normalize_key(key: tuple[slice, ...] | slice, shape: Sequence[int]) -> tuple[slice, ...]:
@@ -182,9 +192,16 @@ class WindowedSource(DerivedSource):
         return self.derived_fingerprint({"window": {"factors": self.factors, "method": self.method}})
 
     def __getitem__(self, key: tuple[slice, ...] | slice) -> np.ndarray:
+        return self.start_read(key)()
+
+    def start_read(self, key: tuple[slice, ...] | slice) -> Callable[[], np.ndarray]:
+        """Start reading the windows of `key` (in the background where the source can); the
+        returned function reduces them."""
         region = normalize_key(key, self.shape)
         bounds = [(s.start * f, min(s.stop * f, n)) for s, f, n in zip(region, self.factors, self.source.shape)]
         if self.method == "stride" and not isinstance(self.source, DerivedSource):
             # a strided read: only the windows' first voxels are copied out of the decoded chunks
-            return np.asarray(self.source[tuple(slice(a, b, f) for (a, b), f in zip(bounds, self.factors))])
-        return window_reduce(self.source[tuple(slice(a, b) for a, b in bounds)], self.factors, self.method)
+            firsts = start_read(self.source, tuple(slice(a, b, f) for (a, b), f in zip(bounds, self.factors)))
+            return lambda: np.asarray(firsts())
+        windows = start_read(self.source, tuple(slice(a, b) for a, b in bounds))
+        return lambda: window_reduce(windows(), self.factors, self.method)

@@ -57,9 +57,15 @@ class ArraySource:
         return tuple(chunks) if chunks is not None else None
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        return self.start_read(key)()
+
+    def start_read(self, key: tuple[slice, ...]) -> Callable[[], np.ndarray]:
+        """Start reading `key`; the returned function waits for the values. Only tensorstore
+        reads run in the background."""
         if self.fast_io is not None:
-            return self.fast_io[key].read().result()
-        return np.asarray(self.array[key])
+            return self.fast_io[key].read().result
+        values = np.asarray(self.array[key])
+        return lambda: values
 
     def write(self, key: tuple[slice, ...], values: np.ndarray) -> None:
         self.start_write(key, values)()
@@ -137,7 +143,11 @@ class TensorStoreSource:
         return self.store
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        return self.store[key].read().result()
+        return self.start_read(key)()
+
+    def start_read(self, key: tuple[slice, ...]) -> Callable[[], np.ndarray]:
+        """Start reading `key`; the returned function waits for the values."""
+        return self.store[key].read().result
 
     def write(self, key: tuple[slice, ...], values: np.ndarray) -> None:
         self.start_write(key, values)()
@@ -170,6 +180,16 @@ class TensorStoreSource:
         attributes[name] = value
         with open(self._attributes_file(), "w") as stream:
             json.dump(attributes, stream)
+
+
+def start_read(source: Source, key: tuple[slice, ...]) -> Callable[[], np.ndarray]:
+    """Start reading `key` from `source` in the background where the source can (a
+    `start_read` method), else read it now; the returned function gives the values."""
+    start = getattr(source, "start_read", None)
+    if start is not None:
+        return start(key)
+    values = source[key]
+    return lambda: values
 
 
 @dataclass(frozen=True)
