@@ -97,7 +97,8 @@ def test_served_deployments_run_on_demand_and_on_schedule(server, tmp_path):
             np.testing.assert_array_equal(n5, expected)
             with get_client(sync_client=True) as client:
                 artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
-            assert {a.type for a in artifacts} >= {"progress", "markdown"}
+            # the summary; a progress artifact only appears in runs that last over 2 s
+            assert "downsample-summary" in {a.key for a in artifacts if a.type == "markdown"}
             assert run.name.startswith("downsample sample.zarr/raw x2")
     finally:
         served.terminate()
