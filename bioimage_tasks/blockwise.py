@@ -3,6 +3,7 @@ blocks are batched. Prefect tasks (tasks.py) and every backend call these same f
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -123,10 +124,8 @@ def process_batch(job: BlockJob, block_ids: Sequence[int]) -> BatchReport:
     for index, block_id in enumerate(todo):
         values, reading = reading, None
         if job.mask is None and index + 1 < len(todo):
-            try:
+            with contextlib.suppress(Exception):  # that block then reads again, and reports, in its turn
                 reading = start_read(job.source, job.grid.block_slices(todo[index + 1]))
-            except Exception:  # noqa: BLE001 - that block reads again, and reports, in its turn
-                reading = None
         try:
             started = start_block(job, block_id, values)
         except Exception as error:  # noqa: BLE001 - reported per block, re-raised below

@@ -118,6 +118,9 @@ def batch_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     return f"bioimage-tasks-{records.key}-{hashlib.blake2b(ids.encode(), digest_size=8).hexdigest()}"
 
 
+_STORAGE_BLOCKS: dict[tuple[str | None, str], LocalFileSystem] = {}  # (API URL, folder): block
+
+
 def result_storage(config: RunnerConfig, records: BlockRecords) -> LocalFileSystem:
     """The saved Prefect storage block (Prefect requires a saved one) for cached batch results:
     `config.result_storage`, or a folder beside the block records in the output. Saving costs
@@ -137,9 +140,6 @@ def result_storage(config: RunnerConfig, records: BlockRecords) -> LocalFileSyst
             storage.save(name, overwrite=True)
         _STORAGE_BLOCKS[known] = storage
     return _STORAGE_BLOCKS[known]
-
-
-_STORAGE_BLOCKS: dict[tuple[str | None, str], LocalFileSystem] = {}
 
 
 def run_plan(

@@ -377,7 +377,8 @@ def resize_region(
 ) -> np.ndarray:
     """Resize one block. `region` holds input indices [plan.read_start, plan.read_stop) of every
     axis (mirrored past the array edges); `sigma` is the anti-aliasing sigma per axis (zeros for
-    none); `value_range` is the whole input's (min, max) that scikit-image clips orders >= 2 to."""
+    none); `value_range` is the whole input's (min, max) that scikit-image clips every result to,
+    given where that clip can change a value (None elsewhere)."""
     taps = [first_tap(plan.coords, order) - plan.read_start for plan in plans]
     weights = [spline_weights(plan.coords, order) for plan in plans]
     radii = [gaussian_radius(s) for s in sigma]
