@@ -170,10 +170,10 @@ def run_plan(
             cache_policy=CacheKeyFnPolicy(cache_key_fn=batch_cache_key), persist_result=True,
             result_storage=result_storage(config, records), refresh_cache=plan.explicit_block_ids,
         )
-    job = BlockJob(plan.source, sink, plan.grid, plan.mask, records)
+    job = BlockJob(plan.source, sink, plan.grid, plan.mask, records, plan.piece_shape)
     # Batches whose blocks are all recorded are not even submitted: a Prefect cache hit costs
     # ~15 ms on threads and ~80-300 ms on Dask, a look at the records nothing.
-    batches = [b for b in plan_batches(plan.block_ids, num_workers, config.blocks_per_task) if not done.issuperset(b)]
+    batches = [b for b in plan.batches(plan.block_ids, num_workers, config.blocks_per_task) if not done.issuperset(b)]
     logger.info(
         "grid of %d blocks of shape %s over %s; %d of %d planned blocks already done; %d batches to run on %s; "
         "block records in %s",

@@ -83,7 +83,7 @@ def downsample_flow(
         downsampled = WindowedSource(source, factors, method)
     plan = plan_blockwise(
         downsampled, output, mask=mask, block_shape=block_shape, block_ids=block_ids, resume_from=resume_from,
-        job_type=job_type,
+        job_type=job_type, memory_budget=config.memory_budget,
     )
     with backend(job_type, num_workers, config) as runner:
         if isinstance(downsampled, ResizedSource) and downsampled.clips:
