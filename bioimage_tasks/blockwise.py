@@ -125,22 +125,26 @@ class BatchReport:
 
 
 class BlocksFailedError(RuntimeError):
-    """Some blocks failed; the others are written. Carries the failed ids and how to re-run them."""
+    """Some blocks failed; the others are written. Carries the failed ids and how to re-run them
+    (`rerun`; by default the same call, or the same call plus `block_ids`)."""
 
-    def __init__(self, failed: dict[int, str], total: int):
+    def __init__(self, failed: dict[int, str], total: int, rerun: str | None = None):
         self.failures = dict(failed)
         self.total = total
+        self.rerun = rerun
         self.failed_block_ids = sorted(failed)
         first = self.failed_block_ids[0]
+        how = rerun or (
+            "Re-run the same call to resume (finished blocks are skipped), or re-run exactly these blocks "
+            f"with the same call plus block_ids={self.failed_block_ids}"
+        )
         super().__init__(
             f"{len(failed)} of {total} blocks failed: {self.failed_block_ids}. The other blocks are "
-            f"written. Re-run the same call to resume (finished blocks are skipped), or re-run exactly "
-            f"these blocks with the same call plus block_ids={self.failed_block_ids}. "
-            f"First error (block {first}): {failed[first]}"
+            f"written. {how}. First error (block {first}): {failed[first]}"
         )
 
     def __reduce__(self):
-        return type(self), (self.failures, self.total)
+        return type(self), (self.failures, self.total, self.rerun)
 
 
 class BatchWrites:
