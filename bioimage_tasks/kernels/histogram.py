@@ -8,12 +8,13 @@ distinct (window, value) pairs rather than the number of voxels."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from bioimage_tasks.geometry import downscale_shape
-from bioimage_tasks.kernels.window import sorted_columns, window_offsets
+from bioimage_tasks.kernels.window import sorted_columns
 
 _ROUNDS = 6  # distinct values taken one per round before the rest of a window is sorted
 
@@ -44,88 +45,95 @@ class LevelHistograms:
         return self._merge_histograms(factors, counts, method)
 
     def _merge_voxels(self, factors: tuple[int, ...], count: int, method: str) -> LevelHistograms:
-        """The first level from whole windows of voxels: a mixed window's voxels are gathered
-        into a column, the columns sorted together (a sorting network) and run-length counted."""
-        values, uniform = self._uniform_parents(factors)
-        mixed = np.flatnonzero(~uniform)
+        """The first level from whole windows of voxels: the mixed windows' voxels are sorted
+        together (a sorting network over the windows' columns) and run-length counted."""
+        out_shape = downscale_shape(self.values.shape, factors)
+        columns = window_columns(self.values, factors, out_shape)
+        mixed = np.flatnonzero(~_all_equal(columns))
+        values = columns[0].reshape(out_shape).copy()
+        uniform = np.ones(values.size, bool)
         empty = np.empty(0, np.int64)
         if not mixed.size:
-            return LevelHistograms(values, uniform, count, empty, np.empty(0, values.dtype), empty)
-        steps = np.cumprod((1, *self.values.shape[:0:-1]))[::-1]  # voxels per step along each axis
-        corner = sum(c * (f * step) for c, f, step in zip(np.unravel_index(mixed, uniform.shape), factors, steps))
-        flat = self.values.reshape(-1)
-        rows = [flat[corner + int(np.dot(offset, steps))] for offset in np.ndindex(*factors)]
-        columns = np.stack(sorted_columns(rows), axis=1)  # one sorted window per row
-        start = np.ones(columns.shape, bool)
-        np.not_equal(columns[:, 1:], columns[:, :-1], out=start[:, 1:])
+            return LevelHistograms(values, uniform.reshape(out_shape), count, empty, np.empty(0, values.dtype), empty)
+        uniform[mixed] = False
+        rows = np.stack(sorted_columns(list(columns[:, mixed])), axis=1)  # one sorted window per row
+        start = np.ones(rows.shape, bool)
+        np.not_equal(rows[:, 1:], rows[:, :-1], out=start[:, 1:])
         positions = np.flatnonzero(start)
-        window = positions // columns.shape[1]
-        value = columns.reshape(-1)[positions]
-        run = np.diff(np.r_[positions, columns.size])
+        window = positions // rows.shape[1]
+        value = rows.reshape(-1)[positions]
+        run = np.diff(np.r_[positions, rows.size])
         if method == "median":
-            values.reshape(-1)[mixed] = columns[:, (count - 1) // 2]
+            values.reshape(-1)[mixed] = rows[:, (count - 1) // 2]
         else:
             values.reshape(-1)[mixed] = pick(window, value, run, mixed.size, None, method)
-        return LevelHistograms(values, uniform, count, mixed[window], value, run)
-
-    def _uniform_parents(self, factors: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """Each parent's first child's value, and whether all its children are uniform with it."""
-        (_, first), *others = window_offsets(self.values.shape, factors)
-        values = self.values[first].copy()
-        uniform = np.ones(values.shape, bool) if self.uniform is None else self.uniform[first].copy()
-        for dst, src in others:
-            uniform[dst] &= self.values[src] == values[dst]
-            if self.uniform is not None:
-                uniform[dst] &= self.uniform[src]
-        return values, uniform
+        return LevelHistograms(values, uniform.reshape(out_shape), count, mixed[window], value, run)
 
     def _merge_histograms(self, factors: tuple[int, ...], counts: np.ndarray | int, method: str) -> LevelHistograms:
-        """The next level from this level's uniform values and mixed windows' histograms."""
-        out_shape = downscale_shape(self.values.shape, factors)
-        values, uniform = self._uniform_parents(factors)
-        mixed = np.flatnonzero(~uniform)
+        """The next level from this level's uniform values and mixed windows' histograms. Partial
+        windows at the edge are padded with copies of their last child (count 0), which changes
+        neither their uniformity nor their histogram."""
+        shape = self.values.shape
+        out_shape = downscale_shape(shape, factors)
+        pad = [(0, n * f - s) for n, f, s in zip(out_shape, factors, shape)]
+        padded = any(high for _, high in pad)
+
+        def columns_of(array: np.ndarray, fill: str | int) -> np.ndarray:
+            if padded:
+                array = np.pad(array, pad, mode="edge") if fill == "edge" else np.pad(array, pad, constant_values=fill)
+            return window_columns(array, factors, out_shape)
+
+        values = columns_of(self.values, "edge")
+        uniform = np.ones(values.shape, bool) if self.uniform is None else columns_of(self.uniform, "edge")
+        children = columns_of(np.broadcast_to(self.counts, shape), 0) if padded or not isinstance(self.counts, int) else None
+        same = _all_equal(values) & uniform.all(axis=0)
+        mixed = np.flatnonzero(~same)
+        out_values = values[0].reshape(out_shape).copy()
         empty = np.empty(0, np.int64)
         if not mixed.size:
-            return LevelHistograms(values, uniform, counts, empty, np.empty(0, values.dtype), empty)
-        rank = np.full(values.size, -1, np.int64)  # mixed window -> its position in `mixed`
-        rank[mixed] = np.arange(mixed.size)
-        rank = rank.reshape(out_shape)
-        parents, entries, weights = self._child_entries(factors, out_shape, rank)
-        window, value, count = distinct_counts(parents, entries, weights, mixed.size)
-        picked = pick(window, value, count, mixed.size, _flat_counts(counts, mixed), method)
-        values.reshape(-1)[mixed] = picked
-        return LevelHistograms(values, uniform, counts, mixed[window], value, count)
-
-    def _child_entries(self, factors: tuple[int, ...], out_shape: tuple[int, ...],
-                       rank: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(mixed parent rank, value, count) for every value of the mixed parents' children: one
-        triple per uniform child, a mixed child's own triples."""
-        parents, entries, weights = [], [], []
-        for dst, src in window_offsets(self.values.shape, factors):
-            owner = rank[dst]
-            take = owner >= 0
-            if self.uniform is not None:
-                take &= self.uniform[src]
-            parents.append(owner[take])
-            entries.append(self.values[src][take])
-            if isinstance(self.counts, int):
-                weights.append(np.full(len(parents[-1]), self.counts, np.int64))
-            else:
-                weights.append(self.counts[src][take].astype(np.int64))
-        if self.window.size:
-            child = np.unravel_index(self.window, self.values.shape)
-            parent = tuple(c // f for c, f in zip(child, factors))
-            parents.append(rank[parent])
+            return LevelHistograms(out_values, same.reshape(out_shape), counts, empty, np.empty(0, values.dtype), empty)
+        take = uniform[:, mixed]  # uniform children of mixed parents: one entry each
+        parents = [np.broadcast_to(np.arange(mixed.size), take.shape)[take]]
+        entries = [values[:, mixed][take]]
+        weights = [np.full(len(parents[0]), self.counts, np.int64) if children is None
+                   else children[:, mixed][take].astype(np.int64)]
+        if self.window.size:  # mixed children: their own entries
+            rank = np.full(same.size, -1, np.int64)
+            rank[mixed] = np.arange(mixed.size)
+            child = np.unravel_index(self.window, shape)
+            parents.append(rank[np.ravel_multi_index(tuple(c // f for c, f in zip(child, factors)), out_shape)])
             entries.append(self.value)
             weights.append(self.count)
-        return np.concatenate(parents), np.concatenate(entries), np.concatenate(weights)
+        window, value, count = distinct_counts(np.concatenate(parents), np.concatenate(entries),
+                                               np.concatenate(weights), mixed.size)
+        totals = np.full(mixed.size, counts, np.int64) if isinstance(counts, int) else counts.reshape(-1)[mixed].astype(np.int64)
+        out_values.reshape(-1)[mixed] = pick(window, value, count, mixed.size, totals, method)
+        return LevelHistograms(out_values, same.reshape(out_shape), counts, mixed[window], value, count)
+
+
+def window_columns(array: np.ndarray, factors: tuple[int, ...], out_shape: tuple[int, ...]) -> np.ndarray:
+    """`array` (a whole number of windows along every axis) as a new `(prod(factors), windows)`
+    array: row k holds window offset k's (C order) element of every window (C order)."""
+    interleaved = [v for pair in zip(out_shape, factors) for v in pair]
+    axes = [*range(1, 2 * array.ndim, 2), *range(0, 2 * array.ndim, 2)]
+    return np.ascontiguousarray(array.reshape(interleaved).transpose(axes)).reshape(math.prod(factors), -1)
+
+
+def _all_equal(columns: np.ndarray) -> np.ndarray:
+    """Whether each column's elements all have the same bits."""
+    bits = columns.view(f"u{columns.dtype.itemsize}") if columns.dtype.kind != "b" else columns
+    same = bits[1] == bits[0] if len(bits) > 1 else np.ones(bits.shape[1], bool)
+    for row in bits[2:]:
+        same &= row == bits[0]
+    return same
 
 
 def distinct_counts(parents: np.ndarray, values: np.ndarray, counts: np.ndarray,
                     n_parents: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sum `counts` per distinct (parent, value): (parent, value, total) triples, unordered.
-    A few rounds each take one value of every parent (the last one scattered there) and remove
-    its entries, with no sort; windows with more distinct values than that are sorted.
+    """Sum `counts` per distinct (parent, value): (parent, value, total) triples, unordered,
+    without the zero totals of padding. A few rounds each take one value of every parent (the
+    last one scattered there) and remove its entries, with no sort; windows with more distinct
+    values than that are sorted.
 
     >>> distinct_counts(np.array([0, 0, 1, 0]), np.array([7, 9, 4, 7]), np.array([1, 2, 3, 4]), 2)
     (array([0, 1, 0]), array([7, 4, 9]), array([5, 3, 2]))
@@ -139,7 +147,7 @@ def distinct_counts(parents: np.ndarray, values: np.ndarray, counts: np.ndarray,
         same = values == candidate[parents]
         chosen = parents[same]
         totals = np.bincount(chosen, weights=counts[same], minlength=n_parents)  # float64: exact below 2**53
-        present = np.flatnonzero(totals)  # every count is >= 1
+        present = np.flatnonzero(totals)
         out_parents.append(present)
         out_values.append(candidate[present])
         out_counts.append(totals[present].astype(np.int64))
@@ -149,9 +157,11 @@ def distinct_counts(parents: np.ndarray, values: np.ndarray, counts: np.ndarray,
         order = np.lexsort((values, parents))
         parents, values, counts = parents[order], values[order], counts[order]
         starts = np.flatnonzero(np.r_[True, (parents[1:] != parents[:-1]) | (values[1:] != values[:-1])])
-        out_parents.append(parents[starts])
-        out_values.append(values[starts])
-        out_counts.append(np.add.reduceat(counts, starts))
+        sums = np.add.reduceat(counts, starts)
+        real = sums > 0
+        out_parents.append(parents[starts][real])
+        out_values.append(values[starts][real])
+        out_counts.append(sums[real])
     return np.concatenate(out_parents), np.concatenate(out_values), np.concatenate(out_counts)
 
 
@@ -169,7 +179,7 @@ def pick(parents: np.ndarray, values: np.ndarray, counts: np.ndarray, n_parents:
         best = np.zeros(n_parents, np.int64)
         np.maximum.at(best, parents, counts)
         top = counts == best[parents]
-        lowest = np.full(n_parents, _largest(values.dtype), values.dtype)
+        lowest = np.full(n_parents, np.iinfo(values.dtype).max, values.dtype)
         np.minimum.at(lowest, parents[top], values[top])
         return lowest
     order = np.lexsort((values, parents))
@@ -181,14 +191,3 @@ def pick(parents: np.ndarray, values: np.ndarray, counts: np.ndarray, n_parents:
     past = np.flatnonzero(cumulative - before > target)
     first_past = past[np.r_[True, parents[past][1:] != parents[past][:-1]]]
     return values[first_past]
-
-
-def _largest(dtype: np.dtype) -> int:
-    return int(np.iinfo(dtype).max)
-
-
-def _flat_counts(counts: np.ndarray | int, windows: np.ndarray) -> np.ndarray:
-    """In-bounds voxels of each of `windows` (flat indices)."""
-    if isinstance(counts, int):
-        return np.full(windows.size, counts, np.int64)
-    return counts.reshape(-1)[windows].astype(np.int64)
