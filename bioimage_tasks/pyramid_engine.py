@@ -25,7 +25,7 @@ from bioimage_tasks.kernels.pyramid import pyramid_levels
 from bioimage_tasks.outputs import output_token
 from bioimage_tasks.pyramid_plan import PyramidPlan
 from bioimage_tasks.records import RECORDS_DIR, BlockRecords, run_key
-from bioimage_tasks.reporting import Progress, publish_summary
+from bioimage_tasks.reporting import Progress, progress_listener, publish_summary
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import RunnerConfig
 from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource, start_read
@@ -113,6 +113,15 @@ class Stage:
     block_ids: list[int]
     rows: list[LevelRow]
     after: Callable[[BatchReport], None] | None = None
+    refresh: bool = False  # never take a batch from Prefect's cache (its records are the truth)
+
+    @property
+    def levels(self) -> str:
+        """The levels this stage completes, e.g. 's0-s2'."""
+        if not self.rows:
+            return "staged parts"
+        first, last = self.rows[0].level, self.rows[-1].level
+        return f"s{first}" if first == last else f"s{first}-s{last}"
 
 
 def records_in(directory: str, fingerprint: dict[str, Any]) -> BlockRecords:
@@ -139,7 +148,8 @@ def pyramid_stages(source: Source, plan: PyramidPlan, method: str, sinks: Sequen
                                                     "grid": [grid.shape, grid.block_shape],
                                                     "output": output_token(sink)}) if keep_records else None
         job = BlockJob(stage_sink, sink, grid, records=level_records)
-        stages.append(Stage(f"s{level}", job, list(range(grid.n_blocks)), [rows[level]]))
+        # a copy's cache key cannot see restaged regions (forget_restaged): its records decide
+        stages.append(Stage(f"s{level}", job, list(range(grid.n_blocks)), [rows[level]], refresh=True))
     stages[0].after = functools.partial(forget_restaged, plan, stages[1:])
     return stages
 
@@ -188,29 +198,32 @@ def run_stages(runner: TaskRunner, stages: list[Stage], num_workers: int, config
     """Run `stages` in order on `runner`, resuming from their records, with one progress for the
     whole pyramid and a log line per finished stage; publish one summary with a row per level."""
     logger = get_run_logger()
-    plans = []
-    for stage in stages:
-        records = stage.job.records
-        done = records.done() & set(stage.block_ids) if records is not None else set()
-        batches = [b for b in plan_batches(stage.block_ids, num_workers, config.blocks_per_task) if not done.issuperset(b)]
-        plans.append((stage, batches, done))
-    total = sum(len(stage.block_ids) for stage in stages)
-    submitted = sum(len(b) for _, batches, _ in plans for b in batches)
-    progress = Progress(total, total - submitted, "pyramid")
+    total, finished = sum(len(stage.block_ids) for stage in stages), 0
+    overall = progress_listener.get()
     started, failure = time.perf_counter(), None
     try:
-        for stage, batches, done in plans:
+        for stage in stages:  # records read as each stage starts: the stage before may have made some stale
+            records = stage.job.records
+            done = records.done() & set(stage.block_ids) if records is not None else set()
+            batches = [b for b in plan_batches(stage.block_ids, num_workers, config.blocks_per_task)
+                       if not done.issuperset(b)]
             report = BatchReport()
-            for batch_report in map_batches(runner, batch_task(config, stage.job.records), {"job": stage.job},
+            # a progress artifact per stage (by level in the UI), the terminal's bar over the whole run
+            token = progress_listener.set(None if overall is None else
+                                          functools.partial(lambda base, d, t: overall(base + d, total), finished))
+            progress = Progress(len(stage.block_ids), len(stage.block_ids) - sum(map(len, batches)), f"pyramid {stage.levels}")
+            progress_listener.reset(token)
+            for batch_report in map_batches(runner, batch_task(config, stage.job.records, stage.refresh), {"job": stage.job},
                                             batches, config.worker_timeout, progress):
                 report.add(batch_report)
+            already = len(done) + len(report.already_done)
             for row in stage.rows:
-                row.blocks, row.written, row.already_done = len(stage.block_ids), len(report.written), len(done) + len(report.already_done)
-            logger.info("pyramid %s (%s): %d blocks written, %d already done, of %d", stage.name,
-                        ", ".join(f"s{row.level}" for row in stage.rows), len(report.written),
-                        len(done) + len(report.already_done), len(stage.block_ids))
+                row.blocks, row.written, row.already_done = len(stage.block_ids), len(report.written), already
+            logger.info("pyramid %s (%s): %d blocks written, %d already done, of %d", stage.name, stage.levels,
+                        len(report.written), already, len(stage.block_ids))
             if stage.after is not None:
                 stage.after(report)
+            finished += len(stage.block_ids)
     except BlocksFailedError as error:
         failure = error
         raise BlocksFailedError(error.failures, error.total, rerun=f"Failed in the {stage.name} stage (block ids are its own); "
