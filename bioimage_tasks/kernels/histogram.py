@@ -8,7 +8,6 @@ distinct (window, value) pairs rather than the number of voxels."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,64 +38,38 @@ class LevelHistograms:
         return cls(voxels, None, 1, empty, np.empty(0, voxels.dtype), empty)
 
     def merge(self, factors: tuple[int, ...], counts: np.ndarray | int, method: str) -> LevelHistograms:
-        """The next level, windows of `factors` of this level's windows holding `counts` voxels."""
-        if self.uniform is None and isinstance(counts, int):
-            return self._merge_voxels(factors, counts, method)
-        return self._merge_histograms(factors, counts, method)
-
-    def _merge_voxels(self, factors: tuple[int, ...], count: int, method: str) -> LevelHistograms:
-        """The first level from whole windows of voxels: the mixed windows' voxels are sorted
-        together (a sorting network over the windows' columns) and run-length counted."""
-        out_shape = downscale_shape(self.values.shape, factors)
-        columns = window_columns(self.values, factors, out_shape)
-        mixed = np.flatnonzero(~_all_equal(columns))
-        values = columns[0].reshape(out_shape).copy()
-        uniform = np.ones(values.size, bool)
-        empty = np.empty(0, np.int64)
-        if not mixed.size:
-            return LevelHistograms(values, uniform.reshape(out_shape), count, empty, np.empty(0, values.dtype), empty)
-        uniform[mixed] = False
-        rows = np.stack(sorted_columns(list(columns[:, mixed])), axis=1)  # one sorted window per row
-        start = np.ones(rows.shape, bool)
-        np.not_equal(rows[:, 1:], rows[:, :-1], out=start[:, 1:])
-        positions = np.flatnonzero(start)
-        window = positions // rows.shape[1]
-        value = rows.reshape(-1)[positions]
-        run = np.diff(np.r_[positions, rows.size])
-        if method == "median":
-            values.reshape(-1)[mixed] = rows[:, (count - 1) // 2]
-        else:
-            values.reshape(-1)[mixed] = pick(window, value, run, mixed.size, None, method)
-        return LevelHistograms(values, uniform.reshape(out_shape), count, mixed[window], value, run)
-
-    def _merge_histograms(self, factors: tuple[int, ...], counts: np.ndarray | int, method: str) -> LevelHistograms:
-        """The next level from this level's uniform values and mixed windows' histograms. Partial
-        windows at the edge are padded with copies of their last child (count 0), which changes
-        neither their uniformity nor their histogram."""
+        """The next level, windows of `factors` of this level's windows holding `counts` voxels.
+        Partial windows at the edge are padded with copies of their last child (count 0), which
+        changes neither their uniformity nor their histogram."""
         shape = self.values.shape
         out_shape = downscale_shape(shape, factors)
         pad = [(0, n * f - s) for n, f, s in zip(out_shape, factors, shape)]
         padded = any(high for _, high in pad)
-
-        def columns_of(array: np.ndarray, fill: str | int) -> np.ndarray:
-            if padded:
-                array = np.pad(array, pad, mode="edge") if fill == "edge" else np.pad(array, pad, constant_values=fill)
-            return window_columns(array, factors, out_shape)
-
-        values = columns_of(self.values, "edge")
-        uniform = np.ones(values.shape, bool) if self.uniform is None else columns_of(self.uniform, "edge")
-        children = columns_of(np.broadcast_to(self.counts, shape), 0) if padded or not isinstance(self.counts, int) else None
-        same = _all_equal(values) & uniform.all(axis=0)
+        values = np.pad(self.values, pad, mode="edge") if padded else self.values
+        corners, same = uniform_windows(values, factors)
+        uniform = None if self.uniform is None else np.pad(self.uniform, pad, mode="edge") if padded else self.uniform
+        if uniform is not None:
+            same &= all_windows(uniform, factors)
+        out_values = corners.copy()
         mixed = np.flatnonzero(~same)
-        out_values = values[0].reshape(out_shape).copy()
         empty = np.empty(0, np.int64)
         if not mixed.size:
-            return LevelHistograms(out_values, same.reshape(out_shape), counts, empty, np.empty(0, values.dtype), empty)
-        take = uniform[:, mixed]  # uniform children of mixed parents: one entry each
-        parents = [np.broadcast_to(np.arange(mixed.size), take.shape)[take]]
-        entries = [values[:, mixed][take]]
-        weights = [np.full(len(parents[0]), self.counts, np.int64) if children is None
-                   else children[:, mixed][take].astype(np.int64)]
+            return LevelHistograms(out_values, same, counts, empty, np.empty(0, values.dtype), empty)
+        children = window_children(values, factors, mixed)
+        if uniform is None and not padded and self.counts == 1:  # voxels: sort each mixed window
+            ordered = sorted_columns(list(children))  # each window's voxels, sorted (children is scratch now)
+            window, value, count = _runs(ordered)
+            middle = ordered[(len(ordered) - 1) // 2]  # all windows whole: the median is the middle voxel
+            out_values.reshape(-1)[mixed] = middle if method == "median" else _longest_run(ordered)
+            return LevelHistograms(out_values, same, counts, mixed[window], value, count)
+        take = np.ones(children.shape, bool) if uniform is None else window_children(uniform, factors, mixed)
+        parents = [np.broadcast_to(np.arange(mixed.size), take.shape)[take]]  # uniform children: one entry each
+        entries = [children[take]]
+        if isinstance(self.counts, int) and not padded:
+            weights = [np.full(len(parents[0]), self.counts, np.int64)]
+        else:
+            child_counts = np.pad(np.broadcast_to(self.counts, shape), pad) if padded else np.broadcast_to(self.counts, shape)
+            weights = [window_children(child_counts, factors, mixed)[take].astype(np.int64)]
         if self.window.size:  # mixed children: their own entries
             rank = np.full(same.size, -1, np.int64)
             rank[mixed] = np.arange(mixed.size)
@@ -108,24 +81,84 @@ class LevelHistograms:
                                                np.concatenate(weights), mixed.size)
         totals = np.full(mixed.size, counts, np.int64) if isinstance(counts, int) else counts.reshape(-1)[mixed].astype(np.int64)
         out_values.reshape(-1)[mixed] = pick(window, value, count, mixed.size, totals, method)
-        return LevelHistograms(out_values, same.reshape(out_shape), counts, mixed[window], value, count)
+        return LevelHistograms(out_values, same, counts, mixed[window], value, count)
 
 
-def window_columns(array: np.ndarray, factors: tuple[int, ...], out_shape: tuple[int, ...]) -> np.ndarray:
-    """`array` (a whole number of windows along every axis) as a new `(prod(factors), windows)`
-    array: row k holds window offset k's (C order) element of every window (C order)."""
-    interleaved = [v for pair in zip(out_shape, factors) for v in pair]
-    axes = [*range(1, 2 * array.ndim, 2), *range(0, 2 * array.ndim, 2)]
-    return np.ascontiguousarray(array.reshape(interleaved).transpose(axes)).reshape(math.prod(factors), -1)
+def _runs(ordered: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(window, value, count) of the distinct values of each window, from its sorted voxels
+    (`ordered[k]`: the k-th smallest voxel of every window), run-length counted."""
+    rows = np.stack(ordered, axis=1)  # one sorted window per row
+    start = np.ones(rows.shape, bool)
+    np.not_equal(rows[:, 1:], rows[:, :-1], out=start[:, 1:])
+    positions = np.flatnonzero(start)
+    return positions // rows.shape[1], rows.reshape(-1)[positions], np.diff(np.r_[positions, rows.size])
 
 
-def _all_equal(columns: np.ndarray) -> np.ndarray:
-    """Whether each column's elements all have the same bits."""
-    bits = columns.view(f"u{columns.dtype.itemsize}") if columns.dtype.kind != "b" else columns
-    same = bits[1] == bits[0] if len(bits) > 1 else np.ones(bits.shape[1], bool)
-    for row in bits[2:]:
-        same &= row == bits[0]
-    return same
+def _longest_run(ordered: list[np.ndarray]) -> np.ndarray:
+    """Each window's mode from its sorted voxels: the value of its longest run, the first (lowest)
+    one on a tie."""
+    best, best_length = ordered[0].copy(), np.ones(ordered[0].shape, np.int64)
+    run = best_length.copy()
+    for previous, current in zip(ordered, ordered[1:]):
+        run *= current == previous
+        run += 1
+        longer = run > best_length
+        np.copyto(best, current, where=longer)
+        np.maximum(best_length, run, out=best_length)
+    return best
+
+
+def _along(array: np.ndarray, axis: int, start: int, step: int) -> np.ndarray:
+    return array[(slice(None),) * axis + (slice(start, None, step),)]
+
+
+def uniform_windows(values: np.ndarray, factors: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(first element, whether all elements have the same bits) of every window of `factors` of
+    `values` (whole windows only), reduced one axis at a time (last first) on strided views.
+
+    >>> uniform_windows(np.array([[1, 1, 2, 3], [1, 1, 2, 2]]), (2, 2))
+    (array([[1, 2]]), array([[ True, False]]))
+    """
+    bits = values.view(f"u{values.dtype.itemsize}") if values.dtype.kind != "b" else values
+    firsts, same = bits, None
+    for axis in reversed(range(values.ndim)):
+        step = factors[axis]
+        if step == 1:
+            continue
+        head = _along(firsts, axis, 0, step)
+        equal = _along(firsts, axis, 1, step) == head
+        for offset in range(2, step):
+            equal &= _along(firsts, axis, offset, step) == head
+        if same is not None:
+            for offset in range(step):
+                equal &= _along(same, axis, offset, step)
+        firsts, same = head, equal
+    if same is None:
+        same = np.ones(values.shape, bool)
+    return firsts.view(values.dtype), same
+
+
+def all_windows(flags: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
+    """Whether every element of each window of `factors` of the bool array `flags` is set."""
+    for axis in reversed(range(flags.ndim)):
+        step = factors[axis]
+        reduced = _along(flags, axis, 0, step).copy()
+        for offset in range(1, step):
+            reduced &= _along(flags, axis, offset, step)
+        flags = reduced
+    return flags
+
+
+def window_children(array: np.ndarray, factors: tuple[int, ...], windows: np.ndarray) -> np.ndarray:
+    """`(prod(factors), len(windows))`: row k holds window offset k's (C order) element of each
+    of `windows` (flat indices over the windows of `array`, whole windows only)."""
+    out_shape = tuple(n // f for n, f in zip(array.shape, factors))
+    steps = np.cumprod((1, *array.shape[:0:-1]))[::-1]  # elements per step along each axis
+    corner = np.zeros(windows.size, np.int64)
+    for index, factor, step in zip(np.unravel_index(windows, out_shape), factors, steps):
+        corner += index * (factor * int(step))
+    flat = np.ascontiguousarray(array).reshape(-1)
+    return np.stack([flat.take(corner + int(np.dot(offset, steps))) for offset in np.ndindex(*factors)])
 
 
 def distinct_counts(parents: np.ndarray, values: np.ndarray, counts: np.ndarray,
