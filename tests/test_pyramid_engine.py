@@ -19,6 +19,7 @@ from helpers import records_dir, wait_for
 
 from bioimage_tasks import pyramid_plan
 from bioimage_tasks.kernels.pyramid import cumulative_products, pyramid_levels
+from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.runners import RunnerConfig
 from bioimage_tasks.sources import as_source
 from flows import pyramid_flow
@@ -165,7 +166,7 @@ def finished_regions(output: str) -> set[int]:
     """Ids of the regions recorded as written."""
     if not os.path.isdir(f"{output}/.bioimage-tasks/blocks"):
         return set()
-    return {int(name) for name in os.listdir(records_dir(output)) if name.isdigit()}
+    return BlockRecords(records_dir(output)).done()
 
 
 @pytest.mark.slow
