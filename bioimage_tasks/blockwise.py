@@ -13,6 +13,7 @@ import numpy as np
 from bioimage_tasks.grid import BlockGrid
 from bioimage_tasks.kernels.masking import merge_masked
 from bioimage_tasks.records import BlockRecords, executor
+from bioimage_tasks.signatures import job_signatures
 from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource, start_read
 
 # Bounds on Prefect tasks per run: enough per worker to balance load, batches of at most
@@ -102,7 +103,9 @@ def process_batch(job: BlockJob, block_ids: Sequence[int]) -> BatchReport:
     write is done. Every block is attempted; if any failed, BlocksFailedError names them."""
     report = BatchReport(executors={executor()})
     failed: dict[int, str] = {}
-    done = job.records.done_among(list(block_ids)) if job.records is not None else set()
+    # Signatures before any read: input changed after this is seen as changed by the next run.
+    signatures = job_signatures(job, block_ids) if job.records is not None else {}
+    done = job.records.done_among(list(block_ids), signatures) if job.records is not None else set()
     report.already_done = [block_id for block_id in block_ids if block_id in done]
     todo = [block_id for block_id in block_ids if block_id not in done]
     writing: list[tuple[int, int, Callable[[], None]]] = []  # at most one block in flight
@@ -115,7 +118,7 @@ def process_batch(job: BlockJob, block_ids: Sequence[int]) -> BatchReport:
                 failed[block_id] = f"{type(error).__name__}: {error}"
                 continue
             if job.records is not None:
-                job.records.mark_done(block_id)
+                job.records.mark_done(block_id, signatures.get(block_id))
             (report.written if voxels else report.skipped).append(block_id)
             report.voxels_written += voxels
         writing.clear()

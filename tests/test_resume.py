@@ -4,7 +4,6 @@ parameters never reuse old results; transient failures recover through retries."
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -15,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import zarr
-from helpers import records_dir, wait_for
+from helpers import records_dir, slurm_jobs, wait_for
 from reference import random_array, skimage_downsample
 
 from prefect import get_client
@@ -46,12 +45,7 @@ def expected_order1(image):
 
 
 def record_times(array_dir: str) -> dict[int, float]:
-    records = BlockRecords(records_dir(array_dir))
-    times = {}
-    for block_id in records.done():
-        with open(os.path.join(records.directory, str(block_id))) as stream:
-            times[block_id] = json.load(stream)["time"]
-    return times
+    return {block_id: entry.time_ns / 1e9 for block_id, entry in BlockRecords(records_dir(array_dir)).entries().items()}
 
 
 def executed_since(array_dir: str, started: float) -> set[int]:
@@ -78,6 +72,8 @@ def test_sigkilled_run_resumes_only_missing_blocks(request, volume, job_type):
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
+    if job_type == "slurm":  # the killed flow's jobs are cancelled at once, not after a worker timeout
+        wait_for(lambda: not slurm_jobs(), timeout=15)
     time.sleep(1.0)  # let writes in flight on orphaned workers land or die
     missing = n_blocks - len(BlockRecords(records_dir(array_dir)).done())
     assert 0 < missing < n_blocks, "the run must be killed part-way"
