@@ -112,12 +112,16 @@ def measure_source_range(runner: TaskRunner, source: Source, num_workers: int, c
 
 def batch_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     """Prefect cache key of a batch: the run key (operation and parameters, input identity, grid,
-    mask, the output's identity token) plus the exact block ids. No key, no caching, for outputs
+    mask, the output's identity token and ownership epoch) plus the exact block ids, their input
+    signatures and their latest records (none, when they are lost). No key, no caching, for outputs
     without records (in memory)."""
     records = parameters["job"].records
     if records is None:
         return None
-    ids = ",".join(map(str, parameters["block_ids"]))
+    signatures = job_signatures(parameters["job"], parameters["block_ids"])  # input rewritten: a new key
+    # ... and so does a block rewritten since from other input (X, Y, X): its latest record.
+    stored = {b: f"{e.signature}@{e.time_ns}" for b, e in records.entries(parameters["block_ids"]).items()}
+    ids = ",".join(f"{b}:{s}:{stored.get(b)}" for b, s in signatures.items())
     return f"bioimage-tasks-{records.key}-{hashlib.blake2b(ids.encode(), digest_size=8).hexdigest()}"
 
 

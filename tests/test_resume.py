@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import zarr
-from helpers import records_dir, slurm_jobs, wait_for
+from helpers import executed_since, record_times, records_dir, slurm_jobs, wait_for
 from reference import random_array, skimage_downsample
 
 from prefect import get_client
@@ -42,15 +42,6 @@ def volume(tmp_path):
 
 def expected_order1(image):
     return np.clip(np.rint(skimage_downsample(image, (2, 2, 2), 1, True)), 0, 255).astype(np.uint8)
-
-
-def record_times(array_dir: str) -> dict[int, float]:
-    return {block_id: entry.time_ns / 1e9 for block_id, entry in BlockRecords(records_dir(array_dir)).entries().items()}
-
-
-def executed_since(array_dir: str, started: float) -> set[int]:
-    """Blocks the run starting at `started` executed, from the run's own block records."""
-    return {block_id for block_id, t in record_times(array_dir).items() if t >= started}
 
 
 @pytest.mark.parametrize("job_type", ["local", pytest.param("subprocess", marks=pytest.mark.slow),
