@@ -77,11 +77,15 @@ def combined_signatures(sources: Sequence[Any], starts: np.ndarray, stops: np.nd
 
 
 def job_signatures(job: Any, block_ids: Sequence[int]) -> dict[int, str | None]:
-    """Signature of each block of a block job (anything with `source`, `mask` and `grid`): its
-    input view's and its mask's."""
+    """Signature of each block of a block job (anything with `grid` and `source`, optionally
+    `mask`, read over the block's region): its input view's and its mask's; None for every block
+    of a job without a `source`."""
     block_ids = list(block_ids)
+    if getattr(job, "source", None) is None:
+        return dict.fromkeys(block_ids)
     starts, stops = grid_intervals(job.grid.shape, job.grid.block_shape, block_ids)
-    sources = [job.source] + ([job.mask] if job.mask is not None else [])
+    mask = getattr(job, "mask", None)
+    sources = [job.source] + ([mask] if mask is not None else [])
     return dict(zip(block_ids, combined_signatures(sources, starts, stops)))
 
 

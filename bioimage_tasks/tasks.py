@@ -21,7 +21,7 @@ from prefect.task_runners import TaskRunner
 from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import unmapped
 
-from bioimage_tasks.blockwise import BatchReport, BlockJob, BlocksFailedError, plan_batches, process_batch
+from bioimage_tasks.blockwise import BatchReport, BlockJob, BlocksFailedError, Job, plan_batches, process_batch
 from bioimage_tasks.grid import BlockGrid, default_block_shape
 from bioimage_tasks.lease import claim_ownership, output_lease, owned_epoch
 from bioimage_tasks.planning import BlockwisePlan, block_records, computation_key
@@ -41,7 +41,7 @@ def _batch_run_name() -> str:
 
 
 @task(name="process-blocks", task_run_name=_batch_run_name, cache_policy=NO_CACHE)
-def process_blocks(job: BlockJob, block_ids: list[int]) -> BatchReport:
+def process_blocks(job: Job, block_ids: list[int]) -> BatchReport:
     """Write a batch of output blocks (see `blockwise.process_batch`)."""
     started = time.perf_counter()
     report = process_batch(job, block_ids)
@@ -160,6 +160,21 @@ def current_blocks(records: BlockRecords, signatures: dict[int, str | None]) -> 
     return done, (changed_input, len(stale) - changed_input)
 
 
+def batch_task(config: RunnerConfig, records: BlockRecords | None, refresh: bool = False) -> Any:
+    """`process_blocks` with the run's retries and, where the output keeps block records,
+    Prefect's result cache keyed by the run key and the batch's block ids (`refresh`: recompute
+    and overwrite cached batches, for explicitly re-run blocks)."""
+    task_fn = process_blocks.with_options(
+        retries=config.retries, retry_delay_seconds=exponential_backoff(backoff_factor=config.retry_delay)
+    )
+    if records is None:
+        return task_fn
+    return task_fn.with_options(
+        cache_policy=CacheKeyFnPolicy(cache_key_fn=batch_cache_key), persist_result=True,
+        result_storage=result_storage(config, records), refresh_cache=refresh,
+    )
+
+
 def check_resume_records(plan: BlockwisePlan, records: BlockRecords | None) -> None:
     """`resume_from=<record folder>` must name this computation's current records (checked before
     a claim of the output could drop them)."""
@@ -198,9 +213,6 @@ def write_plan(
     Prefect's cache. Explicit `block_ids` are always rewritten. Progress and a summary (`details`
     plus what happened) are published as Prefect artifacts. Returns the output array."""
     logger = get_run_logger()
-    task_fn = process_blocks.with_options(
-        retries=config.retries, retry_delay_seconds=exponential_backoff(backoff_factor=config.retry_delay)
-    )
     done: set[int] = set()
     if records is not None:
         if plan.explicit_block_ids:
@@ -209,14 +221,11 @@ def write_plan(
         if any(changed):
             logger.info("%d recorded blocks are recomputed because their input changed, %d because their mask changed",
                         *changed)
-        task_fn = task_fn.with_options(
-            cache_policy=CacheKeyFnPolicy(cache_key_fn=batch_cache_key), persist_result=True,
-            result_storage=result_storage(config, records), refresh_cache=plan.explicit_block_ids,
-        )
-    job = BlockJob(plan.source, sink, plan.grid, plan.mask, records)
+    task_fn = batch_task(config, records, refresh=plan.explicit_block_ids)
+    job = BlockJob(plan.source, sink, plan.grid, plan.mask, records, plan.piece_shape)
     # Batches whose blocks are all recorded are not even submitted: a Prefect cache hit costs
     # ~15 ms on threads and ~80-300 ms on Dask, a look at the records nothing.
-    batches = [b for b in plan_batches(plan.block_ids, num_workers, config.blocks_per_task) if not done.issuperset(b)]
+    batches = [b for b in plan.batches(plan.block_ids, num_workers, config.blocks_per_task) if not done.issuperset(b)]
     logger.info(
         "grid of %d blocks of shape %s over %s; %d of %d planned blocks already done; %d batches to run on %s; "
         "block records in %s",
