@@ -16,6 +16,7 @@ import numpy as np
 from bioimage_tasks.grid import BlockGrid
 from bioimage_tasks.kernels.masking import merge_masked
 from bioimage_tasks.records import BlockRecords, executor
+from bioimage_tasks.signatures import job_signatures
 from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource, start_read
 
 # Bounds on Prefect tasks per run: enough per worker to balance load, batches of at most
@@ -152,8 +153,8 @@ class BatchWrites:
     it is done, so consecutive writes into the same chunk or shard never race, while the next
     block is already being computed. A block is recorded once all its writes are done."""
 
-    def __init__(self, job: Job, report: BatchReport, failed: dict[int, str]):
-        self.job, self.report, self.failed = job, report, failed
+    def __init__(self, job: Job, report: BatchReport, failed: dict[int, str], signatures: dict[int, str | None] | None = None):
+        self.job, self.report, self.failed, self.signatures = job, report, failed, signatures or {}
         self.in_flight: tuple[int, Callable[[], None]] | None = None
         self.closed: dict[int, int] = {}  # blocks that handed over all their writes -> voxels
 
@@ -189,7 +190,7 @@ class BatchWrites:
         if block_id in self.failed:
             return
         if self.job.records is not None:
-            self.job.records.mark_done(block_id)
+            self.job.records.mark_done(block_id, self.signatures.get(block_id))
         (self.report.written if voxels else self.report.skipped).append(block_id)
         self.report.voxels_written += voxels
 
@@ -202,10 +203,12 @@ def process_batch(job: Job, block_ids: Sequence[int]) -> BatchReport:
     Every block is attempted; if any failed, BlocksFailedError names them."""
     report = BatchReport(executors={executor()})
     failed: dict[int, str] = {}
-    done = job.records.done_among(list(block_ids)) if job.records is not None else set()
+    # Signatures before any read: input changed after this is seen as changed by the next run.
+    signatures = job_signatures(job, block_ids) if job.records is not None else {}
+    done = job.records.done_among(list(block_ids), signatures) if job.records is not None else set()
     report.already_done = [block_id for block_id in block_ids if block_id in done]
     todo = [block_id for block_id in block_ids if block_id not in done]
-    writes = BatchWrites(job, report, failed)
+    writes = BatchWrites(job, report, failed, signatures)
     reading: Callable[[], Any] | None = None
     for index, block_id in enumerate(todo):
         values, reading = reading, None

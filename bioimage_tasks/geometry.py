@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 
@@ -33,10 +32,14 @@ def normalize_factors(scale_factor: int | Sequence[int], ndim: int) -> tuple[int
     return tuple(int(f) for f in factors)
 
 
-def downscale_shape(shape: Sequence[int], factors: Sequence[int]) -> tuple[int, ...]:
-    """Shape after downsampling by `factors`, in ceil mode (a partial edge window still counts).
+def downscale_shape(shape: Sequence[int], factors: int | Sequence[int]) -> tuple[int, ...]:
+    """Shape after downsampling by `factors` (an int or one per axis, checked as the flows check
+    `scale_factor`), in ceil mode (a partial edge window still counts).
 
     >>> downscale_shape((37, 41, 23), (2, 2, 2))
     (19, 21, 12)
+    >>> downscale_shape((37, 41, 23), 2)
+    (19, 21, 12)
     """
-    return tuple(math.ceil(size / factor) for size, factor in zip(shape, factors))
+    factors = normalize_factors(factors, len(shape))
+    return tuple(-(-int(size) // factor) for size, factor in zip(shape, factors))

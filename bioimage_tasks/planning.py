@@ -17,7 +17,7 @@ from bioimage_tasks.budget import block_bytes
 from bioimage_tasks.grid import BlockGrid, check_block_shape, default_block_shape, fit_to_budget
 from bioimage_tasks.outputs import OutputPlan, output_token, plan_output
 from bioimage_tasks.records import RECORDS_DIR, BlockRecords, run_key
-from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource, as_source
+from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource, as_source, same_storage
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,6 +74,8 @@ def plan_blockwise(
         mask_source = as_source(mask, "mask")
         if mask_source.shape != source.shape:
             raise ValueError(f"mask has shape {mask_source.shape}, expected the output shape {source.shape}")
+    if output_plan.existing is not None and same_storage(source, output_plan.existing):
+        raise ValueError(f"output {output!r} is the input: write to another array (a block would read voxels already overwritten)")
     if resume_from is not None:
         check_resume_from(resume_from, output, output_plan)
     ids = list(range(grid.n_blocks)) if block_ids is None else grid.validate_block_ids(block_ids)
@@ -120,12 +122,22 @@ def in_memory(source: Source | None) -> bool:
     return isinstance(getattr(source, "array", None), np.ndarray)
 
 
-def block_records(plan: BlockwisePlan, sink: ArraySource | TensorStoreSource) -> BlockRecords | None:
-    """The block records of this run in the output's folder, keyed by the source, mask and grid
-    and the output's token; None where the output has no folder or a part has no fingerprint."""
-    token = output_token(sink)
+def computation_key(plan: BlockwisePlan) -> str | None:
+    """What the run computes, whatever output it goes to: the source and mask fingerprints and the
+    grid; None when a part has no fingerprint."""
     fingerprints = [getattr(part, "fingerprint", lambda: None)() for part in (plan.source, plan.mask) if part is not None]
-    if token is None or any(f is None for f in fingerprints):
+    if any(f is None for f in fingerprints):
         return None
-    key = run_key({"parts": fingerprints, "grid": [plan.grid.shape, plan.grid.block_shape], "output": token})
+    return run_key({"parts": fingerprints, "grid": [plan.grid.shape, plan.grid.block_shape]})
+
+
+def block_records(plan: BlockwisePlan, sink: ArraySource | TensorStoreSource, epoch: str | None = None) -> BlockRecords | None:
+    """The block records of this run in the output's folder, keyed by the computation, the
+    output's token and its ownership `epoch` (lease.claim_ownership); None where the output has
+    no folder or a part has no fingerprint."""
+    token = output_token(sink)
+    computation = computation_key(plan)
+    if token is None or computation is None:
+        return None
+    key = run_key({"computation": computation, "output": token, "epoch": epoch})
     return BlockRecords(os.path.join(sink.directory, RECORDS_DIR, "blocks", key))

@@ -1,7 +1,13 @@
-"""Block records: a small file per finished block, kept with the output, so a rerun knows exactly
-which blocks are done. Records live under the output array's own directory, in a folder named by
-the run key (operation, input, grid, mask and the output's identity token), so a record can never
-vouch for a block of a different computation or of a deleted and recreated output."""
+"""Block records: which blocks of a run key are finished, and the input signature each one read,
+kept with the output so a rerun knows exactly which blocks are done and still current.
+
+Layout, cheap at 10**6 blocks: `<array dir>/.bioimage-tasks/blocks/<run key>/<shard>/<segment>`.
+Block ids are grouped in shards of SHARD_BLOCKS ids (one folder each), and every process appends
+to its own segment file per shard, one checksummed line per event (`<id> <time_ns> <signature>
+<crc32>`). So a run of N blocks makes about N / SHARD_BLOCKS folders and a few files each instead of
+N files; checking a batch reads only its shards; no two writers share a file (no locks, safe on
+NFS/Lustre); a line torn by a killed writer fails its checksum and is ignored, so a record is
+either whole or absent. The latest event of a block wins: `forget` appends a tombstone."""
 
 from __future__ import annotations
 
@@ -9,14 +15,18 @@ import hashlib
 import json
 import os
 import socket
-import tempfile
+import threading
 import time
 import uuid
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 RECORDS_DIR = ".bioimage-tasks"
 TOKEN_ATTRIBUTE = "bioimage_tasks_token"
+SHARD_BLOCKS = 4096
+_NO_SIGNATURE, _FORGOTTEN = "-", "!"
 
 
 def run_key(fingerprint: dict[str, Any]) -> str:
@@ -31,9 +41,48 @@ def executor() -> str:
     return f"slurm-job:{job}" if job else f"{socket.gethostname()}:{os.getpid()}"
 
 
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The latest record of a block: its input signature (None if unknown), when (ns since the
+    epoch) and by whom it was written."""
+
+    signature: str | None
+    time_ns: int
+    executor: str
+
+
+class _Segments:
+    """This process's segment file names (one per shard folder), renewed after a fork, and a lock
+    so threads never interleave their lines."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pid = -1
+        self.tag = ""
+
+    def name(self) -> str:
+        if self.pid != os.getpid():
+            self.pid, self.tag = os.getpid(), uuid.uuid4().hex[:8]
+        return f"{socket.gethostname()}-{self.pid}-{self.tag}.log"
+
+
+_SEGMENTS = _Segments()
+
+
+def _line(block_id: int, time_ns: int, signature: str) -> str:
+    body = f"{block_id} {time_ns} {signature}"
+    return f"{body} {zlib.crc32(body.encode()):08x}\n"
+
+
 @dataclass(frozen=True)
 class BlockRecords:
-    """The record folder of one run key: `<array dir>/.bioimage-tasks/blocks/<key>/<block id>`."""
+    """The records of one run key under `directory` (`<array dir>/.bioimage-tasks/blocks/<key>`).
+    Plain data, so it pickles to Dask workers; independent of any plan or grid, so any flow can
+    keep records of its own block ids (a pyramid's base regions, say)."""
 
     directory: str
 
@@ -42,42 +91,96 @@ class BlockRecords:
         """The run key these records belong to."""
         return os.path.basename(self.directory)
 
-    def mark_done(self, block_id: int) -> None:
-        """Atomically record `block_id` as written (write a temporary file, then rename)."""
-        os.makedirs(self.directory, exist_ok=True)
-        payload = json.dumps({"executor": executor(), "time": time.time()})
-        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
-        with os.fdopen(handle, "w") as stream:
-            stream.write(payload)
-        os.replace(temporary, os.path.join(self.directory, str(block_id)))
+    def mark_done(self, block_id: int, signature: str | None = None) -> None:
+        """Record `block_id` as written from input whose signature is `signature`."""
+        self._append([block_id], signature or _NO_SIGNATURE)
+
+    def forget(self, block_ids: Iterable[int]) -> None:
+        """Drop the records of `block_ids` (they are about to be rewritten)."""
+        block_ids = list(block_ids)
+        recorded = self.entries(block_ids)
+        self._append([b for b in block_ids if b in recorded], _FORGOTTEN)
+
+    def entries(self, block_ids: Iterable[int] | None = None) -> dict[int, Entry]:
+        """The latest record of each recorded block (of `block_ids`, reading only their shards;
+        default: every block)."""
+        return {b: Entry(None if s == _NO_SIGNATURE else s, t, who) for b, (t, s, who) in self._latest(block_ids).items()}
+
+    def recorded(self, block_ids: Iterable[int] | None = None) -> dict[int, str | None]:
+        """The stored input signature of each recorded block (of `block_ids`)."""
+        return {b: None if s == _NO_SIGNATURE else s for b, (_, s, _) in self._latest(block_ids).items()}
+
+    def done_among(self, block_ids: Iterable[int], signatures: dict[int, str | None] | None = None) -> set[int]:
+        """Which of `block_ids` are recorded and, when `signatures` are given, were written from
+        input with the same signature: a block whose input changed is not done."""
+        recorded = self.recorded(block_ids)
+        if signatures is None:
+            return set(recorded)
+        return {b for b, s in recorded.items() if s == signatures.get(b)}
 
     def done(self) -> set[int]:
-        """Ids of the recorded blocks."""
-        if not os.path.isdir(self.directory):
-            return set()
-        return {int(name) for name in os.listdir(self.directory) if name.isdigit()}
-
-    def done_among(self, block_ids: list[int]) -> set[int]:
-        """Which of `block_ids` are recorded: one stat each, so a batch's check does not grow with
-        the whole volume's record folder."""
-        return {b for b in block_ids if os.path.exists(os.path.join(self.directory, str(b)))}
-
-    def forget(self, block_ids: list[int]) -> None:
-        """Drop the records of `block_ids` (they are about to be rewritten)."""
-        for block_id in block_ids:
-            try:
-                os.remove(os.path.join(self.directory, str(block_id)))
-            except FileNotFoundError:
-                pass
+        """Ids of all recorded blocks."""
+        return set(self.entries())
 
     def executors(self) -> dict[int, str]:
         """Which executor wrote each recorded block."""
-        result = {}
-        for block_id in self.done():
-            with open(os.path.join(self.directory, str(block_id))) as stream:
-                result[block_id] = json.load(stream)["executor"]
-        return result
+        return {b: e.executor for b, e in self.entries().items()}
 
+    def _shard_dir(self, shard: int) -> str:
+        return os.path.join(self.directory, f"{shard:06d}")
 
-def new_token() -> str:
-    return uuid.uuid4().hex
+    def _shards(self) -> list[int]:
+        try:
+            return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
+        except FileNotFoundError:
+            return []
+
+    def _append(self, block_ids: list[int], signature: str) -> None:
+        by_shard: dict[int, list[str]] = {}
+        time_ns = time.time_ns()
+        for block_id in block_ids:
+            by_shard.setdefault(block_id // SHARD_BLOCKS, []).append(_line(block_id, time_ns, signature))
+        for shard, lines in by_shard.items():
+            folder = self._shard_dir(shard)
+            os.makedirs(folder, exist_ok=True)
+            with _SEGMENTS.lock:
+                path = os.path.join(folder, _SEGMENTS.name())
+                new = not os.path.exists(path)
+                data = ((f"# {executor()}\n" if new else "") + "".join(lines)).encode()
+                handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                try:  # whole lines only (a short write is completed), the executor once as a header
+                    while data:
+                        data = data[os.write(handle, data):]
+                finally:
+                    os.close(handle)
+
+    def _latest(self, block_ids: Iterable[int] | None) -> dict[int, tuple[int, str, str]]:
+        """(time_ns, signature, executor) of the latest event of each block, tombstones dropped."""
+        wanted = None if block_ids is None else set(block_ids)
+        shards = self._shards() if wanted is None else sorted({b // SHARD_BLOCKS for b in wanted})
+        latest: dict[int, tuple[int, str, str]] = {}
+        for shard in shards:
+            for block_id, time_ns, signature, who in self._read_shard(shard):
+                if (wanted is None or block_id in wanted) and (block_id not in latest or time_ns >= latest[block_id][0]):
+                    latest[block_id] = (time_ns, signature, who)
+        return {b: event for b, event in latest.items() if event[1] != _FORGOTTEN}
+
+    def _read_shard(self, shard: int) -> Iterable[tuple[int, int, str, str]]:
+        """Every whole, intact line of the shard's segments: (block id, time_ns, signature, executor)."""
+        folder = self._shard_dir(shard)
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if not name.endswith(".log"):
+                continue
+            with open(os.path.join(folder, name), "rb") as stream:
+                lines = stream.read().split(b"\n")[:-1]  # the last piece has no newline: torn or empty
+            who = lines[0][2:].decode(errors="replace") if lines and lines[0].startswith(b"# ") else "unknown"
+            for line in lines:
+                body, _, crc = line.rpartition(b" ")
+                parts = body.split(b" ")
+                if len(parts) != 3 or crc != b"%08x" % zlib.crc32(body):
+                    continue
+                yield int(parts[0]), int(parts[1]), parts[2].decode(), who

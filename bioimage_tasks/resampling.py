@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,9 +37,34 @@ class DerivedSource:
     def describe(self, what: str) -> str:
         return f"{getattr(self.source, 'name', 'source')} {what}"
 
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
     def derived_fingerprint(self, parameters: dict) -> dict | None:
         inner = getattr(self.source, "fingerprint", None)
         return None if inner is None else {"view": parameters, "input": inner()}
+
+    def input_interval(self, axis: int, start: int, stop: int) -> tuple[int, int]:
+        """The input interval along `axis` that output indices [start, stop) are computed from."""
+        raise NotImplementedError
+
+    def input_region(self, region: tuple[slice, ...] | slice) -> tuple[slice, ...]:
+        """The input region (in `source`'s coordinates) an output region is computed from: what
+        block signatures (signatures.py) and readers must cover."""
+        region = normalize_key(region, self.shape)
+        return tuple(slice(*self.input_interval(axis, s.start, s.stop)) for axis, s in enumerate(region))
+
+
+def check_order(order: Any) -> None:
+    """Reject a spline order outside 0-5 (the flows and ResizedSource say the same)."""
+    if not isinstance(order, (int, np.integer)) or isinstance(order, bool) or not 0 <= order <= 5:
+        raise ValueError(f"order must be an integer from 0 to 5, got {order!r}")
+
+
+def check_anti_aliasing(anti_aliasing: Any) -> None:
+    if not isinstance(anti_aliasing, (bool, np.bool_)):
+        raise ValueError(f"anti_aliasing must be True or False, got {anti_aliasing!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,6 +87,17 @@ class ResizedSource(DerivedSource):
     value_range: tuple[float, float] | None = None
     _measured: dict = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        ndim = len(self.source.shape)
+        shape = self.shape
+        if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != ndim:
+            raise ValueError(f"shape must have one entry per input axis ({ndim}), got {shape!r}")
+        if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in shape):
+            raise ValueError(f"shape entries must be integers >= 1, got {shape!r}")
+        object.__setattr__(self, "shape", tuple(int(n) for n in shape))
+        check_order(self.order)
+        check_anti_aliasing(self.anti_aliasing)
+
     @property
     def name(self) -> str:
         return self.describe(f"resized to {self.shape}")
@@ -73,8 +110,17 @@ class ResizedSource(DerivedSource):
 
     def fingerprint(self) -> dict | None:
         return self.derived_fingerprint(
-            {"resize": {"shape": self.shape, "order": self.order, "anti_aliasing": self.anti_aliasing}}
+            {"resize": {"shape": self.shape, "order": self.order, "anti_aliasing": self.anti_aliasing},
+             "value_range": self.value_range}  # clipping to a changed range changes every block
         )
+
+    def input_interval(self, axis: int, start: int, stop: int) -> tuple[int, int]:
+        """The input voxels [start, stop) of `axis` are computed from: the taps and halo of the
+        spline and Gaussian, folded back into the array where they reach past its edges."""
+        n = self.source.shape[axis]
+        plan = plan_axis(n, self.shape[axis], start, stop, self.order, self.sigma[axis])
+        read = mirror_indices(plan.read_start, plan.read_stop, n)
+        return (int(read.min()), int(read.max()) + 1) if len(read) else (0, 0)
 
     @property
     def clips(self) -> bool:
@@ -203,6 +249,11 @@ class WindowedSource(DerivedSource):
 
     def fingerprint(self) -> dict | None:
         return self.derived_fingerprint({"window": {"factors": self.factors, "method": self.method}})
+
+    def input_interval(self, axis: int, start: int, stop: int) -> tuple[int, int]:
+        """The windows of output indices [start, stop) along `axis`."""
+        factor = self.factors[axis]
+        return start * factor, min(stop * factor, self.source.shape[axis])
 
     def working_set(self, shape: tuple[int, ...]) -> int:
         """Bytes held while a block of `shape` is reduced: its windows (only their first voxels

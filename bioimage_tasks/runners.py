@@ -5,9 +5,11 @@ DaskTaskRunner over a different Dask cluster, so the same task and kernel run ev
 from __future__ import annotations
 
 import contextlib
+import getpass
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -190,8 +192,44 @@ def backend(job_type: str, num_workers: int, config: RunnerConfig) -> Iterator[T
         for name in ["distributed", *logging.root.manager.loggerDict]:
             if name.startswith("distributed"):
                 logging.getLogger(name).setLevel(logging.WARNING)
-    with workers_use_this_api(job_type), sigterm_raises(), make_task_runner(job_type, num_workers, config) as runner:
+    runner = make_task_runner(job_type, num_workers, config)
+    job_name = runner.cluster_kwargs.get("job_name") if job_type == "slurm" else None
+    with jobs_cancelled_on_exit(job_name), workers_use_this_api(job_type), sigterm_raises(), runner:
         yield runner
+
+
+# Waits until its stdin closes, which happens when the flow process ends in any way (SIGKILL and
+# the OOM killer included), then cancels the run's jobs by their unique name.
+_JOB_REAPER = (
+    "import subprocess, sys\n"
+    "sys.stdin.buffer.read()\n"
+    "subprocess.run(['scancel', '--name', sys.argv[1], '--user', sys.argv[2]], capture_output=True)\n"
+)
+
+
+@contextlib.contextmanager
+def jobs_cancelled_on_exit(job_name: str | None) -> Iterator[None]:
+    """Cancel the SLURM jobs named `job_name` once this block ends or this process dies. dask-jobqueue
+    cancels its jobs only from this process's normal exit path; a flow that is SIGKILLed (or
+    OOM-killed, or whose cleanup misses a job) would leave them running until each worker's
+    death timeout, and jobs still pending would start later and idle just as long. A small watcher
+    process holds the read end of a pipe only this process writes to: when this process is gone,
+    the kernel closes the pipe and the watcher runs `scancel --name`."""
+    if job_name is None:
+        yield
+        return
+    read_end, write_end = os.pipe()  # both non-inheritable: sbatch and other children never hold them
+    try:
+        watcher = subprocess.Popen([sys.executable, "-c", _JOB_REAPER, job_name, getpass.getuser()], stdin=read_end,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        os.close(read_end)
+    try:
+        yield
+    finally:
+        os.close(write_end)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            watcher.wait(timeout=30)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@ and n5 datasets (tensorstore), addressed as objects or as `"path/container.zarr/
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -106,10 +105,12 @@ class ArraySource:
         return os.path.join(str(root), self.array.path) if root is not None else None
 
     def fingerprint(self) -> dict:
-        """What identifies this data: its location and metadata, or for numpy its content."""
+        """What identifies this data: its location and metadata (numpy: shape and dtype; its
+        content is in each block's signature, signatures.py, so a change recomputes only the
+        blocks it touches)."""
         identity = {"shape": self.shape, "dtype": str(self.dtype), "chunks": self.write_unit}
         if isinstance(self.array, np.ndarray):
-            return identity | {"numpy": hashlib.blake2b(np.ascontiguousarray(self.array).data, digest_size=16).hexdigest()}
+            return identity | {"numpy": True}
         return identity | {"zarr": self.directory or repr(self.array.store)}
 
     def get_attribute(self, name: str) -> Any:
@@ -234,24 +235,56 @@ class ContainerPath:
 
 
 def as_source(data: Any, parameter: str = "input") -> Source:
-    """Wrap `data` (numpy array, zarr array, tensorstore, path string or a Source) as a Source;
-    a path that does not exist raises FileNotFoundError naming `parameter`."""
+    """Wrap `data` (numpy array, zarr array, tensorstore, path string or a Source) as a Source,
+    checked by `check_array`; a path that does not exist raises FileNotFoundError naming
+    `parameter`."""
     if isinstance(data, (str, os.PathLike)):
         path = ContainerPath.parse(os.fspath(data), parameter)
         try:
-            return path.open("r")
+            return check_array(path.open("r"), parameter)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"{parameter}: {error}") from None
     if isinstance(data, Source):
-        return data
+        return check_array(data, parameter)
     if isinstance(data, ts.TensorStore):
-        return TensorStoreSource(data)
+        return check_array(TensorStoreSource(data), parameter)
     if isinstance(data, (np.ndarray, zarr.Array)):
-        return ArraySource(data, _describe(data))
+        return check_array(ArraySource(data, _describe(data)), parameter)
     raise TypeError(
         f"{parameter} must be a numpy array, a zarr array, a tensorstore, or a "
         f"'path/container.zarr/key' string, got {type(data).__name__}"
     )
+
+
+UNSUPPORTED_KINDS = {"O": "object", "U": "str", "S": "bytes", "T": "str", "V": "void"}
+
+
+def check_array(source: Source, parameter: str) -> Source:
+    """`source`, or a ValueError naming `parameter` if it has no axes, no voxels, or a dtype no
+    block-wise operation can compute with (object, str, bytes, void)."""
+    shape, dtype = tuple(source.shape), np.dtype(source.dtype)
+    if not shape:
+        raise ValueError(f"{parameter} is a 0-D array (a scalar); it needs at least one axis")
+    if 0 in shape:
+        raise ValueError(f"{parameter} is empty (shape {shape}): there is nothing to process")
+    if dtype.kind in UNSUPPORTED_KINDS:
+        raise ValueError(f"{parameter} has dtype {dtype} ({UNSUPPORTED_KINDS[dtype.kind]}); only bool and numeric dtypes are supported")
+    return source
+
+
+def same_storage(a: Source, b: Source) -> bool:
+    """Whether two sources (or the sources lazy views wrap) are the same data: the same array
+    folder on disk, or numpy arrays sharing memory. Writing one while reading the other would
+    read voxels already overwritten."""
+    while hasattr(a, "source"):
+        a = a.source
+    while hasattr(b, "source"):
+        b = b.source
+    x, y = getattr(a, "array", None), getattr(b, "array", None)
+    if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
+        return np.shares_memory(x, y)
+    folders = [getattr(s, "directory", None) for s in (a, b)]
+    return None not in folders and os.path.realpath(folders[0]) == os.path.realpath(folders[1])
 
 
 def _describe(array: np.ndarray | zarr.Array) -> str:

@@ -7,6 +7,7 @@ import hashlib
 import math
 import os
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,12 +23,14 @@ from prefect.utilities.annotations import unmapped
 
 from bioimage_tasks.blockwise import BatchReport, BlockJob, BlocksFailedError, Job, plan_batches, process_batch
 from bioimage_tasks.grid import BlockGrid, default_block_shape
-from bioimage_tasks.planning import BlockwisePlan, block_records
+from bioimage_tasks.lease import claim_ownership, output_lease, owned_epoch
+from bioimage_tasks.planning import BlockwisePlan, block_records, computation_key
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.reporting import Progress, publish_summary, summary_markdown
 from bioimage_tasks.resampling import combine_ranges, measure_value_range
 from bioimage_tasks.runners import RunnerConfig, worker_watchdog
-from bioimage_tasks.sources import Source
+from bioimage_tasks.signatures import job_signatures
+from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource
 
 WATCH_INTERVAL = 2.0  # seconds between progress and worker checks while batches run
 
@@ -109,12 +112,16 @@ def measure_source_range(runner: TaskRunner, source: Source, num_workers: int, c
 
 def batch_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     """Prefect cache key of a batch: the run key (operation and parameters, input identity, grid,
-    mask, the output's identity token) plus the exact block ids. No key, no caching, for outputs
+    mask, the output's identity token and ownership epoch) plus the exact block ids, their input
+    signatures and their latest records (none, when they are lost). No key, no caching, for outputs
     without records (in memory)."""
     records = parameters["job"].records
     if records is None:
         return None
-    ids = ",".join(map(str, parameters["block_ids"]))
+    signatures = job_signatures(parameters["job"], parameters["block_ids"])  # input rewritten: a new key
+    # ... and so does a block rewritten since from other input (X, Y, X): its latest record.
+    stored = {b: f"{e.signature}@{e.time_ns}" for b, e in records.entries(parameters["block_ids"]).items()}
+    ids = ",".join(f"{b}:{s}:{stored.get(b)}" for b, s in signatures.items())
     return f"bioimage-tasks-{records.key}-{hashlib.blake2b(ids.encode(), digest_size=8).hexdigest()}"
 
 
@@ -142,6 +149,17 @@ def result_storage(config: RunnerConfig, records: BlockRecords) -> LocalFileSyst
     return _STORAGE_BLOCKS[known]
 
 
+def current_blocks(records: BlockRecords, signatures: dict[int, str | None]) -> tuple[set[int], tuple[int, int]]:
+    """Which of the blocks in `signatures` are recorded with today's signature, and how many
+    recorded ones are not because their input, or else their mask, changed."""
+    recorded = records.recorded(signatures)
+    done = {b for b, s in recorded.items() if s == signatures[b]}
+    stale = [(s or "").split("/") for b, s in recorded.items() if b not in done]
+    current = [(signatures[b] or "").split("/") for b in recorded if b not in done]
+    changed_input = sum(old[0] != new[0] for old, new in zip(stale, current))
+    return done, (changed_input, len(stale) - changed_input)
+
+
 def batch_task(config: RunnerConfig, records: BlockRecords | None, refresh: bool = False) -> Any:
     """`process_blocks` with the run's retries and, where the output keeps block records,
     Prefect's result cache keyed by the run key and the batch's block ids (`refresh`: recompute
@@ -157,27 +175,52 @@ def batch_task(config: RunnerConfig, records: BlockRecords | None, refresh: bool
     )
 
 
-def run_plan(
-    runner: TaskRunner, plan: BlockwisePlan, num_workers: int, config: RunnerConfig, details: dict[str, Any], kind: str
-) -> Any:
-    """Create/open the output and write the planned blocks in batches, resuming from the block
-    records: fully recorded batches are skipped, other batches skip their recorded blocks, and a
-    batch Prefect finished before with the same cache key comes from Prefect's cache. Explicit
-    `block_ids` are always rewritten. Progress and a summary (`details` plus what happened) are
-    published as Prefect artifacts. Returns the output array."""
-    logger = get_run_logger()
-    sink = plan.output.open()
-    records = block_records(plan, sink)
+def check_resume_records(plan: BlockwisePlan, records: BlockRecords | None) -> None:
+    """`resume_from=<record folder>` must name this computation's current records (checked before
+    a claim of the output could drop them)."""
     if plan.resume_records is not None and (records is None or os.path.abspath(plan.resume_records) != records.directory):
         raise ValueError(
             f"resume_from={str(plan.resume_records)!r} holds the records of another computation; this call's "
             f"records are {records.directory if records else 'not kept (output in memory)'}"
         )
+
+
+def run_plan(
+    runner: TaskRunner, plan: BlockwisePlan, num_workers: int, config: RunnerConfig, details: dict[str, Any], kind: str
+) -> Any:
+    """Create/open the output, hold its lease (a live run of another computation is refused before
+    anything is written), claim it for this computation (records of another one stop counting),
+    and write the planned blocks (`write_plan`). Returns the output array."""
+    sink = plan.output.open()
+    directory = getattr(sink, "directory", None)
+    if directory is None:
+        check_resume_records(plan, None)
+        return write_plan(runner, plan, sink, None, num_workers, config, details, kind)
+    computation = computation_key(plan) or f"unkeyed-{uuid.uuid4().hex}"  # joined by no other run
+    with output_lease([directory], computation):
+        check_resume_records(plan, block_records(plan, sink, owned_epoch([directory], computation)))
+        epoch = claim_ownership([directory], computation)
+        return write_plan(runner, plan, sink, block_records(plan, sink, epoch), num_workers, config, details, kind)
+
+
+def write_plan(
+    runner: TaskRunner, plan: BlockwisePlan, sink: ArraySource | TensorStoreSource, records: BlockRecords | None,
+    num_workers: int, config: RunnerConfig, details: dict[str, Any], kind: str,
+) -> Any:
+    """Write the planned blocks in batches, resuming from the block records: blocks recorded from
+    input (and mask) with today's signature are done, fully done batches are skipped, other batches
+    skip their done blocks, and a batch Prefect finished before with the same cache key comes from
+    Prefect's cache. Explicit `block_ids` are always rewritten. Progress and a summary (`details`
+    plus what happened) are published as Prefect artifacts. Returns the output array."""
+    logger = get_run_logger()
     done: set[int] = set()
     if records is not None:
         if plan.explicit_block_ids:
             records.forget(plan.block_ids)
-        done = records.done() & set(plan.block_ids)
+        done, changed = current_blocks(records, job_signatures(plan, plan.block_ids))
+        if any(changed):
+            logger.info("%d recorded blocks are recomputed because their input changed, %d because their mask changed",
+                        *changed)
     task_fn = batch_task(config, records, refresh=plan.explicit_block_ids)
     job = BlockJob(plan.source, sink, plan.grid, plan.mask, records, plan.piece_shape)
     # Batches whose blocks are all recorded are not even submitted: a Prefect cache hit costs

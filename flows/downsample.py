@@ -14,7 +14,7 @@ from bioimage_tasks.naming import describe, describe_source, flow_run_namer
 from bioimage_tasks.planning import plan_blockwise
 from bioimage_tasks.kernels.window import METHODS as WINDOW_METHODS
 from bioimage_tasks.kernels.window import SUPPORTED_DTYPES as WINDOW_DTYPES
-from bioimage_tasks.resampling import ResizedSource, WindowedSource
+from bioimage_tasks.resampling import ResizedSource, WindowedSource, check_anti_aliasing, check_order
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
 from bioimage_tasks.sources import as_source
 from bioimage_tasks.tasks import measure_source_range, run_plan
@@ -31,10 +31,8 @@ def check_method_options(method: str, order: int, anti_aliasing: bool) -> None:
     """Reject an unknown method, an order outside 0-5, and resize options given to a window method."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not isinstance(order, int) or isinstance(order, bool) or not 0 <= order <= 5:
-        raise ValueError(f"order must be an integer from 0 to 5, got {order!r}")
-    if not isinstance(anti_aliasing, bool):
-        raise ValueError(f"anti_aliasing must be True or False, got {anti_aliasing!r}")
+    check_order(order)
+    check_anti_aliasing(anti_aliasing)
     if method != "resize" and (order != 0 or anti_aliasing):
         raise ValueError(f"order and anti_aliasing apply to method='resize' only, not method={method!r}")
 

@@ -23,6 +23,19 @@ def prefect_server():
         yield
 
 
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture
+def subprocess_env(prefect_server) -> dict[str, str]:
+    """The environment for a flow in a child process (tests/resume_job.py): this session's Prefect
+    API, and tests/ importable for the test-only sources."""
+    from prefect.settings import PREFECT_API_URL
+
+    return os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value(),
+                         "PYTHONPATH": os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")]))}
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)

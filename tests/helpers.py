@@ -27,6 +27,15 @@ class SlowSource:
     dtype = property(lambda self: self._inner().dtype)
     write_unit = property(lambda self: self._inner().write_unit)
 
+    @property
+    def source(self):
+        """The data read slowly; with `input_interval` this makes block signatures see through
+        the delay (signatures.py), so a rerun from the path itself resumes."""
+        return self._inner()
+
+    def input_interval(self, axis: int, start: int, stop: int) -> tuple[int, int]:
+        return start, stop
+
     def fingerprint(self) -> dict:
         return self._inner().fingerprint()  # the same data, read slowly
 
@@ -57,3 +66,15 @@ def records_dir(array_dir: str) -> str:
     base = os.path.join(array_dir, ".bioimage-tasks", "blocks")
     (key,) = os.listdir(base)
     return os.path.join(base, key)
+
+
+def record_times(array_dir: str) -> dict[int, float]:
+    """When each recorded block of the output's single run key was last written (s since the epoch)."""
+    from bioimage_tasks.records import BlockRecords
+
+    return {block_id: entry.time_ns / 1e9 for block_id, entry in BlockRecords(records_dir(array_dir)).entries().items()}
+
+
+def executed_since(array_dir: str, started: float) -> set[int]:
+    """Blocks a run starting at `started` executed, from the output's own block records."""
+    return {block_id for block_id, t in record_times(array_dir).items() if t >= started}

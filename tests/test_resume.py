@@ -4,7 +4,6 @@ parameters never reuse old results; transient failures recover through retries."
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -15,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import zarr
-from helpers import records_dir, wait_for
+from helpers import executed_since, record_times, records_dir, slurm_jobs, wait_for
 from reference import random_array, skimage_downsample
 
 from prefect import get_client
@@ -45,20 +44,6 @@ def expected_order1(image):
     return np.clip(np.rint(skimage_downsample(image, (2, 2, 2), 1, True)), 0, 255).astype(np.uint8)
 
 
-def record_times(array_dir: str) -> dict[int, float]:
-    records = BlockRecords(records_dir(array_dir))
-    times = {}
-    for block_id in records.done():
-        with open(os.path.join(records.directory, str(block_id))) as stream:
-            times[block_id] = json.load(stream)["time"]
-    return times
-
-
-def executed_since(array_dir: str, started: float) -> set[int]:
-    """Blocks the run starting at `started` executed, from the run's own block records."""
-    return {block_id for block_id, t in record_times(array_dir).items() if t >= started}
-
-
 @pytest.mark.parametrize("job_type", ["local", pytest.param("subprocess", marks=pytest.mark.slow),
                                       pytest.param("slurm", marks=pytest.mark.slow)])
 def test_sigkilled_run_resumes_only_missing_blocks(request, volume, job_type):
@@ -78,6 +63,8 @@ def test_sigkilled_run_resumes_only_missing_blocks(request, volume, job_type):
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
+    if job_type == "slurm":  # the killed flow's jobs are cancelled at once, not after a worker timeout
+        wait_for(lambda: not slurm_jobs(), timeout=15)
     time.sleep(1.0)  # let writes in flight on orphaned workers land or die
     missing = n_blocks - len(BlockRecords(records_dir(array_dir)).done())
     assert 0 < missing < n_blocks, "the run must be killed part-way"

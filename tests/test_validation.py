@@ -103,3 +103,72 @@ def test_blocks_per_task_bounds_task_count(rng):
     x = rng.integers(0, 255, (32, 32), dtype=np.uint8)
     result = downsample_flow(x, 2, block_shape=(4, 4), job_config=RunnerConfig(blocks_per_task=5))
     np.testing.assert_array_equal(result, x[1::2, 1::2])
+
+
+@pytest.mark.parametrize("array,pattern", [
+    (np.zeros((0, 8, 8), np.uint8), r"input is empty \(shape \(0, 8, 8\)\)"),
+    (np.array(3, np.uint8), r"input is a 0-D array"),
+    (np.zeros((4, 4), object), r"input has dtype object"),
+    (np.zeros((4, 4), "U3"), r"input has dtype <U3 \(str\)"),
+    (np.zeros((4, 4), "S3"), r"input has dtype \|S3 \(bytes\)"),
+    (np.zeros((4, 4), "V4"), r"input has dtype \|V4 \(void\)"),
+], ids=["empty", "0-D", "object", "str", "bytes", "void"])
+def test_arrays_nothing_can_be_computed_from(array, pattern, tmp_path):
+    for flow, args in ((downsample_flow, (array, 2)), (copy_flow, (array, f"{tmp_path}/new.zarr/x"))):
+        with pytest.raises(ValueError, match=pattern):
+            flow(*args)
+    assert not os.path.exists(tmp_path / "new.zarr")
+
+
+def test_bad_mask_array_is_named(setup):
+    with pytest.raises(ValueError, match=r"mask has dtype object"):
+        downsample_flow(f"{setup}/in.zarr/raw", 2, f"{setup}/out.zarr/s1", mask=np.zeros(OUT_SHAPE, object))
+    assert np.all(zarr.open_array(str(setup / "out.zarr"), path="s1")[:] == SENTINEL)
+
+
+def test_output_that_is_the_input_is_refused(setup):
+    array = zarr.open_array(str(setup / "out.zarr"), path="s1", mode="r+")
+    same = [(array, array), (f"{setup}/out.zarr/s1", f"{setup}/out.zarr/s1"),
+            (f"{setup}/out.zarr/s1", zarr.open_array(f"{setup}/out.zarr/s1", mode="r+")),
+            (f"{setup}/./out.zarr/s1", f"{setup}/out.zarr/s1/")]
+    for source, output in same:
+        with pytest.raises(ValueError, match="is the input"):
+            copy_flow(source, output)
+    with pytest.raises(ValueError, match="is the input"):
+        downsample_flow(array, 1, array, order=1)
+    x = np.arange(64, dtype=np.uint8).reshape(4, 4, 4)
+    with pytest.raises(ValueError, match="is the input"):
+        copy_flow(x, x[:, :, :])
+    assert np.all(array[:] == SENTINEL)
+
+
+def test_downscale_shape_takes_an_int_or_per_axis_factors():
+    from bioimage_tasks.geometry import downscale_shape
+
+    assert downscale_shape((37, 41, 23), 2) == downscale_shape((37, 41, 23), (2, 2, 2)) == (19, 21, 12)
+    assert downscale_shape((37, 41, 23), (1, 2, 3)) == (37, 21, 8)
+    with pytest.raises(ValueError, match=r"scale_factor must have one entry per input axis \(3\)"):
+        downscale_shape((37, 41, 23), (2, 2))
+    with pytest.raises(ValueError, match="scale_factor entries must be >= 1"):
+        downscale_shape((37, 41, 23), 0)
+
+
+def test_resized_source_checks_like_the_flows(rng):
+    from bioimage_tasks.resampling import ResizedSource, WindowedSource
+    from bioimage_tasks.sources import as_source
+
+    source = as_source(rng.integers(0, 255, (8, 10, 12), dtype=np.uint8))
+    view = ResizedSource(source, (4, 5, 6), order=1)
+    assert view.ndim == 3 == WindowedSource(source, (2, 2, 2), "mean").ndim
+    with pytest.raises(ValueError, match=r"shape must have one entry per input axis \(3\)"):
+        ResizedSource(source, (4, 5))
+    with pytest.raises(ValueError, match="shape entries must be integers >= 1"):
+        ResizedSource(source, (4, 0, 6))
+    for order in (6, -1, 1.5, True):  # the flows' own message for each
+        with pytest.raises(ValueError, match="order must be an integer from 0 to 5") as from_view:
+            ResizedSource(source, (4, 5, 6), order=order)
+        with pytest.raises(ValueError, match="order must be an integer from 0 to 5") as from_flow:
+            downsample_flow(source.array, 2, order=order)
+        assert str(from_view.value) == str(from_flow.value)
+    with pytest.raises(ValueError, match="anti_aliasing must be True or False"):
+        ResizedSource(source, (4, 5, 6), anti_aliasing="yes")

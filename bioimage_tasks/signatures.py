@@ -1,0 +1,220 @@
+"""Input signatures: a short string per block that changes whenever the data the block reads
+changes, so a rerun recomputes exactly the blocks whose input (or mask) was rewritten.
+
+- File-backed zarr v2/v3 (sharded too) and n5: the size and mtime_ns of every storage file (chunk,
+  or shard) the block's input region covers; a missing file (fill value) counts as its own state.
+  Rewriting a chunk, through zarr-python or tensorstore, makes a new file and a new mtime.
+- numpy: a hash of the region's content.
+- Lazy views (`ResizedSource`, `WindowedSource`, anything with `.source` and
+  `input_interval(axis, start, stop)`): the signature of the wrapped source over the input region
+  the view reads for the block.
+- Anything else: None (unknown; records then only vouch for the run key).
+
+Cheap at 10**5 blocks: the view's mapping is computed once per distinct interval per axis, each
+storage file is stat'ed once, and a block's signature is the sum (mod 2**64) of a 64-bit hash of
+each covered file's (position, size, mtime_ns), taken from an N-d prefix sum over the chunk grid.
+Compute a block's signature before reading its input: a change after that is then seen as a
+change by the next run, never hidden."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+
+StorageLayout = tuple[str, tuple[int, ...], str, str]  # directory, grid unit of a file, key prefix, separator
+
+
+def grid_intervals(shape: Sequence[int], block_shape: Sequence[int], block_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, stops), each (len(block_ids), ndim), of the blocks of a C-ordered grid of
+    `block_shape` blocks over `shape` (edge blocks cropped), computed without a loop over blocks."""
+    shape, block = np.asarray(shape, np.int64), np.asarray(block_shape, np.int64)
+    grid = -(-shape // block)
+    position = np.stack(np.unravel_index(np.asarray(block_ids, np.int64), tuple(grid)), axis=1).reshape(-1, len(shape))
+    starts = position * block
+    return starts, np.minimum(starts + block, shape)
+
+
+def region_signature(source: Any, region: tuple[slice, ...]) -> str | None:
+    """The signature of the data `source` reads for `region` (unit-step slices with bounds)."""
+    return region_signatures(source, [region])[0]
+
+
+def region_signatures(source: Any, regions: Sequence[tuple[slice, ...]]) -> list[str | None]:
+    """`region_signature` of each region, sharing the work between them."""
+    starts = np.array([[s.start for s in r] for r in regions], np.int64).reshape(len(regions), -1)
+    stops = np.array([[s.stop for s in r] for r in regions], np.int64).reshape(len(regions), -1)
+    return interval_signatures(source, starts, stops)
+
+
+def interval_signatures(source: Any, starts: np.ndarray, stops: np.ndarray) -> list[str | None]:
+    """Signatures of the boxes [starts[i], stops[i]) of `source` (arrays of shape (N, ndim))."""
+    starts, stops = np.asarray(starts, np.int64), np.asarray(stops, np.int64)
+    while hasattr(source, "source"):
+        if not hasattr(source, "input_interval"):
+            return [None] * len(starts)
+        starts, stops = _map_intervals(source, starts, stops)
+        source = source.source
+    array = getattr(source, "array", None)
+    if isinstance(array, np.ndarray):
+        return [_content_hash(array, a, b) for a, b in zip(starts, stops)]
+    layout = storage_layout(source)
+    if layout is None:
+        return [None] * len(starts)
+    return [f"{value:016x}" for value in _file_sums(*layout, tuple(source.shape), starts, stops)]
+
+
+def combined_signatures(sources: Sequence[Any], starts: np.ndarray, stops: np.ndarray) -> list[str | None]:
+    """One signature per box over several sources read with the same regions (an input view and
+    a mask): their signatures joined by "/", "?" for a part without one; None if all are unknown."""
+    parts = [interval_signatures(s, starts, stops) for s in sources]
+    return [None if all(p is None for p in row) else "/".join(p or "?" for p in row) for row in zip(*parts)]
+
+
+def job_signatures(job: Any, block_ids: Sequence[int]) -> dict[int, str | None]:
+    """Signature of each block of a block job (anything with `grid` and `source`, optionally
+    `mask`, read over the block's region): its input view's and its mask's; None for every block
+    of a job without a `source`."""
+    block_ids = list(block_ids)
+    if getattr(job, "source", None) is None:
+        return dict.fromkeys(block_ids)
+    starts, stops = grid_intervals(job.grid.shape, job.grid.block_shape, block_ids)
+    mask = getattr(job, "mask", None)
+    sources = [job.source] + ([mask] if mask is not None else [])
+    return dict(zip(block_ids, combined_signatures(sources, starts, stops)))
+
+
+def storage_layout(source: Any) -> StorageLayout | None:
+    """Where the storage files of a file-backed zarr (zarr-python or tensorstore) or n5 source
+    are: its directory, the grid unit one file holds (shard or chunk), and each file's key."""
+    array = getattr(source, "array", None)
+    if isinstance(array, zarr.Array):
+        directory = getattr(source, "directory", None)
+        if directory is None:
+            return None
+        metadata = array.metadata
+        if metadata.zarr_format == 2:
+            return directory, tuple(metadata.chunks), "", metadata.dimension_separator or "."
+        encoding = metadata.chunk_key_encoding
+        prefix = "c" + encoding.separator if encoding.name == "default" else ""
+        return directory, tuple(metadata.chunk_grid.chunk_shape), prefix, encoding.separator
+    store = getattr(source, "store", None)
+    if store is None or not hasattr(store, "spec"):
+        return None
+    spec = store.spec(retain_context=False).to_json()
+    kvstore = spec.get("kvstore", {})
+    if kvstore.get("driver") != "file":
+        return None
+    directory = os.path.join(kvstore["path"], spec.get("path", "")).rstrip("/")
+    metadata = spec.get("metadata", {})
+    if spec["driver"] == "n5":
+        return directory, tuple(metadata["blockSize"]), "", "/"
+    if spec["driver"] == "zarr":
+        return directory, tuple(metadata["chunks"]), "", metadata.get("dimension_separator", ".")
+    if spec["driver"] == "zarr3":
+        grid = metadata["chunk_grid"]["configuration"]["chunk_shape"]
+        encoding = metadata.get("chunk_key_encoding", {"name": "default"})
+        separator = encoding.get("configuration", {}).get("separator", "/" if encoding["name"] == "default" else ".")
+        return directory, tuple(grid), "c" + separator if encoding["name"] == "default" else "", separator
+    return None
+
+
+def _stat_files(directory: str, prefix: str, separator: str, cells: list[list[int]]) -> tuple[list[int], list[int]]:
+    """(size, mtime_ns) of the storage file of each grid cell ((2**64 - 1, 0) where missing). With
+    nested keys ("c/1/2/3") each folder is opened once and its files stat'ed relative to it."""
+    sizes, times = [], []
+    folder_key: list[int] | None = None
+    handle: int | None = None
+    try:
+        for cell in cells:
+            if separator == "/":
+                if cell[:-1] != folder_key:
+                    if handle is not None:
+                        os.close(handle)
+                    folder_key = cell[:-1]
+                    try:
+                        handle = os.open(os.path.join(directory, prefix + "/".join(map(str, folder_key))), os.O_RDONLY | os.O_DIRECTORY)
+                    except FileNotFoundError:
+                        handle = None
+                name = str(cell[-1])
+            else:
+                if handle is None and folder_key is None:
+                    folder_key = []
+                    handle = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+                name = prefix + separator.join(map(str, cell))
+            try:
+                if handle is None:
+                    raise FileNotFoundError
+                status = os.stat(name, dir_fd=handle)
+            except FileNotFoundError:
+                sizes.append(2**64 - 1)
+                times.append(0)
+                continue
+            sizes.append(status.st_size)
+            times.append(status.st_mtime_ns)
+    finally:
+        if handle is not None:
+            os.close(handle)
+    return sizes, times
+
+
+def _map_intervals(view: Any, starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The input intervals a view reads for output boxes, one call per distinct interval per axis."""
+    new_starts, new_stops = np.empty_like(starts), np.empty_like(stops)
+    for axis in range(starts.shape[1]):
+        pairs, inverse = np.unique(np.stack([starts[:, axis], stops[:, axis]], 1), axis=0, return_inverse=True)
+        mapped = np.array([view.input_interval(axis, int(a), int(b)) for a, b in pairs], np.int64).reshape(-1, 2)
+        new_starts[:, axis], new_stops[:, axis] = mapped[inverse.ravel(), 0], mapped[inverse.ravel(), 1]
+    return new_starts, new_stops
+
+
+def _content_hash(array: np.ndarray, start: np.ndarray, stop: np.ndarray) -> str:
+    region = np.ascontiguousarray(array[tuple(slice(a, b) for a, b in zip(start, stop))])
+    return hashlib.blake2b(region.data, digest_size=8).hexdigest()
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer on a uint64 array (wrapping arithmetic)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _file_sums(directory: str, unit: tuple[int, ...], prefix: str, separator: str, shape: tuple[int, ...],
+               starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """Per box, the wrapping sum of the hashes of the storage files it covers."""
+    unit_array = np.asarray(unit, np.int64)
+    low, high = starts // unit_array, np.maximum(-(-stops // unit_array), starts // unit_array)
+    origin = low.min(axis=0)
+    extent = tuple(int(e) for e in high.max(axis=0) - origin)
+    covered = int(np.prod(high - low, axis=1).sum())
+    if covered * 4 < max(1, int(np.prod(extent))):  # sparse boxes (a batch): stat only their files
+        needed = np.zeros(extent, bool)
+        for a, b in zip(low - origin, high - origin):
+            needed[tuple(slice(i, j) for i, j in zip(a, b))] = True
+        cells = np.argwhere(needed)
+    else:
+        cells = np.indices(extent).reshape(len(extent), -1).T
+    sizes, times = (np.array(v, np.uint64) for v in _stat_files(directory, prefix, separator, (cells + origin).tolist()))
+    positions = np.ravel_multi_index(tuple((cells + origin).T), tuple(-(-n // u) for n, u in zip(shape, unit)))
+    hashes = _mix(_mix(_mix(positions.astype(np.uint64)) ^ sizes) ^ times)
+    values = np.zeros(extent, np.uint64)
+    values[tuple(cells.T)] = hashes
+    prefix = np.zeros(tuple(e + 1 for e in extent), np.uint64)
+    prefix[tuple(slice(1, None) for _ in extent)] = values
+    for axis in range(len(extent)):
+        np.cumsum(prefix, axis=axis, dtype=np.uint64, out=prefix)
+    sums = np.zeros(len(starts), np.uint64)
+    for corner in itertools.product((0, 1), repeat=len(extent)):
+        index = tuple(np.where(c, high[:, a], low[:, a]) - origin[a] for a, c in enumerate(corner))
+        if (len(extent) - sum(corner)) % 2:
+            sums -= prefix[index]
+        else:
+            sums += prefix[index]
+    return sums
