@@ -21,6 +21,7 @@ from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import unmapped
 
 from bioimage_tasks.blockwise import BatchReport, BlockJob, BlocksFailedError, plan_batches, process_batch
+from bioimage_tasks.events import emit_outcome_events
 from bioimage_tasks.grid import BlockGrid, default_block_shape
 from bioimage_tasks.planning import BlockwisePlan, block_records
 from bioimage_tasks.records import BlockRecords
@@ -185,17 +186,19 @@ def run_plan(
     submitted = {block_id for batch in batches for block_id in batch}
     progress = Progress(len(plan.block_ids), len(done - submitted), kind)  # submitted blocks count as their batch ends
     started = time.perf_counter()
-    report, failed = BatchReport(), 0
+    report, failed, failure = BatchReport(), 0, None
     try:
         for batch_report in map_batches(runner, task_fn, {"job": job}, batches, config.worker_timeout, progress):
             report.add(batch_report)
-    except BlocksFailedError as error:
-        failed = len(error.failed_block_ids)
+    except BaseException as error:
+        failed, failure = len(getattr(error, "failed_block_ids", ())), error
         raise
     finally:
         seconds = time.perf_counter() - started
         voxels = sum(math.prod(s.stop - s.start for s in plan.grid.block_slices(b)) for b in plan.block_ids)
         publish_summary(summary_markdown(details, report, len(done), failed, seconds, voxels), key=f"{kind}-summary")
+        emit_outcome_events(kind, sink, records.key if records else None, failure,
+                            {"blocks": len(plan.block_ids), "written": len(report.written), "seconds": round(seconds, 3)})
     logger.info(
         "wrote %d blocks (%d skipped, empty mask; %d found done), %d voxels, in %.2f s to %s; ran on %s",
         len(report.written), len(report.skipped), len(report.already_done), report.voxels_written, seconds,
