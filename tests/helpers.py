@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -57,3 +59,53 @@ def records_dir(array_dir: str) -> str:
     base = os.path.join(array_dir, ".bioimage-tasks", "blocks")
     (key,) = os.listdir(base)
     return os.path.join(base, key)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def prefect_server_process(home: str, database_url: str | None = None, log_path: str | None = None,
+                           extra_env: dict[str, str] | None = None):
+    """A real `prefect server start` on 127.0.0.1 with its own PREFECT_HOME (and database: SQLite
+    there, or `database_url`); yields its API URL once healthy, stops it afterwards. The server's
+    output goes to `log_path` (e.g. to count 'database is locked')."""
+    import httpx
+
+    port = free_port()
+    env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_API_PORT": str(port),
+                        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                        **(extra_env or {})}
+    env.pop("PREFECT_API_URL", None)
+    if database_url:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                                str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+
+    def healthy():
+        if process.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {process.returncode} (log: {log_path})")
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(healthy, 180, interval=0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if log_path:
+            log.close()
