@@ -32,13 +32,17 @@ class RunnerConfig:
     A batch that raises (an I/O error, a lost worker) is retried `retries` times with exponential
     backoff from `retry_delay` seconds; a retry only redoes the blocks not yet recorded as done.
     Finished batches are cached by Prefect under `result_storage` (default: a folder next to the
-    output, which SLURM nodes reach whenever they reach the output)."""
+    output, which SLURM nodes reach whenever they reach the output).
+
+    `write_limit` names a Prefect global concurrency limit (`prefect gcl create NAME --limit N`):
+    at most N blocks then write at once across every worker and run that names it (throttle.py)."""
 
     blocks_per_task: int | None = None
     worker_timeout: float = 900.0
     retries: int = 2
     retry_delay: float = 2.0
     result_storage: str | None = None
+    write_limit: str | None = None
 
     def __post_init__(self) -> None:
         if self.blocks_per_task is not None and self.blocks_per_task < 1:

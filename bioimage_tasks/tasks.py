@@ -29,6 +29,7 @@ from bioimage_tasks.reporting import Progress, publish_summary, summary_markdown
 from bioimage_tasks.resampling import combine_ranges, measure_value_range
 from bioimage_tasks.runners import RunnerConfig, worker_watchdog
 from bioimage_tasks.sources import Source
+from bioimage_tasks.throttle import throttle_writes
 
 WATCH_INTERVAL = 2.0  # seconds between progress and worker checks while batches run
 
@@ -171,7 +172,7 @@ def run_plan(
             cache_policy=CacheKeyFnPolicy(cache_key_fn=batch_cache_key), persist_result=True,
             result_storage=result_storage(config, records), refresh_cache=plan.explicit_block_ids,
         )
-    job = BlockJob(plan.source, sink, plan.grid, plan.mask, records)
+    job = BlockJob(plan.source, throttle_writes(sink, config.write_limit), plan.grid, plan.mask, records)
     # Batches whose blocks are all recorded are not even submitted: a Prefect cache hit costs
     # ~15 ms on threads and ~80-300 ms on Dask, a look at the records nothing.
     batches = [b for b in plan_batches(plan.block_ids, num_workers, config.blocks_per_task) if not done.issuperset(b)]

@@ -109,3 +109,104 @@ def prefect_server_process(home: str, database_url: str | None = None, log_path:
             process.wait()
         if log_path:
             log.close()
+
+
+def log_interval(log_dir: str, kind: str, start: float, end: float, key) -> None:
+    """Record that a `kind` ("read", "write") of the region `key` lasted from `start` to `end`
+    (one file each, so processes never share a file)."""
+    import uuid
+
+    corner = ",".join(str(k.start) for k in key)
+    with open(os.path.join(log_dir, f"{kind}-{os.getpid()}-{uuid.uuid4().hex}"), "w") as stream:
+        stream.write(f"{start} {end} {corner}")
+
+
+def logged_intervals(log_dir: str, kind: str) -> list[tuple[float, float, int, str]]:
+    """The (start, end, pid, region corner) that `log_interval` recorded for `kind`, by start."""
+    found = []
+    for name in os.listdir(log_dir):
+        if name.startswith(f"{kind}-"):
+            with open(os.path.join(log_dir, name)) as stream:
+                start, end, corner = stream.read().split()
+            found.append((float(start), float(end), int(name.split("-")[1]), corner))
+    return sorted(found)
+
+
+def max_overlap(intervals) -> int:
+    """The largest number of intervals in progress at one time."""
+    points = sorted([(s, 1) for s, e, *_ in intervals] + [(e, -1) for s, e, *_ in intervals], key=lambda p: (p[0], p[1]))
+    current = best = 0
+    for _, step in points:
+        current += step
+        best = max(best, current)
+    return best
+
+
+@dataclass(frozen=True)
+class TimedReads:
+    """A file-backed source whose reads each take at least `delay` s and are logged in `log_dir`."""
+
+    path: str
+    delay: float
+    log_dir: str
+
+    def _inner(self):
+        return as_source(self.path)
+
+    shape = property(lambda self: self._inner().shape)
+    dtype = property(lambda self: self._inner().dtype)
+    write_unit = property(lambda self: self._inner().write_unit)
+
+    def fingerprint(self) -> dict:
+        return self._inner().fingerprint()
+
+    def __getitem__(self, key) -> np.ndarray:
+        start = time.time()
+        time.sleep(self.delay)
+        values = self._inner()[key]
+        log_interval(self.log_dir, "read", start, time.time(), key)
+        return values
+
+
+@dataclass(frozen=True)
+class TimedWrites:
+    """An existing zarr output (path) whose writes each take at least `delay` s (a slow shared
+    file system) and are logged in `log_dir`, to measure how many blocks write at once."""
+
+    path: str
+    delay: float
+    log_dir: str
+
+    def _inner(self):
+        from bioimage_tasks.sources import ContainerPath
+
+        return ContainerPath.parse(self.path, "output").open("r+")
+
+    shape = property(lambda self: self._inner().shape)
+    dtype = property(lambda self: self._inner().dtype)
+    write_unit = property(lambda self: self._inner().write_unit)
+    directory = property(lambda self: self._inner().directory)
+    array = property(lambda self: self._inner().array)
+    name = property(lambda self: self.path)
+
+    def fingerprint(self) -> dict:
+        return self._inner().fingerprint()
+
+    def get_attribute(self, name: str):
+        return self._inner().get_attribute(name)
+
+    def set_attribute(self, name: str, value) -> None:
+        self._inner().set_attribute(name, value)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self._inner()[key]
+
+    def start_write(self, key, values):
+        start = time.time()
+        time.sleep(self.delay)
+        self._inner().write(key, values)
+        log_interval(self.log_dir, "write", start, time.time(), key)
+        return lambda: None
+
+    def write(self, key, values) -> None:
+        self.start_write(key, values)()
