@@ -49,10 +49,13 @@ def flow_runs(deployment_name: str) -> list:
 
 def screenshot(url: str, out: str) -> None:
     """A headless-Chromium screenshot of a UI page (as scripts/ui-screenshot.sh takes them)."""
+    import tempfile
+
+    profile = tempfile.mkdtemp(prefix="chromium-")
     subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
-                    "--disable-background-networking", f"--user-data-dir={os.path.dirname(out)}/.chrome",
-                    "--window-size=1600,1100", "--virtual-time-budget=15000", f"--screenshot={out}", url],
+                    "--disable-background-networking", f"--user-data-dir={profile}", "--window-size=1600,1700", "--virtual-time-budget=15000", f"--screenshot={out}", url],
                    check=True, capture_output=True, timeout=120)
+    shutil.rmtree(profile, ignore_errors=True)
 
 
 def test_blocks_failed_in_a_deployment_run_are_healed_by_the_automation(tmp_path):
