@@ -75,19 +75,17 @@ def emit_run_events(
     }
     common = {"kind": kind, "output": output_name, "output_path": _absolute(output_path), "run_key": run_key,
               **(details or {})}
-    events = []
     if outcome == "completed":
-        events.append(_emit(RUN_COMPLETED, resource, common))
-        return [e for e in events if e is not None]
-    failed = sorted(failed_block_ids)
-    if failed:
-        errors = {str(b): str(m)[:ERROR_CHARS] for b, m in sorted((first_errors or {}).items())[:FIRST_ERRORS]}
-        blocks = _emit(BLOCKS_FAILED, resource, common | {"block_ids": failed, "failed": len(failed),
-                                                          "first_errors": errors, "failures_in_a_row": failures})
-        events.append(blocks)
-    events.append(_emit(RUN_FAILED, resource, common | {"error": (error or "")[:ERROR_CHARS], "failed": len(failed),
-                                                        "failures_in_a_row": failures}))
-    return [e for e in events if e is not None]
+        sent = [_emit(RUN_COMPLETED, resource, common)]
+    else:
+        failed = sorted(failed_block_ids)
+        counts = {"failed": len(failed), "failures_in_a_row": failures}
+        sent = []
+        if failed:
+            errors = {str(b): str(m)[:ERROR_CHARS] for b, m in sorted((first_errors or {}).items())[:FIRST_ERRORS]}
+            sent.append(_emit(BLOCKS_FAILED, resource, common | counts | {"block_ids": failed, "first_errors": errors}))
+        sent.append(_emit(RUN_FAILED, resource, common | counts | {"error": (error or "")[:ERROR_CHARS]}))
+    return [e for e in sent if e is not None]
 
 
 def emit_outcome_events(
