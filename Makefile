@@ -8,7 +8,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean postgres bench-backtoback
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,11 @@ BENCH_ARGS ?=
 .PHONY: bench
 bench: setup
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+# A real PostgreSQL for Prefect's server (root, apt); `make test` starts it itself when it can
+postgres:
+	bash scripts/postgres-test-server.sh start
+
+# Ten back-to-back short runs on SQLite vs PostgreSQL servers (needs root for PostgreSQL)
+bench-backtoback: setup
+	$(PY) benchmarks/backtoback.py $(BENCH_ARGS)

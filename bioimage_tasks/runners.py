@@ -38,7 +38,10 @@ class RunnerConfig:
 
     `memory_budget` (bytes) caps what one worker holds for one block: its input, the kernel's
     temporaries, the next block's read and the last block's write. Default block shapes shrink
-    to fit it, and a chunk or shard that needs more is computed in pieces by one task."""
+    to fit it, and a chunk or shard that needs more is computed in pieces by one task.
+
+    `write_limit` names a Prefect global concurrency limit (`prefect gcl create NAME --limit N`):
+    at most N blocks then write at once across every worker and run that names it (throttle.py)."""
 
     blocks_per_task: int | None = None
     worker_timeout: float = 900.0
@@ -46,6 +49,7 @@ class RunnerConfig:
     retry_delay: float = 2.0
     result_storage: str | None = None
     memory_budget: int = 2**30
+    write_limit: str | None = None
 
     def __post_init__(self) -> None:
         if self.blocks_per_task is not None and self.blocks_per_task < 1:

@@ -22,6 +22,7 @@ from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import unmapped
 
 from bioimage_tasks.blockwise import BatchReport, BlockJob, BlocksFailedError, Job, plan_batches, process_batch
+from bioimage_tasks.events import emit_outcome_events
 from bioimage_tasks.grid import BlockGrid, default_block_shape
 from bioimage_tasks.lease import claim_ownership, output_lease, owned_epoch
 from bioimage_tasks.planning import BlockwisePlan, block_records, computation_key
@@ -31,6 +32,7 @@ from bioimage_tasks.resampling import combine_ranges, measure_value_range
 from bioimage_tasks.runners import RunnerConfig, worker_watchdog
 from bioimage_tasks.signatures import job_signatures
 from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource
+from bioimage_tasks.throttle import throttle_writes
 
 WATCH_INTERVAL = 2.0  # seconds between progress and worker checks while batches run
 
@@ -222,7 +224,7 @@ def write_plan(
             logger.info("%d recorded blocks are recomputed because their input changed, %d because their mask changed",
                         *changed)
     task_fn = batch_task(config, records, refresh=plan.explicit_block_ids)
-    job = BlockJob(plan.source, sink, plan.grid, plan.mask, records, plan.piece_shape)
+    job = BlockJob(plan.source, throttle_writes(sink, config.write_limit), plan.grid, plan.mask, records, plan.piece_shape)
     # Batches whose blocks are all recorded are not even submitted: a Prefect cache hit costs
     # ~15 ms on threads and ~80-300 ms on Dask, a look at the records nothing.
     batches = [b for b in plan.batches(plan.block_ids, num_workers, config.blocks_per_task) if not done.issuperset(b)]
@@ -237,17 +239,19 @@ def write_plan(
     submitted = {block_id for batch in batches for block_id in batch}
     progress = Progress(len(plan.block_ids), len(done - submitted), kind)  # submitted blocks count as their batch ends
     started = time.perf_counter()
-    report, failed = BatchReport(), 0
+    report, failed, failure = BatchReport(), 0, None
     try:
         for batch_report in map_batches(runner, task_fn, {"job": job}, batches, config.worker_timeout, progress):
             report.add(batch_report)
-    except BlocksFailedError as error:
-        failed = len(error.failed_block_ids)
+    except BaseException as error:
+        failed, failure = len(getattr(error, "failed_block_ids", ())), error
         raise
     finally:
         seconds = time.perf_counter() - started
         voxels = sum(math.prod(s.stop - s.start for s in plan.grid.block_slices(b)) for b in plan.block_ids)
         publish_summary(summary_markdown(details, report, len(done), failed, seconds, voxels), key=f"{kind}-summary")
+        emit_outcome_events(kind, sink, records.key if records else None, failure,
+                            {"blocks": len(plan.block_ids), "written": len(report.written), "seconds": round(seconds, 3)})
     logger.info(
         "wrote %d blocks (%d skipped, empty mask; %d found done), %d voxels, in %.2f s to %s; ran on %s",
         len(report.written), len(report.skipped), len(report.already_done), report.voxels_written, seconds,

@@ -66,3 +66,30 @@ def slurm_cluster():
             pytest.fail(f"SLURM must run in CI: {reason}")
         pytest.skip(reason)
     yield
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """The connection URL of an empty database on a real PostgreSQL (Debian's, started by
+    scripts/postgres-test-server.sh), for `prefect server start`. Skipped where it cannot run
+    (not root, no apt); in CI (CI=true) it must run."""
+    import shutil
+    import subprocess
+
+    script = os.path.join(REPO, "scripts", "postgres-test-server.sh")
+    reason = None
+    if os.geteuid() != 0:
+        reason = "needs root to install and start PostgreSQL"
+    elif shutil.which("apt-get") is None and not any(os.path.isdir(d) for d in ("/usr/lib/postgresql",)):
+        reason = "no apt-get to install PostgreSQL"
+    if reason is None:
+        started = subprocess.run(["bash", script, "start"], capture_output=True, text=True)
+        fresh = subprocess.run(["bash", script, "fresh", f"bioimage_tasks_test_{os.getpid()}"], capture_output=True,
+                               text=True) if started.returncode == 0 else started
+        if fresh.returncode != 0:
+            reason = f"scripts/postgres-test-server.sh failed: {(started.stderr + fresh.stderr)[-2000:]}"
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL must run in CI: {reason}")
+        pytest.skip(reason)
+    yield fresh.stdout.strip().splitlines()[-1]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 
@@ -78,3 +80,154 @@ def record_times(array_dir: str) -> dict[int, float]:
 def executed_since(array_dir: str, started: float) -> set[int]:
     """Blocks a run starting at `started` executed, from the output's own block records."""
     return {block_id for block_id, t in record_times(array_dir).items() if t >= started}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def prefect_server_process(home: str, database_url: str | None = None, log_path: str | None = None,
+                           extra_env: dict[str, str] | None = None):
+    """A real `prefect server start` on 127.0.0.1 with its own PREFECT_HOME (and database: SQLite
+    there, or `database_url`); yields its API URL once healthy, stops it afterwards. The server's
+    output goes to `log_path` (e.g. to count 'database is locked')."""
+    import httpx
+
+    port = free_port()
+    env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_API_PORT": str(port),
+                        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                        **(extra_env or {})}
+    env.pop("PREFECT_API_URL", None)
+    if database_url:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL
+    process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                                str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+
+    def healthy():
+        if process.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {process.returncode} (log: {log_path})")
+        try:
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(healthy, 180, interval=0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if log_path:
+            log.close()
+
+
+def log_interval(log_dir: str, kind: str, start: float, end: float, key) -> None:
+    """Record that a `kind` ("read", "write") of the region `key` lasted from `start` to `end`
+    (one file each, so processes never share a file)."""
+    import uuid
+
+    corner = ",".join(str(k.start) for k in key)
+    with open(os.path.join(log_dir, f"{kind}-{os.getpid()}-{uuid.uuid4().hex}"), "w") as stream:
+        stream.write(f"{start} {end} {corner}")
+
+
+def logged_intervals(log_dir: str, kind: str) -> list[tuple[float, float, int, str]]:
+    """The (start, end, pid, region corner) that `log_interval` recorded for `kind`, by start."""
+    found = []
+    for name in os.listdir(log_dir):
+        if name.startswith(f"{kind}-"):
+            with open(os.path.join(log_dir, name)) as stream:
+                start, end, corner = stream.read().split()
+            found.append((float(start), float(end), int(name.split("-")[1]), corner))
+    return sorted(found)
+
+
+def max_overlap(intervals) -> int:
+    """The largest number of intervals in progress at one time."""
+    points = sorted([(s, 1) for s, e, *_ in intervals] + [(e, -1) for s, e, *_ in intervals], key=lambda p: (p[0], p[1]))
+    current = best = 0
+    for _, step in points:
+        current += step
+        best = max(best, current)
+    return best
+
+
+@dataclass(frozen=True)
+class TimedReads:
+    """A file-backed source whose reads each take at least `delay` s and are logged in `log_dir`."""
+
+    path: str
+    delay: float
+    log_dir: str
+
+    def _inner(self):
+        return as_source(self.path)
+
+    shape = property(lambda self: self._inner().shape)
+    dtype = property(lambda self: self._inner().dtype)
+    write_unit = property(lambda self: self._inner().write_unit)
+
+    def fingerprint(self) -> dict:
+        return self._inner().fingerprint()
+
+    def __getitem__(self, key) -> np.ndarray:
+        start = time.time()
+        time.sleep(self.delay)
+        values = self._inner()[key]
+        log_interval(self.log_dir, "read", start, time.time(), key)
+        return values
+
+
+@dataclass(frozen=True)
+class TimedWrites:
+    """An existing zarr output (path) whose writes each take at least `delay` s (a slow shared
+    file system) and are logged in `log_dir`, to measure how many blocks write at once."""
+
+    path: str
+    delay: float
+    log_dir: str
+
+    def _inner(self):
+        from bioimage_tasks.sources import ContainerPath
+
+        return ContainerPath.parse(self.path, "output").open("r+")
+
+    shape = property(lambda self: self._inner().shape)
+    dtype = property(lambda self: self._inner().dtype)
+    write_unit = property(lambda self: self._inner().write_unit)
+    directory = property(lambda self: self._inner().directory)
+    array = property(lambda self: self._inner().array)
+    name = property(lambda self: self.path)
+
+    def fingerprint(self) -> dict:
+        return self._inner().fingerprint()
+
+    def get_attribute(self, name: str):
+        return self._inner().get_attribute(name)
+
+    def set_attribute(self, name: str, value) -> None:
+        self._inner().set_attribute(name, value)
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self._inner()[key]
+
+    def start_write(self, key, values):
+        start = time.time()
+        time.sleep(self.delay)
+        self._inner().write(key, values)
+        log_interval(self.log_dir, "write", start, time.time(), key)
+        return lambda: None
+
+    def write(self, key, values) -> None:
+        self.start_write(key, values)()

@@ -69,7 +69,7 @@ def test_served_deployments_run_on_demand_and_on_schedule(server, tmp_path):
                       chunks=(16, 16, 16))[:] = image
     script = ("import sys; sys.path.insert(0, 'deployments'); from serve import build_deployments; "
               "from prefect import serve; "
-              f"serve(*build_deployments({str(tmp_path)!r}, {{'cron': '0 2 * * *'}}, {{'interval': 15}}))")
+              f"serve(*build_deployments({str(tmp_path)!r}, {{'cron': '0 2 * * *'}}, {{'interval': 15, 'paused': True}}))")
     env = os.environ | {"PREFECT_API_URL": server, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     served = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
     try:
@@ -82,6 +82,10 @@ def test_served_deployments_run_on_demand_and_on_schedule(server, tmp_path):
             assert run.state.is_completed(), run.state
             expected = np.clip(np.rint(skimage_downsample(image, (2, 2, 2), 1, True)), 0, 255)
             np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "sample.zarr"), path="s1")[:], expected)
+            # the copy reads s1: its schedule starts once s1 is written (a copy of a half-written
+            # s1 would be recorded as done and never redone)
+            with get_client(sync_client=True) as client:
+                client.resume_deployment(client.read_deployment_by_name("copy/nightly-n5-export").id)
 
             with get_client(sync_client=True) as client:
                 finished = client.read_flow_run(run.id).end_time
