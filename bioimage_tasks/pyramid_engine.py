@@ -20,6 +20,7 @@ from prefect.task_runners import TaskRunner
 
 from bioimage_tasks.blockwise import BatchReport, BlockJob, BlocksFailedError, StartWrite, plan_batches
 from bioimage_tasks.budget import block_bytes
+from bioimage_tasks.events import emit_outcome_events
 from bioimage_tasks.grid import BlockGrid, default_block_shape, fit_to_budget
 from bioimage_tasks.kernels.pyramid import pyramid_levels
 from bioimage_tasks.outputs import output_token
@@ -29,7 +30,8 @@ from bioimage_tasks.reporting import Progress, progress_listener, publish_summar
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import RunnerConfig
 from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource, start_read
-from bioimage_tasks.tasks import batch_task, map_batches
+from bioimage_tasks.signatures import job_signatures
+from bioimage_tasks.tasks import batch_task, current_blocks, map_batches
 
 Sink = ArraySource | TensorStoreSource
 
@@ -130,15 +132,15 @@ def records_in(directory: str, fingerprint: dict[str, Any]) -> BlockRecords:
 
 
 def pyramid_stages(source: Source, plan: PyramidPlan, method: str, sinks: Sequence[Sink | None],
-                   staging: dict[int, Sink], group_directory: str | None, rows: list[LevelRow]) -> list[Stage]:
-    """The regions stage and one copy stage per staged level, with their records (none where the
-    input has no fingerprint or the output is in memory)."""
+                   staging: dict[int, Sink], group_directory: str, epoch: str, rows: list[LevelRow]) -> list[Stage]:
+    """The regions stage and one copy stage per staged level, with their records under the
+    outputs' ownership `epoch` (none where the input has no fingerprint)."""
     writers = tuple(staging.get(level, sink) for level, sink in enumerate(sinks))
     tokens = [output_token(sink) if sink is not None else None for sink in writers]
     fingerprint = getattr(source, "fingerprint", lambda: None)()
-    keep_records = group_directory is not None and fingerprint is not None
+    keep_records = fingerprint is not None
     records = records_in(group_directory, {"pyramid": method, "factors": plan.level_factors, "region": plan.region,
-                                           "input": fingerprint, "outputs": tokens}) if keep_records else None
+                                           "input": fingerprint, "outputs": tokens, "epoch": epoch}) if keep_records else None
     direct = [row for row in rows if row.level not in staging and sinks[row.level] is not None]
     stages = [Stage("regions", PyramidJob(source, plan, method, writers, records), list(range(plan.grid.n_blocks)), direct)]
     for level, stage_sink in staging.items():
@@ -146,7 +148,7 @@ def pyramid_stages(source: Source, plan: PyramidPlan, method: str, sinks: Sequen
         grid = BlockGrid(sink.shape, default_block_shape(sink.shape, sink.write_unit))
         level_records = records_in(sink.directory, {"parts": [stage_sink.fingerprint(), output_token(stage_sink)],
                                                     "grid": [grid.shape, grid.block_shape],
-                                                    "output": output_token(sink)}) if keep_records else None
+                                                    "output": output_token(sink), "epoch": epoch}) if keep_records else None
         job = BlockJob(stage_sink, sink, grid, records=level_records)
         # a copy's cache key cannot see restaged regions (forget_restaged): its records decide
         stages.append(Stage(f"s{level}", job, list(range(grid.n_blocks)), [rows[level]], refresh=True))
@@ -155,7 +157,7 @@ def pyramid_stages(source: Source, plan: PyramidPlan, method: str, sinks: Sequen
 
 
 def resize_stages(source: Source, shapes: Sequence[tuple[int, ...]], order: int, anti_aliasing: bool,
-                  value_range: tuple[float, float] | None, sinks: Sequence[Sink | None], budget: int,
+                  value_range: tuple[float, float] | None, sinks: Sequence[Sink | None], budget: int, epoch: str,
                   rows: list[LevelRow]) -> list[Stage]:
     """`method="resize"`: s0 copied, then each level resized from the base as scikit-image's
     `resize` of the whole base would (levels of a B-spline with a Gaussian do not chain
@@ -172,7 +174,8 @@ def resize_stages(source: Source, shapes: Sequence[tuple[int, ...]], order: int,
         records = None
         if fingerprint is not None and sink.directory is not None:
             records = records_in(sink.directory, {"parts": [view.fingerprint() if level else fingerprint],
-                                                  "grid": [grid.shape, grid.block_shape], "output": output_token(sink)})
+                                                  "grid": [grid.shape, grid.block_shape], "output": output_token(sink),
+                                                  "epoch": epoch})
         stages.append(Stage(f"s{level}", BlockJob(view, sink, grid, None, records, piece),
                             list(range(grid.n_blocks)), [rows[level]]))
     return stages
@@ -193,18 +196,31 @@ def forget_restaged(plan: PyramidPlan, copies: list[Stage], report: BatchReport)
         stage.job.records.forget(sorted(stale))
 
 
+@dataclass(frozen=True)
+class GroupOutput:
+    """The pyramid's output as its events name it: the OME-Zarr group."""
+
+    name: str
+    directory: str
+
+
 def run_stages(runner: TaskRunner, stages: list[Stage], num_workers: int, config: RunnerConfig,
-               details: dict[str, Any], rows: list[LevelRow]) -> None:
-    """Run `stages` in order on `runner`, resuming from their records, with one progress for the
-    whole pyramid and a log line per finished stage; publish one summary with a row per level."""
+               details: dict[str, Any], rows: list[LevelRow], output: GroupOutput) -> None:
+    """Run `stages` in order on `runner`, resuming from their records (blocks whose input changed
+    since are recomputed), with one progress for the whole pyramid and a log line per finished
+    stage; publish one summary with a row per level, and the run's events about the group."""
     logger = get_run_logger()
     total, finished = sum(len(stage.block_ids) for stage in stages), 0
     overall = progress_listener.get()
     started, failure = time.perf_counter(), None
     try:
         for stage in stages:  # records read as each stage starts: the stage before may have made some stale
-            records = stage.job.records
-            done = records.done() & set(stage.block_ids) if records is not None else set()
+            records, done = stage.job.records, set()
+            if records is not None:
+                done, changed = current_blocks(records, job_signatures(stage.job, stage.block_ids))
+                if any(changed):
+                    logger.info("pyramid %s: %d recorded blocks are recomputed because their input changed",
+                                stage.name, sum(changed))
             batches = [b for b in plan_batches(stage.block_ids, num_workers, config.blocks_per_task)
                        if not done.issuperset(b)]
             report = BatchReport()
@@ -225,20 +241,25 @@ def run_stages(runner: TaskRunner, stages: list[Stage], num_workers: int, config
                 stage.after(report)
             finished += len(stage.block_ids)
     except BlocksFailedError as error:
+        failure = BlocksFailedError(error.failures, error.total, rerun=f"Failed in the {stage.name} stage (block ids "
+                                    "are its own); re-run the same call to resume: finished blocks are skipped")
+        raise failure from None
+    except BaseException as error:
         failure = error
-        raise BlocksFailedError(error.failures, error.total, rerun=f"Failed in the {stage.name} stage (block ids are its own); "
-                                "re-run the same call to resume: finished blocks are skipped") from None
+        raise
     finally:
         seconds = time.perf_counter() - started
         publish_summary(pyramid_summary(details, rows, seconds, failure), key="pyramid-summary")
+        key = stages[0].job.records.key if stages and stages[0].job.records is not None else None
+        emit_outcome_events("pyramid", output, key, failure, {"levels": len(rows), "seconds": round(seconds, 3)})
 
 
 def pyramid_summary(details: dict[str, Any], rows: list[LevelRow], seconds: float,
-                    failure: BlocksFailedError | None) -> str:
+                    failure: BaseException | None) -> str:
     """The end-of-run summary: the parameters, then a row per level."""
     lines = ["| | |", "|---|---|", *(f"| {name} | `{value}` |" for name, value in details.items()),
              f"| wall time | {seconds:.2f} s |",
-             f"| failed blocks | {len(failure.failed_block_ids) if failure else 0} |", "",
+             f"| failed blocks | {len(getattr(failure, 'failed_block_ids', ()))} |", "",
              "| level | shape | chunks (shards) | factor from s0 | written | blocks |", "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
     voxels = sum(math.prod(row.shape) for row in rows)

@@ -4,6 +4,7 @@ level written by one engine in one flow run (bioimage_tasks/pyramid_engine.py)."
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,13 +19,15 @@ from bioimage_tasks.multiscale import (axes_metadata, cumulative_factors, labels
 from bioimage_tasks.naming import describe_source, flow_run_namer
 from bioimage_tasks.outputs import create_array
 from bioimage_tasks.planning import in_memory
-from bioimage_tasks.pyramid_engine import LevelRow, Sink, pyramid_stages, resize_stages, run_stages
+from bioimage_tasks.lease import claim_ownership, output_lease
+from bioimage_tasks.pyramid_engine import GroupOutput, LevelRow, Sink, pyramid_stages, resize_stages, run_stages
 from bioimage_tasks.pyramid_plan import plan_pyramid, tile_bytes_per_voxel
-from bioimage_tasks.records import RECORDS_DIR
+from bioimage_tasks.records import RECORDS_DIR, run_key
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
 from bioimage_tasks.sources import ContainerPath, as_source
 from bioimage_tasks.tasks import measure_source_range
+from bioimage_tasks.throttle import throttle_writes
 from flows.downsample import check_input_dtype, check_method_options
 
 
@@ -111,28 +114,37 @@ def pyramid_flow(
     group = zarr.open_group(group_path.container, path=group_path.key, mode="a",
                             zarr_format=2 if ngff_version == "0.4" else 3)
     group_directory = os.path.join(group_path.container, group_path.key)
-    sinks: list[Sink | None] = [None if level == 0 and reuse_s0 else
-                                level_array(group_path, level, shape, source.dtype, *layouts[level], axes)
-                                for level, shape in enumerate(shapes)]
+    arrays = [None if level == 0 and reuse_s0 else
+              level_array(group_path, level, shape, source.dtype, *layouts[level], axes)
+              for level, shape in enumerate(shapes)]
     rows = [LevelRow(level, shape, layouts[level][1] or layouts[level][0], factors,
-                     "existing" if sinks[level] is None else "from the base")
+                     "existing" if arrays[level] is None else "from the base")
             for level, (shape, factors) in enumerate(zip(shapes, cumulative))]
     details = {"input": describe_source(input, source), "output": str(group_path),
                "method": method if method != "resize" else f"resize, order {order}, anti-aliasing {anti_aliasing}",
                "backend": describe_backend(job_type, num_workers)}
-    with backend(job_type, num_workers, config) as runner:
-        if plan is not None:
-            staging = {level: staging_array(group_directory, level, shapes[level], source.dtype, plan.staging_chunks(level))
-                       for level in plan.staged}
-            for level in range(1, len(shapes)):
-                rows[level].how = "assembled from staged regions" if level in staging else "from the regions' read"
-            details |= {"regions": f"{plan.grid.n_blocks} of {plan.region}, tiles of {plan.tile}"}
-            stages = pyramid_stages(source, plan, method, sinks, staging, group_directory, rows)
-        else:
-            views = [ResizedSource(source, shape, order, anti_aliasing) for shape in shapes[1:]]
-            value_range = measure_source_range(runner, source, num_workers, config) if any(v.clips for v in views) else None
-            stages = resize_stages(source, shapes, order, anti_aliasing, value_range, sinks, config.memory_budget, rows)
-        run_stages(runner, stages, num_workers, config, details, rows)
+    fingerprint = getattr(source, "fingerprint", lambda: None)()
+    computation = run_key({"pyramid": method, "order": order, "anti_aliasing": anti_aliasing, "factors": level_factors,
+                           "input": fingerprint}) if fingerprint is not None else f"unkeyed-{uuid.uuid4().hex}"
+    directories = [group_directory, *(array.directory for array in arrays if array is not None)]
+    with output_lease(directories, computation):  # another live computation is refused here, before writing
+        epoch = claim_ownership(directories, computation)
+        sinks = [None if array is None else throttle_writes(array, config.write_limit) for array in arrays]
+        with backend(job_type, num_workers, config) as runner:
+            if plan is not None:
+                staging = {level: throttle_writes(staging_array(group_directory, level, shapes[level], source.dtype,
+                                                                plan.staging_chunks(level)), config.write_limit)
+                           for level in plan.staged}
+                for level in range(1, len(shapes)):
+                    rows[level].how = "assembled from staged regions" if level in staging else "from the regions' read"
+                details |= {"regions": f"{plan.grid.n_blocks} of {plan.region}, tiles of {plan.tile}"}
+                stages = pyramid_stages(source, plan, method, sinks, staging, group_directory, epoch, rows)
+            else:
+                views = [ResizedSource(source, shape, order, anti_aliasing) for shape in shapes[1:]]
+                value_range = measure_source_range(runner, source, num_workers, config) if any(v.clips for v in views) else None
+                stages = resize_stages(source, shapes, order, anti_aliasing, value_range, sinks, config.memory_budget,
+                                       epoch, rows)
+            run_stages(runner, stages, num_workers, config, details, rows, GroupOutput(str(group_path), group_directory))
 
     transforms = [level_transform(method, voxel_size, origin, f, shapes[0], shape) for f, shape in zip(cumulative, shapes)]
     label_name = group_path.key.rsplit("/", 1)[-1]
