@@ -33,3 +33,9 @@ BENCH_ARGS ?=
 .PHONY: bench
 bench: setup
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+# OME-Zarr pyramids: pyramid_flow against tensorstore, ome-zarr-py, ngff-zarr and the I/O floor
+# (benchmarks/README.md, "Pyramids"); e.g. make bench-pyramid BENCH_ARGS="--size 256 --repeats 3"
+.PHONY: bench-pyramid
+bench-pyramid: setup
+	$(PY) benchmarks/pyramid.py $(BENCH_ARGS)
