@@ -579,7 +579,7 @@ def run_child(python: str, env: dict[str, str], request: dict[str, Any], timeout
         sampler.stopped.set()
         sampler.join()
     if sampler.killed_at is not None:
-        raise RuntimeError(f"killed at {sampler.killed_at / 2**30:.1f} GB (--max-rss {max_rss_mb / 1024:.1f} GB)")
+        raise RuntimeError(f"killed at {sampler.killed_at / 2**30:.2f} GB (--max-rss {max_rss_mb / 1024:.2f} GB)")
     results = [line[len(RESULT_TAG):] for line in stdout.splitlines() if line.startswith(RESULT_TAG)]
     if child.returncode != 0 or not results:
         raise RuntimeError(f"exit {child.returncode}: {stderr.strip().splitlines()[-1] if stderr.strip() else stdout[-500:]}")
