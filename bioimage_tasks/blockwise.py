@@ -4,9 +4,12 @@ blocks are batched. Prefect tasks (tasks.py) and every backend call these same f
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,17 +25,83 @@ TASKS_PER_WORKER = 4
 BLOCKS_PER_TASK = 64
 MAX_TASKS = 256
 
+StartWrite = Callable[[], Callable[[], None]]  # starts writes; returns a function that waits for them
+
+
+class Job(Protocol):
+    """What `process_batch` runs: a grid of blocks, their records, and per block a read that can
+    start early and a computation that hands its writes to `write`. Every backend runs jobs
+    through the same loop, so a job never knows whether it runs on threads, Dask or SLURM."""
+
+    grid: BlockGrid
+    records: BlockRecords | None
+
+    def prefetch(self, block_id: int) -> Callable[[], Any] | None:
+        """Start reading what block `block_id` needs (None: read it in `run_block`)."""
+
+    def run_block(self, block_id: int, prefetched: Callable[[], Any] | None, write: Callable[[StartWrite], None]) -> int:
+        """Compute the block, passing each group of writes to `write` (which starts it once the
+        writes before it are done); return the voxels written (0: nothing to write)."""
+
 
 @dataclass(frozen=True, eq=False)
 class BlockJob:
     """Copy `source` into `sink` block by block over `grid`, only where `mask` is set, recording
-    each finished block in `records` (when the output has them)."""
+    each finished block in `records` (when the output has them). A block larger than
+    `piece_shape` (what the memory budget allows) is computed and written piece after piece:
+    its task owns the block's chunks, so the pieces' partial chunk writes never race."""
 
     source: Source
     sink: ArraySource | TensorStoreSource
     grid: BlockGrid
     mask: Source | None = None
     records: BlockRecords | None = None
+    piece_shape: tuple[int, ...] | None = None
+
+    def pieces(self, block_id: int) -> list[tuple[slice, ...]]:
+        """The regions block `block_id` is computed in, in order."""
+        block = self.grid.block_slices(block_id)
+        return [block] if self.piece_shape is None else sub_regions(block, self.piece_shape)
+
+    def prefetch(self, block_id: int) -> Callable[[], np.ndarray] | None:
+        return None if self.mask is not None else start_read(self.source, self.pieces(block_id)[0])
+
+    def run_block(self, block_id: int, prefetched: Callable[[], np.ndarray] | None,
+                  write: Callable[[StartWrite], None]) -> int:
+        """Compute the block's pieces and write them; writing a block twice gives the same
+        output, so retries and re-executed tasks are safe."""
+        voxels = 0
+        for index, key in enumerate(self.pieces(block_id)):
+            written, data = self.compute(key, prefetched if index == 0 else None)
+            if written:
+                voxels += written
+                write(functools.partial(self.sink.start_write, key, data))
+        return voxels
+
+    def compute(self, key: tuple[slice, ...], prefetched: Callable[[], np.ndarray] | None) -> tuple[int, np.ndarray | None]:
+        """(voxels to write, values) of region `key`: 0 and None when its mask is empty; a
+        partly masked region keeps the sink's values outside the mask."""
+        if self.mask is None:
+            data = prefetched() if prefetched is not None else self.source[key]
+            return data.size, data
+        inside = self.mask[key].astype(bool, copy=False)
+        if not inside.any():
+            return 0, None
+        data = self.source[key]
+        if not inside.all():
+            data = merge_masked(data, self.sink[key], inside)
+        return int(inside.sum()), data
+
+
+def sub_regions(region: tuple[slice, ...], piece_shape: Sequence[int]) -> list[tuple[slice, ...]]:
+    """`region` cut into C-ordered pieces of at most `piece_shape`.
+
+    >>> [tuple((s.start, s.stop) for s in piece) for piece in sub_regions((slice(0, 5), slice(2, 4)), (2, 2))]
+    [((0, 2), (2, 4)), ((2, 4), (2, 4)), ((4, 5), (2, 4))]
+    """
+    starts = [range(r.start, r.stop, p) for r, p in zip(region, piece_shape)]
+    return [tuple(slice(a, min(a + p, r.stop)) for a, p, r in zip(corner, piece_shape, region))
+            for corner in itertools.product(*starts)]
 
 
 @dataclass
@@ -56,106 +125,140 @@ class BatchReport:
 
 
 class BlocksFailedError(RuntimeError):
-    """Some blocks failed; the others are written. Carries the failed ids and how to re-run them."""
+    """Some blocks failed; the others are written. Carries the failed ids and how to re-run them
+    (`rerun`; by default the same call, or the same call plus `block_ids`)."""
 
-    def __init__(self, failed: dict[int, str], total: int):
+    def __init__(self, failed: dict[int, str], total: int, rerun: str | None = None):
         self.failures = dict(failed)
         self.total = total
+        self.rerun = rerun
         self.failed_block_ids = sorted(failed)
         first = self.failed_block_ids[0]
+        how = rerun or (
+            "Re-run the same call to resume (finished blocks are skipped), or re-run exactly these blocks "
+            f"with the same call plus block_ids={self.failed_block_ids}"
+        )
         super().__init__(
             f"{len(failed)} of {total} blocks failed: {self.failed_block_ids}. The other blocks are "
-            f"written. Re-run the same call to resume (finished blocks are skipped), or re-run exactly "
-            f"these blocks with the same call plus block_ids={self.failed_block_ids}. "
-            f"First error (block {first}): {failed[first]}"
+            f"written. {how}. First error (block {first}): {failed[first]}"
         )
 
     def __reduce__(self):
-        return type(self), (self.failures, self.total)
+        return type(self), (self.failures, self.total, self.rerun)
 
 
-def start_block(
-    job: BlockJob, block_id: int, values: Callable[[], np.ndarray] | None = None
-) -> tuple[int, Callable[[], None]]:
-    """Compute one block (from `values`, its read started earlier, when given) and start writing
-    it; return the voxels it writes (0 when its mask is empty) and a function that waits until
-    the write is done. Writing a block twice gives the same output, so retries and re-executed
-    tasks are safe."""
-    key = job.grid.block_slices(block_id)
-    if job.mask is None:
-        data = values() if values is not None else job.source[key]
-        return data.size, job.sink.start_write(key, data)
-    inside = job.mask[key].astype(bool, copy=False)
-    if not inside.any():
-        return 0, lambda: None
-    data = job.source[key]
-    if not inside.all():
-        data = merge_masked(data, job.sink[key], inside)
-    return int(inside.sum()), job.sink.start_write(key, data)
+class BatchWrites:
+    """The writes of a batch, one group in flight at a time: a group starts once the one before
+    it is done, so consecutive writes into the same chunk or shard never race, while the next
+    block is already being computed. A block is recorded once all its writes are done."""
+
+    def __init__(self, job: Job, report: BatchReport, failed: dict[int, str]):
+        self.job, self.report, self.failed = job, report, failed
+        self.in_flight: tuple[int, Callable[[], None]] | None = None
+        self.closed: dict[int, int] = {}  # blocks that handed over all their writes -> voxels
+
+    def writer(self, block_id: int) -> Callable[[StartWrite], None]:
+        """The `write` function a job calls for block `block_id`."""
+
+        def write(start: StartWrite) -> None:
+            self.wait()
+            self.in_flight = (block_id, start())
+
+        return write
+
+    def wait(self) -> None:
+        """Wait for the writes in flight; record their block if it is complete."""
+        if self.in_flight is None:
+            return
+        (block_id, finish), self.in_flight = self.in_flight, None
+        try:
+            finish()
+        except Exception as error:  # noqa: BLE001 - reported per block, re-raised by process_batch
+            self.failed[block_id] = f"{type(error).__name__}: {error}"
+        self._settle(block_id)
+
+    def close(self, block_id: int, voxels: int) -> None:
+        """Block `block_id` handed over all its writes."""
+        self.closed[block_id] = voxels
+        self._settle(block_id)
+
+    def _settle(self, block_id: int) -> None:
+        if block_id not in self.closed or (self.in_flight is not None and self.in_flight[0] == block_id):
+            return
+        voxels = self.closed.pop(block_id)
+        if block_id in self.failed:
+            return
+        if self.job.records is not None:
+            self.job.records.mark_done(block_id)
+        (self.report.written if voxels else self.report.skipped).append(block_id)
+        self.report.voxels_written += voxels
 
 
-def process_batch(job: BlockJob, block_ids: Sequence[int]) -> BatchReport:
+def process_batch(job: Job, block_ids: Sequence[int]) -> BatchReport:
     """Write a batch of blocks, except those already recorded as done (a retried batch, or one
     Dask re-executes after losing a worker, only does what is missing). Blocks overlap in a
-    pipeline: while one block is computed, the next one's input is read (unmasked jobs) and the
-    previous one's output written, in tensorstore's threads; a block is recorded only once its
-    write is done. Every block is attempted; if any failed, BlocksFailedError names them."""
+    pipeline: while one block is computed, the next one's input is read and the previous one's
+    output written, in tensorstore's threads; a block is recorded only once its writes are done.
+    Every block is attempted; if any failed, BlocksFailedError names them."""
     report = BatchReport(executors={executor()})
     failed: dict[int, str] = {}
     done = job.records.done_among(list(block_ids)) if job.records is not None else set()
     report.already_done = [block_id for block_id in block_ids if block_id in done]
     todo = [block_id for block_id in block_ids if block_id not in done]
-    writing: list[tuple[int, int, Callable[[], None]]] = []  # at most one block in flight
-
-    def finish_writing() -> None:
-        for block_id, voxels, finish in writing:
-            try:
-                finish()
-            except Exception as error:  # noqa: BLE001 - reported per block, re-raised below
-                failed[block_id] = f"{type(error).__name__}: {error}"
-                continue
-            if job.records is not None:
-                job.records.mark_done(block_id)
-            (report.written if voxels else report.skipped).append(block_id)
-            report.voxels_written += voxels
-        writing.clear()
-
-    reading: Callable[[], np.ndarray] | None = None
+    writes = BatchWrites(job, report, failed)
+    reading: Callable[[], Any] | None = None
     for index, block_id in enumerate(todo):
         values, reading = reading, None
-        if job.mask is None and index + 1 < len(todo):
+        if index + 1 < len(todo):
             with contextlib.suppress(Exception):  # that block then reads again, and reports, in its turn
-                reading = start_read(job.source, job.grid.block_slices(todo[index + 1]))
+                reading = job.prefetch(todo[index + 1])
         try:
-            started = start_block(job, block_id, values)
+            voxels = job.run_block(block_id, values, writes.writer(block_id))
         except Exception as error:  # noqa: BLE001 - reported per block, re-raised below
             failed[block_id] = f"{type(error).__name__}: {error}"
             continue
-        finish_writing()
-        writing.append((block_id, *started))
-    finish_writing()
+        writes.close(block_id, voxels)
+    writes.wait()
     if failed:
         raise BlocksFailedError(failed, len(block_ids))
     return report
 
 
-def plan_batches(block_ids: Sequence[int], num_workers: int, blocks_per_task: int | None = None) -> list[list[int]]:
-    """Split `block_ids` into contiguous batches: TASKS_PER_WORKER per worker, more (of at most
-    BLOCKS_PER_TASK blocks) for large volumes, but no more than MAX_TASKS (unless that many workers);
-    or batches of exactly `blocks_per_task` when given.
+def plan_batches(block_ids: Sequence[int], num_workers: int, blocks_per_task: int | None = None,
+                 group_of: Callable[[int], Hashable] | None = None) -> list[list[int]]:
+    """Split `block_ids` into batches: TASKS_PER_WORKER per worker, more (of at most
+    BLOCKS_PER_TASK blocks) for large volumes, but no more than MAX_TASKS (unless that many
+    workers); or batches of about `blocks_per_task` when given. Blocks of one `group_of` group
+    (blocks sharing a chunk or shard) stay together, one after the other, in one batch.
 
     >>> [len(b) for b in plan_batches(range(10), 1)]
     [3, 3, 2, 2]
     >>> len(plan_batches(range(100_000), 8))
     256
+    >>> plan_batches(range(6), 1, 1, group_of=lambda b: b % 2)
+    [[0, 2, 4], [1, 3, 5]]
     """
-    block_ids = list(block_ids)
-    if blocks_per_task is not None:
-        return [block_ids[i : i + blocks_per_task] for i in range(0, len(block_ids), blocks_per_task)]
-    wanted = min(MAX_TASKS, math.ceil(len(block_ids) / BLOCKS_PER_TASK))
-    n_batches = min(len(block_ids), max(TASKS_PER_WORKER * num_workers, wanted))
-    if n_batches == 0:
+    if group_of is None:
+        ordered = list(block_ids)
+        ends = np.arange(1, len(ordered) + 1)  # blocks up to each group's end
+    else:
+        groups: dict[Hashable, list[int]] = {}
+        for block_id in block_ids:
+            groups.setdefault(group_of(block_id), []).append(block_id)
+        ordered = [block_id for unit in groups.values() for block_id in unit]
+        ends = np.cumsum([len(unit) for unit in groups.values()])
+    total, n_units = len(ordered), len(ends)
+    if not total:
         return []
-    size, extra = divmod(len(block_ids), n_batches)
-    bounds = [i * size + min(i, extra) for i in range(n_batches + 1)]
-    return [block_ids[a:b] for a, b in zip(bounds, bounds[1:])]
+    if blocks_per_task is not None:
+        n_batches = math.ceil(total / blocks_per_task)
+    else:
+        wanted = min(MAX_TASKS, math.ceil(total / BLOCKS_PER_TASK))
+        n_batches = max(TASKS_PER_WORKER * num_workers, wanted)
+    n_batches = min(n_units, n_batches)
+    size, extra = divmod(total, n_batches)
+    goals = [i * size + min(i, extra) for i in range(1, n_batches)]  # blocks before each cut
+    cuts = [0, *(int(c) + 1 for c in np.searchsorted(ends, goals)), n_units]  # in groups
+    cuts = [min(max(c, i), n_units - n_batches + i) for i, c in enumerate(cuts)]  # no empty batch
+    bounds = [0, *(int(ends[c - 1]) for c in cuts[1:])]
+    return [ordered[a:b] for a, b in zip(bounds, bounds[1:])]

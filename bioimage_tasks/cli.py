@@ -18,7 +18,7 @@ Input = Annotated[str, typer.Argument(help="Input array: path/container.zarr/key
 Output = Annotated[str, typer.Argument(help="Output array path (created if missing; zarr or n5 by its suffix).")]
 JobType = Annotated[str, typer.Option("--job-type", help="Where batches run: local (threads), subprocess (local Dask cluster), slurm, or dask.")]
 Workers = Annotated[int, typer.Option("--workers", "-w", help="Threads, worker processes or SLURM jobs.")]
-BlockShape = Annotated[Optional[str], typer.Option("--block-shape", help="Block shape in output space, e.g. 64,64,64; a multiple of the output chunks (default: derived from them).")]
+BlockShape = Annotated[Optional[str], typer.Option("--block-shape", help="Block shape in output space, e.g. 64,64,64 (default: from the output chunks and the memory budget); blocks sharing a chunk or shard run in one task, in turn.")]
 Mask = Annotated[Optional[str], typer.Option(help="Output-space mask array; only its nonzero voxels are written.")]
 BlockIds = Annotated[Optional[str], typer.Option("--block-ids", help="Only these blocks of the output grid, e.g. 0,5,7.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,25 @@ class BlockGrid:
             slice(int(p) * b, min((int(p) + 1) * b, s))
             for p, b, s in zip(position, self.block_shape, self.shape)
         )
+
+    def write_group(self, block_id: int, write_unit: Sequence[int] | None) -> tuple[int, ...]:
+        """Which group of blocks block `block_id` belongs to, where blocks of one group share
+        write units (chunks or shards) and blocks of different groups never do: along each axis,
+        block and unit boundaries meet every lcm(block, unit) voxels.
+
+        >>> grid = BlockGrid((100,), (16,))
+        >>> [grid.write_group(b, (64,)) for b in range(7)]
+        [(0,), (0,), (0,), (0,), (1,), (1,), (1,)]
+        """
+        position = np.unravel_index(block_id, self.grid_shape)
+        if write_unit is None:
+            return tuple(int(p) for p in position)
+        return tuple(int(p) * b // math.lcm(b, u) for p, b, u in zip(position, self.block_shape, write_unit))
+
+    def shares_write_units(self, write_unit: Sequence[int] | None) -> bool:
+        """Whether some blocks share a chunk or shard (block shape not a multiple of it)."""
+        return write_unit is not None and any(
+            b % u and b < s for b, u, s in zip(self.block_shape, write_unit, self.shape))
 
     def validate_block_ids(self, block_ids: Iterable[int]) -> list[int]:
         """Sorted unique block ids, or a ValueError naming `block_ids` and the valid range."""
@@ -88,21 +107,39 @@ def chunks_dividing(block_shape: Sequence[int], preferred: Sequence[int]) -> tup
     return tuple(max(d for d in range(1, min(b, p) + 1) if b % d == 0) for b, p in zip(block_shape, preferred))
 
 
-def check_block_shape(block_shape: Sequence[int], write_unit: Sequence[int] | None, shape: Sequence[int]) -> tuple[int, ...]:
-    """Validate an explicit `block_shape`: positive ints, one per axis, and a multiple of the
-    output's chunks (or shards) so that no two blocks ever write the same chunk."""
+def check_block_shape(block_shape: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
+    """Validate an explicit `block_shape`: positive ints, one per axis. Blocks need not be
+    multiples of the output's chunks or shards: blocks that share one run in one task, in turn."""
     block = tuple(block_shape)
     if len(block) != len(shape) or any(
         not isinstance(b, (int, np.integer)) or isinstance(b, bool) or b < 1 for b in block
     ):
         raise ValueError(f"block_shape must be {len(shape)} positive integers, got {block_shape!r}")
-    if write_unit is not None:
-        unaligned = [
-            axis for axis, (b, u, s) in enumerate(zip(block, write_unit, shape)) if b % u and b < s
-        ]
-        if unaligned:
-            raise ValueError(
-                f"block_shape {block} is not a multiple of the output's chunk/shard shape "
-                f"{tuple(write_unit)} (axes {unaligned}): two blocks would write the same chunk"
-            )
     return tuple(int(b) for b in block)
+
+
+def fit_to_budget(block: Sequence[int], write_unit: Sequence[int] | None, shape: Sequence[int],
+                  working_set: Callable[[tuple[int, ...]], int], budget: int) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """(block shape, piece shape) whose `working_set` fits `budget`: a block shrinks by halving
+    its largest axis, down to one write unit; a write unit that still needs more is computed in
+    pieces (halved the same way) by the one task that owns it. Piece shape None: whole blocks.
+
+    >>> fit_to_budget((256, 256), (64, 64), (512, 512), lambda b: b[0] * b[1], 64 * 64)
+    ((64, 64), None)
+    >>> fit_to_budget((64, 64), (64, 64), (512, 512), lambda b: b[0] * b[1], 100)
+    ((64, 64), (8, 8))
+    """
+    block = list(block)
+    floor = [min(u, s) for u, s in zip(write_unit, shape)] if write_unit is not None else [1] * len(shape)
+    while working_set(tuple(block)) > budget:
+        axis = max(range(len(block)), key=lambda a: (block[a] // floor[a] > 1, block[a]))
+        if block[axis] // floor[axis] <= 1:
+            break
+        block[axis] = max(floor[axis], (block[axis] // floor[axis] // 2) * floor[axis])
+    if working_set(tuple(block)) <= budget:
+        return tuple(block), None
+    piece = list(block)
+    while working_set(tuple(piece)) > budget and max(piece) > 1:
+        axis = max(range(len(piece)), key=lambda a: piece[a])
+        piece[axis] = math.ceil(piece[axis] / 2)
+    return tuple(block), tuple(piece)

@@ -4,14 +4,17 @@ mask and block ids. A plan creates nothing; `OutputPlan.open()` does, after the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+import functools
 import os
 import uuid
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from bioimage_tasks.grid import BlockGrid, check_block_shape, default_block_shape
+from bioimage_tasks.blockwise import plan_batches
+from bioimage_tasks.budget import block_bytes
+from bioimage_tasks.grid import BlockGrid, check_block_shape, default_block_shape, fit_to_budget
 from bioimage_tasks.outputs import OutputPlan, output_token, plan_output
 from bioimage_tasks.records import RECORDS_DIR, BlockRecords, run_key
 from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource, as_source
@@ -26,11 +29,18 @@ class BlockwisePlan:
     grid: BlockGrid
     block_ids: list[int]
     mask: Source | None = None
+    piece_shape: tuple[int, ...] | None = None
     explicit_block_ids: bool = False
     resume_records: str | os.PathLike | None = None
 
     def with_source(self, source: Source) -> BlockwisePlan:
         return replace(self, source=source)
+
+    def batches(self, block_ids: Sequence[int], num_workers: int, blocks_per_task: int | None) -> list[list[int]]:
+        """Batches of `block_ids`; blocks that share a chunk or shard go in one batch, in turn."""
+        unit = self.output.write_unit
+        group_of = functools.partial(self.grid.write_group, write_unit=unit) if self.grid.shares_write_units(unit) else None
+        return plan_batches(block_ids, num_workers, blocks_per_task, group_of)
 
 
 def plan_blockwise(
@@ -42,19 +52,22 @@ def plan_blockwise(
     block_ids: Sequence[int] | None = None,
     resume_from: Any = None,
     job_type: str = "local",
+    memory_budget: int = 2**30,
 ) -> BlockwisePlan:
     """Validate a run of `source` into `output`; every error names the parameter at fault.
     Backends other than "local" run in other processes, so they need file-backed data."""
     if block_ids is not None and resume_from is not None:
         raise ValueError("block_ids and resume_from cannot be combined: block_ids re-runs exactly those blocks")
     if block_shape is not None:
-        block_shape = check_block_shape(block_shape, None, source.shape)
+        block_shape = check_block_shape(block_shape, source.shape)
     output_plan = plan_output(output, source.shape, source.dtype, block_shape)
     unit = output_plan.write_unit
-    if block_shape is None:
-        block_shape = default_block_shape(source.shape, unit)
-    else:
-        check_block_shape(block_shape, unit, source.shape)
+    fits = functools.partial(block_bytes, source)
+    if block_shape is None:  # shrinks as the factor grows
+        block_shape, piece_shape = fit_to_budget(default_block_shape(source.shape, unit), unit, source.shape,
+                                                 fits, memory_budget)
+    else:  # the caller's blocks, computed in pieces where one needs more than the budget
+        block_shape, piece_shape = fit_to_budget(block_shape, block_shape, source.shape, fits, memory_budget)
     grid = BlockGrid(source.shape, block_shape)
     mask_source = None
     if mask is not None:
@@ -70,7 +83,7 @@ def plan_blockwise(
                 raise ValueError(f"job_type={job_type!r} needs a file-backed {name} (a zarr/n5 path or array), not numpy")
         if output_plan.existing is None and output_plan.create_at is None or in_memory(output_plan.existing):
             raise ValueError(f"job_type={job_type!r} needs an output (a zarr/n5 path or array), not numpy or None")
-    return BlockwisePlan(source, output_plan, grid, ids, mask_source, explicit_block_ids=block_ids is not None,
+    return BlockwisePlan(source, output_plan, grid, ids, mask_source, piece_shape, explicit_block_ids=block_ids is not None,
                          resume_records=resume_from if isinstance(resume_from, (str, os.PathLike)) and os.path.isdir(resume_from) else None)
 
 

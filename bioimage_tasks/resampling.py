@@ -5,6 +5,7 @@ only the input voxels that region depends on."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -93,6 +94,18 @@ class ResizedSource(DerivedSource):
         if "range" not in self._measured:
             self._measured["range"] = measure_value_range(self.source)
         return self._measured["range"]
+
+    def working_set(self, shape: tuple[int, ...]) -> int:
+        """Bytes held while a block of `shape` is resized: order 0 at an integer factor reads
+        only the picked voxels; otherwise the input box (spline taps and Gaussian halo) in float64,
+        with a pass's copy of it, and the result."""
+        plans = [plan_axis(n_in, n_out, 0, min(b, n_out), self.order, sigma)
+                 for n_in, n_out, b, sigma in zip(self.source.shape, self.shape, shape, self.sigma)]
+        out = math.prod(shape) * self.dtype.itemsize
+        if self.order == 0 and not self.anti_aliasing:
+            return 2 * out
+        box = math.prod(p.read_stop - p.read_start for p in plans)
+        return box * (self.dtype.itemsize + 3 * 8) + out
 
     def __getitem__(self, key: tuple[slice, ...] | slice) -> np.ndarray:
         return self.start_read(key)()
@@ -190,6 +203,14 @@ class WindowedSource(DerivedSource):
 
     def fingerprint(self) -> dict | None:
         return self.derived_fingerprint({"window": {"factors": self.factors, "method": self.method}})
+
+    def working_set(self, shape: tuple[int, ...]) -> int:
+        """Bytes held while a block of `shape` is reduced: its windows (only their first voxels
+        for stride), for mode and median their gathered and sorted copies, and the result."""
+        out = math.prod(shape) * self.dtype.itemsize
+        windows = math.prod(shape) * math.prod(self.factors) * self.dtype.itemsize
+        copies = {"stride": 0, "min": 1, "max": 1, "mean": 2, "mode": 3, "median": 3}[self.method]
+        return out + (out if self.method == "stride" else copies * windows)
 
     def __getitem__(self, key: tuple[slice, ...] | slice) -> np.ndarray:
         return self.start_read(key)()

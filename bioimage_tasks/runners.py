@@ -32,19 +32,26 @@ class RunnerConfig:
     A batch that raises (an I/O error, a lost worker) is retried `retries` times with exponential
     backoff from `retry_delay` seconds; a retry only redoes the blocks not yet recorded as done.
     Finished batches are cached by Prefect under `result_storage` (default: a folder next to the
-    output, which SLURM nodes reach whenever they reach the output)."""
+    output, which SLURM nodes reach whenever they reach the output).
+
+    `memory_budget` (bytes) caps what one worker holds for one block: its input, the kernel's
+    temporaries, the next block's read and the last block's write. Default block shapes shrink
+    to fit it, and a chunk or shard that needs more is computed in pieces by one task."""
 
     blocks_per_task: int | None = None
     worker_timeout: float = 900.0
     retries: int = 2
     retry_delay: float = 2.0
     result_storage: str | None = None
+    memory_budget: int = 2**30
 
     def __post_init__(self) -> None:
         if self.blocks_per_task is not None and self.blocks_per_task < 1:
             raise ValueError(f"job_config.blocks_per_task must be >= 1, got {self.blocks_per_task}")
         if self.worker_timeout <= 0:
             raise ValueError(f"job_config.worker_timeout must be > 0 seconds, got {self.worker_timeout}")
+        if not isinstance(self.memory_budget, int) or self.memory_budget < 2**20:
+            raise ValueError(f"job_config.memory_budget must be an integer of at least 2**20 bytes, got {self.memory_budget!r}")
         if self.retries < 0 or self.retry_delay < 0:
             raise ValueError(f"job_config.retries and retry_delay must be >= 0, got {self.retries}, {self.retry_delay}")
 

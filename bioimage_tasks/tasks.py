@@ -20,7 +20,7 @@ from prefect.task_runners import TaskRunner
 from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import unmapped
 
-from bioimage_tasks.blockwise import BatchReport, BlockJob, BlocksFailedError, plan_batches, process_batch
+from bioimage_tasks.blockwise import BatchReport, BlockJob, BlocksFailedError, Job, plan_batches, process_batch
 from bioimage_tasks.grid import BlockGrid, default_block_shape
 from bioimage_tasks.planning import BlockwisePlan, block_records
 from bioimage_tasks.records import BlockRecords
@@ -38,7 +38,7 @@ def _batch_run_name() -> str:
 
 
 @task(name="process-blocks", task_run_name=_batch_run_name, cache_policy=NO_CACHE)
-def process_blocks(job: BlockJob, block_ids: list[int]) -> BatchReport:
+def process_blocks(job: Job, block_ids: list[int]) -> BatchReport:
     """Write a batch of output blocks (see `blockwise.process_batch`)."""
     started = time.perf_counter()
     report = process_batch(job, block_ids)
@@ -142,6 +142,21 @@ def result_storage(config: RunnerConfig, records: BlockRecords) -> LocalFileSyst
     return _STORAGE_BLOCKS[known]
 
 
+def batch_task(config: RunnerConfig, records: BlockRecords | None, refresh: bool = False) -> Any:
+    """`process_blocks` with the run's retries and, where the output keeps block records,
+    Prefect's result cache keyed by the run key and the batch's block ids (`refresh`: recompute
+    and overwrite cached batches, for explicitly re-run blocks)."""
+    task_fn = process_blocks.with_options(
+        retries=config.retries, retry_delay_seconds=exponential_backoff(backoff_factor=config.retry_delay)
+    )
+    if records is None:
+        return task_fn
+    return task_fn.with_options(
+        cache_policy=CacheKeyFnPolicy(cache_key_fn=batch_cache_key), persist_result=True,
+        result_storage=result_storage(config, records), refresh_cache=refresh,
+    )
+
+
 def run_plan(
     runner: TaskRunner, plan: BlockwisePlan, num_workers: int, config: RunnerConfig, details: dict[str, Any], kind: str
 ) -> Any:
@@ -158,22 +173,16 @@ def run_plan(
             f"resume_from={str(plan.resume_records)!r} holds the records of another computation; this call's "
             f"records are {records.directory if records else 'not kept (output in memory)'}"
         )
-    task_fn = process_blocks.with_options(
-        retries=config.retries, retry_delay_seconds=exponential_backoff(backoff_factor=config.retry_delay)
-    )
     done: set[int] = set()
     if records is not None:
         if plan.explicit_block_ids:
             records.forget(plan.block_ids)
         done = records.done() & set(plan.block_ids)
-        task_fn = task_fn.with_options(
-            cache_policy=CacheKeyFnPolicy(cache_key_fn=batch_cache_key), persist_result=True,
-            result_storage=result_storage(config, records), refresh_cache=plan.explicit_block_ids,
-        )
-    job = BlockJob(plan.source, sink, plan.grid, plan.mask, records)
+    task_fn = batch_task(config, records, refresh=plan.explicit_block_ids)
+    job = BlockJob(plan.source, sink, plan.grid, plan.mask, records, plan.piece_shape)
     # Batches whose blocks are all recorded are not even submitted: a Prefect cache hit costs
     # ~15 ms on threads and ~80-300 ms on Dask, a look at the records nothing.
-    batches = [b for b in plan_batches(plan.block_ids, num_workers, config.blocks_per_task) if not done.issuperset(b)]
+    batches = [b for b in plan.batches(plan.block_ids, num_workers, config.blocks_per_task) if not done.issuperset(b)]
     logger.info(
         "grid of %d blocks of shape %s over %s; %d of %d planned blocks already done; %d batches to run on %s; "
         "block records in %s",

@@ -38,7 +38,7 @@ def copy_flow(
     source = as_source(input)
     plan = plan_blockwise(
         source, output, mask=mask, block_shape=block_shape, block_ids=block_ids, resume_from=resume_from,
-        job_type=job_type,
+        job_type=job_type, memory_budget=config.memory_budget,
     )
     with backend(job_type, num_workers, config) as runner:
         details = {

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from bioimage_tasks.blockwise_flow import blockwise_flow
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
 from bioimage_tasks.naming import describe, describe_source, flow_run_namer
@@ -35,6 +37,14 @@ def check_method_options(method: str, order: int, anti_aliasing: bool) -> None:
         raise ValueError(f"anti_aliasing must be True or False, got {anti_aliasing!r}")
     if method != "resize" and (order != 0 or anti_aliasing):
         raise ValueError(f"order and anti_aliasing apply to method='resize' only, not method={method!r}")
+
+
+def check_input_dtype(dtype: np.dtype, method: str, order: int, anti_aliasing: bool) -> None:
+    """Reject an input dtype the method cannot reduce exactly."""
+    if dtype == bool and (order > 0 or anti_aliasing):
+        raise ValueError("a bool input needs order=0 and anti_aliasing=False (interpolation is undefined for bool)")
+    if method != "resize" and dtype not in WINDOW_DTYPES:
+        raise ValueError(f"method={method!r} supports {sorted(str(d) for d in WINDOW_DTYPES)}, not {dtype}")
 
 
 @blockwise_flow("downsample", flow_run_namer("downsample", detail=_factor_text))
@@ -73,17 +83,14 @@ def downsample_flow(
     config = check_backend(job_type, num_workers, job_config)
     source = as_source(input)
     factors = normalize_factors(scale_factor, len(source.shape))
-    if source.dtype == bool and (order > 0 or anti_aliasing):
-        raise ValueError("a bool input needs order=0 and anti_aliasing=False (interpolation is undefined for bool)")
-    if method != "resize" and source.dtype not in WINDOW_DTYPES:
-        raise ValueError(f"method={method!r} supports {sorted(str(d) for d in WINDOW_DTYPES)}, not {source.dtype}")
+    check_input_dtype(source.dtype, method, order, anti_aliasing)
     if method == "resize":
         downsampled = ResizedSource(source, downscale_shape(source.shape, factors), order, anti_aliasing)
     else:
         downsampled = WindowedSource(source, factors, method)
     plan = plan_blockwise(
         downsampled, output, mask=mask, block_shape=block_shape, block_ids=block_ids, resume_from=resume_from,
-        job_type=job_type,
+        job_type=job_type, memory_budget=config.memory_budget,
     )
     with backend(job_type, num_workers, config) as runner:
         if isinstance(downsampled, ResizedSource) and downsampled.clips:

@@ -1,7 +1,9 @@
-"""`pyramid_flow`: an OME-Zarr multiscale image (s0..sN) with exact per-level geometry."""
+"""`pyramid_flow`: an OME-Zarr multiscale image (s0..sN) with exact per-level geometry, every
+level written by one engine in one flow run (bioimage_tasks/pyramid_engine.py)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,14 +15,17 @@ from bioimage_tasks.geometry import downscale_shape, normalize_factors
 from bioimage_tasks.grid import default_block_shape
 from bioimage_tasks.multiscale import (axes_metadata, cumulative_factors, labels_group_attributes, level_transform,
                                        multiscales_attributes, plan_isotropic_factors)
-from bioimage_tasks.naming import flow_run_namer
+from bioimage_tasks.naming import describe_source, flow_run_namer
 from bioimage_tasks.outputs import create_array
-from bioimage_tasks.runners import RunnerConfig
+from bioimage_tasks.planning import in_memory
+from bioimage_tasks.pyramid_engine import LevelRow, Sink, pyramid_stages, resize_stages, run_stages
+from bioimage_tasks.pyramid_plan import plan_pyramid, tile_bytes_per_voxel
+from bioimage_tasks.records import RECORDS_DIR
+from bioimage_tasks.resampling import ResizedSource
+from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
 from bioimage_tasks.sources import ContainerPath, as_source
-from flows.copying import copy_flow
-from flows.downsample import check_method_options, downsample_flow
-
-CHAINABLE = ("min", "max", "stride")  # exact when computed from the previous level
+from bioimage_tasks.tasks import measure_source_range
+from flows.downsample import check_input_dtype, check_method_options
 
 
 @blockwise_flow("pyramid", flow_run_namer("pyramid", "output_group"))
@@ -52,14 +57,18 @@ def pyramid_flow(
     relative to the previous level; an int or one per axis) or, with `levels`, by a plan from
     `voxel_size` that makes voxels as isotropic as possible before halving every axis.
 
-    Every level is computed from s0 by its cumulative factor (min, max and stride from the level
-    above, which is the same and cheaper), so integer mean and mode are never chained through
-    rounded levels. Scale and translation follow from the factors and the method's sampling
-    (window centres; stride keeps the first voxel). Levels are resumable flows on any backend.
+    Window methods read each region of the input once and write s0 and every level from that
+    read, exactly equal to tensorstore's downsample of s0 by the level's cumulative factor (exact
+    sums for mean, histograms for mode and median, never a rounded level); `resize` levels equal
+    scikit-image's resize of s0. An input that is this group's own s0 ("<output_group>/s0") is
+    used as it is, not copied. Scale and translation follow from the factors and the method's
+    sampling (window centres; stride keeps the first voxel). One resumable flow run on any
+    backend, within `job_config.memory_budget` per worker.
     With `labels=True` the output is a segmentation: `output_group` must be
     "<image group>/labels/<name>", the data integer, the method label-safe (mode, min, max,
     median, stride, or resize of order 0), and the `labels` group lists it. Returns the group's path."""
     check_method_options(method, order, anti_aliasing)
+    config = check_backend(job_type, num_workers, job_config)
     if ngff_version not in ("0.4", "0.5"):
         raise ValueError(f"ngff_version must be '0.4' or '0.5', got {ngff_version!r}")
     if ngff_version == "0.4" and shards is not None:
@@ -67,6 +76,9 @@ def pyramid_flow(
     if (levels is None) == (scale_factors is None):
         raise ValueError("give exactly one of levels (planned from voxel_size) and scale_factors (per level)")
     source = as_source(input)
+    check_input_dtype(source.dtype, method, order, anti_aliasing)
+    if job_type != "local" and in_memory(source):
+        raise ValueError(f"job_type={job_type!r} needs a file-backed input (a zarr/n5 path or array), not numpy")
     ndim = len(source.shape)
     voxel_size = tuple(float(v) for v in (voxel_size or (1.0,) * ndim))
     origin = tuple(float(o) for o in (origin or (0.0,) * ndim))
@@ -86,26 +98,41 @@ def pyramid_flow(
     if labels:
         check_label_options(group_path, source.dtype, method, order, anti_aliasing)
 
-    group = zarr.open_group(group_path.container, path=group_path.key, mode="a",
-                            zarr_format=2 if ngff_version == "0.4" else 3)
     cumulative = cumulative_factors(level_factors)
     shapes = [downscale_shape(source.shape, f) for f in cumulative]
-    common = {"job_type": job_type, "job_config": job_config, "num_workers": num_workers}
-
-    level_paths = []
-    for level, shape in enumerate(shapes):
-        level_path = ContainerPath(group_path.container, f"{group_path.key}/s{level}".lstrip("/"), "zarr")
-        if not level_path.exists():
-            level_chunks = tuple(chunks) if chunks else default_block_shape(shape, None)
-            create_array(level_path, shape, source.dtype, level_chunks, tuple(shards) if shards else None, axes)
-        level_paths.append(str(level_path))
-    copy_flow(input, level_paths[0], **common)
-    for level in range(1, len(shapes)):
-        if method in CHAINABLE:
-            downsample_flow(level_paths[level - 1], level_factors[level - 1], level_paths[level], method=method, **common)
+    reuse_s0 = isinstance(input, (str, os.PathLike)) and os.path.abspath(os.fspath(input)) == os.path.abspath(
+        os.path.join(group_path.container, group_path.key, "s0"))
+    layouts = [(tuple(chunks) if chunks else default_block_shape(shape, None), tuple(shards) if shards else None)
+               for shape in shapes]
+    plan = None
+    if method != "resize":  # every check before anything is created
+        plan = plan_pyramid(source.shape, level_factors, [shard or chunk for chunk, shard in layouts],
+                            tile_bytes_per_voxel(method, source.dtype), config.memory_budget, write_s0=not reuse_s0)
+    group = zarr.open_group(group_path.container, path=group_path.key, mode="a",
+                            zarr_format=2 if ngff_version == "0.4" else 3)
+    group_directory = os.path.join(group_path.container, group_path.key)
+    sinks: list[Sink | None] = [None if level == 0 and reuse_s0 else
+                                level_array(group_path, level, shape, source.dtype, *layouts[level], axes)
+                                for level, shape in enumerate(shapes)]
+    rows = [LevelRow(level, shape, layouts[level][1] or layouts[level][0], factors,
+                     "existing" if sinks[level] is None else "from the base")
+            for level, (shape, factors) in enumerate(zip(shapes, cumulative))]
+    details = {"input": describe_source(input, source), "output": str(group_path),
+               "method": method if method != "resize" else f"resize, order {order}, anti-aliasing {anti_aliasing}",
+               "backend": describe_backend(job_type, num_workers)}
+    with backend(job_type, num_workers, config) as runner:
+        if plan is not None:
+            staging = {level: staging_array(group_directory, level, shapes[level], source.dtype, plan.staging_chunks(level))
+                       for level in plan.staged}
+            for level in range(1, len(shapes)):
+                rows[level].how = "assembled from staged regions" if level in staging else "from the regions' read"
+            details |= {"regions": f"{plan.grid.n_blocks} of {plan.region}, tiles of {plan.tile}"}
+            stages = pyramid_stages(source, plan, method, sinks, staging, group_directory, rows)
         else:
-            downsample_flow(level_paths[0], cumulative[level], level_paths[level], method=method, order=order,
-                            anti_aliasing=anti_aliasing, **common)
+            views = [ResizedSource(source, shape, order, anti_aliasing) for shape in shapes[1:]]
+            value_range = measure_source_range(runner, source, num_workers, config) if any(v.clips for v in views) else None
+            stages = resize_stages(source, shapes, order, anti_aliasing, value_range, sinks, config.memory_budget, rows)
+        run_stages(runner, stages, num_workers, config, details, rows)
 
     transforms = [level_transform(method, voxel_size, origin, f, shapes[0], shape) for f, shape in zip(cumulative, shapes)]
     label_name = group_path.key.rsplit("/", 1)[-1]
@@ -127,3 +154,28 @@ def check_label_options(group_path: ContainerPath, dtype: Any, method: str, orde
     if method == "mean" or (method == "resize" and (order > 0 or anti_aliasing)):
         raise ValueError(f"method={method!r} (order {order}, anti_aliasing {anti_aliasing}) mixes label ids; "
                          "use mode, min, max, median, stride or resize with order 0")
+
+
+def level_array(group_path: ContainerPath, level: int, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
+                shards: tuple[int, ...] | None, axes: Sequence[str]) -> Sink:
+    """Level `level`'s array, created if missing; an existing one must have its shape and dtype."""
+    path = ContainerPath(group_path.container, f"{group_path.key}/s{level}".lstrip("/"), "zarr")
+    if not path.exists():
+        return create_array(path, shape, dtype, chunks, shards, tuple(axes))
+    sink = path.open("r+")
+    if sink.shape != shape or sink.dtype != np.dtype(dtype):
+        raise ValueError(f"{path} exists with shape {sink.shape} and dtype {sink.dtype}; this pyramid needs {shape} "
+                         f"{np.dtype(dtype)}: choose another output_group or delete it")
+    return sink
+
+
+def staging_array(group_directory: str, level: int, shape: tuple[int, ...], dtype: np.dtype,
+                  chunks: tuple[int, ...]) -> Sink:
+    """Where the regions leave their parts of level `level` (one chunk each), kept with the
+    group's records so a rerun resumes from it; recreated when the plan changed."""
+    path = ContainerPath(os.path.join(group_directory, RECORDS_DIR, "staging.zarr"), f"s{level}", "zarr")
+    if path.exists():
+        sink = path.open("r+")
+        if sink.shape == shape and sink.dtype == np.dtype(dtype) and sink.write_unit == chunks:
+            return sink
+    return create_array(path, shape, dtype, chunks)

@@ -39,10 +39,22 @@ def test_blocks_cover_the_shape_exactly_once():
     assert grid.block_slices(grid.n_blocks - 1) == (slice(35, 37), slice(35, 41), slice(20, 23))
 
 
-def test_unaligned_block_shape_names_both_shapes():
-    with pytest.raises(ValueError, match=r"block_shape \(10, 16\) is not a multiple of .* \(4, 8\)"):
-        check_block_shape((10, 16), (4, 8), (100, 100))
-    assert check_block_shape((8, 100), (4, 8), (100, 100)) == (8, 100)  # a block spanning an axis is fine
+def test_blocks_sharing_a_write_unit_share_a_group():
+    grid, unit = BlockGrid((100, 100), (10, 16)), (4, 48)
+    assert check_block_shape((10, 16), (100, 100)) == (10, 16)
+    assert grid.shares_write_units(unit) and not BlockGrid((100, 100), (8, 48)).shares_write_units(unit)
+
+    def units(block_id):
+        box = grid.block_slices(block_id)
+        return {(a, b) for a in range(box[0].start // 4, (box[0].stop - 1) // 4 + 1)
+                for b in range(box[1].start // 48, (box[1].stop - 1) // 48 + 1)}
+
+    for a in range(grid.n_blocks):
+        for b in range(grid.n_blocks):
+            if units(a) & units(b):
+                assert grid.write_group(a, unit) == grid.write_group(b, unit)
+    # lcm(10, 4) = 20 and lcm(16, 48) = 48: groups of 2 x 3 blocks, 5 x 3 groups
+    assert len({grid.write_group(b, unit) for b in range(grid.n_blocks)}) == 5 * 3
 
 
 def test_downscale_shape_is_ceil_mode():

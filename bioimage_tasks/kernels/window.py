@@ -93,7 +93,7 @@ def _reduce(block: np.ndarray, factors: tuple[int, ...], method: str) -> np.ndar
     return _sorted_reduce(block, factors, method)
 
 
-def _offsets(shape: Sequence[int], factors: Sequence[int]) -> Iterator[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+def window_offsets(shape: Sequence[int], factors: Sequence[int]) -> Iterator[tuple[tuple[slice, ...], tuple[slice, ...]]]:
     """For each offset inside the window, in C order: (output region, strided input view) of the
     windows containing that offset. Only the last window along an axis can lack an offset, so the
     output region is always a leading corner."""
@@ -105,7 +105,7 @@ def _offsets(shape: Sequence[int], factors: Sequence[int]) -> Iterator[tuple[tup
         yield dst, src
 
 
-def _counts(shape: Sequence[int], factors: Sequence[int]) -> np.ndarray | int:
+def window_counts(shape: Sequence[int], factors: Sequence[int]) -> np.ndarray | int:
     """Number of in-bounds voxels of every window (a plain int when no window is partial)."""
     if all(n % f == 0 for n, f in zip(shape, factors)):
         return math.prod(factors)
@@ -122,55 +122,34 @@ def _extremum(block: np.ndarray, factors: Sequence[int], is_min: bool) -> np.nda
         # tensorstore's fold: acc = +-inf; acc = x if x < acc (x > acc), so NaN never wins.
         acc = np.full(out_shape, np.inf if is_min else -np.inf, block.dtype)
         better = np.less if is_min else np.greater
-        for dst, src in _offsets(block.shape, factors):
+        for dst, src in window_offsets(block.shape, factors):
             values, current = block[src], acc[dst]
             np.copyto(current, values, where=better(values, current))
         return acc
     ufunc = np.minimum if is_min else np.maximum
     acc = block[tuple(slice(None, None, f) for f in factors)].copy()  # offset 0: every window has it
-    for dst, src in itertools.islice(_offsets(block.shape, factors), 1, None):
+    for dst, src in itertools.islice(window_offsets(block.shape, factors), 1, None):
         ufunc(acc[dst], block[src], out=acc[dst])
     return acc
 
 
 def _mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     out_shape = downscale_shape(block.shape, factors)
-    count = _counts(block.shape, factors)
+    count = window_counts(block.shape, factors)
     if block.dtype.kind == "f":
         acc = np.zeros(out_shape, block.dtype)
-        for dst, src in _offsets(block.shape, factors):
+        for dst, src in window_offsets(block.shape, factors):
             acc[dst] += block[src]
         return (acc / np.asarray(count, block.dtype)).astype(block.dtype, copy=False)
     if block.dtype.itemsize < 8:  # bool, (u)int8-32: integer sums, exact in the types chosen here
-        values, rest = _pair_sums(block, factors)
-        if values is block:  # int32 holds 2**15 sums of 16-bit values, int64 anything
-            accumulator = np.int32 if block.dtype.itemsize <= 2 and math.prod(factors) < 2**15 else np.int64
-        else:  # the pair sums' double width holds fewer than 2**bits sums (and their rounding)
-            accumulator = values.dtype if math.prod(factors) < 2 ** (8 * block.dtype.itemsize) else np.int64
-        (_, first), *others = _offsets(values.shape, rest)  # offset 0 lies in every window
-        total = values[first].astype(accumulator)
-        for dst, src in others:
-            total[dst] += values[src]
-        if isinstance(count, int) and count > 1 and count & (count - 1) == 0:
-            # full windows of 2**s voxels (the common case): shifts instead of a slow int division
-            shift = count.bit_length() - 1
-            odd = total >> shift
-            odd &= 1
-            total += odd  # + 1 when the floor quotient is odd: ties go to even
-            total += count // 2 - 1
-            total >>= shift
-            return total.astype(block.dtype)
-        if not isinstance(count, int):
-            count = count.astype(accumulator)  # int64 and uint64 would promote to float64
-        quotient, remainder = np.divmod(total, count)
-        return _round_half_even(quotient, remainder, count).astype(block.dtype)
+        return mean_from_sums(integer_sums(block, factors), count, block.dtype)
     # 64-bit: sum the high (signed) and low (unsigned) 32-bit halves separately, then divide
     # high part first: sum = high * 2**32 + low, each step fits int64 while count < 2**31.
     low = (block & _LOW32).astype(np.int64)
     high = (block >> 32).astype(np.int64)
     low_sum = np.zeros(out_shape, np.int64)
     high_sum = np.zeros(out_shape, np.int64)
-    for dst, src in _offsets(block.shape, factors):
+    for dst, src in window_offsets(block.shape, factors):
         low_sum[dst] += low[src]
         high_sum[dst] += high[src]
     high_sum += low_sum >> 32
@@ -183,6 +162,43 @@ def _mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     # 2**64; the rounded mean lies within the dtype's range, so the bits are right.
     quotient = (high_quotient.astype(np.uint64) << np.uint64(32)) + low_quotient.astype(np.uint64)
     return _round_half_even(quotient, remainder, count).view(block.dtype)
+
+
+def integer_sums(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """Exact sums of every `factors` window of a bool or (u)int8-32 `block` (origin on the window
+    grid), in an integer type that also holds a mean's rounding (`mean_from_sums`)."""
+    values, rest = _pair_sums(block, factors)
+    if values is block:  # int32 holds 2**15 sums of 16-bit values, int64 anything
+        accumulator = np.int32 if block.dtype.itemsize <= 2 and math.prod(factors) < 2**15 else np.int64
+    else:  # the pair sums' double width holds fewer than 2**bits sums (and their rounding)
+        accumulator = values.dtype if math.prod(factors) < 2 ** (8 * block.dtype.itemsize) else np.int64
+    (_, first), *others = window_offsets(values.shape, rest)  # offset 0 lies in every window
+    total = values[first].astype(accumulator)
+    for dst, src in others:
+        total[dst] += values[src]
+    return total
+
+
+def mean_from_sums(total: np.ndarray, count: np.ndarray | int, dtype: np.dtype) -> np.ndarray:
+    """Integer window means of `dtype` from exact sums `total` of `count` voxels (an int or one per
+    window): rounded to nearest, ties to even, as tensorstore does. Works in place on `total`.
+
+    >>> mean_from_sums(np.array([5, 7, 6]), 2, np.uint8)
+    array([2, 4, 3], dtype=uint8)
+    """
+    if isinstance(count, int) and count > 1 and count & (count - 1) == 0:
+        # full windows of 2**s voxels (the common case): shifts instead of a slow int division
+        shift = count.bit_length() - 1
+        odd = total >> shift
+        odd &= 1
+        total += odd  # + 1 when the floor quotient is odd: ties go to even
+        total += count // 2 - 1
+        total >>= shift
+        return total.astype(dtype)
+    if not isinstance(count, int):
+        count = count.astype(total.dtype)  # int64 and uint64 would promote to float64
+    quotient, remainder = np.divmod(total, count)
+    return _round_half_even(quotient, remainder, count).astype(dtype)
 
 
 def _pair_sums(block: np.ndarray, factors: Sequence[int]) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -220,7 +236,7 @@ def _sorted_reduce(block: np.ndarray, factors: Sequence[int], method: str) -> np
     voxels all have the same bits (most windows of a label volume) is its own answer, padded or
     not, so when few windows are mixed only those are sorted."""
     out_shape = downscale_shape(block.shape, factors)
-    counts = _counts(block.shape, factors)
+    counts = window_counts(block.shape, factors)
     columns = _window_columns(block, factors, out_shape)
     mixed = _mixed_columns(columns)
     if mixed is None:
@@ -251,10 +267,7 @@ def _pick(rows: list[np.ndarray], counts: np.ndarray | int, method: str) -> np.n
     or mode, as a flat array; `counts` gives the windows' numbers of real (unpadded) voxels."""
     size = len(rows)
     partial = not isinstance(counts, int)
-    if size <= _MAX_NETWORK:
-        _sort_network(rows)
-    else:
-        rows = list(np.sort(np.stack(rows), axis=0))
+    rows = sorted_columns(rows)
     if method == "median":
         if not partial:
             return rows[(size - 1) // 2]
@@ -308,6 +321,14 @@ def _window_columns(block: np.ndarray, factors: Sequence[int], out_shape: Sequen
         columns = columns.copy()
     return columns
 
+
+def sorted_columns(rows: list[np.ndarray]) -> list[np.ndarray]:
+    """`rows` (row k: offset k's voxel of every window) with every column sorted ascending: a
+    sorting network for small windows, numpy's sort for large ones. Small windows sort in place."""
+    if len(rows) <= _MAX_NETWORK:
+        _sort_network(rows)
+        return rows
+    return list(np.sort(np.stack(rows), axis=0))
 
 def _sort_network(rows: list[np.ndarray]) -> None:
     """Sort element-wise across `rows` (every column ascending) in place with Batcher's odd-even

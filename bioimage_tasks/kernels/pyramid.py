@@ -1,0 +1,103 @@
+"""Every level of a pyramid from one tile, exactly: level k of a tile equals
+`window_reduce(tile, cumulative_factor_k, method)` (tensorstore's `downsample` of the base by the
+cumulative factor), computed level after level from exact intermediate data instead of from the
+base again. No I/O, no Prefect, no Dask.
+
+The tile's origin must lie on the window grid of the deepest level; then each of its windows at
+every level is a window of the whole array (cut only by the array's edge), so tiles reduced
+independently and pasted give the whole array's levels.
+
+How each method stays exact:
+- `stride`, `min`, `max`: each level from the level above (the first voxel of first voxels, the
+  min of mins).
+- integer `mean`: exact 64-bit window sums carried from level to level, each level rounded from
+  its own sums and counts (never from a rounded level).
+- integer `mode`, `median`: a histogram per window, kept only for windows whose voxels are not
+  all equal (`histogram.py`), merged from the children's histograms.
+- float `mean` (tensorstore sums in the float type, in window order), float `mode`/`median` and
+  64-bit integer `mean`: from the tile at every level (exact, and slower).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from bioimage_tasks.kernels.histogram import LevelHistograms
+from bioimage_tasks.kernels.window import (integer_sums, mean_from_sums, window_counts, window_offsets,
+                                           window_reduce)
+
+
+def pyramid_levels(tile: np.ndarray, level_factors: Sequence[Sequence[int]], method: str) -> list[np.ndarray]:
+    """Levels 1..L of `tile`, level k reduced by the product of `level_factors[:k]`, each exactly
+    `window_reduce(tile, that product, method)`.
+
+    >>> tile = np.array([[1, 1, 2, 5], [1, 3, 4, 4]], dtype=np.uint8)
+    >>> [level.tolist() for level in pyramid_levels(tile, [(1, 2), (2, 2)], "mode")]
+    [[[1, 2], [1, 4]], [[1]]]
+    >>> [level.tolist() for level in pyramid_levels(tile, [(1, 2), (2, 2)], "mean")]
+    [[[1, 4], [2, 4]], [[3]]]
+    """
+    tile = np.asarray(tile)
+    factors = [tuple(int(f) for f in level) for level in level_factors]
+    kind = tile.dtype.kind
+    if method in ("stride", "min", "max"):
+        return _chained(tile, factors, method)
+    if method == "mean" and (kind == "b" or (kind in "iu" and tile.dtype.itemsize < 8)):
+        return _chained_means(tile, factors)
+    if method in ("mode", "median") and kind in "biu":
+        return _chained_histograms(tile, factors, method)
+    return [window_reduce(tile, cumulative, method) for cumulative in cumulative_products(factors)]
+
+
+def cumulative_products(level_factors: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """Factor of each level relative to the base.
+
+    >>> cumulative_products([(1, 2), (2, 2)])
+    [(1, 2), (2, 4)]
+    """
+    result, current = [], None
+    for factors in level_factors:
+        current = tuple(factors) if current is None else tuple(a * b for a, b in zip(current, factors))
+        result.append(current)
+    return result
+
+
+def _chained(tile: np.ndarray, factors: list[tuple[int, ...]], method: str) -> list[np.ndarray]:
+    levels, current = [], tile
+    for level in factors:
+        current = window_reduce(current, level, method)
+        levels.append(current)
+    return levels
+
+
+def _chained_means(tile: np.ndarray, factors: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """Integer means from exact sums: level k's sums are the window sums of level k-1's sums."""
+    levels = []
+    sums = integer_sums(tile, factors[0]).astype(np.int64, copy=False)
+    for index, cumulative in enumerate(cumulative_products(factors)):
+        following = _window_sums(sums, factors[index + 1]) if index + 1 < len(factors) else None
+        levels.append(mean_from_sums(sums, window_counts(tile.shape, cumulative), tile.dtype))
+        sums = following
+    return levels
+
+
+def _window_sums(values: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """Sums of every `factors` window of an int64 array."""
+    (_, first), *others = window_offsets(values.shape, factors)  # offset 0 lies in every window
+    total = values[first].copy()
+    for dst, src in others:
+        total[dst] += values[src]
+    return total
+
+
+def _chained_histograms(tile: np.ndarray, factors: list[tuple[int, ...]], method: str) -> list[np.ndarray]:
+    """mode/median of integers: each level's window histograms merged from the level above's."""
+    values = tile.view(np.uint8) if tile.dtype.kind == "b" else tile
+    current = LevelHistograms.of_voxels(values)
+    levels = []
+    for level, cumulative in zip(factors, cumulative_products(factors)):
+        current = current.merge(level, window_counts(tile.shape, cumulative), method)
+        levels.append(current.values.view(tile.dtype))
+    return levels

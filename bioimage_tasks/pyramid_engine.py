@@ -1,0 +1,233 @@
+"""The pyramid engine: every level of an OME-Zarr pyramid in one flow run. Window methods read
+each base region once (`PyramidJob`: s0 and every level from that read, see pyramid_plan.py),
+then copy the staged deep levels into their own chunks; `resize` computes each level from the
+base as scikit-image would. Both stages resume through block records and retry like any run."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from prefect import get_run_logger
+from prefect.task_runners import TaskRunner
+
+from bioimage_tasks.blockwise import BatchReport, BlockJob, BlocksFailedError, StartWrite, plan_batches
+from bioimage_tasks.budget import block_bytes
+from bioimage_tasks.grid import BlockGrid, default_block_shape, fit_to_budget
+from bioimage_tasks.kernels.pyramid import pyramid_levels
+from bioimage_tasks.outputs import output_token
+from bioimage_tasks.pyramid_plan import PyramidPlan
+from bioimage_tasks.records import RECORDS_DIR, BlockRecords, run_key
+from bioimage_tasks.reporting import Progress, publish_summary
+from bioimage_tasks.resampling import ResizedSource
+from bioimage_tasks.runners import RunnerConfig
+from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource, start_read
+from bioimage_tasks.tasks import batch_task, map_batches
+
+Sink = ArraySource | TensorStoreSource
+
+
+@dataclass(frozen=True, eq=False)
+class PyramidJob:
+    """Base regions of `plan` into every level at once: each tile of a region is read once and
+    written to `sinks[k]` for every level k (s0 included, unless its sink is None: an existing
+    s0); staged levels' sinks are their staging arrays."""
+
+    source: Source
+    plan: PyramidPlan
+    method: str
+    sinks: tuple[Sink | None, ...]
+    records: BlockRecords | None = None
+
+    @property
+    def grid(self) -> BlockGrid:
+        return self.plan.grid
+
+    def prefetch(self, region_id: int) -> Callable[[], np.ndarray]:
+        return start_read(self.source, self.plan.tiles(region_id)[0])
+
+    def run_block(self, region_id: int, prefetched: Callable[[], np.ndarray] | None,
+                  write: Callable[[StartWrite], None]) -> int:
+        """Compute and write region `region_id` tile by tile, reading the next tile meanwhile."""
+        tiles = self.plan.tiles(region_id)
+        reading, voxels = prefetched, 0
+        for index, tile in enumerate(tiles):
+            data = np.asarray(reading() if reading is not None else self.source[tile])
+            reading = start_read(self.source, tiles[index + 1]) if index + 1 < len(tiles) else None
+            levels = [data, *pyramid_levels(data, self.plan.level_factors, self.method)]
+            writes = [(sink, self.plan.level_key(level, tile), values)
+                      for level, (sink, values) in enumerate(zip(self.sinks, levels)) if sink is not None]
+            write(functools.partial(start_writes, writes))
+            voxels += data.size
+        return voxels
+
+
+def start_writes(writes: Sequence[tuple[Sink, tuple[slice, ...], np.ndarray]]) -> Callable[[], None]:
+    """Start every write; the returned function waits for all of them and raises the first error."""
+    started = [sink.start_write(key, values) for sink, key, values in writes]
+
+    def finish() -> None:
+        errors = []
+        for done in started:
+            try:
+                done()
+            except Exception as error:  # noqa: BLE001 - every write is awaited before one is raised
+                errors.append(error)
+        if errors:
+            raise errors[0]
+
+    return finish
+
+
+@dataclass
+class LevelRow:
+    """One level of the summary: what it is, how it was written, what happened to its blocks."""
+
+    level: int
+    shape: tuple[int, ...]
+    write_unit: tuple[int, ...] | None
+    factors: tuple[int, ...]
+    how: str
+    blocks: int = 0
+    written: int = 0
+    already_done: int = 0
+
+    def cells(self) -> list[str]:
+        return [f"s{self.level}", str(self.shape), str(self.write_unit), str(self.factors), self.how,
+                f"{self.written} written, {self.already_done} already done of {self.blocks}"]
+
+
+@dataclass
+class Stage:
+    """Blocks of one job to run: which levels they complete, for progress and the summary."""
+
+    name: str
+    job: Any
+    block_ids: list[int]
+    rows: list[LevelRow]
+    after: Callable[[BatchReport], None] | None = None
+
+
+def records_in(directory: str, fingerprint: dict[str, Any]) -> BlockRecords:
+    """The block records of a computation (`fingerprint`) kept in `directory`."""
+    return BlockRecords(os.path.join(directory, RECORDS_DIR, "blocks", run_key(fingerprint)))
+
+
+def pyramid_stages(source: Source, plan: PyramidPlan, method: str, sinks: Sequence[Sink | None],
+                   staging: dict[int, Sink], group_directory: str | None, rows: list[LevelRow]) -> list[Stage]:
+    """The regions stage and one copy stage per staged level, with their records (none where the
+    input has no fingerprint or the output is in memory)."""
+    writers = tuple(staging.get(level, sink) for level, sink in enumerate(sinks))
+    tokens = [output_token(sink) if sink is not None else None for sink in writers]
+    fingerprint = getattr(source, "fingerprint", lambda: None)()
+    keep_records = group_directory is not None and fingerprint is not None
+    records = records_in(group_directory, {"pyramid": method, "factors": plan.level_factors, "region": plan.region,
+                                           "input": fingerprint, "outputs": tokens}) if keep_records else None
+    direct = [row for row in rows if row.level not in staging and sinks[row.level] is not None]
+    stages = [Stage("regions", PyramidJob(source, plan, method, writers, records), list(range(plan.grid.n_blocks)), direct)]
+    for level, stage_sink in staging.items():
+        sink = sinks[level]
+        grid = BlockGrid(sink.shape, default_block_shape(sink.shape, sink.write_unit))
+        level_records = records_in(sink.directory, {"parts": [stage_sink.fingerprint(), output_token(stage_sink)],
+                                                    "grid": [grid.shape, grid.block_shape],
+                                                    "output": output_token(sink)}) if keep_records else None
+        job = BlockJob(stage_sink, sink, grid, records=level_records)
+        stages.append(Stage(f"s{level}", job, list(range(grid.n_blocks)), [rows[level]]))
+    stages[0].after = functools.partial(forget_restaged, plan, stages[1:])
+    return stages
+
+
+def resize_stages(source: Source, shapes: Sequence[tuple[int, ...]], order: int, anti_aliasing: bool,
+                  value_range: tuple[float, float] | None, sinks: Sequence[Sink | None], budget: int,
+                  rows: list[LevelRow]) -> list[Stage]:
+    """`method="resize"`: s0 copied, then each level resized from the base as scikit-image's
+    `resize` of the whole base would (levels of a B-spline with a Gaussian do not chain
+    exactly); each level's blocks fit `budget`."""
+    stages = []
+    fingerprint = getattr(source, "fingerprint", lambda: None)()
+    for level, sink in enumerate(sinks):
+        if sink is None:
+            continue
+        view = source if level == 0 else ResizedSource(source, shapes[level], order, anti_aliasing, value_range)
+        block, piece = fit_to_budget(default_block_shape(sink.shape, sink.write_unit), sink.write_unit, sink.shape,
+                                     functools.partial(block_bytes, view), budget)
+        grid = BlockGrid(sink.shape, block)
+        records = None
+        if fingerprint is not None and sink.directory is not None:
+            records = records_in(sink.directory, {"parts": [view.fingerprint() if level else fingerprint],
+                                                  "grid": [grid.shape, grid.block_shape], "output": output_token(sink)})
+        stages.append(Stage(f"s{level}", BlockJob(view, sink, grid, None, records, piece),
+                            list(range(grid.n_blocks)), [rows[level]]))
+    return stages
+
+
+def forget_restaged(plan: PyramidPlan, copies: list[Stage], report: BatchReport) -> None:
+    """Regions written in this run changed their staged parts: the copies' records of the blocks
+    those parts fall in no longer vouch for them."""
+    for stage in copies:
+        if stage.job.records is None or not report.written:
+            continue
+        level, grid = int(stage.name[1:]), stage.job.grid
+        stale: set[int] = set()
+        for region in report.written:
+            part = plan.level_key(level, plan.grid.block_slices(region))
+            ranges = [range(s.start // b, -(-s.stop // b)) for s, b in zip(part, grid.block_shape)]
+            stale.update(int(np.ravel_multi_index(p, grid.grid_shape)) for p in itertools.product(*ranges))
+        stage.job.records.forget(sorted(stale))
+
+
+def run_stages(runner: TaskRunner, stages: list[Stage], num_workers: int, config: RunnerConfig,
+               details: dict[str, Any], rows: list[LevelRow]) -> None:
+    """Run `stages` in order on `runner`, resuming from their records, with one progress for the
+    whole pyramid and a log line per finished stage; publish one summary with a row per level."""
+    logger = get_run_logger()
+    plans = []
+    for stage in stages:
+        records = stage.job.records
+        done = records.done() & set(stage.block_ids) if records is not None else set()
+        batches = [b for b in plan_batches(stage.block_ids, num_workers, config.blocks_per_task) if not done.issuperset(b)]
+        plans.append((stage, batches, done))
+    total = sum(len(stage.block_ids) for stage in stages)
+    submitted = sum(len(b) for _, batches, _ in plans for b in batches)
+    progress = Progress(total, total - submitted, "pyramid")
+    started, failure = time.perf_counter(), None
+    try:
+        for stage, batches, done in plans:
+            report = BatchReport()
+            for batch_report in map_batches(runner, batch_task(config, stage.job.records), {"job": stage.job},
+                                            batches, config.worker_timeout, progress):
+                report.add(batch_report)
+            for row in stage.rows:
+                row.blocks, row.written, row.already_done = len(stage.block_ids), len(report.written), len(done) + len(report.already_done)
+            logger.info("pyramid %s (%s): %d blocks written, %d already done, of %d", stage.name,
+                        ", ".join(f"s{row.level}" for row in stage.rows), len(report.written),
+                        len(done) + len(report.already_done), len(stage.block_ids))
+            if stage.after is not None:
+                stage.after(report)
+    except BlocksFailedError as error:
+        failure = error
+        raise BlocksFailedError(error.failures, error.total, rerun=f"Failed in the {stage.name} stage (block ids are its own); "
+                                "re-run the same call to resume: finished blocks are skipped") from None
+    finally:
+        seconds = time.perf_counter() - started
+        publish_summary(pyramid_summary(details, rows, seconds, failure), key="pyramid-summary")
+
+
+def pyramid_summary(details: dict[str, Any], rows: list[LevelRow], seconds: float,
+                    failure: BlocksFailedError | None) -> str:
+    """The end-of-run summary: the parameters, then a row per level."""
+    lines = ["| | |", "|---|---|", *(f"| {name} | `{value}` |" for name, value in details.items()),
+             f"| wall time | {seconds:.2f} s |",
+             f"| failed blocks | {len(failure.failed_block_ids) if failure else 0} |", "",
+             "| level | shape | chunks (shards) | factor from s0 | written | blocks |", "|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
+    voxels = sum(math.prod(row.shape) for row in rows)
+    lines.append(f"\n{voxels:,} voxels in {len(rows)} levels")
+    return "\n".join(lines)
