@@ -94,7 +94,7 @@ def run_case(runner: Runner, case: str, source: str, names: list[str], skipped: 
             try:
                 result, rss = runner.run(request, peer=pc.CONTENDERS[name].peer is not None)
                 seconds, read = result["seconds"], result["read_bytes"]
-                print(f"  {case} #{repeat + 1} {name}: {seconds:.2f} s, {rss:.0f} MB, read {read / 1e9:.2f} GB", flush=True)
+                print(f"  {case} #{repeat + 1} {name}: {seconds:.2f} s, {rss:.0f} MB, read {read / 1e6:.0f} MB", flush=True)
             except RuntimeError as error:
                 seconds = rss = read = None
                 cell.error = str(error)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import CHUNK, WORKERS, SETTLE_SECONDS, peak_rss_mb, ts_create, ts_spec
+from bench import CHUNK, SETTLE_SECONDS, WORKERS, peak_rss_mb, ts_create, ts_spec
 
 LEVELS = 5  # s1..s5, factor 2 each
 SAMPLE_CHUNKS = 16  # chunks compared on levels too large to compare whole
