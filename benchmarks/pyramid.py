@@ -216,7 +216,8 @@ def scale_run(runner: Runner, args: argparse.Namespace) -> None:
         read = result["read_bytes"]
         print(f"{pc.OURS}: {result['seconds']:.1f} s, peak RSS {rss:.0f} MB, read {read / 1e9:.2f} GB "
               f"({read / base:.2f}x the base's {base / 1e6:.0f} MB)")
-        print(f"{verdict(rss <= RSS_LIMIT_MB)} finishes, peak RSS <= {RSS_LIMIT_MB:.0f} MB: {rss:.0f} MB")
+        print(f"MET  finishes within --max-rss {args.max_rss} GB\n"
+              f"{verdict(rss <= RSS_LIMIT_MB)} peak RSS <= {RSS_LIMIT_MB:.0f} MB: {rss:.0f} MB")
         report = {"seconds": result["seconds"], "rss_mb": rss, "read_bytes": read}
     except RuntimeError as error:
         print(f"{pc.OURS}: FAILED {error}\nMISS finishes within --max-rss {args.max_rss} GB")
