@@ -41,3 +41,9 @@ postgres:
 # Ten back-to-back short runs on SQLite vs PostgreSQL servers (needs root for PostgreSQL)
 bench-backtoback: setup
 	$(PY) benchmarks/backtoback.py $(BENCH_ARGS)
+
+# OME-Zarr pyramids: pyramid_flow against tensorstore, ome-zarr-py, ngff-zarr and the I/O floor
+# (benchmarks/README.md, "Pyramids"); e.g. make bench-pyramid BENCH_ARGS="--size 256 --repeats 3"
+.PHONY: bench-pyramid
+bench-pyramid: setup
+	$(PY) benchmarks/pyramid.py $(BENCH_ARGS)

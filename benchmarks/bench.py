@@ -359,14 +359,17 @@ class Cell:
 
 
 class TreeRssSampler(threading.Thread):
-    """Peak summed RSS of a process and all its descendants, sampled every 50 ms."""
+    """Peak summed RSS of a process and all its descendants, sampled every 50 ms; with
+    `limit_bytes`, the whole tree is SIGKILLed once its RSS exceeds it (`killed_at` says when)."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, limit_bytes: float | None = None):
         super().__init__(daemon=True)
         import psutil
 
         self.process = psutil.Process(pid)
         self.peak = 0
+        self.limit_bytes = limit_bytes
+        self.killed_at: int | None = None
         self.stopped = threading.Event()
 
     def run(self) -> None:
@@ -382,13 +385,21 @@ class TreeRssSampler(threading.Thread):
                     except psutil.Error:
                         pass
                 self.peak = max(self.peak, total)
+                if self.limit_bytes is not None and total > self.limit_bytes:
+                    self.killed_at = total
+                    for member in reversed(members):
+                        try:
+                            member.kill()
+                        except psutil.Error:
+                            pass
+                    return
             except psutil.Error:
                 return
             self.stopped.wait(0.05)
 
 
-def make_volumes(data_dir: Path, size: int) -> dict[str, str]:
-    """The SIZE^3 uint8 image and uint32 labels as zarr v3, 64^3 chunks, generated once per size:
+def make_volumes(data_dir: Path, size: int, names: tuple[str, ...] = ("image", "labels")) -> dict[str, str]:
+    """The SIZE^3 uint8 image and uint32 labels (or those of `names`) as zarr v3, 64^3 chunks, generated once per size:
     by `sample_data` up to 512^3, mirror-tiled from the 512^3 volumes above (`sample_data` needs
     tens of GB at 1024^3). Written under a temporary name and renamed when complete, so an
     interrupted generation is redone, not used."""
@@ -398,9 +409,9 @@ def make_volumes(data_dir: Path, size: int) -> dict[str, str]:
 
     shape = (size,) * 3
     store = data_dir / f"volumes-{size}.zarr"
-    tiles = make_volumes(data_dir, GENERATED_UP_TO) if size > GENERATED_UP_TO else None
+    tiles = make_volumes(data_dir, GENERATED_UP_TO, names) if size > GENERATED_UP_TO else None
     paths = {}
-    for name, make in (("image", smooth_image), ("labels", blob_labels)):
+    for name, make in ((n, m) for n, m in (("image", smooth_image), ("labels", blob_labels)) if n in names):
         path = f"{store}/{name}"
         if not (store / name / "zarr.json").exists() or zarr.open_array(str(store), path=name).shape != shape:
             partial = f"{name}.partial"
@@ -454,27 +465,34 @@ def disk_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
-def peer_venv(path: Path) -> tuple[str | None, set[str]]:
+def peer_venv(path: Path, packages: dict[str, list[str]] = PEER_PACKAGES) -> tuple[str | None, set[str]]:
     """The separate venv for peers that must not touch our pinned environment: created on first
-    use; returns its python (None if it cannot be made) and which peer packages import there."""
+    use, and `packages` ({module: pip requirements}) whose module does not import there are
+    installed; returns its python (None if it cannot be made) and which modules import there."""
     python = path / "bin" / "python"
+
+    def importable(module: str) -> bool:
+        return subprocess.run([str(python), "-c", f"import {module}"], capture_output=True).returncode == 0
+
     if not python.exists():
-        print(f"creating the peer venv {path} (bioimage-py 0.2.2, matplotlib) ...", flush=True)
+        print(f"creating the peer venv {path} ...", flush=True)
         if subprocess.run([shutil.which("python3") or sys.executable, "-m", "venv", "--clear", str(path)]).returncode != 0:
-            print(f"!! could not create the peer venv {path}: bioimage-py and the chart are skipped", flush=True)
+            print(f"!! could not create the peer venv {path}: the peers and the chart are skipped", flush=True)
             return None, set()
-        for module, requirements in PEER_PACKAGES.items():
-            install = subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements],
-                                     capture_output=True, text=True)
-            if install.returncode != 0:
-                print(f"!! pip install {' '.join(requirements)} failed in {path}:\n{install.stderr.strip()[-2000:]}",
-                      flush=True)
-    available = {module for module in PEER_PACKAGES
-                 if subprocess.run([str(python), "-c", f"import {module}"], capture_output=True).returncode == 0}
-    for module, requirements in PEER_PACKAGES.items():
+    for module, requirements in packages.items():
+        if importable(module):
+            continue
+        print(f"installing {' '.join(requirements)} into {path} ...", flush=True)
+        install = subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements],
+                                 capture_output=True, text=True)
+        if install.returncode != 0:
+            print(f"!! pip install {' '.join(requirements)} failed in {path}:\n{install.stderr.strip()[-2000:]}",
+                  flush=True)
+    available = {module for module in packages if importable(module)}
+    for module, requirements in packages.items():
         if module not in available:
             print(f"!! {requirements[0]} is not available in {path}; its part of the benchmark is skipped "
-                  f"(delete {path} to retry the install)", flush=True)
+                  f"(the install is retried on the next run)", flush=True)
     return str(python), available
 
 
@@ -538,9 +556,18 @@ def skip_reason(contender: Contender, case: Case, size: int, peer_modules: set[s
 
 def measure(python: str, env: dict[str, str], request: dict[str, Any], timeout: float) -> tuple[float, float]:
     """Run one contender in a fresh process; (seconds, peak tree RSS MB). Raises on failure."""
-    child = subprocess.Popen([python, str(Path(__file__).resolve()), "--run-one", json.dumps(request)],
+    result, rss_mb = run_child(python, env, request, timeout)
+    return result["seconds"], rss_mb
+
+
+def run_child(python: str, env: dict[str, str], request: dict[str, Any], timeout: float,
+              script: Path = Path(__file__).resolve(), max_rss_mb: float | None = None) -> tuple[dict[str, Any], float]:
+    """Run `script --run-one REQUEST` in a fresh process: (its last RESULT line, peak tree RSS MB).
+    Raises RuntimeError on failure, on timeout, or when the tree's RSS exceeded `max_rss_mb`
+    (then the tree was killed: "killed at X GB")."""
+    child = subprocess.Popen([python, str(script), "--run-one", json.dumps(request)],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    sampler = TreeRssSampler(child.pid)
+    sampler = TreeRssSampler(child.pid, None if max_rss_mb is None else max_rss_mb * 2**20)
     sampler.start()
     try:
         stdout, stderr = child.communicate(timeout=timeout)
@@ -551,11 +578,13 @@ def measure(python: str, env: dict[str, str], request: dict[str, Any], timeout: 
     finally:
         sampler.stopped.set()
         sampler.join()
+    if sampler.killed_at is not None:
+        raise RuntimeError(f"killed at {sampler.killed_at / 2**30:.2f} GB (--max-rss {max_rss_mb / 1024:.2f} GB)")
     results = [line[len(RESULT_TAG):] for line in stdout.splitlines() if line.startswith(RESULT_TAG)]
     if child.returncode != 0 or not results:
         raise RuntimeError(f"exit {child.returncode}: {stderr.strip().splitlines()[-1] if stderr.strip() else stdout[-500:]}")
     result = json.loads(results[-1])
-    return result["seconds"], max(sampler.peak / 2**20, result["self_rss_mb"])
+    return result, max(sampler.peak / 2**20, result["self_rss_mb"])
 
 
 def median_range(values: list[float]) -> str:
@@ -648,9 +677,9 @@ def verdict(met: bool | None) -> str:
     return "--  " if met is None else "MET " if met else "MISS"
 
 
-def draw_chart(results_json: Path, png: Path) -> None:
+def draw_chart(results_json: Path, png: Path, ours: str = OURS) -> None:
     """Bar chart (run with the peer venv's python, which has matplotlib): per case, each
-    contender's median wall time relative to ours (local x2)."""
+    contender's median wall time relative to `ours`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -660,24 +689,24 @@ def draw_chart(results_json: Path, png: Path) -> None:
     cases = report["cases"]
     fig, axes = plt.subplots(len(cases), 1, figsize=(9, 2.2 * len(cases) + 0.5), squeeze=False)
     for ax, (case, cells) in zip(axes[:, 0], cases.items()):
-        ours = [s for s in cells[OURS]["seconds"] if s]
+        ours_seconds = [s for s in cells[ours]["seconds"] if s]
         names, ratios = [], []
         for name, cell in cells.items():
             seconds = [s for s in cell["seconds"] if s]
-            if seconds and ours:
+            if seconds and ours_seconds:
                 names.append(name)
-                ratios.append(statistics.median(seconds) / statistics.median(ours))
+                ratios.append(statistics.median(seconds) / statistics.median(ours_seconds))
         ax.barh(names, ratios, color=["tab:blue" if n.startswith("ours") else "tab:gray" for n in names])
         ax.axvline(1.0, color="black", lw=0.8)
         ax.set_title(f"{case} ({report['size']}^3)", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.invert_yaxis()
-    axes[-1, 0].set_xlabel("median wall time / ours flow (local x2)   (> 1: ours is faster)")
+    axes[-1, 0].set_xlabel(f"median wall time / {ours}   (> 1: ours is faster)")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
 
 
-def compare_sizes(paths: list[Path]) -> None:
+def compare_sizes(paths: list[Path], ours: str = OURS) -> None:
     """The issue's scaling targets for ours from result JSONs of several sizes: for each case and
     each pair of neighbouring sizes (512 and 1024, say), peak RSS ratio <= SCALING_LIMIT (flat in
     volume size) and wall-time ratio / voxel ratio <= SCALING_LIMIT (linear in volume size), on
@@ -686,7 +715,7 @@ def compare_sizes(paths: list[Path]) -> None:
     for path in sorted(paths, key=lambda p: p.name):  # bench-SIZE-YYYYmmdd-HHMMSS.json: by time within a size
         report = json.loads(path.read_text())
         for case, cells in report["cases"].items():
-            if valid(cells.get(OURS, {}).get("seconds", [])):
+            if valid(cells.get(ours, {}).get("seconds", [])):
                 newest.setdefault(report["size"], {})[case] = (path.name, cells)
     sizes = sorted(newest)
     if len(sizes) < 2:
