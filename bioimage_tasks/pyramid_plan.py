@@ -19,7 +19,7 @@ from bioimage_tasks.grid import BlockGrid
 
 REGION_VOXELS = 2**24  # a region grows to make levels direct up to this size (256**3: regions
 MIN_REGION_VOXELS = 2**21  # stay many, for parallel workers), and to at least this (128**3)
-TILE_VOXELS = 2**24  # at most this much of the base is computed at once (the budget may say less)
+TILE_VOXELS = 2**23  # at most this much of the base is computed at once (the budget may say less)
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ def plan_pyramid(shape: Sequence[int], level_factors: Sequence[Sequence[int]], w
 
     >>> plan = plan_pyramid((1024,) * 3, [(2, 2, 2)] * 5, [(64,) * 3] * 6, 16.0, 2**30)
     >>> plan.region, plan.tile, plan.staged
-    ((256, 256, 256), (256, 256, 256), (3, 4, 5))
+    ((256, 256, 256), (128, 256, 256), (3, 4, 5))
     """
     shape = tuple(int(n) for n in shape)
     factors = tuple(tuple(int(f) for f in level) for level in level_factors)
