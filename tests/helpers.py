@@ -91,6 +91,30 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
+def served_deployments(api_url: str, data_dir, downsample_options: str = "{}", copy_options: str = "{}"):
+    """deployments/serve.py's two deployments (their option dicts as Python source) served against
+    `api_url` from a process of their own; yields once both are registered, stops it afterwards."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    script = ("import sys; sys.path.insert(0, 'deployments'); from serve import build_deployments; "
+              f"from prefect import serve; serve(*build_deployments({str(data_dir)!r}, {downsample_options}, {copy_options}))")
+    env = os.environ | {"PREFECT_API_URL": api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    served = subprocess.Popen([sys.executable, "-c", script], cwd=repo, env=env)
+    try:
+        def registered():
+            with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+                return len(client.read_deployments()) == 2
+
+        wait_for(registered, 120, interval=1)
+        yield
+    finally:
+        served.terminate()
+        served.wait(timeout=60)
+
+
+@contextlib.contextmanager
 def prefect_server_process(home: str, database_url: str | None = None, log_path: str | None = None,
                            extra_env: dict[str, str] | None = None):
     """A real `prefect server start` on 127.0.0.1 with its own PREFECT_HOME (and database: SQLite

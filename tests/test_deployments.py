@@ -4,55 +4,22 @@ shows (flow runs, states, artifacts)."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import zarr
-from helpers import wait_for
+from helpers import prefect_server_process, served_deployments, wait_for
 from reference import skimage_downsample
 
 pytestmark = pytest.mark.slow
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A real Prefect server with its own database; its scheduler looks for due runs every 5 s."""
-    import httpx
-
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
-    env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_API_PORT": str(port),
-                        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
-                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                                str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/api"
-
-    def healthy():
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(healthy, 120, interval=0.5)
+    with prefect_server_process(str(tmp_path_factory.mktemp("prefect-server")),
+                                extra_env={"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5"}) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_served_deployments_run_on_demand_and_on_schedule(server, tmp_path):
@@ -67,17 +34,8 @@ def test_served_deployments_run_on_demand_and_on_schedule(server, tmp_path):
     image = np.random.default_rng(5).integers(0, 255, (40, 36, 32), dtype=np.uint8)
     zarr.create_array(store=str(tmp_path / "sample.zarr"), name="raw", shape=image.shape, dtype="uint8",
                       chunks=(16, 16, 16))[:] = image
-    script = ("import sys; sys.path.insert(0, 'deployments'); from serve import build_deployments; "
-              "from prefect import serve; "
-              f"serve(*build_deployments({str(tmp_path)!r}, {{'cron': '0 2 * * *'}}, {{'interval': 15, 'paused': True}}))")
-    env = os.environ | {"PREFECT_API_URL": server, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
-    served = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
-    try:
+    with served_deployments(server, tmp_path, "{'cron': '0 2 * * *'}", "{'interval': 15, 'paused': True}"):
         with temporary_settings(updates={PREFECT_API_URL: server}):
-            def registered():
-                with get_client(sync_client=True) as client:
-                    return len(client.read_deployments()) == 2
-            wait_for(registered, 120, interval=1)
             run = run_deployment("downsample/nightly-downsample", timeout=240)
             assert run.state.is_completed(), run.state
             expected = np.clip(np.rint(skimage_downsample(image, (2, 2, 2), 1, True)), 0, 255)
@@ -110,6 +68,3 @@ def test_served_deployments_run_on_demand_and_on_schedule(server, tmp_path):
             # the summary; a progress artifact only appears in runs that last over 2 s
             assert "downsample-summary" in {a.key for a in artifacts if a.type == "markdown"}
             assert run.name.startswith("downsample sample.zarr/raw x2")
-    finally:
-        served.terminate()
-        served.wait(timeout=60)

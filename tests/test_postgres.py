@@ -3,18 +3,13 @@ runs on demand and a pyramid is written, with their runs, states and artifacts i
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import zarr
-from helpers import prefect_server_process, wait_for
+from helpers import prefect_server_process, served_deployments
 from reference import skimage_downsample
 
 pytestmark = pytest.mark.slow
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +43,8 @@ def test_deployment_runs_against_a_postgres_backed_server(postgres_prefect, post
     image = np.random.default_rng(9).integers(0, 255, (40, 36, 32), dtype=np.uint8)
     zarr.create_array(store=str(tmp_path / "sample.zarr"), name="raw", shape=image.shape, dtype="uint8",
                       chunks=(16, 16, 16))[:] = image
-    script = ("import sys; sys.path.insert(0, 'deployments'); from serve import build_deployments; "
-              f"from prefect import serve; serve(*build_deployments({str(tmp_path)!r}, {{}}, {{}}))")
-    env = os.environ | {"PREFECT_API_URL": postgres_prefect, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
-    served = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env)
-    try:
+    with served_deployments(postgres_prefect, tmp_path):
         with temporary_settings(updates={PREFECT_API_URL: postgres_prefect}):
-            def registered():
-                with get_client(sync_client=True) as client:
-                    return len(client.read_deployments()) == 2
-            wait_for(registered, 120, interval=1)
             run = run_deployment("downsample/nightly-downsample", timeout=240)
             assert run.state.is_completed(), run.state
             expected = np.clip(np.rint(skimage_downsample(image, (2, 2, 2), 1, True)), 0, 255)
@@ -67,9 +54,6 @@ def test_deployment_runs_against_a_postgres_backed_server(postgres_prefect, post
             with get_client(sync_client=True) as client:
                 automations = client.read_automations_by_name("heal downsample/nightly-downsample")
             assert len(automations) == 1  # the healing trigger, stored in PostgreSQL too
-    finally:
-        served.terminate()
-        served.wait(timeout=60)
 
 
 def test_pyramid_against_a_postgres_backed_server(postgres_prefect, postgres_database, tmp_path):
