@@ -105,10 +105,13 @@ def test_prefect_cache_resumes_when_block_records_are_lost(volume):
     with get_client(sync_client=True) as client:
         flow_run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
         n_batches = len(plan_batches(range(BlockGrid(OUT_SHAPE, (8, 8, 8)).n_blocks), 1))
-        task_states = wait_for(  # task runs reach the API through events, so they may lag
-            lambda: [r.state.name for r in client.read_task_runs(flow_run_filter=flow_run_filter)]
-            if len(client.read_task_runs(flow_run_filter=flow_run_filter)) == n_batches else None, 30
-        )
+        def final_states():  # task runs and their states reach the API through events, so they may lag
+            runs = client.read_task_runs(flow_run_filter=flow_run_filter)
+            if len(runs) == n_batches and all(r.state is not None and r.state.is_final() for r in runs):
+                return [r.state.name for r in runs]
+            return None
+
+        task_states = wait_for(final_states, 30)
     assert set(task_states) == {"Cached"}
     assert not os.path.exists(records)  # nothing executed, so nothing recorded
     np.testing.assert_array_equal(state.result()[:], expected_order1(image))
