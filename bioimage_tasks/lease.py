@@ -122,11 +122,12 @@ def _acquire(directory: str, computation: str, holder: Holder, holder_id: str, t
         now = time.time()
         live = {k: e for k, e in lease.get("holders", {}).items() if _alive(e, now)}
         if live and lease.get("computation") != computation:
-            other = Holder(**{k: v for k, v in next(iter(live.values())).items() if k in Holder.__dataclass_fields__})
+            entry = next(iter(live.values()))
+            other = Holder(**{k: v for k, v in entry.items() if k in Holder.__dataclass_fields__})
             raise LeaseHeldError(
                 f"output {directory} is being written by another computation: {other.describe()}. "
-                f"Wait for that run to end (or cancel it); its lease expires {ttl:.0f} s after its last renewal "
-                "if it dies"
+                f"Wait for that run to end (or cancel it); its lease expires {entry['ttl']:.0f} s after its last "
+                "renewal if it dies"
             )
         live[holder_id] = asdict(holder) | {"renewed": now, "ttl": ttl}
         _write_atomically(path, {"computation": computation, "holders": live})

@@ -223,11 +223,13 @@ def test_lease_of_a_dead_run_on_another_host_expires(volume):
     output = f"{root}/out.zarr/s1"
     copy_flow(image, output, block_shape=(16, 16, 16))
     ghost = Holder("0b2c6f7e-run-on-node-7", host="node-7", pid=1, started="2026-12-01T03:00:00+00:00")
-    _acquire(output, "another computation", ghost, "node-7:1:x", ttl=2.0)
+    # a ttl far longer than a flow call's start-up (seconds on a loaded machine): refused for sure
+    _acquire(output, "another computation", ghost, "node-7:1:x", ttl=120.0)
     with pytest.raises(LeaseHeldError, match=r"flow run 0b2c6f7e-run-on-node-7 on host node-7 \(pid 1\), started 2026-12-01T03:00"):
         copy_flow(image[::-1].copy(), output, block_shape=(16, 16, 16))
     np.testing.assert_array_equal(zarr.open_array(output)[:], image)  # nothing written
-    time.sleep(2.1)
+    _acquire(output, "another computation", ghost, "node-7:1:x", ttl=0.5)  # its last renewal, then the node died
+    time.sleep(0.6)
     result = copy_flow(image[::-1].copy(), output, block_shape=(16, 16, 16))
     np.testing.assert_array_equal(result[:], image[::-1])
 
