@@ -6,7 +6,6 @@ base as scikit-image would. Both stages resume through block records and retry l
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import os
 import time
@@ -114,8 +113,6 @@ class Stage:
     job: Any
     block_ids: list[int]
     rows: list[LevelRow]
-    after: Callable[[BatchReport], None] | None = None
-    refresh: bool = False  # never take a batch from Prefect's cache (its records are the truth)
 
     @property
     def levels(self) -> str:
@@ -150,9 +147,9 @@ def pyramid_stages(source: Source, plan: PyramidPlan, method: str, sinks: Sequen
                                                     "grid": [grid.shape, grid.block_shape],
                                                     "output": output_token(sink), "epoch": epoch}) if keep_records else None
         job = BlockJob(stage_sink, sink, grid, records=level_records)
-        # a copy's cache key cannot see restaged regions (forget_restaged): its records decide
-        stages.append(Stage(f"s{level}", job, list(range(grid.n_blocks)), [rows[level]], refresh=True))
-    stages[0].after = functools.partial(forget_restaged, plan, stages[1:])
+        # regions rewritten since change the staging chunks a block reads: its signature (and so
+        # its record and cache key) sees that, and the block is copied again
+        stages.append(Stage(f"s{level}", job, list(range(grid.n_blocks)), [rows[level]]))
     return stages
 
 
@@ -179,21 +176,6 @@ def resize_stages(source: Source, shapes: Sequence[tuple[int, ...]], order: int,
         stages.append(Stage(f"s{level}", BlockJob(view, sink, grid, None, records, piece),
                             list(range(grid.n_blocks)), [rows[level]]))
     return stages
-
-
-def forget_restaged(plan: PyramidPlan, copies: list[Stage], report: BatchReport) -> None:
-    """Regions written in this run changed their staged parts: the copies' records of the blocks
-    those parts fall in no longer vouch for them."""
-    for stage in copies:
-        if stage.job.records is None or not report.written:
-            continue
-        level, grid = int(stage.name[1:]), stage.job.grid
-        stale: set[int] = set()
-        for region in report.written:
-            part = plan.level_key(level, plan.grid.block_slices(region))
-            ranges = [range(s.start // b, -(-s.stop // b)) for s, b in zip(part, grid.block_shape)]
-            stale.update(int(np.ravel_multi_index(p, grid.grid_shape)) for p in itertools.product(*ranges))
-        stage.job.records.forget(sorted(stale))
 
 
 @dataclass(frozen=True)
@@ -229,7 +211,7 @@ def run_stages(runner: TaskRunner, stages: list[Stage], num_workers: int, config
                                           functools.partial(lambda base, d, t: overall(base + d, total), finished))
             progress = Progress(len(stage.block_ids), len(stage.block_ids) - sum(map(len, batches)), f"pyramid {stage.levels}")
             progress_listener.reset(token)
-            for batch_report in map_batches(runner, batch_task(config, stage.job.records, stage.refresh), {"job": stage.job},
+            for batch_report in map_batches(runner, batch_task(config, stage.job.records), {"job": stage.job},
                                             batches, config.worker_timeout, progress):
                 report.add(batch_report)
             already = len(done) + len(report.already_done)
@@ -237,8 +219,6 @@ def run_stages(runner: TaskRunner, stages: list[Stage], num_workers: int, config
                 row.blocks, row.written, row.already_done = len(stage.block_ids), len(report.written), already
             logger.info("pyramid %s (%s): %d blocks written, %d already done, of %d", stage.name, stage.levels,
                         len(report.written), already, len(stage.block_ids))
-            if stage.after is not None:
-                stage.after(report)
             finished += len(stage.block_ids)
     except BlocksFailedError as error:
         failure = BlocksFailedError(error.failures, error.total, rerun=f"Failed in the {stage.name} stage (block ids "
