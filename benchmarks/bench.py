@@ -163,7 +163,7 @@ def run_ours_pure(case: Case, source: str, output: str) -> None:
     from bioimage_tasks.geometry import downscale_shape
     from bioimage_tasks.planning import block_records, plan_blockwise
     from bioimage_tasks.resampling import ResizedSource, WindowedSource
-    from bioimage_tasks.sources import as_source
+    from bioimage_tasks.io import as_source
 
     data = as_source(source)
     factors = (FACTOR,) * len(data.shape)

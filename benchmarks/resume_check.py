@@ -22,7 +22,7 @@ from bioimage_tasks.grid import BlockGrid
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.resampling import WindowedSource
 from bioimage_tasks.signatures import job_signatures
-from bioimage_tasks.sources import as_source
+from bioimage_tasks.io import as_source
 from bioimage_tasks.tasks import current_blocks
 
 CHUNK = 64

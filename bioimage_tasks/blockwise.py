@@ -17,7 +17,7 @@ from bioimage_tasks.grid import BlockGrid
 from bioimage_tasks.kernels.masking import merge_masked
 from bioimage_tasks.records import BlockRecords, executor
 from bioimage_tasks.signatures import job_signatures
-from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource, start_read
+from bioimage_tasks.io import ArraySource, Source, TensorStoreSource, start_read
 
 # Bounds on Prefect tasks per run: enough per worker to balance load, batches of at most
 # BLOCKS_PER_TASK blocks while that keeps the task count under MAX_TASKS, and never so many tasks

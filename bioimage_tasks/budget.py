@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from bioimage_tasks.sources import Source
+from bioimage_tasks.io import Source
 
 
 def block_bytes(source: Source, shape: Sequence[int]) -> int:

@@ -15,9 +15,10 @@ import numpy as np
 from bioimage_tasks.blockwise import plan_batches
 from bioimage_tasks.budget import block_bytes
 from bioimage_tasks.grid import BlockGrid, check_block_shape, default_block_shape, fit_to_budget
-from bioimage_tasks.outputs import OutputPlan, output_token, plan_output
 from bioimage_tasks.records import RECORDS_DIR, BlockRecords, run_key
-from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource, as_source, same_storage
+from bioimage_tasks.io import (
+    ArraySource, OutputPlan, Source, TensorStoreSource, as_source, output_token, plan_output, same_storage,
+)
 
 
 @dataclass(frozen=True, eq=False)

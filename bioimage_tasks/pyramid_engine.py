@@ -22,13 +22,12 @@ from bioimage_tasks.budget import block_bytes
 from bioimage_tasks.events import emit_outcome_events
 from bioimage_tasks.grid import BlockGrid, default_block_shape, fit_to_budget
 from bioimage_tasks.kernels.pyramid import pyramid_levels
-from bioimage_tasks.outputs import output_token
 from bioimage_tasks.pyramid_plan import PyramidPlan
 from bioimage_tasks.records import RECORDS_DIR, BlockRecords, run_key
 from bioimage_tasks.reporting import Progress, progress_listener, publish_summary
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import RunnerConfig
-from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource, start_read
+from bioimage_tasks.io import ArraySource, Source, TensorStoreSource, output_token, start_read
 from bioimage_tasks.signatures import job_signatures
 from bioimage_tasks.tasks import batch_task, current_blocks, map_batches
 

@@ -17,7 +17,7 @@ from bioimage_tasks.grid import BlockGrid, default_block_shape
 from bioimage_tasks.kernels.resize import (anti_aliasing_sigma, cast_to, first_tap, mirror_indices, plan_axis,
                                            resize_region, tap_index, value_range)
 from bioimage_tasks.kernels.window import window_reduce
-from bioimage_tasks.sources import Source, start_read
+from bioimage_tasks.io import Source, start_read
 
 
 class DerivedSource:
@@ -73,7 +73,7 @@ class ResizedSource(DerivedSource):
     anti-aliased first. `value_range` (the input's min and max, which orders >= 2 are clipped to,
     as scikit-image does) is measured on first use when not given.
 
-    >>> from bioimage_tasks.sources import ArraySource
+    >>> from bioimage_tasks.io import ArraySource
     >>> x = np.arange(16, dtype=np.uint8).reshape(4, 4)
     >>> ResizedSource(ArraySource(x), (2, 2))[:, :]
     array([[ 5,  7],
@@ -230,7 +230,7 @@ class WindowedSource(DerivedSource):
     mode, min, max, median, stride). Slicing it reads only the windows of the requested region,
     which are whole (or cut by the array edge), so blocks need no halo.
 
-    >>> from bioimage_tasks.sources import ArraySource
+    >>> from bioimage_tasks.io import ArraySource
     >>> WindowedSource(ArraySource(np.array([1, 1, 2, 3, 3], dtype=np.uint8)), (2,), "max")[:]
     array([1, 3, 3], dtype=uint8)
     """

@@ -31,7 +31,7 @@ from bioimage_tasks.reporting import Progress, publish_summary, summary_markdown
 from bioimage_tasks.resampling import combine_ranges, measure_value_range
 from bioimage_tasks.runners import RunnerConfig, worker_watchdog
 from bioimage_tasks.signatures import job_signatures
-from bioimage_tasks.sources import ArraySource, Source, TensorStoreSource
+from bioimage_tasks.io import ArraySource, Source, TensorStoreSource
 from bioimage_tasks.throttle import throttle_writes
 
 WATCH_INTERVAL = 2.0  # seconds between progress and worker checks while batches run

@@ -37,7 +37,7 @@ def _writers() -> ThreadPoolExecutor:
 
 @dataclass(frozen=True, eq=False)
 class ThrottledSink:
-    """`inner` (a sink of sources.py), with every write holding a slot of the Prefect global
+    """`inner` (a sink of bioimage_tasks.io), with every write holding a slot of the Prefect global
     concurrency limit `limit`. Everything else is the inner sink's."""
 
     inner: Any

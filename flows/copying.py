@@ -11,7 +11,7 @@ from bioimage_tasks.blockwise_flow import blockwise_flow
 from bioimage_tasks.naming import describe, describe_source, flow_run_namer
 from bioimage_tasks.planning import plan_blockwise
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
-from bioimage_tasks.sources import as_source
+from bioimage_tasks.io import as_source
 from bioimage_tasks.tasks import run_plan
 
 

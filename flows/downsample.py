@@ -16,7 +16,7 @@ from bioimage_tasks.kernels.window import METHODS as WINDOW_METHODS
 from bioimage_tasks.kernels.window import SUPPORTED_DTYPES as WINDOW_DTYPES
 from bioimage_tasks.resampling import ResizedSource, WindowedSource, check_anti_aliasing, check_order
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
-from bioimage_tasks.sources import as_source
+from bioimage_tasks.io import as_source
 from bioimage_tasks.tasks import measure_source_range, run_plan
 
 METHODS = ("resize", *WINDOW_METHODS)

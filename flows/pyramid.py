@@ -17,7 +17,6 @@ from bioimage_tasks.grid import default_block_shape
 from bioimage_tasks.multiscale import (axes_metadata, cumulative_factors, labels_group_attributes, level_transform,
                                        multiscales_attributes, plan_isotropic_factors)
 from bioimage_tasks.naming import describe_source, flow_run_namer
-from bioimage_tasks.outputs import create_array
 from bioimage_tasks.planning import in_memory
 from bioimage_tasks.lease import claim_ownership, output_lease
 from bioimage_tasks.pyramid_engine import GroupOutput, LevelRow, Sink, pyramid_stages, resize_stages, run_stages
@@ -25,7 +24,7 @@ from bioimage_tasks.pyramid_plan import plan_pyramid, tile_bytes_per_voxel
 from bioimage_tasks.records import RECORDS_DIR, run_key
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
-from bioimage_tasks.sources import ContainerPath, as_source
+from bioimage_tasks.io import ContainerPath, as_source, create_array
 from bioimage_tasks.tasks import measure_source_range
 from bioimage_tasks.throttle import throttle_writes
 from flows.downsample import check_input_dtype, check_method_options

@@ -11,7 +11,7 @@ from typing import Any
 
 from bioimage_tasks.blockwise_flow import blockwise_flow
 from bioimage_tasks.naming import flow_run_namer
-from bioimage_tasks.sources import as_source
+from bioimage_tasks.io import as_source
 from flows import downsample_flow
 
 

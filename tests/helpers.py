@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bioimage_tasks.sources import as_source
+from bioimage_tasks.io import as_source
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,7 @@ class TimedWrites:
     log_dir: str
 
     def _inner(self):
-        from bioimage_tasks.sources import ContainerPath
+        from bioimage_tasks.io import ContainerPath
 
         return ContainerPath.parse(self.path, "output").open("r+")
 

@@ -16,7 +16,7 @@ from bioimage_tasks.budget import block_bytes
 from bioimage_tasks.planning import plan_blockwise
 from bioimage_tasks.resampling import ResizedSource, WindowedSource
 from bioimage_tasks.runners import RunnerConfig
-from bioimage_tasks.sources import as_source
+from bioimage_tasks.io import as_source
 from flows import copy_flow, downsample_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

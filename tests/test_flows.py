@@ -12,7 +12,7 @@ from reference import assert_matches_skimage, random_array, reference_shape, ski
 from bioimage_tasks import BlocksFailedError, BlockGrid, ResizedSource, as_source
 from bioimage_tasks.blockwise import BlockJob, process_batch
 from bioimage_tasks.records import BlockRecords
-from bioimage_tasks.sources import ArraySource
+from bioimage_tasks.io import ArraySource
 from flows import copy_flow, downsample_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -24,7 +24,7 @@ from bioimage_tasks.lease import Holder, LeaseHeldError, _acquire, holders, outp
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import LocalClusterConfig
-from bioimage_tasks.sources import as_source
+from bioimage_tasks.io import as_source
 from flows import copy_flow, downsample_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

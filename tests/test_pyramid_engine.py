@@ -21,7 +21,7 @@ from bioimage_tasks import pyramid_plan
 from bioimage_tasks.kernels.pyramid import cumulative_products, pyramid_levels
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.runners import RunnerConfig
-from bioimage_tasks.sources import as_source
+from bioimage_tasks.io import as_source
 from flows import pyramid_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

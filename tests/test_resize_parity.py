@@ -10,7 +10,7 @@ from reference import assert_matches_skimage, random_array, reference_shape
 from bioimage_tasks.blockwise import BlockJob, process_batch
 from bioimage_tasks.grid import BlockGrid
 from bioimage_tasks.resampling import ResizedSource
-from bioimage_tasks.sources import ArraySource
+from bioimage_tasks.io import ArraySource
 
 CASES = [  # (input shape, factors, block shape in output space: none of them divides the shape)
     ((37, 41, 23), (2, 2, 2), (5, 7, 4)),

@@ -84,7 +84,7 @@ def test_a_missing_limit_fails_before_anything_is_written(tmp_path):
 def test_throttled_sink_keeps_the_sink_interface(tmp_path):
     import pickle
 
-    from bioimage_tasks.sources import as_source
+    from bioimage_tasks.io import as_source
 
     create_limit("test-interface", 2)
     array = zarr.create_array(store=str(tmp_path / "o.zarr"), name="a", shape=(8, 8), dtype="uint8", chunks=(4, 4))

@@ -155,7 +155,7 @@ def test_downscale_shape_takes_an_int_or_per_axis_factors():
 
 def test_resized_source_checks_like_the_flows(rng):
     from bioimage_tasks.resampling import ResizedSource, WindowedSource
-    from bioimage_tasks.sources import as_source
+    from bioimage_tasks.io import as_source
 
     source = as_source(rng.integers(0, 255, (8, 10, 12), dtype=np.uint8))
     view = ResizedSource(source, (4, 5, 6), order=1)

@@ -14,7 +14,11 @@ import zarr
 
 from bioimage_tasks.grid import chunks_dividing, default_block_shape
 from bioimage_tasks.records import TOKEN_ATTRIBUTE, new_token
-from bioimage_tasks.sources import ArraySource, ContainerPath, Source, TensorStoreSource, as_source
+from bioimage_tasks.io.inputs import as_source
+from bioimage_tasks.io.n5 import TensorStoreSource
+from bioimage_tasks.io.paths import ContainerPath
+from bioimage_tasks.io.source import Source
+from bioimage_tasks.io.zarr_array import ArraySource
 
 
 @dataclass(frozen=True, eq=False)

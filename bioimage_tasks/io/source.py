@@ -1,0 +1,67 @@
+"""The `Source` protocol every storage kind implements, and the checks shared by all of them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Anything block-wise code reads from: a shape, a dtype, numpy-style slicing (with positive
+    steps), and the unit a writer must own whole (chunk or shard; None for in-memory arrays)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    @property
+    def write_unit(self) -> tuple[int, ...] | None: ...
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray: ...
+
+
+def start_read(source: Source, key: tuple[slice, ...]) -> Callable[[], np.ndarray]:
+    """Start reading `key` from `source` in the background where the source can (a
+    `start_read` method), else read it now; the returned function gives the values."""
+    start = getattr(source, "start_read", None)
+    if start is not None:
+        return start(key)
+    values = source[key]
+    return lambda: values
+
+
+UNSUPPORTED_KINDS = {"O": "object", "U": "str", "S": "bytes", "T": "str", "V": "void"}
+
+
+def check_array(source: Source, parameter: str) -> Source:
+    """`source`, or a ValueError naming `parameter` if it has no axes, no voxels, or a dtype no
+    block-wise operation can compute with (object, str, bytes, void)."""
+    shape, dtype = tuple(source.shape), np.dtype(source.dtype)
+    if not shape:
+        raise ValueError(f"{parameter} is a 0-D array (a scalar); it needs at least one axis")
+    if 0 in shape:
+        raise ValueError(f"{parameter} is empty (shape {shape}): there is nothing to process")
+    if dtype.kind in UNSUPPORTED_KINDS:
+        raise ValueError(f"{parameter} has dtype {dtype} ({UNSUPPORTED_KINDS[dtype.kind]}); only bool and numeric dtypes are supported")
+    return source
+
+
+def same_storage(a: Source, b: Source) -> bool:
+    """Whether two sources (or the sources lazy views wrap) are the same data: the same array
+    folder on disk, or numpy arrays sharing memory. Writing one while reading the other would
+    read voxels already overwritten."""
+    while hasattr(a, "source"):
+        a = a.source
+    while hasattr(b, "source"):
+        b = b.source
+    x, y = getattr(a, "array", None), getattr(b, "array", None)
+    if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
+        return np.shares_memory(x, y)
+    folders = [getattr(s, "directory", None) for s in (a, b)]
+    return None not in folders and os.path.realpath(folders[0]) == os.path.realpath(folders[1])
