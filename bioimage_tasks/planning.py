@@ -19,6 +19,7 @@ from bioimage_tasks.records import RECORDS_DIR, BlockRecords, run_key
 from bioimage_tasks.io import (
     ArraySource, OutputPlan, Source, TensorStoreSource, as_source, output_token, plan_output, same_storage,
 )
+from bioimage_tasks.io.source import aligned_unit, read_unit_of
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,7 +63,7 @@ def plan_blockwise(
     if block_shape is not None:
         block_shape = check_block_shape(block_shape, source.shape)
     output_plan = plan_output(output, source.shape, source.dtype, block_shape)
-    unit = output_plan.write_unit
+    unit = aligned_unit(output_plan.write_unit, read_unit_of(source), source.shape)  # whole strips/tiles too
     fits = functools.partial(block_bytes, source)
     if block_shape is None:  # shrinks as the factor grows
         block_shape, piece_shape = fit_to_budget(default_block_shape(source.shape, unit), unit, source.shape,

@@ -69,9 +69,12 @@ class PyramidPlan:
 
 
 def plan_pyramid(shape: Sequence[int], level_factors: Sequence[Sequence[int]], write_units: Sequence[Sequence[int]],
-                 bytes_per_voxel: float, budget: int, write_s0: bool = True) -> PyramidPlan:
+                 bytes_per_voxel: float, budget: int, write_s0: bool = True,
+                 read_unit: Sequence[int] | None = None) -> PyramidPlan:
     """Regions, tiles and staged levels for a pyramid whose level k is written in `write_units[k]`
     (chunks, or shards) and whose tiles hold `bytes_per_voxel` per base voxel while computed.
+    Regions and tiles cover whole `read_unit`s of the input (TIFF strips or tiles), so each is
+    decoded once, unless one tile of them would not fit `budget`.
     Raises ValueError when even one window of the deepest level does not fit `budget`.
 
     >>> plan = plan_pyramid((1024,) * 3, [(2, 2, 2)] * 5, [(64,) * 3] * 6, 16.0, 2**30)
@@ -82,7 +85,8 @@ def plan_pyramid(shape: Sequence[int], level_factors: Sequence[Sequence[int]], w
     factors = tuple(tuple(int(f) for f in level) for level in level_factors)
     deepest = tuple(math.prod(level[a] for level in factors) for a in range(len(shape)))
     units = [tuple(int(u) for u in unit) for unit in write_units]
-    granule = tuple(math.lcm(f, u) if write_s0 else f for f, u in zip(deepest, units[0]))
+    reads = tuple(int(r) for r in read_unit) if read_unit is not None else (1,) * len(shape)
+    granule = tuple(math.lcm(f, u, r) if write_s0 else math.lcm(f, r) for f, u, r in zip(deepest, units[0], reads))
     cumulative = PyramidPlan(shape, factors, shape, shape, ()).cumulative
     region = _covering(granule, shape)
     for level in range(1, len(cumulative)):  # make levels direct while the region stays small enough
@@ -92,7 +96,8 @@ def plan_pyramid(shape: Sequence[int], level_factors: Sequence[Sequence[int]], w
         region = wanted
     region = _grown(region, shape, MIN_REGION_VOXELS)
     staged = tuple(k for k in range(1, len(cumulative)) if not _aligned(region, cumulative[k], units[k], shape))
-    tile_granule = tuple(min(math.lcm(d, u), r) if write_s0 else d for d, u, r in zip(deepest, units[0], region))
+    tile_granule = tuple(min(math.lcm(d, u, g) if write_s0 else math.lcm(d, g), r)
+                         for d, u, g, r in zip(deepest, units[0], reads, region))
     if math.prod(_covering(tile_granule, shape)) * bytes_per_voxel > budget:
         tile_granule = tuple(min(d, n) for d, n in zip(deepest, shape))
     if math.prod(_covering(tile_granule, shape)) * bytes_per_voxel > budget:

@@ -18,6 +18,7 @@ from bioimage_tasks.kernels.resize import (anti_aliasing_sigma, cast_to, first_t
                                            resize_region, tap_index, value_range)
 from bioimage_tasks.kernels.window import window_reduce
 from bioimage_tasks.io import Source, start_read
+from bioimage_tasks.io.source import read_unit_of
 
 
 class DerivedSource:
@@ -249,6 +250,12 @@ class WindowedSource(DerivedSource):
 
     def fingerprint(self) -> dict | None:
         return self.derived_fingerprint({"window": {"factors": self.factors, "method": self.method}})
+
+    @property
+    def read_unit(self) -> tuple[int, ...] | None:
+        """Output blocks that are multiples of this read whole strips or tiles of the source."""
+        unit = read_unit_of(self.source)
+        return None if unit is None else tuple(u // math.gcd(u, f) for u, f in zip(unit, self.factors))
 
     def input_interval(self, axis: int, start: int, stop: int) -> tuple[int, int]:
         """The windows of output indices [start, stop) along `axis`."""

@@ -5,6 +5,8 @@ changes, so a rerun recomputes exactly the blocks whose input (or mask) was rewr
   or shard) the block's input region covers; a missing file (fill value) counts as its own state.
   Rewriting a chunk, through zarr-python or tensorstore, makes a new file and a new mtime.
 - numpy: a hash of the region's content.
+- Sources with a `file_signature()` (TIFF, HDF5): the size and mtime_ns of their file(s), the
+  same for every block (tifffile and h5py decide where a region's bytes are).
 - Lazy views (`ResizedSource`, `WindowedSource`, anything with `.source` and
   `input_interval(axis, start, stop)`): the signature of the wrapped source over the input region
   the view reads for the block.
@@ -60,6 +62,9 @@ def interval_signatures(source: Any, starts: np.ndarray, stops: np.ndarray) -> l
             return [None] * len(starts)
         starts, stops = _map_intervals(source, starts, stops)
         source = source.source
+    whole_files = getattr(source, "file_signature", None)  # TIFF, HDF5: the files' size and mtime_ns
+    if whole_files is not None:
+        return [whole_files()] * len(starts)
     array = getattr(source, "array", None)
     if isinstance(array, np.ndarray):
         return [_content_hash(array, a, b) for a, b in zip(starts, stops)]

@@ -25,6 +25,7 @@ from bioimage_tasks.records import RECORDS_DIR, run_key
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
 from bioimage_tasks.io import ContainerPath, as_source, create_array
+from bioimage_tasks.io.source import physical_of, read_unit_of
 from bioimage_tasks.tasks import measure_source_range
 from bioimage_tasks.throttle import throttle_writes
 from flows.downsample import check_input_dtype, check_method_options
@@ -68,7 +69,9 @@ def pyramid_flow(
     backend, within `job_config.memory_budget` per worker.
     With `labels=True` the output is a segmentation: `output_group` must be
     "<image group>/labels/<name>", the data integer, the method label-safe (mode, min, max,
-    median, stride, or resize of order 0), and the `labels` group lists it. Returns the group's path."""
+    median, stride, or resize of order 0), and the `labels` group lists it. `voxel_size`, `origin`,
+    `units` and `axes` the caller leaves out come from the input's own metadata where it has some
+    (OME-TIFF, ImageJ TIFF, an OME-Zarr image or level, HDF5 `element_size_um`). Returns the group's path."""
     check_method_options(method, order, anti_aliasing)
     config = check_backend(job_type, num_workers, job_config)
     if ngff_version not in ("0.4", "0.5"):
@@ -82,10 +85,13 @@ def pyramid_flow(
     if job_type != "local" and in_memory(source):
         raise ValueError(f"job_type={job_type!r} needs a file-backed input (a zarr/n5 path or array), not numpy")
     ndim = len(source.shape)
-    voxel_size = tuple(float(v) for v in (voxel_size or (1.0,) * ndim))
-    origin = tuple(float(o) for o in (origin or (0.0,) * ndim))
-    axes = tuple(axes or ("t", "c", "z", "y", "x")[-ndim:])
-    units = (units,) * ndim if isinstance(units, str) or units is None else tuple(units)
+    known = physical_of(source)  # what an OME-TIFF, OME-Zarr or HDF5 input says, where the caller says nothing
+    voxel_size = tuple(float(v) for v in (voxel_size or known.voxel_size or (1.0,) * ndim))
+    origin = tuple(float(o) for o in (origin or known.origin or (0.0,) * ndim))
+    axes = tuple(axes or known.axes or ("t", "c", "z", "y", "x")[-ndim:])
+    if units is None:
+        units = known.units or (None,) * ndim
+    units = (units,) * ndim if isinstance(units, str) else tuple(units)
     if not len(voxel_size) == len(origin) == len(axes) == len(units) == ndim:
         raise ValueError(f"voxel_size, origin, axes and units need one entry per axis ({ndim})")
     if levels is not None:
@@ -109,7 +115,8 @@ def pyramid_flow(
     plan = None
     if method != "resize":  # every check before anything is created
         plan = plan_pyramid(source.shape, level_factors, [shard or chunk for chunk, shard in layouts],
-                            tile_bytes_per_voxel(method, source.dtype), config.memory_budget, write_s0=not reuse_s0)
+                            tile_bytes_per_voxel(method, source.dtype), config.memory_budget, write_s0=not reuse_s0,
+                            read_unit=read_unit_of(source))
     group = zarr.open_group(group_path.container, path=group_path.key, mode="a",
                             zarr_format=2 if ngff_version == "0.4" else 3)
     group_directory = os.path.join(group_path.container, group_path.key)

@@ -5,10 +5,13 @@ from bioimage_tasks.io.inputs import as_source
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.outputs import OutputPlan, create_array, output_token, plan_output
 from bioimage_tasks.io.paths import ContainerPath
-from bioimage_tasks.io.source import Source, check_array, same_storage, start_read
+from bioimage_tasks.io.hdf5 import Hdf5Source
+from bioimage_tasks.io.source import Physical, Source, check_array, physical_of, same_storage, start_read
+from bioimage_tasks.io.tiff import TiffSource
 from bioimage_tasks.io.zarr_array import ArraySource
 
 __all__ = [
-    "ArraySource", "ContainerPath", "OutputPlan", "Source", "TensorStoreSource", "as_source", "check_array",
-    "create_array", "output_token", "plan_output", "same_storage", "start_read",
+    "ArraySource", "ContainerPath", "Hdf5Source", "OutputPlan", "Physical", "Source", "TensorStoreSource", "TiffSource",
+    "as_source", "check_array", "create_array", "output_token", "physical_of", "plan_output", "same_storage",
+    "start_read",
 ]

@@ -1,5 +1,6 @@
 """The one place that turns what a caller passes as input (an array object, a path or a URL) into
-a checked `Source`."""
+a checked `Source`: TIFF files and slice folders (io/tiff.py), HDF5 datasets (io/hdf5.py),
+OME-Zarr images (io/ome_zarr.py), zarr and n5 arrays (io/paths.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import numpy as np
 import tensorstore as ts
 import zarr
 
+from bioimage_tasks.io.hdf5 import open_hdf5, refuse_output
 from bioimage_tasks.io.n5 import TensorStoreSource
+from bioimage_tasks.io.ome_zarr import open_ome_zarr
 from bioimage_tasks.io.paths import ContainerPath
 from bioimage_tasks.io.source import Source, check_array
+from bioimage_tasks.io.tiff import open_tiff, tiff_files
 from bioimage_tasks.io.zarr_array import ArraySource, describe
 
 
@@ -21,11 +25,7 @@ def as_source(data: Any, parameter: str = "input") -> Source:
     checked by `check_array`; a path that does not exist raises FileNotFoundError naming
     `parameter`."""
     if isinstance(data, (str, os.PathLike)):
-        path = ContainerPath.parse(os.fspath(data), parameter)
-        try:
-            return check_array(path.open("r"), parameter)
-        except FileNotFoundError as error:
-            raise FileNotFoundError(f"{parameter}: {error}") from None
+        return check_array(open_path(os.fspath(data), parameter), parameter)
     if isinstance(data, Source):
         return check_array(data, parameter)
     if isinstance(data, ts.TensorStore):
@@ -33,6 +33,28 @@ def as_source(data: Any, parameter: str = "input") -> Source:
     if isinstance(data, (np.ndarray, zarr.Array)):
         return check_array(ArraySource(data, describe(data)), parameter)
     raise TypeError(
-        f"{parameter} must be a numpy array, a zarr array, a tensorstore, or a "
-        f"'path/container.zarr/key' string, got {type(data).__name__}"
+        f"{parameter} must be a numpy array, a zarr array, a tensorstore, or a path ('path/container.zarr/key', "
+        f"'.n5/key', 'image.ome.zarr', 'stack.tif', 'slices/*.tif', 'file.h5/dataset'), got {type(data).__name__}"
     )
+
+
+def open_path(text: str, parameter: str) -> Source:
+    """The source a path names, by its kind: TIFF, HDF5, OME-Zarr image, zarr or n5 array."""
+    source = open_tiff(text, parameter) or open_hdf5(text, parameter)
+    if source is not None:
+        return source
+    path = ContainerPath.parse(text, parameter)
+    try:
+        return open_ome_zarr(path, parameter) or path.open("r")
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{parameter}: {error}") from None
+
+
+def refuse_input_only(output: Any, parameter: str = "output") -> None:
+    """A ValueError for an output path of a kind we only read (TIFF, HDF5), before any work."""
+    if isinstance(output, (str, os.PathLike)):
+        text = os.fspath(output)
+        refuse_output(text, parameter)
+        if not text.rstrip("/").endswith((".zarr", ".n5")) and tiff_files(text) is not None:
+            raise ValueError(f"{parameter} {text!r} is TIFF: TIFF is an input format here; write zarr or n5 "
+                             "('path/out.zarr/key') and convert with copy_flow or pyramid_flow")

@@ -14,7 +14,7 @@ import zarr
 
 from bioimage_tasks.grid import chunks_dividing, default_block_shape
 from bioimage_tasks.records import TOKEN_ATTRIBUTE, new_token
-from bioimage_tasks.io.inputs import as_source
+from bioimage_tasks.io.inputs import as_source, refuse_input_only
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.paths import ContainerPath
 from bioimage_tasks.io.source import Source
@@ -52,6 +52,7 @@ def plan_output(
     dtype = np.dtype(dtype)
     if output is None:
         return OutputPlan(shape, dtype)
+    refuse_input_only(output)
     if isinstance(output, (str, os.PathLike)):
         path = ContainerPath.parse(os.fspath(output), "output")
         if not path.exists():

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -65,3 +67,42 @@ def same_storage(a: Source, b: Source) -> bool:
         return np.shares_memory(x, y)
     folders = [getattr(s, "directory", None) for s in (a, b)]
     return None not in folders and os.path.realpath(folders[0]) == os.path.realpath(folders[1])
+
+
+@dataclass(frozen=True)
+class Physical:
+    """What a file says about its voxels, per axis (None where it says nothing): the voxel size,
+    its unit (NGFF names such as "micrometer"), the axis names and the position of voxel 0.
+    `pyramid_flow` uses each part the caller does not give."""
+
+    voxel_size: tuple[float, ...] | None = None
+    units: tuple[str | None, ...] | None = None
+    axes: tuple[str, ...] | None = None
+    origin: tuple[float, ...] | None = None
+
+
+def physical_of(source: Any) -> Physical:
+    """The `physical` metadata of `source` (TIFF, HDF5, OME-Zarr), else an empty `Physical`."""
+    return getattr(source, "physical", None) or Physical()
+
+
+def read_unit_of(source: Any) -> tuple[int, ...] | None:
+    """The smallest piece `source` decodes at once (a TIFF strip or tile, an HDF5 chunk), where
+    decoding is costly enough that blocks should cover whole pieces; None where it does not say."""
+    return getattr(source, "read_unit", None)
+
+
+def aligned_unit(unit: Sequence[int] | None, read_unit: Sequence[int] | None,
+                 shape: Sequence[int]) -> tuple[int, ...] | None:
+    """A unit that is a multiple of both the write `unit` and the `read_unit` along each axis
+    (capped at the array's extent), so blocks made of it own whole write units and decode every
+    strip or tile once.
+
+    >>> aligned_unit((64, 64, 64), (1, 16, 1000), (100, 512, 1000))
+    (64, 64, 1000)
+    >>> aligned_unit(None, None, (8, 8))
+    """
+    if read_unit is None:
+        return None if unit is None else tuple(unit)
+    unit = unit or (1,) * len(shape)
+    return tuple(min(math.lcm(int(u), int(r)), n) for u, r, n in zip(unit, read_unit, shape))

@@ -13,6 +13,8 @@ import numpy as np
 import tensorstore as ts
 import zarr
 
+from bioimage_tasks.io.source import Physical
+
 
 @dataclass(frozen=True, eq=False)
 class ArraySource:
@@ -20,6 +22,7 @@ class ArraySource:
 
     array: Any
     name: str = "array"
+    physical: Physical | None = None  # voxel size etc. of an OME-Zarr level (io/ome_zarr.py)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -1,0 +1,203 @@
+"""TIFF and OME-TIFF inputs through tifffile's zarr store (`aszarr`): one file (BigTIFF, tiled or
+striped, a chosen series), or a folder or glob of 2-D slices read as one lazy 3-D stack.
+
+Paths: `"stack.ome.tif"` (series 0), `"stack.ome.tif/1"` (series 1), `"slices/"` (every .tif or
+.tiff file inside, in natural order), `"slices/z*.tif"` (a glob). The source pickles as its file
+names and reopens the file in each process (tifffile handles cannot be pickled); `read_unit`
+is one strip or tile of one plane, so block grids can cover whole strips and tiles and decode
+each once."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import tifffile
+import zarr
+
+from bioimage_tasks.io.source import Physical
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+OPEN_PLANES = 64  # slice files a sequence keeps open per process
+# OME and ImageJ unit spellings -> NGFF (UDUNITS-2) names
+UNITS = {"µm": "micrometer", "um": "micrometer", "micron": "micrometer", "\\u00B5m": "micrometer", "nm": "nanometer",
+         "mm": "millimeter", "cm": "centimeter", "m": "meter", "Å": "angstrom", "pm": "picometer", "s": "second",
+         "ms": "millisecond", "min": "minute", "h": "hour"}
+OME_SIZES = {"x": ("PhysicalSizeX", "µm"), "y": ("PhysicalSizeY", "µm"), "z": ("PhysicalSizeZ", "µm"),
+             "t": ("TimeIncrement", "s")}
+
+
+@dataclass(frozen=True, eq=False)
+class TiffSource:
+    """Series `series` of one TIFF file (`files` has one name), or 2-D slice files stacked along
+    a new first axis. Shape, dtype, chunks and physical metadata are read once by `open_tiff`."""
+
+    files: tuple[str, ...]
+    series: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    read_unit: tuple[int, ...]
+    physical: Physical
+    name: str = "tiff"
+
+    @property
+    def write_unit(self) -> tuple[int, ...]:
+        """The chunks tifffile's store exposes: one strip or tile of one plane."""
+        return self.read_unit
+
+    @property
+    def is_sequence(self) -> bool:
+        return len(self.files) > 1
+
+    @cached_property
+    def array(self) -> zarr.Array:
+        """The file's series as a read-only zarr array (opened once per process; not pickled)."""
+        return open_series(self.files[0], self.series)
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        if not self.is_sequence:
+            return np.asarray(self.array[key])
+        planes, rest = key[0], key[1:]
+        return np.stack([self._plane(z)[rest] for z in range(*planes.indices(self.shape[0]))])
+
+    def _plane(self, z: int) -> zarr.Array:
+        """Slice file `z` as a zarr array, from a small per-process cache of open files."""
+        with self._lock:
+            plane = self._open_planes.pop(z, None)
+            if plane is None:
+                plane = open_series(self.files[z], 0)
+                if tuple(plane.shape) != self.shape[1:] or plane.dtype != self.dtype:
+                    raise ValueError(f"{self.files[z]} holds {plane.shape} {plane.dtype}; the first slice "
+                                     f"{self.files[0]} holds {self.shape[1:]} {self.dtype}: slices must all match")
+            self._open_planes[z] = plane
+            while len(self._open_planes) > OPEN_PLANES:
+                _, oldest = self._open_planes.popitem(last=False)
+                oldest.store.close()
+            return plane
+
+    @cached_property
+    def _open_planes(self) -> OrderedDict[int, zarr.Array]:
+        return OrderedDict()
+
+    @cached_property
+    def _lock(self) -> threading.Lock:
+        return threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("array", "_open_planes", "_lock")}
+
+    def fingerprint(self) -> dict:
+        """Where the data is and what it holds (its content is in `file_signature`)."""
+        files = [os.path.abspath(f) for f in self.files]
+        listed = files[0] if len(files) == 1 else hashlib.blake2b("\n".join(files).encode(), digest_size=8).hexdigest()
+        return {"tiff": listed, "files": len(files), "series": self.series, "shape": self.shape,
+                "dtype": str(self.dtype), "chunks": self.read_unit}
+
+    def file_signature(self) -> str:
+        """Size and mtime_ns of every file: a rewritten file changes it."""
+        states = [f"{s.st_size}:{s.st_mtime_ns}" for s in map(os.stat, self.files)]
+        return hashlib.blake2b(" ".join(states).encode(), digest_size=8).hexdigest()
+
+
+def open_series(path: str, series: int) -> zarr.Array:
+    """Level 0 of series `series` of the TIFF at `path` as a read-only zarr array."""
+    return zarr.open(tifffile.imread(path, aszarr=True, series=series, level=0), mode="r")
+
+
+def tiff_files(text: str) -> tuple[list[str], int] | None:
+    """(files, series) that `text` names, or None when it names no TIFF: a .tif/.tiff file,
+    such a file followed by "/<series>", a glob of them, or a folder holding them."""
+    if any(c in text for c in "*?["):
+        return (tifffile.natural_sorted(glob.glob(text)), 0) if text.lower().endswith(TIFF_SUFFIXES) else None
+    match = re.fullmatch(r"(.+\.tiff?)/(\d+)", text.rstrip("/"), re.IGNORECASE)
+    if match:
+        return [match.group(1)], int(match.group(2))
+    if text.lower().endswith(TIFF_SUFFIXES):
+        return [text], 0
+    if os.path.isdir(text) and not any(part.endswith((".zarr", ".n5")) for part in text.split("/")):
+        files = [f for f in os.listdir(text) if f.lower().endswith(TIFF_SUFFIXES)]
+        return ([os.path.join(text, f) for f in tifffile.natural_sorted(files)], 0) if files else None
+    return None
+
+
+def open_tiff(text: str, parameter: str) -> TiffSource | None:
+    """The TIFF source `text` names (see `tiff_files`), None when it names no TIFF; a clear error
+    for a missing file, an empty glob, a series out of range, or slices that are not 2-D."""
+    found = tiff_files(text)
+    if found is None:
+        return None
+    files, series = found
+    if not files:
+        raise FileNotFoundError(f"{parameter}: no TIFF file matches {text!r}")
+    if not os.path.isfile(files[0]):
+        raise FileNotFoundError(f"{parameter}: no TIFF file at {files[0]!r}")
+    with tifffile.TiffFile(files[0]) as tif:
+        if not 0 <= series < len(tif.series):
+            raise ValueError(f"{parameter}: {files[0]!r} has {len(tif.series)} series (0-{len(tif.series) - 1}), "
+                             f"not series {series}")
+        chosen = tif.series[series]
+        physical = ome_physical(tif, series, chosen.axes) or imagej_physical(tif, chosen.axes)
+    array = open_series(files[0], series)
+    try:
+        shape, dtype, chunks = tuple(array.shape), np.dtype(array.dtype), tuple(array.chunks)
+    finally:
+        array.store.close()
+    if len(files) > 1:
+        if len(shape) != 2:
+            raise ValueError(f"{parameter}: a sequence of slices needs 2-D files; {files[0]!r} has shape {shape}")
+        shape, chunks = (len(files), *shape), (1, *chunks)
+        physical = Physical(axes=("z", "y", "x"))
+    name = os.path.basename(files[0]) + (f" (+{len(files) - 1} slices)" if len(files) > 1 else "")
+    return TiffSource(tuple(files), series, shape, dtype, chunks, physical or Physical(), name)
+
+
+def ngff_axes(axes: str) -> tuple[str, ...] | None:
+    """tifffile's axes ('ZYX', 'TCZYX', 'YXS') as NGFF names; None when some axis has no NGFF
+    meaning (tifffile's 'Q', 'I', ... for unknown or sequence axes)."""
+    names = {"T": "t", "C": "c", "S": "c", "Z": "z", "Y": "y", "X": "x"}
+    return tuple(names[a] for a in axes) if all(a in names for a in axes) else None
+
+
+def ome_physical(tif: tifffile.TiffFile, series: int, axes: str) -> Physical | None:
+    """Voxel sizes and units of an OME-TIFF series from its OME-XML (None for other files)."""
+    if not tif.is_ome or tif.ome_metadata is None:
+        return None
+    images = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", [])
+    images = images if isinstance(images, list) else [images]
+    if series >= len(images):
+        return None
+    pixels: dict[str, Any] = images[series].get("Pixels", {})
+    names = ngff_axes(axes)
+    sizes, units = [], []
+    for axis in names or ():
+        key, default_unit = OME_SIZES.get(axis, (None, None))
+        value = pixels.get(key) if key else None
+        sizes.append(float(value) if value is not None else 1.0)
+        units.append(UNITS.get(str(pixels.get(f"{key}Unit", default_unit))) if value is not None else None)
+    return Physical(tuple(sizes), tuple(units), names) if names else None
+
+
+def imagej_physical(tif: tifffile.TiffFile, axes: str) -> Physical | None:
+    """Voxel sizes of an ImageJ hyperstack: x and y from the resolution tags (pixels per unit),
+    z from 'spacing', in its 'unit' (None for other files)."""
+    metadata = tif.imagej_metadata
+    names = ngff_axes(axes)
+    if not metadata or names is None:
+        return None
+    tags = tif.pages.first.tags
+    unit = UNITS.get(str(metadata.get("unit", "")))
+    sizes = {"z": float(metadata.get("spacing", 1.0))}
+    for axis, tag in (("x", "XResolution"), ("y", "YResolution")):
+        if tag in tags:
+            numerator, denominator = tags[tag].value
+            sizes[axis] = denominator / numerator if numerator else 1.0
+    spatial = ("x", "y", "z")
+    return Physical(tuple(sizes.get(a, 1.0) for a in names), tuple(unit if a in spatial else None for a in names), names)
