@@ -1,0 +1,190 @@
+"""TIFF and OME-TIFF inputs (tifffile's zarr store): every kind of file reads exactly what
+tifffile.imread reads; flows decode each strip or tile once (counted on tifffile's store); OME
+physical sizes reach the pyramid; resume sees a rewritten file; a Dask cluster reads it too."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+
+import numpy as np
+import pytest
+import tensorstore as ts
+import tifffile
+import tifffile.zarr
+import zarr
+from helpers import executed_since
+
+from bioimage_tasks.io import as_source
+from bioimage_tasks.runners import LocalClusterConfig
+from flows import copy_flow, downsample_flow, pyramid_flow
+
+SHAPE = (20, 200, 150)  # tiles of 64 leave partial edge tiles; strips of 16 rows a partial last strip
+
+
+@pytest.fixture
+def image(rng) -> np.ndarray:
+    return rng.integers(0, 255, SHAPE, dtype=np.uint8)
+
+
+def write_ome(path, data, **options) -> str:
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
+                                                     "PhysicalSizeZ": 2.0}, **options)
+    return str(path)
+
+
+@pytest.fixture
+def decodes(monkeypatch) -> list[str]:
+    """Every strip or tile tifffile's zarr store decodes in this process (its chunk keys)."""
+    seen: list[str] = []
+    original = tifffile.zarr.ZarrTiffStore.get
+
+    async def counting_get(self, key, prototype, byte_range=None):
+        value = await original(self, key, prototype, byte_range)
+        if value is not None and not key.rsplit("/", 1)[-1].startswith((".z", "zarr.json")):
+            seen.append(f"{id(self._data[0].keyframe.parent.filehandle.path)}:{key}")
+        return value
+
+    monkeypatch.setattr(tifffile.zarr.ZarrTiffStore, "get", counting_get)
+    return seen
+
+
+def tile_count(shape, tile) -> int:
+    return shape[0] * -(-shape[1] // tile[0]) * -(-shape[2] // tile[1])
+
+
+KINDS = {
+    "tiled bigtiff ome zlib": lambda p, x: write_ome(p / "a.ome.tif", x, tile=(64, 64), bigtiff=True, compression="zlib"),
+    "striped": lambda p, x: (tifffile.imwrite(p / "a.tif", x, rowsperstrip=16), str(p / "a.tif"))[1],
+    "striped lzw .tiff": lambda p, x: (tifffile.imwrite(p / "a.tiff", x, rowsperstrip=7, compression="lzw"),
+                                       str(p / "a.tiff"))[1],
+    "imagej": lambda p, x: (tifffile.imwrite(p / "a.tif", x, imagej=True), str(p / "a.tif"))[1],
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tiff_kinds_read_what_tifffile_reads(tmp_path, image, kind):
+    source = as_source(KINDS[kind](tmp_path, image))
+    reference = tifffile.imread(source.files[0])
+    assert source.shape == reference.shape == SHAPE and source.dtype == np.uint8
+    key = (slice(3, 17), slice(10, 190), slice(5, 150, 2))
+    np.testing.assert_array_equal(source[key], reference[key])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(source))[key], reference[key])
+
+
+@pytest.mark.parametrize("form", ["folder", "glob"])
+def test_slice_folder_and_glob_are_one_3d_source(tmp_path, image, form):
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for z in range(SHAPE[0]):  # natural order: z2 before z10
+        tifffile.imwrite(folder / f"z{z}.tif", image[z], tile=(64, 64))
+    (folder / "notes.txt").write_text("not a slice")
+    source = as_source(str(folder) if form == "folder" else f"{folder}/z*.tif")
+    assert source.shape == SHAPE and source.read_unit == (1, 64, 64)
+    np.testing.assert_array_equal(source[(slice(1, 19, 3), slice(0, 200), slice(7, 99))], image[1:19:3, :, 7:99])
+
+
+def test_series_choice_and_clear_errors(tmp_path, image):
+    path = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(image)
+        tif.write(image[:, :50, :60] + 1)
+    np.testing.assert_array_equal(as_source(str(path))[(slice(None),) * 3], image)
+    second = as_source(f"{path}/1")
+    assert second.shape == (SHAPE[0], 50, 60)
+    np.testing.assert_array_equal(second[(slice(None),) * 3], image[:, :50, :60] + 1)
+    with pytest.raises(ValueError, match="has 2 series"):
+        as_source(f"{path}/2")
+    with pytest.raises(FileNotFoundError, match="no TIFF file"):
+        as_source(str(tmp_path / "missing.tif"))
+    with pytest.raises(FileNotFoundError, match="no TIFF file matches"):
+        as_source(f"{tmp_path}/none*.tif")
+    tifffile.imwrite(tmp_path / "cube1.tif", image)
+    tifffile.imwrite(tmp_path / "cube2.tif", image)
+    with pytest.raises(ValueError, match="2-D files"):
+        as_source(f"{tmp_path}/cube*.tif")
+
+
+def test_ome_physical_sizes(tmp_path, image):
+    physical = as_source(KINDS["tiled bigtiff ome zlib"](tmp_path, image)).physical
+    assert physical.voxel_size == (2.0, 0.5, 0.5)
+    assert physical.units == ("micrometer",) * 3 and physical.axes == ("z", "y", "x")
+    tifffile.imwrite(tmp_path / "ij.tif", image, imagej=True, resolution=(4.0, 4.0),
+                     metadata={"spacing": 3.0, "unit": "um", "axes": "ZYX"})
+    assert as_source(str(tmp_path / "ij.tif")).physical.voxel_size == (3.0, 0.25, 0.25)
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize("layout", ["tiles", "strips"])
+def test_copy_decodes_each_strip_or_tile_once(tmp_path, image, decodes, layout):
+    options = {"tile": (64, 64), "bigtiff": True} if layout == "tiles" else {"rowsperstrip": 16}
+    path = write_ome(tmp_path / "in.ome.tif", image, compression="zlib", **options)
+    result = copy_flow(path, f"{tmp_path}/out.zarr/raw", num_workers=2)
+    np.testing.assert_array_equal(result[:], tifffile.imread(path))
+    expected = tile_count(SHAPE, (64, 64)) if layout == "tiles" else SHAPE[0] * -(-SHAPE[1] // 16)
+    assert len(decodes) == len(set(decodes)) == expected
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_downsample_of_strips_decodes_each_once(tmp_path, image, decodes):
+    path = write_ome(tmp_path / "in.ome.tif", image, rowsperstrip=10)
+    result = downsample_flow(path, 2, f"{tmp_path}/out.zarr/s1", method="mean", num_workers=2)
+    expected = ts.downsample(ts.array(tifffile.imread(path)), [2, 2, 2], "mean").read().result()
+    np.testing.assert_array_equal(result[:], expected)
+    assert len(decodes) == len(set(decodes)) == SHAPE[0] * SHAPE[1] // 10
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize("layout", ["tiles", "strips"])
+def test_pyramid_from_ome_tiff_takes_its_voxel_size_and_decodes_once(tmp_path, rng, decodes, layout):
+    shape = (40, 300, 260)
+    data = rng.integers(0, 60000, shape, dtype=np.uint16)
+    options = {"tile": (64, 64)} if layout == "tiles" else {"rowsperstrip": 24}
+    path = write_ome(tmp_path / "in.ome.tif", data, bigtiff=True, compression="zlib", **options)
+    group_path = f"{tmp_path}/out.ome.zarr"
+    pyramid_flow(path, group_path, levels=3, method="mean", chunks=(32, 32, 32), num_workers=2)
+    expected = tile_count(shape, (64, 64)) if layout == "tiles" else shape[0] * -(-shape[1] // 24)
+    assert len(decodes) == len(set(decodes)) == expected
+    group = zarr.open_group(group_path, mode="r")
+    multiscale = group.attrs["ome"]["multiscales"][0]
+    assert [a.get("unit") for a in multiscale["axes"]] == ["micrometer"] * 3
+    factors = [(1, 2, 2), (1, 4, 4), (2, 8, 8)]  # z is 4x coarser: (1,2,2) until isotropic, then 2
+    for level, factor in enumerate(factors, start=1):
+        scale = multiscale["datasets"][level]["coordinateTransformations"][0]["scale"]
+        assert scale == [2.0 * factor[0], 0.5 * factor[1], 0.5 * factor[2]]
+        reference = ts.downsample(ts.array(data), list(factor), "mean").read().result()
+        np.testing.assert_array_equal(group[f"s{level}"][:], reference)
+    np.testing.assert_array_equal(group["s0"][:], data)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_rerun_writes_nothing_and_a_rewritten_tiff_is_recomputed(tmp_path, image):
+    path = write_ome(tmp_path / "in.ome.tif", image, tile=(64, 64))
+    output = f"{tmp_path}/out.zarr/raw"
+    copy_flow(path, output, block_shape=(8, 64, 64))
+    started = time.time()
+    copy_flow(path, output, block_shape=(8, 64, 64))
+    assert executed_since(output, started) == set()
+    changed = image[::-1].copy()
+    time.sleep(0.01)
+    write_ome(tmp_path / "in.ome.tif", changed, tile=(64, 64))
+    started = time.time()
+    result = copy_flow(path, output, block_shape=(8, 64, 64))
+    assert len(executed_since(output, started)) == 3 * 4 * 3
+    np.testing.assert_array_equal(result[:], changed)
+
+
+def test_tiff_is_not_an_output(tmp_path, image):
+    with pytest.raises(ValueError, match="TIFF is an input format"):
+        copy_flow(image, str(tmp_path / "out.tif"))
+    assert not os.path.exists(tmp_path / "out.tif")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_tiff_input_on_a_dask_cluster(tmp_path, image):
+    path = write_ome(tmp_path / "in.ome.tif", image, tile=(64, 64), compression="zlib")
+    result = downsample_flow(path, 2, f"{tmp_path}/out.zarr/s1", method="mode", job_type="subprocess", num_workers=2,
+                             job_config=LocalClusterConfig(worker_timeout=120))
+    np.testing.assert_array_equal(result[:], ts.downsample(ts.array(image), [2, 2, 2], "mode").read().result())
