@@ -13,18 +13,19 @@ from ome_zarr.writer import write_image
 from bioimage_tasks.io import as_source
 from flows import copy_flow, pyramid_flow
 
-AXES = [{"name": "z", "type": "space", "unit": "micrometer"}, {"name": "y", "type": "space", "unit": "micrometer"},
-        {"name": "x", "type": "space", "unit": "micrometer"}]
-
-
 @pytest.fixture
 def ome_zarr_04(tmp_path, rng):
-    """An NGFF 0.4 image (zarr v2) written by ome-zarr-py, voxel (3, 0.5, 0.5) micrometer at (10, 0, 0)."""
+    """An NGFF 0.4 image (zarr v2) written by ome-zarr-py, voxel (3, 0.5, 0.5) micrometer, with a
+    second level (1, 2, 2), and an image-wide translation of (10, 0, 0) added to its metadata."""
     image = rng.integers(0, 255, (24, 64, 48), dtype=np.uint8)
     path = str(tmp_path / "image.ome.zarr")
-    write_image(image, zarr.open_group(path, mode="w", zarr_format=2), axes=AXES, scaler=None,
-                coordinate_transformations=[[{"type": "scale", "scale": [3.0, 0.5, 0.5]},
-                                             {"type": "translation", "translation": [10.0, 0.0, 0.0]}]])
+    group = zarr.open_group(path, mode="w", zarr_format=2)
+    write_image(image, group, scale_factors=[{"z": 1, "y": 2, "x": 2}], axes="zyx", scale={"z": 3.0, "y": 0.5, "x": 0.5},
+                axes_units=dict.fromkeys("zyx", "micrometer"))
+    multiscales = group.attrs["multiscales"]
+    multiscales[0]["coordinateTransformations"] = [{"type": "scale", "scale": [1.0, 1.0, 1.0]},
+                                                   {"type": "translation", "translation": [10.0, 0.0, 0.0]}]
+    group.attrs["multiscales"] = multiscales
     return path, image
 
 
@@ -34,6 +35,8 @@ def test_ngff_04_group_reads_level_0_with_its_metadata(ome_zarr_04):
     np.testing.assert_array_equal(source[(slice(None),) * 3], image)
     assert source.physical.voxel_size == (3.0, 0.5, 0.5) and source.physical.origin == (10.0, 0.0, 0.0)
     assert source.physical.axes == ("z", "y", "x") and source.physical.units == ("micrometer",) * 3
+    level = as_source(f"{path}/s1")
+    assert level.physical.voxel_size == (3.0, 1.0, 1.0) and level.physical.origin == (10.0, 0.25, 0.25)
 
 
 @pytest.mark.usefixtures("prefect_server")
