@@ -14,7 +14,9 @@ app = typer.Typer(help="Block-wise processing of bio-image volumes larger than m
                   no_args_is_help=True, add_completion=False)
 
 # Options both commands take.
-Input = Annotated[str, typer.Argument(help="Input array: path/container.zarr/key or path/container.n5/key.")]
+Input = Annotated[str, typer.Argument(help="Input: path/container.zarr/key, path/container.n5/key, image.ome.zarr "
+                                           "(an OME-Zarr image), stack.tif or stack.ome.tif (series N: stack.ome.tif/N), a folder "
+                                           "or glob of 2-D TIFF slices ('slices/*.tif'), file.h5/dataset.")]
 Output = Annotated[str, typer.Argument(help="Output array path (created if missing; zarr or n5 by its suffix).")]
 JobType = Annotated[str, typer.Option("--job-type", help="Where batches run: local (threads), subprocess (local Dask cluster), slurm, or dask.")]
 Workers = Annotated[int, typer.Option("--workers", "-w", help="Threads, worker processes or SLURM jobs.")]
@@ -160,6 +162,54 @@ def pyramid(
                              voxel_size=sizes, units=units, chunks=chunk_shape, shards=shard_shape,
                              ngff_version=ngff_version, job_type=job_type, num_workers=workers),
         quiet, debug, lambda group: f"wrote OME-Zarr multiscale image {group}")
+
+
+@app.command()
+def info(
+    path: Annotated[str, typer.Argument(help="Any input the flows take (see 'downsample --help').")],
+    debug: Debug = False,
+) -> None:
+    """Print what PATH is: its kind, shape, dtype, chunks, and voxel size, units and axes where
+    its metadata gives them."""
+    from rich.console import Console
+
+    from bioimage_tasks.io import as_source, physical_of
+
+    try:
+        source = as_source(path)
+    except Exception as error:  # noqa: BLE001 - the CLI's contract: one line, non-zero exit
+        if debug:
+            raise
+        Console(stderr=True).print(f"[red]error:[/red] {type(error).__name__}: {error}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    physical = physical_of(source)
+    rows = {"kind": source_kind(source), "shape": tuple(source.shape), "dtype": source.dtype,
+            "chunks": source.write_unit, "voxel size": physical.voxel_size, "units": physical.units,
+            "axes": physical.axes, "origin": physical.origin}
+    for name, value in rows.items():
+        print(f"{name + ':':12} {'-' if value is None else value}")
+
+
+def source_kind(source: Any) -> str:
+    """'OME-TIFF', 'TIFF slices (120 files)', 'HDF5', 'OME-Zarr image level (zarr v2)', 'zarr v3', 'n5', ..."""
+    import zarr
+
+    from bioimage_tasks.io import Hdf5Source, TensorStoreSource, TiffSource
+
+    if isinstance(source, TiffSource):
+        if source.is_sequence:
+            return f"TIFF slices ({len(source.files)} files)"
+        return ("OME-TIFF" if source.files[0].lower().endswith((".ome.tif", ".ome.tiff")) else "TIFF") + \
+            f", series {source.series}"
+    if isinstance(source, Hdf5Source):
+        return "HDF5"
+    if isinstance(source, TensorStoreSource):
+        return "n5"
+    array = getattr(source, "array", None)
+    if isinstance(array, zarr.Array):
+        version = f"zarr v{array.metadata.zarr_format}"
+        return f"OME-Zarr image level ({version})" if getattr(source, "physical", None) else version
+    return type(array).__name__
 
 
 def main() -> None:

@@ -74,3 +74,41 @@ def test_help_explains_every_option():
                    "--block-ids", "--quiet", "--debug"):
         assert option in shown.stdout
     assert "copy" in cli("--help").stdout
+
+
+def test_pyramid_from_an_ome_tiff_in_one_command(tmp_path, rng):
+    import tifffile
+
+    image = rng.integers(0, 255, (16, 96, 80), dtype=np.uint8)
+    tiff = str(tmp_path / "stack.ome.tif")
+    tifffile.imwrite(tiff, image, tile=(32, 32), ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25, "PhysicalSizeZ": 1.0})
+    done = cli("pyramid", tiff, f"{tmp_path}/out.ome.zarr", "--levels", "3", "--chunks", "16,32,32")
+    assert done.returncode == 0, done.stderr
+    multiscale = zarr.open_group(str(tmp_path / "out.ome.zarr"), mode="r").attrs["ome"]["multiscales"][0]
+    scales = [d["coordinateTransformations"][0]["scale"] for d in multiscale["datasets"]]
+    assert scales == [[1.0, 0.25, 0.25], [1.0, 0.5, 0.5], [1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]
+    assert {a["unit"] for a in multiscale["axes"]} == {"micrometer"}
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.ome.zarr"), path="s0")[:], image)
+
+    shown = cli("info", tiff)
+    assert shown.returncode == 0, shown.stderr
+    lines = dict(line.split(":", 1) for line in shown.stdout.splitlines())
+    assert {k: v.strip() for k, v in lines.items()} == {
+        "kind": "OME-TIFF, series 0", "shape": "(16, 96, 80)", "dtype": "uint8", "chunks": "(1, 32, 32)",
+        "voxel size": "(1.0, 0.25, 0.25)", "units": "('micrometer', 'micrometer', 'micrometer')",
+        "axes": "('z', 'y', 'x')", "origin": "-"}
+    level = cli("info", f"{tmp_path}/out.ome.zarr/s1")
+    assert "kind:        OME-Zarr image level (zarr v3)" in level.stdout and "(1.0, 0.5, 0.5)" in level.stdout
+
+
+def test_info_of_hdf5_and_errors(tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f.create_dataset("g/raw", shape=(10, 20), dtype="float32", chunks=(5, 10))
+    shown = cli("info", f"{tmp_path}/d.h5/g/raw")
+    assert shown.returncode == 0 and "kind:        HDF5" in shown.stdout and "chunks:      (5, 10)" in shown.stdout
+    missing = cli("info", f"{tmp_path}/d.h5/nope")
+    assert missing.returncode == 1
+    assert missing.stderr.strip().startswith("error: FileNotFoundError: input: 'nope' in"), missing.stderr
