@@ -109,7 +109,7 @@ class TiffSource:
 
 def open_series(path: str, series: int) -> zarr.Array:
     """Level 0 of series `series` of the TIFF at `path` as a read-only zarr array."""
-    return zarr.open(tifffile.imread(path, aszarr=True, series=series, level=0), mode="r")
+    return zarr.open(tifffile.imread(path, aszarr=True, series=series, level=0, maxworkers=2), mode="r")
 
 
 def tiff_files(text: str) -> tuple[list[str], int] | None:
