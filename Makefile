@@ -47,3 +47,9 @@ bench-backtoback: setup
 .PHONY: bench-pyramid
 bench-pyramid: setup
 	$(PY) benchmarks/pyramid.py $(BENCH_ARGS)
+
+# A tiled OME-TIFF (1024^3 uint16, ~2 GB) to an OME-Zarr pyramid: pyramid_flow against ngff-zarr's
+# TIFF conversion (benchmarks/README.md, "TIFF to OME-Zarr"); e.g. make bench-tiff BENCH_ARGS="--size 256"
+.PHONY: bench-tiff
+bench-tiff: setup
+	$(PY) benchmarks/tiff_pyramid.py $(BENCH_ARGS)

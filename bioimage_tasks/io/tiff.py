@@ -15,6 +15,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -58,33 +59,32 @@ class TiffSource:
         return len(self.files) > 1
 
     @cached_property
-    def array(self) -> zarr.Array:
-        """The file's series as a read-only zarr array (opened once per process; not pickled)."""
-        return open_series(self.files[0], self.series)
+    def _reader(self) -> PlaneReader:
+        """The file's series, opened once per process (not pickled)."""
+        return PlaneReader(self.files[0], self.series)
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
         if not self.is_sequence:
-            return np.asarray(self.array[key])
+            return self._reader.read(key)
         planes, rest = key[0], key[1:]
-        return np.stack([self._plane(z)[rest] for z in range(*planes.indices(self.shape[0]))])
+        return np.stack([self._plane(z).read(rest) for z in range(*planes.indices(self.shape[0]))])
 
-    def _plane(self, z: int) -> zarr.Array:
-        """Slice file `z` as a zarr array, from a small per-process cache of open files."""
+    def _plane(self, z: int) -> PlaneReader:
+        """Slice file `z`, from a small per-process cache of open files."""
         with self._lock:
             plane = self._open_planes.pop(z, None)
             if plane is None:
-                plane = open_series(self.files[z], 0)
-                if tuple(plane.shape) != self.shape[1:] or plane.dtype != self.dtype:
+                plane = PlaneReader(self.files[z], 0)
+                if plane.shape != self.shape[1:] or plane.dtype != self.dtype:
                     raise ValueError(f"{self.files[z]} holds {plane.shape} {plane.dtype}; the first slice "
                                      f"{self.files[0]} holds {self.shape[1:]} {self.dtype}: slices must all match")
             self._open_planes[z] = plane
             while len(self._open_planes) > OPEN_PLANES:
-                _, oldest = self._open_planes.popitem(last=False)
-                oldest.store.close()
+                self._open_planes.popitem(last=False)[1].close()
             return plane
 
     @cached_property
-    def _open_planes(self) -> OrderedDict[int, zarr.Array]:
+    def _open_planes(self) -> OrderedDict[int, PlaneReader]:
         return OrderedDict()
 
     @cached_property
@@ -92,7 +92,7 @@ class TiffSource:
         return threading.Lock()
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("array", "_open_planes", "_lock")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_reader", "_open_planes", "_lock")}
 
     def fingerprint(self) -> dict:
         """Where the data is and what it holds (its content is in `file_signature`)."""
@@ -110,6 +110,72 @@ class TiffSource:
 def open_series(path: str, series: int) -> zarr.Array:
     """Level 0 of series `series` of the TIFF at `path` as a read-only zarr array."""
     return zarr.open(tifffile.imread(path, aszarr=True, series=series, level=0, maxworkers=2), mode="r")
+
+
+class PlaneReader:
+    """Level 0 of one TIFF series, open in this process. A series of single-sample planes (one
+    page each) is read straight from its strips and tiles with tifffile's own reader and decoder,
+    in the calling thread: only the segments a region covers, each decoded once per read, several
+    reads decoding in parallel (2-3x faster than through zarr-python, whose one event-loop thread
+    serialises every chunk). Other layouts (RGB samples, planar configurations, hyperstacks
+    whose pages are not the planes) go through tifffile's zarr store."""
+
+    def __init__(self, path: str, series: int):
+        self.tif = tifffile.TiffFile(path)
+        chosen = self.tif.series[series]
+        self.keyframe = chosen.keyframe
+        self.shape, self.dtype = tuple(chosen.shape), np.dtype(chosen.dtype)
+        self.pages = list(chosen.pages)
+        planes = self.shape[0] if len(self.shape) == 3 else 1
+        direct = (self.keyframe.samplesperpixel == 1 and len(self.keyframe.shape) == 2 and len(self.shape) in (2, 3)
+                  and self.shape[-2:] == tuple(self.keyframe.shape) and len(self.pages) == planes
+                  and chosen.transform is None and np.dtype(self.keyframe.dtype) == self.dtype)
+        self.array = None if direct else open_series(path, series)
+        self.tif.filehandle.set_lock(True)
+
+    def read(self, key: tuple[slice, ...]) -> np.ndarray:
+        if self.array is not None:
+            return np.asarray(self.array[key])
+        if len(self.shape) == 2:
+            return self._read_planes([0], *key)[0]
+        return self._read_planes(range(*key[0].indices(self.shape[0])), key[1], key[2])
+
+    def _read_planes(self, planes: Sequence[int], rows: slice, columns: slice) -> np.ndarray:
+        """Planes `planes`, cut to `rows` and `columns`, from the segments (strips or tiles) they cover."""
+        keyframe, handle = self.keyframe, self.tif.filehandle
+        (y0, y1, ystep), (x0, x1, xstep) = rows.indices(self.shape[-2]), columns.indices(self.shape[-1])
+        height, width = keyframe.chunks[-2:]
+        per_row = keyframe.chunked[-1]
+        grid_rows, grid_columns = range(y0 // height, -(-y1 // height)), range(x0 // width, -(-x1 // width))
+        wanted = [r * per_row + c for r in grid_rows for c in grid_columns]
+        covered = np.empty((len(grid_rows) * height, len(grid_columns) * width), self.dtype)
+        out = np.empty((len(planes), len(range(y0, y1, ystep)), len(range(x0, x1, xstep))), self.dtype)
+        extra = {"jpegheader": keyframe.jpegheader} if keyframe.jpegheader is not None else {}
+        for i, z in enumerate(planes):
+            page = self.pages[z]
+            if page is None:  # a plane the file does not store
+                out[i] = keyframe.nodata
+                continue
+            offsets, counts = page.dataoffsets, page.databytecounts
+            if getattr(page, "jpegtables", None) is not None:
+                extra["jpegtables"] = page.jpegtables
+            for data, index in handle.read_segments([offsets[j] for j in wanted], [counts[j] for j in wanted],
+                                                    indices=wanted, sort=True, lock=handle.lock):
+                r, c = divmod(index, per_row)
+                top, left = (r - grid_rows.start) * height, (c - grid_columns.start) * width
+                target = covered[top:top + height, left:left + width]
+                if data is None or not counts[index]:
+                    target[...] = keyframe.nodata
+                else:
+                    target[...] = keyframe.decode(data, index, _fullsize=True, **extra)[0].reshape(height, width)
+            top, left = grid_rows.start * height, grid_columns.start * width
+            out[i] = covered[y0 - top:y1 - top:ystep, x0 - left:x1 - left:xstep]
+        return out
+
+    def close(self) -> None:
+        self.tif.close()
+        if self.array is not None:
+            self.array.store.close()
 
 
 def tiff_files(text: str) -> tuple[list[str], int] | None:
