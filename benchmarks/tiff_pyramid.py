@@ -1,9 +1,9 @@
 """A tiled OME-TIFF to an OME-Zarr pyramid (s0..s5, window means x2): `pyramid_flow` against
 ngff-zarr's TIFF conversion on the same file, one run.
 
-    python benchmarks/tiff_pyramid.py [--size 1024] [--tile 256] [--repeats 1] [--max-rss 8]
+    python benchmarks/tiff_pyramid.py [--size 1024] [--tile 256] [--compression zlib|none] [--repeats 1]
 
-The input is a SIZE^3 uint16 ZYX OME-TIFF (BigTIFF, zlib, TILE^2 tiles, PhysicalSize 1 um),
+The input is a SIZE^3 uint16 ZYX OME-TIFF (BigTIFF, zlib or none, TILE^2 tiles, PhysicalSize 1 um),
 generated once into --data by tifffile (nothing is downloaded). Each contender runs in a fresh
 process (ngff-zarr in the peer venv) and writes every level with 64^3 chunks to a new group:
 ours is `pyramid_flow(tiff, group, scale_factors=[2]*5, method="mean", num_workers=2)` (voxel
@@ -38,13 +38,13 @@ SPEEDUP_TARGET = 2.0  # ngff-zarr / ours
 RSS_LIMIT_MB = 1024.0
 
 
-def make_tiff(data: Path, size: int, tile: int) -> Path:
-    """SIZE^3 uint16: smooth structure plus noise (zlib compresses it about 2x), written plane by
-    plane as a tiled BigTIFF OME-TIFF; kept in `data` for later runs."""
+def make_tiff(data: Path, size: int, tile: int, compression: str) -> Path:
+    """SIZE^3 uint16: smooth structure plus noise, written tile by tile as a tiled BigTIFF
+    OME-TIFF (`compression` "zlib" or "none"); kept in `data` for later runs."""
     import numpy as np
     import tifffile
 
-    path = data / f"stack-{size}-tile{tile}.ome.tif"
+    path = data / f"stack-{size}-tile{tile}-{compression}.ome.tif"
     if path.exists():
         return path
     rng = np.random.default_rng(0)
@@ -61,26 +61,30 @@ def make_tiff(data: Path, size: int, tile: int) -> Path:
 
     partial = path.with_suffix(".partial")
     tifffile.imwrite(partial, tiles(), shape=(size, size, size), dtype=np.uint16, tile=(tile, tile), bigtiff=True,
-                     ome=True, compression="zlib", maxworkers=WORKERS,
+                     ome=True, compression=None if compression == "none" else compression, maxworkers=WORKERS,
                      metadata={"axes": "ZYX", "PhysicalSizeX": 1.0, "PhysicalSizeY": 1.0, "PhysicalSizeZ": 1.0})
     partial.rename(path)
     return path
 
 
 def count_decodes() -> list[int]:
-    """Count every strip or tile tifffile's zarr store decodes in this process (one list item each)."""
-    import tifffile.zarr
+    """Count every strip or tile tifffile decodes in this process (one list item each): our
+    segment reader and tifffile's zarr store both call the key frame's `decode`."""
+    import tifffile
 
     decoded: list[int] = []
-    original = tifffile.zarr.ZarrTiffStore.get
+    original = tifffile.TiffPage.__dict__["decode"].func
 
-    async def counting_get(self, key, prototype, byte_range=None):
-        value = await original(self, key, prototype, byte_range)
-        if value is not None and not key.rsplit("/", 1)[-1].startswith((".z", "zarr.json")):
-            decoded.append(1)
-        return value
+    def counting(page):
+        decode = original(page)
 
-    tifffile.zarr.ZarrTiffStore.get = counting_get
+        def wrapper(data, index, **options):
+            decoded.append(index)
+            return decode(data, index, **options)
+
+        return wrapper
+
+    tifffile.TiffPage.decode = property(counting)
     return decoded
 
 
@@ -131,7 +135,7 @@ def level_shapes(group: str) -> list[list[int]]:
 
 
 def benchmark(args: argparse.Namespace) -> None:
-    tiff = make_tiff(args.data, args.size, args.tile)
+    tiff = make_tiff(args.data, args.size, args.tile, args.compression)
     tiles = args.size * (-(-args.size // args.tile)) ** 2
     base = tiff.stat().st_size
     peer_python, peer_modules = bench.peer_venv(args.peer_venv, PEER_PACKAGES)
@@ -178,7 +182,8 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], tile
     rss = max((r["rss_mb"] for r in good), default=None)
     decodes = max((r["decodes"] for r in good), default=None)
     same_shapes = all(a.get("shapes") == b.get("shapes") for a, b in zip(ours, peer) if "shapes" in b)
-    print(f"\n== {args.size}^3 uint16 OME-TIFF, tiles {args.tile}^2, {LEVELS} levels x2 (mean), {len(good)} repeat(s)")
+    print(f"\n== {args.size}^3 uint16 OME-TIFF, tiles {args.tile}^2 {args.compression}, {LEVELS} levels x2 (mean), "
+          f"{len(good)} repeat(s)")
     for name, results in runs.items():
         for r in results:
             if "error" in r:
@@ -195,8 +200,9 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], tile
         print(f"{bench.verdict(met if value is not None else None)} {what:48} "
               f"{show.format(value) if value is not None else 'not measured'}")
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"tiff-pyramid-{args.size}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"size": args.size, "tile": args.tile, "tiles": tiles, "file_bytes": base,
+    path = args.out / f"tiff-pyramid-{args.size}-{args.compression}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"size": args.size, "tile": args.tile, "compression": args.compression, "tiles": tiles,
+                                "file_bytes": base,
                                 "runs": runs, "speedup": speedup}, indent=1))
     print(f"\nresults: {path}")
 
@@ -205,6 +211,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=1024, help="the stack is SIZE^3 uint16 (1024: 2.1 GB raw)")
     parser.add_argument("--tile", type=int, default=256, help="TIFF tile side")
+    parser.add_argument("--compression", choices=("zlib", "none"), default="zlib", help="of the TIFF's tiles")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--max-rss", type=float, default=8.0, help="GB: a contender's process tree above it is killed")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per contender run")
