@@ -1,11 +1,13 @@
-"""TIFF and OME-TIFF inputs through tifffile's zarr store (`aszarr`): one file (BigTIFF, tiled or
-striped, a chosen series), or a folder or glob of 2-D slices read as one lazy 3-D stack.
+"""TIFF and OME-TIFF inputs through tifffile: one file (BigTIFF, tiled or striped, a chosen
+series), or a folder or glob of 2-D slices read as one lazy 3-D stack.
 
 Paths: `"stack.ome.tif"` (series 0), `"stack.ome.tif/1"` (series 1), `"slices/"` (every .tif or
-.tiff file inside, in natural order), `"slices/z*.tif"` (a glob). The source pickles as its file
-names and reopens the file in each process (tifffile handles cannot be pickled); `read_unit`
-is one strip or tile of one plane, so block grids can cover whole strips and tiles and decode
-each once."""
+.tiff file inside, in natural order), `"slices/z*.tif"` (a glob). Planes of single samples are
+read from their strips and tiles with tifffile's own reader and decoder (`PlaneReader`), other
+layouts through tifffile's zarr store (`imread(aszarr=True)`). The source pickles as its file
+names and reopens the file in each process (tifffile handles cannot be pickled); `read_unit` is
+one strip or tile of one plane, so block grids can cover whole strips and tiles and decode each
+once."""
 
 from __future__ import annotations
 
