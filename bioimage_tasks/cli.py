@@ -191,7 +191,7 @@ def info(
 
 
 def source_kind(source: Any) -> str:
-    """'OME-TIFF', 'TIFF slices (120 files)', 'HDF5', 'OME-Zarr image level (zarr v2)', 'zarr v3', 'n5', ..."""
+    """'OME-TIFF, series 0', 'TIFF slices (120 files)', 'HDF5', 'OME-Zarr image, level s0 (zarr v3)', 'zarr v3', 'n5'."""
     import zarr
 
     from bioimage_tasks.io import Hdf5Source, TensorStoreSource, TiffSource
@@ -208,7 +208,8 @@ def source_kind(source: Any) -> str:
     array = getattr(source, "array", None)
     if isinstance(array, zarr.Array):
         version = f"zarr v{array.metadata.zarr_format}"
-        return f"OME-Zarr image level ({version})" if getattr(source, "physical", None) else version
+        level = str(source.name).rstrip("/").rsplit("/", 1)[-1]
+        return f"OME-Zarr image, level {level} ({version})" if getattr(source, "physical", None) else version
     return type(array).__name__
 
 

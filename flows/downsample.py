@@ -64,7 +64,8 @@ def downsample_flow(
 ) -> Any:
     """Downsample `input` by `scale_factor` (an int or one int >= 1 per axis) block-wise.
 
-    The input (numpy, zarr v2/v3, n5, or a "path/container.zarr/key" string) is resampled to
+    The input (numpy, zarr v2/v3, n5, or a path: "path/container.zarr/key", an OME-Zarr image,
+    a TIFF file or slice folder, "file.h5/dataset"; see io/inputs.py) is resampled to
     `downscale_shape(shape, factors)` (ceil mode). `method="resize"` does it exactly as
     scikit-image's whole-array `resize(x, shape, order, anti_aliasing, mode="reflect",
     preserve_range=True)` would, cast back to the input dtype (integers rounded to nearest); the

@@ -99,7 +99,7 @@ def test_pyramid_from_an_ome_tiff_in_one_command(tmp_path, rng):
         "voxel size": "(1.0, 0.25, 0.25)", "units": "('micrometer', 'micrometer', 'micrometer')",
         "axes": "('z', 'y', 'x')", "origin": "-"}
     level = cli("info", f"{tmp_path}/out.ome.zarr/s1")
-    assert "kind:        OME-Zarr image level (zarr v3)" in level.stdout and "(1.0, 0.5, 0.5)" in level.stdout
+    assert "kind:        OME-Zarr image, level s1 (zarr v3)" in level.stdout and "(1.0, 0.5, 0.5)" in level.stdout
 
 
 def test_info_of_hdf5_and_errors(tmp_path):
