@@ -78,6 +78,24 @@ def test_tiff_kinds_read_what_tifffile_reads(tmp_path, image, kind):
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(source))[key], reference[key])
 
 
+def test_2d_predictor_jpeg_big_endian_and_rgb_files(tmp_path, rng):
+    """Codecs and layouts: the segment reader (predictor, JPEG tables, big-endian LZW strips) and
+    tifffile's zarr store for RGB samples read what tifffile.imread reads."""
+    files = {
+        "plane.tif": (rng.integers(0, 60000, (130, 97), dtype=np.uint16), {"tile": (32, 32), "compression": "zlib",
+                                                                           "predictor": True}),
+        "jpeg.tif": (rng.integers(0, 255, (6, 100, 90), dtype=np.uint8), {"tile": (32, 32), "compression": "jpeg"}),
+        "be.tif": (rng.integers(0, 2**31, (5, 70, 50), dtype=np.uint32), {"byteorder": ">", "rowsperstrip": 9,
+                                                                         "compression": "lzw"}),
+        "rgb.tif": (rng.integers(0, 255, (4, 30, 40, 3), dtype=np.uint8), {"photometric": "rgb", "tile": (16, 16)}),
+    }
+    for name, (data, options) in files.items():
+        tifffile.imwrite(tmp_path / name, data, **options)
+        source = as_source(str(tmp_path / name))
+        key = ((slice(1, None, 2),) + (slice(3, None),) * 2)[:min(data.ndim, 3)] + (slice(None),) * (data.ndim - 3)
+        np.testing.assert_array_equal(source[key], tifffile.imread(tmp_path / name)[key], err_msg=name)
+
+
 @pytest.mark.parametrize("form", ["folder", "glob"])
 def test_slice_folder_and_glob_are_one_3d_source(tmp_path, image, form):
     folder = tmp_path / "slices"
