@@ -119,9 +119,12 @@ def with_write_empty_chunks(sink: ArraySource | TensorStoreSource, write_empty_c
     if isinstance(array, zarr.Array) and array.config.write_empty_chunks != write_empty_chunks:
         return ArraySource(array.with_config({"write_empty_chunks": write_empty_chunks}), sink.name)
     if isinstance(array, ts.TensorStore):
-        spec = array.spec(retain_context=True)
-        if spec.to_json().get("store_data_equal_to_fill_value", False) != write_empty_chunks:
-            spec.update(store_data_equal_to_fill_value=write_empty_chunks)
+        spec = array.spec().to_json()
+        if spec.get("store_data_equal_to_fill_value", False) != write_empty_chunks:
+            if spec.get("kvstore", {}).get("driver") == "memory":  # reopened, it would be another, empty store
+                raise ValueError("output_options.write_empty_chunks cannot change for an in-memory tensorstore "
+                                 "output: open it with store_data_equal_to_fill_value yourself")
+            spec["store_data_equal_to_fill_value"] = write_empty_chunks
             return TensorStoreSource(ts.open(spec, open=True, read=True, write=True).result(), sink.name)
     return sink
 
