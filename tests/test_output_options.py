@@ -185,6 +185,22 @@ def test_write_empty_chunks_reruns_into_the_same_output(tmp_path, rng, kind):
     assert len(chunk_files(path)) == 64
 
 
+def test_dask_workers_honour_the_options(tmp_path, rng):
+    """Worker processes get the sink pickled and open their own tensorstore handle: the zarr
+    array's write_empty_chunks config travels with it."""
+    from bioimage_tasks.runners import LocalClusterConfig
+
+    image = half_empty(rng)
+    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=image.shape, dtype="uint8",
+                      chunks=(8, 8, 8))[:] = image
+    path = f"{tmp_path}/out.zarr/x"
+    copy_flow(f"{tmp_path}/in.zarr/raw", path, block_shape=(8, 8, 8), job_type="subprocess", num_workers=2,
+              job_config=LocalClusterConfig(worker_timeout=120),
+              output_options=OutputOptions(codec="gzip", shards=(16, 16, 16), write_empty_chunks=True))
+    assert len(chunk_files(path)) == 8 and zarr_codec(path) == ("gzip", 6)
+    np.testing.assert_array_equal(zarr.open_array(f"{tmp_path}/out.zarr", path="x", mode="r")[...], image)
+
+
 def test_pyramid_levels_take_codec_and_write_empty_chunks(tmp_path, rng):
     image = half_empty(rng)
     group = f"{tmp_path}/image.zarr"
