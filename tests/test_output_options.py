@@ -221,6 +221,8 @@ BAD = [
     ("zarr v3", {"codec": "gzip", "level": 12}, r"gzip must be an integer in \[1, 9\]"),
     ("zarr v3", {"codec": "lz5"}, "codec must be one of"),
     ("zarr v3", {"shards": (16, 0, 16)}, "positive integers"),
+    ("zarr v3", {"shards": 16}, "one per axis"),
+    ("zarr v3", {"write_empty_chunks": "yes"}, "True or False"),
     ("n5", {"colour": "blue"}, "no field"),
 ]
 

@@ -22,8 +22,9 @@ class OutputOptions:
     """`codec` and `level` (default: today's codecs, zarr's zstd for zarr v2/v3 and gzip for
     n5; a codec without a level gets its usual default, zstd 3, blosc-lz4 5, gzip 6) and `shards`
     (zarr v3 only; the chunks inside are about 64**3 voxels and divide them and the flow's
-    `block_shape`) for outputs the run creates. `write_empty_chunks=True` stores chunks equal to the fill value (0) too; False, the
-    default, leaves them out (and deletes one a write makes all-fill), as zarr and tensorstore do."""
+    `block_shape`) for outputs the run creates. `write_empty_chunks=True` stores chunks equal to
+    the fill value (0) too; False, the default, leaves them out (and deletes one a write makes
+    all-fill), as zarr and tensorstore do."""
 
     codec: Codec | None = None
     level: int | None = None
@@ -41,12 +42,16 @@ class OutputOptions:
                 raise ValueError(f"output_options.level for {self.codec} must be an integer in [{low}, {high}], "
                                  f"got {self.level!r}")
         if self.shards is not None:
-            shards = tuple(self.shards) if not isinstance(self.shards, (str, bytes)) else ()
+            try:
+                shards = () if isinstance(self.shards, (str, bytes)) else tuple(self.shards)
+            except TypeError:  # a bare number: which axes it meant is unknown here
+                shards = ()
             if not shards or not all(_is_int(s) and s >= 1 for s in shards):
                 raise ValueError(f"output_options.shards must be positive integers, one per axis, got {self.shards!r}")
             object.__setattr__(self, "shards", tuple(int(s) for s in shards))  # a JSON list becomes a tuple
         if not isinstance(self.write_empty_chunks, (bool, np.bool_)):
             raise ValueError(f"output_options.write_empty_chunks must be True or False, got {self.write_empty_chunks!r}")
+        object.__setattr__(self, "write_empty_chunks", bool(self.write_empty_chunks))
 
     @property
     def effective_level(self) -> int | None:
