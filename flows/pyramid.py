@@ -114,8 +114,9 @@ def pyramid_flow(
     shapes = [downscale_shape(source.shape, f) for f in cumulative]
     reuse_s0 = isinstance(input, (str, os.PathLike)) and os.path.abspath(os.fspath(input)) == os.path.abspath(
         os.path.join(group_path.container, group_path.key, "s0"))
-    layouts = [(tuple(chunks) if chunks else default_block_shape(shape, None), tuple(shards) if shards else None)
-               for shape in shapes]
+    layouts = [existing_layout(group_path, level, shape, source.dtype, chunks) or
+               (tuple(chunks) if chunks else default_block_shape(shape, None), tuple(shards) if shards else None)
+               for level, shape in enumerate(shapes)]
     plan = None
     if method != "resize":  # every check before anything is created
         plan = plan_pyramid(source.shape, level_factors, [shard or chunk for chunk, shard in layouts],
@@ -178,17 +179,33 @@ def check_label_options(group_path: ContainerPath, dtype: Any, method: str, orde
                          "use mode, min, max, median, stride or resize with order 0")
 
 
+def existing_layout(group_path: ContainerPath, level: int, shape: tuple[int, ...], dtype: np.dtype,
+                    chunks: Sequence[int] | None) -> tuple[tuple[int, ...], tuple[int, ...] | None] | None:
+    """The (chunks, shards) of level `level` if it exists, which the regions must follow so that
+    every write owns whole chunks or shards. An existing level must have the pyramid's shape and
+    dtype, and the chunks `chunks` asks for."""
+    path = ContainerPath(group_path.container, f"{group_path.key}/s{level}".lstrip("/"), "zarr")
+    if not path.exists():
+        return None
+    array = zarr.open_array(store=path.container, path=path.key, mode="r")
+    if tuple(array.shape) != shape or array.dtype != np.dtype(dtype):
+        raise ValueError(f"{path} exists with shape {tuple(array.shape)} and dtype {array.dtype}; this pyramid needs "
+                         f"{shape} {np.dtype(dtype)}: choose another output_group or delete it")
+    found = tuple(array.chunks), tuple(array.shards) if array.shards else None
+    if chunks and tuple(chunks) != found[0]:
+        raise ValueError(f"{path} exists with chunks {found[0]}, not the chunks {tuple(chunks)} asked for: "
+                         "leave chunks out to use the existing ones, or choose another output_group")
+    return found
+
+
 def level_array(group_path: ContainerPath, level: int, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
                 shards: tuple[int, ...] | None, axes: Sequence[str], options: OutputOptions) -> Sink:
-    """Level `level`'s array, created if missing (stored as `options` ask); an existing one must
-    have its shape and dtype, and the codec and shards `options` name."""
+    """Level `level`'s array, created if missing (stored as `options` ask); an existing one (of
+    the shape and dtype `existing_layout` checked) must have the codec and shards `options` name."""
     path = ContainerPath(group_path.container, f"{group_path.key}/s{level}".lstrip("/"), "zarr")
     if not path.exists():
         return create_array(path, shape, dtype, chunks, shards, tuple(axes), options)
     sink = path.open("r+")
-    if sink.shape != shape or sink.dtype != np.dtype(dtype):
-        raise ValueError(f"{path} exists with shape {sink.shape} and dtype {sink.dtype}; this pyramid needs {shape} "
-                         f"{np.dtype(dtype)}: choose another output_group or delete it")
     check_existing_output(sink, options, str(path))
     return with_write_empty_chunks(sink, options.write_empty_chunks)
 
