@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,8 @@ from bioimage_tasks.pyramid_plan import plan_pyramid, tile_bytes_per_voxel
 from bioimage_tasks.records import RECORDS_DIR, run_key
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
-from bioimage_tasks.io import ContainerPath, as_source, create_array
+from bioimage_tasks.io import (ContainerPath, OutputOptions, as_source, check_existing_output, check_output_options,
+                               create_array, with_write_empty_chunks)
 from bioimage_tasks.io.source import physical_of, read_unit_of
 from bioimage_tasks.tasks import measure_source_range
 from bioimage_tasks.throttle import throttle_writes
@@ -53,6 +55,7 @@ def pyramid_flow(
     job_type: str = "local",
     job_config: RunnerConfig | None = None,
     num_workers: int = 1,
+    output_options: OutputOptions | None = None,
 ) -> str:
     """Write `input` as an OME-Zarr multiscale image at `output_group` ("path/image.zarr", or a
     group inside a container): s0 is a copy, each further level is downsampled with `method`
@@ -69,11 +72,18 @@ def pyramid_flow(
     backend, within `job_config.memory_budget` per worker.
     With `labels=True` the output is a segmentation: `output_group` must be
     "<image group>/labels/<name>", the data integer, the method label-safe (mode, min, max,
-    median, stride, or resize of order 0), and the `labels` group lists it. `voxel_size`, `origin`,
-    `units` and `axes` the caller leaves out come from the input's own metadata where it has some
-    (OME-TIFF, ImageJ TIFF, an OME-Zarr image or level, HDF5 `element_size_um`). Returns the group's path."""
+    median, stride, or resize of order 0), and the `labels` group lists it. `output_options` set
+    the levels' codec and level and whether all-fill chunks are stored; its `shards` are another
+    way to give `shards`. `voxel_size`, `origin`, `units` and `axes` the caller leaves out come
+    from the input's own metadata where it has some (OME-TIFF, ImageJ TIFF, an OME-Zarr image or
+    level, HDF5 `element_size_um`). Returns the group's path."""
     check_method_options(method, order, anti_aliasing)
     config = check_backend(job_type, num_workers, job_config)
+    options = check_output_options(output_options)
+    if shards is not None and options.shards is not None and tuple(shards) != options.shards:
+        raise ValueError(f"shards={tuple(shards)} and output_options.shards={options.shards} differ: give one")
+    shards = shards if shards is not None else options.shards
+    options = replace(options, shards=tuple(shards) if shards else None)  # what existing levels must have
     if ngff_version not in ("0.4", "0.5"):
         raise ValueError(f"ngff_version must be '0.4' or '0.5', got {ngff_version!r}")
     if ngff_version == "0.4" and shards is not None:
@@ -110,8 +120,9 @@ def pyramid_flow(
     shapes = [downscale_shape(source.shape, f) for f in cumulative]
     reuse_s0 = isinstance(input, (str, os.PathLike)) and os.path.abspath(os.fspath(input)) == os.path.abspath(
         os.path.join(group_path.container, group_path.key, "s0"))
-    layouts = [(tuple(chunks) if chunks else default_block_shape(shape, None), tuple(shards) if shards else None)
-               for shape in shapes]
+    layouts = [existing_layout(group_path, level, shape, source.dtype, chunks) or
+               (tuple(chunks) if chunks else default_block_shape(shape, None), tuple(shards) if shards else None)
+               for level, shape in enumerate(shapes)]
     plan = None
     if method != "resize":  # every check before anything is created
         plan = plan_pyramid(source.shape, level_factors, [shard or chunk for chunk, shard in layouts],
@@ -121,17 +132,18 @@ def pyramid_flow(
                             zarr_format=2 if ngff_version == "0.4" else 3)
     group_directory = os.path.join(group_path.container, group_path.key)
     arrays = [None if level == 0 and reuse_s0 else
-              level_array(group_path, level, shape, source.dtype, *layouts[level], axes)
+              level_array(group_path, level, shape, source.dtype, *layouts[level], axes, options)
               for level, shape in enumerate(shapes)]
     rows = [LevelRow(level, shape, layouts[level][1] or layouts[level][0], factors,
                      "existing" if arrays[level] is None else "from the base")
             for level, (shape, factors) in enumerate(zip(shapes, cumulative))]
     details = {"input": describe_source(input, source), "output": str(group_path),
                "method": method if method != "resize" else f"resize, order {order}, anti-aliasing {anti_aliasing}",
-               "backend": describe_backend(job_type, num_workers)}
+               "backend": describe_backend(job_type, num_workers)} | (
+                   {"output options": options.describe()} if options != OutputOptions() else {})
     fingerprint = getattr(source, "fingerprint", lambda: None)()
     computation = run_key({"pyramid": method, "order": order, "anti_aliasing": anti_aliasing, "factors": level_factors,
-                           "input": fingerprint}) if fingerprint is not None else f"unkeyed-{uuid.uuid4().hex}"
+                           "input": fingerprint} | options.fingerprint()) if fingerprint is not None else f"unkeyed-{uuid.uuid4().hex}"
     directories = [group_directory, *(array.directory for array in arrays if array is not None)]
     with output_lease(directories, computation):  # another live computation is refused here, before writing
         epoch = claim_ownership(directories, computation)
@@ -174,17 +186,35 @@ def check_label_options(group_path: ContainerPath, dtype: Any, method: str, orde
                          "use mode, min, max, median, stride or resize with order 0")
 
 
-def level_array(group_path: ContainerPath, level: int, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
-                shards: tuple[int, ...] | None, axes: Sequence[str]) -> Sink:
-    """Level `level`'s array, created if missing; an existing one must have its shape and dtype."""
+def existing_layout(group_path: ContainerPath, level: int, shape: tuple[int, ...], dtype: np.dtype,
+                    chunks: Sequence[int] | None) -> tuple[tuple[int, ...], tuple[int, ...] | None] | None:
+    """The (chunks, shards) of level `level` if it exists, which the regions must follow so that
+    every write owns whole chunks or shards. An existing level must have the pyramid's shape and
+    dtype, and the chunks `chunks` asks for."""
     path = ContainerPath(group_path.container, f"{group_path.key}/s{level}".lstrip("/"), "zarr")
     if not path.exists():
-        return create_array(path, shape, dtype, chunks, shards, tuple(axes))
+        return None
+    array = zarr.open_array(store=path.container, path=path.key, mode="r")
+    if tuple(array.shape) != shape or array.dtype != np.dtype(dtype):
+        raise ValueError(f"{path} exists with shape {tuple(array.shape)} and dtype {array.dtype}; this pyramid needs "
+                         f"{shape} {np.dtype(dtype)}: choose another output_group or delete it")
+    found = tuple(array.chunks), tuple(array.shards) if array.shards else None
+    if chunks and tuple(chunks) != found[0]:
+        raise ValueError(f"{path} exists with chunks {found[0]}, not the chunks {tuple(chunks)} asked for: "
+                         "leave chunks out to use the existing ones, or choose another output_group")
+    return found
+
+
+def level_array(group_path: ContainerPath, level: int, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
+                shards: tuple[int, ...] | None, axes: Sequence[str], options: OutputOptions) -> Sink:
+    """Level `level`'s array, created if missing (stored as `options` ask); an existing one (of
+    the shape and dtype `existing_layout` checked) must have the codec and shards `options` name."""
+    path = ContainerPath(group_path.container, f"{group_path.key}/s{level}".lstrip("/"), "zarr")
+    if not path.exists():
+        return create_array(path, shape, dtype, chunks, shards, tuple(axes), options)
     sink = path.open("r+")
-    if sink.shape != shape or sink.dtype != np.dtype(dtype):
-        raise ValueError(f"{path} exists with shape {sink.shape} and dtype {sink.dtype}; this pyramid needs {shape} "
-                         f"{np.dtype(dtype)}: choose another output_group or delete it")
-    return sink
+    check_existing_output(sink, options, str(path))
+    return with_write_empty_chunks(sink, options.write_empty_chunks)
 
 
 def staging_array(group_directory: str, level: int, shape: tuple[int, ...], dtype: np.dtype,
