@@ -17,7 +17,8 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -30,6 +31,7 @@ from bioimage_tasks.io.source import Physical
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 OPEN_PLANES = 64  # slice files a sequence keeps open per process
+READ_THREADS = 2  # background reads per source and process (start_read)
 # OME and ImageJ unit spellings -> NGFF (UDUNITS-2) names
 UNITS = {"µm": "micrometer", "um": "micrometer", "micron": "micrometer", "\\u00B5m": "micrometer", "nm": "nanometer",
          "mm": "millimeter", "cm": "centimeter", "m": "meter", "Å": "angstrom", "pm": "picometer", "s": "second",
@@ -71,6 +73,15 @@ class TiffSource:
         planes, rest = key[0], key[1:]
         return np.stack([self._plane(z).read(rest) for z in range(*planes.indices(self.shape[0]))])
 
+    def start_read(self, key: tuple[slice, ...]) -> Callable[[], np.ndarray]:
+        """Start reading `key` in a background thread (its decoding overlaps the caller's compute,
+        as tensorstore's reads do for zarr); the returned function waits for the values."""
+        return self._background.submit(self.__getitem__, key).result
+
+    @cached_property
+    def _background(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(READ_THREADS, thread_name_prefix="tiff-read")
+
     def _plane(self, z: int) -> PlaneReader:
         """Slice file `z`, from a small per-process cache of open files."""
         with self._lock:
@@ -94,7 +105,7 @@ class TiffSource:
         return threading.Lock()
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_reader", "_open_planes", "_lock")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_reader", "_open_planes", "_lock", "_background")}
 
     def fingerprint(self) -> dict:
         """Where the data is and what it holds (its content is in `file_signature`)."""
