@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from bioimage_tasks.events import emit_outcome_events
 from bioimage_tasks.grid import BlockGrid, default_block_shape, fit_to_budget
 from bioimage_tasks.kernels.pyramid import pyramid_levels
 from bioimage_tasks.pyramid_plan import PyramidPlan
-from bioimage_tasks.records import RECORDS_DIR, BlockRecords, run_key
+from bioimage_tasks.records import BlockRecords, records_at, run_key
 from bioimage_tasks.reporting import Progress, progress_listener, publish_summary
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import RunnerConfig
@@ -124,7 +123,7 @@ class Stage:
 
 def records_in(directory: str, fingerprint: dict[str, Any]) -> BlockRecords:
     """The block records of a computation (`fingerprint`) kept in `directory`."""
-    return BlockRecords(os.path.join(directory, RECORDS_DIR, "blocks", run_key(fingerprint)))
+    return records_at(directory, run_key(fingerprint))
 
 
 def pyramid_stages(source: Source, plan: PyramidPlan, method: str, sinks: Sequence[Sink | None],

@@ -4,6 +4,8 @@ changes, so a rerun recomputes exactly the blocks whose input (or mask) was rewr
 - File-backed zarr v2/v3 (sharded too) and n5: the size and mtime_ns of every storage file (chunk,
   or shard) the block's input region covers; a missing file (fill value) counts as its own state.
   Rewriting a chunk, through zarr-python or tensorstore, makes a new file and a new mtime.
+- The same arrays on object storage (s3, http): each covered object's generation (S3: its ETag,
+  from a HEAD request), the requests in flight together.
 - numpy: a hash of the region's content.
 - Lazy views (`ResizedSource`, `WindowedSource`, anything with `.source` and
   `input_interval(axis, start, stop)`): the signature of the wrapped source over the input region
@@ -27,7 +29,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-StorageLayout = tuple[str, tuple[int, ...], str, str]  # directory, grid unit of a file, key prefix, separator
+from bioimage_tasks.io.kv import KvLocation
+
+StorageLayout = tuple[str | KvLocation, tuple[int, ...], str, str]  # folder, grid unit of a file, key prefix, separator
 
 
 def grid_intervals(shape: Sequence[int], block_shape: Sequence[int], block_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -108,9 +112,12 @@ def storage_layout(source: Any) -> StorageLayout | None:
         return None
     spec = store.spec(retain_context=False).to_json()
     kvstore = spec.get("kvstore", {})
-    if kvstore.get("driver") != "file":
+    if kvstore.get("driver") == "file":
+        directory = os.path.join(kvstore["path"], spec.get("path", "")).rstrip("/")
+    elif isinstance(getattr(source, "location", None), KvLocation):
+        directory = source.location
+    else:
         return None
-    directory = os.path.join(kvstore["path"], spec.get("path", "")).rstrip("/")
     metadata = spec.get("metadata", {})
     if spec["driver"] == "n5":
         return directory, tuple(metadata["blockSize"]), "", "/"
@@ -124,9 +131,19 @@ def storage_layout(source: Any) -> StorageLayout | None:
     return None
 
 
-def _stat_files(directory: str, prefix: str, separator: str, cells: list[list[int]]) -> tuple[list[int], list[int]]:
+def _stamp_objects(location: KvLocation, prefix: str, separator: str, cells: list[list[int]]) -> tuple[list[int], list[int]]:
+    """`_stat_files` on object storage: a 64-bit hash of each object's generation in place of its
+    size ((2**64 - 1, 0) where missing)."""
+    stamps = location.stamps([prefix + separator.join(map(str, cell)) for cell in cells])
+    sizes = [2**64 - 1 if s is None else int.from_bytes(hashlib.blake2b(s, digest_size=8).digest(), "little") for s in stamps]
+    return sizes, [0] * len(cells)
+
+
+def _stat_files(directory: str | KvLocation, prefix: str, separator: str, cells: list[list[int]]) -> tuple[list[int], list[int]]:
     """(size, mtime_ns) of the storage file of each grid cell ((2**64 - 1, 0) where missing). With
     nested keys ("c/1/2/3") each folder is opened once and its files stat'ed relative to it."""
+    if isinstance(directory, KvLocation):
+        return _stamp_objects(directory, prefix, separator, cells)
     sizes, times = [], []
     folder_key: list[int] | None = None
     handle: int | None = None
@@ -186,7 +203,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _file_sums(directory: str, unit: tuple[int, ...], prefix: str, separator: str, shape: tuple[int, ...],
+def _file_sums(directory: str | KvLocation, unit: tuple[int, ...], prefix: str, separator: str, shape: tuple[int, ...],
                starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
     """Per box, the wrapping sum of the hashes of the storage files it covers."""
     unit_array = np.asarray(unit, np.int64)

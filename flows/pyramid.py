@@ -24,7 +24,7 @@ from bioimage_tasks.pyramid_plan import plan_pyramid, tile_bytes_per_voxel
 from bioimage_tasks.records import RECORDS_DIR, run_key
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
-from bioimage_tasks.io import ContainerPath, as_source, create_array
+from bioimage_tasks.io import ContainerPath, StorageOptions, as_source, create_array
 from bioimage_tasks.tasks import measure_source_range
 from bioimage_tasks.throttle import throttle_writes
 from flows.downsample import check_input_dtype, check_method_options
@@ -52,6 +52,7 @@ def pyramid_flow(
     job_type: str = "local",
     job_config: RunnerConfig | None = None,
     num_workers: int = 1,
+    storage_options: StorageOptions | dict | None = None,
 ) -> str:
     """Write `input` as an OME-Zarr multiscale image at `output_group` ("path/image.zarr", or a
     group inside a container): s0 is a copy, each further level is downsampled with `method`
@@ -77,7 +78,7 @@ def pyramid_flow(
         raise ValueError("shards need zarr v3, i.e. ngff_version='0.5'")
     if (levels is None) == (scale_factors is None):
         raise ValueError("give exactly one of levels (planned from voxel_size) and scale_factors (per level)")
-    source = as_source(input)
+    source = as_source(input, storage_options=storage_options)
     check_input_dtype(source.dtype, method, order, anti_aliasing)
     if job_type != "local" and in_memory(source):
         raise ValueError(f"job_type={job_type!r} needs a file-backed input (a zarr/n5 path or array), not numpy")
@@ -94,6 +95,9 @@ def pyramid_flow(
         level_factors = plan_isotropic_factors(voxel_size, levels)
     else:
         level_factors = [normalize_factors(f, ndim) for f in scale_factors]
+    if "://" in str(output_group):
+        raise ValueError(f"output_group must be a local path (pyramids on object storage are not supported yet; "
+                         f"inputs at s3:// URLs are), got {output_group!r}")
     group_path = ContainerPath.parse(output_group, "output_group")
     if group_path.format != "zarr":
         raise ValueError(f"output_group must be a zarr path for OME-Zarr, got {output_group!r}")

@@ -5,6 +5,7 @@ n5; an existing one must have the right shape and a dtype that holds the result.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,12 +14,19 @@ import tensorstore as ts
 import zarr
 
 from bioimage_tasks.grid import chunks_dividing, default_block_shape
-from bioimage_tasks.records import TOKEN_ATTRIBUTE, new_token
 from bioimage_tasks.io.inputs import as_source
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.paths import ContainerPath
 from bioimage_tasks.io.source import Source
+from bioimage_tasks.io.urls import StorageOptions, UrlPath, is_url
 from bioimage_tasks.io.zarr_array import ArraySource
+
+
+TOKEN_ATTRIBUTE = "bioimage_tasks_token"
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,7 +36,7 @@ class OutputPlan:
     shape: tuple[int, ...]
     dtype: np.dtype
     existing: Source | None = None
-    create_at: ContainerPath | None = None
+    create_at: ContainerPath | UrlPath | None = None
     chunks: tuple[int, ...] | None = None
 
     @property
@@ -44,16 +52,17 @@ class OutputPlan:
 
 
 def plan_output(
-    output: Any, shape: tuple[int, ...], dtype: np.dtype, block_shape: tuple[int, ...] | None = None
+    output: Any, shape: tuple[int, ...], dtype: np.dtype, block_shape: tuple[int, ...] | None = None,
+    storage_options: StorageOptions | dict | None = None,
 ) -> OutputPlan:
     """Check `output` can receive an array of `shape` and `dtype`; raise ValueError naming `output`
     otherwise. Nothing is created or written here. A new output gets chunks of about 64**3 voxels
-    that divide `block_shape` when one is given."""
+    that divide `block_shape` when one is given. `storage_options`: how to reach object storage."""
     dtype = np.dtype(dtype)
     if output is None:
         return OutputPlan(shape, dtype)
     if isinstance(output, (str, os.PathLike)):
-        path = ContainerPath.parse(os.fspath(output), "output")
+        path = output_path(os.fspath(output), storage_options)
         if not path.exists():
             chunks = default_block_shape(shape, None)
             if block_shape is not None:
@@ -61,7 +70,7 @@ def plan_output(
             return OutputPlan(shape, dtype, create_at=path, chunks=chunks)
         existing = path.open("r+")
     else:
-        existing = as_source(output, "output")
+        existing = as_source(output, "output", storage_options)
         if not hasattr(existing, "write"):
             raise ValueError(f"output must be writable (a numpy, zarr or tensorstore array), got {output!r}")
     if existing.shape != shape:
@@ -71,12 +80,30 @@ def plan_output(
     return OutputPlan(shape, existing.dtype, existing=existing)
 
 
+def output_path(output: str, storage_options: StorageOptions | dict | None) -> ContainerPath | UrlPath:
+    """A path or a writable URL, checked; a URL's endpoint and bucket are probed (ValueError)."""
+    if not is_url(output):
+        return ContainerPath.parse(output, "output")
+    path = UrlPath.parse(output, "output", storage_options)
+    if not path.writable:
+        raise ValueError(f"output: {path.scheme}:// is read-only; write to a local path or an s3:// URL, got {output!r}")
+    try:
+        path.exists()
+    except ValueError as error:
+        raise ValueError(f"output: {error}") from None
+    return path
+
+
 def create_array(
-    path: ContainerPath, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
+    path: ContainerPath | UrlPath, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
     shards: tuple[int, ...] | None = None, dimension_names: tuple[str, ...] | None = None,
 ) -> ArraySource | TensorStoreSource:
     """Create an empty (fill value 0) array at `path`, zarr or n5 by its container suffix, with a
     fresh identity token in its attributes (and, in zarr v3, `dimension_names` when given)."""
+    if isinstance(path, UrlPath):
+        sink = path.create(shape, dtype, chunks, shards, dimension_names)
+        sink.set_attribute(TOKEN_ATTRIBUTE, new_token())
+        return sink
     if path.format == "n5":
         spec = path.n5_spec() | {
             "metadata": {
