@@ -47,3 +47,9 @@ bench-backtoback: setup
 .PHONY: bench-pyramid
 bench-pyramid: setup
 	$(PY) benchmarks/pyramid.py $(BENCH_ARGS)
+
+# Object storage: S3 (moto_server on loopback) against local disk on the same data, ours through
+# tensorstore's s3 kvstore against zarr-python over s3fs (benchmarks/README.md, "Object storage")
+.PHONY: bench-s3
+bench-s3: setup
+	$(PY) benchmarks/s3.py $(BENCH_ARGS)

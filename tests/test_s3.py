@@ -132,11 +132,13 @@ def test_lease_refuses_a_second_computation_on_s3(prefect_server, s3_server, buc
                           image.reshape(20, 2, 24, 2, 18, 2).max(axis=(1, 3, 5)))
 
 
-def test_dask_workers_reach_s3(prefect_server, s3_server, bucket, image):
+def test_dask_workers_reach_s3(prefect_server, s3_server, bucket, image, monkeypatch):
     source = f"s3://{bucket}/raw.zarr/v3"
     put_s3(source, image)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the endpoint is a parameter (a dict, as a deployment gives it) ...
     result = downsample_flow(source, 2, f"s3://{bucket}/raw.zarr/s1", order=1, anti_aliasing=True,
-                             job_type="subprocess", num_workers=2, job_config=LocalClusterConfig(blocks_per_task=1))
+                             job_type="subprocess", num_workers=2, job_config=LocalClusterConfig(blocks_per_task=1),
+                             storage_options={"endpoint_url": s3_server.endpoint})  # ... the key pair the environment
     assert np.array_equal(read(result), expected(image))
     executors = BlockRecords(records_location(f"s3://{bucket}/raw.zarr/s1")).executors()
     assert len(set(executors.values())) >= 1 and all(":" in e for e in executors.values())
