@@ -95,9 +95,9 @@ def test_rerun_writes_no_object_and_resumes(prefect_server, s3_server, bucket, i
     assert np.array_equal(read(again), np.rint(window).astype(np.uint8)) and first.shape == again.shape
 
 
-def records_location(url: str):
+def records_location(url: str, options: dict | None = None):
     """The single run key's records of an output at `url`."""
-    location = UrlPath.parse(url, "test").location().child(".bioimage-tasks").child("blocks")
+    location = UrlPath.parse(url, "test", options).location().child(".bioimage-tasks").child("blocks")
     (key,) = location.names()
     return location.child(key)
 
@@ -140,7 +140,8 @@ def test_dask_workers_reach_s3(prefect_server, s3_server, bucket, image, monkeyp
                              job_type="subprocess", num_workers=2, job_config=LocalClusterConfig(blocks_per_task=1),
                              storage_options={"endpoint_url": s3_server.endpoint})  # ... the key pair the environment
     assert np.array_equal(read(result), expected(image))
-    executors = BlockRecords(records_location(f"s3://{bucket}/raw.zarr/s1")).executors()
+    records = records_location(f"s3://{bucket}/raw.zarr/s1", {"endpoint_url": s3_server.endpoint})
+    executors = BlockRecords(records).executors()
     assert len(set(executors.values())) >= 1 and all(":" in e for e in executors.values())
 
 
