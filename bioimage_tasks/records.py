@@ -11,6 +11,7 @@ either whole or absent. The latest event of a block wins: `forget` appends a tom
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -91,7 +92,7 @@ class BlockRecords:
 
     directory: str | Location
 
-    @property
+    @functools.cached_property
     def location(self) -> Location:
         return as_location(self.directory)
 

@@ -176,4 +176,4 @@ class KvLocation:
 
 def as_location(place: str | os.PathLike | Location) -> Location:
     """A Location as is; a path as the local folder it names."""
-    return place if isinstance(place, Location) else LocalLocation(os.path.abspath(os.fspath(place)))
+    return LocalLocation(os.path.abspath(os.fspath(place))) if isinstance(place, (str, os.PathLike)) else place
