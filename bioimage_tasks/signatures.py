@@ -70,13 +70,16 @@ def interval_signatures(source: Any, starts: np.ndarray, stops: np.ndarray) -> l
     layout = storage_layout(source)
     if layout is None:
         return [None] * len(starts)
-    return [f"{value:016x}" for value in _file_sums(*layout, tuple(source.shape), starts, stops)]
+    text = _file_sums(*layout, tuple(source.shape), starts, stops).astype(">u8").tobytes().hex()
+    return [text[i : i + 16] for i in range(0, len(text), 16)]
 
 
 def combined_signatures(sources: Sequence[Any], starts: np.ndarray, stops: np.ndarray) -> list[str | None]:
     """One signature per box over several sources read with the same regions (an input view and
     a mask): their signatures joined by "/", "?" for a part without one; None if all are unknown."""
     parts = [interval_signatures(s, starts, stops) for s in sources]
+    if len(parts) == 1:
+        return parts[0]
     return [None if all(p is None for p in row) else "/".join(p or "?" for p in row) for row in zip(*parts)]
 
 
@@ -131,53 +134,61 @@ def storage_layout(source: Any) -> StorageLayout | None:
     return None
 
 
-def _stamp_objects(location: KvLocation, prefix: str, separator: str, cells: list[list[int]]) -> tuple[list[int], list[int]]:
+MISSING = (2**64 - 1, 0)  # (size, mtime_ns) of a cell without a storage file (fill value)
+
+
+def _stamp_objects(location: KvLocation, prefix: str, separator: str, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`_stat_files` on object storage: a 64-bit hash of each object's generation in place of its
-    size ((2**64 - 1, 0) where missing)."""
-    stamps = location.stamps([prefix + separator.join(map(str, cell)) for cell in cells])
-    sizes = [2**64 - 1 if s is None else int.from_bytes(hashlib.blake2b(s, digest_size=8).digest(), "little") for s in stamps]
-    return sizes, [0] * len(cells)
+    size, `MISSING` where there is none."""
+    stamps = location.stamps([prefix + separator.join(map(str, cell)) for cell in cells.tolist()])
+    sizes = [MISSING[0] if s is None else int.from_bytes(hashlib.blake2b(s, digest_size=8).digest(), "little") for s in stamps]
+    return np.array(sizes, np.uint64), np.zeros(len(sizes), np.uint64)
 
 
-def _stat_files(directory: str | KvLocation, prefix: str, separator: str, cells: list[list[int]]) -> tuple[list[int], list[int]]:
-    """(size, mtime_ns) of the storage file of each grid cell ((2**64 - 1, 0) where missing). With
-    nested keys ("c/1/2/3") each folder is opened once and its files stat'ed relative to it."""
+def _stat_files(directory: str | KvLocation, prefix: str, separator: str, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(size, mtime_ns) of the storage file of each grid cell (`cells`: (N, ndim) in C order),
+    `MISSING` where there is none. With nested keys ("c/1/2/3") each folder is opened once and its
+    files stat'ed relative to it, in one comprehension per folder (~2.5 us per file here)."""
     if isinstance(directory, KvLocation):
         return _stamp_objects(directory, prefix, separator, cells)
-    sizes, times = [], []
-    folder_key: list[int] | None = None
-    handle: int | None = None
+    if separator != "/":
+        names = [prefix + separator.join(map(str, cell)) for cell in cells.tolist()]
+        return _stat_folder(directory, names)
+    if cells.shape[1] == 1:
+        return _stat_folder(os.path.join(directory, prefix.rstrip("/")) if prefix else directory, cells[:, 0].astype(str).tolist())
+    breaks = np.flatnonzero(np.any(cells[1:, :-1] != cells[:-1, :-1], axis=1)) + 1
+    bounds = [0, *breaks.tolist(), len(cells)]
+    last = cells[:, -1].astype(str).tolist()
+    parts = [
+        _stat_folder(os.path.join(directory, prefix + "/".join(map(str, cells[a, :-1].tolist()))), last[a:b])
+        for a, b in zip(bounds[:-1], bounds[1:])
+    ]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _stat_folder(folder: str, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(size, mtime_ns) of each named file in `folder`, `MISSING` for absent ones."""
     try:
-        for cell in cells:
-            if separator == "/":
-                if cell[:-1] != folder_key:
-                    if handle is not None:
-                        os.close(handle)
-                    folder_key = cell[:-1]
-                    try:
-                        handle = os.open(os.path.join(directory, prefix + "/".join(map(str, folder_key))), os.O_RDONLY | os.O_DIRECTORY)
-                    except FileNotFoundError:
-                        handle = None
-                name = str(cell[-1])
-            else:
-                if handle is None and folder_key is None:
-                    folder_key = []
-                    handle = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-                name = prefix + separator.join(map(str, cell))
-            try:
-                if handle is None:
-                    raise FileNotFoundError
-                status = os.stat(name, dir_fd=handle)
-            except FileNotFoundError:
-                sizes.append(2**64 - 1)
-                times.append(0)
-                continue
-            sizes.append(status.st_size)
-            times.append(status.st_mtime_ns)
+        handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return np.full(len(names), MISSING[0], np.uint64), np.full(len(names), MISSING[1], np.uint64)
+    try:
+        try:
+            pairs = [(s.st_size, s.st_mtime_ns) for s in [os.stat(name, dir_fd=handle) for name in names]]
+        except FileNotFoundError:
+            pairs = [_stat_or_missing(name, handle) for name in names]
     finally:
-        if handle is not None:
-            os.close(handle)
-    return sizes, times
+        os.close(handle)
+    values = np.array(pairs, np.uint64).reshape(-1, 2)
+    return values[:, 0], values[:, 1]
+
+
+def _stat_or_missing(name: str, handle: int) -> tuple[int, int]:
+    try:
+        status = os.stat(name, dir_fd=handle)
+    except FileNotFoundError:
+        return MISSING
+    return status.st_size, status.st_mtime_ns
 
 
 def _map_intervals(view: Any, starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -218,7 +229,7 @@ def _file_sums(directory: str | KvLocation, unit: tuple[int, ...], prefix: str, 
         cells = np.argwhere(needed)
     else:
         cells = np.indices(extent).reshape(len(extent), -1).T
-    sizes, times = (np.array(v, np.uint64) for v in _stat_files(directory, prefix, separator, (cells + origin).tolist()))
+    sizes, times = _stat_files(directory, prefix, separator, cells + origin)
     positions = np.ravel_multi_index(tuple((cells + origin).T), tuple(-(-n // u) for n, u in zip(shape, unit)))
     hashes = _mix(_mix(_mix(positions.astype(np.uint64)) ^ sizes) ^ times)
     values = np.zeros(extent, np.uint64)

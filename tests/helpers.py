@@ -17,10 +17,12 @@ from bioimage_tasks.io import as_source
 @dataclass(frozen=True)
 class SlowSource:
     """A file-backed source that sleeps on every read, so a run lasts long enough to kill
-    workers in the middle of it."""
+    workers in the middle of it; with `gate`, every read also waits until that file exists, so a
+    run stays alive until a test lets it go (on threads and in worker processes alike)."""
 
     path: str
     delay: float
+    gate: str | None = None
 
     def _inner(self):
         return as_source(self.path)
@@ -43,6 +45,8 @@ class SlowSource:
 
     def __getitem__(self, key) -> np.ndarray:
         time.sleep(self.delay)
+        if self.gate is not None:
+            wait_for(lambda: os.path.exists(self.gate), 300, interval=0.05)
         return self._inner()[key]
 
 

@@ -169,8 +169,9 @@ def test_numpy_input_changed_and_restored(volume):
     np.testing.assert_array_equal(result[:], image)
 
 
-def race(run_a, run_b, output):
-    """Start A, wait until it holds the output's lease, start B: B must be refused before writing."""
+def race(run_a, run_b, output, gate):
+    """Start A (its reads wait for the file `gate`), wait until it holds the output's lease, run
+    B, then let A go: A is alive, holding its lease, for all of B's attempt."""
     results: dict[str, object] = {}
 
     def call(name, fn):
@@ -183,6 +184,7 @@ def race(run_a, run_b, output):
     first.start()
     wait_for(lambda: holders(output)[1], 120, interval=0.05)
     call("b", run_b)
+    open(gate, "w").close()
     first.join()
     return results
 
@@ -194,9 +196,9 @@ def test_two_computations_racing(volume, job_type, monkeypatch):
     output = f"{root}/out.zarr/s1"
     config = LocalClusterConfig(worker_timeout=120) if job_type == "subprocess" else None
     common = {"block_shape": BLOCK, "job_type": job_type, "num_workers": 2, "job_config": config}
-    slow = SlowSource(f"{root}/in.zarr/raw", 0.1)
+    slow = SlowSource(f"{root}/in.zarr/raw", 0, gate=f"{root}/gate")
     results = race(lambda: downsample_flow(slow, 2, output, order=1, anti_aliasing=True, **common),
-                   lambda: downsample_flow(f"{root}/in.zarr/raw", 2, output, order=0, **common), output)
+                   lambda: downsample_flow(f"{root}/in.zarr/raw", 2, output, order=0, **common), output, slow.gate)
     assert isinstance(results["b"], LeaseHeldError), results["b"]
     message = str(results["b"])
     assert "flow run" in message and os.uname().nodename in message and "started" in message
@@ -210,9 +212,9 @@ def test_two_computations_racing(volume, job_type, monkeypatch):
 def test_same_computation_joins_a_live_lease(volume):
     root, image = volume
     output = f"{root}/out.zarr/s1"
-    slow = SlowSource(f"{root}/in.zarr/raw", 0.05)
+    slow = SlowSource(f"{root}/in.zarr/raw", 0, gate=f"{root}/gate")
     results = race(lambda: downsample_flow(slow, 2, output, order=0, block_shape=BLOCK),
-                   lambda: downsample_flow(f"{root}/in.zarr/raw", 2, output, order=0, block_shape=BLOCK), output)
+                   lambda: downsample_flow(f"{root}/in.zarr/raw", 2, output, order=0, block_shape=BLOCK), output, slow.gate)
     for name in "ab":
         np.testing.assert_array_equal(results[name][:], resized(image, 0))
 
