@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import uuid
+from dataclasses import replace
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import zarr
 
 from bioimage_tasks.blockwise_flow import blockwise_flow
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
@@ -24,7 +24,8 @@ from bioimage_tasks.pyramid_plan import plan_pyramid, tile_bytes_per_voxel
 from bioimage_tasks.records import RECORDS_DIR, run_key
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
-from bioimage_tasks.io import ContainerPath, StorageOptions, as_source, create_array
+from bioimage_tasks.io import (ContainerPath, StorageOptions, UrlPath, as_source, create_array, open_group, output_path,
+                              storage_place)
 from bioimage_tasks.tasks import measure_source_range
 from bioimage_tasks.throttle import throttle_writes
 from flows.downsample import check_input_dtype, check_method_options
@@ -95,10 +96,7 @@ def pyramid_flow(
         level_factors = plan_isotropic_factors(voxel_size, levels)
     else:
         level_factors = [normalize_factors(f, ndim) for f in scale_factors]
-    if "://" in str(output_group):
-        raise ValueError(f"output_group must be a local path (pyramids on object storage are not supported yet; "
-                         f"inputs at s3:// URLs are), got {output_group!r}")
-    group_path = ContainerPath.parse(output_group, "output_group")
+    group_path = output_path(output_group, storage_options, "output_group")
     if group_path.format != "zarr":
         raise ValueError(f"output_group must be a zarr path for OME-Zarr, got {output_group!r}")
     if labels:
@@ -114,9 +112,7 @@ def pyramid_flow(
     if method != "resize":  # every check before anything is created
         plan = plan_pyramid(source.shape, level_factors, [shard or chunk for chunk, shard in layouts],
                             tile_bytes_per_voxel(method, source.dtype), config.memory_budget, write_s0=not reuse_s0)
-    group = zarr.open_group(group_path.container, path=group_path.key, mode="a",
-                            zarr_format=2 if ngff_version == "0.4" else 3)
-    group_directory = os.path.join(group_path.container, group_path.key)
+    group, group_directory = open_group(group_path, 2 if ngff_version == "0.4" else 3)
     arrays = [None if level == 0 and reuse_s0 else
               level_array(group_path, level, shape, source.dtype, *layouts[level], axes)
               for level, shape in enumerate(shapes)]
@@ -129,13 +125,13 @@ def pyramid_flow(
     fingerprint = getattr(source, "fingerprint", lambda: None)()
     computation = run_key({"pyramid": method, "order": order, "anti_aliasing": anti_aliasing, "factors": level_factors,
                            "input": fingerprint}) if fingerprint is not None else f"unkeyed-{uuid.uuid4().hex}"
-    directories = [group_directory, *(array.directory for array in arrays if array is not None)]
+    directories = [group_directory, *(storage_place(array) for array in arrays if array is not None)]
     with output_lease(directories, computation):  # another live computation is refused here, before writing
         epoch = claim_ownership(directories, computation)
         sinks = [None if array is None else throttle_writes(array, config.write_limit) for array in arrays]
         with backend(job_type, num_workers, config) as runner:
             if plan is not None:
-                staging = {level: throttle_writes(staging_array(group_directory, level, shapes[level], source.dtype,
+                staging = {level: throttle_writes(staging_array(group_path, level, shapes[level], source.dtype,
                                                                 plan.staging_chunks(level)), config.write_limit)
                            for level in plan.staged}
                 for level in range(1, len(shapes)):
@@ -147,19 +143,19 @@ def pyramid_flow(
                 value_range = measure_source_range(runner, source, num_workers, config) if any(v.clips for v in views) else None
                 stages = resize_stages(source, shapes, order, anti_aliasing, value_range, sinks, config.memory_budget,
                                        epoch, rows)
-            run_stages(runner, stages, num_workers, config, details, rows, GroupOutput(str(group_path), group_directory))
+            run_stages(runner, stages, num_workers, config, details, rows, GroupOutput(str(group_path), str(getattr(group_directory, "url", group_directory))))
 
     transforms = [level_transform(method, voxel_size, origin, f, shapes[0], shape) for f, shape in zip(cumulative, shapes)]
     label_name = group_path.key.rsplit("/", 1)[-1]
     group.attrs.update(multiscales_attributes(ngff_version, name or label_name or "image", axes_metadata(axes, units),
                                               transforms, method, label=labels))
     if labels:
-        labels_group = zarr.open_group(group_path.container, path=group_path.key.rsplit("/", 1)[0], mode="a")
+        labels_group, _ = open_group(replace(group_path, key=group_path.key.rsplit("/", 1)[0]), 2 if ngff_version == "0.4" else 3)
         labels_group.attrs.update(labels_group_attributes(ngff_version, dict(labels_group.attrs), label_name))
     return str(group_path)
 
 
-def check_label_options(group_path: ContainerPath, dtype: Any, method: str, order: int, anti_aliasing: bool) -> None:
+def check_label_options(group_path: ContainerPath | UrlPath, dtype: Any, method: str, order: int, anti_aliasing: bool) -> None:
     """A label image lives at <image>/labels/<name>, holds integers, and is downsampled label-safely."""
     parts = group_path.key.split("/")
     if len(parts) < 2 or parts[-2] != "labels":
@@ -171,10 +167,10 @@ def check_label_options(group_path: ContainerPath, dtype: Any, method: str, orde
                          "use mode, min, max, median, stride or resize with order 0")
 
 
-def level_array(group_path: ContainerPath, level: int, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
+def level_array(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
                 shards: tuple[int, ...] | None, axes: Sequence[str]) -> Sink:
     """Level `level`'s array, created if missing; an existing one must have its shape and dtype."""
-    path = ContainerPath(group_path.container, f"{group_path.key}/s{level}".lstrip("/"), "zarr")
+    path = replace(group_path, key=f"{group_path.key}/s{level}".lstrip("/"))
     if not path.exists():
         return create_array(path, shape, dtype, chunks, shards, tuple(axes))
     sink = path.open("r+")
@@ -184,11 +180,12 @@ def level_array(group_path: ContainerPath, level: int, shape: tuple[int, ...], d
     return sink
 
 
-def staging_array(group_directory: str, level: int, shape: tuple[int, ...], dtype: np.dtype,
+def staging_array(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype,
                   chunks: tuple[int, ...]) -> Sink:
     """Where the regions leave their parts of level `level` (one chunk each), kept with the
     group's records so a rerun resumes from it; recreated when the plan changed."""
-    path = ContainerPath(os.path.join(group_directory, RECORDS_DIR, "staging.zarr"), f"s{level}", "zarr")
+    group = f"{group_path.container}/{group_path.key}".rstrip("/")
+    path = replace(group_path, container=f"{group}/{RECORDS_DIR}/staging.zarr", key=f"s{level}")
     if path.exists():
         sink = path.open("r+")
         if sink.shape == shape and sink.dtype == np.dtype(dtype) and sink.write_unit == chunks:

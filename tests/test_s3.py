@@ -79,6 +79,23 @@ def test_flows_between_s3_and_local_are_exact(prefect_server, s3_server, bucket,
     assert zarr.open_array(f"{group}/s1").shape == (20, 24, 18)
 
 
+def test_pyramid_s3_to_s3(prefect_server, s3_server, bucket, image):
+    source = f"s3://{bucket}/raw.zarr/v3"
+    put_s3(source, image)
+    group = pyramid_flow(source, f"s3://{bucket}/image.ome.zarr", levels=2, voxel_size=(1.0, 1.0, 1.0), method="mean",
+                         chunks=(8, 8, 8))
+    base = ts.open({"driver": "zarr3", "kvstore": UrlPath.parse(source, "test").location().spec}).result()
+    for level in (1, 2):
+        reference = ts.downsample(base, [2**level] * 3, "mean")[...].read().result()
+        assert np.array_equal(read(as_source(f"{group}/s{level}").array), reference)
+    other = zarr.open_group(group, mode="r", storage_options={"endpoint_url": s3_server.endpoint})
+    assert [d["path"] for d in other.attrs["ome"]["multiscales"][0]["datasets"]] == ["s0", "s1", "s2"]
+    mark = len(s3_server.requests())
+    pyramid_flow(source, group, levels=2, voxel_size=(1.0, 1.0, 1.0), method="mean", chunks=(8, 8, 8))
+    rewritten = [p for m, p in s3_server.writes_since(mark) if "/.bioimage-tasks/lease/" not in p]
+    assert rewritten == []  # a rerun writes only its lease
+
+
 def test_rerun_writes_no_object_and_resumes(prefect_server, s3_server, bucket, image):
     source, output = f"s3://{bucket}/raw.zarr/v3", f"s3://{bucket}/raw.zarr/s1"
     put_s3(source, image)

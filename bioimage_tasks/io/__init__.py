@@ -3,7 +3,7 @@ for inputs and `plan_output` for outputs."""
 
 from bioimage_tasks.io.inputs import as_source
 from bioimage_tasks.io.n5 import TensorStoreSource
-from bioimage_tasks.io.outputs import OutputPlan, create_array, output_token, plan_output
+from bioimage_tasks.io.outputs import OutputPlan, create_array, open_group, output_path, output_token, plan_output
 from bioimage_tasks.io.paths import ContainerPath
 from bioimage_tasks.io.kv import KvLocation, LocalLocation, Location
 from bioimage_tasks.io.source import Source, check_array, same_storage, start_read, storage_place
@@ -12,6 +12,6 @@ from bioimage_tasks.io.zarr_array import ArraySource
 
 __all__ = [
     "ArraySource", "ContainerPath", "KvLocation", "LocalLocation", "Location", "OutputPlan", "Source", "StorageOptions",
-    "TensorStoreSource", "UrlPath", "as_source", "check_array", "create_array", "output_token", "plan_output",
-    "same_storage", "start_read", "storage_place",
+    "TensorStoreSource", "UrlPath", "as_source", "check_array", "create_array", "open_group", "output_path", "output_token",
+    "plan_output", "same_storage", "start_read", "storage_place",
 ]

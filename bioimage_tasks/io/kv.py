@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -177,3 +177,35 @@ class KvLocation:
 def as_location(place: str | os.PathLike | Location) -> Location:
     """A Location as is; a path as the local folder it names."""
     return LocalLocation(os.path.abspath(os.fspath(place))) if isinstance(place, (str, os.PathLike)) else place
+
+
+class JsonAttributes(Mapping):
+    """Attributes kept in a JSON file of a Location (n5's attributes.json, zarr v2's .zattrs, zarr
+    v3's zarr.json under `member`): read when asked, written back whole by `update`."""
+
+    def __init__(self, location: Location, file: str, member: str | None = None) -> None:
+        self.location, self.file, self.member = location, file, member
+
+    def _document(self) -> dict:
+        return json.loads(self.location.read(self.file) or b"{}")
+
+    def _current(self) -> dict:
+        document = self._document()
+        return document.get(self.member, {}) if self.member else document
+
+    def __getitem__(self, name: str) -> Any:
+        return self._current()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._current())
+
+    def __len__(self) -> int:
+        return len(self._current())
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        """Set `values`; the file is rewritten only if that changes it (a rerun writes nothing)."""
+        document = self._document()
+        target = document.setdefault(self.member, {}) if self.member else document
+        if any(name not in target or target[name] != value for name, value in values.items()):
+            target.update(values)
+            self.location.write(self.file, json.dumps(document, indent=2).encode())

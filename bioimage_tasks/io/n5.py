@@ -3,7 +3,6 @@ sources and sinks."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
-from bioimage_tasks.io.kv import LocalLocation, Location
+from bioimage_tasks.io.kv import JsonAttributes, LocalLocation, Location
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,24 +63,18 @@ class TensorStoreSource:
     def fingerprint(self) -> dict:
         return {"shape": self.shape, "dtype": str(self.dtype), "chunks": self.write_unit, "n5": self.directory}
 
-    def _attributes(self) -> tuple[Location, str, str | None] | None:
-        """(folder, file, member) holding the attributes: n5's attributes.json, zarr v2's .zattrs,
-        zarr v3's zarr.json "attributes"; None without a folder."""
+    @property
+    def attrs(self) -> JsonAttributes | None:
+        """The attributes (n5's attributes.json, zarr v2's .zattrs, zarr v3's zarr.json
+        "attributes"); None without a folder."""
         folder = self.location or (LocalLocation(self.directory) if self.directory is not None else None)
         driver = self.store.spec().to_json()["driver"]
         file, member = {"zarr": (".zattrs", None), "zarr3": ("zarr.json", "attributes")}.get(driver, ("attributes.json", None))
-        return None if folder is None else (folder, file, member)
+        return None if folder is None else JsonAttributes(folder, file, member)
 
     def get_attribute(self, name: str) -> Any:
-        where = self._attributes()
-        if where is None:
-            return None
-        folder, file, member = where
-        document = json.loads(folder.read(file) or b"{}")
-        return (document.get(member, {}) if member else document).get(name)
+        attributes = self.attrs
+        return None if attributes is None else attributes.get(name)
 
     def set_attribute(self, name: str, value: Any) -> None:
-        folder, file, member = self._attributes()
-        document = json.loads(folder.read(file) or b"{}")
-        (document.setdefault(member, {}) if member else document)[name] = value
-        folder.write(file, json.dumps(document, indent=2).encode())
+        self.attrs.update({name: value})

@@ -15,6 +15,7 @@ import zarr
 
 from bioimage_tasks.grid import chunks_dividing, default_block_shape
 from bioimage_tasks.io.inputs import as_source
+from bioimage_tasks.io.kv import Location
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.paths import ContainerPath
 from bioimage_tasks.io.source import Source
@@ -80,17 +81,17 @@ def plan_output(
     return OutputPlan(shape, existing.dtype, existing=existing)
 
 
-def output_path(output: str, storage_options: StorageOptions | dict | None) -> ContainerPath | UrlPath:
+def output_path(output: str, storage_options: StorageOptions | dict | None, parameter: str = "output") -> ContainerPath | UrlPath:
     """A path or a writable URL, checked; a URL's endpoint and bucket are probed (ValueError)."""
     if not is_url(output):
-        return ContainerPath.parse(output, "output")
-    path = UrlPath.parse(output, "output", storage_options)
+        return ContainerPath.parse(output, parameter)
+    path = UrlPath.parse(output, parameter, storage_options)
     if not path.writable:
-        raise ValueError(f"output: {path.scheme}:// is read-only; write to a local path or an s3:// URL, got {output!r}")
+        raise ValueError(f"{parameter}: {path.scheme}:// is read-only; write to a local path or an s3:// URL, got {output!r}")
     try:
         path.exists()
     except ValueError as error:
-        raise ValueError(f"output: {error}") from None
+        raise ValueError(f"{parameter}: {error}") from None
     return path
 
 
@@ -130,6 +131,15 @@ def create_array(
         dimension_names=dimension_names if zarr_format == 3 else None,
     )
     return ArraySource(array, str(path))
+
+
+def open_group(path: ContainerPath | UrlPath, zarr_format: int) -> tuple[Any, str | Location]:
+    """The zarr group at `path` (created if missing; its `attrs` a mapping with `update`) and where
+    it keeps its files (its folder, or its Location on object storage)."""
+    if isinstance(path, UrlPath):
+        return path.open_group(zarr_format), path.location()
+    return (zarr.open_group(path.container, path=path.key, mode="a", zarr_format=zarr_format),
+            os.path.join(path.container, path.key))
 
 
 def output_token(sink: ArraySource | TensorStoreSource) -> str | None:

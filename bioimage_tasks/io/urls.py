@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
-from bioimage_tasks.io.kv import KvLocation
+from bioimage_tasks.io.kv import JsonAttributes, KvLocation
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.paths import ContainerPath
 
@@ -170,6 +170,16 @@ class UrlPath:
         store = ts.open(self._spec(driver), open=True, read=True, write=mode != "r" and self.writable).result()
         return TensorStoreSource(store, str(self), self.location())
 
+    def open_group(self, zarr_format: int) -> UrlGroup:
+        """The zarr group at this URL, created (with the container's root group) if missing."""
+        group = self.location()
+        for folder in (self.location(""), group):
+            if zarr_format == 2 and folder.read(".zgroup") is None:
+                folder.write(".zgroup", b'{"zarr_format": 2}')
+            if zarr_format == 3 and folder.read("zarr.json") is None:
+                folder.write("zarr.json", json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode())
+        return UrlGroup(JsonAttributes(group, *((".zattrs", None) if zarr_format == 2 else ("zarr.json", "attributes"))))
+
     def create(self, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
                shards: tuple[int, ...] | None = None, dimension_names: tuple[str, ...] | None = None) -> TensorStoreSource:
         """Create an empty (fill value 0) array: n5 (gzip), zarr v2 inside a v2 container (zstd),
@@ -183,11 +193,17 @@ class UrlPath:
                                         "compressor": {"id": "zstd", "level": 0}}
         else:
             driver, metadata = "zarr3", zarr3_metadata(shape, dtype, chunks, shards, dimension_names)
-            root = self.location("")
-            if root.read("zarr.json") is None:  # the container is a group zarr-python can open
-                root.write("zarr.json", json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode())
+            dataclasses.replace(self, key="").open_group(3)  # the container: a group zarr-python can open
         store = ts.open(self._spec(driver) | {"metadata": metadata}, create=True).result()
         return TensorStoreSource(store, str(self), self.location())
+
+
+@dataclass(frozen=True)
+class UrlGroup:
+    """A zarr group on object storage: its attributes, as a zarr.Group's `attrs` (a mapping
+    with `update`)."""
+
+    attrs: JsonAttributes
 
 
 def zarr3_metadata(shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], shards: tuple[int, ...] | None,
