@@ -5,7 +5,7 @@ changes, so a rerun recomputes exactly the blocks whose input (or mask) was rewr
   or shard) the block's input region covers; a missing file (fill value) counts as its own state.
   Rewriting a chunk, through zarr-python or tensorstore, makes a new file and a new mtime.
 - The same arrays on object storage (s3, http): each covered object's generation (S3: its ETag,
-  from a HEAD request), the requests in flight together.
+  from a HEAD request), the requests in flight together; None from an http server without ETags.
 - numpy: a hash of the region's content.
 - Lazy views (`ResizedSource`, `WindowedSource`, anything with `.source` and
   `input_interval(axis, start, stop)`): the signature of the wrapped source over the input region
@@ -70,7 +70,11 @@ def interval_signatures(source: Any, starts: np.ndarray, stops: np.ndarray) -> l
     layout = storage_layout(source)
     if layout is None:
         return [None] * len(starts)
-    text = _file_sums(*layout, tuple(source.shape), starts, stops).astype(">u8").tobytes().hex()
+    try:
+        sums = _file_sums(*layout, tuple(source.shape), starts, stops)
+    except UnversionedObjects:
+        return [None] * len(starts)
+    text = sums.astype(">u8").tobytes().hex()
     return [text[i : i + 16] for i in range(0, len(text), 16)]
 
 
@@ -137,10 +141,16 @@ def storage_layout(source: Any) -> StorageLayout | None:
 MISSING = (2**64 - 1, 0)  # (size, mtime_ns) of a cell without a storage file (fill value)
 
 
+class UnversionedObjects(Exception):
+    """The store gives no version of its objects (an http server without ETags): no signature."""
+
+
 def _stamp_objects(location: KvLocation, prefix: str, separator: str, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`_stat_files` on object storage: a 64-bit hash of each object's generation in place of its
     size, `MISSING` where there is none."""
     stamps = location.stamps([prefix + separator.join(map(str, cell)) for cell in cells.tolist()])
+    if any(s is not None and len(s) <= 1 for s in stamps):  # tensorstore's flag byte alone: no ETag
+        raise UnversionedObjects
     sizes = [MISSING[0] if s is None else int.from_bytes(hashlib.blake2b(s, digest_size=8).digest(), "little") for s in stamps]
     return np.array(sizes, np.uint64), np.zeros(len(sizes), np.uint64)
 
