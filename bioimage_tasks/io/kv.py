@@ -113,6 +113,7 @@ class LocalLocation:
 
 
 _KVSTORES: dict[str, ts.KvStore] = {}  # per process: a KvLocation pickles its spec, not the handle
+_CONTEXT = ts.Context()  # one connection pool and request limit for all of them
 _SEQUENCE = itertools.count()
 _LOCK = threading.Lock()
 
@@ -131,7 +132,7 @@ class KvLocation:
         key = json.dumps(self.spec, sort_keys=True)
         with _LOCK:
             if key not in _KVSTORES:
-                _KVSTORES[key] = ts.KvStore.open(self.spec).result()
+                _KVSTORES[key] = ts.KvStore.open(self.spec, context=_CONTEXT).result()
             return _KVSTORES[key]
 
     def child(self, name: str) -> KvLocation:
