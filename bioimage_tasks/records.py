@@ -7,7 +7,9 @@ to its own segment file per shard, one checksummed line per event (`<id> <time_n
 <crc32>`). So a run of N blocks makes about N / SHARD_BLOCKS folders and a few files each instead of
 N files; checking a batch reads only its shards; no two writers share a file (no locks, safe on
 NFS/Lustre); a line torn by a killed writer fails its checksum and is ignored, so a record is
-either whole or absent. The latest event of a block wins: `forget` appends a tombstone."""
+either whole or absent. The latest event of a block wins: `forget` appends a tombstone.
+On object storage (an `io.kv.KvLocation`) every append is an object of its own (`<segment>.<n>`),
+since objects cannot be appended to and each PUT is atomic."""
 
 from __future__ import annotations
 
