@@ -21,6 +21,10 @@ Workers = Annotated[int, typer.Option("--workers", "-w", help="Threads, worker p
 BlockShape = Annotated[Optional[str], typer.Option("--block-shape", help="Block shape in output space, e.g. 64,64,64 (default: from the output chunks and the memory budget); blocks sharing a chunk or shard run in one task, in turn.")]
 Mask = Annotated[Optional[str], typer.Option(help="Output-space mask array; only its nonzero voxels are written.")]
 BlockIds = Annotated[Optional[str], typer.Option("--block-ids", help="Only these blocks of the output grid, e.g. 0,5,7.")]
+Codec = Annotated[Optional[str], typer.Option(help="Codec of a new output: zstd, blosc-lz4 or gzip (default: zstd for zarr, gzip for n5).")]
+Level = Annotated[Optional[int], typer.Option(help="Codec level (zstd 1-22, default 3; blosc-lz4 and gzip 1-9, defaults 5 and 6).")]
+Shards = Annotated[Optional[str], typer.Option(help="Shard shape of a new zarr v3 output, e.g. 256,256,256.")]
+WriteEmptyChunks = Annotated[bool, typer.Option("--write-empty-chunks/--no-write-empty-chunks", help="Store chunks that hold only zeros (default: leave them out).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and Prefect's debug logs.")]
 
@@ -33,6 +37,16 @@ def integers(text: str | None, name: str) -> tuple[int, ...] | None:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise typer.BadParameter(f"{name} must be comma-separated integers, got {text!r}") from None
+
+
+def output_options(codec: str | None, level: int | None, shards: tuple[int, ...] | None,
+                   write_empty_chunks: bool) -> Any:
+    """The flows' `output_options` from the options (None when none is given); a bad combination
+    raises the flow's ValueError, printed as one line by `run`."""
+    from bioimage_tasks.io import OutputOptions
+
+    options = OutputOptions(codec, level, shards, write_empty_chunks)
+    return None if options == OutputOptions() else options
 
 
 def run(flow_call: Callable[[], Any], quiet: bool, debug: bool, done: Callable[[Any], str]) -> None:
@@ -94,6 +108,10 @@ def downsample(
     block_shape: BlockShape = None,
     mask: Mask = None,
     block_ids: BlockIds = None,
+    codec: Codec = None,
+    level: Level = None,
+    shards: Shards = None,
+    write_empty_chunks: WriteEmptyChunks = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -102,11 +120,14 @@ def downsample(
     quiet_prefect(debug)
     factors = integers(factor, "--factor")
     ids, shape = integers(block_ids, "--block-ids"), integers(block_shape, "--block-shape")
+    shard_shape = integers(shards, "--shards")
     from flows import downsample_flow
 
     run(lambda: downsample_flow(input, factors[0] if len(factors) == 1 else factors, output, order=order,
                                 anti_aliasing=anti_aliasing, method=method, block_shape=shape, job_type=job_type,
-                                num_workers=workers, mask=mask, block_ids=ids), quiet, debug, wrote(output))
+                                num_workers=workers, mask=mask, block_ids=ids,
+                                output_options=output_options(codec, level, shard_shape, write_empty_chunks)),
+        quiet, debug, wrote(output))
 
 
 @app.command()
@@ -118,16 +139,22 @@ def copy(
     block_shape: BlockShape = None,
     mask: Mask = None,
     block_ids: BlockIds = None,
+    codec: Codec = None,
+    level: Level = None,
+    shards: Shards = None,
+    write_empty_chunks: WriteEmptyChunks = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Copy INPUT into OUTPUT block by block (format conversion: zarr v2/v3, n5)."""
     quiet_prefect(debug)
     ids, shape = integers(block_ids, "--block-ids"), integers(block_shape, "--block-shape")
+    shard_shape = integers(shards, "--shards")
     from flows import copy_flow
 
     run(lambda: copy_flow(input, output, block_shape=shape, job_type=job_type, num_workers=workers, mask=mask,
-                          block_ids=ids), quiet, debug, wrote(output))
+                          block_ids=ids, output_options=output_options(codec, level, shard_shape, write_empty_chunks)),
+        quiet, debug, wrote(output))
 
 
 @app.command()
@@ -144,6 +171,9 @@ def pyramid(
     ngff_version: Annotated[str, typer.Option("--ngff-version", help="0.5 (zarr v3) or 0.4 (zarr v2).")] = "0.5",
     job_type: JobType = "local",
     workers: Workers = 1,
+    codec: Codec = None,
+    level: Level = None,
+    write_empty_chunks: WriteEmptyChunks = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -158,7 +188,8 @@ def pyramid(
     chunk_shape, shard_shape = integers(chunks, "--chunks"), integers(shards, "--shards")
     run(lambda: pyramid_flow(input, output_group, levels=levels, scale_factors=scale_factors, method=method,
                              voxel_size=sizes, units=units, chunks=chunk_shape, shards=shard_shape,
-                             ngff_version=ngff_version, job_type=job_type, num_workers=workers),
+                             ngff_version=ngff_version, job_type=job_type, num_workers=workers,
+                             output_options=output_options(codec, level, None, write_empty_chunks)),
         quiet, debug, lambda group: f"wrote OME-Zarr multiscale image {group}")
 
 

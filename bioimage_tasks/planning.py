@@ -17,8 +17,8 @@ from bioimage_tasks.budget import block_bytes
 from bioimage_tasks.grid import BlockGrid, check_block_shape, default_block_shape, fit_to_budget
 from bioimage_tasks.records import BlockRecords, records_at, run_key
 from bioimage_tasks.io import (
-    ArraySource, OutputPlan, Source, StorageOptions, TensorStoreSource, as_source, output_token, plan_output,
-    same_storage, storage_place,
+    ArraySource, OutputOptions, OutputPlan, Source, StorageOptions, TensorStoreSource, as_source, output_token,
+    plan_output, same_storage, storage_place,
 )
 
 
@@ -55,16 +55,17 @@ def plan_blockwise(
     resume_from: Any = None,
     job_type: str = "local",
     memory_budget: int = 2**30,
+    output_options: OutputOptions | None = None,
     storage_options: StorageOptions | dict | None = None,
 ) -> BlockwisePlan:
-    """Validate a run of `source` into `output`; every error names the parameter at fault.
-    Backends other than "local" run in other processes, so they need file-backed data (or data
-    on object storage). `storage_options` say how to reach object storage (io/urls.py)."""
+    """Validate a run of `source` into `output` (stored as `output_options` ask); every error names
+    the parameter at fault. Backends other than "local" run in other processes, so they need
+    file-backed data (or data on object storage; `storage_options` say how to reach it)."""
     if block_ids is not None and resume_from is not None:
         raise ValueError("block_ids and resume_from cannot be combined: block_ids re-runs exactly those blocks")
     if block_shape is not None:
         block_shape = check_block_shape(block_shape, source.shape)
-    output_plan = plan_output(output, source.shape, source.dtype, block_shape, storage_options)
+    output_plan = plan_output(output, source.shape, source.dtype, block_shape, output_options, storage_options)
     unit = output_plan.write_unit
     fits = functools.partial(block_bytes, source)
     if block_shape is None:  # shrinks as the factor grows
@@ -127,12 +128,14 @@ def in_memory(source: Source | None) -> bool:
 
 
 def computation_key(plan: BlockwisePlan) -> str | None:
-    """What the run computes, whatever output it goes to: the source and mask fingerprints and the
-    grid; None when a part has no fingerprint."""
+    """What the run computes, whatever output it goes to: the source and mask fingerprints, the
+    grid and the output options that change what a rerun writes (`OutputOptions.fingerprint`);
+    None when a part has no fingerprint."""
     fingerprints = [getattr(part, "fingerprint", lambda: None)() for part in (plan.source, plan.mask) if part is not None]
     if any(f is None for f in fingerprints):
         return None
-    return run_key({"parts": fingerprints, "grid": [plan.grid.shape, plan.grid.block_shape]})
+    return run_key({"parts": fingerprints, "grid": [plan.grid.shape, plan.grid.block_shape]}
+                   | plan.output.options.fingerprint())
 
 
 def block_records(plan: BlockwisePlan, sink: ArraySource | TensorStoreSource, epoch: str | None = None) -> BlockRecords | None:

@@ -139,11 +139,11 @@ def _fitted(region: tuple[int, ...], granule: tuple[int, ...], shape: tuple[int,
 
 def tile_bytes_per_voxel(method: str, dtype: np.dtype) -> float:
     """What computing a tile holds per base voxel: the tile and the next one being read, the
-    write of s0 in flight, and the method's temporaries (mode and median: sorted windows and
-    histograms, in the worst case one entry per voxel)."""
+    write of s0 in flight, and the method's temporaries (mode and median: window histograms, in the
+    worst case one (value, int64 count) pair per voxel, twice while they grow)."""
     itemsize = np.dtype(dtype).itemsize
-    extra = {"stride": 0.2, "min": 0.2, "max": 0.2, "mean": 1.5, "mode": 2.0, "median": 2.0}[method] * itemsize
+    extra = {"stride": 0.2, "min": 0.2, "max": 0.2, "mean": 1.5, "mode": 1.0, "median": 1.0}[method] * itemsize
     if method in ("mode", "median"):
-        extra += 8.0
+        extra += 2 * (itemsize + 8)
     return 3 * itemsize + extra
 

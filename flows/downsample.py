@@ -16,7 +16,7 @@ from bioimage_tasks.kernels.window import METHODS as WINDOW_METHODS
 from bioimage_tasks.kernels.window import SUPPORTED_DTYPES as WINDOW_DTYPES
 from bioimage_tasks.resampling import ResizedSource, WindowedSource, check_anti_aliasing, check_order
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
-from bioimage_tasks.io import StorageOptions, as_source
+from bioimage_tasks.io import OutputOptions, StorageOptions, as_source, check_output_options
 from bioimage_tasks.tasks import measure_source_range, run_plan
 
 METHODS = ("resize", *WINDOW_METHODS)
@@ -61,6 +61,7 @@ def downsample_flow(
     mask: Any = None,
     block_ids: Sequence[int] | None = None,
     resume_from: Any = None,
+    output_options: OutputOptions | None = None,
     storage_options: StorageOptions | dict | None = None,
 ) -> Any:
     """Downsample `input` by `scale_factor` (an int or one int >= 1 per axis) block-wise.
@@ -76,12 +77,15 @@ def downsample_flow(
     `output` (array or path; created if missing) receives the result; without it a numpy array
     is returned. `block_shape` is in output space and must be a multiple of the output's chunks
     (default: derived from them). `mask` (output space) limits writes to its nonzero voxels;
-    `block_ids` limits the run to those blocks of the output grid. Paths may be
-    "s3://bucket/path/container.zarr/key" URLs (or read-only "https://..."); `storage_options`
-    (a StorageOptions or a dict of its fields) say how to reach them. Returns the output array.
+    `block_ids` limits the run to those blocks of the output grid. `output_options`
+    (`OutputOptions`, or a dict of its fields) choose a new output's codec, level and zarr v3
+    shards and whether all-fill chunks are stored. Paths may be "s3://bucket/path/container.zarr/key"
+    URLs (or read-only "https://..."); `storage_options` (a StorageOptions or a dict of its fields)
+    say how to reach them. Returns the output array.
     """
     check_method_options(method, order, anti_aliasing)
     config = check_backend(job_type, num_workers, job_config)
+    options = check_output_options(output_options)
     source = as_source(input, storage_options=storage_options)
     factors = normalize_factors(scale_factor, len(source.shape))
     check_input_dtype(source.dtype, method, order, anti_aliasing)
@@ -91,7 +95,8 @@ def downsample_flow(
         downsampled = WindowedSource(source, factors, method)
     plan = plan_blockwise(
         downsampled, output, mask=mask, block_shape=block_shape, block_ids=block_ids, resume_from=resume_from,
-        job_type=job_type, memory_budget=config.memory_budget, storage_options=storage_options,
+        job_type=job_type, memory_budget=config.memory_budget,
+        output_options=options, storage_options=storage_options,
     )
     with backend(job_type, num_workers, config) as runner:
         if isinstance(downsampled, ResizedSource) and downsampled.clips:
@@ -103,5 +108,5 @@ def downsample_flow(
             "method": f"{method}, order {order}, anti-aliasing {anti_aliasing}",
             "mask": describe(mask) if mask is not None else "none",
             "backend": describe_backend(job_type, num_workers),
-        }
+        } | ({"output options": options.describe()} if options != OutputOptions() else {})
         return run_plan(runner, plan, num_workers, config, details, "downsample")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,8 +24,9 @@ from bioimage_tasks.pyramid_plan import plan_pyramid, tile_bytes_per_voxel
 from bioimage_tasks.records import RECORDS_DIR, run_key
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
-from bioimage_tasks.io import (ContainerPath, StorageOptions, UrlPath, as_source, create_array, open_group, output_path,
-                              storage_place)
+from bioimage_tasks.io import (ContainerPath, OutputOptions, StorageOptions, UrlPath, as_source, check_existing_output,
+                               check_output_options, create_array, open_group, output_path, storage_place,
+                               with_write_empty_chunks)
 from bioimage_tasks.tasks import measure_source_range
 from bioimage_tasks.throttle import throttle_writes
 from flows.downsample import check_input_dtype, check_method_options
@@ -53,6 +54,7 @@ def pyramid_flow(
     job_type: str = "local",
     job_config: RunnerConfig | None = None,
     num_workers: int = 1,
+    output_options: OutputOptions | None = None,
     storage_options: StorageOptions | dict | None = None,
 ) -> str:
     """Write `input` as an OME-Zarr multiscale image at `output_group` ("path/image.zarr", or a
@@ -70,9 +72,16 @@ def pyramid_flow(
     backend, within `job_config.memory_budget` per worker.
     With `labels=True` the output is a segmentation: `output_group` must be
     "<image group>/labels/<name>", the data integer, the method label-safe (mode, min, max,
-    median, stride, or resize of order 0), and the `labels` group lists it. Returns the group's path."""
+    median, stride, or resize of order 0), and the `labels` group lists it. `output_options` set
+    the levels' codec and level and whether all-fill chunks are stored; its `shards` are another
+    way to give `shards`. Returns the group's path."""
     check_method_options(method, order, anti_aliasing)
     config = check_backend(job_type, num_workers, job_config)
+    options = check_output_options(output_options)
+    if shards is not None and options.shards is not None and tuple(shards) != options.shards:
+        raise ValueError(f"shards={tuple(shards)} and output_options.shards={options.shards} differ: give one")
+    shards = shards if shards is not None else options.shards
+    options = replace(options, shards=tuple(shards) if shards else None)  # what existing levels must have
     if ngff_version not in ("0.4", "0.5"):
         raise ValueError(f"ngff_version must be '0.4' or '0.5', got {ngff_version!r}")
     if ngff_version == "0.4" and shards is not None:
@@ -114,17 +123,18 @@ def pyramid_flow(
                             tile_bytes_per_voxel(method, source.dtype), config.memory_budget, write_s0=not reuse_s0)
     group, group_directory = open_group(group_path, 2 if ngff_version == "0.4" else 3)
     arrays = [None if level == 0 and reuse_s0 else
-              level_array(group_path, level, shape, source.dtype, *layouts[level], axes)
+              level_array(group_path, level, shape, source.dtype, *layouts[level], axes, options)
               for level, shape in enumerate(shapes)]
     rows = [LevelRow(level, shape, layouts[level][1] or layouts[level][0], factors,
                      "existing" if arrays[level] is None else "from the base")
             for level, (shape, factors) in enumerate(zip(shapes, cumulative))]
     details = {"input": describe_source(input, source), "output": str(group_path),
                "method": method if method != "resize" else f"resize, order {order}, anti-aliasing {anti_aliasing}",
-               "backend": describe_backend(job_type, num_workers)}
+               "backend": describe_backend(job_type, num_workers)} | (
+                   {"output options": options.describe()} if options != OutputOptions() else {})
     fingerprint = getattr(source, "fingerprint", lambda: None)()
     computation = run_key({"pyramid": method, "order": order, "anti_aliasing": anti_aliasing, "factors": level_factors,
-                           "input": fingerprint}) if fingerprint is not None else f"unkeyed-{uuid.uuid4().hex}"
+                           "input": fingerprint} | options.fingerprint()) if fingerprint is not None else f"unkeyed-{uuid.uuid4().hex}"
     directories = [group_directory, *(storage_place(array) for array in arrays if array is not None)]
     with output_lease(directories, computation):  # another live computation is refused here, before writing
         epoch = claim_ownership(directories, computation)
@@ -168,16 +178,18 @@ def check_label_options(group_path: ContainerPath | UrlPath, dtype: Any, method:
 
 
 def level_array(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
-                shards: tuple[int, ...] | None, axes: Sequence[str]) -> Sink:
-    """Level `level`'s array, created if missing; an existing one must have its shape and dtype."""
+                shards: tuple[int, ...] | None, axes: Sequence[str], options: OutputOptions) -> Sink:
+    """Level `level`'s array, created if missing (stored as `options` ask); an existing one must
+    have its shape and dtype, and the codec and shards `options` name."""
     path = replace(group_path, key=f"{group_path.key}/s{level}".lstrip("/"))
     if not path.exists():
-        return create_array(path, shape, dtype, chunks, shards, tuple(axes))
+        return create_array(path, shape, dtype, chunks, shards, tuple(axes), options)
     sink = path.open("r+")
     if sink.shape != shape or sink.dtype != np.dtype(dtype):
         raise ValueError(f"{path} exists with shape {sink.shape} and dtype {sink.dtype}; this pyramid needs {shape} "
                          f"{np.dtype(dtype)}: choose another output_group or delete it")
-    return sink
+    check_existing_output(sink, options, str(path))
+    return with_write_empty_chunks(sink, options.write_empty_chunks)
 
 
 def staging_array(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype,

@@ -2,16 +2,19 @@
 for inputs and `plan_output` for outputs."""
 
 from bioimage_tasks.io.inputs import as_source
-from bioimage_tasks.io.n5 import TensorStoreSource
-from bioimage_tasks.io.outputs import OutputPlan, create_array, open_group, output_path, output_token, plan_output
-from bioimage_tasks.io.paths import ContainerPath
 from bioimage_tasks.io.kv import KvLocation, LocalLocation, Location
+from bioimage_tasks.io.n5 import TensorStoreSource
+from bioimage_tasks.io.options import OutputOptions, check_output_options
+from bioimage_tasks.io.outputs import (OutputPlan, check_existing_output, create_array, open_group, output_path,
+                                       output_token, plan_output, with_write_empty_chunks)
+from bioimage_tasks.io.paths import ContainerPath
 from bioimage_tasks.io.source import Source, check_array, same_storage, start_read, storage_place
 from bioimage_tasks.io.urls import StorageOptions, UrlPath
 from bioimage_tasks.io.zarr_array import ArraySource
 
 __all__ = [
-    "ArraySource", "ContainerPath", "KvLocation", "LocalLocation", "Location", "OutputPlan", "Source", "StorageOptions",
-    "TensorStoreSource", "UrlPath", "as_source", "check_array", "create_array", "open_group", "output_path", "output_token",
-    "plan_output", "same_storage", "start_read", "storage_place",
+    "ArraySource", "ContainerPath", "KvLocation", "LocalLocation", "Location", "OutputOptions", "OutputPlan", "Source",
+    "StorageOptions", "TensorStoreSource", "UrlPath", "as_source", "check_array", "check_existing_output",
+    "check_output_options", "create_array", "open_group", "output_path", "output_token", "plan_output",
+    "same_storage", "start_read", "storage_place", "with_write_empty_chunks",
 ]

@@ -1,6 +1,7 @@
 """Where results go: check an output against what will be written (before any write), then
 create or open it. A missing output path is created as zarr (v3, or v2 inside a v2 container) or
-n5; an existing one must have the right shape and a dtype that holds the result."""
+n5; an existing one must have the right shape and a dtype that holds the result, and the codec
+and shards `OutputOptions` name."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from bioimage_tasks.grid import chunks_dividing, default_block_shape
 from bioimage_tasks.io.inputs import as_source
 from bioimage_tasks.io.kv import Location
 from bioimage_tasks.io.n5 import TensorStoreSource
+from bioimage_tasks.io.options import OutputOptions, check_existing
 from bioimage_tasks.io.paths import ContainerPath
 from bioimage_tasks.io.source import Source
 from bioimage_tasks.io.urls import StorageOptions, UrlPath, is_url
@@ -39,36 +41,44 @@ class OutputPlan:
     existing: Source | None = None
     create_at: ContainerPath | UrlPath | None = None
     chunks: tuple[int, ...] | None = None
+    options: OutputOptions = OutputOptions()
 
     @property
     def write_unit(self) -> tuple[int, ...] | None:
-        return self.existing.write_unit if self.existing is not None else self.chunks
+        if self.existing is not None:
+            return self.existing.write_unit
+        return self.options.shards or self.chunks
 
     def open(self) -> ArraySource | TensorStoreSource:
         if self.existing is not None:
-            return self.existing
+            return with_write_empty_chunks(self.existing, self.options.write_empty_chunks)
         if self.create_at is None:
             return ArraySource(np.zeros(self.shape, self.dtype), "memory")
-        return create_array(self.create_at, self.shape, self.dtype, self.chunks)
+        return create_array(self.create_at, self.shape, self.dtype, self.chunks, self.options.shards,
+                            options=self.options)
 
 
 def plan_output(
     output: Any, shape: tuple[int, ...], dtype: np.dtype, block_shape: tuple[int, ...] | None = None,
-    storage_options: StorageOptions | dict | None = None,
+    options: OutputOptions | None = None, storage_options: StorageOptions | dict | None = None,
 ) -> OutputPlan:
-    """Check `output` can receive an array of `shape` and `dtype`; raise ValueError naming `output`
-    otherwise. Nothing is created or written here. A new output gets chunks of about 64**3 voxels
-    that divide `block_shape` when one is given. `storage_options`: how to reach object storage."""
+    """Check `output` can receive an array of `shape` and `dtype` stored as `options` ask; raise
+    ValueError naming `output` otherwise. Nothing is created or written here. A new output gets
+    chunks of about 64**3 voxels that divide `block_shape` and the shards, where given.
+    `storage_options`: how to reach object storage (io/urls.py)."""
     dtype = np.dtype(dtype)
+    options = options or OutputOptions()
     if output is None:
-        return OutputPlan(shape, dtype)
+        refuse_in_memory(options)
+        return OutputPlan(shape, dtype, options=options)
     if isinstance(output, (str, os.PathLike)):
         path = output_path(os.fspath(output), storage_options)
         if not path.exists():
+            options.check_shards(len(shape), "n5" if path.format == "n5" else f"zarr v{path.zarr_format()}")
             chunks = default_block_shape(shape, None)
-            if block_shape is not None:
-                chunks = chunks_dividing(block_shape, chunks)
-            return OutputPlan(shape, dtype, create_at=path, chunks=chunks)
+            for unit in (block_shape, options.shards):
+                chunks = chunks if unit is None else chunks_dividing(unit, chunks)
+            return OutputPlan(shape, dtype, create_at=path, chunks=chunks, options=options)
         existing = path.open("r+")
     else:
         existing = as_source(output, "output", storage_options)
@@ -78,7 +88,8 @@ def plan_output(
         raise ValueError(f"output has shape {existing.shape}, expected {shape}")
     if not np.can_cast(dtype, existing.dtype, "safe"):
         raise ValueError(f"output dtype {existing.dtype} cannot hold the result dtype {dtype}")
-    return OutputPlan(shape, existing.dtype, existing=existing)
+    check_existing_output(existing, options, getattr(existing, "name", repr(output)))
+    return OutputPlan(shape, existing.dtype, existing=existing, options=options)
 
 
 def output_path(output: str, storage_options: StorageOptions | dict | None, parameter: str = "output") -> ContainerPath | UrlPath:
@@ -95,14 +106,64 @@ def output_path(output: str, storage_options: StorageOptions | dict | None, para
     return path
 
 
+def check_existing_output(sink: Source, options: OutputOptions, name: str) -> None:
+    """Refuse an existing output (`name`) whose codec or shards differ from those `options` ask
+    for, or a numpy one given any stored-chunk option: options never change an existing output."""
+    layout = stored_layout(sink)
+    if layout is None:
+        refuse_in_memory(options)
+    else:
+        check_existing(options, *layout, name)
+
+
+def refuse_in_memory(options: OutputOptions) -> None:
+    """Codec, shards and `write_empty_chunks` are about stored chunks: a numpy output has none."""
+    if options.changes_layout or options.write_empty_chunks:
+        raise ValueError(f"output_options ({options.describe()}) apply to zarr and n5 outputs, not to a numpy "
+                         "output: give an output path")
+
+
+def stored_layout(sink: Source) -> tuple[dict, tuple[int, ...] | None] | None:
+    """A zarr or tensorstore output's metadata (as JSON) and its shards (None without); None for numpy."""
+    array = getattr(sink, "array", None)
+    if isinstance(array, zarr.Array):
+        return array.metadata.to_dict(), array.shards
+    if isinstance(array, ts.TensorStore):
+        write, read = array.chunk_layout.write_chunk.shape, array.chunk_layout.read_chunk.shape
+        return array.spec().to_json().get("metadata", {}), tuple(write) if tuple(write) != tuple(read) else None
+    return None
+
+
+def with_write_empty_chunks(sink: ArraySource | TensorStoreSource, write_empty_chunks: bool
+                            ) -> ArraySource | TensorStoreSource:
+    """`sink`, writing chunks equal to the fill value (`write_empty_chunks`) or leaving them out:
+    zarr's array config `write_empty_chunks`, which `ArraySource.fast_io` passes on to
+    tensorstore, or tensorstore's `store_data_equal_to_fill_value`. Both survive pickling."""
+    array = getattr(sink, "array", None)
+    if isinstance(array, zarr.Array) and array.config.write_empty_chunks != write_empty_chunks:
+        return ArraySource(array.with_config({"write_empty_chunks": write_empty_chunks}), sink.name)
+    if isinstance(array, ts.TensorStore):
+        spec = array.spec().to_json()
+        if spec.get("store_data_equal_to_fill_value", False) != write_empty_chunks:
+            if spec.get("kvstore", {}).get("driver") == "memory":  # reopened, it would be another, empty store
+                raise ValueError("output_options.write_empty_chunks cannot change for an in-memory tensorstore "
+                                 "output: open it with store_data_equal_to_fill_value yourself")
+            spec["store_data_equal_to_fill_value"] = write_empty_chunks
+            return TensorStoreSource(ts.open(spec, open=True, read=True, write=True).result(), sink.name, sink.location)
+    return sink
+
+
 def create_array(
     path: ContainerPath | UrlPath, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
     shards: tuple[int, ...] | None = None, dimension_names: tuple[str, ...] | None = None,
+    options: OutputOptions | None = None,
 ) -> ArraySource | TensorStoreSource:
     """Create an empty (fill value 0) array at `path`, zarr or n5 by its container suffix, with a
-    fresh identity token in its attributes (and, in zarr v3, `dimension_names` when given)."""
+    fresh identity token in its attributes (and, in zarr v3, `dimension_names` when given), the
+    codec of `options` (default: zarr's, gzip for n5) and its `write_empty_chunks`."""
+    options = options or OutputOptions()
     if isinstance(path, UrlPath):
-        sink = path.create(shape, dtype, chunks, shards, dimension_names)
+        sink = path.create(shape, dtype, chunks, shards, dimension_names, options)
         sink.set_attribute(TOKEN_ATTRIBUTE, new_token())
         return sink
     if path.format == "n5":
@@ -111,8 +172,9 @@ def create_array(
                 "dimensions": list(shape),
                 "blockSize": list(chunks),
                 "dataType": np.dtype(dtype).name,
-                "compression": {"type": "gzip"},
-            }
+                "compression": options.n5_compression(),
+            },
+            "store_data_equal_to_fill_value": options.write_empty_chunks,
         }
         sink = TensorStoreSource(ts.open(spec, create=True).result(), str(path))
         sink.set_attribute(TOKEN_ATTRIBUTE, new_token())
@@ -125,12 +187,13 @@ def create_array(
         dtype=dtype,
         chunks=chunks,
         shards=shards,
+        compressors=options.zarr_compressors(zarr_format),
         fill_value=0,
         zarr_format=zarr_format,
         attributes={TOKEN_ATTRIBUTE: new_token()},
         dimension_names=dimension_names if zarr_format == 3 else None,
     )
-    return ArraySource(array, str(path))
+    return with_write_empty_chunks(ArraySource(array, str(path)), options.write_empty_chunks)
 
 
 def open_group(path: ContainerPath | UrlPath, zarr_format: int) -> tuple[Any, str | Location]:

@@ -23,10 +23,13 @@ import tensorstore as ts
 
 from bioimage_tasks.io.kv import JsonAttributes, KvLocation
 from bioimage_tasks.io.n5 import TensorStoreSource
+from bioimage_tasks.io.options import OutputOptions
 from bioimage_tasks.io.paths import ContainerPath
 
 SCHEMES = ("s3", "http", "https")
 METADATA = {"zarr3": "zarr.json", "zarr": ".zarray", "n5": "attributes.json"}
+# zarr-python's defaults, for new outputs without a codec in their OutputOptions
+DEFAULT_CODECS = {2: {"id": "zstd", "level": 0}, 3: [{"name": "zstd", "configuration": {"level": 0, "checksum": False}}]}
 # A probe gives up after a few quick retries: an unreachable endpoint is reported at once.
 PROBE_CONTEXT = {"s3_request_retries": {"max_retries": 2, "initial_delay": "0.1s", "max_delay": "0.5s"},
                  "http_request_retries": {"max_retries": 2, "initial_delay": "0.1s", "max_delay": "0.5s"}}
@@ -181,21 +184,26 @@ class UrlPath:
         return UrlGroup(JsonAttributes(group, *((".zattrs", None) if zarr_format == 2 else ("zarr.json", "attributes"))))
 
     def create(self, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
-               shards: tuple[int, ...] | None = None, dimension_names: tuple[str, ...] | None = None) -> TensorStoreSource:
-        """Create an empty (fill value 0) array: n5 (gzip), zarr v2 inside a v2 container (zstd),
-        else zarr v3 (zstd; sharded when `shards` are given), with tensorstore alone."""
-        dtype = np.dtype(dtype)
+               shards: tuple[int, ...] | None = None, dimension_names: tuple[str, ...] | None = None,
+               options: OutputOptions | None = None) -> TensorStoreSource:
+        """Create an empty (fill value 0) array with tensorstore alone: n5, zarr v2 inside a v2
+        container, else zarr v3 (sharded when `shards` are given), with the codec of `options`
+        (default: zstd as zarr-python writes it, gzip for n5) and its `write_empty_chunks`."""
+        dtype, options = np.dtype(dtype), options or OutputOptions()
         if self.format == "n5":
             driver, metadata = "n5", {"dimensions": list(shape), "blockSize": list(chunks), "dataType": dtype.name,
-                                      "compression": {"type": "gzip"}}
+                                      "compression": options.n5_compression()}
         elif self.zarr_format() == 2:
+            compressor = options.zarr_compressors(2)
             driver, metadata = "zarr", {"shape": list(shape), "chunks": list(chunks), "dtype": dtype.str, "fill_value": 0,
-                                        "compressor": {"id": "zstd", "level": 0}}
+                                        "compressor": DEFAULT_CODECS[2] if compressor == "auto" else compressor}
         else:
-            driver, metadata = "zarr3", zarr3_metadata(shape, dtype, chunks, shards, dimension_names)
+            compressors = options.zarr_compressors(3)
+            driver, metadata = "zarr3", zarr3_metadata(shape, dtype, chunks, shards, dimension_names,
+                                                       DEFAULT_CODECS[3] if compressors == "auto" else compressors)
             dataclasses.replace(self, key="").open_group(3)  # the container: a group zarr-python can open
-        store = ts.open(self._spec(driver) | {"metadata": metadata}, create=True).result()
-        return TensorStoreSource(store, str(self), self.location())
+        spec = self._spec(driver) | {"metadata": metadata, "store_data_equal_to_fill_value": options.write_empty_chunks}
+        return TensorStoreSource(ts.open(spec, create=True).result(), str(self), self.location())
 
 
 @dataclass(frozen=True)
@@ -207,9 +215,9 @@ class UrlGroup:
 
 
 def zarr3_metadata(shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], shards: tuple[int, ...] | None,
-                   dimension_names: tuple[str, ...] | None) -> dict:
-    """zarr v3 metadata of a new array, as zarr-python writes it by default (zstd, C order)."""
-    codecs = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "zstd", "configuration": {"level": 0}}]
+                   dimension_names: tuple[str, ...] | None, compressors: list[dict]) -> dict:
+    """zarr v3 metadata of a new array (C order, little endian, `compressors`)."""
+    codecs = [{"name": "bytes", "configuration": {"endian": "little"}}, *compressors]
     if shards is not None:
         codecs = [{"name": "sharding_indexed", "configuration": {
             "chunk_shape": list(chunks), "codecs": codecs,

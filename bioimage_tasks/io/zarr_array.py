@@ -62,11 +62,13 @@ class ArraySource:
         """A tensorstore handle on this zarr array on disk, which reads 2-3x and writes ~1.4x faster
         than zarr-python (measured, benchmarks/); None for numpy, other stores, or metadata
         tensorstore cannot open (codecs it lacks), where zarr-python does the I/O. Opened once per
-        process: it is not pickled."""
+        process: it is not pickled. It honours the zarr array's `write_empty_chunks` config
+        (tensorstore's `store_data_equal_to_fill_value`), as zarr-python's own writes do."""
         if not isinstance(self.array, zarr.Array) or not isinstance(self.array.store, zarr.storage.LocalStore):
             return None
         driver = "zarr3" if self.array.metadata.zarr_format == 3 else "zarr"
-        spec = {"driver": driver, "kvstore": {"driver": "file", "path": self.directory}}
+        spec = {"driver": driver, "kvstore": {"driver": "file", "path": self.directory},
+                "store_data_equal_to_fill_value": bool(self.array.config.write_empty_chunks)}
         try:
             store = ts.open(spec, open=True, read=True, write=not self.array.read_only).result()
         except ValueError:

@@ -1,226 +1,241 @@
 """Exact window histograms carried from one pyramid level to the next, for integer `mode` and
-`median`. A window whose voxels all hold one value (most windows of a label volume) is stored
-as that value alone; only the other ("mixed") windows keep a histogram, as (window, value,
-count) triples. A parent window is uniform when its children are uniform with one value; a mixed
-parent's histogram is the sum of its children's (a uniform child counts as one value), so every
-level's mode or median is that of the base's window, at a cost that follows the number of
-distinct (window, value) pairs rather than the number of voxels."""
+`median`. Each window of a level keeps its distinct values in ascending order with their voxel
+counts (`LevelHistograms`, in CSR form); a parent window's histogram is the merge of its
+children's, so every level's mode or median is that of the base's window, at a cost that
+follows the number of distinct (window, value) pairs rather than the number of voxels. A window
+whose voxels all hold one value (most windows of a label volume) is one pair.
+
+The loops are compiled by numba and release the GIL, so tiles reduced on several threads run in
+parallel; they cache their machine code on disk (`cache=True`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from bioimage_tasks.geometry import downscale_shape
-from bioimage_tasks.kernels.window import sorted_columns
 
-_ROUNDS = 6  # distinct values taken one per round before the rest of a window is sorted
+_SORT_BY_INSERTION = 24  # longer runs of pairs are sorted with numpy's argsort
 
 
 @dataclass(frozen=True)
 class LevelHistograms:
-    """One level of a tile: `values` (each window's mode/median; a uniform window's value),
-    `uniform` (None: all windows uniform), `counts` (in-bounds voxels per window, an int when all
-    windows are whole) and, for mixed windows, the triples (`window` flat index, `value`, `count`)."""
+    """One level of a tile: `values` (each window's mode or median, in the level's shape) and each
+    window's histogram, pairs `pair_values[offsets[w]:offsets[w + 1]]` (ascending) with their
+    `pair_counts`. The base (`of_voxels`) keeps no pairs: every voxel is its own pair."""
 
     values: np.ndarray
-    uniform: np.ndarray | None
-    counts: np.ndarray | int
-    window: np.ndarray
-    value: np.ndarray
-    count: np.ndarray
+    offsets: np.ndarray | None
+    pair_values: np.ndarray | None
+    pair_counts: np.ndarray | None
 
     @classmethod
     def of_voxels(cls, voxels: np.ndarray) -> LevelHistograms:
-        """The base: every voxel a uniform window of one voxel."""
-        empty = np.empty(0, np.int64)
-        return cls(voxels, None, 1, empty, np.empty(0, voxels.dtype), empty)
+        return cls(np.ascontiguousarray(voxels), None, None, None)
 
-    def merge(self, factors: tuple[int, ...], counts: np.ndarray | int, method: str) -> LevelHistograms:
-        """The next level, windows of `factors` of this level's windows holding `counts` voxels.
-        Partial windows at the edge are padded with copies of their last child (count 0), which
-        changes neither their uniformity nor their histogram."""
-        shape = self.values.shape
-        out_shape = downscale_shape(shape, factors)
-        pad = [(0, n * f - s) for n, f, s in zip(out_shape, factors, shape)]
-        padded = any(high for _, high in pad)
-        values = np.pad(self.values, pad, mode="edge") if padded else self.values
-        corners, same = uniform_windows(values, factors)
-        uniform = None if self.uniform is None else np.pad(self.uniform, pad, mode="edge") if padded else self.uniform
-        if uniform is not None:
-            same &= all_windows(uniform, factors)
-        out_values = corners.copy()
-        mixed = np.flatnonzero(~same)
-        empty = np.empty(0, np.int64)
-        if not mixed.size:
-            return LevelHistograms(out_values, same, counts, empty, np.empty(0, values.dtype), empty)
-        children = window_children(values, factors, mixed)
-        if uniform is None and not padded and self.counts == 1:  # voxels: sort each mixed window
-            ordered = sorted_columns(list(children))  # each window's voxels, sorted (children is scratch now)
-            window, value, count = _runs(ordered)
-            middle = ordered[(len(ordered) - 1) // 2]  # all windows whole: the median is the middle voxel
-            out_values.reshape(-1)[mixed] = middle if method == "median" else _longest_run(ordered)
-            return LevelHistograms(out_values, same, counts, mixed[window], value, count)
-        take = np.ones(children.shape, bool) if uniform is None else window_children(uniform, factors, mixed)
-        parents = [np.broadcast_to(np.arange(mixed.size), take.shape)[take]]  # uniform children: one entry each
-        entries = [children[take]]
-        if isinstance(self.counts, int) and not padded:
-            weights = [np.full(len(parents[0]), self.counts, np.int64)]
-        else:
-            child_counts = np.pad(np.broadcast_to(self.counts, shape), pad) if padded else np.broadcast_to(self.counts, shape)
-            weights = [window_children(child_counts, factors, mixed)[take].astype(np.int64)]
-        if self.window.size:  # mixed children: their own entries
-            rank = np.full(same.size, -1, np.int64)
-            rank[mixed] = np.arange(mixed.size)
-            child = np.unravel_index(self.window, shape)
-            parents.append(rank[np.ravel_multi_index(tuple(c // f for c, f in zip(child, factors)), out_shape)])
-            entries.append(self.value)
-            weights.append(self.count)
-        window, value, count = distinct_counts(np.concatenate(parents), np.concatenate(entries),
-                                               np.concatenate(weights), mixed.size)
-        totals = np.full(mixed.size, counts, np.int64) if isinstance(counts, int) else counts.reshape(-1)[mixed].astype(np.int64)
-        out_values.reshape(-1)[mixed] = pick(window, value, count, mixed.size, totals, method)
-        return LevelHistograms(out_values, same, counts, mixed[window], value, count)
+    def merge(self, factors: tuple[int, ...], method: str) -> LevelHistograms:
+        """The next level: windows of `factors` of this level's windows (cut by the edge).
+
+        >>> base = LevelHistograms.of_voxels(np.array([[1, 1, 2, 5], [1, 3, 4, 4]], np.uint8))
+        >>> level = base.merge((1, 2), "mode")
+        >>> level.values.tolist(), level.merge((2, 2), "mode").values.tolist()
+        ([[1, 2], [1, 4]], [[1]])
+        """
+        out_shape = downscale_shape(self.values.shape, factors)
+        pairs = self.values.reshape(-1) if self.offsets is None else self.pair_values
+        offsets_out, pairs, counts, values = _merge(self.offsets, pairs, self.pair_counts, self.values.shape,
+                                                    tuple(factors), method == "median")
+        return LevelHistograms(values.reshape(out_shape), offsets_out, pairs, counts)
 
 
-def _runs(ordered: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(window, value, count) of the distinct values of each window, from its sorted voxels
-    (`ordered[k]`: the k-th smallest voxel of every window), run-length counted."""
-    rows = np.stack(ordered, axis=1)  # one sorted window per row
-    start = np.ones(rows.shape, bool)
-    np.not_equal(rows[:, 1:], rows[:, :-1], out=start[:, 1:])
-    positions = np.flatnonzero(start)
-    return positions // rows.shape[1], rows.reshape(-1)[positions], np.diff(np.r_[positions, rows.size])
+def _window_offsets(shape: tuple[int, ...], factors: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Each position in a window (C order): its per-axis offset, (n, ndim), and its flat offset."""
+    offsets = np.indices(factors).reshape(len(factors), -1).T.astype(np.int64)
+    strides = np.cumprod((1, *shape[:0:-1]))[::-1].astype(np.int64)
+    return np.ascontiguousarray(offsets), offsets @ strides
 
 
-def _longest_run(ordered: list[np.ndarray]) -> np.ndarray:
-    """Each window's mode from its sorted voxels: the value of its longest run, the first (lowest)
-    one on a tie."""
-    best, best_length = ordered[0].copy(), np.ones(ordered[0].shape, np.int64)
-    run = best_length.copy()
-    for previous, current in zip(ordered, ordered[1:]):
-        run *= current == previous
-        run += 1
-        longer = run > best_length
-        np.copyto(best, current, where=longer)
-        np.maximum(best_length, run, out=best_length)
-    return best
+@numba.njit(nogil=True, cache=True)
+def _corners(shape, factors):
+    """Every parent window's corner (flat index into the child array) and whether it lies whole
+    inside, in C order over the parents."""
+    ndim = shape.size
+    out = np.empty(ndim, np.int64)
+    strides = np.empty(ndim, np.int64)
+    n_parents = 1
+    stride = 1
+    for axis in range(ndim - 1, -1, -1):
+        out[axis] = (shape[axis] + factors[axis] - 1) // factors[axis]
+        strides[axis] = stride
+        stride *= shape[axis]
+        n_parents *= out[axis]
+    corners = np.empty(n_parents, np.int64)
+    whole = np.empty(n_parents, np.bool_)
+    index = np.zeros(ndim, np.int64)
+    for parent in range(n_parents):
+        corner = 0
+        inside = True
+        for axis in range(ndim):
+            start = index[axis] * factors[axis]
+            corner += start * strides[axis]
+            inside &= start + factors[axis] <= shape[axis]
+        corners[parent] = corner
+        whole[parent] = inside
+        axis = ndim - 1
+        while axis >= 0:
+            index[axis] += 1
+            if index[axis] < out[axis] or axis == 0:
+                break
+            index[axis] = 0
+            axis -= 1
+    return corners, whole
 
 
-def _along(array: np.ndarray, axis: int, start: int, step: int) -> np.ndarray:
-    return array[(slice(None),) * axis + (slice(start, None, step),)]
+@numba.njit(nogil=True, cache=True, inline="always")
+def _in_bounds(corner_index, offset, shape, child_strides):
+    """Whether the child at window position `offset` of the parent whose corner is the flat
+    child index `corner_index` lies inside the child array."""
+    for axis in range(shape.size):
+        coordinate = (corner_index // child_strides[axis]) % shape[axis] + offset[axis]
+        if coordinate >= shape[axis]:
+            return False
+    return True
 
 
-def uniform_windows(values: np.ndarray, factors: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(first element, whether all elements have the same bits) of every window of `factors` of
-    `values` (whole windows only), reduced one axis at a time (last first) on strided views.
+@numba.njit(nogil=True, cache=True)
+def _strides(shape):
+    strides = np.empty(shape.size, np.int64)
+    stride = 1
+    for axis in range(shape.size - 1, -1, -1):
+        strides[axis] = stride
+        stride *= shape[axis]
+    return strides
 
-    >>> uniform_windows(np.array([[1, 1, 2, 3], [1, 1, 2, 2]]), (2, 2))
-    (array([[1, 2]]), array([[ True, False]]))
-    """
-    bits = values.view(f"u{values.dtype.itemsize}") if values.dtype.kind != "b" else values
-    firsts, same = bits, None
-    for axis in reversed(range(values.ndim)):
-        step = factors[axis]
-        if step == 1:
+
+@numba.njit(nogil=True, cache=True)
+def _argsort_pairs(values, counts, n):
+    """Sort the first `n` (value, count) pairs by value, in place, for long runs."""
+    order = np.argsort(values[:n], kind="mergesort")
+    sorted_values = values[:n][order]
+    sorted_counts = counts[:n][order]
+    values[:n] = sorted_values
+    counts[:n] = sorted_counts
+
+
+def _merge(child_offsets: np.ndarray | None, child_values: np.ndarray, child_counts: np.ndarray | None,
+           shape: tuple[int, ...], factors: tuple[int, ...], median: bool) -> tuple[np.ndarray, ...]:
+    """The next level's histograms (offsets, pair values, pair counts) and each window's mode or
+    median, from a level's histograms, or from the voxels when `child_offsets` is None (each
+    voxel a pair of count 1). The parents are merged in runs whose pairs surely fit the output
+    arrays, which grow between runs, so that the compiled loop never reallocates."""
+    corners, whole = _corners(np.asarray(shape, np.int64), np.asarray(factors, np.int64))
+    offsets, deltas = _window_offsets(shape, factors)
+    longest = 1 if child_offsets is None else int(np.diff(child_offsets).max())
+    per_parent = len(deltas) * longest  # most pairs a parent can gather
+    n_parents = len(corners)
+    out_offsets = np.empty(n_parents + 1, np.int64)
+    out_values = np.empty(n_parents + n_parents // 2 + per_parent, child_values.dtype)
+    out_counts = np.empty(len(out_values), np.int64)
+    result = np.empty(n_parents, child_values.dtype)
+    scratch = np.empty(per_parent, child_values.dtype), np.empty(per_parent, np.int64)
+    run = max(1, 2**16 // per_parent)
+    used = 0
+    for first in range(0, n_parents, run):
+        last = min(n_parents, first + run)
+        if used + (last - first) * per_parent > len(out_values):
+            capacity = max(2 * len(out_values), used + (last - first) * per_parent)
+            out_values, out_counts = _grown(out_values, used, capacity), _grown(out_counts, used, capacity)
+        used = _merge_parents(first, last, corners, whole, child_offsets, child_values, child_counts,
+                              np.asarray(shape, np.int64), offsets, deltas, median, *scratch,
+                              out_offsets, out_values, out_counts, result, used)
+    out_offsets[n_parents] = used
+    return out_offsets, out_values[:used], out_counts[:used], result
+
+
+def _grown(array: np.ndarray, used: int, capacity: int) -> np.ndarray:
+    """`array` with room for `capacity` elements, its first `used` kept."""
+    grown = np.empty(capacity, array.dtype)
+    grown[:used] = array[:used]
+    return grown
+
+
+@numba.njit(nogil=True, cache=True)
+def _merge_parents(first, last, corners, whole, child_offsets, child_values, child_counts, shape, offsets, deltas,
+                   median, values, counts, out_offsets, out_values, out_counts, result, used):
+    """Parents `first..last-1` of `_merge`: gather each one's children's pairs, merge them into
+    distinct ascending pairs appended at `used`, and pick its mode (highest count, lowest value on
+    a tie) or median (value at position (total - 1) // 2). Returns the new `used`. One loop,
+    written out, which numba keeps tight."""
+    strides = _strides(shape)
+    for parent in range(first, last):
+        out_offsets[parent] = used
+        corner = corners[parent]
+        n = 0
+        for k in range(deltas.size):
+            if whole[parent] or _in_bounds(corner, offsets[k], shape, strides):
+                child = corner + deltas[k]
+                if child_offsets is None:
+                    values[n] = child_values[child]
+                    counts[n] = 1
+                    n += 1
+                else:
+                    for pair in range(child_offsets[child], child_offsets[child + 1]):
+                        values[n] = child_values[pair]
+                        counts[n] = child_counts[pair]
+                        n += 1
+        first = values[0]
+        uniform = True
+        for i in range(1, n):
+            if values[i] != first:
+                uniform = False
+                break
+        if uniform:
+            total = 0
+            for i in range(n):
+                total += counts[i]
+            out_values[used] = first
+            out_counts[used] = total
+            used += 1
+            result[parent] = first
             continue
-        head = _along(firsts, axis, 0, step)
-        equal = _along(firsts, axis, 1, step) == head
-        for offset in range(2, step):
-            equal &= _along(firsts, axis, offset, step) == head
-        if same is not None:
-            for offset in range(step):
-                equal &= _along(same, axis, offset, step)
-        firsts, same = head, equal
-    if same is None:
-        same = np.ones(values.shape, bool)
-    return firsts.view(values.dtype), same
-
-
-def all_windows(flags: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
-    """Whether every element of each window of `factors` of the bool array `flags` is set."""
-    for axis in reversed(range(flags.ndim)):
-        step = factors[axis]
-        reduced = _along(flags, axis, 0, step).copy()
-        for offset in range(1, step):
-            reduced &= _along(flags, axis, offset, step)
-        flags = reduced
-    return flags
-
-
-def window_children(array: np.ndarray, factors: tuple[int, ...], windows: np.ndarray) -> np.ndarray:
-    """`(prod(factors), len(windows))`: row k holds window offset k's (C order) element of each
-    of `windows` (flat indices over the windows of `array`, whole windows only)."""
-    out_shape = tuple(n // f for n, f in zip(array.shape, factors))
-    steps = np.cumprod((1, *array.shape[:0:-1]))[::-1]  # elements per step along each axis
-    corner = np.zeros(windows.size, np.int64)
-    for index, factor, step in zip(np.unravel_index(windows, out_shape), factors, steps):
-        corner += index * (factor * int(step))
-    flat = np.ascontiguousarray(array).reshape(-1)
-    return np.stack([flat.take(corner + int(np.dot(offset, steps))) for offset in np.ndindex(*factors)])
-
-
-def distinct_counts(parents: np.ndarray, values: np.ndarray, counts: np.ndarray,
-                    n_parents: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sum `counts` per distinct (parent, value): (parent, value, total) triples, unordered,
-    without the zero totals of padding. A few rounds each take one value of every parent (the
-    last one scattered there) and remove its entries, with no sort; windows with more distinct
-    values than that are sorted.
-
-    >>> distinct_counts(np.array([0, 0, 1, 0]), np.array([7, 9, 4, 7]), np.array([1, 2, 3, 4]), 2)
-    (array([0, 1, 0]), array([7, 4, 9]), array([5, 3, 2]))
-    """
-    out_parents, out_values, out_counts = [], [], []
-    candidate = np.empty(n_parents, values.dtype)
-    for _ in range(_ROUNDS):
-        if not parents.size:
-            break
-        candidate[parents] = values
-        same = values == candidate[parents]
-        chosen = parents[same]
-        totals = np.bincount(chosen, weights=counts[same], minlength=n_parents)  # float64: exact below 2**53
-        present = np.flatnonzero(totals)
-        out_parents.append(present)
-        out_values.append(candidate[present])
-        out_counts.append(totals[present].astype(np.int64))
-        keep = ~same
-        parents, values, counts = parents[keep], values[keep], counts[keep]
-    if parents.size:
-        order = np.lexsort((values, parents))
-        parents, values, counts = parents[order], values[order], counts[order]
-        starts = np.flatnonzero(np.r_[True, (parents[1:] != parents[:-1]) | (values[1:] != values[:-1])])
-        sums = np.add.reduceat(counts, starts)
-        real = sums > 0
-        out_parents.append(parents[starts][real])
-        out_values.append(values[starts][real])
-        out_counts.append(sums[real])
-    return np.concatenate(out_parents), np.concatenate(out_values), np.concatenate(out_counts)
-
-
-def pick(parents: np.ndarray, values: np.ndarray, counts: np.ndarray, n_parents: int,
-         totals: np.ndarray | None, method: str) -> np.ndarray:
-    """Each parent's mode (highest count, lowest value on a tie) or median (lower middle value:
-    position `(total - 1) // 2` of its sorted voxels, `totals` per parent) from its distinct
-    (value, count) pairs, in any order; every parent 0..n_parents-1 must have one.
-
-    >>> args = np.array([0, 0, 1, 1]), np.array([7, 2, 5, 6]), np.array([2, 2, 1, 3])
-    >>> pick(*args, 2, None, "mode"), pick(*args, 2, np.array([4, 4]), "median")
-    (array([2, 6]), array([2, 6]))
-    """
-    if method == "mode":
-        best = np.zeros(n_parents, np.int64)
-        np.maximum.at(best, parents, counts)
-        top = counts == best[parents]
-        lowest = np.full(n_parents, np.iinfo(values.dtype).max, values.dtype)
-        np.minimum.at(lowest, parents[top], values[top])
-        return lowest
-    order = np.lexsort((values, parents))
-    parents, values, counts = parents[order], values[order], counts[order]
-    starts = np.flatnonzero(np.r_[True, parents[1:] != parents[:-1]])
-    cumulative = np.cumsum(counts)
-    before = np.repeat(cumulative[starts] - counts[starts], np.diff(np.r_[starts, parents.size]))
-    target = ((totals - 1) // 2)[parents]  # the median's position within its window
-    past = np.flatnonzero(cumulative - before > target)
-    first_past = past[np.r_[True, parents[past][1:] != parents[past][:-1]]]
-    return values[first_past]
+        if n <= _SORT_BY_INSERTION:
+            for i in range(1, n):
+                value = values[i]
+                count = counts[i]
+                j = i - 1
+                while j >= 0 and values[j] > value:
+                    values[j + 1] = values[j]
+                    counts[j + 1] = counts[j]
+                    j -= 1
+                values[j + 1] = value
+                counts[j + 1] = count
+        else:
+            _argsort_pairs(values, counts, n)
+        start = used
+        total = 0
+        for i in range(n):
+            total += counts[i]
+            if i > 0 and values[i] == out_values[used - 1]:
+                out_counts[used - 1] += counts[i]
+            else:
+                out_values[used] = values[i]
+                out_counts[used] = counts[i]
+                used += 1
+        pick = out_values[start]
+        if median:
+            seen = 0
+            for i in range(start, used):
+                seen += out_counts[i]
+                if 2 * seen > total - 1:  # past position (total - 1) // 2
+                    pick = out_values[i]
+                    break
+        else:
+            best = out_counts[start]
+            for i in range(start + 1, used):
+                if out_counts[i] > best:
+                    pick = out_values[i]
+                    best = out_counts[i]
+        result[parent] = pick
+    return used

@@ -12,15 +12,14 @@ How each method stays exact:
   min of mins).
 - integer `mean`: exact 64-bit window sums carried from level to level, each level rounded from
   its own sums and counts (never from a rounded level).
-- integer `mode`, `median`: a histogram per window, kept only for windows whose voxels are not
-  all equal (`histogram.py`), merged from the children's histograms.
+- integer `mode`, `median`: a histogram per window (its distinct values and their counts; one
+  pair for a window of one value), merged from the children's histograms (`histogram.py`).
 - float `mean` (tensorstore sums in the float type, in window order), float `mode`/`median` and
   64-bit integer `mean`: from the tile at every level (exact, and slower).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,9 +27,6 @@ import numpy as np
 from bioimage_tasks.kernels.histogram import LevelHistograms
 from bioimage_tasks.kernels.window import (integer_sums, mean_from_sums, window_counts, window_offsets,
                                            window_reduce)
-
-_SLAB_BYTES = 2**22  # input bytes of the first level computed at once
-
 
 def pyramid_levels(tile: np.ndarray, level_factors: Sequence[Sequence[int]], method: str) -> list[np.ndarray]:
     """Levels 1..L of `tile`, level k reduced by the product of `level_factors[:k]`, each exactly
@@ -97,27 +93,9 @@ def _window_sums(values: np.ndarray, factors: Sequence[int]) -> np.ndarray:
 
 def _chained_histograms(tile: np.ndarray, factors: list[tuple[int, ...]], method: str) -> list[np.ndarray]:
     """mode/median of integers: each level's window histograms merged from the level above's."""
-    values = tile.view(np.uint8) if tile.dtype.kind == "b" else tile
-    current = LevelHistograms.of_voxels(values)
+    current = LevelHistograms.of_voxels(tile.view(np.uint8) if tile.dtype.kind == "b" else tile)
     levels = []
-    for index, (level, cumulative) in enumerate(zip(factors, cumulative_products(factors))):
-        counts = window_counts(tile.shape, cumulative)
-        if index == 0 and isinstance(counts, int):
-            current = _first_level_in_slabs(values, level, counts, method)
-        else:
-            current = current.merge(level, counts, method)
+    for level in factors:
+        current = current.merge(level, method)
         levels.append(current.values.view(tile.dtype))
     return levels
-
-
-def _first_level_in_slabs(values: np.ndarray, factors: tuple[int, ...], count: int, method: str) -> LevelHistograms:
-    """The first level of whole windows computed in slabs along the first axis that stay in cache
-    (a third faster than the whole tile at once), then joined."""
-    rows = max(1, _SLAB_BYTES // max(1, values[0].nbytes * factors[0]))  # output rows per slab
-    parts = [LevelHistograms.of_voxels(values[start:start + rows * factors[0]]).merge(factors, count, method)
-             for start in range(0, values.shape[0], rows * factors[0])]
-    per_row = math.prod(parts[0].values.shape[1:])  # windows per output row: offsets of each slab's windows
-    starts = np.cumsum([0, *(part.values.shape[0] for part in parts[:-1])]) * per_row
-    return LevelHistograms(np.concatenate([p.values for p in parts]), np.concatenate([p.uniform for p in parts]), count,
-                           np.concatenate([p.window + start for p, start in zip(parts, starts)]),
-                           np.concatenate([p.value for p in parts]), np.concatenate([p.count for p in parts]))
