@@ -194,6 +194,22 @@ def test_http_input_is_read_only(prefect_server, image, tmp_path):
         server.shutdown()
 
 
+def test_output_options_on_s3(prefect_server, s3_server, bucket, image):
+    from bioimage_tasks.io import OutputOptions
+    from bioimage_tasks.io.options import stored_codec
+
+    x = image.copy()
+    x[:16] = 0  # all-zero chunks: left out unless write_empty_chunks
+    for options, url in ((OutputOptions(codec="blosc-lz4", level=3), f"s3://{bucket}/a.zarr/v3"),
+                         (OutputOptions(codec="gzip", write_empty_chunks=True), f"s3://{bucket}/b.n5/raw")):
+        out = copy_flow(x, url, block_shape=CHUNKS, output_options=options)
+        assert np.array_equal(read(out), x)
+        assert stored_codec(out.spec().to_json()["metadata"]) == (options.codec, options.effective_level)
+        keys = UrlPath.parse(url, "test").location().keys()
+        chunk_keys = [k for k in keys if k[0].isdigit() or k.startswith("c/")]
+        assert len(chunk_keys) == (27 if options.write_empty_chunks else 27 - 9), chunk_keys
+
+
 def test_bad_urls_fail_before_any_work(s3_server, bucket, monkeypatch):
     with pytest.raises(ValueError, match="input must be 's3://bucket"):
         as_source(f"s3://{bucket}")
