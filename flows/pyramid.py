@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import tensorstore as ts
 
 from bioimage_tasks.blockwise_flow import blockwise_flow
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
@@ -115,8 +116,9 @@ def pyramid_flow(
     shapes = [downscale_shape(source.shape, f) for f in cumulative]
     reuse_s0 = isinstance(input, (str, os.PathLike)) and os.path.abspath(os.fspath(input)) == os.path.abspath(
         os.path.join(group_path.container, group_path.key, "s0"))
-    layouts = [(tuple(chunks) if chunks else default_block_shape(shape, None), tuple(shards) if shards else None)
-               for shape in shapes]
+    layouts = [existing_layout(group_path, level, shape, source.dtype, chunks) or
+               (tuple(chunks) if chunks else default_block_shape(shape, None), tuple(shards) if shards else None)
+               for level, shape in enumerate(shapes)]
     plan = None
     if method != "resize":  # every check before anything is created
         plan = plan_pyramid(source.shape, level_factors, [shard or chunk for chunk, shard in layouts],
@@ -177,17 +179,42 @@ def check_label_options(group_path: ContainerPath | UrlPath, dtype: Any, method:
                          "use mode, min, max, median, stride or resize with order 0")
 
 
-def level_array(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
-                shards: tuple[int, ...] | None, axes: Sequence[str], options: OutputOptions) -> Sink:
-    """Level `level`'s array, created if missing (stored as `options` ask); an existing one must
-    have its shape and dtype, and the codec and shards `options` name."""
-    path = replace(group_path, key=f"{group_path.key}/s{level}".lstrip("/"))
+def level_path(group_path: ContainerPath | UrlPath, level: int) -> ContainerPath | UrlPath:
+    return replace(group_path, key=f"{group_path.key}/s{level}".lstrip("/"))
+
+
+def existing_layout(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype,
+                    chunks: Sequence[int] | None) -> tuple[tuple[int, ...], tuple[int, ...] | None] | None:
+    """The (chunks, shards) of level `level` if it exists, which the regions must follow so that
+    every write owns whole chunks or shards. An existing level must have the pyramid's shape and
+    dtype, and the chunks `chunks` asks for."""
+    path = level_path(group_path, level)
+    if not path.exists():
+        return None
+    level_source = path.open("r")
+    if level_source.shape != shape or level_source.dtype != np.dtype(dtype):
+        raise ValueError(f"{path} exists with shape {level_source.shape} and dtype {level_source.dtype}; this pyramid "
+                         f"needs {shape} {np.dtype(dtype)}: choose another output_group or delete it")
+    array = level_source.array
+    if isinstance(array, ts.TensorStore):  # on object storage
+        read, write = tuple(array.chunk_layout.read_chunk.shape), tuple(array.chunk_layout.write_chunk.shape)
+        found = read, write if write != read else None
+    else:
+        found = tuple(array.chunks), tuple(array.shards) if array.shards else None
+    if chunks and tuple(chunks) != found[0]:
+        raise ValueError(f"{path} exists with chunks {found[0]}, not the chunks {tuple(chunks)} asked for: "
+                         "leave chunks out to use the existing ones, or choose another output_group")
+    return found
+
+
+def level_array(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype,
+                chunks: tuple[int, ...], shards: tuple[int, ...] | None, axes: Sequence[str], options: OutputOptions) -> Sink:
+    """Level `level`'s array, created if missing (stored as `options` ask); an existing one (of
+    the shape and dtype `existing_layout` checked) must have the codec and shards `options` name."""
+    path = level_path(group_path, level)
     if not path.exists():
         return create_array(path, shape, dtype, chunks, shards, tuple(axes), options)
     sink = path.open("r+")
-    if sink.shape != shape or sink.dtype != np.dtype(dtype):
-        raise ValueError(f"{path} exists with shape {sink.shape} and dtype {sink.dtype}; this pyramid needs {shape} "
-                         f"{np.dtype(dtype)}: choose another output_group or delete it")
     check_existing_output(sink, options, str(path))
     return with_write_empty_chunks(sink, options.write_empty_chunks)
 

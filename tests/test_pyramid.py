@@ -151,3 +151,25 @@ def test_pyramid_on_a_local_dask_cluster_resumes(tmp_path, rng):
     group = zarr.open_group(f"{tmp_path}/out.zarr", mode="r")
     for level in range(3):
         np.testing.assert_array_equal(group[f"s{level}"][:], tensorstore_level(labels, (2**level,) * 3, "mode"))
+
+
+def test_existing_levels_keep_their_chunks(tmp_path, rng, monkeypatch):
+    """Levels that exist with other chunks than the default: the regions (small here, so there
+    are many) follow their chunks, no two regions write one, and the levels are exact; asking for
+    other chunks is refused first."""
+    from bioimage_tasks import pyramid_plan
+
+    monkeypatch.setattr(pyramid_plan, "REGION_VOXELS", 4096)
+    monkeypatch.setattr(pyramid_plan, "MIN_REGION_VOXELS", 1024)
+    monkeypatch.setattr(pyramid_plan, "TILE_VOXELS", 600)
+    base = rng.integers(0, 5, (70, 66, 60)).astype(np.uint16)
+    group = str(tmp_path / "p.zarr")
+    for level, shape in enumerate([(70, 66, 60), (35, 33, 30), (18, 17, 15)]):
+        zarr.create_array(store=group, name=f"s{level}", shape=shape, dtype="uint16", chunks=(12, 20, 12), fill_value=0)
+    pyramid_flow(base, group, scale_factors=[2, 2], method="mode", num_workers=2)
+    for level, factor in ((1, 2), (2, 4)):
+        array = zarr.open_array(store=group, path=f"s{level}", mode="r")
+        assert array.chunks == (12, 20, 12)
+        np.testing.assert_array_equal(array[:], ts.downsample(ts.array(base), [factor] * 3, "mode").read().result())
+    with pytest.raises(ValueError, match="exists with chunks"):
+        pyramid_flow(base, group, scale_factors=[2, 2], method="mode", chunks=(16, 16, 16))
