@@ -48,8 +48,14 @@ bench-backtoback: setup
 bench-pyramid: setup
 	$(PY) benchmarks/pyramid.py $(BENCH_ARGS)
 
+# Object storage: S3 (moto_server on loopback) against local disk on the same data, ours through
+# tensorstore's s3 kvstore against zarr-python over s3fs (benchmarks/README.md, "Object storage")
+.PHONY: bench-s3
+bench-s3: setup
+	$(PY) benchmarks/s3.py $(BENCH_ARGS)
+
 # A tiled OME-TIFF (1024^3 uint16, ~2 GB) to an OME-Zarr pyramid: pyramid_flow against ngff-zarr's
-# TIFF conversion (benchmarks/README.md, "TIFF to OME-Zarr"); e.g. make bench-tiff BENCH_ARGS="--size 256"
+# TIFF conversion (benchmarks/README.md, "bench-tiff"); e.g. make bench-tiff BENCH_ARGS="--size 256"
 .PHONY: bench-tiff
 bench-tiff: setup
 	$(PY) benchmarks/tiff_pyramid.py $(BENCH_ARGS)

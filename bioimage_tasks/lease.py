@@ -1,35 +1,38 @@
-"""Leases and ownership of outputs, for any flow and any number of output folders.
+"""Leases and ownership of outputs, for any flow and any number of outputs, on local disk and
+on object storage alike (through `io.kv.Location`, which needs no lock and no conditional write).
 
-A lease says "a live run of computation K is writing here". It lives in
-`<output dir>/.bioimage-tasks/lease.json`: the computation and its holders (flow run id, host,
-pid, start time, last renewal, time to live). A different computation is refused before it
-writes (`LeaseHeldError`, naming a holder); the same computation joins (a rerun, a second
-process). The holder renews it every `ttl / 4` seconds from a thread; it expires `ttl` seconds
-after the last renewal, or at once when its process is gone from this host, so a SIGKILLed flow
-never locks an output for long. Changes to the file are made under a POSIX lock (`lease.lock`,
-which NFS and Lustre support) and written atomically (temporary file, then rename).
+A lease says "a live run of computation K is writing here". Each holder (flow run id, host, pid,
+start time, last renewal, time to live, computation) has its own small file
+`<output>/.bioimage-tasks/lease/<holder>.json`: it writes it, then reads everyone else's. A live
+holder of a different computation means refusal (`LeaseHeldError`, naming it, before anything is
+written), and the newcomer removes its own file; the same computation joins (a rerun, a second
+process). Two different computations starting at the same instant may both be refused, never both
+admitted: each wrote before it looked. The holder renews its file every `ttl / 4` seconds from a
+thread; it expires `ttl` seconds after the last renewal, or at once when its process is gone from
+this host, so a SIGKILLed flow never locks an output for long.
 
-Ownership says "the blocks recorded here belong to computation K": `<output dir>/.bioimage-tasks/
+Ownership says "the blocks recorded here belong to computation K": `<output>/.bioimage-tasks/
 owner.json` holds the owning computation and an epoch. Claiming an output for another computation
 starts a new epoch, which run keys include, so every record and cached batch of the previous owner
-stops counting at once (A, B, A recomputes; A, A resumes); their folders are then removed."""
+stops counting at once (A, B, A recomputes; A, A resumes); their records are then removed. The new
+epoch is a hash of the computation and the previous epoch, so two joining processes that claim at
+once write the same owner file (no lock needed)."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
+import hashlib
 import json
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
+from bioimage_tasks.io.kv import Location, as_location
 from bioimage_tasks.records import RECORDS_DIR
 
 LEASE_SECONDS = 60.0
@@ -61,37 +64,22 @@ class LeaseHeldError(RuntimeError):
     """The output is being written by a live run of another computation."""
 
 
-def _folder(directory: str) -> str:
-    folder = os.path.join(directory, RECORDS_DIR)
-    os.makedirs(folder, exist_ok=True)
-    return folder
+Place = str | os.PathLike | Location  # an output's folder: a local path or a Location
 
 
-@contextlib.contextmanager
-def _locked(directory: str) -> Iterator[str]:
-    """Hold the POSIX lock of an output's lease file; yields the lease file's path."""
-    folder = _folder(directory)
-    with open(os.path.join(folder, "lease.lock"), "a") as lock:
-        fcntl.lockf(lock, fcntl.LOCK_EX)
-        try:
-            yield os.path.join(folder, "lease.json")
-        finally:
-            fcntl.lockf(lock, fcntl.LOCK_UN)
+def _records_location(place: Place) -> Location:
+    return as_location(place).child(RECORDS_DIR)
 
 
-def _read(path: str) -> dict:
-    try:
-        with open(path) as stream:
-            return json.load(stream)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def _write_atomically(path: str, value: dict) -> None:
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(value, stream)
-    os.replace(temporary, path)
+def _entries(folder: Location) -> dict[str, dict]:
+    """Every lease file of an output: holder id -> its entry."""
+    names = [n for n in folder.names() if n.endswith(".json") and not n.startswith(".")]
+    contents = folder.read_many(names)
+    entries = {}
+    for name, data in zip(names, contents):
+        with contextlib.suppress(ValueError, TypeError):  # a file deleted meanwhile
+            entries[name[: -len(".json")]] = json.loads(data)
+    return entries
 
 
 def _alive(entry: dict, now: float) -> bool:
@@ -108,71 +96,76 @@ def _alive(entry: dict, now: float) -> bool:
     return True
 
 
-def holders(directory: str) -> tuple[str | None, list[Holder]]:
+def holders(directory: Place) -> tuple[str | None, list[Holder]]:
     """The computation holding an output's lease and its live holders ((None, []) when free)."""
-    lease = _read(os.path.join(directory, RECORDS_DIR, "lease.json"))
     now = time.time()
-    live = [Holder(e["flow_run_id"], e["host"], e["pid"], e["started"]) for e in lease.get("holders", {}).values() if _alive(e, now)]
-    return (lease.get("computation") if live else None), live
+    live = [e for e in _entries(_records_location(directory).child("lease")).values() if _alive(e, now)]
+    return (live[0]["computation"] if live else None), [_holder(e) for e in live]
 
 
-def _acquire(directory: str, computation: str, holder: Holder, holder_id: str, ttl: float) -> None:
-    with _locked(directory) as path:
-        lease = _read(path)
-        now = time.time()
-        live = {k: e for k, e in lease.get("holders", {}).items() if _alive(e, now)}
-        if live and lease.get("computation") != computation:
-            entry = next(iter(live.values()))
-            other = Holder(**{k: v for k, v in entry.items() if k in Holder.__dataclass_fields__})
-            raise LeaseHeldError(
-                f"output {directory} is being written by another computation: {other.describe()}. "
-                f"Wait for that run to end (or cancel it); its lease expires {entry['ttl']:.0f} s after its last "
-                "renewal if it dies"
-            )
-        live[holder_id] = asdict(holder) | {"renewed": now, "ttl": ttl}
-        _write_atomically(path, {"computation": computation, "holders": live})
+def _holder(entry: dict) -> Holder:
+    return Holder(**{k: v for k, v in entry.items() if k in Holder.__dataclass_fields__})
 
 
-def _renew(directory: str, holder_id: str) -> None:
-    with _locked(directory) as path:
-        lease = _read(path)
-        if holder_id in lease.get("holders", {}):
-            lease["holders"][holder_id]["renewed"] = time.time()
-            _write_atomically(path, lease)
+def _acquire(directory: Place, computation: str, holder: Holder, holder_id: str, ttl: float) -> None:
+    """Write this holder's lease file, then refuse (removing it) if a live holder of another
+    computation has one."""
+    folder = _records_location(directory).child("lease")
+    now = time.time()
+    folder.write(f"{holder_id}.json", json.dumps(asdict(holder) | {"computation": computation, "renewed": now,
+                                                                   "ttl": ttl}).encode())
+    others = [e for k, e in _entries(folder).items() if k != holder_id and e.get("computation") != computation]
+    live = [e for e in others if _alive(e, now)]
+    if live:
+        folder.delete(f"{holder_id}.json")
+        raise LeaseHeldError(
+            f"output {as_location(directory).url} is being written by another computation: "
+            f"{_holder(live[0]).describe()}. Wait for that run to end (or cancel it); its lease expires "
+            f"{live[0]['ttl']:.0f} s after its last renewal if it dies"
+        )
 
 
-def _release(directory: str, holder_id: str) -> None:
-    with _locked(directory) as path:
-        lease = _read(path)
-        if lease.get("holders", {}).pop(holder_id, None) is not None:
-            _write_atomically(path, lease)
+def _renew(directory: Place, holder_id: str) -> None:
+    folder = _records_location(directory).child("lease")
+    data = folder.read(f"{holder_id}.json")
+    if data is not None:
+        folder.write(f"{holder_id}.json", json.dumps(json.loads(data) | {"renewed": time.time()}).encode())
+
+
+def _release(directory: Place, holder_id: str) -> None:
+    _records_location(directory).child("lease").delete(f"{holder_id}.json")
+
+
+def _distinct(directories: Sequence[Place]) -> list[Location]:
+    """Each output once, in one order for every process (by URL)."""
+    return sorted({location.url: location for location in map(as_location, directories)}.values(), key=lambda l: l.url)
 
 
 @contextlib.contextmanager
-def output_lease(directories: Sequence[str], computation: str, holder: Holder | None = None,
+def output_lease(directories: Sequence[Place], computation: str, holder: Holder | None = None,
                  ttl: float = LEASE_SECONDS) -> Iterator[Holder]:
-    """Hold the lease of every output folder in `directories` for `computation` while the block
-    runs, renewing it from a thread; raise LeaseHeldError (before anything is written) if a live
-    run of another computation holds one of them. Yields the holder."""
+    """Hold the lease of every output in `directories` (folders or Locations) for `computation`
+    while the block runs, renewing it from a thread; raise LeaseHeldError (before anything is
+    written) if a live run of another computation holds one of them. Yields the holder."""
     holder = holder or Holder.current()
     holder_id = f"{holder.host}:{holder.pid}:{uuid.uuid4().hex[:8]}"
-    directories = sorted({os.path.abspath(d) for d in directories})
-    taken: list[str] = []
+    locations = _distinct(directories)
+    taken: list[Location] = []
     try:
-        for directory in directories:
-            _acquire(directory, computation, holder, holder_id, ttl)
-            taken.append(directory)
+        for location in locations:
+            _acquire(location, computation, holder, holder_id, ttl)
+            taken.append(location)
     except BaseException:
-        for directory in taken:
-            _release(directory, holder_id)
+        for location in taken:
+            _release(location, holder_id)
         raise
     stop = threading.Event()
 
     def renew() -> None:
         while not stop.wait(ttl / 4):
-            for directory in directories:
-                with contextlib.suppress(OSError):  # a missed renewal is retried; the ttl allows 3
-                    _renew(directory, holder_id)
+            for location in locations:
+                with contextlib.suppress(OSError, ValueError):  # a missed renewal is retried; the ttl allows 3
+                    _renew(location, holder_id)
 
     renewer = threading.Thread(target=renew, name="bioimage-tasks-lease", daemon=True)
     renewer.start()
@@ -181,35 +174,41 @@ def output_lease(directories: Sequence[str], computation: str, holder: Holder | 
     finally:
         stop.set()
         renewer.join()
-        for directory in directories:
-            with contextlib.suppress(OSError):  # e.g. the output was deleted meanwhile
-                _release(directory, holder_id)
+        for location in locations:
+            with contextlib.suppress(OSError, ValueError):  # e.g. the output was deleted meanwhile
+                _release(location, holder_id)
 
 
-def owned_epoch(directories: Sequence[str], computation: str) -> str | None:
+def _owner(location: Location) -> dict:
+    with contextlib.suppress(ValueError, TypeError):
+        return json.loads(location.child(RECORDS_DIR).read("owner.json"))
+    return {}
+
+
+def owned_epoch(directories: Sequence[Place], computation: str) -> str | None:
     """The epoch `claim_ownership` would return without a change, if `computation` owns every
-    folder already; None otherwise."""
+    output already; None otherwise."""
     epochs = []
-    for directory in sorted(os.path.abspath(d) for d in directories):
-        owner = _read(os.path.join(directory, RECORDS_DIR, "owner.json"))
+    for location in _distinct(directories):
+        owner = _owner(location)
         if owner.get("computation") != computation or "epoch" not in owner:
             return None
         epochs.append(owner["epoch"])
     return "-".join(epochs)
 
 
-def claim_ownership(directories: Sequence[str], computation: str) -> str:
-    """Make `computation` the owner of the blocks recorded in each output folder (hold its lease
-    first); return the combined epoch to put into run keys. An output owned by another
-    computation (or by none yet) gets a new epoch, and its old record folders are removed."""
+def claim_ownership(directories: Sequence[Place], computation: str) -> str:
+    """Make `computation` the owner of the blocks recorded in each output (hold its lease first);
+    return the combined epoch to put into run keys. An output owned by another computation (or by
+    none yet) gets a new epoch, and its old records are removed."""
     epochs = []
-    for directory in sorted(os.path.abspath(d) for d in directories):
-        with _locked(directory) as lease_path:  # two joining runs must not each start an epoch
-            path = os.path.join(os.path.dirname(lease_path), "owner.json")
-            owner = _read(path)
-            if owner.get("computation") != computation or "epoch" not in owner:
-                owner = {"computation": computation, "epoch": uuid.uuid4().hex}
-                _write_atomically(path, owner)  # first: from here on, old records are not trusted
-                shutil.rmtree(os.path.join(directory, RECORDS_DIR, "blocks"), ignore_errors=True)
+    for location in _distinct(directories):
+        owner = _owner(location)
+        if owner.get("computation") != computation or "epoch" not in owner:
+            seed = f"{computation} after {owner.get('epoch')}".encode()
+            owner = {"computation": computation, "epoch": hashlib.blake2b(seed, digest_size=16).hexdigest()}
+            folder = location.child(RECORDS_DIR)
+            folder.write("owner.json", json.dumps(owner).encode())  # first: from here on, old records are not trusted
+            folder.child("blocks").remove_tree()
         epochs.append(owner["epoch"])
     return "-".join(epochs)

@@ -15,10 +15,10 @@ import numpy as np
 from bioimage_tasks.blockwise import plan_batches
 from bioimage_tasks.budget import block_bytes
 from bioimage_tasks.grid import BlockGrid, check_block_shape, default_block_shape, fit_to_budget
-from bioimage_tasks.records import RECORDS_DIR, BlockRecords, run_key
+from bioimage_tasks.records import BlockRecords, records_at, run_key
 from bioimage_tasks.io import (
-    ArraySource, OutputOptions, OutputPlan, Source, TensorStoreSource, as_source, output_token, plan_output,
-    same_storage,
+    ArraySource, OutputOptions, OutputPlan, Source, StorageOptions, TensorStoreSource, as_source, output_token,
+    plan_output, same_storage, storage_place,
 )
 from bioimage_tasks.io.source import aligned_unit, read_unit_of
 
@@ -57,15 +57,16 @@ def plan_blockwise(
     job_type: str = "local",
     memory_budget: int = 2**30,
     output_options: OutputOptions | None = None,
+    storage_options: StorageOptions | dict | None = None,
 ) -> BlockwisePlan:
     """Validate a run of `source` into `output` (stored as `output_options` ask); every error names
     the parameter at fault. Backends other than "local" run in other processes, so they need
-    file-backed data."""
+    file-backed data (or data on object storage; `storage_options` say how to reach it)."""
     if block_ids is not None and resume_from is not None:
         raise ValueError("block_ids and resume_from cannot be combined: block_ids re-runs exactly those blocks")
     if block_shape is not None:
         block_shape = check_block_shape(block_shape, source.shape)
-    output_plan = plan_output(output, source.shape, source.dtype, block_shape, output_options)
+    output_plan = plan_output(output, source.shape, source.dtype, block_shape, output_options, storage_options)
     unit = aligned_unit(output_plan.write_unit, read_unit_of(source), source.shape)  # whole strips/tiles too
     fits = functools.partial(block_bytes, source)
     if block_shape is None:  # shrinks as the factor grows
@@ -76,7 +77,7 @@ def plan_blockwise(
     grid = BlockGrid(source.shape, block_shape)
     mask_source = None
     if mask is not None:
-        mask_source = as_source(mask, "mask")
+        mask_source = as_source(mask, "mask", storage_options)
         if mask_source.shape != source.shape:
             raise ValueError(f"mask has shape {mask_source.shape}, expected the output shape {source.shape}")
     if output_plan.existing is not None and same_storage(source, output_plan.existing):
@@ -139,12 +140,11 @@ def computation_key(plan: BlockwisePlan) -> str | None:
 
 
 def block_records(plan: BlockwisePlan, sink: ArraySource | TensorStoreSource, epoch: str | None = None) -> BlockRecords | None:
-    """The block records of this run in the output's folder, keyed by the computation, the
-    output's token and its ownership `epoch` (lease.claim_ownership); None where the output has
-    no folder or a part has no fingerprint."""
+    """The block records of this run in the output's folder (or prefix on object storage), keyed
+    by the computation, the output's token and its ownership `epoch` (lease.claim_ownership); None
+    where the output has no folder or a part has no fingerprint."""
     token = output_token(sink)
     computation = computation_key(plan)
     if token is None or computation is None:
         return None
-    key = run_key({"computation": computation, "output": token, "epoch": epoch})
-    return BlockRecords(os.path.join(sink.directory, RECORDS_DIR, "blocks", key))
+    return records_at(storage_place(sink), run_key({"computation": computation, "output": token, "epoch": epoch}))

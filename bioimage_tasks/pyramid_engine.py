@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,11 +22,11 @@ from bioimage_tasks.events import emit_outcome_events
 from bioimage_tasks.grid import BlockGrid, default_block_shape, fit_to_budget
 from bioimage_tasks.kernels.pyramid import pyramid_levels
 from bioimage_tasks.pyramid_plan import PyramidPlan
-from bioimage_tasks.records import RECORDS_DIR, BlockRecords, run_key
+from bioimage_tasks.records import BlockRecords, records_at, run_key
 from bioimage_tasks.reporting import Progress, progress_listener, publish_summary
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import RunnerConfig
-from bioimage_tasks.io import ArraySource, Source, TensorStoreSource, output_token, start_read
+from bioimage_tasks.io import ArraySource, Location, Source, TensorStoreSource, output_token, start_read, storage_place
 from bioimage_tasks.signatures import job_signatures
 from bioimage_tasks.tasks import batch_task, current_blocks, map_batches
 
@@ -122,13 +121,14 @@ class Stage:
         return f"s{first}" if first == last else f"s{first}-s{last}"
 
 
-def records_in(directory: str, fingerprint: dict[str, Any]) -> BlockRecords:
-    """The block records of a computation (`fingerprint`) kept in `directory`."""
-    return BlockRecords(os.path.join(directory, RECORDS_DIR, "blocks", run_key(fingerprint)))
+def records_in(place: Any, fingerprint: dict[str, Any]) -> BlockRecords:
+    """The block records of a computation (`fingerprint`) kept at `place` (a folder, a Location,
+    or an array whose storage place it is)."""
+    return records_at(place if isinstance(place, (str, Location)) else storage_place(place), run_key(fingerprint))
 
 
 def pyramid_stages(source: Source, plan: PyramidPlan, method: str, sinks: Sequence[Sink | None],
-                   staging: dict[int, Sink], group_directory: str, epoch: str, rows: list[LevelRow]) -> list[Stage]:
+                   staging: dict[int, Sink], group_directory: str | Location, epoch: str, rows: list[LevelRow]) -> list[Stage]:
     """The regions stage and one copy stage per staged level, with their records under the
     outputs' ownership `epoch` (none where the input has no fingerprint)."""
     writers = tuple(staging.get(level, sink) for level, sink in enumerate(sinks))
@@ -142,7 +142,7 @@ def pyramid_stages(source: Source, plan: PyramidPlan, method: str, sinks: Sequen
     for level, stage_sink in staging.items():
         sink = sinks[level]
         grid = BlockGrid(sink.shape, default_block_shape(sink.shape, sink.write_unit))
-        level_records = records_in(sink.directory, {"parts": [stage_sink.fingerprint(), output_token(stage_sink)],
+        level_records = records_in(sink, {"parts": [stage_sink.fingerprint(), output_token(stage_sink)],
                                                     "grid": [grid.shape, grid.block_shape],
                                                     "output": output_token(sink), "epoch": epoch}) if keep_records else None
         job = BlockJob(stage_sink, sink, grid, records=level_records)
@@ -169,7 +169,7 @@ def resize_stages(source: Source, shapes: Sequence[tuple[int, ...]], order: int,
         grid = BlockGrid(sink.shape, block)
         records = None
         if fingerprint is not None and sink.directory is not None:
-            records = records_in(sink.directory, {"parts": [view.fingerprint() if level else fingerprint],
+            records = records_in(sink, {"parts": [view.fingerprint() if level else fingerprint],
                                                   "grid": [grid.shape, grid.block_shape], "output": output_token(sink),
                                                   "epoch": epoch})
         stages.append(Stage(f"s{level}", BlockJob(view, sink, grid, None, records, piece),

@@ -7,10 +7,13 @@ to its own segment file per shard, one checksummed line per event (`<id> <time_n
 <crc32>`). So a run of N blocks makes about N / SHARD_BLOCKS folders and a few files each instead of
 N files; checking a batch reads only its shards; no two writers share a file (no locks, safe on
 NFS/Lustre); a line torn by a killed writer fails its checksum and is ignored, so a record is
-either whole or absent. The latest event of a block wins: `forget` appends a tombstone."""
+either whole or absent. The latest event of a block wins: `forget` appends a tombstone.
+On object storage (an `io.kv.KvLocation`) every append is an object of its own (`<segment>.<n>`),
+since objects cannot be appended to and each PUT is atomic."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -23,8 +26,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from bioimage_tasks.io.kv import Location, as_location
+
 RECORDS_DIR = ".bioimage-tasks"
-TOKEN_ATTRIBUTE = "bioimage_tasks_token"
 SHARD_BLOCKS = 4096
 _NO_SIGNATURE, _FORGOTTEN = "-", "!"
 
@@ -41,8 +45,11 @@ def executor() -> str:
     return f"slurm-job:{job}" if job else f"{socket.gethostname()}:{os.getpid()}"
 
 
-def new_token() -> str:
-    return uuid.uuid4().hex
+def records_at(place: str | Location, key: str) -> BlockRecords:
+    """The records of run key `key` of the output at `place` (its folder, or its Location)."""
+    if isinstance(place, (str, os.PathLike)):
+        return BlockRecords(os.path.join(place, RECORDS_DIR, "blocks", key))
+    return BlockRecords(place.child(RECORDS_DIR).child("blocks").child(key))
 
 
 @dataclass(frozen=True)
@@ -80,16 +87,26 @@ def _line(block_id: int, time_ns: int, signature: str) -> str:
 
 @dataclass(frozen=True)
 class BlockRecords:
-    """The records of one run key under `directory` (`<array dir>/.bioimage-tasks/blocks/<key>`).
-    Plain data, so it pickles to Dask workers; independent of any plan or grid, so any flow can
-    keep records of its own block ids (a pyramid's base regions, say)."""
+    """The records of one run key under `directory` (`<array dir>/.bioimage-tasks/blocks/<key>`: a
+    local path, or a `Location` such as an object-store prefix, io/kv.py). Plain data, so it
+    pickles to Dask workers; independent of any plan or grid, so any flow can keep records of its
+    own block ids (a pyramid's base regions, say)."""
 
-    directory: str
+    directory: str | Location
+
+    @functools.cached_property
+    def location(self) -> Location:
+        return as_location(self.directory)
+
+    @property
+    def url(self) -> str:
+        """Where the records are, for messages: a path or a URL."""
+        return self.location.url
 
     @property
     def key(self) -> str:
         """The run key these records belong to."""
-        return os.path.basename(self.directory)
+        return self.url.rstrip("/").rsplit("/", 1)[-1]
 
     def mark_done(self, block_id: int, signature: str | None = None) -> None:
         """Record `block_id` as written from input whose signature is `signature`."""
@@ -126,61 +143,39 @@ class BlockRecords:
         """Which executor wrote each recorded block."""
         return {b: e.executor for b, e in self.entries().items()}
 
-    def _shard_dir(self, shard: int) -> str:
-        return os.path.join(self.directory, f"{shard:06d}")
-
-    def _shards(self) -> list[int]:
-        try:
-            return sorted(int(name) for name in os.listdir(self.directory) if name.isdigit())
-        except FileNotFoundError:
-            return []
-
     def _append(self, block_ids: list[int], signature: str) -> None:
         by_shard: dict[int, list[str]] = {}
         time_ns = time.time_ns()
         for block_id in block_ids:
             by_shard.setdefault(block_id // SHARD_BLOCKS, []).append(_line(block_id, time_ns, signature))
+        location = self.location
         for shard, lines in by_shard.items():
-            folder = self._shard_dir(shard)
-            os.makedirs(folder, exist_ok=True)
-            with _SEGMENTS.lock:
-                path = os.path.join(folder, _SEGMENTS.name())
-                new = not os.path.exists(path)
-                data = ((f"# {executor()}\n" if new else "") + "".join(lines)).encode()
-                handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                try:  # whole lines only (a short write is completed), the executor once as a header
-                    while data:
-                        data = data[os.write(handle, data):]
-                finally:
-                    os.close(handle)
+            with _SEGMENTS.lock:  # the executor once, as a header
+                location.child(f"{shard:06d}").append(_SEGMENTS.name(), "".join(lines).encode(), f"# {executor()}\n".encode())
 
     def _latest(self, block_ids: Iterable[int] | None) -> dict[int, tuple[int, str, str]]:
         """(time_ns, signature, executor) of the latest event of each block, tombstones dropped."""
         wanted = None if block_ids is None else set(block_ids)
-        shards = self._shards() if wanted is None else sorted({b // SHARD_BLOCKS for b in wanted})
+        location = self.location
+        shards = sorted(int(n) for n in location.names() if n.isdigit()) if wanted is None else sorted({b // SHARD_BLOCKS for b in wanted})
         latest: dict[int, tuple[int, str, str]] = {}
         for shard in shards:
-            for block_id, time_ns, signature, who in self._read_shard(shard):
+            for block_id, time_ns, signature, who in _read_shard(location.child(f"{shard:06d}")):
                 if (wanted is None or block_id in wanted) and (block_id not in latest or time_ns >= latest[block_id][0]):
                     latest[block_id] = (time_ns, signature, who)
         return {b: event for b, event in latest.items() if event[1] != _FORGOTTEN}
 
-    def _read_shard(self, shard: int) -> Iterable[tuple[int, int, str, str]]:
-        """Every whole, intact line of the shard's segments: (block id, time_ns, signature, executor)."""
-        folder = self._shard_dir(shard)
-        try:
-            names = os.listdir(folder)
-        except FileNotFoundError:
-            return
-        for name in names:
-            if not name.endswith(".log"):
+
+def _read_shard(folder: Location) -> Iterable[tuple[int, int, str, str]]:
+    """Every whole, intact line of a shard's segments: (block id, time_ns, signature, executor)."""
+    names = folder.logs()
+    contents = folder.read_many(names)
+    for data in contents:
+        lines = (data or b"").split(b"\n")[:-1]  # the last piece has no newline: torn or empty
+        who = lines[0][2:].decode(errors="replace") if lines and lines[0].startswith(b"# ") else "unknown"
+        for line in lines:
+            body, _, crc = line.rpartition(b" ")
+            parts = body.split(b" ")
+            if len(parts) != 3 or crc != b"%08x" % zlib.crc32(body):
                 continue
-            with open(os.path.join(folder, name), "rb") as stream:
-                lines = stream.read().split(b"\n")[:-1]  # the last piece has no newline: torn or empty
-            who = lines[0][2:].decode(errors="replace") if lines and lines[0].startswith(b"# ") else "unknown"
-            for line in lines:
-                body, _, crc = line.rpartition(b" ")
-                parts = body.split(b" ")
-                if len(parts) != 3 or crc != b"%08x" % zlib.crc32(body):
-                    continue
-                yield int(parts[0]), int(parts[1]), parts[2].decode(), who
+            yield int(parts[0]), int(parts[1]), parts[2].decode(), who

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 
+from prefect.filesystems import WritableFileSystem
 from prefect.settings import PREFECT_API_URL
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
@@ -33,8 +34,11 @@ class RunnerConfig:
 
     A batch that raises (an I/O error, a lost worker) is retried `retries` times with exponential
     backoff from `retry_delay` seconds; a retry only redoes the blocks not yet recorded as done.
-    Finished batches are cached by Prefect under `result_storage` (default: a folder next to the
-    output, which SLURM nodes reach whenever they reach the output).
+    Finished batches are cached by Prefect under `result_storage`: a folder, a saved Prefect
+    storage block's slug ("remote-file-system/lab-results"), or a `WritableFileSystem` block such
+    as `RemoteFileSystem(basepath="s3://lab/prefect-results")`. Default: a folder next to a local
+    output, which SLURM nodes reach whenever they reach the output; none for an output on object
+    storage, whose block records alone make reruns skip finished blocks.
 
     `memory_budget` (bytes) caps what one worker holds for one block: its input, the kernel's
     temporaries, the next block's read and the last block's write. Default block shapes shrink
@@ -47,7 +51,7 @@ class RunnerConfig:
     worker_timeout: float = 900.0
     retries: int = 2
     retry_delay: float = 2.0
-    result_storage: str | None = None
+    result_storage: str | WritableFileSystem | None = None
     memory_budget: int = 2**30
     write_limit: str | None = None
 

@@ -4,6 +4,8 @@ changes, so a rerun recomputes exactly the blocks whose input (or mask) was rewr
 - File-backed zarr v2/v3 (sharded too) and n5: the size and mtime_ns of every storage file (chunk,
   or shard) the block's input region covers; a missing file (fill value) counts as its own state.
   Rewriting a chunk, through zarr-python or tensorstore, makes a new file and a new mtime.
+- The same arrays on object storage (s3, http): each covered object's generation (S3: its ETag,
+  from a HEAD request), the requests in flight together; None from an http server without ETags.
 - numpy: a hash of the region's content.
 - Sources with a `file_signature()` (TIFF, HDF5): the size and mtime_ns of their file(s), the
   same for every block (tifffile and h5py decide where a region's bytes are).
@@ -29,7 +31,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-StorageLayout = tuple[str, tuple[int, ...], str, str]  # directory, grid unit of a file, key prefix, separator
+from bioimage_tasks.io.kv import KvLocation
+
+StorageLayout = tuple[str | KvLocation, tuple[int, ...], str, str]  # folder, grid unit of a file, key prefix, separator
 
 
 def grid_intervals(shape: Sequence[int], block_shape: Sequence[int], block_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +75,11 @@ def interval_signatures(source: Any, starts: np.ndarray, stops: np.ndarray) -> l
     layout = storage_layout(source)
     if layout is None:
         return [None] * len(starts)
-    text = _file_sums(*layout, tuple(source.shape), starts, stops).astype(">u8").tobytes().hex()
+    try:
+        sums = _file_sums(*layout, tuple(source.shape), starts, stops)
+    except UnversionedObjects:
+        return [None] * len(starts)
+    text = sums.astype(">u8").tobytes().hex()
     return [text[i : i + 16] for i in range(0, len(text), 16)]
 
 
@@ -116,9 +124,12 @@ def storage_layout(source: Any) -> StorageLayout | None:
         return None
     spec = store.spec(retain_context=False).to_json()
     kvstore = spec.get("kvstore", {})
-    if kvstore.get("driver") != "file":
+    if kvstore.get("driver") == "file":
+        directory = os.path.join(kvstore["path"], spec.get("path", "")).rstrip("/")
+    elif isinstance(getattr(source, "location", None), KvLocation):
+        directory = source.location
+    else:
         return None
-    directory = os.path.join(kvstore["path"], spec.get("path", "")).rstrip("/")
     metadata = spec.get("metadata", {})
     if spec["driver"] == "n5":
         return directory, tuple(metadata["blockSize"]), "", "/"
@@ -135,10 +146,26 @@ def storage_layout(source: Any) -> StorageLayout | None:
 MISSING = (2**64 - 1, 0)  # (size, mtime_ns) of a cell without a storage file (fill value)
 
 
-def _stat_files(directory: str, prefix: str, separator: str, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+class UnversionedObjects(Exception):
+    """The store gives no version of its objects (an http server without ETags): no signature."""
+
+
+def _stamp_objects(location: KvLocation, prefix: str, separator: str, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_stat_files` on object storage: a 64-bit hash of each object's generation in place of its
+    size, `MISSING` where there is none."""
+    stamps = location.stamps([prefix + separator.join(map(str, cell)) for cell in cells.tolist()])
+    if any(s is not None and len(s) <= 1 for s in stamps):  # tensorstore's flag byte alone: no ETag
+        raise UnversionedObjects
+    sizes = [MISSING[0] if s is None else int.from_bytes(hashlib.blake2b(s, digest_size=8).digest(), "little") for s in stamps]
+    return np.array(sizes, np.uint64), np.zeros(len(sizes), np.uint64)
+
+
+def _stat_files(directory: str | KvLocation, prefix: str, separator: str, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(size, mtime_ns) of the storage file of each grid cell (`cells`: (N, ndim) in C order),
     `MISSING` where there is none. With nested keys ("c/1/2/3") each folder is opened once and its
     files stat'ed relative to it, in one comprehension per folder (~2.5 us per file here)."""
+    if isinstance(directory, KvLocation):
+        return _stamp_objects(directory, prefix, separator, cells)
     if separator != "/":
         names = [prefix + separator.join(map(str, cell)) for cell in cells.tolist()]
         return _stat_folder(directory, names)
@@ -202,7 +229,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _file_sums(directory: str, unit: tuple[int, ...], prefix: str, separator: str, shape: tuple[int, ...],
+def _file_sums(directory: str | KvLocation, unit: tuple[int, ...], prefix: str, separator: str, shape: tuple[int, ...],
                starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
     """Per box, the wrapping sum of the hashes of the storage files it covers."""
     unit_array = np.asarray(unit, np.int64)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -13,7 +14,8 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE, CacheKeyFnPolicy
-from prefect.filesystems import LocalFileSystem
+from prefect.blocks.core import Block
+from prefect.filesystems import LocalFileSystem, WritableFileSystem
 from prefect.futures import wait
 from prefect.runtime import task_run
 from prefect.settings import PREFECT_API_URL
@@ -31,7 +33,7 @@ from bioimage_tasks.reporting import Progress, publish_summary, summary_markdown
 from bioimage_tasks.resampling import combine_ranges, measure_value_range
 from bioimage_tasks.runners import RunnerConfig, worker_watchdog
 from bioimage_tasks.signatures import job_signatures
-from bioimage_tasks.io import ArraySource, Source, TensorStoreSource
+from bioimage_tasks.io import ArraySource, Source, TensorStoreSource, storage_place
 from bioimage_tasks.throttle import throttle_writes
 
 WATCH_INTERVAL = 2.0  # seconds between progress and worker checks while batches run
@@ -127,28 +129,45 @@ def batch_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     return f"bioimage-tasks-{records.key}-{hashlib.blake2b(ids.encode(), digest_size=8).hexdigest()}"
 
 
-_STORAGE_BLOCKS: dict[tuple[str | None, str], LocalFileSystem] = {}  # (API URL, folder): block
+_STORAGE_BLOCKS: dict[tuple[str | None, str], WritableFileSystem] = {}  # (API URL, folder or slug): block
+_BLOCK_SLUG = re.compile(r"^[a-z0-9-]+/[a-z0-9-]+$")
 
 
-def result_storage(config: RunnerConfig, records: BlockRecords) -> LocalFileSystem:
+def result_storage(config: RunnerConfig, records: BlockRecords) -> WritableFileSystem | None:
     """The saved Prefect storage block (Prefect requires a saved one) for cached batch results:
-    `config.result_storage`, or a folder beside the block records in the output. Saving costs
-    ~80-100 ms of API calls, loading ~40 ms, so an existing block for the folder is loaded, and a
-    process reuses what it loaded or saved."""
-    beside_records = os.path.join(os.path.dirname(os.path.dirname(records.directory)), "prefect-results")
-    path = os.path.abspath(config.result_storage or beside_records)
-    known = (PREFECT_API_URL.value(), path)  # a block lives in one server's database
+    `config.result_storage` (a block, a block slug "block-type/name" such as
+    "remote-file-system/lab-results", or a folder), or a folder beside the block records of a
+    local output. None for an output on object storage without one: its block records alone
+    resume it. Saving costs ~80-100 ms of API calls, loading ~40 ms, so an existing block for the
+    folder is loaded, and a process reuses what it loaded or saved."""
+    chosen = config.result_storage
+    if isinstance(chosen, WritableFileSystem):
+        if chosen._block_document_id is None:
+            chosen.save(f"bioimage-tasks-{hashlib.blake2b(chosen.model_dump_json().encode(), digest_size=8).hexdigest()}",
+                        overwrite=True)
+        return chosen
+    if chosen is None and not isinstance(records.directory, str):
+        return None
+    slug = chosen is not None and _BLOCK_SLUG.match(chosen) is not None and not os.path.isdir(chosen)
+    target = chosen if slug else os.path.abspath(
+        chosen or os.path.join(os.path.dirname(os.path.dirname(records.directory)), "prefect-results"))
+    known = (PREFECT_API_URL.value(), target)  # a block lives in one server's database
     if known not in _STORAGE_BLOCKS:
-        name = f"bioimage-tasks-{hashlib.blake2b(path.encode(), digest_size=8).hexdigest()}"
-        try:
-            storage = LocalFileSystem.load(name)
-        except ValueError:  # no block of that name yet
-            storage = None
-        if storage is None or storage.basepath != path:
-            storage = LocalFileSystem(basepath=path)
-            storage.save(name, overwrite=True)
-        _STORAGE_BLOCKS[known] = storage
+        _STORAGE_BLOCKS[known] = Block.load(target) if slug else folder_block(target)
     return _STORAGE_BLOCKS[known]
+
+
+def folder_block(path: str) -> LocalFileSystem:
+    """The saved LocalFileSystem block of a folder, loaded if one exists, else saved."""
+    name = f"bioimage-tasks-{hashlib.blake2b(path.encode(), digest_size=8).hexdigest()}"
+    try:
+        storage = LocalFileSystem.load(name)
+    except ValueError:  # no block of that name yet
+        storage = None
+    if storage is None or storage.basepath != path:
+        storage = LocalFileSystem(basepath=path)
+        storage.save(name, overwrite=True)
+    return storage
 
 
 def current_blocks(records: BlockRecords, signatures: dict[int, str | None]) -> tuple[set[int], tuple[int, int]]:
@@ -169,11 +188,12 @@ def batch_task(config: RunnerConfig, records: BlockRecords | None, refresh: bool
     task_fn = process_blocks.with_options(
         retries=config.retries, retry_delay_seconds=exponential_backoff(backoff_factor=config.retry_delay)
     )
-    if records is None:
+    storage = result_storage(config, records) if records is not None else None
+    if storage is None:
         return task_fn
     return task_fn.with_options(
         cache_policy=CacheKeyFnPolicy(cache_key_fn=batch_cache_key), persist_result=True,
-        result_storage=result_storage(config, records), refresh_cache=refresh,
+        result_storage=storage, refresh_cache=refresh,
     )
 
 
@@ -183,7 +203,7 @@ def check_resume_records(plan: BlockwisePlan, records: BlockRecords | None) -> N
     if plan.resume_records is not None and (records is None or os.path.abspath(plan.resume_records) != records.directory):
         raise ValueError(
             f"resume_from={str(plan.resume_records)!r} holds the records of another computation; this call's "
-            f"records are {records.directory if records else 'not kept (output in memory)'}"
+            f"records are {records.url if records else 'not kept (output in memory)'}"
         )
 
 
@@ -194,23 +214,32 @@ def run_plan(
     anything is written), claim it for this computation (records of another one stop counting),
     and write the planned blocks (`write_plan`). Returns the output array."""
     sink = plan.output.open()
-    directory = getattr(sink, "directory", None)
-    if directory is None:
+    place = storage_place(sink)
+    if place is None:
         check_resume_records(plan, None)
         return write_plan(runner, plan, sink, None, num_workers, config, details, kind)
     computation = computation_key(plan) or f"unkeyed-{uuid.uuid4().hex}"  # joined by no other run
-    with output_lease([directory], computation):
-        check_resume_records(plan, block_records(plan, sink, owned_epoch([directory], computation)))
-        epoch = claim_ownership([directory], computation)
-        return write_plan(runner, plan, sink, block_records(plan, sink, epoch), num_workers, config, details, kind)
+    epoch = owned_epoch([place], computation)
+    signatures = job_signatures(plan, plan.block_ids) if epoch is not None else None
+    if epoch is not None and not plan.explicit_block_ids and plan.resume_records is None:
+        records = block_records(plan, sink, epoch)
+        if records is not None and current_blocks(records, signatures)[0].issuperset(plan.block_ids):
+            # a rerun of a finished run writes nothing, not even a lease
+            return write_plan(runner, plan, sink, records, num_workers, config, details, kind, signatures)
+    with output_lease([place], computation):
+        check_resume_records(plan, block_records(plan, sink, owned_epoch([place], computation)))
+        epoch = claim_ownership([place], computation)
+        return write_plan(runner, plan, sink, block_records(plan, sink, epoch), num_workers, config, details, kind,
+                          signatures)
 
 
 def write_plan(
     runner: TaskRunner, plan: BlockwisePlan, sink: ArraySource | TensorStoreSource, records: BlockRecords | None,
     num_workers: int, config: RunnerConfig, details: dict[str, Any], kind: str,
+    signatures: dict[int, str | None] | None = None,
 ) -> Any:
     """Write the planned blocks in batches, resuming from the block records: blocks recorded from
-    input (and mask) with today's signature are done, fully done batches are skipped, other batches
+    input (and mask) with today's signature (`signatures`, computed here unless given) are done, fully done batches are skipped, other batches
     skip their done blocks, and a batch Prefect finished before with the same cache key comes from
     Prefect's cache. Explicit `block_ids` are always rewritten. Progress and a summary (`details`
     plus what happened) are published as Prefect artifacts. Returns the output array."""
@@ -219,7 +248,7 @@ def write_plan(
     if records is not None:
         if plan.explicit_block_ids:
             records.forget(plan.block_ids)
-        done, changed = current_blocks(records, job_signatures(plan, plan.block_ids))
+        done, changed = current_blocks(records, signatures or job_signatures(plan, plan.block_ids))
         if any(changed):
             logger.info("%d recorded blocks are recomputed because their input changed, %d because their mask changed",
                         *changed)
@@ -232,7 +261,7 @@ def write_plan(
         "grid of %d blocks of shape %s over %s; %d of %d planned blocks already done; %d batches to run on %s; "
         "block records in %s",
         plan.grid.n_blocks, plan.grid.block_shape, plan.grid.shape, len(done), len(plan.block_ids), len(batches),
-        details["backend"], records.directory if records else "memory (no resume)",
+        details["backend"], records.url if records else "memory (no resume)",
     )
     details = details | {"output": f"{getattr(sink, 'name', 'output')} {sink.shape} {sink.dtype} chunks {sink.write_unit}",
                          "grid": f"{plan.grid.n_blocks} blocks of {plan.grid.block_shape}, {len(batches)} batches"}

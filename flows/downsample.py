@@ -16,7 +16,7 @@ from bioimage_tasks.kernels.window import METHODS as WINDOW_METHODS
 from bioimage_tasks.kernels.window import SUPPORTED_DTYPES as WINDOW_DTYPES
 from bioimage_tasks.resampling import ResizedSource, WindowedSource, check_anti_aliasing, check_order
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
-from bioimage_tasks.io import OutputOptions, as_source, check_output_options
+from bioimage_tasks.io import OutputOptions, StorageOptions, as_source, check_output_options
 from bioimage_tasks.tasks import measure_source_range, run_plan
 
 METHODS = ("resize", *WINDOW_METHODS)
@@ -62,6 +62,7 @@ def downsample_flow(
     block_ids: Sequence[int] | None = None,
     resume_from: Any = None,
     output_options: OutputOptions | None = None,
+    storage_options: StorageOptions | dict | None = None,
 ) -> Any:
     """Downsample `input` by `scale_factor` (an int or one int >= 1 per axis) block-wise.
 
@@ -79,12 +80,14 @@ def downsample_flow(
     (default: derived from them). `mask` (output space) limits writes to its nonzero voxels;
     `block_ids` limits the run to those blocks of the output grid. `output_options`
     (`OutputOptions`, or a dict of its fields) choose a new output's codec, level and zarr v3
-    shards and whether all-fill chunks are stored. Returns the output array.
+    shards and whether all-fill chunks are stored. Paths may be "s3://bucket/path/container.zarr/key"
+    URLs (or read-only "https://..."); `storage_options` (a StorageOptions or a dict of its fields)
+    say how to reach them. Returns the output array.
     """
     check_method_options(method, order, anti_aliasing)
     config = check_backend(job_type, num_workers, job_config)
     options = check_output_options(output_options)
-    source = as_source(input)
+    source = as_source(input, storage_options=storage_options)
     factors = normalize_factors(scale_factor, len(source.shape))
     check_input_dtype(source.dtype, method, order, anti_aliasing)
     if method == "resize":
@@ -94,7 +97,7 @@ def downsample_flow(
     plan = plan_blockwise(
         downsampled, output, mask=mask, block_shape=block_shape, block_ids=block_ids, resume_from=resume_from,
         job_type=job_type, memory_budget=config.memory_budget,
-        output_options=options,
+        output_options=options, storage_options=storage_options,
     )
     with backend(job_type, num_workers, config) as runner:
         if isinstance(downsampled, ResizedSource) and downsampled.clips:

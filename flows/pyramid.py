@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import zarr
+import tensorstore as ts
 
 from bioimage_tasks.blockwise_flow import blockwise_flow
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
@@ -25,8 +25,9 @@ from bioimage_tasks.pyramid_plan import plan_pyramid, tile_bytes_per_voxel
 from bioimage_tasks.records import RECORDS_DIR, run_key
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
-from bioimage_tasks.io import (ContainerPath, OutputOptions, as_source, check_existing_output, check_output_options,
-                               create_array, with_write_empty_chunks)
+from bioimage_tasks.io import (ContainerPath, OutputOptions, StorageOptions, UrlPath, as_source, check_existing_output,
+                               check_output_options, create_array, open_group, output_path, storage_place,
+                               with_write_empty_chunks)
 from bioimage_tasks.io.source import physical_of, read_unit_of
 from bioimage_tasks.tasks import measure_source_range
 from bioimage_tasks.throttle import throttle_writes
@@ -56,6 +57,7 @@ def pyramid_flow(
     job_config: RunnerConfig | None = None,
     num_workers: int = 1,
     output_options: OutputOptions | None = None,
+    storage_options: StorageOptions | dict | None = None,
 ) -> str:
     """Write `input` as an OME-Zarr multiscale image at `output_group` ("path/image.zarr", or a
     group inside a container): s0 is a copy, each further level is downsampled with `method`
@@ -90,7 +92,7 @@ def pyramid_flow(
         raise ValueError("shards need zarr v3, i.e. ngff_version='0.5'")
     if (levels is None) == (scale_factors is None):
         raise ValueError("give exactly one of levels (planned from voxel_size) and scale_factors (per level)")
-    source = as_source(input)
+    source = as_source(input, storage_options=storage_options)
     check_input_dtype(source.dtype, method, order, anti_aliasing)
     if job_type != "local" and in_memory(source):
         raise ValueError(f"job_type={job_type!r} needs a file-backed input (a zarr/n5 path or array), not numpy")
@@ -110,7 +112,7 @@ def pyramid_flow(
         level_factors = plan_isotropic_factors(voxel_size, levels)
     else:
         level_factors = [normalize_factors(f, ndim) for f in scale_factors]
-    group_path = ContainerPath.parse(output_group, "output_group")
+    group_path = output_path(output_group, storage_options, "output_group")
     if group_path.format != "zarr":
         raise ValueError(f"output_group must be a zarr path for OME-Zarr, got {output_group!r}")
     if labels:
@@ -128,9 +130,7 @@ def pyramid_flow(
         plan = plan_pyramid(source.shape, level_factors, [shard or chunk for chunk, shard in layouts],
                             tile_bytes_per_voxel(method, source.dtype), config.memory_budget, write_s0=not reuse_s0,
                             read_unit=read_unit_of(source))
-    group = zarr.open_group(group_path.container, path=group_path.key, mode="a",
-                            zarr_format=2 if ngff_version == "0.4" else 3)
-    group_directory = os.path.join(group_path.container, group_path.key)
+    group, group_directory = open_group(group_path, 2 if ngff_version == "0.4" else 3)
     arrays = [None if level == 0 and reuse_s0 else
               level_array(group_path, level, shape, source.dtype, *layouts[level], axes, options)
               for level, shape in enumerate(shapes)]
@@ -144,13 +144,13 @@ def pyramid_flow(
     fingerprint = getattr(source, "fingerprint", lambda: None)()
     computation = run_key({"pyramid": method, "order": order, "anti_aliasing": anti_aliasing, "factors": level_factors,
                            "input": fingerprint} | options.fingerprint()) if fingerprint is not None else f"unkeyed-{uuid.uuid4().hex}"
-    directories = [group_directory, *(array.directory for array in arrays if array is not None)]
+    directories = [group_directory, *(storage_place(array) for array in arrays if array is not None)]
     with output_lease(directories, computation):  # another live computation is refused here, before writing
         epoch = claim_ownership(directories, computation)
         sinks = [None if array is None else throttle_writes(array, config.write_limit) for array in arrays]
         with backend(job_type, num_workers, config) as runner:
             if plan is not None:
-                staging = {level: throttle_writes(staging_array(group_directory, level, shapes[level], source.dtype,
+                staging = {level: throttle_writes(staging_array(group_path, level, shapes[level], source.dtype,
                                                                 plan.staging_chunks(level)), config.write_limit)
                            for level in plan.staged}
                 for level in range(1, len(shapes)):
@@ -162,19 +162,19 @@ def pyramid_flow(
                 value_range = measure_source_range(runner, source, num_workers, config) if any(v.clips for v in views) else None
                 stages = resize_stages(source, shapes, order, anti_aliasing, value_range, sinks, config.memory_budget,
                                        epoch, rows)
-            run_stages(runner, stages, num_workers, config, details, rows, GroupOutput(str(group_path), group_directory))
+            run_stages(runner, stages, num_workers, config, details, rows, GroupOutput(str(group_path), str(getattr(group_directory, "url", group_directory))))
 
     transforms = [level_transform(method, voxel_size, origin, f, shapes[0], shape) for f, shape in zip(cumulative, shapes)]
     label_name = group_path.key.rsplit("/", 1)[-1]
     group.attrs.update(multiscales_attributes(ngff_version, name or label_name or "image", axes_metadata(axes, units),
                                               transforms, method, label=labels))
     if labels:
-        labels_group = zarr.open_group(group_path.container, path=group_path.key.rsplit("/", 1)[0], mode="a")
+        labels_group, _ = open_group(replace(group_path, key=group_path.key.rsplit("/", 1)[0]), 2 if ngff_version == "0.4" else 3)
         labels_group.attrs.update(labels_group_attributes(ngff_version, dict(labels_group.attrs), label_name))
     return str(group_path)
 
 
-def check_label_options(group_path: ContainerPath, dtype: Any, method: str, order: int, anti_aliasing: bool) -> None:
+def check_label_options(group_path: ContainerPath | UrlPath, dtype: Any, method: str, order: int, anti_aliasing: bool) -> None:
     """A label image lives at <image>/labels/<name>, holds integers, and is downsampled label-safely."""
     parts = group_path.key.split("/")
     if len(parts) < 2 or parts[-2] != "labels":
@@ -186,30 +186,39 @@ def check_label_options(group_path: ContainerPath, dtype: Any, method: str, orde
                          "use mode, min, max, median, stride or resize with order 0")
 
 
-def existing_layout(group_path: ContainerPath, level: int, shape: tuple[int, ...], dtype: np.dtype,
+def level_path(group_path: ContainerPath | UrlPath, level: int) -> ContainerPath | UrlPath:
+    return replace(group_path, key=f"{group_path.key}/s{level}".lstrip("/"))
+
+
+def existing_layout(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype,
                     chunks: Sequence[int] | None) -> tuple[tuple[int, ...], tuple[int, ...] | None] | None:
     """The (chunks, shards) of level `level` if it exists, which the regions must follow so that
     every write owns whole chunks or shards. An existing level must have the pyramid's shape and
     dtype, and the chunks `chunks` asks for."""
-    path = ContainerPath(group_path.container, f"{group_path.key}/s{level}".lstrip("/"), "zarr")
+    path = level_path(group_path, level)
     if not path.exists():
         return None
-    array = zarr.open_array(store=path.container, path=path.key, mode="r")
-    if tuple(array.shape) != shape or array.dtype != np.dtype(dtype):
-        raise ValueError(f"{path} exists with shape {tuple(array.shape)} and dtype {array.dtype}; this pyramid needs "
-                         f"{shape} {np.dtype(dtype)}: choose another output_group or delete it")
-    found = tuple(array.chunks), tuple(array.shards) if array.shards else None
+    level_source = path.open("r")
+    if level_source.shape != shape or level_source.dtype != np.dtype(dtype):
+        raise ValueError(f"{path} exists with shape {level_source.shape} and dtype {level_source.dtype}; this pyramid "
+                         f"needs {shape} {np.dtype(dtype)}: choose another output_group or delete it")
+    array = level_source.array
+    if isinstance(array, ts.TensorStore):  # on object storage
+        read, write = tuple(array.chunk_layout.read_chunk.shape), tuple(array.chunk_layout.write_chunk.shape)
+        found = read, write if write != read else None
+    else:
+        found = tuple(array.chunks), tuple(array.shards) if array.shards else None
     if chunks and tuple(chunks) != found[0]:
         raise ValueError(f"{path} exists with chunks {found[0]}, not the chunks {tuple(chunks)} asked for: "
                          "leave chunks out to use the existing ones, or choose another output_group")
     return found
 
 
-def level_array(group_path: ContainerPath, level: int, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
-                shards: tuple[int, ...] | None, axes: Sequence[str], options: OutputOptions) -> Sink:
+def level_array(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype,
+                chunks: tuple[int, ...], shards: tuple[int, ...] | None, axes: Sequence[str], options: OutputOptions) -> Sink:
     """Level `level`'s array, created if missing (stored as `options` ask); an existing one (of
     the shape and dtype `existing_layout` checked) must have the codec and shards `options` name."""
-    path = ContainerPath(group_path.container, f"{group_path.key}/s{level}".lstrip("/"), "zarr")
+    path = level_path(group_path, level)
     if not path.exists():
         return create_array(path, shape, dtype, chunks, shards, tuple(axes), options)
     sink = path.open("r+")
@@ -217,11 +226,12 @@ def level_array(group_path: ContainerPath, level: int, shape: tuple[int, ...], d
     return with_write_empty_chunks(sink, options.write_empty_chunks)
 
 
-def staging_array(group_directory: str, level: int, shape: tuple[int, ...], dtype: np.dtype,
+def staging_array(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype,
                   chunks: tuple[int, ...]) -> Sink:
     """Where the regions leave their parts of level `level` (one chunk each), kept with the
     group's records so a rerun resumes from it; recreated when the plan changed."""
-    path = ContainerPath(os.path.join(group_directory, RECORDS_DIR, "staging.zarr"), f"s{level}", "zarr")
+    group = f"{group_path.container}/{group_path.key}".rstrip("/")
+    path = replace(group_path, container=f"{group}/{RECORDS_DIR}/staging.zarr", key=f"s{level}")
     if path.exists():
         sink = path.open("r+")
         if sink.shape == shape and sink.dtype == np.dtype(dtype) and sink.write_unit == chunks:

@@ -93,3 +93,70 @@ def postgres_database():
             pytest.fail(f"PostgreSQL must run in CI: {reason}")
         pytest.skip(reason)
     yield fresh.stdout.strip().splitlines()[-1]
+
+
+class S3Server:
+    """A real S3-compatible server (moto's, from PyPI) on loopback, with its request log: every
+    request it answers is one line of `log`, so tests count the objects a run writes."""
+
+    def __init__(self, endpoint: str, log: str) -> None:
+        self.endpoint, self.log = endpoint, log
+
+    def create_bucket(self, name: str) -> str:
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")).close()
+        return name
+
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, path) of every request answered so far."""
+        with open(self.log) as stream:
+            lines = [line.split('"')[1].split() for line in stream if line.count('"') >= 2 and " HTTP/" in line]
+        return [(parts[0], parts[1]) for parts in lines if len(parts) == 3]
+
+    def writes_since(self, mark: int) -> list[tuple[str, str]]:
+        """The PUT, POST and DELETE requests after the first `mark` requests."""
+        return [r for r in self.requests()[mark:] if r[0] in ("PUT", "POST", "DELETE")]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto_server on a free loopback port for the session, and the AWS environment variables our
+    flows (and their Dask workers, which inherit the environment) read: endpoint, region and any
+    key pair (moto accepts every one)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = str(tmp_path_factory.mktemp("moto") / "requests.log")
+    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p",
+                               str(port)], stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/").close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail(f"moto_server did not start: {open(log).read()[-2000:]}")
+            time.sleep(0.2)
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_REGION="us-east-1")
+    try:
+        yield S3Server(endpoint, log)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.terminate()
+        server.wait(10)

@@ -17,13 +17,19 @@ from bioimage_tasks.io.ome_zarr import open_ome_zarr
 from bioimage_tasks.io.paths import ContainerPath
 from bioimage_tasks.io.source import Source, check_array
 from bioimage_tasks.io.tiff import open_tiff, tiff_files
+from bioimage_tasks.io.urls import StorageOptions, UrlPath, is_url
 from bioimage_tasks.io.zarr_array import ArraySource, describe
 
 
-def as_source(data: Any, parameter: str = "input") -> Source:
-    """Wrap `data` (numpy array, zarr array, tensorstore, path string or a Source) as a Source,
-    checked by `check_array`; a path that does not exist raises FileNotFoundError naming
-    `parameter`."""
+def as_source(data: Any, parameter: str = "input", storage_options: StorageOptions | dict | None = None) -> Source:
+    """Wrap `data` (numpy array, zarr array, tensorstore, path or URL string, or a Source) as a
+    Source, checked by `check_array`; a path or URL that does not exist raises FileNotFoundError
+    naming `parameter`. `storage_options` say how to reach object storage (io/urls.py)."""
+    if is_url(data):
+        try:
+            return check_array(UrlPath.parse(data, parameter, storage_options).open("r"), parameter)
+        except (FileNotFoundError, ValueError) as error:
+            raise type(error)(error if str(error).startswith(parameter) else f"{parameter}: {error}") from None
     if isinstance(data, (str, os.PathLike)):
         return check_array(open_path(os.fspath(data), parameter), parameter)
     if isinstance(data, Source):
@@ -33,8 +39,9 @@ def as_source(data: Any, parameter: str = "input") -> Source:
     if isinstance(data, (np.ndarray, zarr.Array)):
         return check_array(ArraySource(data, describe(data)), parameter)
     raise TypeError(
-        f"{parameter} must be a numpy array, a zarr array, a tensorstore, or a path ('path/container.zarr/key', "
-        f"'.n5/key', 'image.ome.zarr', 'stack.tif', 'slices/*.tif', 'file.h5/dataset'), got {type(data).__name__}"
+        f"{parameter} must be a numpy array, a zarr array, a tensorstore, or a path or URL ('path/container.zarr/key', "
+        f"'.n5/key', 's3://bucket/path/container.zarr/key', 'image.ome.zarr', 'stack.tif', 'slices/*.tif', "
+        f"'file.h5/dataset'), got {type(data).__name__}"
     )
 
 

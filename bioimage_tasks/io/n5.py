@@ -1,9 +1,8 @@
-"""n5 datasets (and any tensorstore array) through tensorstore, as sources and sinks."""
+"""n5 datasets (and any tensorstore array, such as zarr on object storage) through tensorstore, as
+sources and sinks."""
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,13 +10,17 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from bioimage_tasks.io.kv import JsonAttributes, LocalLocation, Location
+
 
 @dataclass(frozen=True, eq=False)
 class TensorStoreSource:
-    """A tensorstore array (n5 datasets); also the sink that writes into it."""
+    """A tensorstore array (n5 datasets, arrays at URLs); also the sink that writes into it.
+    `location` is its folder on object storage (io/urls.py), where attributes and records live."""
 
     store: ts.TensorStore
     name: str = "tensorstore"
+    location: Location | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -51,25 +54,27 @@ class TensorStoreSource:
 
     @property
     def directory(self) -> str | None:
-        """The dataset's folder for file-backed n5 (None otherwise)."""
+        """The dataset's folder for file-backed n5, its URL on object storage (None otherwise)."""
+        if self.location is not None:
+            return self.location.url
         kvstore = self.store.kvstore
         return kvstore.path.rstrip("/") if kvstore is not None and kvstore.url.startswith("file://") else None
 
     def fingerprint(self) -> dict:
         return {"shape": self.shape, "dtype": str(self.dtype), "chunks": self.write_unit, "n5": self.directory}
 
-    def _attributes_file(self) -> str:
-        return os.path.join(self.directory, "attributes.json")
+    @property
+    def attrs(self) -> JsonAttributes | None:
+        """The attributes (n5's attributes.json, zarr v2's .zattrs, zarr v3's zarr.json
+        "attributes"); None without a folder."""
+        folder = self.location or (LocalLocation(self.directory) if self.directory is not None else None)
+        driver = self.store.spec().to_json()["driver"]
+        file, member = {"zarr": (".zattrs", None), "zarr3": ("zarr.json", "attributes")}.get(driver, ("attributes.json", None))
+        return None if folder is None else JsonAttributes(folder, file, member)
 
     def get_attribute(self, name: str) -> Any:
-        if self.directory is None:
-            return None
-        with open(self._attributes_file()) as stream:
-            return json.load(stream).get(name)
+        attributes = self.attrs
+        return None if attributes is None else attributes.get(name)
 
     def set_attribute(self, name: str, value: Any) -> None:
-        with open(self._attributes_file()) as stream:
-            attributes = json.load(stream)
-        attributes[name] = value
-        with open(self._attributes_file(), "w") as stream:
-            json.dump(attributes, stream)
+        self.attrs.update({name: value})

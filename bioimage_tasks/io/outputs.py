@@ -6,6 +6,7 @@ and shards `OutputOptions` name."""
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,13 +15,21 @@ import tensorstore as ts
 import zarr
 
 from bioimage_tasks.grid import chunks_dividing, default_block_shape
-from bioimage_tasks.records import TOKEN_ATTRIBUTE, new_token
 from bioimage_tasks.io.inputs import as_source, refuse_input_only
+from bioimage_tasks.io.kv import Location
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.options import OutputOptions, check_existing
 from bioimage_tasks.io.paths import ContainerPath
 from bioimage_tasks.io.source import Source
+from bioimage_tasks.io.urls import StorageOptions, UrlPath, is_url
 from bioimage_tasks.io.zarr_array import ArraySource
+
+
+TOKEN_ATTRIBUTE = "bioimage_tasks_token"
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,7 +39,7 @@ class OutputPlan:
     shape: tuple[int, ...]
     dtype: np.dtype
     existing: Source | None = None
-    create_at: ContainerPath | None = None
+    create_at: ContainerPath | UrlPath | None = None
     chunks: tuple[int, ...] | None = None
     options: OutputOptions = OutputOptions()
 
@@ -51,11 +60,12 @@ class OutputPlan:
 
 def plan_output(
     output: Any, shape: tuple[int, ...], dtype: np.dtype, block_shape: tuple[int, ...] | None = None,
-    options: OutputOptions | None = None,
+    options: OutputOptions | None = None, storage_options: StorageOptions | dict | None = None,
 ) -> OutputPlan:
     """Check `output` can receive an array of `shape` and `dtype` stored as `options` ask; raise
     ValueError naming `output` otherwise. Nothing is created or written here. A new output gets
-    chunks of about 64**3 voxels that divide `block_shape` and the shards, where given."""
+    chunks of about 64**3 voxels that divide `block_shape` and the shards, where given.
+    `storage_options`: how to reach object storage (io/urls.py)."""
     dtype = np.dtype(dtype)
     options = options or OutputOptions()
     if output is None:
@@ -63,7 +73,7 @@ def plan_output(
         return OutputPlan(shape, dtype, options=options)
     refuse_input_only(output)
     if isinstance(output, (str, os.PathLike)):
-        path = ContainerPath.parse(os.fspath(output), "output")
+        path = output_path(os.fspath(output), storage_options)
         if not path.exists():
             options.check_shards(len(shape), "n5" if path.format == "n5" else f"zarr v{path.zarr_format()}")
             chunks = default_block_shape(shape, None)
@@ -72,7 +82,7 @@ def plan_output(
             return OutputPlan(shape, dtype, create_at=path, chunks=chunks, options=options)
         existing = path.open("r+")
     else:
-        existing = as_source(output, "output")
+        existing = as_source(output, "output", storage_options)
         if not hasattr(existing, "write"):
             raise ValueError(f"output must be writable (a numpy, zarr or tensorstore array), got {output!r}")
     if existing.shape != shape:
@@ -81,6 +91,20 @@ def plan_output(
         raise ValueError(f"output dtype {existing.dtype} cannot hold the result dtype {dtype}")
     check_existing_output(existing, options, getattr(existing, "name", repr(output)))
     return OutputPlan(shape, existing.dtype, existing=existing, options=options)
+
+
+def output_path(output: str, storage_options: StorageOptions | dict | None, parameter: str = "output") -> ContainerPath | UrlPath:
+    """A path or a writable URL, checked; a URL's endpoint and bucket are probed (ValueError)."""
+    if not is_url(output):
+        return ContainerPath.parse(output, parameter)
+    path = UrlPath.parse(output, parameter, storage_options)
+    if not path.writable:
+        raise ValueError(f"{parameter}: {path.scheme}:// is read-only; write to a local path or an s3:// URL, got {output!r}")
+    try:
+        path.exists()
+    except ValueError as error:
+        raise ValueError(f"{parameter}: {error}") from None
+    return path
 
 
 def check_existing_output(sink: Source, options: OutputOptions, name: str) -> None:
@@ -126,12 +150,12 @@ def with_write_empty_chunks(sink: ArraySource | TensorStoreSource, write_empty_c
                 raise ValueError("output_options.write_empty_chunks cannot change for an in-memory tensorstore "
                                  "output: open it with store_data_equal_to_fill_value yourself")
             spec["store_data_equal_to_fill_value"] = write_empty_chunks
-            return TensorStoreSource(ts.open(spec, open=True, read=True, write=True).result(), sink.name)
+            return TensorStoreSource(ts.open(spec, open=True, read=True, write=True).result(), sink.name, sink.location)
     return sink
 
 
 def create_array(
-    path: ContainerPath, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
+    path: ContainerPath | UrlPath, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
     shards: tuple[int, ...] | None = None, dimension_names: tuple[str, ...] | None = None,
     options: OutputOptions | None = None,
 ) -> ArraySource | TensorStoreSource:
@@ -139,6 +163,10 @@ def create_array(
     fresh identity token in its attributes (and, in zarr v3, `dimension_names` when given), the
     codec of `options` (default: zarr's, gzip for n5) and its `write_empty_chunks`."""
     options = options or OutputOptions()
+    if isinstance(path, UrlPath):
+        sink = path.create(shape, dtype, chunks, shards, dimension_names, options)
+        sink.set_attribute(TOKEN_ATTRIBUTE, new_token())
+        return sink
     if path.format == "n5":
         spec = path.n5_spec() | {
             "metadata": {
@@ -167,6 +195,15 @@ def create_array(
         dimension_names=dimension_names if zarr_format == 3 else None,
     )
     return with_write_empty_chunks(ArraySource(array, str(path)), options.write_empty_chunks)
+
+
+def open_group(path: ContainerPath | UrlPath, zarr_format: int) -> tuple[Any, str | Location]:
+    """The zarr group at `path` (created if missing; its `attrs` a mapping with `update`) and where
+    it keeps its files (its folder, or its Location on object storage)."""
+    if isinstance(path, UrlPath):
+        return path.open_group(zarr_format), path.location()
+    return (zarr.open_group(path.container, path=path.key, mode="a", zarr_format=zarr_format),
+            os.path.join(path.container, path.key))
 
 
 def output_token(sink: ArraySource | TensorStoreSource) -> str | None:

@@ -10,6 +10,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from bioimage_tasks.io.kv import Location
+
 
 @runtime_checkable
 class Source(Protocol):
@@ -66,7 +68,15 @@ def same_storage(a: Source, b: Source) -> bool:
     if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
         return np.shares_memory(x, y)
     folders = [getattr(s, "directory", None) for s in (a, b)]
-    return None not in folders and os.path.realpath(folders[0]) == os.path.realpath(folders[1])
+    if None in folders:
+        return False
+    return folders[0] == folders[1] if "://" in folders[0] else os.path.realpath(folders[0]) == os.path.realpath(folders[1])
+
+
+def storage_place(source: Source) -> str | Location | None:
+    """Where an array keeps its files, and with them its block records and lease: its Location on
+    object storage, its local folder, or None (in memory)."""
+    return getattr(source, "location", None) or getattr(source, "directory", None)
 
 
 @dataclass(frozen=True)

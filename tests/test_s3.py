@@ -1,0 +1,235 @@
+"""Object storage: real flows against a real S3-compatible server on loopback (moto_server,
+tests/conftest.py), never a mock of a client. Exact against scikit-image; records, identity token
+and leases in the bucket; a finished rerun writes no object."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import threading
+
+import numpy as np
+import pytest
+import tensorstore as ts
+import zarr
+
+from bioimage_tasks.io import StorageOptions, UrlPath, as_source
+from bioimage_tasks.lease import Holder, LeaseHeldError, _acquire, holders
+from bioimage_tasks.records import BlockRecords
+from bioimage_tasks.runners import LocalClusterConfig, RunnerConfig
+from bioimage_tasks.signatures import region_signature
+from flows import copy_flow, downsample_flow, pyramid_flow
+from reference import skimage_downsample
+
+SHAPE, CHUNKS = (40, 48, 36), (16, 16, 16)
+
+
+@pytest.fixture
+def bucket(s3_server, request) -> str:
+    return s3_server.create_bucket(request.node.name.replace("_", "-")[:60].strip("-").lower())
+
+
+@pytest.fixture
+def image(rng) -> np.ndarray:
+    return rng.integers(0, 256, SHAPE, dtype=np.uint8)
+
+
+def put_s3(url: str, x: np.ndarray, zarr_format: int = 3) -> None:
+    """Write `x` to a zarr array at an s3:// URL with tensorstore (not our code)."""
+    path = UrlPath.parse(url, "test")
+    driver = "zarr3" if zarr_format == 3 else "zarr"
+    metadata = {"shape": list(x.shape), "data_type": x.dtype.name,
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(CHUNKS)}}} if zarr_format == 3 \
+        else {"shape": list(x.shape), "dtype": x.dtype.str, "chunks": list(CHUNKS)}
+    if zarr_format == 2:
+        path.location("").write(".zgroup", b'{"zarr_format": 2}')
+    ts.open({"driver": driver, "kvstore": path.location().spec, "metadata": metadata}, create=True).result()[...].write(x).result()
+
+
+def read(array) -> np.ndarray:
+    return np.asarray(array[...].read().result() if isinstance(array, ts.TensorStore) else array[...])
+
+
+def expected(x: np.ndarray) -> np.ndarray:
+    return np.rint(skimage_downsample(x, (2, 2, 2), 1, True)).clip(0, 255).astype(np.uint8)
+
+
+def test_flows_between_s3_and_local_are_exact(prefect_server, s3_server, bucket, image, tmp_path):
+    put_s3(f"s3://{bucket}/lab/raw.zarr/v3", image)
+    put_s3(f"s3://{bucket}/lab/old.zarr/v2", image, zarr_format=2)
+    local = zarr.create_array(store=str(tmp_path / "raw.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=CHUNKS)
+    local[...] = image
+    # local -> S3 (a new zarr v3), S3 -> S3 (v2 -> n5), S3 -> local
+    copied = copy_flow(f"{tmp_path}/raw.zarr/raw", f"s3://{bucket}/out/copy.zarr/raw")
+    assert np.array_equal(read(copied), image)
+    n5 = copy_flow(f"s3://{bucket}/lab/old.zarr/v2", f"s3://{bucket}/out/copy.n5/raw")
+    assert np.array_equal(read(n5), image)
+    for source in (f"s3://{bucket}/lab/raw.zarr/v3", f"s3://{bucket}/out/copy.n5/raw"):
+        assert np.array_equal(read(downsample_flow(source, 2, f"{tmp_path}/out.zarr/{source[-6:-4]}", order=1,
+                                                   anti_aliasing=True)), expected(image))
+    s1 = downsample_flow(f"s3://{bucket}/lab/raw.zarr/v3", 2, f"s3://{bucket}/lab/raw.zarr/s1", order=1, anti_aliasing=True)
+    assert np.array_equal(read(s1), expected(image))
+    v2 = downsample_flow(f"s3://{bucket}/lab/old.zarr/v2", 2, f"s3://{bucket}/lab/old.zarr/s1", method="mean")
+    assert v2.spec().to_json()["driver"] == "zarr"  # v2 inside a v2 container
+    assert region_signature(as_source(f"s3://{bucket}/lab/old.zarr/v2"), (slice(0, 16),) * 3) is not None  # ETags
+    # zarr-python (over s3fs) reads what we wrote, token attribute included
+    other = zarr.open_array(f"s3://{bucket}/lab/raw.zarr/s1", mode="r", storage_options={"endpoint_url": s3_server.endpoint})
+    assert np.array_equal(other[...], expected(image)) and len(other.attrs["bioimage_tasks_token"]) == 32
+    # a pyramid from an S3 input into a local group
+    group = pyramid_flow(f"s3://{bucket}/lab/raw.zarr/v3", str(tmp_path / "image.ome.zarr"), scale_factors=[2], method="mean")
+    assert zarr.open_array(f"{group}/s1").shape == (20, 24, 18)
+
+
+def test_pyramid_s3_to_s3(prefect_server, s3_server, bucket, image):
+    source = f"s3://{bucket}/raw.zarr/v3"
+    put_s3(source, image)
+    group = pyramid_flow(source, f"s3://{bucket}/image.ome.zarr", levels=2, voxel_size=(1.0, 1.0, 1.0), method="mean",
+                         chunks=(8, 8, 8))
+    base = ts.open({"driver": "zarr3", "kvstore": UrlPath.parse(source, "test").location().spec}).result()
+    for level in (1, 2):
+        reference = ts.downsample(base, [2**level] * 3, "mean")[...].read().result()
+        assert np.array_equal(read(as_source(f"{group}/s{level}").array), reference)
+    other = zarr.open_group(group, mode="r", storage_options={"endpoint_url": s3_server.endpoint})
+    assert [d["path"] for d in other.attrs["ome"]["multiscales"][0]["datasets"]] == ["s0", "s1", "s2"]
+    mark = len(s3_server.requests())
+    pyramid_flow(source, group, levels=2, voxel_size=(1.0, 1.0, 1.0), method="mean", chunks=(8, 8, 8))
+    rewritten = [p for m, p in s3_server.writes_since(mark) if "/.bioimage-tasks/lease/" not in p]
+    assert rewritten == []  # a rerun writes only its lease
+
+
+def test_rerun_writes_no_object_and_resumes(prefect_server, s3_server, bucket, image):
+    source, output = f"s3://{bucket}/raw.zarr/v3", f"s3://{bucket}/raw.zarr/s1"
+    put_s3(source, image)
+    first = downsample_flow(source, 2, output, method="mean", block_shape=(8, 8, 8), block_ids=[0, 1, 2])
+    mark = len(s3_server.requests())
+    downsample_flow(source, 2, output, method="mean", block_shape=(8, 8, 8))  # resumes: the other blocks only
+    chunk_writes = [p for m, p in s3_server.writes_since(mark) if m == "PUT" and "/s1/c/" in p]
+    n_blocks = 3 * 3 * 3  # 20 x 24 x 18 in 8^3 blocks, one chunk each
+    assert len(chunk_writes) == n_blocks - 3 and len(BlockRecords(records_location(output)).done()) == n_blocks
+    mark = len(s3_server.requests())
+    again = downsample_flow(source, 2, output, method="mean", block_shape=(8, 8, 8))
+    assert s3_server.writes_since(mark) == []  # no chunk, no record, no lease, no attribute
+    window = image.reshape(20, 2, 24, 2, 18, 2).mean(axis=(1, 3, 5))
+    assert np.array_equal(read(again), np.rint(window).astype(np.uint8)) and first.shape == again.shape
+
+
+def records_location(url: str, options: dict | None = None):
+    """The single run key's records of an output at `url`."""
+    location = UrlPath.parse(url, "test", options).location().child(".bioimage-tasks").child("blocks")
+    (key,) = location.names()
+    return location.child(key)
+
+
+def test_changed_input_object_is_recomputed(prefect_server, s3_server, bucket, image):
+    source, output = f"s3://{bucket}/raw.zarr/v3", f"s3://{bucket}/copy.zarr/raw"
+    put_s3(source, image)
+    copy_flow(source, output, block_shape=CHUNKS)
+    changed = image.copy()
+    changed[:16, :16, :16] = 7  # one input chunk object rewritten
+    ts.open({"driver": "zarr3", "kvstore": UrlPath.parse(source, "test").location().spec}).result()[:16, :16, :16].write(
+        changed[:16, :16, :16]).result()
+    mark = len(s3_server.requests())
+    result = copy_flow(source, output, block_shape=CHUNKS)
+    chunk_writes = [p for m, p in s3_server.writes_since(mark) if m == "PUT" and "/raw/c/" in p]
+    assert chunk_writes == [f"/{bucket}/copy.zarr/raw/c/0/0/0"]
+    assert np.array_equal(read(result), changed)
+
+
+def test_lease_refuses_a_second_computation_on_s3(prefect_server, s3_server, bucket, image):
+    source, output = f"s3://{bucket}/raw.zarr/v3", f"s3://{bucket}/raw.zarr/s1"
+    put_s3(source, image)
+    downsample_flow(source, 2, output)
+    location = UrlPath.parse(output, "test").location()
+    ghost = Holder("flow-run-elsewhere", host="node-7", pid=1)
+    _acquire(location, "another computation", ghost, "node-7:1:x", ttl=120.0)
+    assert holders(location) == ("another computation", [ghost])
+    with pytest.raises(LeaseHeldError, match="node-7"):
+        downsample_flow(source, 2, output, method="max")
+    _acquire(location, "another computation", ghost, "node-7:1:x", ttl=0.01)  # its last renewal, then it died
+    assert np.array_equal(read(downsample_flow(source, 2, output, method="max")),
+                          image.reshape(20, 2, 24, 2, 18, 2).max(axis=(1, 3, 5)))
+
+
+def test_dask_workers_reach_s3(prefect_server, s3_server, bucket, image, monkeypatch):
+    source = f"s3://{bucket}/raw.zarr/v3"
+    put_s3(source, image)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the endpoint is a parameter (a dict, as a deployment gives it) ...
+    result = downsample_flow(source, 2, f"s3://{bucket}/raw.zarr/s1", order=1, anti_aliasing=True,
+                             job_type="subprocess", num_workers=2, job_config=LocalClusterConfig(blocks_per_task=1),
+                             storage_options={"endpoint_url": s3_server.endpoint})  # ... the key pair the environment
+    assert np.array_equal(read(result), expected(image))
+    records = records_location(f"s3://{bucket}/raw.zarr/s1", {"endpoint_url": s3_server.endpoint})
+    executors = BlockRecords(records).executors()
+    assert len(set(executors.values())) >= 1 and all(":" in e for e in executors.values())
+
+
+def test_result_storage_block_on_s3(prefect_server, s3_server, bucket, image):
+    from prefect.filesystems import RemoteFileSystem
+
+    put_s3(f"s3://{bucket}/raw.zarr/v3", image)
+    storage = RemoteFileSystem(basepath=f"s3://{bucket}/prefect-results",
+                               settings={"client_kwargs": {"endpoint_url": s3_server.endpoint}})
+    storage.save("s3-results", overwrite=True)
+    config = RunnerConfig(result_storage="remote-file-system/s3-results")
+    copy_flow(f"s3://{bucket}/raw.zarr/v3", f"s3://{bucket}/copy.zarr/raw", job_config=config)
+    written = [p for m, p in s3_server.requests() if m == "PUT" and f"/{bucket}/prefect-results/" in p]
+    assert written, "the batches' results went to the block's bucket"
+
+
+def test_http_input_is_read_only(prefect_server, image, tmp_path):
+    array = zarr.create_array(store=str(tmp_path / "pub.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=CHUNKS)
+    array[...] = image
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/pub.zarr/raw"
+        assert np.array_equal(read(downsample_flow(url, 2, order=1, anti_aliasing=True)), expected(image))
+        # python's http.server sends no ETag: no signature (records then vouch for the run key only)
+        assert region_signature(as_source(url), (slice(0, 16),) * 3) is None
+        with pytest.raises(ValueError, match="read-only"):
+            copy_flow(str(tmp_path / "pub.zarr/raw"), f"http://127.0.0.1:{server.server_address[1]}/x.zarr/y")
+    finally:
+        server.shutdown()
+
+
+def test_output_options_on_s3(prefect_server, s3_server, bucket, image):
+    from bioimage_tasks.io import OutputOptions
+    from bioimage_tasks.io.options import stored_codec
+
+    x = image.copy()
+    x[:16] = 0  # all-zero chunks: left out unless write_empty_chunks
+    for options, url in ((OutputOptions(codec="blosc-lz4", level=3), f"s3://{bucket}/a.zarr/v3"),
+                         (OutputOptions(codec="gzip", write_empty_chunks=True), f"s3://{bucket}/b.n5/raw")):
+        out = copy_flow(x, url, block_shape=CHUNKS, output_options=options)
+        assert np.array_equal(read(out), x)
+        assert stored_codec(out.spec().to_json()["metadata"]) == (options.codec, options.effective_level)
+        keys = UrlPath.parse(url, "test").location().keys()
+        chunk_keys = [k for k in keys if k[0].isdigit() or k.startswith("c/")]
+        assert len(chunk_keys) == (27 if options.write_empty_chunks else 27 - 9), chunk_keys
+
+
+def test_bad_urls_fail_before_any_work(s3_server, bucket, monkeypatch):
+    with pytest.raises(ValueError, match="input must be 's3://bucket"):
+        as_source(f"s3://{bucket}")
+    with pytest.raises(ValueError, match="gs:// is not supported"):
+        as_source("gs://lab/raw.zarr/v")
+    with pytest.raises(ValueError, match="container.zarr"):
+        as_source(f"s3://{bucket}/no/container")
+    with pytest.raises(ValueError, match="bucket 'no-such-bucket' does not exist"):
+        as_source("s3://no-such-bucket/raw.zarr/v")
+    with pytest.raises(FileNotFoundError, match="input: no zarr array"):
+        as_source(f"s3://{bucket}/raw.zarr/missing")
+    with pytest.raises(ValueError, match="output: bucket 'no-such-bucket' does not exist"):
+        copy_flow(np.zeros((4, 4), np.uint8), "s3://no-such-bucket/out.zarr/x")
+    with pytest.raises(ValueError, match="cannot reach"):
+        as_source(f"s3://{bucket}/raw.zarr/v", storage_options={"endpoint_url": "http://127.0.0.1:9"})
+    with pytest.raises(ValueError, match="unknown fields"):
+        as_source(f"s3://{bucket}/raw.zarr/v", storage_options={"secret": "x"})
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    with pytest.raises(ValueError, match="no S3 endpoint"):
+        as_source(f"s3://{bucket}/raw.zarr/v")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    with pytest.raises(ValueError, match="no S3 credentials"):
+        as_source(f"s3://{bucket}/raw.zarr/v", storage_options=StorageOptions(endpoint_url=s3_server.endpoint))
