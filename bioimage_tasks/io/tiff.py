@@ -144,7 +144,9 @@ class PlaneReader:
                   and self.shape[-2:] == tuple(self.keyframe.shape) and len(self.pages) == planes
                   and chosen.transform is None and np.dtype(self.keyframe.dtype) == self.dtype)
         self.array = None if direct else open_series(path, series)
-        self.tif.filehandle.set_lock(True)
+        for page in self.pages:  # a multi-file OME-TIFF's planes live in several files
+            if page is not None:
+                page.parent.filehandle.set_lock(True)
 
     def read(self, key: tuple[slice, ...]) -> np.ndarray:
         if self.array is not None:
@@ -155,7 +157,7 @@ class PlaneReader:
 
     def _read_planes(self, planes: Sequence[int], rows: slice, columns: slice) -> np.ndarray:
         """Planes `planes`, cut to `rows` and `columns`, from the segments (strips or tiles) they cover."""
-        keyframe, handle = self.keyframe, self.tif.filehandle
+        keyframe = self.keyframe
         (y0, y1, ystep), (x0, x1, xstep) = rows.indices(self.shape[-2]), columns.indices(self.shape[-1])
         height, width = keyframe.chunks[-2:]
         per_row = keyframe.chunked[-1]
@@ -169,7 +171,7 @@ class PlaneReader:
             if page is None:  # a plane the file does not store
                 out[i] = keyframe.nodata
                 continue
-            offsets, counts = page.dataoffsets, page.databytecounts
+            offsets, counts, handle = page.dataoffsets, page.databytecounts, page.parent.filehandle
             if getattr(page, "jpegtables", None) is not None:
                 extra["jpegtables"] = page.jpegtables
             for data, index in handle.read_segments([offsets[j] for j in wanted], [counts[j] for j in wanted],
