@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import zarr  # noqa: E402
 
 from bioimage_tasks import OutputOptions, as_source  # noqa: E402
-from bioimage_tasks.blockwise import BlockJob, plan_batches, process_batch  # noqa: E402
+from bioimage_tasks.blockwise import BlockJob, process_batch  # noqa: E402
 from bioimage_tasks.planning import block_records, plan_blockwise  # noqa: E402
 from bioimage_tasks.records import RECORDS_DIR  # noqa: E402
 from bioimage_tasks.resampling import WindowedSource  # noqa: E402

@@ -173,7 +173,7 @@ def main() -> None:
 def report(timings: dict[str, dict[str, list[float]]], args: argparse.Namespace, work: Path) -> None:
     median = {name: {w: statistics.median(v) for w, v in by.items()} for name, by in timings.items()}
     print(f"\n{args.size}^3 uint8, {CHUNK}^3 chunks, zstd; medians of {args.repeats}; S3 = moto_server on loopback")
-    print(f"| case | local (s) | S3 (s) | S3 / local |\n|---|---|---|---|")
+    print("| case | local (s) | S3 (s) | S3 / local |\n|---|---|---|---|")
     for name, m in median.items():
         print(f"| {name} | {m['local']:.2f} | {m['s3']:.2f} | {m['s3'] / m['local']:.1f} |")
     pairs = [("read whole array, zarr-python", "read whole array, tensorstore"),
