@@ -50,11 +50,22 @@ class LevelHistograms:
         return LevelHistograms(values.reshape(out_shape), offsets_out, pairs, counts)
 
 
-def _window_offsets(shape: tuple[int, ...], factors: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Each position in a window (C order): its per-axis offset, (n, ndim), and its flat offset."""
-    offsets = np.indices(factors).reshape(len(factors), -1).T.astype(np.int64)
-    strides = np.cumprod((1, *shape[:0:-1]))[::-1].astype(np.int64)
-    return np.ascontiguousarray(offsets), offsets @ strides
+def _window_offsets(strides: np.ndarray, factors: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Each position in a window (C order): its per-axis offset, (n, ndim), and its flat offset
+    in an array of `strides` (elements per step along each axis)."""
+    offsets = np.ascontiguousarray(np.indices(factors).reshape(len(factors), -1).T.astype(np.int64))
+    return offsets, offsets @ strides
+
+
+@numba.njit(nogil=True, cache=True)
+def _strides(shape):
+    """Elements per step along each axis of a C-ordered array of `shape`."""
+    strides = np.empty(shape.size, np.int64)
+    stride = 1
+    for axis in range(shape.size - 1, -1, -1):
+        strides[axis] = stride
+        stride *= shape[axis]
+    return strides
 
 
 @numba.njit(nogil=True, cache=True)
@@ -62,14 +73,10 @@ def _corners(shape, factors):
     """Every parent window's corner (flat index into the child array) and whether it lies whole
     inside, in C order over the parents."""
     ndim = shape.size
-    out = np.empty(ndim, np.int64)
-    strides = np.empty(ndim, np.int64)
+    strides = _strides(shape)
+    out = (shape + factors - 1) // factors
     n_parents = 1
-    stride = 1
-    for axis in range(ndim - 1, -1, -1):
-        out[axis] = (shape[axis] + factors[axis] - 1) // factors[axis]
-        strides[axis] = stride
-        stride *= shape[axis]
+    for axis in range(ndim):
         n_parents *= out[axis]
     corners = np.empty(n_parents, np.int64)
     whole = np.empty(n_parents, np.bool_)
@@ -105,16 +112,6 @@ def _in_bounds(corner_index, offset, shape, child_strides):
 
 
 @numba.njit(nogil=True, cache=True)
-def _strides(shape):
-    strides = np.empty(shape.size, np.int64)
-    stride = 1
-    for axis in range(shape.size - 1, -1, -1):
-        strides[axis] = stride
-        stride *= shape[axis]
-    return strides
-
-
-@numba.njit(nogil=True, cache=True)
 def _argsort_pairs(values, counts, n):
     """Sort the first `n` (value, count) pairs by value, in place, for long runs."""
     order = np.argsort(values[:n], kind="mergesort")
@@ -130,8 +127,10 @@ def _merge(child_offsets: np.ndarray | None, child_values: np.ndarray, child_cou
     median, from a level's histograms, or from the voxels when `child_offsets` is None (each
     voxel a pair of count 1). The parents are merged in runs whose pairs surely fit the output
     arrays, which grow between runs, so that the compiled loop never reallocates."""
-    corners, whole = _corners(np.asarray(shape, np.int64), np.asarray(factors, np.int64))
-    offsets, deltas = _window_offsets(shape, factors)
+    shape_array = np.asarray(shape, np.int64)
+    strides = _strides(shape_array)
+    corners, whole = _corners(shape_array, np.asarray(factors, np.int64))
+    offsets, deltas = _window_offsets(strides, factors)
     longest = 1 if child_offsets is None else int(np.diff(child_offsets).max())
     per_parent = len(deltas) * longest  # most pairs a parent can gather
     n_parents = len(corners)
@@ -148,7 +147,7 @@ def _merge(child_offsets: np.ndarray | None, child_values: np.ndarray, child_cou
             capacity = max(2 * len(out_values), used + (last - first) * per_parent)
             out_values, out_counts = _grown(out_values, used, capacity), _grown(out_counts, used, capacity)
         used = _merge_parents(first, last, corners, whole, child_offsets, child_values, child_counts,
-                              np.asarray(shape, np.int64), offsets, deltas, median, *scratch,
+                              shape_array, strides, offsets, deltas, median, *scratch,
                               out_offsets, out_values, out_counts, result, used)
     out_offsets[n_parents] = used
     return out_offsets, out_values[:used], out_counts[:used], result
@@ -162,13 +161,12 @@ def _grown(array: np.ndarray, used: int, capacity: int) -> np.ndarray:
 
 
 @numba.njit(nogil=True, cache=True)
-def _merge_parents(first, last, corners, whole, child_offsets, child_values, child_counts, shape, offsets, deltas,
-                   median, values, counts, out_offsets, out_values, out_counts, result, used):
+def _merge_parents(first, last, corners, whole, child_offsets, child_values, child_counts, shape, strides, offsets,
+                   deltas, median, values, counts, out_offsets, out_values, out_counts, result, used):
     """Parents `first..last-1` of `_merge`: gather each one's children's pairs, merge them into
     distinct ascending pairs appended at `used`, and pick its mode (highest count, lowest value on
     a tie) or median (value at position (total - 1) // 2). Returns the new `used`. One loop,
     written out, which numba keeps tight."""
-    strides = _strides(shape)
     for parent in range(first, last):
         out_offsets[parent] = used
         corner = corners[parent]
