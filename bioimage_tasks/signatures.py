@@ -29,11 +29,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import zarr
 
+from bioimage_tasks.io.chunk_files import storage_layout
 from bioimage_tasks.io.kv import KvLocation
 
-StorageLayout = tuple[str | KvLocation, tuple[int, ...], str, str]  # folder, grid unit of a file, key prefix, separator
 
 
 def grid_intervals(shape: Sequence[int], block_shape: Sequence[int], block_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -103,44 +102,6 @@ def job_signatures(job: Any, block_ids: Sequence[int]) -> dict[int, str | None]:
     mask = getattr(job, "mask", None)
     sources = [job.source] + ([mask] if mask is not None else [])
     return dict(zip(block_ids, combined_signatures(sources, starts, stops)))
-
-
-def storage_layout(source: Any) -> StorageLayout | None:
-    """Where the storage files of a file-backed zarr (zarr-python or tensorstore) or n5 source
-    are: its directory, the grid unit one file holds (shard or chunk), and each file's key."""
-    array = getattr(source, "array", None)
-    if isinstance(array, zarr.Array):
-        directory = getattr(source, "directory", None)
-        if directory is None:
-            return None
-        metadata = array.metadata
-        if metadata.zarr_format == 2:
-            return directory, tuple(metadata.chunks), "", metadata.dimension_separator or "."
-        encoding = metadata.chunk_key_encoding
-        prefix = "c" + encoding.separator if encoding.name == "default" else ""
-        return directory, tuple(metadata.chunk_grid.chunk_shape), prefix, encoding.separator
-    store = getattr(source, "store", None)
-    if store is None or not hasattr(store, "spec"):
-        return None
-    spec = store.spec(retain_context=False).to_json()
-    kvstore = spec.get("kvstore", {})
-    if kvstore.get("driver") == "file":
-        directory = os.path.join(kvstore["path"], spec.get("path", "")).rstrip("/")
-    elif isinstance(getattr(source, "location", None), KvLocation):
-        directory = source.location
-    else:
-        return None
-    metadata = spec.get("metadata", {})
-    if spec["driver"] == "n5":
-        return directory, tuple(metadata["blockSize"]), "", "/"
-    if spec["driver"] == "zarr":
-        return directory, tuple(metadata["chunks"]), "", metadata.get("dimension_separator", ".")
-    if spec["driver"] == "zarr3":
-        grid = metadata["chunk_grid"]["configuration"]["chunk_shape"]
-        encoding = metadata.get("chunk_key_encoding", {"name": "default"})
-        separator = encoding.get("configuration", {}).get("separator", "/" if encoding["name"] == "default" else ".")
-        return directory, tuple(grid), "c" + separator if encoding["name"] == "default" else "", separator
-    return None
 
 
 MISSING = (2**64 - 1, 0)  # (size, mtime_ns) of a cell without a storage file (fill value)

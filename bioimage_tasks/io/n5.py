@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import tensorstore as ts
 
+from bioimage_tasks.io.chunk_files import StorageLayout, clear_stale_locks, local_layout
 from bioimage_tasks.io.kv import JsonAttributes, LocalLocation, Location
 
 
@@ -49,8 +51,15 @@ class TensorStoreSource:
         self.start_write(key, values)()
 
     def start_write(self, key: tuple[slice, ...], values: np.ndarray) -> Callable[[], None]:
-        """Start writing `values` at `key`; the returned function waits until they are written."""
+        """Start writing `values` at `key`, once stale lock files of a killed writer are gone
+        (io/chunk_files.py); the returned function waits until they are written."""
+        clear_stale_locks(self.lock_layout, self.shape, key)
         return self.store[key].write(values).result
+
+    @cached_property
+    def lock_layout(self) -> StorageLayout | None:
+        """Where tensorstore's writes leave lock files; None off local disk."""
+        return local_layout(self)
 
     @property
     def directory(self) -> str | None:

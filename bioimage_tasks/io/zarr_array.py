@@ -13,6 +13,7 @@ import numpy as np
 import tensorstore as ts
 import zarr
 
+from bioimage_tasks.io.chunk_files import StorageLayout, clear_stale_locks, local_layout
 from bioimage_tasks.io.source import Physical
 
 
@@ -56,6 +57,7 @@ class ArraySource:
         """Start writing `values` at `key`; the returned function waits until they are written
         (raising the write's error). Only tensorstore writes run in the background."""
         if self.fast_io is not None:
+            clear_stale_locks(self.lock_layout, self.shape, key)
             return self.fast_io[key].write(values).result
         self.array[key] = values
         return lambda: None
@@ -79,6 +81,11 @@ class ArraySource:
         if tuple(store.shape) != self.shape or np.dtype(store.dtype.numpy_dtype) != self.dtype:
             return None
         return store
+
+    @cached_property
+    def lock_layout(self) -> StorageLayout | None:
+        """Where tensorstore's writes leave lock files (io/chunk_files.py); None off local disk."""
+        return local_layout(self)
 
     def __getstate__(self) -> dict:
         return {name: value for name, value in self.__dict__.items() if name != "fast_io"}
