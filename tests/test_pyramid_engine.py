@@ -54,6 +54,36 @@ def test_kernel_levels_match_tensorstore(rng):
             np.testing.assert_array_equal(level, expected, err_msg=f"{dtype} {method} {shape} {factors}")
 
 
+def blocky_labels(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Labels constant over boxes of random size at a random offset (so windows at every level
+    are uniform, mixed, or mixed of uniform children), with some voxels of noise."""
+    cell = tuple(int(c) for c in rng.integers(1, 7, len(shape)))
+    labels = rng.integers(0, int(rng.choice([2, 5, 1000])), tuple(-(-n // c) + 1 for n, c in zip(shape, cell)))
+    for axis, size in enumerate(cell):
+        labels = np.repeat(labels, size, axis=axis)
+    labels = labels[tuple(slice(int(rng.integers(0, c)), None) for c in cell)][tuple(slice(0, n) for n in shape)]
+    labels = np.where(rng.random(shape) < rng.choice([0, 0.01, 0.2]), rng.integers(0, 1000, shape), labels)
+    if dtype == "uint64":
+        return (2**60 + labels).astype(np.uint64)
+    return (labels % 2).astype(bool) if dtype == "bool" else labels.astype(dtype)
+
+
+def test_kernel_histograms_match_tensorstore_on_blocky_labels(rng):
+    """mode and median, whose windows' histograms carry nothing for uniform windows: boxes of
+    labels give uniform windows, mixed ones and mixed ones of uniform children at every level,
+    cut by the tile's edge (up to 4-D, uint64 ids above 2**60)."""
+    for _ in range(150):
+        ndim = int(rng.integers(1, 5))
+        factors = [tuple(int(f) for f in rng.integers(1, 4, ndim)) for _ in range(int(rng.integers(1, 5)))]
+        shape = tuple(int(n) for n in rng.integers(1, 40 if ndim < 4 else 12, ndim))
+        dtype = str(rng.choice(["bool", "uint8", "int16", "uint32", "uint64"]))
+        method = str(rng.choice(["mode", "median"]))
+        tile = blocky_labels(rng, shape, dtype)
+        levels = pyramid_levels(tile, factors, method)
+        for level, expected in zip(levels, tensorstore_levels(tile, cumulative_products(factors), method)):
+            np.testing.assert_array_equal(level, expected, err_msg=f"{dtype} {method} {shape} {factors}")
+
+
 @pytest.fixture
 def small_regions(monkeypatch):
     """Regions of a few thousand voxels and tiles of a few hundred: many regions per volume,

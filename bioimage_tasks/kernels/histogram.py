@@ -1,12 +1,13 @@
 """Exact window histograms carried from one pyramid level to the next, for integer `mode` and
-`median`. Each window of a level keeps its distinct values in ascending order with their voxel
-counts (`LevelHistograms`, in CSR form); a parent window's histogram is the merge of its
-children's, so every level's mode or median is that of the base's window, at a cost that
-follows the number of distinct (window, value) pairs rather than the number of voxels. A window
-whose voxels all hold one value (most windows of a label volume) is one pair.
+`median`. A window whose voxels all hold one value ("uniform": most windows of a label volume)
+keeps nothing but that value; every other window keeps its distinct values in ascending order
+with their voxel counts (`LevelHistograms`, in CSR form). A parent window's histogram is the merge
+of its children's (a uniform child counts as its value times its voxel count), so every level's
+mode or median is that of the base's window, at a cost that follows the number of mixed windows
+and their distinct values rather than the number of voxels.
 
-The loops are compiled by numba and release the GIL, so tiles reduced on several threads run in
-parallel; they cache their machine code on disk (`cache=True`)."""
+The loops are compiled by numba, one call per level, and release the GIL, so tiles reduced on
+several threads run in parallel; they cache their machine code on disk (`cache=True`)."""
 
 from __future__ import annotations
 
@@ -22,18 +23,22 @@ _SORT_BY_INSERTION = 24  # longer runs of pairs are sorted with numpy's argsort
 
 @dataclass(frozen=True)
 class LevelHistograms:
-    """One level of a tile: `values` (each window's mode or median, in the level's shape) and each
-    window's histogram, pairs `pair_values[offsets[w]:offsets[w + 1]]` (ascending) with their
-    `pair_counts`. The base (`of_voxels`) keeps no pairs: every voxel is its own pair."""
+    """One level of a tile: `values` (each window's mode or median, in the level's shape),
+    `axis_counts[a][i]` (voxels of the base along axis a in the windows at index i: the product
+    over axes is a window's voxel count) and the histograms of the mixed windows: pairs
+    `pair_values[offsets[w]:offsets[w + 1]]` (ascending, at least two) with their `pair_counts`;
+    a uniform window has no pairs. The base (`of_voxels`) keeps no pairs at all."""
 
     values: np.ndarray
-    offsets: np.ndarray | None
-    pair_values: np.ndarray | None
-    pair_counts: np.ndarray | None
+    axis_counts: np.ndarray
+    offsets: np.ndarray | None = None
+    pair_values: np.ndarray | None = None
+    pair_counts: np.ndarray | None = None
 
     @classmethod
     def of_voxels(cls, voxels: np.ndarray) -> LevelHistograms:
-        return cls(np.ascontiguousarray(voxels), None, None, None)
+        voxels = np.ascontiguousarray(voxels)
+        return cls(voxels, np.ones((voxels.ndim, max(voxels.shape)), np.int64))
 
     def merge(self, factors: tuple[int, ...], method: str) -> LevelHistograms:
         """The next level: windows of `factors` of this level's windows (cut by the edge).
@@ -43,18 +48,24 @@ class LevelHistograms:
         >>> level.values.tolist(), level.merge((2, 2), "mode").values.tolist()
         ([[1, 2], [1, 4]], [[1]])
         """
-        out_shape = downscale_shape(self.values.shape, factors)
-        pairs = self.values.reshape(-1) if self.offsets is None else self.pair_values
-        offsets_out, pairs, counts, values = _merge(self.offsets, pairs, self.pair_counts, self.values.shape,
-                                                    tuple(factors), method == "median")
-        return LevelHistograms(values.reshape(out_shape), offsets_out, pairs, counts)
+        shape = np.asarray(self.values.shape, np.int64)
+        factors_array = np.asarray(factors, np.int64)
+        offsets, pairs, counts, values = _merge(self.values.reshape(-1), self.offsets, self.pair_values,
+                                                self.pair_counts, self.axis_counts, shape, factors_array,
+                                                method == "median")
+        return LevelHistograms(values.reshape(downscale_shape(self.values.shape, factors)),
+                               _parent_axis_counts(self.axis_counts, shape, factors_array), offsets, pairs, counts)
 
 
-def _window_offsets(strides: np.ndarray, factors: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Each position in a window (C order): its per-axis offset, (n, ndim), and its flat offset
-    in an array of `strides` (elements per step along each axis)."""
-    offsets = np.ascontiguousarray(np.indices(factors).reshape(len(factors), -1).T.astype(np.int64))
-    return offsets, offsets @ strides
+@numba.njit(nogil=True, cache=True)
+def _parent_axis_counts(axis_counts, shape, factors):
+    """`axis_counts` of the next level: each parent index sums its children's along that axis."""
+    out = (shape + factors - 1) // factors
+    parent = np.zeros((shape.size, max(1, out.max())), np.int64)
+    for axis in range(shape.size):
+        for index in range(shape[axis]):
+            parent[axis, index // factors[axis]] += axis_counts[axis, index]
+    return parent
 
 
 @numba.njit(nogil=True, cache=True)
@@ -69,46 +80,46 @@ def _strides(shape):
 
 
 @numba.njit(nogil=True, cache=True)
-def _corners(shape, factors):
-    """Every parent window's corner (flat index into the child array) and whether it lies whole
-    inside, in C order over the parents."""
-    ndim = shape.size
-    strides = _strides(shape)
-    out = (shape + factors - 1) // factors
-    n_parents = 1
+def _window_offsets(strides, factors):
+    """Each position in a window (C order): its per-axis offset, (n, ndim), and its flat offset
+    in an array of `strides` (elements per step along each axis)."""
+    ndim = factors.size
+    n = 1
     for axis in range(ndim):
-        n_parents *= out[axis]
-    corners = np.empty(n_parents, np.int64)
-    whole = np.empty(n_parents, np.bool_)
-    index = np.zeros(ndim, np.int64)
-    for parent in range(n_parents):
-        corner = 0
-        inside = True
-        for axis in range(ndim):
-            start = index[axis] * factors[axis]
-            corner += start * strides[axis]
-            inside &= start + factors[axis] <= shape[axis]
-        corners[parent] = corner
-        whole[parent] = inside
-        axis = ndim - 1
-        while axis >= 0:
-            index[axis] += 1
-            if index[axis] < out[axis] or axis == 0:
-                break
-            index[axis] = 0
-            axis -= 1
-    return corners, whole
+        n *= factors[axis]
+    offsets = np.zeros((n, ndim), np.int64)
+    deltas = np.zeros(n, np.int64)
+    for position in range(n):
+        rest = position
+        for axis in range(ndim - 1, -1, -1):
+            offsets[position, axis] = rest % factors[axis]
+            rest //= factors[axis]
+            deltas[position] += offsets[position, axis] * strides[axis]
+    return offsets, deltas
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _in_bounds(corner_index, offset, shape, child_strides):
-    """Whether the child at window position `offset` of the parent whose corner is the flat
-    child index `corner_index` lies inside the child array."""
+def _in_bounds(index, factors, offset, shape):
+    """Whether the child at window position `offset` of the parent at `index` lies inside the
+    child array (of `shape`)."""
     for axis in range(shape.size):
-        coordinate = (corner_index // child_strides[axis]) % shape[axis] + offset[axis]
-        if coordinate >= shape[axis]:
+        if index[axis] * factors[axis] + offset[axis] >= shape[axis]:
             return False
     return True
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _voxel_count(index, factors, offset, axis_counts):
+    """Voxels of the base in the child at window position `offset` of the parent at `index`."""
+    count = 1
+    for axis in range(index.size):
+        count *= axis_counts[axis, index[axis] * factors[axis] + offset[axis]]
+    return count
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _is_mixed(child_offsets, child):
+    return child_offsets is not None and child_offsets[child + 1] != child_offsets[child]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -121,39 +132,44 @@ def _argsort_pairs(values, counts, n):
     counts[:n] = sorted_counts
 
 
-def _merge(child_offsets: np.ndarray | None, child_values: np.ndarray, child_counts: np.ndarray | None,
-           shape: tuple[int, ...], factors: tuple[int, ...], median: bool) -> tuple[np.ndarray, ...]:
+@numba.njit(nogil=True, cache=True)
+def _merge(child_modes, child_offsets, child_values, child_counts, axis_counts, shape, factors, median):
     """The next level's histograms (offsets, pair values, pair counts) and each window's mode or
-    median, from a level's histograms, or from the voxels when `child_offsets` is None (each
-    voxel a pair of count 1). The parents are merged in runs whose pairs surely fit the output
-    arrays, which grow between runs, so that the compiled loop never reallocates."""
-    shape_array = np.asarray(shape, np.int64)
-    strides = _strides(shape_array)
-    corners, whole = _corners(shape_array, np.asarray(factors, np.int64))
+    median, from a level's (`child_modes`: its windows' values, flat; `child_offsets` None at the
+    voxels). Parents are merged in runs whose pairs surely fit the output arrays, which grow
+    between runs, so that the inner loop (`_merge_rows`) never reallocates."""
+    strides = _strides(shape)
     offsets, deltas = _window_offsets(strides, factors)
-    longest = 1 if child_offsets is None else int(np.diff(child_offsets).max())
-    per_parent = len(deltas) * longest  # most pairs a parent can gather
-    n_parents = len(corners)
+    longest = 1
+    if child_offsets is not None:
+        for child in range(child_offsets.size - 1):
+            longest = max(longest, child_offsets[child + 1] - child_offsets[child])
+    per_parent = deltas.size * longest  # most pairs a parent can gather
+    n_parents = 1
+    for axis in range(shape.size):
+        n_parents *= (shape[axis] + factors[axis] - 1) // factors[axis]
     out_offsets = np.empty(n_parents + 1, np.int64)
-    out_values = np.empty(n_parents + n_parents // 2 + per_parent, child_values.dtype)
-    out_counts = np.empty(len(out_values), np.int64)
-    result = np.empty(n_parents, child_values.dtype)
-    scratch = np.empty(per_parent, child_values.dtype), np.empty(per_parent, np.int64)
-    run = max(1, 2**16 // per_parent)
+    out_values = np.empty(n_parents // 2 + per_parent, child_modes.dtype)
+    out_counts = np.empty(out_values.size, np.int64)
+    result = np.empty(n_parents, child_modes.dtype)
+    values, counts = np.empty(per_parent, child_modes.dtype), np.empty(per_parent, np.int64)
+    width = (shape[-1] + factors[-1] - 1) // factors[-1]  # parents per row (along the last axis)
+    run = max(1, 2**16 // (per_parent * width))  # rows
     used = 0
-    for first in range(0, n_parents, run):
-        last = min(n_parents, first + run)
-        if used + (last - first) * per_parent > len(out_values):
-            capacity = max(2 * len(out_values), used + (last - first) * per_parent)
+    for first in range(0, n_parents // width, run):
+        last = min(n_parents // width, first + run)
+        if used + (last - first) * width * per_parent > out_values.size:
+            capacity = max(2 * out_values.size, used + (last - first) * width * per_parent)
             out_values, out_counts = _grown(out_values, used, capacity), _grown(out_counts, used, capacity)
-        used = _merge_parents(first, last, corners, whole, child_offsets, child_values, child_counts,
-                              shape_array, strides, offsets, deltas, median, *scratch,
+        used = _merge_rows(first, last, child_modes, child_offsets, child_values, child_counts,
+                              axis_counts, shape, strides, factors, offsets, deltas, median, values, counts,
                               out_offsets, out_values, out_counts, result, used)
     out_offsets[n_parents] = used
     return out_offsets, out_values[:used], out_counts[:used], result
 
 
-def _grown(array: np.ndarray, used: int, capacity: int) -> np.ndarray:
+@numba.njit(nogil=True, cache=True)
+def _grown(array, used, capacity):
     """`array` with room for `capacity` elements, its first `used` kept."""
     grown = np.empty(capacity, array.dtype)
     grown[:used] = array[:used]
@@ -161,79 +177,114 @@ def _grown(array: np.ndarray, used: int, capacity: int) -> np.ndarray:
 
 
 @numba.njit(nogil=True, cache=True)
-def _merge_parents(first, last, corners, whole, child_offsets, child_values, child_counts, shape, strides, offsets,
-                   deltas, median, values, counts, out_offsets, out_values, out_counts, result, used):
-    """Parents `first..last-1` of `_merge`: gather each one's children's pairs, merge them into
-    distinct ascending pairs appended at `used`, and pick its mode (highest count, lowest value on
-    a tie) or median (value at position (total - 1) // 2). Returns the new `used`. One loop,
-    written out, which numba keeps tight."""
-    for parent in range(first, last):
-        out_offsets[parent] = used
-        corner = corners[parent]
-        n = 0
-        for k in range(deltas.size):
-            if whole[parent] or _in_bounds(corner, offsets[k], shape, strides):
-                child = corner + deltas[k]
-                if child_offsets is None:
-                    values[n] = child_values[child]
-                    counts[n] = 1
-                    n += 1
-                else:
-                    for pair in range(child_offsets[child], child_offsets[child + 1]):
-                        values[n] = child_values[pair]
-                        counts[n] = child_counts[pair]
+def _merge_rows(first, last, child_modes, child_offsets, child_values, child_counts, axis_counts,
+                shape, strides, factors, offsets, deltas, median, values, counts, out_offsets, out_values, out_counts,
+                result, used):
+    """Rows `first..last-1` of parents (parents along the last axis) of `_merge`. A parent whose
+    children are all uniform with one value is uniform. Any other gathers its children's pairs (a
+    uniform child: its value and voxel count), merges them into distinct ascending pairs appended
+    at `used`, and picks its mode (highest count, lowest value on a tie) or median (value at
+    position (total - 1) // 2). Returns the new `used`. One loop, written out, which numba keeps
+    tight; the parent's index is counted along (no divisions per child)."""
+    ndim = shape.size
+    tail = ndim - 1
+    out = (shape + factors - 1) // factors
+    index = np.zeros(ndim, np.int64)
+    rest = first
+    for axis in range(tail - 1, -1, -1):
+        index[axis] = rest % out[axis]
+        rest //= out[axis]
+    for row in range(first, last):
+        if row > first:
+            axis = tail - 1
+            index[axis] += 1
+            while index[axis] == out[axis] and axis > 0:
+                index[axis] = 0
+                axis -= 1
+                index[axis] += 1
+        row_corner = 0
+        row_inside = True
+        for axis in range(tail):
+            start = index[axis] * factors[axis]
+            row_corner += start * strides[axis]
+            row_inside &= start + factors[axis] <= shape[axis]
+        for position in range(out[tail]):
+            parent = row * out[tail] + position
+            index[tail] = position
+            corner = row_corner + position * factors[tail]
+            inside = row_inside and corner - row_corner + factors[tail] <= shape[tail]
+            out_offsets[parent] = used
+            value = child_modes[corner]
+            uniform = not _is_mixed(child_offsets, corner)
+            if uniform and inside:  # the common case: no bounds checks, no branches
+                for k in range(1, deltas.size):
+                    child = corner + deltas[k]
+                    uniform &= child_modes[child] == value
+                    if child_offsets is not None:
+                        uniform &= child_offsets[child + 1] == child_offsets[child]
+            elif uniform:
+                for k in range(1, deltas.size):
+                    if _in_bounds(index, factors, offsets[k], shape):
+                        child = corner + deltas[k]
+                        if child_modes[child] != value or _is_mixed(child_offsets, child):
+                            uniform = False
+                            break
+            if uniform:
+                result[parent] = value
+                continue
+            n = 0
+            for k in range(deltas.size):
+                if inside or _in_bounds(index, factors, offsets[k], shape):
+                    child = corner + deltas[k]
+                    if child_offsets is None:
+                        values[n] = child_modes[child]
+                        counts[n] = 1
                         n += 1
-        first = values[0]
-        uniform = True
-        for i in range(1, n):
-            if values[i] != first:
-                uniform = False
-                break
-        if uniform:
+                    elif child_offsets[child + 1] == child_offsets[child]:
+                        values[n] = child_modes[child]
+                        counts[n] = _voxel_count(index, factors, offsets[k], axis_counts)
+                        n += 1
+                    else:
+                        for pair in range(child_offsets[child], child_offsets[child + 1]):
+                            values[n] = child_values[pair]
+                            counts[n] = child_counts[pair]
+                            n += 1
+            if n <= _SORT_BY_INSERTION:
+                for i in range(1, n):
+                    value = values[i]
+                    count = counts[i]
+                    j = i - 1
+                    while j >= 0 and values[j] > value:
+                        values[j + 1] = values[j]
+                        counts[j + 1] = counts[j]
+                        j -= 1
+                    values[j + 1] = value
+                    counts[j + 1] = count
+            else:
+                _argsort_pairs(values, counts, n)
+            start = used
             total = 0
             for i in range(n):
                 total += counts[i]
-            out_values[used] = first
-            out_counts[used] = total
-            used += 1
-            result[parent] = first
-            continue
-        if n <= _SORT_BY_INSERTION:
-            for i in range(1, n):
-                value = values[i]
-                count = counts[i]
-                j = i - 1
-                while j >= 0 and values[j] > value:
-                    values[j + 1] = values[j]
-                    counts[j + 1] = counts[j]
-                    j -= 1
-                values[j + 1] = value
-                counts[j + 1] = count
-        else:
-            _argsort_pairs(values, counts, n)
-        start = used
-        total = 0
-        for i in range(n):
-            total += counts[i]
-            if i > 0 and values[i] == out_values[used - 1]:
-                out_counts[used - 1] += counts[i]
+                if i > 0 and values[i] == out_values[used - 1]:
+                    out_counts[used - 1] += counts[i]
+                else:
+                    out_values[used] = values[i]
+                    out_counts[used] = counts[i]
+                    used += 1
+            pick = out_values[start]
+            if median:
+                seen = 0
+                for i in range(start, used):
+                    seen += out_counts[i]
+                    if 2 * seen > total - 1:  # past position (total - 1) // 2
+                        pick = out_values[i]
+                        break
             else:
-                out_values[used] = values[i]
-                out_counts[used] = counts[i]
-                used += 1
-        pick = out_values[start]
-        if median:
-            seen = 0
-            for i in range(start, used):
-                seen += out_counts[i]
-                if 2 * seen > total - 1:  # past position (total - 1) // 2
-                    pick = out_values[i]
-                    break
-        else:
-            best = out_counts[start]
-            for i in range(start + 1, used):
-                if out_counts[i] > best:
-                    pick = out_values[i]
-                    best = out_counts[i]
-        result[parent] = pick
+                best = out_counts[start]
+                for i in range(start + 1, used):
+                    if out_counts[i] > best:
+                        pick = out_values[i]
+                        best = out_counts[i]
+            result[parent] = pick
     return used

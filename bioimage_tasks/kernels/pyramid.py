@@ -12,8 +12,9 @@ How each method stays exact:
   min of mins).
 - integer `mean`: exact 64-bit window sums carried from level to level, each level rounded from
   its own sums and counts (never from a rounded level).
-- integer `mode`, `median`: a histogram per window (its distinct values and their counts; one
-  pair for a window of one value), merged from the children's histograms (`histogram.py`).
+- integer `mode`, `median`: a histogram per window (its distinct values and their counts;
+  nothing but the value for a window of one value), merged from the children's histograms
+  (`histogram.py`).
 - float `mean` (tensorstore sums in the float type, in window order), float `mode`/`median` and
   64-bit integer `mean`: from the tile at every level (exact, and slower).
 """
