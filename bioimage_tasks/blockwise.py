@@ -13,7 +13,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bioimage_tasks.allocator import keep_block_buffers
 from bioimage_tasks.grid import BlockGrid
 from bioimage_tasks.kernels.masking import merge_masked
 from bioimage_tasks.records import BlockRecords, executor
@@ -202,7 +201,6 @@ def process_batch(job: Job, block_ids: Sequence[int]) -> BatchReport:
     pipeline: while one block is computed, the next one's input is read and the previous one's
     output written, in tensorstore's threads; a block is recorded only once its writes are done.
     Every block is attempted; if any failed, BlocksFailedError names them."""
-    keep_block_buffers()
     report = BatchReport(executors={executor()})
     failed: dict[int, str] = {}
     # Signatures before any read: input changed after this is seen as changed by the next run.
