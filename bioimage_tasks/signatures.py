@@ -34,7 +34,6 @@ from bioimage_tasks.io.chunk_files import storage_layout
 from bioimage_tasks.io.kv import KvLocation
 
 
-
 def grid_intervals(shape: Sequence[int], block_shape: Sequence[int], block_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """(starts, stops), each (len(block_ids), ndim), of the blocks of a C-ordered grid of
     `block_shape` blocks over `shape` (edge blocks cropped), computed without a loop over blocks."""

@@ -145,15 +145,13 @@ def _merge(child_modes, child_offsets, child_values, child_counts, axis_counts, 
         for child in range(child_offsets.size - 1):
             longest = max(longest, child_offsets[child + 1] - child_offsets[child])
     per_parent = deltas.size * longest  # most pairs a parent can gather
-    n_parents = 1
-    for axis in range(shape.size):
-        n_parents *= (shape[axis] + factors[axis] - 1) // factors[axis]
+    out = (shape + factors - 1) // factors
+    n_parents, width = out.prod(), out[-1]  # width: parents per row (along the last axis)
     out_offsets = np.empty(n_parents + 1, np.int64)
     out_values = np.empty(n_parents // 2 + per_parent, child_modes.dtype)
     out_counts = np.empty(out_values.size, np.int64)
     result = np.empty(n_parents, child_modes.dtype)
     values, counts = np.empty(per_parent, child_modes.dtype), np.empty(per_parent, np.int64)
-    width = (shape[-1] + factors[-1] - 1) // factors[-1]  # parents per row (along the last axis)
     run = max(1, 2**16 // (per_parent * width))  # rows
     used = 0
     for first in range(0, n_parents // width, run):
@@ -162,8 +160,8 @@ def _merge(child_modes, child_offsets, child_values, child_counts, axis_counts, 
             capacity = max(2 * out_values.size, used + (last - first) * width * per_parent)
             out_values, out_counts = _grown(out_values, used, capacity), _grown(out_counts, used, capacity)
         used = _merge_rows(first, last, child_modes, child_offsets, child_values, child_counts,
-                              axis_counts, shape, strides, factors, offsets, deltas, median, values, counts,
-                              out_offsets, out_values, out_counts, result, used)
+                           axis_counts, shape, strides, factors, offsets, deltas, median, values, counts,
+                           out_offsets, out_values, out_counts, result, used)
     out_offsets[n_parents] = used
     return out_offsets, out_values[:used], out_counts[:used], result
 
@@ -212,16 +210,14 @@ def _merge_rows(first, last, child_modes, child_offsets, child_values, child_cou
             parent = row * out[tail] + position
             index[tail] = position
             corner = row_corner + position * factors[tail]
-            inside = row_inside and corner - row_corner + factors[tail] <= shape[tail]
+            inside = row_inside and (position + 1) * factors[tail] <= shape[tail]
             out_offsets[parent] = used
             value = child_modes[corner]
             uniform = not _is_mixed(child_offsets, corner)
             if uniform and inside:  # the common case: no bounds checks, no branches
                 for k in range(1, deltas.size):
                     child = corner + deltas[k]
-                    uniform &= child_modes[child] == value
-                    if child_offsets is not None:
-                        uniform &= child_offsets[child + 1] == child_offsets[child]
+                    uniform &= child_modes[child] == value and not _is_mixed(child_offsets, child)
             elif uniform:
                 for k in range(1, deltas.size):
                     if _in_bounds(index, factors, offsets[k], shape):
