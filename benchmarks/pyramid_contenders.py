@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import CHUNK, SETTLE_SECONDS, WORKERS, peak_rss_mb, ts_create, ts_spec
+from bench import CHUNK, SETTLE_SECONDS, WORKERS, peak_rss_mb, settle_disk, ts_create, ts_spec
 
 LEVELS = 5  # s1..s5, factor 2 each
 SAMPLE_CHUNKS = 16  # chunks compared on levels too large to compare whole
@@ -303,6 +303,7 @@ def run_one(request: dict[str, Any]) -> dict[str, Any]:
             importlib.import_module(module)
         contender.prepare(request["method"], request["input"], request["output"])
         work = lambda: contender.run(request["method"], request["input"], request["output"])  # noqa: E731
+    settle_disk()
     read_before = tree_rchar()
     started = time.perf_counter()
     seconds = work()

@@ -118,6 +118,7 @@ def run_ngff_zarr(tiff: str, group: str) -> dict[str, Any]:
 def timed(work) -> dict[str, Any]:
     from pyramid_contenders import tree_rchar
 
+    bench.settle_disk()
     read_before = tree_rchar()
     started = time.perf_counter()
     work()

@@ -17,6 +17,7 @@ import numba
 import numpy as np
 
 from bioimage_tasks.geometry import downscale_shape
+from bioimage_tasks.kernels.sums import parent_axis_counts
 
 _SORT_BY_INSERTION = 24  # longer runs of pairs are sorted with numpy's argsort
 
@@ -54,18 +55,7 @@ class LevelHistograms:
                                                 self.pair_counts, self.axis_counts, shape, factors_array,
                                                 method == "median")
         return LevelHistograms(values.reshape(downscale_shape(self.values.shape, factors)),
-                               _parent_axis_counts(self.axis_counts, shape, factors_array), offsets, pairs, counts)
-
-
-@numba.njit(nogil=True, cache=True)
-def _parent_axis_counts(axis_counts, shape, factors):
-    """`axis_counts` of the next level: each parent index sums its children's along that axis."""
-    out = (shape + factors - 1) // factors
-    parent = np.zeros((shape.size, max(1, out.max())), np.int64)
-    for axis in range(shape.size):
-        for index in range(shape[axis]):
-            parent[axis, index // factors[axis]] += axis_counts[axis, index]
-    return parent
+                               parent_axis_counts(self.axis_counts, shape, factors_array), offsets, pairs, counts)
 
 
 @numba.njit(nogil=True, cache=True)

@@ -26,8 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from bioimage_tasks.kernels.histogram import LevelHistograms
-from bioimage_tasks.kernels.window import (integer_sums, mean_from_sums, window_counts, window_offsets,
-                                           window_reduce)
+from bioimage_tasks.kernels.sums import parent_axis_counts, rounded_means, window_sums
+from bioimage_tasks.kernels.window import window_reduce
 
 def pyramid_levels(tile: np.ndarray, level_factors: Sequence[Sequence[int]], method: str) -> list[np.ndarray]:
     """Levels 1..L of `tile`, level k reduced by the product of `level_factors[:k]`, each exactly
@@ -73,23 +73,16 @@ def _chained(tile: np.ndarray, factors: list[tuple[int, ...]], method: str) -> l
 
 
 def _chained_means(tile: np.ndarray, factors: list[tuple[int, ...]]) -> list[np.ndarray]:
-    """Integer means from exact sums: level k's sums are the window sums of level k-1's sums."""
-    levels = []
-    sums = integer_sums(tile, factors[0]).astype(np.int64, copy=False)
-    for index, cumulative in enumerate(cumulative_products(factors)):
-        following = _window_sums(sums, factors[index + 1]) if index + 1 < len(factors) else None
-        levels.append(mean_from_sums(sums, window_counts(tile.shape, cumulative), tile.dtype))
-        sums = following
+    """Integer means from exact sums: level k's sums are the window sums of level k-1's sums, its
+    windows' voxel counts the sums of their children's per axis."""
+    levels, values = [], tile
+    counts = np.ones((tile.ndim, max(tile.shape, default=1)), np.int64)
+    for level in factors:
+        level_factors = np.asarray(level, np.int64)
+        counts = parent_axis_counts(counts, np.asarray(values.shape, np.int64), level_factors)
+        values = window_sums(values, level)
+        levels.append(rounded_means(values, counts, tile.dtype))
     return levels
-
-
-def _window_sums(values: np.ndarray, factors: Sequence[int]) -> np.ndarray:
-    """Sums of every `factors` window of an int64 array."""
-    (_, first), *others = window_offsets(values.shape, factors)  # offset 0 lies in every window
-    total = values[first].copy()
-    for dst, src in others:
-        total[dst] += values[src]
-    return total
 
 
 def _chained_histograms(tile: np.ndarray, factors: list[tuple[int, ...]], method: str) -> list[np.ndarray]:

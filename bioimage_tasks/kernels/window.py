@@ -31,6 +31,7 @@ from functools import lru_cache
 import numpy as np
 
 from bioimage_tasks.geometry import downscale_shape
+from bioimage_tasks.kernels.sums import window_means
 
 METHODS = ("mean", "mode", "min", "max", "median", "stride")
 
@@ -68,6 +69,8 @@ def window_reduce(block: np.ndarray, factors: Sequence[int], method: str) -> np.
         # each window's first voxel; with all factors 1 tensorstore returns the array as it is (no
         # float rounding of a lone -0.0 or NaN). The Ellipsis keeps a 0-d result an array.
         return block[(..., *(slice(None, None, f) for f in factors))].copy()
+    if method == "mean" and block.dtype.kind in "biu" and block.dtype.itemsize < 8:
+        return window_means(block, factors)  # compiled exact sums, in one pass (no slabs)
     out = np.empty(downscale_shape(block.shape, factors), block.dtype)
     for dst, slab in _slabs(block, factors):
         out[dst] = _reduce(slab, factors, method)
@@ -141,8 +144,6 @@ def _mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
         for dst, src in window_offsets(block.shape, factors):
             acc[dst] += block[src]
         return (acc / np.asarray(count, block.dtype)).astype(block.dtype, copy=False)
-    if block.dtype.itemsize < 8:  # bool, (u)int8-32: integer sums, exact in the types chosen here
-        return mean_from_sums(integer_sums(block, factors), count, block.dtype)
     # 64-bit: sum the high (signed) and low (unsigned) 32-bit halves separately, then divide
     # high part first: sum = high * 2**32 + low, each step fits int64 while count < 2**31.
     low = (block & _LOW32).astype(np.int64)
@@ -162,64 +163,6 @@ def _mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     # 2**64; the rounded mean lies within the dtype's range, so the bits are right.
     quotient = (high_quotient.astype(np.uint64) << np.uint64(32)) + low_quotient.astype(np.uint64)
     return _round_half_even(quotient, remainder, count).view(block.dtype)
-
-
-def integer_sums(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
-    """Exact sums of every `factors` window of a bool or (u)int8-32 `block` (origin on the window
-    grid), in an integer type that also holds a mean's rounding (`mean_from_sums`)."""
-    values, rest = _pair_sums(block, factors)
-    if values is block:  # int32 holds 2**15 sums of 16-bit values, int64 anything
-        accumulator = np.int32 if block.dtype.itemsize <= 2 and math.prod(factors) < 2**15 else np.int64
-    else:  # the pair sums' double width holds fewer than 2**bits sums (and their rounding)
-        accumulator = values.dtype if math.prod(factors) < 2 ** (8 * block.dtype.itemsize) else np.int64
-    (_, first), *others = window_offsets(values.shape, rest)  # offset 0 lies in every window
-    total = values[first].astype(accumulator)
-    for dst, src in others:
-        total[dst] += values[src]
-    return total
-
-
-def mean_from_sums(total: np.ndarray, count: np.ndarray | int, dtype: np.dtype) -> np.ndarray:
-    """Integer window means of `dtype` from exact sums `total` of `count` voxels (an int or one per
-    window): rounded to nearest, ties to even, as tensorstore does. Works in place on `total`.
-
-    >>> mean_from_sums(np.array([5, 7, 6]), 2, np.uint8)
-    array([2, 4, 3], dtype=uint8)
-    """
-    if isinstance(count, int) and count > 1 and count & (count - 1) == 0:
-        # full windows of 2**s voxels (the common case): shifts instead of a slow int division
-        shift = count.bit_length() - 1
-        odd = total >> shift
-        odd &= 1
-        total += odd  # + 1 when the floor quotient is odd: ties go to even
-        total += count // 2 - 1
-        total >>= shift
-        return total.astype(dtype)
-    if not isinstance(count, int):
-        count = count.astype(total.dtype)  # int64 and uint64 would promote to float64
-    quotient, remainder = np.divmod(total, count)
-    return _round_half_even(quotient, remainder, count).astype(dtype)
-
-
-def _pair_sums(block: np.ndarray, factors: Sequence[int]) -> tuple[np.ndarray, tuple[int, ...]]:
-    """(values, factors) left to sum for a mean of bool or (u)int8-32: with factor 2 along a
-    contiguous last axis of even length, the sums of the windows' pairs of neighbours there in a
-    type of twice the width, and factor 1 there; else `block` and `factors` unchanged. Viewing
-    each pair as one integer of twice the width yields all pair sums in a few whole-array passes,
-    where the generic path makes a strided, widening pass per window voxel."""
-    size = block.dtype.itemsize
-    if not (factors[-1] == 2 and block.shape[-1] % 2 == 0 and block.strides[-1] == size):
-        return block, tuple(factors)
-    pairs = block.view(f"{'i' if block.dtype.kind == 'i' else 'u'}{2 * size}")
-    sums = pairs >> 8 * size  # the high halves (an arithmetic shift when signed)
-    if pairs.dtype.kind == "u":  # pair - (2**bits - 1) * high == low + high, with one allocation
-        sums *= 2 ** (8 * size) - 1
-        np.subtract(pairs, sums, out=sums)
-    else:
-        low = pairs << 8 * size
-        low >>= 8 * size  # sign-extended
-        sums += low
-    return sums, (*factors[:-1], 1)
 
 
 def _round_half_even(quotient: np.ndarray, remainder: np.ndarray, count: np.ndarray | int) -> np.ndarray:
