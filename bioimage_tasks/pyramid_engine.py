@@ -27,8 +27,10 @@ from bioimage_tasks.reporting import Progress, progress_listener, publish_summar
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import RunnerConfig
 from bioimage_tasks.io import ArraySource, Location, Source, TensorStoreSource, output_token, start_read, storage_place
+from bioimage_tasks.io.encoded_chunks import Encoded, EncodedCopy, encoded_copy
 from bioimage_tasks.signatures import job_signatures
 from bioimage_tasks.tasks import batch_task, current_blocks, map_batches
+from bioimage_tasks.throttle import ThrottledSink
 
 Sink = ArraySource | TensorStoreSource
 
@@ -44,13 +46,21 @@ class PyramidJob:
     method: str
     sinks: tuple[Sink | None, ...]
     records: BlockRecords | None = None
+    s0_files: EncodedCopy | ThrottledSink | None = None  # s0 as a copy of the input's files (io/encoded_chunks.py)
 
     @property
     def grid(self) -> BlockGrid:
         return self.plan.grid
 
-    def prefetch(self, region_id: int) -> Callable[[], np.ndarray]:
-        return start_read(self.source, self.plan.tiles(region_id)[0])
+    def prefetch(self, region_id: int) -> Callable[[], tuple[np.ndarray, Encoded | None]]:
+        return self.start_read(self.plan.tiles(region_id)[0])
+
+    def start_read(self, tile: tuple[slice, ...]) -> Callable[[], tuple[np.ndarray, Encoded | None]]:
+        """Start reading `tile`: its values, and its storage files where s0 copies them."""
+        if self.s0_files is not None and self.s0_files.covers_whole_files(tile):
+            return self.s0_files.start_read(tile)
+        reading = start_read(self.source, tile)
+        return lambda: (np.asarray(reading()), None)
 
     def run_block(self, region_id: int, prefetched: Callable[[], np.ndarray] | None,
                   write: Callable[[StartWrite], None]) -> int:
@@ -58,11 +68,13 @@ class PyramidJob:
         tiles = self.plan.tiles(region_id)
         reading, voxels = prefetched, 0
         for index, tile in enumerate(tiles):
-            data = np.asarray(reading() if reading is not None else self.source[tile])
-            reading = start_read(self.source, tiles[index + 1]) if index + 1 < len(tiles) else None
+            data, encoded = (reading or self.start_read(tile))()
+            reading = self.start_read(tiles[index + 1]) if index + 1 < len(tiles) else None
             levels = [data, *pyramid_levels(data, self.plan.level_factors, self.method)]
             writes = [(sink, self.plan.level_key(level, tile), values)
                       for level, (sink, values) in enumerate(zip(self.sinks, levels)) if sink is not None]
+            if encoded is not None:  # s0: the input's files as they are
+                writes[0] = (self.s0_files, tile, encoded)
             write(functools.partial(start_writes, writes))
             voxels += data.size
         return voxels
@@ -138,7 +150,8 @@ def pyramid_stages(source: Source, plan: PyramidPlan, method: str, sinks: Sequen
     records = records_in(group_directory, {"pyramid": method, "factors": plan.level_factors, "region": plan.region,
                                            "input": fingerprint, "outputs": tokens, "epoch": epoch}) if keep_records else None
     direct = [row for row in rows if row.level not in staging and sinks[row.level] is not None]
-    stages = [Stage("regions", PyramidJob(source, plan, method, writers, records), list(range(plan.grid.n_blocks)), direct)]
+    stages = [Stage("regions", PyramidJob(source, plan, method, writers, records, s0_copy(source, writers[0])),
+                    list(range(plan.grid.n_blocks)), direct)]
     for level, stage_sink in staging.items():
         sink = sinks[level]
         grid = BlockGrid(sink.shape, default_block_shape(sink.shape, sink.write_unit))
@@ -150,6 +163,14 @@ def pyramid_stages(source: Source, plan: PyramidPlan, method: str, sinks: Sequen
         # its record and cache key) sees that, and the block is copied again
         stages.append(Stage(f"s{level}", job, list(range(grid.n_blocks)), [rows[level]]))
     return stages
+
+
+def s0_copy(source: Source, sink: Sink | None) -> EncodedCopy | ThrottledSink | None:
+    """s0 as a copy of the input's storage files where both store them alike (throttled like s0)."""
+    if isinstance(sink, ThrottledSink):
+        copy = encoded_copy(source, sink.inner)
+        return None if copy is None else ThrottledSink(copy, sink.limit)
+    return encoded_copy(source, sink)
 
 
 def resize_stages(source: Source, shapes: Sequence[tuple[int, ...]], order: int, anti_aliasing: bool,
