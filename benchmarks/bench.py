@@ -331,9 +331,9 @@ def peak_rss_mb() -> float:
 
 
 def settle_disk() -> None:
-    """Write back every dirty page before a clock starts. Earlier runs and the untimed preparation
-    leave dirty pages (zarr-python writes without fsync), which the kernel writes back 30 s
-    later, in the middle of whichever contender runs then: measured, up to 2x on one run."""
+    """Write back every dirty page before a clock starts: earlier runs and the untimed preparation
+    leave dirty pages (zarr-python writes without fsync), which the kernel would write back 30 s
+    later, in the middle of whichever contender runs then."""
     os.sync()
 
 

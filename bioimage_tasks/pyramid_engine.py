@@ -9,7 +9,7 @@ import functools
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,7 @@ from bioimage_tasks.runners import RunnerConfig
 from bioimage_tasks.io import ArraySource, Location, Source, TensorStoreSource, output_token, start_read, storage_place
 from bioimage_tasks.io.encoded_chunks import Encoded, EncodedCopy, encoded_copy
 from bioimage_tasks.signatures import job_signatures
-from bioimage_tasks.tasks import batch_task, current_blocks, map_batches
+from bioimage_tasks.tasks import batch_task, current_blocks, map_batches, result_storage
 from bioimage_tasks.throttle import ThrottledSink
 
 Sink = ArraySource | TensorStoreSource
@@ -213,6 +213,11 @@ def run_stages(runner: TaskRunner, stages: list[Stage], num_workers: int, config
     stage; publish one summary with a row per level, and the run's events about the group."""
     logger = get_run_logger()
     total, finished = sum(len(stage.block_ids) for stage in stages), 0
+    first_records = stages[0].job.records if stages else None
+    if config.result_storage is None and first_records is not None:
+        # one result storage for every stage, saved before the first: a block saved per stage is an
+        # API write between stages, which SQLite's "database is locked" (a 503) delays by 2 s
+        config = replace(config, result_storage=result_storage(config, first_records))
     overall = progress_listener.get()
     started, failure = time.perf_counter(), None
     try:
