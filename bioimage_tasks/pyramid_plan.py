@@ -144,11 +144,15 @@ def _fitted(region: tuple[int, ...], granule: tuple[int, ...], shape: tuple[int,
 
 def tile_bytes_per_voxel(method: str, dtype: np.dtype) -> float:
     """What computing a tile holds per base voxel: the tile and the next one being read, the
-    write of s0 in flight, and the method's temporaries (mode and median: window histograms, in the
-    worst case one (value, int64 count) pair per voxel, twice while they grow)."""
+    write of s0 in flight; where s0 copies the input's files, those of the tile (until written)
+    and of the next one (twice while decoded); and the method's temporaries (mean: int64 window
+    sums, 4 bytes per voxel at a factor of 2 along one axis; mode and median: window histograms,
+    in the worst case one (value, int64 count) pair per voxel, twice while they grow)."""
     itemsize = np.dtype(dtype).itemsize
-    extra = {"stride": 0.2, "min": 0.2, "max": 0.2, "mean": 1.5, "mode": 1.0, "median": 1.0}[method] * itemsize
+    extra = {"stride": 0.2, "min": 0.2, "max": 0.2, "mean": 1.0, "mode": 1.0, "median": 1.0}[method] * itemsize
+    if method == "mean":
+        extra += 4
     if method in ("mode", "median"):
         extra += 2 * (itemsize + 8)
-    return 3 * itemsize + extra
+    return 6 * itemsize + extra
 
