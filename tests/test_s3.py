@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import re
 import threading
 
 import numpy as np
@@ -19,31 +20,20 @@ from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.runners import LocalClusterConfig, RunnerConfig
 from bioimage_tasks.signatures import region_signature
 from flows import copy_flow, downsample_flow, pyramid_flow
+from helpers import CHUNKS, put_s3, records_location
 from reference import skimage_downsample
 
-SHAPE, CHUNKS = (40, 48, 36), (16, 16, 16)
+SHAPE = (40, 48, 36)
 
 
 @pytest.fixture
 def bucket(s3_server, request) -> str:
-    return s3_server.create_bucket(request.node.name.replace("_", "-")[:60].strip("-").lower())
+    return s3_server.create_bucket(re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:60].strip("-"))
 
 
 @pytest.fixture
 def image(rng) -> np.ndarray:
     return rng.integers(0, 256, SHAPE, dtype=np.uint8)
-
-
-def put_s3(url: str, x: np.ndarray, zarr_format: int = 3) -> None:
-    """Write `x` to a zarr array at an s3:// URL with tensorstore (not our code)."""
-    path = UrlPath.parse(url, "test")
-    driver = "zarr3" if zarr_format == 3 else "zarr"
-    metadata = {"shape": list(x.shape), "data_type": x.dtype.name,
-                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(CHUNKS)}}} if zarr_format == 3 \
-        else {"shape": list(x.shape), "dtype": x.dtype.str, "chunks": list(CHUNKS)}
-    if zarr_format == 2:
-        path.location("").write(".zgroup", b'{"zarr_format": 2}')
-    ts.open({"driver": driver, "kvstore": path.location().spec, "metadata": metadata}, create=True).result()[...].write(x).result()
 
 
 def read(array) -> np.ndarray:
@@ -113,13 +103,6 @@ def test_rerun_writes_no_object_and_resumes(prefect_server, s3_server, bucket, i
     assert np.array_equal(read(again), np.rint(window).astype(np.uint8)) and first.shape == again.shape
 
 
-def records_location(url: str, options: dict | None = None):
-    """The single run key's records of an output at `url`."""
-    location = UrlPath.parse(url, "test", options).location().child(".bioimage-tasks").child("blocks")
-    (key,) = location.names()
-    return location.child(key)
-
-
 def test_changed_input_object_is_recomputed(prefect_server, s3_server, bucket, image):
     source, output = f"s3://{bucket}/raw.zarr/v3", f"s3://{bucket}/copy.zarr/raw"
     put_s3(source, image)
@@ -163,15 +146,20 @@ def test_dask_workers_reach_s3(prefect_server, s3_server, bucket, image, monkeyp
     assert len(set(executors.values())) >= 1 and all(":" in e for e in executors.values())
 
 
-def test_result_storage_block_on_s3(prefect_server, s3_server, bucket, image):
+@pytest.mark.parametrize("given_as", ["slug", "block"])
+def test_result_storage_block_on_s3(prefect_server, s3_server, bucket, image, given_as):
+    """Prefect's result storage as a saved block's slug, or as the block object itself (saved by
+    the run, under a name derived from its settings)."""
     from prefect.filesystems import RemoteFileSystem
 
     put_s3(f"s3://{bucket}/raw.zarr/v3", image)
     storage = RemoteFileSystem(basepath=f"s3://{bucket}/prefect-results",
                                settings={"client_kwargs": {"endpoint_url": s3_server.endpoint}})
-    storage.save("s3-results", overwrite=True)
-    config = RunnerConfig(result_storage="remote-file-system/s3-results")
-    copy_flow(f"s3://{bucket}/raw.zarr/v3", f"s3://{bucket}/copy.zarr/raw", job_config=config)
+    if given_as == "slug":
+        storage.save("s3-results", overwrite=True)
+    config = RunnerConfig(result_storage="remote-file-system/s3-results" if given_as == "slug" else storage)
+    result = copy_flow(f"s3://{bucket}/raw.zarr/v3", f"s3://{bucket}/copy.zarr/raw", job_config=config)
+    assert np.array_equal(read(result), image)
     written = [p for m, p in s3_server.requests() if m == "PUT" and f"/{bucket}/prefect-results/" in p]
     assert written, "the batches' results went to the block's bucket"
 

@@ -14,13 +14,14 @@ import time
 import numpy as np
 import pytest
 import zarr
-from helpers import SlowSource, records_dir, slurm_jobs, wait_for
+import tensorstore as ts
+from helpers import SlowSource, put_s3, read_s3, records_dir, records_location, slurm_jobs, wait_for
 from reference import random_array
 
 from bioimage_tasks import BlockGrid
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.runners import NoWorkersError, SlurmConfig
-from flows import copy_flow, downsample_flow
+from flows import copy_flow, downsample_flow, pyramid_flow
 
 pytestmark = [pytest.mark.usefixtures("prefect_server", "slurm_cluster"), pytest.mark.slow]
 
@@ -68,6 +69,22 @@ def test_slurm_matches_threads_and_runs_as_jobs(volume, slurm_config):
     for block_id in (1, 4):
         expected[grid.block_slices(block_id)] = full[grid.block_slices(block_id)]
     np.testing.assert_array_equal(block_ids[:], expected)
+    no_jobs_left()
+
+
+def test_slurm_workers_read_and_write_s3(s3_server, slurm_config):
+    """SLURM jobs reach the S3 server (moto on loopback) through the AWS environment sbatch passes:
+    a pyramid from and into the bucket, exact, its regions recorded by SLURM jobs in the bucket."""
+    bucket = s3_server.create_bucket("slurm-workers")
+    image = random_array(np.random.default_rng(5), SHAPE, "uint16")
+    put_s3(f"s3://{bucket}/raw.zarr/v3", image)
+    group = pyramid_flow(f"s3://{bucket}/raw.zarr/v3", f"s3://{bucket}/image.ome.zarr", scale_factors=[2, 2],
+                         method="mean", chunks=(8, 8, 8), job_type="slurm", num_workers=2, job_config=slurm_config)
+    for level in (0, 1, 2):
+        expected = ts.downsample(ts.array(image), [2**level] * 3, "mean").read().result()
+        np.testing.assert_array_equal(read_s3(f"{group}/s{level}"), expected)
+    executors = BlockRecords(records_location(group)).executors()
+    assert executors and all(e.startswith("slurm-job:") for e in executors.values()), executors
     no_jobs_left()
 
 
