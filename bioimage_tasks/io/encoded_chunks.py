@@ -91,8 +91,8 @@ def encoded_copy(source: Any, sink: Any) -> EncodedCopy | None:
     if source.fast_io is None or sink.array.config.write_empty_chunks:
         return None
     stored = [{k: v for k, v in a.metadata.to_dict().items() if k not in _NOT_COMPARED} for a in arrays]
-    layout = local_layout(source)
-    if stored[0] != stored[1] or layout is None or layout[1:] != local_layout(sink)[1:]:
+    layout, sink_layout = local_layout(source), local_layout(sink)
+    if stored[0] != stored[1] or layout is None or sink_layout is None or layout[1:] != sink_layout[1:]:
         return None
     zarr_format = source.array.metadata.zarr_format
     with open(os.path.join(source.directory, _METADATA_FILES[zarr_format])) as file:
