@@ -22,7 +22,7 @@ import numpy as np
 import tensorstore as ts
 import zarr
 
-from bioimage_tasks.io.chunk_files import LOCK_SUFFIX, StorageLayout, covered_files, local_layout, remove_if_stale
+from bioimage_tasks.io.chunk_files import StorageLayout, clear_stale_locks, covered_files, local_layout
 from bioimage_tasks.io.zarr_array import ArraySource
 
 DECODER_THREADS = 8
@@ -63,10 +63,8 @@ class EncodedCopy:
     def start_write(self, key: tuple[slice, ...], encoded: Encoded) -> Callable[[], None]:
         """Write the files of `key` as read (delete those the input lacks); the returned function
         waits for them. Stale lock files of a killed writer go first, as for every write."""
+        clear_stale_locks(self.sink.lock_layout, self.sink.shape, key)
         store = _kvstore(self.sink.directory)
-        directory = self.sink.directory
-        for name in encoded:
-            remove_if_stale(os.path.join(directory, name) + LOCK_SUFFIX)
         futures = [store.write(name, data) for name, data in encoded.items()]  # None deletes
 
         def finish() -> None:
@@ -91,8 +89,8 @@ def encoded_copy(source: Any, sink: Any) -> EncodedCopy | None:
     if source.fast_io is None or sink.array.config.write_empty_chunks:
         return None
     stored = [{k: v for k, v in a.metadata.to_dict().items() if k not in _NOT_COMPARED} for a in arrays]
-    layout, sink_layout = local_layout(source), local_layout(sink)
-    if stored[0] != stored[1] or layout is None or sink_layout is None or layout[1:] != sink_layout[1:]:
+    layout = local_layout(source)  # the sink's too: equal metadata store files alike
+    if stored[0] != stored[1] or layout is None:
         return None
     zarr_format = source.array.metadata.zarr_format
     with open(os.path.join(source.directory, _METADATA_FILES[zarr_format])) as file:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from bioimage_tasks.kernels.histogram import LevelHistograms
-from bioimage_tasks.kernels.sums import parent_axis_counts, rounded_means, window_sums
+from bioimage_tasks.kernels.sums import chained_means
 from bioimage_tasks.kernels.window import window_reduce
 
 def pyramid_levels(tile: np.ndarray, level_factors: Sequence[Sequence[int]], method: str) -> list[np.ndarray]:
@@ -45,7 +45,7 @@ def pyramid_levels(tile: np.ndarray, level_factors: Sequence[Sequence[int]], met
     if method in ("stride", "min", "max"):
         return _chained(tile, factors, method)
     if method == "mean" and (kind == "b" or (kind in "iu" and tile.dtype.itemsize < 8)):
-        return _chained_means(tile, factors)
+        return chained_means(tile, factors)
     if method in ("mode", "median") and kind in "biu":
         return _chained_histograms(tile, factors, method)
     return [window_reduce(tile, cumulative, method) for cumulative in cumulative_products(factors)]
@@ -69,19 +69,6 @@ def _chained(tile: np.ndarray, factors: list[tuple[int, ...]], method: str) -> l
     for level in factors:
         current = window_reduce(current, level, method)
         levels.append(current)
-    return levels
-
-
-def _chained_means(tile: np.ndarray, factors: list[tuple[int, ...]]) -> list[np.ndarray]:
-    """Integer means from exact sums: level k's sums are the window sums of level k-1's sums, its
-    windows' voxel counts the sums of their children's per axis."""
-    levels, values = [], tile
-    counts = np.ones((tile.ndim, max(tile.shape, default=1)), np.int64)
-    for level in factors:
-        level_factors = np.asarray(level, np.int64)
-        counts = parent_axis_counts(counts, np.asarray(values.shape, np.int64), level_factors)
-        values = window_sums(values, level)
-        levels.append(rounded_means(values, counts, tile.dtype))
     return levels
 
 

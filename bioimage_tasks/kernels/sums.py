@@ -28,10 +28,20 @@ from bioimage_tasks.geometry import downscale_shape
 def window_means(values: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     """Means of every `factors` window of bool or (u)int8-32 `values`, in their dtype, exactly as
     tensorstore's `downsample` computes them (`values`' origin on the window grid)."""
-    values = np.asarray(values)
-    counts = np.ones((values.ndim, max(values.shape, default=1)), np.int64)
-    counts = parent_axis_counts(counts, np.asarray(values.shape, np.int64), np.asarray(factors, np.int64))
-    return rounded_means(window_sums(values, factors), counts, values.dtype)
+    return chained_means(np.asarray(values), [factors])[0]
+
+
+def chained_means(tile: np.ndarray, level_factors: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """Levels 1..L of bool or (u)int8-32 means of `tile`, level k by the product of
+    `level_factors[:k]`: level k's sums are the window sums of level k-1's sums (exact, never a
+    rounded level), its windows' voxel counts the sums of their children's per axis."""
+    levels, values = [], tile
+    counts = np.ones((tile.ndim, max(tile.shape, default=1)), np.int64)  # the voxels: one each
+    for factors in level_factors:
+        counts = parent_axis_counts(counts, np.asarray(values.shape, np.int64), np.asarray(factors, np.int64))
+        values = window_sums(values, factors)
+        levels.append(rounded_means(values, counts, tile.dtype))
+    return levels
 
 
 def window_sums(values: np.ndarray, factors: Sequence[int]) -> np.ndarray:
