@@ -6,25 +6,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from bioimage_tasks.errors import BlocksFailedError
 from bioimage_tasks.grid import BlockGrid
 from bioimage_tasks.kernels.masking import merge_masked
 from bioimage_tasks.records import BlockRecords, executor
 from bioimage_tasks.signatures import job_signatures
 from bioimage_tasks.io import ArraySource, Source, TensorStoreSource, start_read
-
-# Bounds on Prefect tasks per run: enough per worker to balance load, batches of at most
-# BLOCKS_PER_TASK blocks while that keeps the task count under MAX_TASKS, and never so many tasks
-# that orchestration (~15 ms/task on threads, ~300 ms on Dask) dominates a large volume.
-TASKS_PER_WORKER = 4
-BLOCKS_PER_TASK = 64
-MAX_TASKS = 256
 
 StartWrite = Callable[[], Callable[[], None]]  # starts writes; returns a function that waits for them
 
@@ -125,29 +118,6 @@ class BatchReport:
         self.executors |= other.executors
 
 
-class BlocksFailedError(RuntimeError):
-    """Some blocks failed; the others are written. Carries the failed ids and how to re-run them
-    (`rerun`; by default the same call, or the same call plus `block_ids`)."""
-
-    def __init__(self, failed: dict[int, str], total: int, rerun: str | None = None):
-        self.failures = dict(failed)
-        self.total = total
-        self.rerun = rerun
-        self.failed_block_ids = sorted(failed)
-        first = self.failed_block_ids[0]
-        how = rerun or (
-            "Re-run the same call to resume (finished blocks are skipped), or re-run exactly these blocks "
-            f"with the same call plus block_ids={self.failed_block_ids}"
-        )
-        super().__init__(
-            f"{len(failed)} of {total} blocks failed: {self.failed_block_ids}. The other blocks are "
-            f"written. {how}. First error (block {first}): {failed[first]}"
-        )
-
-    def __reduce__(self):
-        return type(self), (self.failures, self.total, self.rerun)
-
-
 class BatchWrites:
     """The writes of a batch, one group in flight at a time: a group starts once the one before
     it is done, so consecutive writes into the same chunk or shard never race, while the next
@@ -223,45 +193,5 @@ def process_batch(job: Job, block_ids: Sequence[int]) -> BatchReport:
         writes.close(block_id, voxels)
     writes.wait()
     if failed:
-        raise BlocksFailedError(failed, len(block_ids))
+        raise BlocksFailedError(failed, len(block_ids), report=report)
     return report
-
-
-def plan_batches(block_ids: Sequence[int], num_workers: int, blocks_per_task: int | None = None,
-                 group_of: Callable[[int], Hashable] | None = None) -> list[list[int]]:
-    """Split `block_ids` into batches: TASKS_PER_WORKER per worker, more (of at most
-    BLOCKS_PER_TASK blocks) for large volumes, but no more than MAX_TASKS (unless that many
-    workers); or batches of about `blocks_per_task` when given. Blocks of one `group_of` group
-    (blocks sharing a chunk or shard) stay together, one after the other, in one batch.
-
-    >>> [len(b) for b in plan_batches(range(10), 1)]
-    [3, 3, 2, 2]
-    >>> len(plan_batches(range(100_000), 8))
-    256
-    >>> plan_batches(range(6), 1, 1, group_of=lambda b: b % 2)
-    [[0, 2, 4], [1, 3, 5]]
-    """
-    if group_of is None:
-        ordered = list(block_ids)
-        ends = np.arange(1, len(ordered) + 1)  # blocks up to each group's end
-    else:
-        groups: dict[Hashable, list[int]] = {}
-        for block_id in block_ids:
-            groups.setdefault(group_of(block_id), []).append(block_id)
-        ordered = [block_id for unit in groups.values() for block_id in unit]
-        ends = np.cumsum([len(unit) for unit in groups.values()])
-    total, n_units = len(ordered), len(ends)
-    if not total:
-        return []
-    if blocks_per_task is not None:
-        n_batches = math.ceil(total / blocks_per_task)
-    else:
-        wanted = min(MAX_TASKS, math.ceil(total / BLOCKS_PER_TASK))
-        n_batches = max(TASKS_PER_WORKER * num_workers, wanted)
-    n_batches = min(n_units, n_batches)
-    size, extra = divmod(total, n_batches)
-    goals = [i * size + min(i, extra) for i in range(1, n_batches)]  # blocks before each cut
-    cuts = [0, *(int(c) + 1 for c in np.searchsorted(ends, goals)), n_units]  # in groups
-    cuts = [min(max(c, i), n_units - n_batches + i) for i, c in enumerate(cuts)]  # no empty batch
-    bounds = [0, *(int(ends[c - 1]) for c in cuts[1:])]
-    return [ordered[a:b] for a, b in zip(bounds, bounds[1:])]

@@ -57,7 +57,7 @@ def run(flow_call: Callable[[], Any], quiet: bool, debug: bool, done: Callable[[
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from bioimage_tasks.reporting import progress_listener
+    from bioimage_tasks.plain import progress_listener
 
     console = Console(stderr=True)
     show_bar = not quiet and console.is_terminal

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -50,9 +51,8 @@ class Holder:
     @classmethod
     def current(cls) -> Holder:
         """This process, in the flow run it is running (if any)."""
-        from prefect.context import FlowRunContext
-
-        context = FlowRunContext.get()
+        prefect_context = sys.modules.get("prefect.context")  # no Prefect loaded: no flow run
+        context = None if prefect_context is None else prefect_context.FlowRunContext.get()
         run = getattr(context, "flow_run", None)
         return cls(str(run.id) if run is not None else None)
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from bioimage_tasks.blockwise import plan_batches
 from bioimage_tasks.budget import block_bytes
 from bioimage_tasks.grid import BlockGrid, check_block_shape, default_block_shape, fit_to_budget
 from bioimage_tasks.records import BlockRecords, records_at, run_key
@@ -30,20 +29,13 @@ class BlockwisePlan:
     source: Source
     output: OutputPlan
     grid: BlockGrid
-    block_ids: list[int]
+    block_ids: list[int] | None  # None: every block
     mask: Source | None = None
     piece_shape: tuple[int, ...] | None = None
-    explicit_block_ids: bool = False
     resume_records: str | os.PathLike | None = None
 
     def with_source(self, source: Source) -> BlockwisePlan:
         return replace(self, source=source)
-
-    def batches(self, block_ids: Sequence[int], num_workers: int, blocks_per_task: int | None) -> list[list[int]]:
-        """Batches of `block_ids`; blocks that share a chunk or shard go in one batch, in turn."""
-        unit = self.output.write_unit
-        group_of = functools.partial(self.grid.write_group, write_unit=unit) if self.grid.shares_write_units(unit) else None
-        return plan_batches(block_ids, num_workers, blocks_per_task, group_of)
 
 
 def plan_blockwise(
@@ -84,14 +76,14 @@ def plan_blockwise(
         raise ValueError(f"output {output!r} is the input: write to another array (a block would read voxels already overwritten)")
     if resume_from is not None:
         check_resume_from(resume_from, output, output_plan)
-    ids = list(range(grid.n_blocks)) if block_ids is None else grid.validate_block_ids(block_ids)
+    ids = None if block_ids is None else grid.validate_block_ids(block_ids)
     if job_type != "local":
         for name, data in (("input", source), ("mask", mask_source)):
             if data is not None and in_memory(data):
                 raise ValueError(f"job_type={job_type!r} needs a file-backed {name} (a zarr/n5 path or array), not numpy")
         if output_plan.existing is None and output_plan.create_at is None or in_memory(output_plan.existing):
             raise ValueError(f"job_type={job_type!r} needs an output (a zarr/n5 path or array), not numpy or None")
-    return BlockwisePlan(source, output_plan, grid, ids, mask_source, piece_shape, explicit_block_ids=block_ids is not None,
+    return BlockwisePlan(source, output_plan, grid, ids, mask_source, piece_shape,
                          resume_records=resume_from if isinstance(resume_from, (str, os.PathLike)) and os.path.isdir(resume_from) else None)
 
 

@@ -1,35 +1,28 @@
-"""The pyramid engine: every level of an OME-Zarr pyramid in one flow run. Window methods read
-each base region once (`PyramidJob`: s0 and every level from that read, see pyramid_plan.py),
-then copy the staged deep levels into their own chunks; `resize` computes each level from the
-base as scikit-image would. Both stages resume through block records and retry like any run."""
+"""The pyramid's stages for the one engine (engine.py): window methods read each base region
+once (`PyramidJob`: s0 and every level from that read, see pyramid_plan.py), then copy the
+staged deep levels into their own chunks; `resize` computes each level from the base as
+scikit-image would. Every stage resumes through block records like any run."""
 
 from __future__ import annotations
 
 import functools
 import math
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from prefect import get_run_logger
-from prefect.task_runners import TaskRunner
 
-from bioimage_tasks.blockwise import BatchReport, BlockJob, BlocksFailedError, StartWrite, plan_batches
+from bioimage_tasks.blockwise import BlockJob, StartWrite
 from bioimage_tasks.budget import block_bytes
-from bioimage_tasks.events import emit_outcome_events
+from bioimage_tasks.engine import Counts, Stage
 from bioimage_tasks.grid import BlockGrid, default_block_shape, fit_to_budget
 from bioimage_tasks.kernels.pyramid import pyramid_levels
 from bioimage_tasks.pyramid_plan import PyramidPlan
 from bioimage_tasks.records import BlockRecords, records_at, run_key
-from bioimage_tasks.reporting import Progress, progress_listener, publish_summary
 from bioimage_tasks.resampling import ResizedSource
-from bioimage_tasks.runners import RunnerConfig
 from bioimage_tasks.io import ArraySource, Location, Source, TensorStoreSource, output_token, start_read, storage_place
 from bioimage_tasks.io.encoded_chunks import Encoded, EncodedCopy, encoded_copy
-from bioimage_tasks.signatures import job_signatures
-from bioimage_tasks.tasks import batch_task, current_blocks, map_batches, result_storage
 from bioimage_tasks.throttle import ThrottledSink
 
 Sink = ArraySource | TensorStoreSource
@@ -115,24 +108,6 @@ class LevelRow:
                 f"{self.written} written, {self.already_done} already done of {self.blocks}"]
 
 
-@dataclass
-class Stage:
-    """Blocks of one job to run: which levels they complete, for progress and the summary."""
-
-    name: str
-    job: Any
-    block_ids: list[int]
-    rows: list[LevelRow]
-
-    @property
-    def levels(self) -> str:
-        """The levels this stage completes, e.g. 's0-s2'."""
-        if not self.rows:
-            return "staged parts"
-        first, last = self.rows[0].level, self.rows[-1].level
-        return f"s{first}" if first == last else f"s{first}-s{last}"
-
-
 def records_in(place: Any, fingerprint: dict[str, Any]) -> BlockRecords:
     """The block records of a computation (`fingerprint`) kept at `place` (a folder, a Location,
     or an array whose storage place it is)."""
@@ -151,7 +126,7 @@ def pyramid_stages(source: Source, plan: PyramidPlan, method: str, sinks: Sequen
                                            "input": fingerprint, "outputs": tokens, "epoch": epoch}) if keep_records else None
     direct = [row for row in rows if row.level not in staging and sinks[row.level] is not None]
     stages = [Stage("regions", PyramidJob(source, plan, method, writers, records, s0_copy(source, writers[0])),
-                    list(range(plan.grid.n_blocks)), direct)]
+                    rows=tuple(direct))]
     for level, stage_sink in staging.items():
         sink = sinks[level]
         grid = BlockGrid(sink.shape, default_block_shape(sink.shape, sink.write_unit))
@@ -161,7 +136,7 @@ def pyramid_stages(source: Source, plan: PyramidPlan, method: str, sinks: Sequen
         job = BlockJob(stage_sink, sink, grid, records=level_records)
         # regions rewritten since change the staging chunks a block reads: its signature (and so
         # its record and cache key) sees that, and the block is copied again
-        stages.append(Stage(f"s{level}", job, list(range(grid.n_blocks)), [rows[level]]))
+        stages.append(Stage(f"s{level}", job, sink.write_unit, rows=(rows[level],)))
     return stages
 
 
@@ -193,8 +168,8 @@ def resize_stages(source: Source, shapes: Sequence[tuple[int, ...]], order: int,
             records = records_in(sink, {"parts": [view.fingerprint() if level else fingerprint],
                                                   "grid": [grid.shape, grid.block_shape], "output": output_token(sink),
                                                   "epoch": epoch})
-        stages.append(Stage(f"s{level}", BlockJob(view, sink, grid, None, records, piece),
-                            list(range(grid.n_blocks)), [rows[level]]))
+        stages.append(Stage(f"s{level}", BlockJob(view, sink, grid, None, records, piece), sink.write_unit,
+                            rows=(rows[level],)))
     return stages
 
 
@@ -206,65 +181,24 @@ class GroupOutput:
     directory: str
 
 
-def run_stages(runner: TaskRunner, stages: list[Stage], num_workers: int, config: RunnerConfig,
-               details: dict[str, Any], rows: list[LevelRow], output: GroupOutput) -> None:
-    """Run `stages` in order on `runner`, resuming from their records (blocks whose input changed
-    since are recomputed), with one progress for the whole pyramid and a log line per finished
-    stage; publish one summary with a row per level, and the run's events about the group."""
-    logger = get_run_logger()
-    total, finished = sum(len(stage.block_ids) for stage in stages), 0
-    first_records = stages[0].job.records if stages else None
-    if config.result_storage is None and first_records is not None:
-        # one result storage for every stage, saved before the first: a block saved per stage is an
-        # API write between stages, which SQLite's "database is locked" (a 503) delays by 2 s
-        config = replace(config, result_storage=result_storage(config, first_records))
-    overall = progress_listener.get()
-    started, failure = time.perf_counter(), None
-    try:
-        for stage in stages:  # records read as each stage starts: the stage before may have made some stale
-            records, done = stage.job.records, set()
-            if records is not None:
-                done, changed = current_blocks(records, job_signatures(stage.job, stage.block_ids))
-                if any(changed):
-                    logger.info("pyramid %s: %d recorded blocks are recomputed because their input changed",
-                                stage.name, sum(changed))
-            batches = [b for b in plan_batches(stage.block_ids, num_workers, config.blocks_per_task)
-                       if not done.issuperset(b)]
-            report = BatchReport()
-            # a progress artifact per stage (by level in the UI), the terminal's bar over the whole run
-            token = progress_listener.set(None if overall is None else
-                                          functools.partial(lambda base, d, t: overall(base + d, total), finished))
-            progress = Progress(len(stage.block_ids), len(stage.block_ids) - sum(map(len, batches)), f"pyramid {stage.levels}")
-            progress_listener.reset(token)
-            for batch_report in map_batches(runner, batch_task(config, stage.job.records), {"job": stage.job},
-                                            batches, config.worker_timeout, progress):
-                report.add(batch_report)
-            already = len(done) + len(report.already_done)
+def pyramid_summary(rows: list[LevelRow], stages: Sequence[Stage]) -> Callable[..., str]:
+    """The end-of-run summary: the parameters, then a row per level (filled from each stage's
+    counts: the levels a stage completes share its counts)."""
+
+    def summary(details: dict[str, Any], results: list[Counts], seconds: float, failure: Any) -> str:
+        for stage, counts in zip(stages, results):
             for row in stage.rows:
-                row.blocks, row.written, row.already_done = len(stage.block_ids), len(report.written), already
-            logger.info("pyramid %s (%s): %d blocks written, %d already done, of %d", stage.name, stage.levels,
-                        len(report.written), already, len(stage.block_ids))
-            finished += len(stage.block_ids)
-    except BlocksFailedError as error:
-        failure = BlocksFailedError(error.failures, error.total, rerun=f"Failed in the {stage.name} stage (block ids "
-                                    "are its own); re-run the same call to resume: finished blocks are skipped")
-        raise failure from None
-    except BaseException as error:
-        failure = error
-        raise
-    finally:
-        seconds = time.perf_counter() - started
-        publish_summary(pyramid_summary(details, rows, seconds, failure), key="pyramid-summary")
-        key = stages[0].job.records.key if stages and stages[0].job.records is not None else None
-        emit_outcome_events("pyramid", output, key, failure, {"levels": len(rows), "seconds": round(seconds, 3)})
+                row.blocks, row.written, row.already_done = stage.n_blocks, counts.written, counts.already_done
+        return level_table(details, rows, seconds, failure)
+
+    return summary
 
 
-def pyramid_summary(details: dict[str, Any], rows: list[LevelRow], seconds: float,
-                    failure: BaseException | None) -> str:
-    """The end-of-run summary: the parameters, then a row per level."""
+def level_table(details: dict[str, Any], rows: list[LevelRow], seconds: float, failure: Any) -> str:
+    """The parameters, wall time and failures, then a row per level."""
     lines = ["| | |", "|---|---|", *(f"| {name} | `{value}` |" for name, value in details.items()),
              f"| wall time | {seconds:.2f} s |",
-             f"| failed blocks | {len(getattr(failure, 'failed_block_ids', ()))} |", "",
+             f"| failed blocks | {getattr(failure, 'n_failed', 0)} |", "",
              "| level | shape | chunks (shards) | factor from s0 | written | blocks |", "|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(row.cells()) + " |" for row in rows]
     voxels = sum(math.prod(row.shape) for row in rows)

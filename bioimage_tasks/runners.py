@@ -1,6 +1,7 @@
-"""Backends: which Prefect task runner executes the batches for a `job_type`, with one typed
-config dataclass per backend. Threads run in the flow's process; every other backend is Prefect's
-DaskTaskRunner over a different Dask cluster, so the same task and kernel run everywhere."""
+"""Backends: where batches execute for a `job_type`, with one typed config dataclass per
+backend. Threads run in the calling process; every other backend is a Dask cluster (a local
+one, SLURM jobs through dask-jobqueue, or an existing scheduler), so the same batch function and
+kernels run everywhere. No Prefect here: the Prefect edge maps its tasks onto the same clusters."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 
-from prefect.filesystems import WritableFileSystem
-from prefect.settings import PREFECT_API_URL
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-from prefect_dask import DaskTaskRunner
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_threads
+from typing import Any
+
+from bioimage_tasks.errors import BioimageTasksError, ParameterError
 
 JOB_TYPES = ("local", "subprocess", "slurm", "dask")
 
@@ -28,7 +30,7 @@ JOB_TYPES = ("local", "subprocess", "slurm", "dask")
 @dataclass(frozen=True)
 class RunnerConfig:
     """Settings every backend shares. `blocks_per_task` fixes the batch size (default: chosen from
-    the block count and workers, see `blockwise.plan_batches`). A Dask backend that has had no
+    the block count and workers, see `engine.plan_batches`). A Dask backend that has had no
     worker for `worker_timeout` seconds (all killed, or jobs stuck in a queue) fails the run with
     a clear error instead of waiting forever; raise it where SLURM queues are slow.
 
@@ -51,19 +53,19 @@ class RunnerConfig:
     worker_timeout: float = 900.0
     retries: int = 2
     retry_delay: float = 2.0
-    result_storage: str | WritableFileSystem | None = None
+    result_storage: Any = None  # a folder, a block slug, or a Prefect WritableFileSystem
     memory_budget: int = 2**30
     write_limit: str | None = None
 
     def __post_init__(self) -> None:
         if self.blocks_per_task is not None and self.blocks_per_task < 1:
-            raise ValueError(f"job_config.blocks_per_task must be >= 1, got {self.blocks_per_task}")
+            raise ParameterError(f"job_config.blocks_per_task must be >= 1, got {self.blocks_per_task}")
         if self.worker_timeout <= 0:
-            raise ValueError(f"job_config.worker_timeout must be > 0 seconds, got {self.worker_timeout}")
+            raise ParameterError(f"job_config.worker_timeout must be > 0 seconds, got {self.worker_timeout}")
         if not isinstance(self.memory_budget, int) or self.memory_budget < 2**20:
-            raise ValueError(f"job_config.memory_budget must be an integer of at least 2**20 bytes, got {self.memory_budget!r}")
+            raise ParameterError(f"job_config.memory_budget must be an integer of at least 2**20 bytes, got {self.memory_budget!r}")
         if self.retries < 0 or self.retry_delay < 0:
-            raise ValueError(f"job_config.retries and retry_delay must be >= 0, got {self.retries}, {self.retry_delay}")
+            raise ParameterError(f"job_config.retries and retry_delay must be >= 0, got {self.retries}, {self.retry_delay}")
 
     def shared(self) -> dict:
         """The RunnerConfig fields, to carry them over into a backend's own config type."""
@@ -130,7 +132,7 @@ class DaskConfig(RunnerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.address:
-            raise ValueError("DaskConfig.address must name the scheduler, e.g. 'tcp://host:8786'")
+            raise ParameterError("DaskConfig.address must name the scheduler, e.g. 'tcp://host:8786'")
 
 
 CONFIG_TYPES: dict[str, type[RunnerConfig]] = {
@@ -144,20 +146,20 @@ CONFIG_TYPES: dict[str, type[RunnerConfig]] = {
 def check_backend(job_type: str, num_workers: int, job_config: RunnerConfig | None) -> RunnerConfig:
     """Validate the backend parameters before any work starts; return the effective config."""
     if job_type not in JOB_TYPES:
-        raise ValueError(f"job_type must be one of {JOB_TYPES}, got {job_type!r}")
+        raise ParameterError(f"job_type must be one of {JOB_TYPES}, got {job_type!r}")
     if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 1:
-        raise ValueError(f"num_workers must be an integer >= 1, got {num_workers!r}")
+        raise ParameterError(f"num_workers must be an integer >= 1, got {num_workers!r}")
     expected = CONFIG_TYPES[job_type]
     if isinstance(job_config, dict):  # from a deployment or the API: JSON parameters
         try:
             job_config = expected(**job_config)
         except TypeError as error:
-            raise ValueError(f"job_config for job_type={job_type!r} takes {expected.__name__} fields: {error}") from None
+            raise ParameterError(f"job_config for job_type={job_type!r} takes {expected.__name__} fields: {error}") from None
     config = RunnerConfig() if job_config is None else job_config
     if type(config) is RunnerConfig and expected is not RunnerConfig:
         config = expected(**config.shared())  # DaskConfig: asks for the address
     if type(config) is not expected:
-        raise ValueError(f"job_config must be a {expected.__name__} for job_type={job_type!r}, got {job_config!r}")
+        raise ParameterError(f"job_config must be a {expected.__name__} for job_type={job_type!r}, got {job_config!r}")
     return config
 
 
@@ -167,43 +169,94 @@ def describe_backend(job_type: str, num_workers: int) -> str:
     return f"{job_type}: {num_workers} {units[job_type]}"
 
 
-def make_task_runner(job_type: str, num_workers: int, config: RunnerConfig) -> TaskRunner:
-    """The task runner for a checked backend."""
-    if job_type == "local":
-        return ThreadPoolTaskRunner(max_workers=num_workers)
-    if job_type == "dask":
-        return DaskTaskRunner(address=config.address)
+class Executor:
+    """Runs functions on a backend's workers: `submit(fn, *args)` returns a future, `wait` the
+    futures done so far. Threads (`client` None) or a Dask `distributed.Client`."""
+
+    def __init__(self, job_type: str, num_workers: int, client: Any = None):
+        self.job_type, self.num_workers, self.client = job_type, num_workers, client
+        self.threads = ThreadPoolExecutor(num_workers, "bioimage-tasks") if client is None else None
+
+    @property
+    def address(self) -> str | None:
+        """The Dask scheduler's address (None on threads)."""
+        return None if self.client is None else self.client.scheduler.address
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.threads is not None:
+            return self.threads.submit(fn, *args)
+        return self.client.submit(fn, *args, pure=False)
+
+    def wait(self, futures: list[Any], timeout: float) -> tuple[list[Any], list[Any]]:
+        """(done, not done) of `futures`, returning when one is done or after `timeout` s."""
+        if self.threads is not None:
+            done, pending = wait_threads(futures, timeout, FIRST_COMPLETED)
+        else:
+            from distributed import wait as wait_dask
+
+            try:
+                done, pending = wait_dask(futures, timeout, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                done, pending = set(), set(futures)
+        return [f for f in futures if f in done], [f for f in futures if f in pending]
+
+    def outcome(self, future: Any) -> Any:
+        """A done future's result, or the exception it raised."""
+        try:
+            return future.result()
+        except BaseException as error:  # noqa: BLE001 - handed to the runner as the outcome
+            return error
+
+    def cancel(self, futures: list[Any]) -> None:
+        for future in futures:
+            future.cancel()
+
+    def close(self) -> None:
+        if self.threads is not None:
+            self.threads.shutdown(wait=True, cancel_futures=True)
+
+
+def _cluster(job_type: str, num_workers: int, config: RunnerConfig) -> Any:
+    """The Dask cluster of a checked backend (None for an existing scheduler)."""
     if job_type == "subprocess":
-        return DaskTaskRunner(
-            cluster_class="distributed.LocalCluster",
-            cluster_kwargs={
-                "n_workers": num_workers,
-                "threads_per_worker": config.threads_per_worker,
-                "processes": True,
-                "memory_limit": config.memory_limit,
-                "dashboard_address": ":0",
-            },
-        )
-    return DaskTaskRunner(
-        cluster_class="dask_jobqueue.SLURMCluster",
-        cluster_kwargs=config.cluster_kwargs(),
-        adapt_kwargs={"minimum_jobs": min(config.min_jobs, num_workers), "maximum_jobs": num_workers},
-    )
+        from distributed import LocalCluster
+
+        return LocalCluster(n_workers=num_workers, threads_per_worker=config.threads_per_worker, processes=True,
+                            memory_limit=config.memory_limit, dashboard_address=":0")
+    if job_type == "slurm":
+        from dask_jobqueue import SLURMCluster
+
+        cluster = SLURMCluster(**config.cluster_kwargs())
+        cluster.adapt(minimum_jobs=min(config.min_jobs, num_workers), maximum_jobs=num_workers)
+        return cluster
+    return None
 
 
 @contextlib.contextmanager
-def backend(job_type: str, num_workers: int, config: RunnerConfig) -> Iterator[TaskRunner]:
-    """Start the task runner for a backend and stop it (cancelling SLURM jobs) however the block
-    ends: normally, on an error, on Ctrl-C or on SIGTERM. Dask workers are pointed at this flow's
-    Prefect API first, so they do not each start a temporary server of their own."""
-    if job_type != "local":  # cluster chatter is not progress: keep it out of the run's log
-        for name in ["distributed", *logging.root.manager.loggerDict]:
-            if name.startswith("distributed"):
-                logging.getLogger(name).setLevel(logging.WARNING)
-    runner = make_task_runner(job_type, num_workers, config)
-    job_name = runner.cluster_kwargs.get("job_name") if job_type == "slurm" else None
-    with jobs_cancelled_on_exit(job_name), workers_use_this_api(job_type), sigterm_raises(), runner:
-        yield runner
+def backend(job_type: str, num_workers: int, config: RunnerConfig) -> Iterator[Executor]:
+    """Start the backend's workers and stop them (cancelling SLURM jobs) however the block ends:
+    normally, on an error, on Ctrl-C or on SIGTERM."""
+    if job_type == "local":
+        executor = Executor(job_type, num_workers)
+        try:
+            yield executor
+        finally:
+            executor.close()
+        return
+    for name in ["distributed", *logging.root.manager.loggerDict]:  # cluster chatter is not progress
+        if name.startswith("distributed"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    from distributed import Client
+
+    job_name = config.cluster_kwargs()["job_name"] if job_type == "slurm" else None
+    with jobs_cancelled_on_exit(job_name), sigterm_raises():
+        cluster = _cluster(job_type, num_workers, config)
+        try:
+            with Client(cluster if cluster is not None else config.address) as client:
+                yield Executor(job_type, num_workers, client)
+        finally:
+            if cluster is not None:
+                cluster.close()
 
 
 # Waits until its stdin closes, which happens when the flow process ends in any way (SIGKILL and
@@ -241,32 +294,6 @@ def jobs_cancelled_on_exit(job_name: str | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def workers_use_this_api(job_type: str) -> Iterator[None]:
-    """Export the flow's Prefect API URL (a server's, or the ephemeral one this process started)
-    to the environment that local and SLURM workers inherit, for the duration of the run."""
-    url = PREFECT_API_URL.value() or _ephemeral_api_url()
-    if job_type == "local" or not url or os.environ.get("PREFECT_API_URL") == url:
-        yield
-        return
-    previous = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = url
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = previous
-
-
-def _ephemeral_api_url() -> str | None:
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    return server.api_url if server.running else None
-
-
-@contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
     """Turn SIGTERM into SystemExit while the backend runs, so clusters and SLURM jobs are shut
     down by the normal exit path instead of being left behind."""
@@ -284,20 +311,20 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-class NoWorkersError(RuntimeError):
+class NoWorkersError(BioimageTasksError, RuntimeError):
     """The Dask cluster had no worker for longer than `worker_timeout`."""
 
 
-def worker_watchdog(runner: TaskRunner, timeout: float) -> Callable[[], None]:
-    """A check to call while waiting on a runner: raises NoWorkersError once a Dask runner has had
-    no connected worker for `timeout` seconds; does nothing for threads."""
-    if not isinstance(runner, DaskTaskRunner):
+def worker_watchdog(client: Any, timeout: float) -> Callable[[], None]:
+    """A check to call while waiting on a backend: raises NoWorkersError once a Dask `client`
+    has had no connected worker for `timeout` seconds; does nothing for threads (None)."""
+    if client is None:
         return lambda: None
     missing_since: float | None = None
 
     def check() -> None:
         nonlocal missing_since
-        if runner.client.scheduler_info(n_workers=-1).get("workers"):
+        if client.scheduler_info(n_workers=-1).get("workers"):
             missing_since = None
             return
         missing_since = missing_since or time.monotonic()

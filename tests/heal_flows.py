@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from bioimage_tasks.blockwise_flow import blockwise_flow
+from bioimage_tasks.prefect.flow_class import blockwise_flow
 from bioimage_tasks.naming import flow_run_namer
 from bioimage_tasks.io import as_source
 from flows import downsample_flow

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from prefect.settings import PREFECT_API_URL, get_current_settings
 
-from bioimage_tasks.blockwise_flow import BlockwiseFlow, blockwise_flow, heartbeat_chosen, settings_without_heartbeat
+from bioimage_tasks.prefect.flow_class import BlockwiseFlow, blockwise_flow, heartbeat_chosen, settings_without_heartbeat
 from flows import copy_flow, downsample_flow, pyramid_flow
 
 

@@ -11,7 +11,7 @@ import zarr
 from helpers import wait_for
 
 from bioimage_tasks import BlockGrid
-from bioimage_tasks.events import BLOCKS_FAILED, RUN_COMPLETED, RUN_FAILED, output_resource_id
+from bioimage_tasks.prefect.events import BLOCKS_FAILED, RUN_COMPLETED, RUN_FAILED, output_resource_id
 from bioimage_tasks.runners import RunnerConfig
 from flows import copy_flow
 

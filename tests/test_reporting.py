@@ -9,8 +9,8 @@ from helpers import wait_for
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
-from bioimage_tasks import reporting
-from bioimage_tasks.reporting import progress_listener
+from bioimage_tasks.prefect import artifacts as reporting
+from bioimage_tasks.plain import progress_listener
 from flows import downsample_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -1,26 +1,18 @@
-"""What a person watching a run sees: a Prefect progress artifact that moves while blocks finish,
-INFO log lines every 10 %, a markdown summary artifact at the end, and an in-process progress
-listener (the command line's progress bar)."""
+"""What a person watching a flow run sees: a Prefect progress artifact that moves while blocks
+finish, INFO log lines every 10 %, a markdown summary artifact at the end, and the in-process
+progress listener (the command line's progress bar)."""
 
 from __future__ import annotations
 
-import contextvars
 import time
-from collections.abc import Callable
 from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from bioimage_tasks.blockwise import BatchReport
+from bioimage_tasks.plain import progress_listener
 
 MIN_UPDATE_INTERVAL = 2.0  # seconds between progress artifact updates (each costs ~10-40 ms)
-
-# Set by in-process callers (the CLI) to follow progress: called with (blocks done, blocks total).
-progress_listener: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar(
-    "progress_listener", default=None
-)
-
 
 class Progress:
     """Blocks done out of the planned total for one run, reported at a bounded rate. The progress
@@ -65,25 +57,6 @@ class Progress:
     def _notify(self) -> None:
         if self.listener is not None:
             self.listener(self.done, self.total)
-
-
-def summary_markdown(details: dict[str, Any], report: BatchReport, already_done: int, failed: int, seconds: float,
-                     voxels: int) -> str:
-    """The end-of-run summary: what was read and written, the parameters, what happened to the
-    blocks, and how fast."""
-    rows = [(name, f"`{value}`") for name, value in details.items()]
-    rows += [
-        ("blocks written", len(report.written)),
-        ("blocks skipped (empty mask)", len(report.skipped)),
-        ("blocks already done before this run", already_done),
-        ("blocks failed", failed),
-        ("voxels written", f"{report.voxels_written:,}"),
-        ("wall time", f"{seconds:.2f} s"),
-        ("throughput", f"{voxels / max(seconds, 1e-9) / 1e6:.1f} M output voxels/s (planned blocks)"),
-        ("ran on", ", ".join(sorted(report.executors)) or "nothing"),
-    ]
-    lines = ["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)]
-    return "\n".join(lines)
 
 
 def publish_summary(markdown: str, key: str) -> None:

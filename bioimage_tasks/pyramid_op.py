@@ -1,0 +1,265 @@
+"""The OME-Zarr pyramid as an operation of the one engine: checked parameters, the levels'
+geometry and metadata, the level arrays, and the stages (pyramid_engine.py) that write them."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import tensorstore as ts
+
+from bioimage_tasks.engine import Run, Stage
+from bioimage_tasks.errors import ParameterError
+from bioimage_tasks.geometry import downscale_shape, normalize_factors
+from bioimage_tasks.grid import default_block_shape
+from bioimage_tasks.io import (ContainerPath, OutputOptions, UrlPath, check_existing_output, create_array, open_group,
+                               output_path, storage_place, with_write_empty_chunks)
+from bioimage_tasks.io.source import physical_of, read_unit_of
+from bioimage_tasks.multiscale import (axes_metadata, cumulative_factors, labels_group_attributes, level_transform,
+                                       multiscales_attributes, plan_isotropic_factors)
+from bioimage_tasks.operations import measure_range
+from bioimage_tasks.pyramid_engine import (GroupOutput, LevelRow, Sink, pyramid_stages, pyramid_summary,
+                                           resize_stages)
+from bioimage_tasks.pyramid_plan import PyramidPlan, plan_pyramid, tile_bytes_per_voxel
+from bioimage_tasks.records import RECORDS_DIR, run_key
+from bioimage_tasks.resampling import ResizedSource
+from bioimage_tasks.runners import RunnerConfig
+from bioimage_tasks.throttle import throttle_writes
+
+Layout = tuple[tuple[int, ...], tuple[int, ...] | None]  # (chunks, shards) of a level
+
+
+@dataclass(frozen=True)
+class LevelSpec:
+    """The checked geometry and metadata of a pyramid: per-level factors, shapes and layouts,
+    and s0's voxel size, origin, axes and units."""
+
+    level_factors: list[tuple[int, ...]]
+    shapes: list[tuple[int, ...]]
+    layouts: list[Layout]
+    voxel_size: tuple[float, ...]
+    origin: tuple[float, ...]
+    axes: tuple[str, ...]
+    units: tuple[str | None, ...]
+
+    @property
+    def cumulative(self) -> list[tuple[int, ...]]:
+        return cumulative_factors(self.level_factors)
+
+
+def physical_metadata(source: Any, voxel_size: Any, origin: Any, units: Any,
+                      axes: Any) -> tuple[tuple[float, ...], tuple[float, ...], tuple[str, ...], tuple]:
+    """Voxel size, origin, axes and units: what the caller gave, else the input's own metadata
+    (OME-TIFF, OME-Zarr, HDF5), else ones, zeros, (t, c,) z, y, x and no unit."""
+    ndim, known = len(source.shape), physical_of(source)
+    voxel_size = tuple(float(v) for v in (voxel_size or known.voxel_size or (1.0,) * ndim))
+    origin = tuple(float(o) for o in (origin or known.origin or (0.0,) * ndim))
+    axes = tuple(axes or known.axes or ("t", "c", "z", "y", "x")[-ndim:])
+    units = known.units or (None,) * ndim if units is None else units
+    units = (units,) * ndim if isinstance(units, str) else tuple(units)
+    if not len(voxel_size) == len(origin) == len(axes) == len(units) == ndim:
+        raise ParameterError(f"voxel_size, origin, axes and units need one entry per axis ({ndim})")
+    return voxel_size, origin, axes, units
+
+
+def level_factors_of(levels: Any, scale_factors: Any, voxel_size: tuple[float, ...]) -> list[tuple[int, ...]]:
+    """Per-level factors: planned from `voxel_size` for `levels`, else `scale_factors`."""
+    if levels is not None:
+        if not isinstance(levels, int) or isinstance(levels, bool) or levels < 0:
+            raise ParameterError(f"levels must be an integer >= 0, got {levels!r}")
+        return plan_isotropic_factors(voxel_size, levels)
+    return [normalize_factors(f, len(voxel_size)) for f in scale_factors]
+
+
+def level_path(group_path: ContainerPath | UrlPath, level: int) -> ContainerPath | UrlPath:
+    return replace(group_path, key=f"{group_path.key}/s{level}".lstrip("/"))
+
+
+def existing_layout(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype,
+                    chunks: Sequence[int] | None) -> Layout | None:
+    """The (chunks, shards) of level `level` if it exists, which the regions must follow so that
+    every write owns whole chunks or shards. An existing level must have the pyramid's shape and
+    dtype, and the chunks `chunks` asks for."""
+    path = level_path(group_path, level)
+    if not path.exists():
+        return None
+    level_source = path.open("r")
+    if level_source.shape != shape or level_source.dtype != np.dtype(dtype):
+        raise ParameterError(f"{path} exists with shape {level_source.shape} and dtype {level_source.dtype}; this "
+                             f"pyramid needs {shape} {np.dtype(dtype)}: choose another output_group or delete it")
+    array = level_source.array
+    if isinstance(array, ts.TensorStore):  # on object storage
+        read, write = tuple(array.chunk_layout.read_chunk.shape), tuple(array.chunk_layout.write_chunk.shape)
+        found = read, write if write != read else None
+    else:
+        found = tuple(array.chunks), tuple(array.shards) if array.shards else None
+    if chunks and tuple(chunks) != found[0]:
+        raise ParameterError(f"{path} exists with chunks {found[0]}, not the chunks {tuple(chunks)} asked for: "
+                             "leave chunks out to use the existing ones, or choose another output_group")
+    return found
+
+
+def level_layouts(group_path: Any, shapes: Sequence[tuple[int, ...]], dtype: np.dtype, chunks: Any,
+                  shards: Any) -> list[Layout]:
+    """Each level's (chunks, shards): an existing level's own, else the ones asked for."""
+    return [existing_layout(group_path, level, shape, dtype, chunks) or
+            (tuple(chunks) if chunks else default_block_shape(shape, None), tuple(shards) if shards else None)
+            for level, shape in enumerate(shapes)]
+
+
+def level_array(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype,
+                layout: Layout, axes: Sequence[str], options: OutputOptions) -> Sink:
+    """Level `level`'s array, created if missing (stored as `options` ask); an existing one (of
+    the shape and dtype `existing_layout` checked) must have the codec and shards `options` name."""
+    path = level_path(group_path, level)
+    if not path.exists():
+        return create_array(path, shape, dtype, layout[0], layout[1], tuple(axes), options)
+    sink = path.open("r+")
+    check_existing_output(sink, options, str(path))
+    return with_write_empty_chunks(sink, options.write_empty_chunks)
+
+
+def staging_array(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype,
+                  chunks: tuple[int, ...]) -> Sink:
+    """Where the regions leave their parts of level `level` (one chunk each), kept with the
+    group's records until the level is assembled from it; recreated when the plan changed."""
+    group = f"{group_path.container}/{group_path.key}".rstrip("/")
+    path = replace(group_path, container=f"{group}/{RECORDS_DIR}/staging.zarr", key=f"s{level}")
+    if path.exists():
+        sink = path.open("r+")
+        if sink.shape == shape and sink.dtype == np.dtype(dtype) and sink.write_unit == chunks:
+            return sink
+    return create_array(path, shape, dtype, chunks)
+
+
+@dataclass(eq=False)
+class PyramidOperation:
+    """Write `source` as an OME-Zarr multiscale image at `group_path` (see api.pyramid)."""
+
+    input: Any
+    source: Any
+    group_path: ContainerPath | UrlPath
+    spec: LevelSpec
+    method: str
+    order: int
+    anti_aliasing: bool
+    options: OutputOptions
+    ngff_version: str
+    name: str | None
+    labels: bool
+    config: RunnerConfig
+    num_workers: int
+    details: dict[str, Any]
+    plan: PyramidPlan | None = None
+    reuse_s0: bool = False
+    job_type: str = "local"
+    kind: str = "pyramid"
+    value_range: tuple[float, float] | None = None
+    sinks: list[Sink | None] = field(default_factory=list)
+    rows: list[LevelRow] = field(default_factory=list)
+    group: Any = None
+    group_directory: Any = None
+    stage_list: list[Stage] = field(default_factory=list)
+
+    def prepare(self, edge: Any) -> None:
+        """Create the group and the level arrays; measure the value range a resize clips to."""
+        spec = self.spec
+        self.group, self.group_directory = open_group(self.group_path, 2 if self.ngff_version == "0.4" else 3)
+        arrays = [None if level == 0 and self.reuse_s0 else
+                  level_array(self.group_path, level, shape, self.source.dtype, spec.layouts[level], spec.axes,
+                              self.options)
+                  for level, shape in enumerate(spec.shapes)]
+        self.sinks = [None if a is None else throttle_writes(a, self.config.write_limit) for a in arrays]
+        self.rows = [LevelRow(level, shape, spec.layouts[level][1] or spec.layouts[level][0], factors,
+                              "existing" if arrays[level] is None else "from the base")
+                     for level, (shape, factors) in enumerate(zip(spec.shapes, spec.cumulative))]
+        if self.plan is None and any(ResizedSource(self.source, s, self.order, self.anti_aliasing).clips
+                                     for s in spec.shapes[1:]):
+            self.value_range = measure_range(edge, self.source, self.num_workers)
+
+    def places(self) -> list[Any]:
+        return [self.group_directory, *(storage_place(s) for s in self.sinks if s is not None)]
+
+    def computation(self) -> str:
+        fingerprint = getattr(self.source, "fingerprint", lambda: None)()
+        if fingerprint is None:
+            return f"unkeyed-{uuid.uuid4().hex}"
+        return run_key({"pyramid": self.method, "order": self.order, "anti_aliasing": self.anti_aliasing,
+                        "factors": self.spec.level_factors, "input": fingerprint} | self.options.fingerprint())
+
+    def check_records(self, epoch: str | None) -> None:
+        """A pyramid takes no `resume_from`: nothing to check."""
+
+    def stages(self, epoch: str | None) -> list[Stage]:
+        if self.plan is None:
+            self.stage_list = resize_stages(self.source, self.spec.shapes, self.order, self.anti_aliasing,
+                                            self.value_range, self.sinks, self.config.memory_budget, epoch, self.rows)
+            return self.stage_list
+        staging = {level: throttle_writes(staging_array(self.group_path, level, self.spec.shapes[level],
+                                                        self.source.dtype, self.plan.staging_chunks(level)),
+                                          self.config.write_limit)
+                   for level in self.plan.staged}
+        for level in range(1, len(self.spec.shapes)):
+            self.rows[level].how = "assembled from staged regions" if level in staging else "from the regions' read"
+        self.details["regions"] = f"{self.plan.grid.n_blocks} of {self.plan.region}, tiles of {self.plan.tile}"
+        self.stage_list = pyramid_stages(self.source, self.plan, self.method, self.sinks, staging,
+                                         self.group_directory, epoch, self.rows)
+        return self.stage_list
+
+    def run(self) -> Run:
+        first = self.stage_list[0].job.records if self.stage_list else None
+        output = GroupOutput(str(self.group_path), str(getattr(self.group_directory, "url", self.group_directory)))
+        return Run(self.kind, output, self.details, self.num_workers, self.config.blocks_per_task,
+                   first.key if first is not None else None, pyramid_summary(self.rows, self.stage_list))
+
+    def complete(self) -> str:
+        """Write the multiscales metadata (and the labels group's list); return the group's path."""
+        spec, group_path = self.spec, self.group_path
+        transforms = [level_transform(self.method, spec.voxel_size, spec.origin, f, spec.shapes[0], shape)
+                      for f, shape in zip(spec.cumulative, spec.shapes)]
+        label_name = group_path.key.rsplit("/", 1)[-1]
+        self.group.attrs.update(multiscales_attributes(
+            self.ngff_version, self.name or label_name or "image", axes_metadata(spec.axes, spec.units), transforms,
+            self.method, label=self.labels))
+        if self.labels:
+            parent = replace(group_path, key=group_path.key.rsplit("/", 1)[0])
+            labels_group, _ = open_group(parent, 2 if self.ngff_version == "0.4" else 3)
+            labels_group.attrs.update(labels_group_attributes(self.ngff_version, dict(labels_group.attrs),
+                                                              label_name))
+        return str(group_path)
+
+
+def reuses_s0(input: Any, group_path: ContainerPath | UrlPath) -> bool:
+    """Whether the input is this group's own s0 (then used as it is, not copied)."""
+    return isinstance(input, (str, os.PathLike)) and os.path.abspath(os.fspath(input)) == os.path.abspath(
+        os.path.join(group_path.container, group_path.key, "s0"))
+
+
+def region_plan(source: Any, spec: LevelSpec, method: str, config: RunnerConfig, reuse_s0: bool) -> PyramidPlan | None:
+    """The regions plan of a window method (None for resize), checked against the budget."""
+    if method == "resize":
+        return None
+    return plan_pyramid(source.shape, spec.level_factors, [shard or chunk for chunk, shard in spec.layouts],
+                        tile_bytes_per_voxel(method, source.dtype), config.memory_budget, write_s0=not reuse_s0,
+                        read_unit=read_unit_of(source))
+
+
+def group_output_path(output_group: str, storage_options: Any) -> ContainerPath | UrlPath:
+    """The group's checked path (a zarr path: OME-Zarr)."""
+    group_path = output_path(output_group, storage_options, "output_group")
+    if group_path.format != "zarr":
+        raise ParameterError(f"output_group must be a zarr path for OME-Zarr, got {output_group!r}")
+    return group_path
+
+
+def level_spec(source: Any, group_path: Any, levels: Any, scale_factors: Any, metadata: tuple,
+               chunks: Any, shards: Any) -> LevelSpec:
+    """The pyramid's levels from the checked metadata (voxel size, origin, axes, units)."""
+    level_factors = level_factors_of(levels, scale_factors, metadata[0])
+    shapes = [downscale_shape(source.shape, f) for f in cumulative_factors(level_factors)]
+    layouts = level_layouts(group_path, shapes, source.dtype, chunks, shards)
+    return LevelSpec(level_factors, shapes, layouts, *metadata)
