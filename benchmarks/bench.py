@@ -155,27 +155,10 @@ def run_ours_flow(job_type: str) -> Callable[[Case, str, str], None]:
 
 
 def run_ours_pure(case: Case, source: str, output: str) -> None:
-    """The flow's per-block path without Prefect: same plan, same sources, same block records,
-    batches on a pool of 2 threads."""
-    from concurrent.futures import ThreadPoolExecutor
+    """The plain API (no Prefect): the same operation and engine as the flow, on 2 threads."""
+    from bioimage_tasks import downsample
 
-    from bioimage_tasks.blockwise import BlockJob, plan_batches, process_batch
-    from bioimage_tasks.geometry import downscale_shape
-    from bioimage_tasks.planning import block_records, plan_blockwise
-    from bioimage_tasks.resampling import ResizedSource, WindowedSource
-    from bioimage_tasks.io import as_source
-
-    data = as_source(source)
-    factors = (FACTOR,) * len(data.shape)
-    if case.method == "resize":
-        downsampled = ResizedSource(data, downscale_shape(data.shape, factors), case.order, case.anti_aliasing)
-    else:
-        downsampled = WindowedSource(data, factors, case.method)
-    plan = plan_blockwise(downsampled, output)
-    sink = plan.output.open()
-    job = BlockJob(plan.source, sink, plan.grid, None, block_records(plan, sink))
-    with ThreadPoolExecutor(WORKERS) as pool:
-        list(pool.map(lambda batch: process_batch(job, batch), plan_batches(plan.block_ids, WORKERS)))
+    downsample(source, FACTOR, output, num_workers=WORKERS, **case.flow_kwargs)
 
 
 def ts_spec(path: str) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.resampling import WindowedSource
 from bioimage_tasks.signatures import job_signatures
 from bioimage_tasks.io import as_source
-from bioimage_tasks.tasks import current_blocks
 
 CHUNK = 64
 
@@ -79,10 +78,10 @@ def main() -> None:
         signatures = job_signatures(job, block_ids)
         timings["signatures"] = time.perf_counter() - started
         started = time.perf_counter()
-        done, changed = current_blocks(records, signatures)
+        done = records.done_among(block_ids, signatures)
         timings["check (records + compare)"] = time.perf_counter() - started
         total = timings["signatures"] + timings["check (records + compare)"]
-        assert len(recorded) == len(done) == len(block_ids) and changed == (0, 0)
+        assert len(recorded) == len(done) == len(block_ids)
         print(f"repeat {repeat + 1}: resume check of {len(block_ids)} blocks ({n_files} input files) {total:.2f} s = "
               + ", ".join(f"{name} {value:.2f} s" for name, value in timings.items() if name != "read records")
               + f" (records alone {timings['read records']:.2f} s)")

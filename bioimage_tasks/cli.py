@@ -1,10 +1,15 @@
-"""The `bioimage-tasks` command line: the same flows, from a shell. A progress bar on a terminal,
-quiet with --quiet; errors print one line and exit 1 (a traceback only with --debug)."""
+"""The `bioimage-tasks` command line: the same operations, from a shell. They run on the plain
+engine unless a Prefect API is configured (PREFECT_API_URL, in the environment or the active
+profile) or `--prefect` is given: then as a flow run, visible in the Prefect UI. The first line
+says which. A progress bar on a terminal, quiet with --quiet; errors print one line and exit 1
+(a traceback only with --debug)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import tomllib
 from collections.abc import Callable
 from typing import Annotated, Any, Optional
 
@@ -28,7 +33,47 @@ Level = Annotated[Optional[int], typer.Option(help="Codec level (zstd 1-22, defa
 Shards = Annotated[Optional[str], typer.Option(help="Shard shape of a new zarr v3 output, e.g. 256,256,256.")]
 WriteEmptyChunks = Annotated[bool, typer.Option("--write-empty-chunks/--no-write-empty-chunks", help="Store chunks that hold only zeros (default: leave them out).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
-Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and Prefect's debug logs.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and the run's logs.")]
+UsePrefect = Annotated[bool, typer.Option("--prefect", help="Run as a Prefect flow run (default: only when a Prefect API is configured).")]
+
+
+def prefect_api_configured() -> bool:
+    """Whether PREFECT_API_URL is set, in the environment or the active Prefect profile (read
+    from its file: importing Prefect to ask costs over a second)."""
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    home = os.path.expanduser(os.environ.get("PREFECT_HOME", "~/.prefect"))
+    path = os.environ.get("PREFECT_PROFILES_PATH", os.path.join(home, "profiles.toml"))
+    try:
+        with open(path, "rb") as file:
+            profiles = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
+    return bool(profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
+
+
+def operation(kind: str, use_prefect: bool, quiet: bool, debug: bool) -> Callable[..., Any]:
+    """The plain function of operation `kind`, or its flow when Prefect is asked for or
+    configured; says which on the first line (unless quiet)."""
+    from rich.console import Console
+
+    use_prefect = use_prefect or prefect_api_configured()
+    if not quiet:
+        api_url = os.environ.get("PREFECT_API_URL") or "the active profile's API, or a temporary server"
+        where = (f"as a Prefect flow run ({api_url})" if use_prefect else
+                 "on the plain engine (no Prefect API configured; --prefect runs it as a flow run)")
+        Console(stderr=True).print(f"bioimage-tasks {kind}: running {where}", highlight=False, soft_wrap=True)
+    if use_prefect:
+        quiet_prefect(debug)
+        from bioimage_tasks.prefect.flows import flow_of
+
+        return flow_of(kind)
+    if debug:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    import bioimage_tasks.api as api
+
+    return getattr(api, kind)
 
 
 def integers(text: str | None, name: str) -> tuple[int, ...] | None:
@@ -116,15 +161,14 @@ def downsample(
     write_empty_chunks: WriteEmptyChunks = False,
     quiet: Quiet = False,
     debug: Debug = False,
+    use_prefect: UsePrefect = False,
 ) -> None:
     """Downsample INPUT into OUTPUT exactly as scikit-image's resize (or tensorstore's window
     methods) would, block by block."""
-    quiet_prefect(debug)
     factors = integers(factor, "--factor")
     ids, shape = integers(block_ids, "--block-ids"), integers(block_shape, "--block-shape")
     shard_shape = integers(shards, "--shards")
-    from flows import downsample_flow
-
+    downsample_flow = operation("downsample", use_prefect, quiet, debug)
     run(lambda: downsample_flow(input, factors[0] if len(factors) == 1 else factors, output, order=order,
                                 anti_aliasing=anti_aliasing, method=method, block_shape=shape, job_type=job_type,
                                 num_workers=workers, mask=mask, block_ids=ids,
@@ -147,13 +191,12 @@ def copy(
     write_empty_chunks: WriteEmptyChunks = False,
     quiet: Quiet = False,
     debug: Debug = False,
+    use_prefect: UsePrefect = False,
 ) -> None:
     """Copy INPUT into OUTPUT block by block (format conversion: zarr v2/v3, n5)."""
-    quiet_prefect(debug)
     ids, shape = integers(block_ids, "--block-ids"), integers(block_shape, "--block-shape")
     shard_shape = integers(shards, "--shards")
-    from flows import copy_flow
-
+    copy_flow = operation("copy", use_prefect, quiet, debug)
     run(lambda: copy_flow(input, output, block_shape=shape, job_type=job_type, num_workers=workers, mask=mask,
                           block_ids=ids, output_options=output_options(codec, level, shard_shape, write_empty_chunks)),
         quiet, debug, wrote(output))
@@ -178,15 +221,14 @@ def pyramid(
     write_empty_chunks: WriteEmptyChunks = False,
     quiet: Quiet = False,
     debug: Debug = False,
+    use_prefect: UsePrefect = False,
 ) -> None:
     """Write INPUT as an OME-Zarr multiscale image (s0..sN) with exact per-level geometry."""
-    quiet_prefect(debug)
     scale_factors = None
     if factors is not None:
         scale_factors = [f[0] if len(f) == 1 else f for f in (integers(level, "--factors") for level in factors.split(";"))]
     sizes = None if voxel_size is None else tuple(float(v) for v in voxel_size.split(","))
-    from flows import pyramid_flow
-
+    pyramid_flow = operation("pyramid", use_prefect, quiet, debug)
     chunk_shape, shard_shape = integers(chunks, "--chunks"), integers(shards, "--shards")
     run(lambda: pyramid_flow(input, output_group, levels=levels, scale_factors=scale_factors, method=method,
                              voxel_size=sizes, units=units, chunks=chunk_shape, shards=shard_shape,

@@ -216,7 +216,7 @@ class Executor:
             self.threads.shutdown(wait=True, cancel_futures=True)
 
 
-def _cluster(job_type: str, num_workers: int, config: RunnerConfig) -> Any:
+def _cluster(job_type: str, num_workers: int, config: RunnerConfig, slurm_kwargs: dict | None) -> Any:
     """The Dask cluster of a checked backend (None for an existing scheduler)."""
     if job_type == "subprocess":
         from distributed import LocalCluster
@@ -226,7 +226,7 @@ def _cluster(job_type: str, num_workers: int, config: RunnerConfig) -> Any:
     if job_type == "slurm":
         from dask_jobqueue import SLURMCluster
 
-        cluster = SLURMCluster(**config.cluster_kwargs())
+        cluster = SLURMCluster(**slurm_kwargs)
         cluster.adapt(minimum_jobs=min(config.min_jobs, num_workers), maximum_jobs=num_workers)
         return cluster
     return None
@@ -248,9 +248,9 @@ def backend(job_type: str, num_workers: int, config: RunnerConfig) -> Iterator[E
             logging.getLogger(name).setLevel(logging.WARNING)
     from distributed import Client
 
-    job_name = config.cluster_kwargs()["job_name"] if job_type == "slurm" else None
-    with jobs_cancelled_on_exit(job_name), sigterm_raises():
-        cluster = _cluster(job_type, num_workers, config)
+    slurm_kwargs = config.cluster_kwargs() if job_type == "slurm" else None  # a unique job name each call
+    with jobs_cancelled_on_exit(slurm_kwargs and slurm_kwargs["job_name"]), sigterm_raises():
+        cluster = _cluster(job_type, num_workers, config, slurm_kwargs)
         try:
             with Client(cluster if cluster is not None else config.address) as client:
                 yield Executor(job_type, num_workers, client)

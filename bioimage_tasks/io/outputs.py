@@ -23,6 +23,7 @@ from bioimage_tasks.io.paths import ContainerPath
 from bioimage_tasks.io.source import Source
 from bioimage_tasks.io.urls import StorageOptions, UrlPath, is_url
 from bioimage_tasks.io.zarr_array import ArraySource
+from bioimage_tasks.io.kv import LOCAL_IO
 
 
 TOKEN_ATTRIBUTE = "bioimage_tasks_token"
@@ -150,7 +151,7 @@ def with_write_empty_chunks(sink: ArraySource | TensorStoreSource, write_empty_c
                 raise ValueError("output_options.write_empty_chunks cannot change for an in-memory tensorstore "
                                  "output: open it with store_data_equal_to_fill_value yourself")
             spec["store_data_equal_to_fill_value"] = write_empty_chunks
-            return TensorStoreSource(ts.open(spec, open=True, read=True, write=True).result(), sink.name, sink.location)
+            return TensorStoreSource(ts.open(spec, open=True, read=True, write=True, context=LOCAL_IO).result(), sink.name, sink.location)
     return sink
 
 
@@ -177,7 +178,7 @@ def create_array(
             },
             "store_data_equal_to_fill_value": options.write_empty_chunks,
         }
-        sink = TensorStoreSource(ts.open(spec, create=True).result(), str(path))
+        sink = TensorStoreSource(ts.open(spec, create=True, context=LOCAL_IO).result(), str(path))
         sink.set_attribute(TOKEN_ATTRIBUTE, new_token())
         return sink
     zarr_format = path.zarr_format()

@@ -11,6 +11,7 @@ import zarr
 
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.zarr_array import ArraySource
+from bioimage_tasks.io.kv import LOCAL_IO
 
 CONTAINER_SUFFIXES = (".zarr", ".n5")
 
@@ -46,7 +47,7 @@ class ContainerPath:
         if not self.exists():
             raise FileNotFoundError(f"no {self.format} array at {self.container!r} key {self.key!r}")
         if self.format == "n5":
-            return TensorStoreSource(ts.open(self.n5_spec(), open=True).result(), str(self))
+            return TensorStoreSource(ts.open(self.n5_spec(), open=True, context=LOCAL_IO).result(), str(self))
         return ArraySource(zarr.open_array(store=self.container, path=self.key, mode=mode), str(self))
 
     def n5_spec(self) -> dict:

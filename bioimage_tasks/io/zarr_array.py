@@ -15,6 +15,7 @@ import zarr
 
 from bioimage_tasks.io.chunk_files import StorageLayout, clear_stale_locks, local_layout
 from bioimage_tasks.io.source import Physical
+from bioimage_tasks.io.kv import LOCAL_IO
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,7 +76,7 @@ class ArraySource:
         spec = {"driver": driver, "kvstore": {"driver": "file", "path": self.directory},
                 "store_data_equal_to_fill_value": bool(self.array.config.write_empty_chunks)}
         try:
-            store = ts.open(spec, open=True, read=True, write=not self.array.read_only).result()
+            store = ts.open(spec, open=True, read=True, write=not self.array.read_only, context=LOCAL_IO).result()
         except ValueError:
             return None
         if tuple(store.shape) != self.shape or np.dtype(store.dtype.numpy_dtype) != self.dtype:
