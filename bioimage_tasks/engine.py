@@ -48,7 +48,7 @@ class Batch:
     def describe(self) -> str:
         if self.explicit is not None:
             return f"blocks {self.explicit[0]}-{self.explicit[-1]} ({len(self.explicit)} given)"
-        return f"groups {self.start}-{self.stop - 1}"
+        return f"{self.start}-{self.stop - 1}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -265,10 +265,11 @@ class Run:
 def run_stages(edge: Edge, run: Run, stages: Iterable[Stage]) -> list[Counts]:
     """Run `stages` in order on `edge`: resume (each batch skips its done blocks), progress,
     a log line per stage, one summary and the run's events. Returns each stage's counts."""
-    started, failure, results = time.perf_counter(), None, []
+    started, failure, results, stages_seen = time.perf_counter(), None, [], []
     stage = None
     try:
         for stage in stages:
+            stages_seen.append(stage)
             batches = pending_batches(edge, stage, run.num_workers, run.blocks_per_task)
             counts = run_stage(edge, stage, batches, f"{run.kind} {stage.name}")
             results.append(counts)
@@ -284,7 +285,7 @@ def run_stages(edge: Edge, run: Run, stages: Iterable[Stage]) -> list[Counts]:
     finally:
         seconds = time.perf_counter() - started
         summary = run.summary(run.details, results, seconds, failure) if run.summary else ""
-        written = sum(c.written for c in results)
-        edge.finished(run.kind, run.output, run.run_key, summary, failure,
-                      {"written": written, "seconds": round(seconds, 3)})
+        figures = {"blocks": sum(s.n_blocks for s in stages_seen), "written": sum(c.written for c in results),
+                   "seconds": round(seconds, 3)}
+        edge.finished(run.kind, run.output, run.run_key, summary, failure, figures)
     return results

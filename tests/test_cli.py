@@ -57,7 +57,8 @@ def test_bad_argument_prints_one_line(tmp_path, image_path):
     failed = cli("downsample", path, f"{tmp_path}/out.zarr/s1", "--order", "9")
     assert failed.returncode == 1
     lines = [line for line in failed.stderr.splitlines() if line.strip()]
-    assert lines == ["error: ValueError: order must be an integer from 0 to 5, got 9"], failed.stderr
+    assert lines[0].startswith("bioimage-tasks downsample: running "), failed.stderr  # says which engine
+    assert lines[1:] == ["error: ValueError: order must be an integer from 0 to 5, got 9"], failed.stderr
     assert "Traceback" not in failed.stderr + failed.stdout
     missing = cli("copy", f"{tmp_path}/nothing.zarr/raw", f"{tmp_path}/o.zarr/raw")
     assert missing.returncode == 1 and "FileNotFoundError: input: no zarr array" in missing.stderr

@@ -35,7 +35,7 @@ def test_progress_and_summary_artifacts(tmp_path, rng, monkeypatch):
         flow_run = client.read_flow_run(run_id)
         def first_batch_run():  # task runs reach the API through events, so they may lag
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
-            return [run.name for run in runs if run.name.startswith("process-blocks 0-")]
+            return [run.name for run in runs if run.name.startswith("process-blocks downsample 0-")]
 
         assert wait_for(first_batch_run, 30)
     by_type = {artifact.type: artifact for artifact in artifacts}

@@ -57,12 +57,15 @@ def emit_run_events(
     *,
     error: str | None = None,
     details: Mapping[str, Any] | None = None,
+    n_failed: int | None = None,
 ) -> list[Event]:
     """Emit the events of a finished run of `kind` ("downsample", "copy", "pyramid", ...) into
     `output_path` (None: in memory), shown as `output_name`. `outcome` is "completed" or "failed";
     a failed run with `failed_block_ids` also emits blocks-failed, with `first_errors` (block id
-    -> message). `details` go into every payload (e.g. blocks written). Returns the events sent
-    (none without a Prefect API to send them to)."""
+    -> message). `n_failed` counts every failed block when `failed_block_ids` are only the
+    first few: the payload's `block_ids` is then null, so a heal re-runs the same call, which
+    resumes every missing block. `details` go into every payload (e.g. blocks written). Returns
+    the events sent (none without a Prefect API to send them to)."""
     if outcome not in ("completed", "failed"):
         raise ValueError(f"outcome must be 'completed' or 'failed', got {outcome!r}")
     failures = failures_in_a_row() if outcome == "failed" else 0
@@ -79,11 +82,13 @@ def emit_run_events(
         sent = [_emit(RUN_COMPLETED, resource, common)]
     else:
         failed = sorted(failed_block_ids)
-        counts = {"failed": len(failed), "failures_in_a_row": failures}
+        total = len(failed) if n_failed is None else n_failed
+        counts = {"failed": total, "failures_in_a_row": failures}
         sent = []
         if failed:
             errors = {str(b): str(m)[:ERROR_CHARS] for b, m in sorted((first_errors or {}).items())[:FIRST_ERRORS]}
-            sent.append(_emit(BLOCKS_FAILED, resource, common | counts | {"block_ids": failed, "first_errors": errors}))
+            listed = {"block_ids": failed} if total == len(failed) else {"block_ids": None, "block_ids_left_out": True}
+            sent.append(_emit(BLOCKS_FAILED, resource, common | counts | listed | {"first_errors": errors}))
         sent.append(_emit(RUN_FAILED, resource, common | counts | {"error": (error or "")[:ERROR_CHARS]}))
     return [e for e in sent if e is not None]
 
@@ -99,6 +104,7 @@ def emit_outcome_events(
         kind, getattr(sink, "name", "output"), getattr(sink, "directory", None), run_key,
         "completed" if error is None else "failed", sorted(failures), failures,
         error=None if error is None else f"{type(error).__name__}: {error}", details=details,
+        n_failed=getattr(error, "n_failed", None),
     )
 
 
