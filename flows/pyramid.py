@@ -12,15 +12,20 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from prefect import get_run_logger
+
 from bioimage_tasks.blockwise_flow import blockwise_flow
-from bioimage_tasks.geometry import downscale_shape, normalize_factors
-from bioimage_tasks.grid import default_block_shape
+from bioimage_tasks.errors import ParameterError
+from bioimage_tasks.geometry import downscale_shape
 from bioimage_tasks.multiscale import (axes_metadata, cumulative_factors, labels_group_attributes, level_transform,
                                        multiscales_attributes, plan_isotropic_factors)
 from bioimage_tasks.naming import describe_source, flow_run_namer
 from bioimage_tasks.planning import in_memory
 from bioimage_tasks.lease import claim_ownership, output_lease
 from bioimage_tasks.pyramid_engine import GroupOutput, LevelRow, Sink, pyramid_stages, resize_stages, run_stages
+from bioimage_tasks.pyramid_checks import (check_channels_kept, check_chunks_and_shards, check_levels,
+                                           check_output_group, check_scale_factors, new_level_layout,
+                                           pyramid_geometry)
 from bioimage_tasks.pyramid_plan import plan_pyramid, tile_bytes_per_voxel
 from bioimage_tasks.records import RECORDS_DIR, run_key
 from bioimage_tasks.resampling import ResizedSource
@@ -28,10 +33,12 @@ from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describ
 from bioimage_tasks.io import (ContainerPath, OutputOptions, StorageOptions, UrlPath, as_source, check_existing_output,
                                check_output_options, create_array, open_group, output_path, storage_place,
                                with_write_empty_chunks)
-from bioimage_tasks.io.source import physical_of, read_unit_of
+from bioimage_tasks.io.source import read_unit_of
 from bioimage_tasks.tasks import measure_source_range
 from bioimage_tasks.throttle import throttle_writes
 from flows.downsample import check_input_dtype, check_method_options
+
+S0_ALONE = "s0 alone: no level below it (levels=0 or scale_factors=[])"
 
 
 @blockwise_flow("pyramid", flow_run_namer("pyramid", "output_group"))
@@ -63,7 +70,12 @@ def pyramid_flow(
     group inside a container): s0 is a copy, each further level is downsampled with `method`
     (a window method, or "resize" with `order`/`anti_aliasing`) by `scale_factors` (per level,
     relative to the previous level; an int or one per axis) or, with `levels`, by a plan from
-    `voxel_size` that makes voxels as isotropic as possible before halving every axis.
+    `voxel_size` that makes voxels as isotropic as possible before halving every space axis.
+    Only space axes are reduced by `levels`: channel (c) and time (t) axes keep factor 1, scale
+    and translation. A 4-D or 5-D input needs its axes named (`axes`, or the input's metadata)
+    for `levels`. `scale_factors` may reduce a time axis (NGFF scales time too) but never a
+    channel axis. `levels=0` (or `scale_factors=[]`) writes s0 alone, and the run's log and
+    summary say so.
 
     Window methods read each region of the input once and write s0 and every level from that
     read, exactly equal to tensorstore's downsample of s0 by the level's cumulative factor (exact
@@ -78,52 +90,43 @@ def pyramid_flow(
     the levels' codec and level and whether all-fill chunks are stored; its `shards` are another
     way to give `shards`. `voxel_size`, `origin`, `units` and `axes` the caller leaves out come
     from the input's own metadata where it has some (OME-TIFF, ImageJ TIFF, an OME-Zarr image or
-    level, HDF5 `element_size_um`). Returns the group's path."""
+    level, HDF5 `element_size_um`); all must be what NGFF can say (2-5 unique axes ordered t, c,
+    space; finite voxel sizes > 0; finite origins; NGFF's space and time unit names; a single
+    unit is that of the space axes). `chunks` and `shards` are integers >= 1, one per axis, shards
+    whole numbers of chunks. `output_group` must be new, or hold only this pyramid's levels (and
+    a `labels` group). Every refusal comes before anything is created. Returns the group's path."""
     check_method_options(method, order, anti_aliasing)
     config = check_backend(job_type, num_workers, job_config)
     options = check_output_options(output_options)
-    if shards is not None and options.shards is not None and tuple(shards) != options.shards:
-        raise ValueError(f"shards={tuple(shards)} and output_options.shards={options.shards} differ: give one")
-    shards = shards if shards is not None else options.shards
-    options = replace(options, shards=tuple(shards) if shards else None)  # what existing levels must have
     if ngff_version not in ("0.4", "0.5"):
-        raise ValueError(f"ngff_version must be '0.4' or '0.5', got {ngff_version!r}")
-    if ngff_version == "0.4" and shards is not None:
-        raise ValueError("shards need zarr v3, i.e. ngff_version='0.5'")
+        raise ParameterError(f"ngff_version must be '0.4' or '0.5', got {ngff_version!r}")
     if (levels is None) == (scale_factors is None):
-        raise ValueError("give exactly one of levels (planned from voxel_size) and scale_factors (per level)")
+        raise ParameterError("give exactly one of levels (planned from voxel_size) and scale_factors (per level)")
     source = as_source(input, storage_options=storage_options)
     check_input_dtype(source.dtype, method, order, anti_aliasing)
     if job_type != "local" and in_memory(source):
         raise ValueError(f"job_type={job_type!r} needs a file-backed input (a zarr/n5 path or array), not numpy")
     ndim = len(source.shape)
-    known = physical_of(source)  # what an OME-TIFF, OME-Zarr or HDF5 input says, where the caller says nothing
-    voxel_size = tuple(float(v) for v in (voxel_size or known.voxel_size or (1.0,) * ndim))
-    origin = tuple(float(o) for o in (origin or known.origin or (0.0,) * ndim))
-    axes = tuple(axes or known.axes or ("t", "c", "z", "y", "x")[-ndim:])
-    if units is None:
-        units = known.units or (None,) * ndim
-    units = (units,) * ndim if isinstance(units, str) else tuple(units)
-    if not len(voxel_size) == len(origin) == len(axes) == len(units) == ndim:
-        raise ValueError(f"voxel_size, origin, axes and units need one entry per axis ({ndim})")
+    chunks, shards = check_chunks_and_shards(chunks, shards, options, ndim, ngff_version)
+    options = replace(options, shards=shards)  # what existing levels must have
+    geometry = pyramid_geometry(source, voxel_size, origin, units, axes, planned=levels is not None)
     if levels is not None:
-        if not isinstance(levels, int) or levels < 0:
-            raise ValueError(f"levels must be an integer >= 0, got {levels!r}")
-        level_factors = plan_isotropic_factors(voxel_size, levels)
+        level_factors = plan_isotropic_factors(geometry.voxel_size, check_levels(levels), geometry.axes)
     else:
-        level_factors = [normalize_factors(f, ndim) for f in scale_factors]
+        level_factors = check_scale_factors(scale_factors, ndim)
+    check_channels_kept(level_factors, geometry)
     group_path = output_path(output_group, storage_options, "output_group")
     if group_path.format != "zarr":
-        raise ValueError(f"output_group must be a zarr path for OME-Zarr, got {output_group!r}")
+        raise ParameterError(f"output_group must be a zarr path for OME-Zarr, got {output_group!r}")
+    check_output_group(group_path)
     if labels:
         check_label_options(group_path, source.dtype, method, order, anti_aliasing)
 
-    cumulative = cumulative_factors(level_factors)
+    cumulative = cumulative_factors(level_factors, ndim)
     shapes = [downscale_shape(source.shape, f) for f in cumulative]
     reuse_s0 = isinstance(input, (str, os.PathLike)) and os.path.abspath(os.fspath(input)) == os.path.abspath(
         os.path.join(group_path.container, group_path.key, "s0"))
-    layouts = [existing_layout(group_path, level, shape, source.dtype, chunks) or
-               (tuple(chunks) if chunks else default_block_shape(shape, None), tuple(shards) if shards else None)
+    layouts = [existing_layout(group_path, level, shape, source.dtype, chunks) or new_level_layout(shape, chunks, shards)
                for level, shape in enumerate(shapes)]
     plan = None
     if method != "resize":  # every check before anything is created
@@ -132,7 +135,7 @@ def pyramid_flow(
                             read_unit=read_unit_of(source))
     group, group_directory = open_group(group_path, 2 if ngff_version == "0.4" else 3)
     arrays = [None if level == 0 and reuse_s0 else
-              level_array(group_path, level, shape, source.dtype, *layouts[level], axes, options)
+              level_array(group_path, level, shape, source.dtype, *layouts[level], geometry.axes, options)
               for level, shape in enumerate(shapes)]
     rows = [LevelRow(level, shape, layouts[level][1] or layouts[level][0], factors,
                      "existing" if arrays[level] is None else "from the base")
@@ -140,7 +143,10 @@ def pyramid_flow(
     details = {"input": describe_source(input, source), "output": str(group_path),
                "method": method if method != "resize" else f"resize, order {order}, anti-aliasing {anti_aliasing}",
                "backend": describe_backend(job_type, num_workers)} | (
-                   {"output options": options.describe()} if options != OutputOptions() else {})
+                   {"output options": options.describe()} if options != OutputOptions() else {}) | (
+                   {"levels": S0_ALONE} if not level_factors else {})
+    if not level_factors:
+        get_run_logger().info("pyramid %s: %s", group_path, S0_ALONE)
     fingerprint = getattr(source, "fingerprint", lambda: None)()
     computation = run_key({"pyramid": method, "order": order, "anti_aliasing": anti_aliasing, "factors": level_factors,
                            "input": fingerprint} | options.fingerprint()) if fingerprint is not None else f"unkeyed-{uuid.uuid4().hex}"
@@ -164,10 +170,12 @@ def pyramid_flow(
                                        epoch, rows)
             run_stages(runner, stages, num_workers, config, details, rows, GroupOutput(str(group_path), str(getattr(group_directory, "url", group_directory))))
 
-    transforms = [level_transform(method, voxel_size, origin, f, shapes[0], shape) for f, shape in zip(cumulative, shapes)]
+    transforms = [level_transform(method, geometry.voxel_size, geometry.origin, f, shapes[0], shape)
+                  for f, shape in zip(cumulative, shapes)]
     label_name = group_path.key.rsplit("/", 1)[-1]
-    group.attrs.update(multiscales_attributes(ngff_version, name or label_name or "image", axes_metadata(axes, units),
-                                              transforms, method, label=labels))
+    group.attrs.update(multiscales_attributes(ngff_version, name or label_name or "image",
+                                              axes_metadata(geometry.axes, geometry.units), transforms, method,
+                                              label=labels))
     if labels:
         labels_group, _ = open_group(replace(group_path, key=group_path.key.rsplit("/", 1)[0]), 2 if ngff_version == "0.4" else 3)
         labels_group.attrs.update(labels_group_attributes(ngff_version, dict(labels_group.attrs), label_name))
