@@ -12,13 +12,15 @@ WINDOW_SHIFTED = ("mean", "mode", "min", "max", "median")  # a window's value si
 AXIS_TYPES = {"t": "time", "c": "channel"}  # NGFF axis types by name; every other name is space
 # The units NGFF 0.4 and 0.5 name (UDUNITS-2), per axis type; channel axes have none.
 SPACE_UNITS = frozenset((
-    "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot", "gigameter", "hectometer",
-    "inch", "kilometer", "megameter", "meter", "micrometer", "mile", "millimeter", "nanometer", "parsec", "petameter",
-    "picometer", "terameter", "yard", "yoctometer", "yottameter", "zeptometer", "zettameter"))
+    "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot",
+    "gigameter", "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer", "mile",
+    "millimeter", "nanometer", "parsec", "petameter", "picometer", "terameter", "yard",
+    "yoctometer", "yottameter", "zeptometer", "zettameter"))
 TIME_UNITS = frozenset((
-    "attosecond", "centisecond", "day", "decisecond", "exasecond", "femtosecond", "gigasecond", "hectosecond", "hour",
-    "kilosecond", "megasecond", "microsecond", "millisecond", "minute", "nanosecond", "petasecond", "picosecond",
-    "second", "terasecond", "yoctosecond", "yottasecond", "zeptosecond", "zettasecond"))
+    "attosecond", "centisecond", "day", "decisecond", "exasecond", "femtosecond", "gigasecond",
+    "hectosecond", "hour", "kilosecond", "megasecond", "microsecond", "millisecond", "minute",
+    "nanosecond", "petasecond", "picosecond", "second", "terasecond", "yoctosecond",
+    "yottasecond", "zeptosecond", "zettasecond"))
 UNITS = {"space": SPACE_UNITS, "time": TIME_UNITS, "channel": frozenset()}
 
 

@@ -23,9 +23,9 @@ from bioimage_tasks.naming import describe_source, flow_run_namer
 from bioimage_tasks.planning import in_memory
 from bioimage_tasks.lease import claim_ownership, output_lease
 from bioimage_tasks.pyramid_engine import GroupOutput, LevelRow, Sink, pyramid_stages, resize_stages, run_stages
-from bioimage_tasks.pyramid_checks import (check_channels_kept, check_chunks_and_shards, check_levels,
-                                           check_output_group, check_scale_factors, new_level_layout,
-                                           pyramid_geometry)
+from bioimage_tasks.pyramid_checks import (check_channels_kept, check_chunks_and_shards,
+                                           check_levels, check_output_group, check_scale_factors,
+                                           new_level_layout, pyramid_geometry)
 from bioimage_tasks.pyramid_plan import plan_pyramid, tile_bytes_per_voxel
 from bioimage_tasks.records import RECORDS_DIR, run_key
 from bioimage_tasks.resampling import ResizedSource
@@ -101,7 +101,8 @@ def pyramid_flow(
     if ngff_version not in ("0.4", "0.5"):
         raise ParameterError(f"ngff_version must be '0.4' or '0.5', got {ngff_version!r}")
     if (levels is None) == (scale_factors is None):
-        raise ParameterError("give exactly one of levels (planned from voxel_size) and scale_factors (per level)")
+        raise ParameterError("give exactly one of levels (planned from voxel_size) and "
+                             "scale_factors (per level)")
     source = as_source(input, storage_options=storage_options)
     check_input_dtype(source.dtype, method, order, anti_aliasing)
     if job_type != "local" and in_memory(source):
@@ -111,7 +112,8 @@ def pyramid_flow(
     options = replace(options, shards=shards)  # what existing levels must have
     geometry = pyramid_geometry(source, voxel_size, origin, units, axes, planned=levels is not None)
     if levels is not None:
-        level_factors = plan_isotropic_factors(geometry.voxel_size, check_levels(levels), geometry.axes)
+        level_factors = plan_isotropic_factors(geometry.voxel_size, check_levels(levels),
+                                               geometry.axes)
     else:
         level_factors = check_scale_factors(scale_factors, ndim)
     check_channels_kept(level_factors, geometry)
@@ -126,8 +128,8 @@ def pyramid_flow(
     shapes = [downscale_shape(source.shape, f) for f in cumulative]
     reuse_s0 = isinstance(input, (str, os.PathLike)) and os.path.abspath(os.fspath(input)) == os.path.abspath(
         os.path.join(group_path.container, group_path.key, "s0"))
-    layouts = [existing_layout(group_path, level, shape, source.dtype, chunks) or new_level_layout(shape, chunks, shards)
-               for level, shape in enumerate(shapes)]
+    layouts = [existing_layout(group_path, level, shape, source.dtype, chunks)
+               or new_level_layout(shape, chunks, shards) for level, shape in enumerate(shapes)]
     plan = None
     if method != "resize":  # every check before anything is created
         plan = plan_pyramid(source.shape, level_factors, [shard or chunk for chunk, shard in layouts],
@@ -135,7 +137,8 @@ def pyramid_flow(
                             read_unit=read_unit_of(source))
     group, group_directory = open_group(group_path, 2 if ngff_version == "0.4" else 3)
     arrays = [None if level == 0 and reuse_s0 else
-              level_array(group_path, level, shape, source.dtype, *layouts[level], geometry.axes, options)
+              level_array(group_path, level, shape, source.dtype, *layouts[level], geometry.axes,
+                          options)
               for level, shape in enumerate(shapes)]
     rows = [LevelRow(level, shape, layouts[level][1] or layouts[level][0], factors,
                      "existing" if arrays[level] is None else "from the base")
@@ -173,9 +176,9 @@ def pyramid_flow(
     transforms = [level_transform(method, geometry.voxel_size, geometry.origin, f, shapes[0], shape)
                   for f, shape in zip(cumulative, shapes)]
     label_name = group_path.key.rsplit("/", 1)[-1]
+    axes_entries = axes_metadata(geometry.axes, geometry.units)
     group.attrs.update(multiscales_attributes(ngff_version, name or label_name or "image",
-                                              axes_metadata(geometry.axes, geometry.units), transforms, method,
-                                              label=labels))
+                                              axes_entries, transforms, method, label=labels))
     if labels:
         labels_group, _ = open_group(replace(group_path, key=group_path.key.rsplit("/", 1)[0]), 2 if ngff_version == "0.4" else 3)
         labels_group.attrs.update(labels_group_attributes(ngff_version, dict(labels_group.attrs), label_name))

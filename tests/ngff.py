@@ -10,7 +10,8 @@ import zarr
 
 
 def strict_json(path: str) -> dict:
-    """The JSON document at `path`, refusing NaN and infinity (Python writes them; JSON has none)."""
+    """The JSON at `path`, refusing NaN and infinity (Python writes them; JSON has none)."""
+
     def refuse(constant: str) -> None:
         raise ValueError(f"{path} holds {constant}, which is not JSON")
 
@@ -38,7 +39,8 @@ def models(version: str) -> dict:
     from ome_zarr_models.v04.labels import Labels
     from pydantic_zarr.v2 import ArraySpec, GroupSpec
 
-    for model in (Image, ImageLabel, Labels):  # 1.6 under pydantic 2.14 leaves v0.4 forward refs unresolved
+    # ome-zarr-models 1.6 under pydantic 2.14 leaves the v0.4 models' forward refs unresolved
+    for model in (Image, ImageLabel, Labels):
         model.model_rebuild(_types_namespace={"ArraySpec": ArraySpec, "GroupSpec": GroupSpec})
     return {"Image": Image, "ImageLabel": ImageLabel, "Labels": Labels}
 

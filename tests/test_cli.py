@@ -71,7 +71,8 @@ def test_pyramid_refuses_zero_chunks_at_once(tmp_path, image_path):
     path, _ = image_path
     failed = cli("pyramid", path, f"{tmp_path}/image.zarr", "--levels", "1", "--chunks", "0,16,16")
     assert failed.returncode == 1
-    assert "ParameterError: chunks must be 3 integers >= 1, one per axis, got (0, 16, 16)" in failed.stderr
+    message = "ParameterError: chunks must be 3 integers >= 1, one per axis, got (0, 16, 16)"
+    assert message in failed.stderr
     assert not os.path.exists(tmp_path / "image.zarr")
 
 

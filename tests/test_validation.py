@@ -154,9 +154,9 @@ def test_output_that_is_a_group_or_holds_other_arrays_is_refused(setup):
     zarr.create_array(store=str(setup / "bare.zarr" / "raw"), shape=(4, 4), dtype="uint8")
     files = sorted(os.path.join(d, f) for d, _, names in os.walk(setup) for f in names)
     for flow, args in ((copy_flow, ()), (downsample_flow, (1,))):
-        with pytest.raises(ParameterError, match=r"out.zarr' is a group, not an array: give a new array path"):
+        with pytest.raises(ParameterError, match=r"out.zarr' is a group, not an array: give a new"):
             flow(f"{setup}/in.zarr/raw", *args, f"{setup}/out.zarr")
-        with pytest.raises(ParameterError, match=r"bare.zarr' is a folder holding \['raw'\], not an array"):
+        with pytest.raises(ParameterError, match=r"bare.zarr' is a folder holding \['raw'\]"):
             flow(f"{setup}/in.zarr/raw", *args, f"{setup}/bare.zarr/")
     assert sorted(os.path.join(d, f) for d, _, names in os.walk(setup) for f in names) == files
     assert np.all(zarr.open_array(str(setup / "out.zarr"), path="s1")[:] == SENTINEL)
@@ -169,7 +169,8 @@ def test_output_paths_are_normalised(setup, monkeypatch):
     copy_flow("./in.zarr//raw", "c.zarr//b/")
     assert sorted(os.listdir(setup / "c.zarr")) == ["a", "b", "zarr.json"]
     for name in ("a", "b"):
-        np.testing.assert_array_equal(zarr.open_array(str(setup / "c.zarr"), path=name, mode="r")[:], image)
+        copied = zarr.open_array(str(setup / "c.zarr"), path=name, mode="r")
+        np.testing.assert_array_equal(copied[:], image)
     with pytest.raises(ValueError, match=r"output: '..' inside a container is not a key"):
         copy_flow("in.zarr/raw", "c.zarr/a/../b")
 

@@ -114,13 +114,14 @@ def check_array_output(path: ContainerPath | UrlPath, parameter: str = "output")
     folder holding other things (a bare container of other arrays), would sit over them."""
     node = path.node()
     if node == "group":
-        raise ParameterError(f"{parameter} {str(path)!r} is a group, not an array: give a new array path inside "
-                             f"it, e.g. '{path}/<name>'")
+        raise ParameterError(f"{parameter} {str(path)!r} is a group, not an array: give a new "
+                             f"array path inside it, e.g. '{path}/<name>'")
     if node == "folder":
-        held = sorted(n for n in os.listdir(os.path.join(path.container, path.key)) if not n.startswith("."))
+        folder = os.path.join(path.container, path.key)
+        held = sorted(name for name in os.listdir(folder) if not name.startswith("."))
         if held:
-            raise ParameterError(f"{parameter} {str(path)!r} is a folder holding {held[:5]}, not an array: give "
-                                 f"a new array path inside it, e.g. '{path}/<name>'")
+            raise ParameterError(f"{parameter} {str(path)!r} is a folder holding {held[:5]}, not "
+                                 f"an array: give a new array path inside it, e.g. '{path}/<name>'")
 
 
 def check_existing_output(sink: Source, options: OutputOptions, name: str) -> None:

@@ -34,9 +34,11 @@ class ContainerPath:
         for index, part in enumerate(parts):
             for suffix in CONTAINER_SUFFIXES:
                 if part.endswith(suffix) and len(part) > len(suffix):
-                    if ".." in parts[index + 1:]:
-                        raise ParameterError(f"{parameter}: '..' inside a container is not a key, got {path!r}")
-                    return cls(root + "/".join(parts[: index + 1]), "/".join(parts[index + 1 :]), suffix[1:])
+                    container, key = root + "/".join(parts[: index + 1]), parts[index + 1 :]
+                    if ".." in key:
+                        raise ParameterError(f"{parameter}: '..' inside a container is not a key, "
+                                             f"got {path!r}")
+                    return cls(container, "/".join(key), suffix[1:])
         raise ParameterError(
             f"{parameter} must be 'path/container.zarr/key' or 'path/container.n5/key', got {path!r}"
         )
