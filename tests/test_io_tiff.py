@@ -15,6 +15,7 @@ import tensorstore as ts
 import tifffile
 import zarr
 from helpers import executed_since
+from ngff import validate_ngff
 
 from bioimage_tasks.io import as_source
 from bioimage_tasks.runners import LocalClusterConfig
@@ -189,6 +190,7 @@ def test_pyramid_of_a_czyx_ome_tiff_keeps_its_channels(tmp_path, rng):
     sizes = {"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 1.0}
     tifffile.imwrite(path, data, ome=True, metadata={"axes": "CZYX", **sizes})
     pyramid_flow(path, f"{tmp_path}/out.ome.zarr", levels=2)
+    validate_ngff(f"{tmp_path}/out.ome.zarr")
     group = zarr.open_group(f"{tmp_path}/out.ome.zarr", mode="r")
     multiscale = group.attrs["ome"]["multiscales"][0]
     axes = [(a["name"], a["type"]) for a in multiscale["axes"]]
