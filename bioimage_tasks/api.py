@@ -30,12 +30,13 @@ from bioimage_tasks.naming import describe, describe_source
 from bioimage_tasks.operations import BlockwiseOperation, Operation, execute
 from bioimage_tasks.planning import in_memory, plan_blockwise
 from bioimage_tasks.plain import PlainEdge
-from bioimage_tasks.pyramid_op import (PyramidOperation, group_output_path, level_spec, physical_metadata,
-                                       region_plan, reuses_s0)
+from bioimage_tasks.pyramid_checks import check_chunks_and_shards, pyramid_geometry
+from bioimage_tasks.pyramid_op import PyramidOperation, group_output_path, level_spec, region_plan, reuses_s0
 from bioimage_tasks.resampling import ResizedSource, WindowedSource, check_anti_aliasing, check_order
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
 
 METHODS = ("resize", *WINDOW_METHODS)
+S0_ALONE = "s0 alone: no level below it (levels=0 or scale_factors=[])"
 
 
 def check_method_options(method: str, order: int, anti_aliasing: bool) -> None:
@@ -202,7 +203,12 @@ def pyramid_operation(
     group inside a container): s0 is a copy, each further level is downsampled with `method`
     (a window method, or "resize" with `order`/`anti_aliasing`) by `scale_factors` (per level,
     relative to the previous level; an int or one per axis) or, with `levels`, by a plan from
-    `voxel_size` that makes voxels as isotropic as possible before halving every axis.
+    `voxel_size` that makes voxels as isotropic as possible before halving every space axis.
+    Only space axes are reduced by `levels`: channel (c) and time (t) axes keep factor 1, scale
+    and translation. A 4-D or 5-D input needs its axes named (`axes`, or the input's metadata)
+    for `levels`. `scale_factors` may reduce a time axis (NGFF scales time too) but never a
+    channel axis. `levels=0` (or `scale_factors=[]`) writes s0 alone, and the run's log and
+    summary say so.
 
     Window methods read each region of the input once and write s0 and every level from that
     read, exactly equal to tensorstore's downsample of s0 by the level's cumulative factor (exact
@@ -217,21 +223,29 @@ def pyramid_operation(
     the levels' codec and level and whether all-fill chunks are stored; its `shards` are another
     way to give `shards`. `voxel_size`, `origin`, `units` and `axes` the caller leaves out come
     from the input's own metadata where it has some (OME-TIFF, ImageJ TIFF, an OME-Zarr image or
-    level, HDF5 `element_size_um`). Returns the group's path."""
+    level, HDF5 `element_size_um`); all must be what NGFF can say (2-5 unique axes ordered t, c,
+    space; finite voxel sizes > 0; finite origins; NGFF's space and time unit names; a single
+    unit is that of the space axes). `chunks` and `shards` are integers >= 1, one per axis, shards
+    whole numbers of chunks. `output_group` must be new, or hold only this pyramid's levels (and
+    a `labels` group). Every refusal comes before anything is created. Returns the group's path."""
     check_method_options(method, order, anti_aliasing)
     config = check_backend(job_type, num_workers, job_config)
-    options, shards = pyramid_output_options(output_options, shards, ngff_version)
+    options = check_output_options(output_options)
+    if ngff_version not in ("0.4", "0.5"):
+        raise ParameterError(f"ngff_version must be '0.4' or '0.5', got {ngff_version!r}")
     if (levels is None) == (scale_factors is None):
         raise ParameterError("give exactly one of levels (planned from voxel_size) and scale_factors (per level)")
     source = as_source(input, storage_options=storage_options)
     check_input_dtype(source.dtype, method, order, anti_aliasing)
     if job_type != "local" and in_memory(source):
         raise ParameterError(f"job_type={job_type!r} needs a file-backed input (a zarr/n5 path or array), not numpy")
-    metadata = physical_metadata(source, voxel_size, origin, units, axes)
+    chunks, shards = check_chunks_and_shards(chunks, shards, options, len(source.shape), ngff_version)
+    options = replace(options, shards=shards)  # what existing levels must have
+    geometry = pyramid_geometry(source, voxel_size, origin, units, axes, planned=levels is not None)
     group_path = group_output_path(output_group, storage_options)
     if labels:
         check_label_options(group_path, source.dtype, method, order, anti_aliasing)
-    spec = level_spec(source, group_path, levels, scale_factors, metadata, chunks, shards)
+    spec = level_spec(source, group_path, levels, scale_factors, geometry, chunks, shards)
     reuse_s0 = reuses_s0(input, group_path)
     plan = region_plan(source, spec, method, config, reuse_s0)  # every check before anything is created
     details = {"input": describe_source(input, source), "output": str(group_path),
@@ -239,21 +253,10 @@ def pyramid_operation(
                "backend": describe_backend(job_type, num_workers)}
     if options != OutputOptions():
         details["output options"] = options.describe()
+    if not spec.level_factors:
+        details["levels"] = S0_ALONE
     return PyramidOperation(input, source, group_path, spec, method, order, anti_aliasing, options, ngff_version,
                             name, labels, config, num_workers, details, plan, reuse_s0, job_type)
-
-
-def pyramid_output_options(output_options: Any, shards: Any, ngff_version: str) -> tuple[OutputOptions, Any]:
-    """The levels' OutputOptions and shards (given once, as `shards` or in `output_options`)."""
-    options = check_output_options(output_options)
-    if shards is not None and options.shards is not None and tuple(shards) != options.shards:
-        raise ParameterError(f"shards={tuple(shards)} and output_options.shards={options.shards} differ: give one")
-    shards = shards if shards is not None else options.shards
-    if ngff_version not in ("0.4", "0.5"):
-        raise ParameterError(f"ngff_version must be '0.4' or '0.5', got {ngff_version!r}")
-    if ngff_version == "0.4" and shards is not None:
-        raise ParameterError("shards need zarr v3, i.e. ngff_version='0.5'")
-    return replace(options, shards=tuple(shards) if shards else None), shards
 
 
 def check_label_options(group_path: Any, dtype: Any, method: str, order: int, anti_aliasing: bool) -> None:

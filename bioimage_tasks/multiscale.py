@@ -9,35 +9,62 @@ from collections.abc import Sequence
 from typing import Any
 
 WINDOW_SHIFTED = ("mean", "mode", "min", "max", "median")  # a window's value sits at its centre
+AXIS_TYPES = {"t": "time", "c": "channel"}  # NGFF axis types by name; every other name is space
+# The units NGFF 0.4 and 0.5 name (UDUNITS-2), per axis type; channel axes have none.
+SPACE_UNITS = frozenset((
+    "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot",
+    "gigameter", "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer", "mile",
+    "millimeter", "nanometer", "parsec", "petameter", "picometer", "terameter", "yard",
+    "yoctometer", "yottameter", "zeptometer", "zettameter"))
+TIME_UNITS = frozenset((
+    "attosecond", "centisecond", "day", "decisecond", "exasecond", "femtosecond", "gigasecond",
+    "hectosecond", "hour", "kilosecond", "megasecond", "microsecond", "millisecond", "minute",
+    "nanosecond", "petasecond", "picosecond", "second", "terasecond", "yoctosecond",
+    "yottasecond", "zeptosecond", "zettasecond"))
+UNITS = {"space": SPACE_UNITS, "time": TIME_UNITS, "channel": frozenset()}
 
 
-def plan_isotropic_factors(voxel_size: Sequence[float], levels: int) -> list[tuple[int, ...]]:
-    """Per-level factors (relative to the previous level) that first halve the finest axes until
-    voxels are as isotropic as possible, then halve all axes: an axis is halved when that brings
-    its voxel within sqrt(2) of the coarsest axis (nearest in log scale), else it stays.
+def axis_type(name: str) -> str:
+    """The NGFF type of axis `name`: "time" for t, "channel" for c, else "space"."""
+    return AXIS_TYPES.get(name, "space")
+
+
+def plan_isotropic_factors(voxel_size: Sequence[float], levels: int,
+                           axes: Sequence[str] | None = None) -> list[tuple[int, ...]]:
+    """Per-level factors (relative to the previous level) that first halve the finest space axes
+    until voxels are as isotropic as possible, then halve all space axes: an axis is halved when
+    that brings its voxel within sqrt(2) of the coarsest axis (nearest in log scale), else it
+    stays. Channel and time axes (by their names in `axes`; all space without) keep factor 1:
+    averaging channels mixes unrelated signals, and time points are not comparable to space.
 
     >>> plan_isotropic_factors((1.0, 0.25, 0.25), 3)
     [(1, 2, 2), (1, 2, 2), (2, 2, 2)]
+    >>> plan_isotropic_factors((1.0, 1.0, 1.0, 0.25, 0.25), 2, ("t", "c", "z", "y", "x"))
+    [(1, 1, 1, 2, 2), (1, 1, 1, 2, 2)]
     """
-    current = list(voxel_size)
+    space = [axes is None or axis_type(name) == "space" for name in (axes or voxel_size)]
+    current = [size for size, is_space in zip(voxel_size, space) if is_space]
     plan = []
     for _ in range(levels):
         coarsest = max(current)
-        factors = tuple(2 if size * 2 <= coarsest * math.sqrt(2) else 1 for size in current)
+        factors = [2 if size * 2 <= coarsest * math.sqrt(2) else 1 for size in current]
         if all(f == 1 for f in factors):
-            factors = (2,) * len(current)
-        plan.append(factors)
+            factors = [2] * len(current)
         current = [size * f for size, f in zip(current, factors)]
+        chosen = iter(factors)
+        plan.append(tuple(next(chosen) if is_space else 1 for is_space in space))
     return plan
 
 
-def cumulative_factors(level_factors: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
-    """Factors of every level relative to s0 (s0 itself included, all ones).
+def cumulative_factors(level_factors: Sequence[Sequence[int]], ndim: int) -> list[tuple[int, ...]]:
+    """Factors of every level relative to s0 (s0 itself included, all ones); without levels,
+    s0's alone.
 
-    >>> cumulative_factors([(1, 2, 2), (2, 2, 2)])
+    >>> cumulative_factors([(1, 2, 2), (2, 2, 2)], 3)
     [(1, 1, 1), (1, 2, 2), (2, 4, 4)]
+    >>> cumulative_factors([], 2)
+    [(1, 1)]
     """
-    ndim = len(level_factors[0]) if level_factors else 0
     result = [(1,) * ndim]
     for factors in level_factors:
         result.append(tuple(a * b for a, b in zip(result[-1], factors)))
@@ -72,10 +99,9 @@ def level_transform(
 
 def axes_metadata(axes: Sequence[str], units: Sequence[str | None]) -> list[dict[str, Any]]:
     """NGFF axes: t is time, c channel, anything else space."""
-    kinds = {"t": "time", "c": "channel"}
     result = []
     for name, unit in zip(axes, units):
-        axis: dict[str, Any] = {"name": name, "type": kinds.get(name, "space")}
+        axis: dict[str, Any] = {"name": name, "type": axis_type(name)}
         if unit:
             axis["unit"] = unit
         result.append(axis)

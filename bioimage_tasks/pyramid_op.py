@@ -14,14 +14,15 @@ import tensorstore as ts
 
 from bioimage_tasks.engine import Run, Stage
 from bioimage_tasks.errors import ParameterError
-from bioimage_tasks.geometry import downscale_shape, normalize_factors
-from bioimage_tasks.grid import default_block_shape
+from bioimage_tasks.geometry import downscale_shape
 from bioimage_tasks.io import (ContainerPath, OutputOptions, UrlPath, check_existing_output, create_array, open_group,
                                output_path, storage_place, with_write_empty_chunks)
-from bioimage_tasks.io.source import physical_of, read_unit_of
+from bioimage_tasks.io.source import read_unit_of
 from bioimage_tasks.multiscale import (axes_metadata, cumulative_factors, labels_group_attributes, level_transform,
                                        multiscales_attributes, plan_isotropic_factors)
 from bioimage_tasks.operations import measure_range
+from bioimage_tasks.pyramid_checks import (PyramidGeometry, check_channels_kept, check_levels, check_output_group,
+                                           check_scale_factors, new_level_layout)
 from bioimage_tasks.pyramid_engine import (GroupOutput, LevelRow, Sink, pyramid_stages, pyramid_summary,
                                            resize_stages)
 from bioimage_tasks.pyramid_plan import PyramidPlan, plan_pyramid, tile_bytes_per_voxel
@@ -36,43 +37,27 @@ Layout = tuple[tuple[int, ...], tuple[int, ...] | None]  # (chunks, shards) of a
 @dataclass(frozen=True)
 class LevelSpec:
     """The checked geometry and metadata of a pyramid: per-level factors, shapes and layouts,
-    and s0's voxel size, origin, axes and units."""
+    and s0's axes, voxel size, origin and units (`geometry`)."""
 
     level_factors: list[tuple[int, ...]]
     shapes: list[tuple[int, ...]]
     layouts: list[Layout]
-    voxel_size: tuple[float, ...]
-    origin: tuple[float, ...]
-    axes: tuple[str, ...]
-    units: tuple[str | None, ...]
+    geometry: PyramidGeometry
 
     @property
     def cumulative(self) -> list[tuple[int, ...]]:
-        return cumulative_factors(self.level_factors)
+        return cumulative_factors(self.level_factors, len(self.shapes[0]))
 
 
-def physical_metadata(source: Any, voxel_size: Any, origin: Any, units: Any,
-                      axes: Any) -> tuple[tuple[float, ...], tuple[float, ...], tuple[str, ...], tuple]:
-    """Voxel size, origin, axes and units: what the caller gave, else the input's own metadata
-    (OME-TIFF, OME-Zarr, HDF5), else ones, zeros, (t, c,) z, y, x and no unit."""
-    ndim, known = len(source.shape), physical_of(source)
-    voxel_size = tuple(float(v) for v in (voxel_size or known.voxel_size or (1.0,) * ndim))
-    origin = tuple(float(o) for o in (origin or known.origin or (0.0,) * ndim))
-    axes = tuple(axes or known.axes or ("t", "c", "z", "y", "x")[-ndim:])
-    units = known.units or (None,) * ndim if units is None else units
-    units = (units,) * ndim if isinstance(units, str) else tuple(units)
-    if not len(voxel_size) == len(origin) == len(axes) == len(units) == ndim:
-        raise ParameterError(f"voxel_size, origin, axes and units need one entry per axis ({ndim})")
-    return voxel_size, origin, axes, units
-
-
-def level_factors_of(levels: Any, scale_factors: Any, voxel_size: tuple[float, ...]) -> list[tuple[int, ...]]:
-    """Per-level factors: planned from `voxel_size` for `levels`, else `scale_factors`."""
+def level_factors_of(levels: Any, scale_factors: Any, geometry: PyramidGeometry) -> list[tuple[int, ...]]:
+    """Per-level factors: planned from the voxel size for `levels` (space axes only), else
+    `scale_factors`; a channel axis is never reduced."""
     if levels is not None:
-        if not isinstance(levels, int) or isinstance(levels, bool) or levels < 0:
-            raise ParameterError(f"levels must be an integer >= 0, got {levels!r}")
-        return plan_isotropic_factors(voxel_size, levels)
-    return [normalize_factors(f, len(voxel_size)) for f in scale_factors]
+        factors = plan_isotropic_factors(geometry.voxel_size, check_levels(levels), geometry.axes)
+    else:
+        factors = check_scale_factors(scale_factors, len(geometry.axes))
+    check_channels_kept(factors, geometry)
+    return factors
 
 
 def level_path(group_path: ContainerPath | UrlPath, level: int) -> ContainerPath | UrlPath:
@@ -106,8 +91,7 @@ def existing_layout(group_path: ContainerPath | UrlPath, level: int, shape: tupl
 def level_layouts(group_path: Any, shapes: Sequence[tuple[int, ...]], dtype: np.dtype, chunks: Any,
                   shards: Any) -> list[Layout]:
     """Each level's (chunks, shards): an existing level's own, else the ones asked for."""
-    return [existing_layout(group_path, level, shape, dtype, chunks) or
-            (tuple(chunks) if chunks else default_block_shape(shape, None), tuple(shards) if shards else None)
+    return [existing_layout(group_path, level, shape, dtype, chunks) or new_level_layout(shape, chunks, shards)
             for level, shape in enumerate(shapes)]
 
 
@@ -170,13 +154,15 @@ class PyramidOperation:
         spec = self.spec
         self.group, self.group_directory = open_group(self.group_path, 2 if self.ngff_version == "0.4" else 3)
         arrays = [None if level == 0 and self.reuse_s0 else
-                  level_array(self.group_path, level, shape, self.source.dtype, spec.layouts[level], spec.axes,
-                              self.options)
+                  level_array(self.group_path, level, shape, self.source.dtype, spec.layouts[level],
+                              spec.geometry.axes, self.options)
                   for level, shape in enumerate(spec.shapes)]
         self.sinks = [None if a is None else throttle_writes(a, self.config.write_limit) for a in arrays]
         self.rows = [LevelRow(level, shape, spec.layouts[level][1] or spec.layouts[level][0], factors,
                               "existing" if arrays[level] is None else "from the base")
                      for level, (shape, factors) in enumerate(zip(spec.shapes, spec.cumulative))]
+        if not spec.level_factors:
+            edge.log("pyramid %s: %s", self.group_path, self.details.get("levels"))
         if self.plan is None and any(ResizedSource(self.source, s, self.order, self.anti_aliasing).clips
                                      for s in spec.shapes[1:]):
             self.value_range = measure_range(edge, self.source, self.num_workers)
@@ -218,13 +204,13 @@ class PyramidOperation:
 
     def complete(self) -> str:
         """Write the multiscales metadata (and the labels group's list); return the group's path."""
-        spec, group_path = self.spec, self.group_path
-        transforms = [level_transform(self.method, spec.voxel_size, spec.origin, f, spec.shapes[0], shape)
+        spec, group_path, geometry = self.spec, self.group_path, self.spec.geometry
+        transforms = [level_transform(self.method, geometry.voxel_size, geometry.origin, f, spec.shapes[0], shape)
                       for f, shape in zip(spec.cumulative, spec.shapes)]
         label_name = group_path.key.rsplit("/", 1)[-1]
         self.group.attrs.update(multiscales_attributes(
-            self.ngff_version, self.name or label_name or "image", axes_metadata(spec.axes, spec.units), transforms,
-            self.method, label=self.labels))
+            self.ngff_version, self.name or label_name or "image", axes_metadata(geometry.axes, geometry.units),
+            transforms, self.method, label=self.labels))
         if self.labels:
             parent = replace(group_path, key=group_path.key.rsplit("/", 1)[0])
             labels_group, _ = open_group(parent, 2 if self.ngff_version == "0.4" else 3)
@@ -253,13 +239,14 @@ def group_output_path(output_group: str, storage_options: Any) -> ContainerPath 
     group_path = output_path(output_group, storage_options, "output_group")
     if group_path.format != "zarr":
         raise ParameterError(f"output_group must be a zarr path for OME-Zarr, got {output_group!r}")
+    check_output_group(group_path)
     return group_path
 
 
-def level_spec(source: Any, group_path: Any, levels: Any, scale_factors: Any, metadata: tuple,
+def level_spec(source: Any, group_path: Any, levels: Any, scale_factors: Any, geometry: PyramidGeometry,
                chunks: Any, shards: Any) -> LevelSpec:
-    """The pyramid's levels from the checked metadata (voxel size, origin, axes, units)."""
-    level_factors = level_factors_of(levels, scale_factors, metadata[0])
-    shapes = [downscale_shape(source.shape, f) for f in cumulative_factors(level_factors)]
+    """The pyramid's levels from the checked geometry (axes, voxel size, origin, units)."""
+    level_factors = level_factors_of(levels, scale_factors, geometry)
+    shapes = [downscale_shape(source.shape, f) for f in cumulative_factors(level_factors, len(source.shape))]
     layouts = level_layouts(group_path, shapes, source.dtype, chunks, shards)
-    return LevelSpec(level_factors, shapes, layouts, *metadata)
+    return LevelSpec(level_factors, shapes, layouts, geometry)

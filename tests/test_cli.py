@@ -68,6 +68,15 @@ def test_bad_argument_prints_one_line(tmp_path, image_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+def test_pyramid_refuses_zero_chunks_at_once(tmp_path, image_path):
+    path, _ = image_path
+    failed = cli("pyramid", path, f"{tmp_path}/image.zarr", "--levels", "1", "--chunks", "0,16,16")
+    assert failed.returncode == 1
+    message = "ParameterError: chunks must be 3 integers >= 1, one per axis, got (0, 16, 16)"
+    assert message in failed.stderr
+    assert not os.path.exists(tmp_path / "image.zarr")
+
+
 def test_help_explains_every_option():
     shown = cli("downsample", "--help")
     assert shown.returncode == 0

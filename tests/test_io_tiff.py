@@ -15,6 +15,7 @@ import tensorstore as ts
 import tifffile
 import zarr
 from helpers import executed_since
+from ngff import validate_ngff
 
 from bioimage_tasks.io import as_source
 from bioimage_tasks.runners import LocalClusterConfig
@@ -179,6 +180,26 @@ def test_pyramid_from_ome_tiff_takes_its_voxel_size_and_decodes_once(tmp_path, r
         reference = ts.downsample(ts.array(data), list(factor), "mean").read().result()
         np.testing.assert_array_equal(group[f"s{level}"][:], reference)
     np.testing.assert_array_equal(group["s0"][:], data)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_pyramid_of_a_czyx_ome_tiff_keeps_its_channels(tmp_path, rng):
+    """The OME-TIFF names its axes, so levels= plans from its space axes alone."""
+    data = rng.integers(0, 255, (2, 8, 48, 40), dtype=np.uint8)
+    path = str(tmp_path / "cells.ome.tif")
+    sizes = {"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 1.0}
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": "CZYX", **sizes})
+    pyramid_flow(path, f"{tmp_path}/out.ome.zarr", levels=2)
+    validate_ngff(f"{tmp_path}/out.ome.zarr")
+    group = zarr.open_group(f"{tmp_path}/out.ome.zarr", mode="r")
+    multiscale = group.attrs["ome"]["multiscales"][0]
+    axes = [(a["name"], a["type"]) for a in multiscale["axes"]]
+    assert axes == [("c", "channel"), ("z", "space"), ("y", "space"), ("x", "space")]
+    for level, factors in enumerate([(1, 1, 2, 2), (1, 2, 4, 4)], start=1):
+        assert multiscale["datasets"][level]["coordinateTransformations"][0]["scale"] == [
+            1.0, 1.0 * factors[1], 0.5 * factors[2], 0.5 * factors[3]]
+        reference = ts.downsample(ts.array(data), list(factors), "mean").read().result()
+        np.testing.assert_array_equal(group[f"s{level}"][:], reference)
 
 
 @pytest.mark.usefixtures("prefect_server")

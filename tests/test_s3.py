@@ -14,6 +14,7 @@ import pytest
 import tensorstore as ts
 import zarr
 
+from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.io import StorageOptions, UrlPath, as_source
 from bioimage_tasks.lease import Holder, LeaseHeldError, _acquire, holders
 from bioimage_tasks.records import BlockRecords
@@ -85,6 +86,12 @@ def test_pyramid_s3_to_s3(prefect_server, s3_server, bucket, image):
     pyramid_flow(source, group, levels=2, voxel_size=(1.0, 1.0, 1.0), method="mean", chunks=(8, 8, 8))
     rewritten = [p for m, p in s3_server.writes_since(mark) if "/.bioimage-tasks/lease/" not in p]
     assert rewritten == []  # a rerun writes only its lease
+    mark = len(s3_server.requests())
+    with pytest.raises(ParameterError, match="is an array; a pyramid is a group"):
+        pyramid_flow(source, f"s3://{bucket}/raw.zarr//v3/", scale_factors=[2])
+    with pytest.raises(ParameterError, match="image.ome.zarr' is a group, not an array"):
+        copy_flow(source, group)
+    assert s3_server.writes_since(mark) == []
 
 
 def test_rerun_writes_no_object_and_resumes(prefect_server, s3_server, bucket, image):

@@ -53,6 +53,9 @@ BAD_CALLS = [  # (keyword changes, exception, message pattern)
     ({"block_ids": 3}, ValueError, r"block_ids must be a sequence of integers"),
     ({"block_ids": [0], "resume_from": "some-run"}, ValueError, r"block_ids and resume_from cannot be combined"),
     ({"block_shape": (4, 4)}, ValueError, r"block_shape must be 3 positive integers"),
+    ({"block_shape": (0, 4, 4)}, ValueError, r"block_shape must be 3 positive integers"),
+    ({"block_shape": (-4, 4, 4)}, ValueError, r"block_shape must be 3 positive integers"),
+    ({"block_shape": (4.5, 4, 4)}, ValueError, r"block_shape must be 3 positive integers"),
 ]
 
 
@@ -140,6 +143,36 @@ def test_output_that_is_the_input_is_refused(setup):
     with pytest.raises(ValueError, match="is the input"):
         copy_flow(x, x[:, :, :])
     assert np.all(array[:] == SENTINEL)
+
+
+def test_output_that_is_a_group_or_holds_other_arrays_is_refused(setup):
+    """An output path must name an array: the container `out.zarr` (a group holding s1), or a
+    bare container without root metadata holding an array, are refused before any write."""
+    from bioimage_tasks.errors import ParameterError
+
+    os.makedirs(setup / "bare.zarr")
+    zarr.create_array(store=str(setup / "bare.zarr" / "raw"), shape=(4, 4), dtype="uint8")
+    files = sorted(os.path.join(d, f) for d, _, names in os.walk(setup) for f in names)
+    for flow, args in ((copy_flow, ()), (downsample_flow, (1,))):
+        with pytest.raises(ParameterError, match=r"out.zarr' is a group, not an array: give a new"):
+            flow(f"{setup}/in.zarr/raw", *args, f"{setup}/out.zarr")
+        with pytest.raises(ParameterError, match=r"bare.zarr' is a folder holding \['raw'\]"):
+            flow(f"{setup}/in.zarr/raw", *args, f"{setup}/bare.zarr/")
+    assert sorted(os.path.join(d, f) for d, _, names in os.walk(setup) for f in names) == files
+    assert np.all(zarr.open_array(str(setup / "out.zarr"), path="s1")[:] == SENTINEL)
+
+
+def test_output_paths_are_normalised(setup, monkeypatch):
+    monkeypatch.chdir(setup)
+    image = zarr.open_array(str(setup / "in.zarr"), path="raw", mode="r")[:]
+    copy_flow("in.zarr/raw", "./c.zarr/./a")
+    copy_flow("./in.zarr//raw", "c.zarr//b/")
+    assert sorted(os.listdir(setup / "c.zarr")) == ["a", "b", "zarr.json"]
+    for name in ("a", "b"):
+        copied = zarr.open_array(str(setup / "c.zarr"), path=name, mode="r")
+        np.testing.assert_array_equal(copied[:], image)
+    with pytest.raises(ValueError, match=r"output: '..' inside a container is not a key"):
+        copy_flow("in.zarr/raw", "c.zarr/a/../b")
 
 
 def test_downscale_shape_takes_an_int_or_per_axis_factors():

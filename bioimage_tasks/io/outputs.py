@@ -14,6 +14,7 @@ import numpy as np
 import tensorstore as ts
 import zarr
 
+from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.grid import chunks_dividing, default_block_shape
 from bioimage_tasks.io.inputs import as_source, refuse_input_only
 from bioimage_tasks.io.kv import Location
@@ -75,6 +76,7 @@ def plan_output(
     refuse_input_only(output)
     if isinstance(output, (str, os.PathLike)):
         path = output_path(os.fspath(output), storage_options)
+        check_array_output(path)
         if not path.exists():
             options.check_shards(len(shape), "n5" if path.format == "n5" else f"zarr v{path.zarr_format()}")
             chunks = default_block_shape(shape, None)
@@ -106,6 +108,21 @@ def output_path(output: str, storage_options: StorageOptions | dict | None, para
     except ValueError as error:
         raise ValueError(f"{parameter}: {error}") from None
     return path
+
+
+def check_array_output(path: ContainerPath | UrlPath, parameter: str = "output") -> None:
+    """An output path names an array or nothing yet: a new array written at a group, or in a
+    folder holding other things (a bare container of other arrays), would sit over them."""
+    node = path.node()
+    if node == "group":
+        raise ParameterError(f"{parameter} {str(path)!r} is a group, not an array: give a new "
+                             f"array path inside it, e.g. '{path}/<name>'")
+    if node == "folder":
+        folder = os.path.join(path.container, path.key)
+        held = sorted(name for name in os.listdir(folder) if not name.startswith("."))
+        if held:
+            raise ParameterError(f"{parameter} {str(path)!r} is a folder holding {held[:5]}, not "
+                                 f"an array: give a new array path inside it, e.g. '{path}/<name>'")
 
 
 def check_existing_output(sink: Source, options: OutputOptions, name: str) -> None:

@@ -3,12 +3,14 @@ opening the array inside it."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
 import tensorstore as ts
 import zarr
 
+from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.zarr_array import ArraySource
 from bioimage_tasks.io.kv import LOCAL_IO
@@ -26,14 +28,34 @@ class ContainerPath:
 
     @classmethod
     def parse(cls, path: str, parameter: str) -> ContainerPath:
-        parts = path.rstrip("/").split("/")
+        """Split `path`, normalised: empty and "." parts are dropped ("./x.zarr//raw" is x.zarr,
+        key raw), so one array has one name; ".." inside the container is refused."""
+        root = "/" if path.startswith("/") else ""
+        parts = [part for part in path.split("/") if part not in ("", ".")]
         for index, part in enumerate(parts):
             for suffix in CONTAINER_SUFFIXES:
                 if part.endswith(suffix) and len(part) > len(suffix):
-                    return cls("/".join(parts[: index + 1]) or "/", "/".join(parts[index + 1 :]), suffix[1:])
-        raise ValueError(
+                    container, key = root + "/".join(parts[: index + 1]), parts[index + 1 :]
+                    if ".." in key:
+                        raise ParameterError(f"{parameter}: '..' inside a container is not a key, "
+                                             f"got {path!r}")
+                    return cls(container, "/".join(key), suffix[1:])
+        raise ParameterError(
             f"{parameter} must be 'path/container.zarr/key' or 'path/container.n5/key', got {path!r}"
         )
+
+    def node(self) -> str | None:
+        """What is at this path: "array", "group" (zarr or n5 group metadata), "folder" (a folder
+        without metadata, such as a bare container), or None (nothing)."""
+        folder = os.path.join(self.container, self.key)
+        names = ("attributes.json",) if self.format == "n5" else ("zarr.json", ".zarray", ".zgroup")
+        for name in names:
+            try:
+                with open(os.path.join(folder, name), "rb") as file:
+                    return node_kind(name, file.read())
+            except FileNotFoundError:
+                continue
+        return "folder" if os.path.isdir(folder) else None
 
     def exists(self) -> bool:
         metadata = ("attributes.json",) if self.format == "n5" else ("zarr.json", ".zarray")
@@ -55,3 +77,17 @@ class ContainerPath:
 
     def __str__(self) -> str:
         return f"{self.container}/{self.key}" if self.key else self.container
+
+
+def node_kind(name: str, data: bytes) -> str:
+    """"array" or "group", by metadata file `name` (zarr.json, .zarray, .zgroup, n5's
+    attributes.json, which only an array's has "dimensions" in) and its contents."""
+    if name in (".zarray", ".zgroup"):
+        return "array" if name == ".zarray" else "group"
+    try:
+        metadata = json.loads(data)
+    except ValueError:
+        return "array"  # unreadable metadata: let opening it say what is wrong
+    if name == "zarr.json":
+        return "group" if metadata.get("node_type") == "group" else "array"
+    return "array" if "dimensions" in metadata else "group"

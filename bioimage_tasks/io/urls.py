@@ -24,7 +24,7 @@ import tensorstore as ts
 from bioimage_tasks.io.kv import JsonAttributes, KvLocation
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.options import OutputOptions
-from bioimage_tasks.io.paths import ContainerPath
+from bioimage_tasks.io.paths import ContainerPath, node_kind
 
 SCHEMES = ("s3", "http", "https")
 METADATA = {"zarr3": "zarr.json", "zarr": ".zarray", "n5": "attributes.json"}
@@ -158,6 +158,15 @@ class UrlPath:
 
     def exists(self) -> bool:
         return self.driver() is not None
+
+    def node(self) -> str | None:
+        """"array", "group" (by its zarr or n5 metadata) or None: object storage has no folders."""
+        names = ("attributes.json",) if self.format == "n5" else ("zarr.json", ".zarray", ".zgroup")
+        found = self._probe(self.key, names)
+        if not any(found):
+            return None
+        name = names[found.index(True)]
+        return node_kind(name, self.location().read(name) or b"{}")
 
     def zarr_format(self) -> int:
         """2 inside an existing zarr v2 container, else 3."""
