@@ -4,17 +4,21 @@ and leases in the bucket; a finished rerun writes no object."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import re
+import socket
 import threading
+import time
 
 import numpy as np
 import pytest
 import tensorstore as ts
 import zarr
 
-from bioimage_tasks.io import StorageOptions, UrlPath, as_source
+from bioimage_tasks.errors import StorageError
+from bioimage_tasks.io import StorageOptions, UrlPath, as_source, urls
 from bioimage_tasks.lease import Holder, LeaseHeldError, _acquire, holders
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.runners import LocalClusterConfig, RunnerConfig
@@ -210,7 +214,7 @@ def test_bad_urls_fail_before_any_work(s3_server, bucket, monkeypatch):
         as_source(f"s3://{bucket}/raw.zarr/missing")
     with pytest.raises(ValueError, match="output: bucket 'no-such-bucket' does not exist"):
         copy_flow(np.zeros((4, 4), np.uint8), "s3://no-such-bucket/out.zarr/x")
-    with pytest.raises(ValueError, match="cannot reach"):
+    with pytest.raises(StorageError, match=r"input: cannot reach .* http://127.0.0.1:9 cannot be"):
         as_source(f"s3://{bucket}/raw.zarr/v", storage_options={"endpoint_url": "http://127.0.0.1:9"})
     with pytest.raises(ValueError, match="unknown fields"):
         as_source(f"s3://{bucket}/raw.zarr/v", storage_options={"secret": "x"})
@@ -220,3 +224,41 @@ def test_bad_urls_fail_before_any_work(s3_server, bucket, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     with pytest.raises(ValueError, match="no S3 credentials"):
         as_source(f"s3://{bucket}/raw.zarr/v", storage_options=StorageOptions(endpoint_url=s3_server.endpoint))
+
+
+@pytest.fixture
+def silent_endpoint():
+    """An endpoint on loopback that accepts connections and never answers (a hung server, or a
+    load balancer in front of nothing)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def accept_forever():
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for connection in held:
+        connection.close()
+
+
+def test_an_endpoint_that_never_answers_is_refused_quickly(prefect_server, silent_endpoint,
+                                                           monkeypatch):
+    """tensorstore alone waits about 185 s; the first open of a URL gives up after PROBE_TIMEOUT
+    (10 s) with a StorageError naming the endpoint, for an input and for an output."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    started = time.monotonic()
+    options = {"endpoint_url": silent_endpoint}
+    with pytest.raises(StorageError, match=rf"input: .*{silent_endpoint} did not answer within 10"):
+        as_source("s3://lab/raw.zarr/v", storage_options=options)
+    assert time.monotonic() - started < 30
+    monkeypatch.setattr(urls, "PROBE_TIMEOUT", 1.0)  # the same path, quicker
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=rf"output: cannot reach s3://lab/out.zarr/x: the "
+                                           rf"endpoint {silent_endpoint} did not answer within 1"):
+        copy_flow(np.zeros((4, 4), np.uint8), "s3://lab/out.zarr/x", storage_options=options)
+    assert time.monotonic() - started < 30
