@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import os
 import re
 import socket
 import threading
@@ -224,6 +225,40 @@ def test_bad_urls_fail_before_any_work(s3_server, bucket, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     with pytest.raises(ValueError, match="no S3 credentials"):
         as_source(f"s3://{bucket}/raw.zarr/v", storage_options=StorageOptions(endpoint_url=s3_server.endpoint))
+
+
+S3_COPY_SCRIPT = """
+import sys
+import numpy as np
+from flows import copy_flow, downsample_flow, pyramid_flow
+bucket = sys.argv[1]
+image = np.arange(16 * 16 * 16, dtype=np.uint16).reshape(16, 16, 16)
+copy_flow(image, f"s3://{bucket}/copy.zarr/raw", block_shape=(8, 8, 8))
+downsample_flow(f"s3://{bucket}/copy.zarr/raw", 2, f"s3://{bucket}/copy.zarr/s1", method="mean")
+pyramid_flow(f"s3://{bucket}/copy.zarr/raw", f"s3://{bucket}/image.ome.zarr", scale_factors=[2],
+             method="mean")
+print("done")
+"""
+
+
+def test_s3_runs_keep_stderr_free_of_aws_file_errors(s3_server, bucket, subprocess_env, tmp_path):
+    """tensorstore's AWS client logs "Failed to open file ... ~/.aws/credentials" (and config)
+    lines when it looks for credential files; runs with environment credentials must not. HOME
+    points at an empty folder, so those files are missing whatever this machine holds."""
+    import subprocess
+    import sys
+
+    path = os.pathsep.join([os.getcwd(), subprocess_env["PYTHONPATH"]])
+    env = subprocess_env | {"HOME": str(tmp_path), "PYTHONPATH": path}
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_PROFILE"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-c", S3_COPY_SCRIPT, bucket], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("done"), done.stderr[-3000:]
+    assert "Failed to open file" not in done.stderr, done.stderr[-3000:]
+    assert ".aws/" not in done.stderr, done.stderr[-3000:]
+    window = np.arange(16**3, dtype=np.uint16).reshape(8, 2, 8, 2, 8, 2).mean(axis=(1, 3, 5))
+    assert np.array_equal(read(as_source(f"s3://{bucket}/copy.zarr/s1").array), np.rint(window))
 
 
 @pytest.fixture
