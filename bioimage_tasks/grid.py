@@ -81,7 +81,7 @@ class BlockGrid:
                 )
             ids.append(int(block_id))
         if not ids:
-            raise ParameterError("block_ids is empty: give at least one block id, or None for all blocks")
+            raise ParameterError("block_ids is empty: give at least one block id, or None for all")
         repeated = sorted(b for b, n in Counter(ids).items() if n > 1)
         if repeated:
             raise ParameterError(f"block_ids must not repeat ids; repeated: {repeated}")

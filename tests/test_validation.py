@@ -91,7 +91,8 @@ BAD_BLOCK_IDS = [  # (block_ids, message pattern) on a grid of 3 x 3 x 3 blocks
 
 
 @pytest.mark.parametrize("flow", ["downsample", "copy"])
-@pytest.mark.parametrize("block_ids,pattern", BAD_BLOCK_IDS, ids=[repr(c[0])[:20] for c in BAD_BLOCK_IDS])
+@pytest.mark.parametrize("block_ids,pattern", BAD_BLOCK_IDS,
+                         ids=[repr(c[0])[:20] for c in BAD_BLOCK_IDS])
 def test_bad_block_ids_create_nothing(setup, flow, block_ids, pattern):
     """Malformed block_ids are refused before the output (or its ownership file) exists, for a
     path output and for a numpy result (which would otherwise come back all zeros)."""
