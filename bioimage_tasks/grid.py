@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from bioimage_tasks.errors import ParameterError
 
 # A block should hold about this many voxels when we are free to choose: big enough that
 # per-block overhead (halo reads, Python calls) is small, small enough to stay cache-friendly.
@@ -63,20 +66,26 @@ class BlockGrid:
             b % u and b < s for b, u, s in zip(self.block_shape, write_unit, self.shape))
 
     def validate_block_ids(self, block_ids: Iterable[int]) -> list[int]:
-        """Sorted unique block ids, or a ValueError naming `block_ids` and the valid range."""
+        """Sorted block ids, or a ParameterError naming `block_ids`: an empty list (a run that
+        would write nothing), non-integers, ids outside the grid and repeated ids are refused."""
         if isinstance(block_ids, (str, bytes)) or not isinstance(block_ids, Iterable):
-            raise ValueError(f"block_ids must be a sequence of integers, got {block_ids!r}")
+            raise ParameterError(f"block_ids must be a sequence of integers, got {block_ids!r}")
         ids = []
         for block_id in block_ids:
             if not isinstance(block_id, (int, np.integer)) or isinstance(block_id, bool):
-                raise ValueError(f"block_ids must be integers, got {block_id!r}")
+                raise ParameterError(f"block_ids must be integers, got {block_id!r}")
             if not 0 <= block_id < self.n_blocks:
-                raise ValueError(
+                raise ParameterError(
                     f"block_ids must lie in [0, {self.n_blocks}) for a grid of {self.grid_shape} "
                     f"blocks of shape {self.block_shape}; got {block_id}"
                 )
             ids.append(int(block_id))
-        return sorted(set(ids))
+        if not ids:
+            raise ParameterError("block_ids is empty: give at least one block id, or None for all")
+        repeated = sorted(b for b, n in Counter(ids).items() if n > 1)
+        if repeated:
+            raise ParameterError(f"block_ids must not repeat ids; repeated: {repeated}")
+        return sorted(ids)
 
 
 def default_block_shape(shape: Sequence[int], write_unit: Sequence[int] | None) -> tuple[int, ...]:

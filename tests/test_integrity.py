@@ -25,6 +25,7 @@ from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import LocalClusterConfig
 from bioimage_tasks.io import as_source
+from bioimage_tasks import downsample
 from flows import copy_flow, downsample_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -52,19 +53,20 @@ def window_mean(image):
     return ts.downsample(ts.array(image), [2, 2, 2], "mean").read().result()
 
 
-def test_a_b_a_recomputes_and_a_a_resumes(volume):
+@pytest.mark.parametrize("run", [downsample_flow, downsample], ids=["flow", "plain"])
+def test_a_b_a_recomputes_and_a_a_resumes(volume, run):
     root, image = volume
     output = f"{root}/out.zarr/s1"
     a = {"order": 0, "block_shape": BLOCK}
-    downsample_flow(f"{root}/in.zarr/raw", 2, output, **a)
-    b = downsample_flow(f"{root}/in.zarr/raw", 2, output, order=1, anti_aliasing=True, block_shape=BLOCK)
+    run(f"{root}/in.zarr/raw", 2, output, **a)
+    b = run(f"{root}/in.zarr/raw", 2, output, order=1, anti_aliasing=True, block_shape=BLOCK)
     np.testing.assert_array_equal(b[:], resized(image, 1, True))
     started = time.time()
-    again = downsample_flow(f"{root}/in.zarr/raw", 2, output, **a)
+    again = run(f"{root}/in.zarr/raw", 2, output, **a)
     assert executed_since(output, started) == set(range(N_BLOCKS))  # B's writes voided A's records
     np.testing.assert_array_equal(again[:], resized(image, 0))
     before, started = record_times(output), time.time()
-    downsample_flow(f"{root}/in.zarr/raw", 2, output, num_workers=2, **a)
+    run(f"{root}/in.zarr/raw", 2, output, num_workers=2, **a)
     assert executed_since(output, started) == set() and record_times(output) == before
 
 

@@ -17,7 +17,9 @@ import zarr
 from helpers import executed_since
 from ngff import validate_ngff
 
-from bioimage_tasks.io import as_source
+from bioimage_tasks.errors import ParameterError
+from bioimage_tasks.io import as_source, tiff_headers
+from bioimage_tasks.io.tiff_headers import header_key
 from bioimage_tasks.runners import LocalClusterConfig
 from flows import copy_flow, downsample_flow, pyramid_flow
 
@@ -107,6 +109,86 @@ def test_slice_folder_and_glob_are_one_3d_source(tmp_path, image, form):
     source = as_source(str(folder) if form == "folder" else f"{folder}/z*.tif")
     assert source.shape == SHAPE and source.read_unit == (1, 64, 64)
     np.testing.assert_array_equal(source[(slice(1, 19, 3), slice(0, 200), slice(7, 99))], image[1:19:3, :, 7:99])
+
+
+def write_slices(folder, image, **options) -> None:
+    folder.mkdir()
+    for z in range(len(image)):
+        tifffile.imwrite(folder / f"z{z}.tif", image[z], **options)
+
+
+NOT_A_TIFF = r"is not a readable TIFF file \(TiffFileError: .*\)"
+BAD_SLICES = {  # name: (write the odd slice z7 over a folder of good ones, what the error says)
+    "shape": (lambda path, x: tifffile.imwrite(path, x[7, :100]), r"holds \(100, 150\) uint8"),
+    "dtype": (lambda path, x: tifffile.imwrite(path, x[7].astype(np.uint16)),
+              r"holds \(200, 150\) uint16"),
+    "stack": (lambda path, x: tifffile.imwrite(path, x[:2]), r"holds \(2, 200, 150\) uint8"),
+    "not a tiff": (lambda path, x: path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100)), NOT_A_TIFF),
+    "truncated": (lambda path, x: path.write_bytes(b"II*\x00\x08\x00\x00\x00\x0e"), NOT_A_TIFF),
+}
+
+
+@pytest.mark.parametrize("fault", BAD_SLICES)
+def test_a_bad_slice_is_refused_when_the_input_is_opened(tmp_path, image, fault):
+    folder = tmp_path / "slices"
+    write_slices(folder, image)
+    write, pattern = BAD_SLICES[fault]
+    write(folder / "z7.tif", image)
+    for text in (str(folder), f"{folder}/z*.tif"):
+        first = rf"the first slice '{folder}/z0.tif' holds \(200, 150\) uint8"
+        bad = rf"input: slice '{folder}/z7.tif' {pattern}"
+        with pytest.raises(ParameterError, match=rf"{bad}; {first}"):
+            as_source(text)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_bad_slice_fails_a_flow_before_its_output_exists(tmp_path, image):
+    folder = tmp_path / "slices"
+    write_slices(folder, image, tile=(64, 64))
+    tifffile.imwrite(folder / "z12.tif", image[12].astype(np.float32))
+    with pytest.raises(ParameterError, match=r"slice '.*z12.tif' holds \(200, 150\) float32"):
+        downsample_flow(str(folder), 2, f"{tmp_path}/out.zarr/s1", method="mean",
+                        block_shape=(4, 64, 64))
+    assert not os.path.exists(tmp_path / "out.zarr")
+
+
+def test_slices_that_differ_only_in_layout_are_accepted_from_headers(tmp_path, image, monkeypatch):
+    """Slices of one shape and dtype pass however they are stored; files whose first IFD reads
+    like the first file's are not opened by tifffile (headers only), the others are, to check."""
+    folder = tmp_path / "slices"
+    write_slices(folder, image)
+    tifffile.imwrite(folder / "z3.tif", image[3], tile=(64, 64), compression="zlib")
+    tifffile.imwrite(folder / "z5.tif", image[5], imagej=True)
+    tifffile.imwrite(folder / "z9.tif", image[9], bigtiff=True, byteorder=">")
+    opened = []
+    original = tifffile.TiffFile.__init__
+
+    def opening(self, path, *args, **kwargs):
+        opened.append(os.path.basename(str(path)))
+        original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffFile, "__init__", opening)
+    source = as_source(str(folder))
+    assert sorted(set(opened)) == ["z0.tif", "z3.tif", "z5.tif"]  # z9: BigTIFF, same tags
+    np.testing.assert_array_equal(source[(slice(None),) * 3], image)
+
+
+@pytest.mark.parametrize("options", [{}, {"bigtiff": True}, {"byteorder": ">"}, {"imagej": True},
+                                     {"tile": (64, 64), "description": "x" * 5000}])
+def test_header_key_reads_what_tifffile_reads(tmp_path, image, monkeypatch, options):
+    """The header reader agrees with tifffile's first page, also when every value must be read
+    from further in the file (a head of 8 bytes: as for writers that put the IFD at the end)."""
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, image[0].astype(np.int16), **options)
+    key = header_key(str(path))
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages.first
+        expected = (tuple(sorted(page.tags.keys())), (page.imagewidth,), (page.imagelength,),
+                    (page.samplesperpixel,), (page.bitspersample,), (page.sampleformat,),
+                    len(tif.pages) > 1)
+    assert (tuple(sorted(set(key.tag_codes))), *key[1:7]) == expected and key.sample_format == (2,)
+    monkeypatch.setattr(tiff_headers, "HEAD_BYTES", 8)
+    assert header_key(str(path)) == key
 
 
 def test_series_choice_and_clear_errors(tmp_path, image):

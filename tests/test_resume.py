@@ -45,9 +45,11 @@ def expected_order1(image):
     return np.clip(np.rint(skimage_downsample(image, (2, 2, 2), 1, True)), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("job_type", ["local", pytest.param("subprocess", marks=pytest.mark.slow),
-                                      pytest.param("slurm", marks=pytest.mark.slow)])
-def test_sigkilled_run_resumes_only_missing_blocks(request, volume, job_type):
+@pytest.mark.parametrize("job_type, engine", [("local", "flow"), ("local", "plain"),
+                                              pytest.param("subprocess", "flow", marks=pytest.mark.slow),
+                                              pytest.param("subprocess", "plain", marks=pytest.mark.slow),
+                                              pytest.param("slurm", "flow", marks=pytest.mark.slow)])
+def test_sigkilled_run_resumes_only_missing_blocks(request, volume, job_type, engine):
     from prefect.settings import PREFECT_API_URL
 
     if job_type == "slurm":
@@ -55,7 +57,7 @@ def test_sigkilled_run_resumes_only_missing_blocks(request, volume, job_type):
     root, image = volume
     output, array_dir = f"{root}/out.zarr/s1", f"{root}/out.zarr/s1"
     n_blocks = BlockGrid(OUT_SHAPE, (8, 8, 8)).n_blocks
-    env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value(),
+    env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value(), "RESUME_ENGINE": engine,
                         "PYTHONPATH": os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")]))}
     process = subprocess.Popen([sys.executable, os.path.join(TESTS_DIR, "resume_job.py"), f"{root}/in.zarr/raw", output,
                                 job_type, "0.4", str(root / "logs")], env=env)

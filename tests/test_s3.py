@@ -4,18 +4,22 @@ and leases in the bucket; a finished rerun writes no object."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
+import os
 import re
+import socket
 import threading
+import time
 
 import numpy as np
 import pytest
 import tensorstore as ts
 import zarr
 
-from bioimage_tasks.errors import ParameterError
-from bioimage_tasks.io import StorageOptions, UrlPath, as_source
+from bioimage_tasks.errors import ParameterError, StorageError
+from bioimage_tasks.io import StorageOptions, UrlPath, as_source, urls
 from bioimage_tasks.lease import Holder, LeaseHeldError, _acquire, holders
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.runners import LocalClusterConfig, RunnerConfig
@@ -217,7 +221,7 @@ def test_bad_urls_fail_before_any_work(s3_server, bucket, monkeypatch):
         as_source(f"s3://{bucket}/raw.zarr/missing")
     with pytest.raises(ValueError, match="output: bucket 'no-such-bucket' does not exist"):
         copy_flow(np.zeros((4, 4), np.uint8), "s3://no-such-bucket/out.zarr/x")
-    with pytest.raises(ValueError, match="cannot reach"):
+    with pytest.raises(StorageError, match=r"input: cannot reach .* http://127.0.0.1:9 cannot be"):
         as_source(f"s3://{bucket}/raw.zarr/v", storage_options={"endpoint_url": "http://127.0.0.1:9"})
     with pytest.raises(ValueError, match="unknown fields"):
         as_source(f"s3://{bucket}/raw.zarr/v", storage_options={"secret": "x"})
@@ -227,3 +231,75 @@ def test_bad_urls_fail_before_any_work(s3_server, bucket, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     with pytest.raises(ValueError, match="no S3 credentials"):
         as_source(f"s3://{bucket}/raw.zarr/v", storage_options=StorageOptions(endpoint_url=s3_server.endpoint))
+
+
+S3_COPY_SCRIPT = """
+import sys
+import numpy as np
+from flows import copy_flow, downsample_flow, pyramid_flow
+bucket = sys.argv[1]
+image = np.arange(16 * 16 * 16, dtype=np.uint16).reshape(16, 16, 16)
+copy_flow(image, f"s3://{bucket}/copy.zarr/raw", block_shape=(8, 8, 8))
+downsample_flow(f"s3://{bucket}/copy.zarr/raw", 2, f"s3://{bucket}/copy.zarr/s1", method="mean")
+pyramid_flow(f"s3://{bucket}/copy.zarr/raw", f"s3://{bucket}/image.ome.zarr", scale_factors=[2],
+             method="mean")
+print("done")
+"""
+
+
+def test_s3_runs_keep_stderr_free_of_aws_file_errors(s3_server, bucket, subprocess_env, tmp_path):
+    """tensorstore's AWS client logs "Failed to open file ... ~/.aws/credentials" (and config)
+    lines when it looks for credential files; runs with environment credentials must not. HOME
+    points at an empty folder, so those files are missing whatever this machine holds."""
+    import subprocess
+    import sys
+
+    path = os.pathsep.join([os.getcwd(), subprocess_env["PYTHONPATH"]])
+    env = subprocess_env | {"HOME": str(tmp_path), "PYTHONPATH": path}
+    for name in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_PROFILE"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-c", S3_COPY_SCRIPT, bucket], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("done"), done.stderr[-3000:]
+    assert "Failed to open file" not in done.stderr, done.stderr[-3000:]
+    assert ".aws/" not in done.stderr, done.stderr[-3000:]
+    window = np.arange(16**3, dtype=np.uint16).reshape(8, 2, 8, 2, 8, 2).mean(axis=(1, 3, 5))
+    assert np.array_equal(read(as_source(f"s3://{bucket}/copy.zarr/s1").array), np.rint(window))
+
+
+@pytest.fixture
+def silent_endpoint():
+    """An endpoint on loopback that accepts connections and never answers (a hung server, or a
+    load balancer in front of nothing)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def accept_forever():
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+    for connection in held:
+        connection.close()
+
+
+def test_an_endpoint_that_never_answers_is_refused_quickly(prefect_server, silent_endpoint,
+                                                           monkeypatch):
+    """tensorstore alone waits about 185 s; the first open of a URL gives up after PROBE_TIMEOUT
+    (10 s) with a StorageError naming the endpoint, for an input and for an output."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    started = time.monotonic()
+    options = {"endpoint_url": silent_endpoint}
+    with pytest.raises(StorageError, match=rf"input: .*{silent_endpoint} did not answer within 10"):
+        as_source("s3://lab/raw.zarr/v", storage_options=options)
+    assert time.monotonic() - started < 30
+    monkeypatch.setattr(urls, "PROBE_TIMEOUT", 1.0)  # the same path, quicker
+    started = time.monotonic()
+    with pytest.raises(StorageError, match=rf"output: cannot reach s3://lab/out.zarr/x: the "
+                                           rf"endpoint {silent_endpoint} did not answer within 1"):
+        copy_flow(np.zeros((4, 4), np.uint8), "s3://lab/out.zarr/x", storage_options=options)
+    assert time.monotonic() - started < 30

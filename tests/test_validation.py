@@ -3,12 +3,14 @@ a new output path is never created, and each message names the parameter and wha
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
 import pytest
 import zarr
 
+from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.runners import RunnerConfig, SlurmConfig
 from flows import copy_flow, downsample_flow
 
@@ -75,6 +77,37 @@ def test_bad_input_creates_no_new_output(setup):
         downsample_flow(f"{setup}/in.zarr/raw", 2, f"{setup}/new.zarr/s1", order=9)
     with pytest.raises(ValueError, match="block_ids"):
         downsample_flow(f"{setup}/in.zarr/raw", 2, f"{setup}/new.zarr/s1", block_ids=[-1])
+    assert not os.path.exists(setup / "new.zarr")
+
+
+BAD_BLOCK_IDS = [  # (block_ids, message pattern) on a grid of 3 x 3 x 3 blocks
+    ([], r"block_ids is empty"),
+    (np.array([], np.int64), r"block_ids is empty"),
+    ([-1], r"block_ids must lie in \[0, 27\)"),
+    ([0, 27], r"block_ids must lie in \[0, 27\).*got 27"),
+    ([1.0], r"block_ids must be integers, got 1.0"),
+    ([True], r"block_ids must be integers, got True"),
+    (["3"], r"block_ids must be integers"),
+    ([2, 5, 2], r"block_ids must not repeat ids; repeated: \[2\]"),
+    ("0,1", r"block_ids must be a sequence of integers"),
+]
+
+
+@pytest.mark.parametrize("flow", ["downsample", "copy"])
+@pytest.mark.parametrize("block_ids,pattern", BAD_BLOCK_IDS,
+                         ids=[repr(c[0])[:20] for c in BAD_BLOCK_IDS])
+def test_bad_block_ids_create_nothing(setup, flow, block_ids, pattern):
+    """Malformed block_ids are refused before the output (or its ownership file) exists, for a
+    path output and for a numpy result (which would otherwise come back all zeros)."""
+    new = f"{setup}/new.zarr/s1"
+    if flow == "downsample":
+        run = functools.partial(downsample_flow, f"{setup}/in.zarr/raw", 2, block_shape=(4, 4, 4))
+    else:
+        source = zarr.open_array(str(setup / "in.zarr"), path="raw")[::2, ::2, ::2]
+        run = functools.partial(copy_flow, source, block_shape=(4, 4, 4))
+    for output in (new, None):
+        with pytest.raises(ParameterError, match=pattern):
+            run(output=output, block_ids=block_ids)
     assert not os.path.exists(setup / "new.zarr")
 
 

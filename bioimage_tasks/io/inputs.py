@@ -11,6 +11,7 @@ import numpy as np
 import tensorstore as ts
 import zarr
 
+from bioimage_tasks.errors import StorageError
 from bioimage_tasks.io.hdf5 import open_hdf5, refuse_output
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.ome_zarr import open_ome_zarr
@@ -28,7 +29,7 @@ def as_source(data: Any, parameter: str = "input", storage_options: StorageOptio
     if is_url(data):
         try:
             return check_array(UrlPath.parse(data, parameter, storage_options).open("r"), parameter)
-        except (FileNotFoundError, ValueError) as error:
+        except (FileNotFoundError, ValueError, StorageError) as error:
             raise type(error)(error if str(error).startswith(parameter) else f"{parameter}: {error}") from None
     if isinstance(data, (str, os.PathLike)):
         return check_array(open_path(os.fspath(data), parameter), parameter)

@@ -14,7 +14,7 @@ import numpy as np
 import tensorstore as ts
 import zarr
 
-from bioimage_tasks.errors import ParameterError
+from bioimage_tasks.errors import ParameterError, StorageError
 from bioimage_tasks.grid import chunks_dividing, default_block_shape
 from bioimage_tasks.io.inputs import as_source, refuse_input_only
 from bioimage_tasks.io.kv import Location
@@ -97,7 +97,8 @@ def plan_output(
 
 
 def output_path(output: str, storage_options: StorageOptions | dict | None, parameter: str = "output") -> ContainerPath | UrlPath:
-    """A path or a writable URL, checked; a URL's endpoint and bucket are probed (ValueError)."""
+    """A path or a writable URL, checked; a URL's endpoint and bucket are probed (ValueError, or
+    StorageError for an endpoint that does not answer)."""
     if not is_url(output):
         return ContainerPath.parse(output, parameter)
     path = UrlPath.parse(output, parameter, storage_options)
@@ -105,8 +106,8 @@ def output_path(output: str, storage_options: StorageOptions | dict | None, para
         raise ValueError(f"{parameter}: {path.scheme}:// is read-only; write to a local path or an s3:// URL, got {output!r}")
     try:
         path.exists()
-    except ValueError as error:
-        raise ValueError(f"{parameter}: {error}") from None
+    except (ValueError, StorageError) as error:
+        raise type(error)(f"{parameter}: {error}") from None
     return path
 
 

@@ -27,7 +27,9 @@ import numpy as np
 import tifffile
 import zarr
 
+from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.io.source import Physical
+from bioimage_tasks.io.tiff_headers import check_slices
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 OPEN_PLANES = 64  # slice files a sequence keeps open per process
@@ -211,7 +213,8 @@ def tiff_files(text: str) -> tuple[list[str], int] | None:
 
 def open_tiff(text: str, parameter: str) -> TiffSource | None:
     """The TIFF source `text` names (see `tiff_files`), None when it names no TIFF; a clear error
-    for a missing file, an empty glob, a series out of range, or slices that are not 2-D."""
+    for a missing file, an empty glob, a series out of range, a file that is not a TIFF, or slices
+    that are not 2-D or not all of one shape and dtype (from their headers: io/tiff_headers.py)."""
     found = tiff_files(text)
     if found is None:
         return None
@@ -220,7 +223,12 @@ def open_tiff(text: str, parameter: str) -> TiffSource | None:
         raise FileNotFoundError(f"{parameter}: no TIFF file matches {text!r}")
     if not os.path.isfile(files[0]):
         raise FileNotFoundError(f"{parameter}: no TIFF file at {files[0]!r}")
-    with tifffile.TiffFile(files[0]) as tif:
+    try:
+        tif = tifffile.TiffFile(files[0])
+    except tifffile.TiffFileError as error:
+        raise ParameterError(f"{parameter}: {files[0]!r} is not a readable TIFF file ({error})") \
+            from None
+    with tif:
         if not 0 <= series < len(tif.series):
             raise ValueError(f"{parameter}: {files[0]!r} has {len(tif.series)} series (0-{len(tif.series) - 1}), "
                              f"not series {series}")
@@ -234,6 +242,7 @@ def open_tiff(text: str, parameter: str) -> TiffSource | None:
     if len(files) > 1:
         if len(shape) != 2:
             raise ValueError(f"{parameter}: a sequence of slices needs 2-D files; {files[0]!r} has shape {shape}")
+        check_slices(files, shape, dtype, parameter)
         shape, chunks = (len(files), *shape), (1, *chunks)
         physical = Physical(axes=("z", "y", "x"))
     name = os.path.basename(files[0]) + (f" (+{len(files) - 1} slices)" if len(files) > 1 else "")

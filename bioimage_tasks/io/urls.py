@@ -13,14 +13,20 @@ part of the tensorstore spec that pickles to workers; tensorstore itself ignores
 from __future__ import annotations
 
 import dataclasses
+import functools
+import http.client
 import json
 import os
+import ssl
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tensorstore as ts
 
+from bioimage_tasks.errors import StorageError
 from bioimage_tasks.io.kv import JsonAttributes, KvLocation
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.options import OutputOptions
@@ -30,6 +36,8 @@ SCHEMES = ("s3", "http", "https")
 METADATA = {"zarr3": "zarr.json", "zarr": ".zarray", "n5": "attributes.json"}
 # zarr-python's defaults, for new outputs without a codec in their OutputOptions
 DEFAULT_CODECS = {2: {"id": "zstd", "level": 0}, 3: [{"name": "zstd", "configuration": {"level": 0, "checksum": False}}]}
+# Seconds an endpoint has, when a URL is first opened, to answer at all (see `check_answers`).
+PROBE_TIMEOUT = 10.0
 # A probe gives up after a few quick retries: an unreachable endpoint is reported at once.
 PROBE_CONTEXT = {"s3_request_retries": {"max_retries": 2, "initial_delay": "0.1s", "max_delay": "0.5s"},
                  "http_request_retries": {"max_retries": 2, "initial_delay": "0.1s", "max_delay": "0.5s"}}
@@ -134,9 +142,18 @@ class UrlPath:
         path = "/".join(p for p in (self.container, inside) if p)
         return KvLocation(self.kvstore_spec(f"{path}/"), f"{self.scheme}://{self.host}/{path}")
 
+    @property
+    def endpoint(self) -> str:
+        """The server this URL's requests go to: the S3 endpoint, or the http(s) host."""
+        return self.options.endpoint_url if self.scheme == "s3" else f"{self.scheme}://{self.host}"
+
     def _probe(self, sub: str | None, names: tuple[str, ...]) -> list[bool]:
-        """Which of `names` exist under `sub`, asked with quick retries; an unreachable endpoint or a
-        missing bucket is a ValueError."""
+        """Which of `names` exist under `sub`, asked with quick retries, once the endpoint has
+        answered (`check_answers`: a StorageError within PROBE_TIMEOUT otherwise); a missing
+        bucket or another refusal is a ValueError."""
+        endpoint = self.endpoint.rstrip("/")
+        root = f"{endpoint}/{self.host}" if self.scheme == "s3" else f"{endpoint}/"  # the bucket
+        check_answers(root, endpoint, str(self))
         spec = self.location(sub).spec
         try:
             store = ts.KvStore.open(spec, context=ts.Context(PROBE_CONTEXT)).result()
@@ -213,6 +230,45 @@ class UrlPath:
             dataclasses.replace(self, key="").open_group(3)  # the container: a group zarr-python can open
         spec = self._spec(driver) | {"metadata": metadata, "store_data_equal_to_fill_value": options.write_empty_chunks}
         return TensorStoreSource(ts.open(spec, create=True).result(), str(self), self.location())
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer: the probe does not follow it (to another, maybe slow, host)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def check_answers(url: str, endpoint: str, where: str) -> None:
+    """Refuse (StorageError naming `endpoint`) an endpoint that does not answer an unsigned HEAD
+    of `url` within PROBE_TIMEOUT seconds: tensorstore's client would wait about 185 s (its
+    retries of a 60 s low-speed timeout) on one that accepts connections and never answers.
+    Any HTTP answer will do, an error status too; requests during a run keep their retries."""
+    try:
+        _head(url)
+    except (OSError, http.client.HTTPException) as error:
+        reason = getattr(error, "reason", error)
+        if isinstance(reason, TimeoutError):
+            problem = f"did not answer within {PROBE_TIMEOUT:g} s"
+        else:
+            problem = f"cannot be reached ({type(reason).__name__}: {reason or 'no answer'})"
+        raise StorageError(f"cannot reach {where}: the endpoint {endpoint} {problem}; check "
+                           "storage_options.endpoint_url (or AWS_ENDPOINT_URL) and the network") \
+            from None
+
+
+@functools.lru_cache(maxsize=64)  # an endpoint that answered once is not asked again
+def _head(url: str) -> None:
+    """An unsigned HEAD of `url`; an HTTP error status is an answer too (tensorstore's signed
+    requests say what it means), a redirect is not followed, a certificate not checked."""
+    unverified = ssl.create_default_context()
+    unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
+    https = urllib.request.HTTPSHandler(context=unverified)
+    opener = urllib.request.build_opener(_NoRedirect, https)
+    try:
+        opener.open(urllib.request.Request(url, method="HEAD"), timeout=PROBE_TIMEOUT).close()
+    except urllib.error.HTTPError:
+        pass
 
 
 @dataclass(frozen=True)
