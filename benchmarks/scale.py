@@ -1,12 +1,13 @@
 """Orchestration at many blocks: does the calling process's memory stay flat as the number of
 blocks grows, and what does a block cost?
 
-An all-fill input (a zarr array with no chunk file: every read is the fill value) is
-downsampled by 2 with `stride` in 16^3 blocks (one output chunk each; all-fill output chunks
-are not stored, so the disk holds only block records). Each case runs in a child process that
-reports its peak RSS and CPU time. Cases: `--blocks` counts (the grid nearest each, 16^3
-blocks), through the plain API and, with `--flow`, through `downsample_flow` on the embedded
-Prefect; and the same 1024^3 input in 4,096 blocks of 64^3 against 262,144 blocks of 16^3.
+An all-fill input with 16^3 chunks (a zarr array with no chunk file: every read is the fill
+value) is downsampled by 2 with `mean` into an output with 16^3 chunks (all-fill output chunks
+are not stored, so the disk holds only block records), on 2 threads. Each case runs in a child
+process that reports its peak RSS and CPU time. Cases: `--blocks` counts (the grid nearest
+each, 16^3 blocks), through the plain API and, with `--flow`, through `downsample_flow` on the
+embedded Prefect; and the same 2048^3 input (1024^3 output, 262,144 chunks) in 4,096 blocks of
+64^3 against 262,144 blocks of 16^3: the same chunk I/O, 64x the blocks.
 
     python benchmarks/scale.py --blocks 32768,262144 --flow
     python benchmarks/scale.py --blocks 1000000,10000000
@@ -25,6 +26,7 @@ import tempfile
 import time
 
 BLOCK = 16
+CHUNK = 16  # input and output chunks
 
 
 def side_for(n_blocks: int, block: int) -> int:
@@ -38,16 +40,16 @@ def child(request: dict) -> None:
 
     side, block, root = request["side"], request["block"], request["root"]
     zarr.create_array(store=os.path.join(root, "in.zarr"), name="raw", shape=(2 * side,) * 3, dtype="uint8",
-                      chunks=(2 * block,) * 3, overwrite=True)
+                      chunks=(CHUNK,) * 3, overwrite=True)
     output = os.path.join(root, "out.zarr", "s1")
     zarr.create_array(store=os.path.join(root, "out.zarr"), name="s1", shape=(side,) * 3, dtype="uint8",
-                      chunks=(block,) * 3, overwrite=True)
+                      chunks=(CHUNK,) * 3, overwrite=True)
     if request["flow"]:
         from flows import downsample_flow as run
     else:
         from bioimage_tasks import downsample as run
     cpu, wall = time.process_time(), time.perf_counter()
-    run(os.path.join(root, "in.zarr", "raw"), 2, output, method="stride", block_shape=(block,) * 3, num_workers=2)
+    run(os.path.join(root, "in.zarr", "raw"), 2, output, method="mean", block_shape=(block,) * 3, num_workers=2)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     blocks = math.ceil(side / block) ** 3
     print(json.dumps({"blocks": blocks, "wall": wall, "cpu": cpu,

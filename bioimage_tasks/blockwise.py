@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -19,6 +20,8 @@ from bioimage_tasks.records import BlockRecords, executor
 from bioimage_tasks.signatures import job_signatures
 from bioimage_tasks.io import ArraySource, Source, TensorStoreSource, start_read
 
+_THREAD = threading.local()  # `stop`: the event that ends this thread's batches early (Ctrl-C)
+RECORD_EVERY = 64  # finished blocks recorded together: a kill loses at most this many records
 StartWrite = Callable[[], Callable[[], None]]  # starts writes; returns a function that waits for them
 
 
@@ -127,6 +130,7 @@ class BatchWrites:
         self.job, self.report, self.failed, self.signatures = job, report, failed, signatures or {}
         self.in_flight: tuple[int, Callable[[], None]] | None = None
         self.closed: dict[int, int] = {}  # blocks that handed over all their writes -> voxels
+        self.finished: list[tuple[int, str | None]] = []  # written, not yet recorded
 
     def writer(self, block_id: int) -> Callable[[StartWrite], None]:
         """The `write` function a job calls for block `block_id`."""
@@ -160,9 +164,37 @@ class BatchWrites:
         if block_id in self.failed:
             return
         if self.job.records is not None:
-            self.job.records.mark_done(block_id, self.signatures.get(block_id))
+            self.finished.append((block_id, self.signatures.get(block_id)))
+            if len(self.finished) >= RECORD_EVERY:
+                self.flush()
         (self.report.written if voxels else self.report.skipped).append(block_id)
         self.report.voxels_written += voxels
+
+    def flush(self) -> None:
+        """Record the finished blocks not yet recorded (one append per records shard)."""
+        if self.finished:
+            self.job.records.mark_done_many(self.finished)
+            self.finished = []
+
+
+class Stopped(Exception):
+    """The run was interrupted: a batch stops before its next block (its finished blocks stay
+    recorded, so a rerun resumes)."""
+
+
+def run_stoppable(stop: threading.Event, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in this thread, its batches ending before their next block once `stop` is set."""
+    _THREAD.stop = stop
+    try:
+        return fn(*args)
+    finally:
+        _THREAD.stop = None
+
+
+def check_not_stopped() -> None:
+    stop = getattr(_THREAD, "stop", None)
+    if stop is not None and stop.is_set():
+        raise Stopped("the run was interrupted")
 
 
 def process_batch(job: Job, block_ids: Sequence[int]) -> BatchReport:
@@ -181,6 +213,7 @@ def process_batch(job: Job, block_ids: Sequence[int]) -> BatchReport:
     writes = BatchWrites(job, report, failed, signatures)
     reading: Callable[[], Any] | None = None
     for index, block_id in enumerate(todo):
+        check_not_stopped()
         values, reading = reading, None
         if index + 1 < len(todo):
             with contextlib.suppress(Exception):  # that block then reads again, and reports, in its turn
@@ -192,6 +225,7 @@ def process_batch(job: Job, block_ids: Sequence[int]) -> BatchReport:
             continue
         writes.close(block_id, voxels)
     writes.wait()
+    writes.flush()
     if failed:
         raise BlocksFailedError(failed, len(block_ids), report=report)
     return report

@@ -110,13 +110,18 @@ class BlockRecords:
 
     def mark_done(self, block_id: int, signature: str | None = None) -> None:
         """Record `block_id` as written from input whose signature is `signature`."""
-        self._append([block_id], signature or _NO_SIGNATURE)
+        self.mark_done_many([(block_id, signature)])
+
+    def mark_done_many(self, blocks: Iterable[tuple[int, str | None]]) -> None:
+        """Record each (block id, input signature) of `blocks` as written, in one append per
+        shard."""
+        self._append([(block_id, signature or _NO_SIGNATURE) for block_id, signature in blocks])
 
     def forget(self, block_ids: Iterable[int]) -> None:
         """Drop the records of `block_ids` (they are about to be rewritten)."""
         block_ids = list(block_ids)
         recorded = self.entries(block_ids)
-        self._append([b for b in block_ids if b in recorded], _FORGOTTEN)
+        self._append([(b, _FORGOTTEN) for b in block_ids if b in recorded])
 
     def entries(self, block_ids: Iterable[int] | None = None) -> dict[int, Entry]:
         """The latest record of each recorded block (of `block_ids`, reading only their shards;
@@ -143,10 +148,10 @@ class BlockRecords:
         """Which executor wrote each recorded block."""
         return {b: e.executor for b, e in self.entries().items()}
 
-    def _append(self, block_ids: list[int], signature: str) -> None:
+    def _append(self, events: list[tuple[int, str]]) -> None:
         by_shard: dict[int, list[str]] = {}
         time_ns = time.time_ns()
-        for block_id in block_ids:
+        for block_id, signature in events:
             by_shard.setdefault(block_id // SHARD_BLOCKS, []).append(_line(block_id, time_ns, signature))
         location = self.location
         for shard, lines in by_shard.items():

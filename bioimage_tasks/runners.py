@@ -22,6 +22,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_threads
 from typing import Any
 
+from bioimage_tasks.blockwise import run_stoppable
 from bioimage_tasks.errors import BioimageTasksError, ParameterError
 
 JOB_TYPES = ("local", "subprocess", "slurm", "dask")
@@ -176,6 +177,7 @@ class Executor:
     def __init__(self, job_type: str, num_workers: int, client: Any = None):
         self.job_type, self.num_workers, self.client = job_type, num_workers, client
         self.threads = ThreadPoolExecutor(num_workers, "bioimage-tasks") if client is None else None
+        self.stop = threading.Event()  # set on an interrupt: threads' batches end before their next block
 
     @property
     def address(self) -> str | None:
@@ -184,7 +186,7 @@ class Executor:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self.threads is not None:
-            return self.threads.submit(fn, *args)
+            return self.threads.submit(run_stoppable, self.stop, fn, *args)
         return self.client.submit(fn, *args, pure=False)
 
     def wait(self, futures: list[Any], timeout: float) -> tuple[list[Any], list[Any]]:
@@ -211,8 +213,12 @@ class Executor:
         for future in futures:
             future.cancel()
 
-    def close(self) -> None:
+    def close(self, interrupted: bool = False) -> None:
+        """Stop the threads: at once after an error or interrupt (running batches end before their
+        next block and record what they finished), else once their work is done."""
         if self.threads is not None:
+            if interrupted:
+                self.stop.set()
             self.threads.shutdown(wait=True, cancel_futures=True)
 
 
@@ -240,8 +246,10 @@ def backend(job_type: str, num_workers: int, config: RunnerConfig) -> Iterator[E
         executor = Executor(job_type, num_workers)
         try:
             yield executor
-        finally:
-            executor.close()
+        except BaseException:
+            executor.close(interrupted=True)
+            raise
+        executor.close()
         return
     for name in ["distributed", *logging.root.manager.loggerDict]:  # cluster chatter is not progress
         if name.startswith("distributed"):
