@@ -283,4 +283,4 @@ class WindowedSource(DerivedSource):
             firsts = start_read(self.source, tuple(slice(a, b, f) for (a, b), f in zip(bounds, self.factors)))
             return lambda: np.asarray(firsts())
         windows = start_read(self.source, tuple(slice(a, b) for a, b in bounds))
-        return lambda: window_reduce(windows(), self.factors, self.method)
+        return lambda: window_reduce(windows(), self.factors, self.method, self.source.shape)

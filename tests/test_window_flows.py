@@ -30,6 +30,22 @@ def test_window_methods_match_tensorstore(tmp_path, rng, method, dtype, factors)
     np.testing.assert_array_equal(result[:], tensorstore_downsample(x, factors, method))
 
 
+@pytest.mark.parametrize("method", ["median", "mode"])
+@pytest.mark.parametrize("dtype,factors",
+                         [("float32", (2, 2, 2)), ("float64", (4, 3, 2)), ("float32", (3, 4, 4))])
+def test_nan_median_and_mode_match_tensorstore_bit_for_bit(tmp_path, rng, method, dtype, factors):
+    # windows with NaN and zeros of both signs, whose result depends on where they lie
+    palette = np.array([np.nan, 0.0, -0.0, np.inf, -np.inf, 1.0, -2.0], dtype)
+    x = palette[rng.integers(0, len(palette), (37, 41, 23))]
+    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=x.shape, dtype=x.dtype,
+                      chunks=(16, 16, 16))[:] = x
+    result = downsample_flow(f"{tmp_path}/in.zarr/raw", factors, f"{tmp_path}/out.zarr/s1",
+                             method=method, block_shape=(4, 6, 5), num_workers=2)
+    bits = f"u{x.dtype.itemsize}"
+    expected = tensorstore_downsample(x, factors, method)
+    np.testing.assert_array_equal(result[:].view(bits), expected.view(bits), strict=True)
+
+
 def test_window_method_on_numpy_and_unsupported_dtype(rng):
     labels = (2**55 + rng.integers(0, 3, (20, 21, 22))).astype(np.uint64)
     full = downsample_flow(labels, 2, method="mode", block_shape=(3, 4, 5))
