@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from bioimage_tasks.blockwise_flow import blockwise_flow
+from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
 from bioimage_tasks.naming import describe, describe_source, flow_run_namer
 from bioimage_tasks.planning import plan_blockwise
@@ -39,8 +40,15 @@ def check_method_options(method: str, order: int, anti_aliasing: bool) -> None:
 
 def check_input_dtype(dtype: np.dtype, method: str, order: int, anti_aliasing: bool) -> None:
     """Reject an input dtype the method cannot reduce exactly."""
+    dtype = np.dtype(dtype)
     if dtype == bool and (order > 0 or anti_aliasing):
         raise ValueError("a bool input needs order=0 and anti_aliasing=False (interpolation is undefined for bool)")
+    if method != "resize" and dtype.kind == "c":
+        raise ParameterError(
+            f"input has dtype {dtype}, which method={method!r} does not take: the window methods reduce "
+            "real numbers (tensorstore's complex mean divides as complex numbers, so an inf or NaN part "
+            "turns the other part into NaN). method='resize' resamples the real and imaginary parts; "
+            "or downsample the two parts as arrays of their own")
     if method != "resize" and dtype not in WINDOW_DTYPES:
         raise ValueError(f"method={method!r} supports {sorted(str(d) for d in WINDOW_DTYPES)}, not {dtype}")
 
