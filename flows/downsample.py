@@ -49,8 +49,10 @@ def check_input_dtype(dtype: np.dtype, method: str, order: int, anti_aliasing: b
             "real numbers (tensorstore's complex mean divides as complex numbers, so an inf or NaN part "
             "turns the other part into NaN). method='resize' resamples the real and imaginary parts; "
             "or downsample the two parts as arrays of their own")
-    if method != "resize" and dtype not in WINDOW_DTYPES:
-        raise ValueError(f"method={method!r} supports {sorted(str(d) for d in WINDOW_DTYPES)}, not {dtype}")
+    if method != "resize" and dtype.newbyteorder("=") not in WINDOW_DTYPES:
+        supported = sorted(str(d) for d in WINDOW_DTYPES)
+        raise ParameterError(f"input has dtype {dtype}: method={method!r} supports {supported} "
+                             "(in either byte order), not that one")
 
 
 @blockwise_flow("downsample", flow_run_namer("downsample", detail=_factor_text))

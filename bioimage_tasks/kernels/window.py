@@ -52,7 +52,7 @@ def window_reduce(block: np.ndarray, factors: Sequence[int], method: str,
     """Reduce every `factors` window of `block` with `method`, exactly as tensorstore's
     `downsample` driver does; `block`'s origin must lie on the window grid. `array_shape` is the
     shape of the array `block` is part of (default: `block`'s own), which float median and mode
-    of windows with NaN depend on.
+    of windows with NaN depend on. Either byte order of a supported dtype works.
 
     Returns an array of shape `downscale_shape(block.shape, factors)` and `block`'s dtype.
 
@@ -68,7 +68,7 @@ def window_reduce(block: np.ndarray, factors: Sequence[int], method: str,
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     if len(factors) != block.ndim or any(f < 1 for f in factors):
         raise ValueError(f"factors {factors} must be {block.ndim} integers >= 1")
-    if block.dtype not in SUPPORTED_DTYPES:
+    if block.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:  # either byte order
         raise TypeError(f"unsupported dtype {block.dtype}")
     if math.prod(factors) >= 2**31:
         raise ValueError(f"windows of {math.prod(factors)} voxels are too large")
@@ -76,6 +76,9 @@ def window_reduce(block: np.ndarray, factors: Sequence[int], method: str,
         # each window's first voxel; with all factors 1 tensorstore returns the array as it is (no
         # float rounding of a lone -0.0 or NaN). The Ellipsis keeps a 0-d result an array.
         return block[(..., *(slice(None, None, f) for f in factors))].copy()
+    if not block.dtype.isnative:  # ">u2" of zarr v2, say: reduced in native order, returned as is
+        native = block.astype(block.dtype.newbyteorder("="))
+        return window_reduce(native, factors, method, array_shape).astype(block.dtype)
     if method == "mean" and block.dtype.kind in "biu" and block.dtype.itemsize < 8:
         return window_means(block, factors)  # compiled exact sums, in one pass (no slabs)
     array_shape = block.shape if array_shape is None else tuple(array_shape)
