@@ -50,12 +50,21 @@ def check_method_options(method: str, order: int, anti_aliasing: bool) -> None:
 
 
 def check_input_dtype(dtype: np.dtype, method: str, order: int, anti_aliasing: bool) -> None:
-    """Reject an input dtype the method cannot reduce exactly."""
+    """Reject an input dtype the method cannot reduce exactly (byte order aside)."""
+    dtype = np.dtype(dtype)
     if dtype == bool and (order > 0 or anti_aliasing):
         raise ParameterError("a bool input needs order=0 and anti_aliasing=False (interpolation is undefined "
                              "for bool)")
-    if method != "resize" and dtype not in WINDOW_DTYPES:
-        raise ParameterError(f"method={method!r} supports {sorted(str(d) for d in WINDOW_DTYPES)}, not {dtype}")
+    if method != "resize" and dtype.kind == "c":
+        raise ParameterError(
+            f"input has dtype {dtype}, which method={method!r} does not take: the window methods reduce "
+            "real numbers (tensorstore's complex mean divides as complex numbers, so an inf or NaN part "
+            "turns the other part into NaN). method='resize' resamples the real and imaginary parts; "
+            "or downsample the two parts as arrays of their own")
+    if method != "resize" and dtype.newbyteorder("=") not in WINDOW_DTYPES:
+        supported = sorted(str(d) for d in WINDOW_DTYPES)
+        raise ParameterError(f"input has dtype {dtype}: method={method!r} supports {supported} "
+                             "(in either byte order), not that one")
 
 
 def run_plain(operation: Operation) -> Any:

@@ -63,7 +63,8 @@ class PyramidJob:
         for index, tile in enumerate(tiles):
             data, encoded = (reading or self.start_read(tile))()
             reading = self.start_read(tiles[index + 1]) if index + 1 < len(tiles) else None
-            levels = [data, *pyramid_levels(data, self.plan.level_factors, self.method)]
+            levels = [data, *pyramid_levels(data, self.plan.level_factors, self.method,
+                                            self.source.shape)]
             writes = [(sink, self.plan.level_key(level, tile), values)
                       for level, (sink, values) in enumerate(zip(self.sinks, levels)) if sink is not None]
             if encoded is not None:  # s0: the input's files as they are

@@ -64,6 +64,12 @@ def level_path(group_path: ContainerPath | UrlPath, level: int) -> ContainerPath
     return replace(group_path, key=f"{group_path.key}/s{level}".lstrip("/"))
 
 
+def same_values(stored: np.dtype, dtype: np.dtype) -> bool:
+    """Whether an array stored as `stored` holds `dtype`'s values: byte order aside (a ">u2"
+    input's levels may come back as native uint16, depending on the library that opens them)."""
+    return np.dtype(stored).newbyteorder("=") == np.dtype(dtype).newbyteorder("=")
+
+
 def existing_layout(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype,
                     chunks: Sequence[int] | None) -> Layout | None:
     """The (chunks, shards) of level `level` if it exists, which the regions must follow so that
@@ -73,7 +79,7 @@ def existing_layout(group_path: ContainerPath | UrlPath, level: int, shape: tupl
     if not path.exists():
         return None
     level_source = path.open("r")
-    if level_source.shape != shape or level_source.dtype != np.dtype(dtype):
+    if level_source.shape != shape or not same_values(level_source.dtype, dtype):
         raise ParameterError(f"{path} exists with shape {level_source.shape} and dtype {level_source.dtype}; this "
                              f"pyramid needs {shape} {np.dtype(dtype)}: choose another output_group or delete it")
     array = level_source.array
@@ -115,7 +121,7 @@ def staging_array(group_path: ContainerPath | UrlPath, level: int, shape: tuple[
     path = replace(group_path, container=f"{group}/{RECORDS_DIR}/staging.zarr", key=f"s{level}")
     if path.exists():
         sink = path.open("r+")
-        if sink.shape == shape and sink.dtype == np.dtype(dtype) and sink.write_unit == chunks:
+        if sink.shape == shape and same_values(sink.dtype, dtype) and sink.write_unit == chunks:
             return sink
     return create_array(path, shape, dtype, chunks)
 

@@ -154,5 +154,7 @@ def tile_bytes_per_voxel(method: str, dtype: np.dtype) -> float:
         extra += 4
     if method in ("mode", "median"):
         extra += 2 * (itemsize + 8)
+    if not np.dtype(dtype).isnative:  # the tile swapped to native byte order for the kernels
+        extra += itemsize
     return 6 * itemsize + extra
 

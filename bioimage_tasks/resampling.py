@@ -72,7 +72,9 @@ def check_anti_aliasing(anti_aliasing: Any) -> None:
 class ResizedSource(DerivedSource):
     """`source` resampled to `shape` with a B-spline of `order` (0-5), optionally Gaussian
     anti-aliased first. `value_range` (the input's min and max, which orders >= 2 are clipped to,
-    as scikit-image does) is measured on first use when not given.
+    as scikit-image does) is measured on first use when not given. Complex input is resampled
+    part by part, each part as scikit-image resizes it alone (its range: complex numbers whose
+    real and imaginary parts are those of the two parts, see `kernels.resize.value_range`).
 
     >>> from bioimage_tasks.io import ArraySource
     >>> x = np.arange(16, dtype=np.uint8).reshape(4, 4)
@@ -220,9 +222,13 @@ def measure_value_range(source: Source, block_ids: Sequence[int] | None = None) 
     return combine_ranges(ranges)
 
 
-def combine_ranges(ranges: Sequence[tuple[float, float]]) -> tuple[float, float]:
-    """The range covering all `ranges`."""
-    return float(np.nanmin([r[0] for r in ranges])), float(np.nanmax([r[1] for r in ranges]))
+def combine_ranges(ranges: Sequence[tuple]) -> tuple[float, float] | tuple[complex, complex]:
+    """The range covering all `ranges`; for complex data (see `value_range`) part by part."""
+    lows, highs = np.array([r[0] for r in ranges]), np.array([r[1] for r in ranges])
+    if lows.dtype.kind == "c":
+        return (complex(np.nanmin(lows.real), np.nanmin(lows.imag)),
+                complex(np.nanmax(highs.real), np.nanmax(highs.imag)))
+    return float(np.nanmin(lows)), float(np.nanmax(highs))
 
 
 @dataclass(frozen=True, eq=False)
@@ -283,4 +289,4 @@ class WindowedSource(DerivedSource):
             firsts = start_read(self.source, tuple(slice(a, b, f) for (a, b), f in zip(bounds, self.factors)))
             return lambda: np.asarray(firsts())
         windows = start_read(self.source, tuple(slice(a, b) for a, b in bounds))
-        return lambda: window_reduce(windows(), self.factors, self.method)
+        return lambda: window_reduce(windows(), self.factors, self.method, self.source.shape)

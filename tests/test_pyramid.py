@@ -82,6 +82,20 @@ def test_stride_and_resize_pyramids(tmp_path, rng):
     np.testing.assert_array_equal(group["s2"][:], expected)
 
 
+def test_complex_resize_pyramid_keeps_both_parts(tmp_path, rng):
+    shape = (20, 22, 18)
+    image = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+    pyramid_flow(image, f"{tmp_path}/complex.zarr", scale_factors=[2, 2], method="resize", order=1,
+                 anti_aliasing=True, chunks=(8, 8, 8))
+    group = zarr.open_group(f"{tmp_path}/complex.zarr", mode="r")
+    for level, factors in ((1, (2, 2, 2)), (2, (4, 4, 4))):
+        got = group[f"s{level}"][:]
+        assert got.dtype == np.complex64
+        for got_part, part in ((got.real, image.real), (got.imag, image.imag)):
+            expected = skimage_downsample(part, factors, 1, True).astype(np.float32)
+            np.testing.assert_array_equal(got_part, expected)
+
+
 def test_pyramid_rejects_bad_options(tmp_path, rng):
     image = rng.integers(0, 255, (8, 8), dtype=np.uint8)
     with pytest.raises(ValueError, match="exactly one of levels"):

@@ -54,6 +54,61 @@ def test_kernel_levels_match_tensorstore(rng):
             np.testing.assert_array_equal(level, expected, err_msg=f"{dtype} {method} {shape} {factors}")
 
 
+def nan_floats(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """NaN, both zeros, both infinities and two numbers: windows whose median and mode depend on
+    where NaN and each zero lie in them."""
+    palette = np.array([np.nan, 0.0, -0.0, np.inf, -np.inf, 1.0, -2.0], dtype)
+    return palette[rng.integers(0, len(palette), shape)]
+
+
+def assert_same_bits(got: np.ndarray, expected: np.ndarray, message: str = "") -> None:
+    assert got.dtype == expected.dtype and got.shape == expected.shape, message
+    bits = f"u{got.dtype.itemsize}"
+    np.testing.assert_array_equal(got.view(bits), expected.view(bits), err_msg=message, strict=True)
+
+
+def test_kernel_levels_of_nan_tiles_match_tensorstore(rng):
+    """Float median and mode levels of tiles cut out of a larger array (the array's shape decides
+    tensorstore's order of a window's voxels): NaN and signed zeros bit for bit."""
+    for _ in range(40):
+        ndim = int(rng.integers(1, 4))
+        factors = [tuple(int(f) for f in rng.integers(1, 4, ndim))
+                   for _ in range(int(rng.integers(1, 4)))]
+        cumulative = cumulative_products(factors)
+        shape = tuple(int(n) for n in rng.integers(1, 30, ndim))
+        base = nan_floats(rng, shape, str(rng.choice(["float32", "float64"])))
+        method = str(rng.choice(["mode", "median"]))
+        starts = [c * int(rng.integers(0, -(-n // c))) for n, c in zip(shape, cumulative[-1])]
+        tile = tuple(slice(s, min(n, s + c * int(rng.integers(1, 3))))
+                     for s, n, c in zip(starts, shape, cumulative[-1]))
+        levels = pyramid_levels(base[tile], factors, method, shape)
+        expected_levels = tensorstore_levels(base, cumulative, method)
+        for level, f, expected in zip(levels, cumulative, expected_levels):
+            region = tuple(slice(t.start // c, -(-t.stop // c)) for t, c in zip(tile, f))
+            assert_same_bits(level, expected[region], f"{method} {shape} {factors} {tile}")
+
+
+@pytest.mark.parametrize("dtype", [">u2", ">i4", ">u8", ">f4"])
+@pytest.mark.parametrize("method", ["mean", "mode", "median", "min", "max", "stride"])
+def test_kernel_levels_of_big_endian_tiles(rng, dtype, method):
+    """Big-endian tiles (zarr v2 of other tools) through every kernel path, the compiled window
+    sums and histograms included: levels of their native values, in the tile's own dtype."""
+    native_dtype = np.dtype(dtype).newbyteorder("=")
+    factors = [(2, 2, 2), (1, 2, 3)]
+    if native_dtype.kind == "f":
+        tile = nan_floats(rng, (13, 17, 11), native_dtype.name)
+    else:
+        tile = blocky_labels(rng, (13, 17, 11), native_dtype.name)
+    levels = pyramid_levels(tile.astype(dtype), factors, method)
+    expected_levels = tensorstore_levels(tile, cumulative_products(factors), method)
+    for level, expected in zip(levels, expected_levels):
+        assert level.dtype == np.dtype(dtype)
+        if method == "mean" and native_dtype.kind == "f":  # NaN's sign after inf - inf: numpy's
+            np.testing.assert_array_equal(level.astype(native_dtype), expected, strict=True)
+        else:
+            assert_same_bits(level.astype(native_dtype), expected, f"{dtype} {method}")
+
+
 def blocky_labels(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     """Labels constant over boxes of random size at a random offset (so windows at every level
     are uniform, mixed, or mixed of uniform children), with some voxels of noise."""
@@ -156,6 +211,37 @@ def test_every_level_exact_and_the_base_read_once(tmp_path, rng, small_regions, 
         np.testing.assert_array_equal(group[f"s{level}"][:], expected, err_msg=f"s{level}")
     assert reads.min() == reads.max() == 1  # every base voxel read exactly once
     assert os.listdir(f"{path}/.bioimage-tasks/staging.zarr")  # deep levels went through staging
+
+
+@pytest.mark.parametrize("method", ["median", "mode"])
+def test_nan_float_pyramid_matches_tensorstore_bit_for_bit(tmp_path, rng, small_regions, method):
+    base = nan_floats(rng, (27, 22, 19), "float32")
+    path = f"{tmp_path}/pyramid.zarr"
+    pyramid_flow(base, path, scale_factors=[2, (1, 2, 3), 2], method=method, chunks=(4, 4, 4),
+                 num_workers=2, job_config=RunnerConfig(memory_budget=2**20))
+    group = zarr.open_group(path, mode="r")
+    cumulative = [(1, 1, 1), *cumulative_products([(2, 2, 2), (1, 2, 3), (2, 2, 2)])]
+    for level, expected in enumerate(tensorstore_levels(base, cumulative, method)):
+        assert_same_bits(group[f"s{level}"][:], expected, f"s{level}")
+
+
+@pytest.mark.parametrize("dtype,method", [(">u2", "mean"), (">u2", "mode"), (">f4", "median")])
+def test_big_endian_zarr_v2_input_and_a_rerun(tmp_path, rng, small_regions, dtype, method):
+    """A big-endian zarr v2 input (as other tools write it) gives every level of its native-order
+    values; a rerun into the group accepts the levels it made (stored in native byte order)."""
+    native_dtype = np.dtype(dtype).newbyteorder("=")
+    base = nan_floats(rng, (27, 22, 19), native_dtype) if native_dtype.kind == "f" else \
+        labels_like(rng, (27, 22, 19), native_dtype.name)
+    zarr.create_array(store=f"{tmp_path}/in.zarr", name="raw", shape=base.shape, dtype=dtype,
+                      chunks=(8, 8, 8), zarr_format=2)[:] = base
+    path = f"{tmp_path}/pyramid.zarr"
+    cumulative = [(1, 1, 1), (2, 2, 2), (4, 4, 4)]
+    for _ in range(2):
+        pyramid_flow(f"{tmp_path}/in.zarr/raw", path, scale_factors=[2, 2], method=method,
+                     chunks=(4, 4, 4), num_workers=2, job_config=RunnerConfig(memory_budget=2**20))
+        group = zarr.open_group(path, mode="r")
+        for level, expected in enumerate(tensorstore_levels(base, cumulative, method)):
+            assert_same_bits(group[f"s{level}"][:].astype(native_dtype), expected, f"s{level}")
 
 
 def test_anisotropic_plan_from_voxel_size_and_budget(tmp_path, rng):

@@ -12,7 +12,7 @@ import zarr
 
 from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.runners import RunnerConfig, SlurmConfig
-from flows import copy_flow, downsample_flow
+from flows import copy_flow, downsample_flow, pyramid_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -128,6 +128,18 @@ def test_bool_input_rejects_interpolation(rng):
         downsample_flow(labels, 2, order=1)
     with pytest.raises(ValueError, match="bool input needs order=0 and anti_aliasing=False"):
         downsample_flow(labels, 2, anti_aliasing=True)
+
+
+@pytest.mark.parametrize("method", ["mean", "mode", "stride"])
+def test_complex_input_is_refused_by_window_methods(tmp_path, method):
+    x = np.ones((8, 8, 8), np.complex64)
+    calls = [(downsample_flow, {"scale_factor": 2, "output": f"{tmp_path}/new.zarr/s1"}),
+             (pyramid_flow, {"output_group": f"{tmp_path}/new.zarr", "scale_factors": [2]})]
+    for flow, kwargs in calls:
+        pattern = rf"input has dtype complex64, which method='{method}' does not take"
+        with pytest.raises(ParameterError, match=pattern):
+            flow(x, method=method, **kwargs)
+    assert not os.path.exists(tmp_path / "new.zarr")
 
 
 def test_runner_config_is_checked():

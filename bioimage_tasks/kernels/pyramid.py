@@ -29,9 +29,11 @@ from bioimage_tasks.kernels.histogram import LevelHistograms
 from bioimage_tasks.kernels.sums import chained_means
 from bioimage_tasks.kernels.window import window_reduce
 
-def pyramid_levels(tile: np.ndarray, level_factors: Sequence[Sequence[int]], method: str) -> list[np.ndarray]:
+def pyramid_levels(tile: np.ndarray, level_factors: Sequence[Sequence[int]], method: str,
+                   array_shape: Sequence[int] | None = None) -> list[np.ndarray]:
     """Levels 1..L of `tile`, level k reduced by the product of `level_factors[:k]`, each exactly
-    `window_reduce(tile, that product, method)`.
+    `window_reduce(tile, that product, method, array_shape)` (`array_shape`: of the base the tile
+    is part of, by default the tile's), in the tile's dtype and byte order.
 
     >>> tile = np.array([[1, 1, 2, 5], [1, 3, 4, 4]], dtype=np.uint8)
     >>> [level.tolist() for level in pyramid_levels(tile, [(1, 2), (2, 2)], "mode")]
@@ -40,6 +42,10 @@ def pyramid_levels(tile: np.ndarray, level_factors: Sequence[Sequence[int]], met
     [[[1, 4], [2, 4]], [[3]]]
     """
     tile = np.asarray(tile)
+    if not tile.dtype.isnative:  # the compiled kernels take native byte order; levels as given
+        native = tile.astype(tile.dtype.newbyteorder("="))
+        levels = pyramid_levels(native, level_factors, method, array_shape)
+        return [level.astype(tile.dtype) for level in levels]
     factors = [tuple(int(f) for f in level) for level in level_factors]
     kind = tile.dtype.kind
     if method in ("stride", "min", "max"):
@@ -48,7 +54,8 @@ def pyramid_levels(tile: np.ndarray, level_factors: Sequence[Sequence[int]], met
         return chained_means(tile, factors)
     if method in ("mode", "median") and kind in "biu":
         return _chained_histograms(tile, factors, method)
-    return [window_reduce(tile, cumulative, method) for cumulative in cumulative_products(factors)]
+    return [window_reduce(tile, cumulative, method, array_shape)
+            for cumulative in cumulative_products(factors)]
 
 
 def cumulative_products(level_factors: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:

@@ -17,8 +17,11 @@ Semantics, each checked against `tensorstore.downsample(tensorstore.array(x), fa
 - `mode`: the most frequent value, the lowest one on a tie.
 - `stride`: the window's first voxel.
 With all factors 1 every method returns the array unchanged, as tensorstore does.
-NaN in `mode`/`median` and the sign of a zero they return are not specified (tensorstore sorts
-with `<` there); everything else is exact for bool, (u)int8-64 and float32/64.
+A float window holding NaN (or both +0.0 and -0.0) has no well-defined median or mode:
+tensorstore's comes out of libstdc++'s `std::nth_element`/`std::sort` with `<` over the window in
+its buffer order, which replay.py replays (so NaN may or may not win, as there: the median of
+[NaN, 1] is NaN, of [1, NaN] 1). That order depends on which axes of the whole array are longer
+than 1: give a block's `array_shape`. Everything is exact for bool, (u)int8-64 and float32/64.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from functools import lru_cache
 import numpy as np
 
 from bioimage_tasks.geometry import downscale_shape
+from bioimage_tasks.kernels.replay import replay_windows, special_windows, window_axis_order
 from bioimage_tasks.kernels.sums import window_means
 
 METHODS = ("mean", "mode", "min", "max", "median", "stride")
@@ -43,9 +47,12 @@ _SLAB_BYTES = 2**19  # input bytes reduced at a time, so that a slab's passes ru
 _MAX_MIXED = 0.5  # mode/median sort only a slab's mixed windows when at most this share is mixed
 
 
-def window_reduce(block: np.ndarray, factors: Sequence[int], method: str) -> np.ndarray:
+def window_reduce(block: np.ndarray, factors: Sequence[int], method: str,
+                  array_shape: Sequence[int] | None = None) -> np.ndarray:
     """Reduce every `factors` window of `block` with `method`, exactly as tensorstore's
-    `downsample` driver does; `block`'s origin must lie on the window grid.
+    `downsample` driver does; `block`'s origin must lie on the window grid. `array_shape` is the
+    shape of the array `block` is part of (default: `block`'s own), which float median and mode
+    of windows with NaN depend on. Either byte order of a supported dtype works.
 
     Returns an array of shape `downscale_shape(block.shape, factors)` and `block`'s dtype.
 
@@ -61,7 +68,7 @@ def window_reduce(block: np.ndarray, factors: Sequence[int], method: str) -> np.
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
     if len(factors) != block.ndim or any(f < 1 for f in factors):
         raise ValueError(f"factors {factors} must be {block.ndim} integers >= 1")
-    if block.dtype not in SUPPORTED_DTYPES:
+    if block.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:  # either byte order
         raise TypeError(f"unsupported dtype {block.dtype}")
     if math.prod(factors) >= 2**31:
         raise ValueError(f"windows of {math.prod(factors)} voxels are too large")
@@ -69,11 +76,18 @@ def window_reduce(block: np.ndarray, factors: Sequence[int], method: str) -> np.
         # each window's first voxel; with all factors 1 tensorstore returns the array as it is (no
         # float rounding of a lone -0.0 or NaN). The Ellipsis keeps a 0-d result an array.
         return block[(..., *(slice(None, None, f) for f in factors))].copy()
+    if not block.dtype.isnative:  # ">u2" of zarr v2, say: reduced in native order, returned as is
+        native = block.astype(block.dtype.newbyteorder("="))
+        return window_reduce(native, factors, method, array_shape).astype(block.dtype)
     if method == "mean" and block.dtype.kind in "biu" and block.dtype.itemsize < 8:
         return window_means(block, factors)  # compiled exact sums, in one pass (no slabs)
+    array_shape = block.shape if array_shape is None else tuple(array_shape)
+    if len(array_shape) != block.ndim:
+        raise ValueError(f"array_shape {array_shape} must have {block.ndim} entries")
+    axis_order = window_axis_order(array_shape, factors)
     out = np.empty(downscale_shape(block.shape, factors), block.dtype)
     for dst, slab in _slabs(block, factors):
-        out[dst] = _reduce(slab, factors, method)
+        out[dst] = _reduce(slab, factors, method, axis_order)
     return out
 
 
@@ -87,13 +101,14 @@ def _slabs(block: np.ndarray, factors: tuple[int, ...]) -> Iterator[tuple[slice,
         yield slice(start // factors[0], start // factors[0] + planes), block[start:start + planes * factors[0]]
 
 
-def _reduce(block: np.ndarray, factors: tuple[int, ...], method: str) -> np.ndarray:
+def _reduce(block: np.ndarray, factors: tuple[int, ...], method: str,
+            axis_order: np.ndarray) -> np.ndarray:
     """`window_reduce` of one slab by any method but `stride`."""
     if method in ("min", "max"):
         return _extremum(block, factors, method == "min")
     if method == "mean":
         return _mean(block, factors)
-    return _sorted_reduce(block, factors, method)
+    return _sorted_reduce(block, factors, method, axis_order)
 
 
 def window_offsets(shape: Sequence[int], factors: Sequence[int]) -> Iterator[tuple[tuple[slice, ...], tuple[slice, ...]]]:
@@ -174,20 +189,30 @@ def _round_half_even(quotient: np.ndarray, remainder: np.ndarray, count: np.ndar
     return quotient
 
 
-def _sorted_reduce(block: np.ndarray, factors: Sequence[int], method: str) -> np.ndarray:
+def _sorted_reduce(block: np.ndarray, factors: Sequence[int], method: str,
+                   axis_order: np.ndarray) -> np.ndarray:
     """mode/median: gather each window into a column, sort the columns, then pick. A window whose
     voxels all have the same bits (most windows of a label volume) is its own answer, padded or
-    not, so when few windows are mixed only those are sorted."""
+    not, so when few windows are mixed only those are sorted. Float windows with NaN or zeros of
+    both signs are then replayed as tensorstore computes them (replay.py)."""
     out_shape = downscale_shape(block.shape, factors)
     counts = window_counts(block.shape, factors)
     columns = _window_columns(block, factors, out_shape)
     mixed = _mixed_columns(columns)
+    floats = block.dtype.kind == "f"
     if mixed is None:
-        return _pick(list(columns), counts, method).reshape(out_shape)
-    result = columns[0]  # the first voxel, never padding
-    if mixed.size:
-        counts = counts if isinstance(counts, int) else counts.reshape(-1)[mixed]
-        result[mixed] = _pick(list(np.take(columns, mixed, axis=1)), counts, method)
+        special = special_windows(columns) if floats else None  # before the sort reorders them
+        result = _pick(list(columns), counts, method)
+    else:
+        result = columns[0]  # the first voxel, never padding
+        special = mixed[:0]
+        if mixed.size:
+            counts = counts if isinstance(counts, int) else counts.reshape(-1)[mixed]
+            taken = np.take(columns, mixed, axis=1)
+            special = mixed[special_windows(taken)] if floats else None
+            result[mixed] = _pick(list(taken), counts, method)
+    if special is not None and special.size:
+        result[special] = replay_windows(block, factors, axis_order, special, method)
     return result.reshape(out_shape)
 
 
