@@ -27,11 +27,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 # Slowest-decaying pole of the B-spline pre-filter of each order (Unser 1999).
 _SPLINE_POLES = {2: math.sqrt(8.0) - 3.0, 3: math.sqrt(3.0) - 2.0, 4: -0.361341225900220, 5: -0.430575347099973}
 _PREFILTER_TOLERANCE = 1e-13
+def _ndimage():
+    """scipy.ndimage, imported on first use: it costs ~0.3 s, which only resize needs."""
+    from scipy import ndimage
+
+    return ndimage
+
+
 _GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default
 _BAND_ROWS = 4  # output rows per BLAS call of the fused filter: narrow bands skip most zero weights
 _MAX_MARGIN = 1 / 64  # fused filter only while its error bound is far below the 0.5 to a tie
@@ -90,7 +96,7 @@ def smooth(region: np.ndarray, sigma: Sequence[float], dtype: np.dtype) -> np.nd
     data = region if region.dtype.kind in "biu" else region.astype(dtype, copy=False)
     for axis, s in enumerate(sigma):
         if s > 1e-15:
-            data = ndimage.gaussian_filter1d(data, s, axis, mode="mirror", truncate=_GAUSSIAN_TRUNCATE, output=dtype)
+            data = _ndimage().gaussian_filter1d(data, s, axis, mode="mirror", truncate=_GAUSSIAN_TRUNCATE, output=dtype)
             radius = gaussian_radius(s)
             data = data[(slice(None),) * axis + (slice(radius, data.shape[axis] - radius),)]
     return data
@@ -190,7 +196,7 @@ def spline_weights(coords: np.ndarray, order: int) -> np.ndarray:
         for tap in range(order + 1):
             impulse[:] = 0.0
             impulse[start + tap] = 1.0
-            weights[rows, tap] = ndimage.map_coordinates(
+            weights[rows, tap] = _ndimage().map_coordinates(
                 impulse, [near[rows]], order=order, prefilter=False, mode="mirror"
             )
     return weights
@@ -399,7 +405,7 @@ def resize_region(
         picked = data[np.ix_(*taps)]
         return cast_to(picked if value_range is None else np.clip(picked, *value_range), out_dtype)
     if order >= 2:
-        data = ndimage.spline_filter(data, order, output=np.float64, mode="mirror")
+        data = _ndimage().spline_filter(data, order, output=np.float64, mode="mirror")
     data = interpolate(data, taps, weights, integers)
     data = data.astype(zoom_dtype, copy=False)
     if value_range is not None:
