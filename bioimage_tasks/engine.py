@@ -129,7 +129,8 @@ def plan_batches(stage: Stage, num_workers: int, blocks_per_task: int | None = N
     else:
         wanted = max(TASKS_PER_WORKER * num_workers, min(MAX_BATCHES, math.ceil(total / BLOCKS_PER_TASK)))
     count = min(units, wanted)
-    cuts = [i * units // count for i in range(count + 1)]
+    size, extra = divmod(units, count)
+    cuts = [i * size + min(i, extra) for i in range(count + 1)]
     if stage.block_ids is not None:
         ids = stage.block_ids
         return [Batch(explicit=tuple(ids[a:b])) for a, b in zip(cuts, cuts[1:])]

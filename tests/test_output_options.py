@@ -302,7 +302,8 @@ def test_command_line_options(tmp_path, rng):
     refused = cli("downsample", f"{tmp_path}/in.zarr/raw", f"{tmp_path}/out.n5/x", "--shards", "8,8,8")
     assert refused.returncode == 1 and not os.path.exists(tmp_path / "out.n5")
     lines = [line for line in refused.stderr.splitlines() if line.strip()]
-    assert lines == ["error: ValueError: output_options.shards need a zarr v3 output; a new n5 output has no shards"]
+    assert lines[1:] == ["error: ValueError: output_options.shards need a zarr v3 output; a new n5 output has no "
+                         "shards"]  # after the line that says which engine runs
     shown = cli("pyramid", "--help").stdout  # downsample and copy took theirs above
     for option in ("--codec", "--level", "--shards", "--write-empty-chunks"):
         assert option in shown

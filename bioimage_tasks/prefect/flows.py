@@ -5,6 +5,8 @@ exposes them to users and deployments; the command line's `--prefect` runs take 
 from __future__ import annotations
 
 import functools
+import inspect
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +38,10 @@ def flow_of(kind: str) -> BlockwiseFlow:
         return run_in_flow(builder(*args, **kwargs))
 
     body.__name__ = body.__qualname__ = f"{kind}_flow"
+    # the builder's annotations as types, not strings that only its module's globals resolve:
+    # Prefect builds the parameter schema and validation model from them
+    body.__signature__ = inspect.signature(builder, eval_str=True)
+    body.__annotations__ = typing.get_type_hints(builder)
     return blockwise_flow(kind, namer)(body)
 
 
