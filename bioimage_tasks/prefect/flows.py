@@ -42,6 +42,8 @@ def flow_of(kind: str) -> BlockwiseFlow:
     # Prefect builds the parameter schema and validation model from them
     body.__signature__ = inspect.signature(builder, eval_str=True)
     body.__annotations__ = typing.get_type_hints(builder)
+    del body.__wrapped__  # Prefect finds a flow's entrypoint from its module: this one's `<kind>_flow`
+    body.__module__ = __name__
     return blockwise_flow(kind, namer)(body)
 
 
