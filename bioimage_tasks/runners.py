@@ -202,8 +202,46 @@ def backend(job_type: str, num_workers: int, config: RunnerConfig) -> Iterator[T
                 logging.getLogger(name).setLevel(logging.WARNING)
     runner = make_task_runner(job_type, num_workers, config)
     job_name = runner.cluster_kwargs.get("job_name") if job_type == "slurm" else None
-    with jobs_cancelled_on_exit(job_name), workers_use_this_api(job_type), sigterm_raises(), runner:
-        yield runner
+    with jobs_cancelled_on_exit(job_name), cluster_tracked(job_type) as shutting_down, \
+            workers_use_this_api(job_type), sigterm_raises(), runner:
+        try:
+            yield runner
+        finally:
+            shutting_down()  # the runner's exit, next, shuts the cluster down
+
+
+_clusters = {"open": 0, "shutting down": 0}  # the Dask clusters of this process's runs
+
+
+@contextlib.contextmanager
+def cluster_tracked(job_type: str) -> Iterator[Callable[[], None]]:
+    """Count a Dask backend as open until the block ends, and as shutting down once the function
+    it yields is called (see clusters_open)."""
+    shutting_down = False
+
+    def begin_shutdown() -> None:
+        nonlocal shutting_down
+        if not shutting_down and job_type != "local":
+            shutting_down = True
+            _clusters["shutting down"] += 1
+
+    if job_type == "local":
+        yield begin_shutdown
+        return
+    _clusters["open"] += 1
+    try:
+        yield begin_shutdown
+    finally:
+        _clusters["open"] -= 1
+        if shutting_down:
+            _clusters["shutting down"] -= 1
+
+
+def clusters_open() -> tuple[int, int]:
+    """(open, of which shutting down): the Dask clusters (local worker processes, SLURM jobs, a
+    remote scheduler's client) of the runs in this process. The CLI, interrupted, waits for a
+    shutdown in progress, and interrupts its main thread again to get the others shut down."""
+    return _clusters["open"], _clusters["shutting down"]
 
 
 # Waits until its stdin closes, which happens when the flow process ends in any way (SIGKILL and
