@@ -98,26 +98,31 @@ def output_options(codec: str | None, level: int | None, shards: tuple[int, ...]
 
 def run(flow_call: Callable[[], Any], quiet: bool, debug: bool, done: Callable[[Any], str]) -> None:
     """Call a flow with a progress bar (on a terminal, unless quiet) and turn errors into one line;
-    `done` says what the result is."""
+    `done` says what the result is. Ctrl-C or SIGTERM end the run within seconds (interrupts.py)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+    from bioimage_tasks.interrupts import RunInterrupts
     from bioimage_tasks.plain import progress_listener
 
     console = Console(stderr=True)
     show_bar = not quiet and console.is_terminal
+    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), console=console) if show_bar else None
+    interrupts = RunInterrupts(console, debug, before_exit=bar.stop if bar else None)
     try:
-        if show_bar:
-            with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=console) as bar:
-                task = bar.add_task("blocks", total=None)
-                token = progress_listener.set(lambda done, total: bar.update(task, completed=done, total=total))
-                try:
-                    result = flow_call()
-                finally:
-                    progress_listener.reset(token)
-        else:
-            result = flow_call()
+        with interrupts.watching():
+            if bar is not None:
+                with bar:
+                    task = bar.add_task("blocks", total=None)
+                    token = progress_listener.set(
+                        lambda done, total: bar.update(task, completed=done, total=total))
+                    try:
+                        result = flow_call()
+                    finally:
+                        progress_listener.reset(token)
+            else:
+                result = flow_call()
     except Exception as error:  # noqa: BLE001 - the CLI's contract: one line, non-zero exit
         if debug:
             raise

@@ -257,14 +257,52 @@ def backend(job_type: str, num_workers: int, config: RunnerConfig) -> Iterator[E
     from distributed import Client
 
     slurm_kwargs = config.cluster_kwargs() if job_type == "slurm" else None  # a unique job name each call
-    with jobs_cancelled_on_exit(slurm_kwargs and slurm_kwargs["job_name"]), sigterm_raises():
+    with jobs_cancelled_on_exit(slurm_kwargs and slurm_kwargs["job_name"]), \
+            cluster_tracked(job_type) as shutting_down, sigterm_raises():
         cluster = _cluster(job_type, num_workers, config, slurm_kwargs)
         try:
             with Client(cluster if cluster is not None else config.address) as client:
-                yield Executor(job_type, num_workers, client)
+                try:
+                    yield Executor(job_type, num_workers, client)
+                finally:
+                    shutting_down()  # the client's and the cluster's exits, next, shut it down
         finally:
             if cluster is not None:
                 cluster.close()
+
+
+_clusters = {"open": 0, "shutting down": 0}  # the Dask clusters of this process's runs
+
+
+@contextlib.contextmanager
+def cluster_tracked(job_type: str) -> Iterator[Callable[[], None]]:
+    """Count a Dask backend as open until the block ends, and as shutting down once the function
+    it yields is called (see clusters_open)."""
+    shutting_down = False
+
+    def begin_shutdown() -> None:
+        nonlocal shutting_down
+        if not shutting_down and job_type != "local":
+            shutting_down = True
+            _clusters["shutting down"] += 1
+
+    if job_type == "local":
+        yield begin_shutdown
+        return
+    _clusters["open"] += 1
+    try:
+        yield begin_shutdown
+    finally:
+        _clusters["open"] -= 1
+        if shutting_down:
+            _clusters["shutting down"] -= 1
+
+
+def clusters_open() -> tuple[int, int]:
+    """(open, of which shutting down): the Dask clusters (local worker processes, SLURM jobs, a
+    remote scheduler's client) of the runs in this process. The CLI, interrupted, waits for a
+    shutdown in progress, and interrupts its main thread again to get the others shut down."""
+    return _clusters["open"], _clusters["shutting down"]
 
 
 # Waits until its stdin closes, which happens when the flow process ends in any way (SIGKILL and

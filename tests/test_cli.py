@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -122,3 +125,96 @@ def test_info_of_hdf5_and_errors(tmp_path):
     missing = cli("info", f"{tmp_path}/d.h5/nope")
     assert missing.returncode == 1
     assert missing.stderr.strip().startswith("error: FileNotFoundError: input: 'nope' in"), missing.stderr
+
+
+INTERRUPTED = "rerun the same command to resume (finished blocks are skipped)"
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory) -> tuple[list[str], np.ndarray]:
+    """The arguments of a run that takes 10-20 s once its temporary Prefect server is up (a cubic,
+    anti-aliased resize of a 256^3 float32 image in 512 blocks of 16^3 on one thread) and
+    scikit-image's result for it."""
+    image = np.random.default_rng(7).standard_normal((256, 256, 256)).astype(np.float32)
+    path = str(tmp_path_factory.mktemp("interrupt") / "in.zarr")
+    zarr.create_array(store=path, name="raw", shape=image.shape, dtype="float32",
+                      chunks=(32, 32, 32))[:] = image
+    arguments = [f"{path}/raw", "--factor", "2", "--order", "3", "--anti-aliasing",
+                 "--block-shape", "16,16,16"]
+    return arguments, skimage_downsample(image, (2, 2, 2), 3, True)
+
+
+@pytest.fixture
+def start_cli():
+    """Start the CLI as a user does: its own process group (a terminal's job), no Prefect API
+    configured (so Prefect starts a temporary server as a child process). Whatever a failed test
+    leaves of those groups is killed."""
+    started = []
+
+    def start(*args: str) -> subprocess.Popen:
+        env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
+        command = [sys.executable, "-m", "bioimage_tasks.cli", *args]
+        started.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env=env, start_new_session=True))
+        return started[-1]
+
+    yield start
+    for process in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+
+
+def chunk_files(array_dir) -> dict[str, int]:
+    """The chunk files of a zarr v3 array, with their modification times."""
+    found = {}
+    for folder, _, names in os.walk(os.path.join(array_dir, "c")):
+        for name in names:
+            found[os.path.join(folder, name)] = os.stat(os.path.join(folder, name)).st_mtime_ns
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["ctrl-c-to-process-group", "sigterm-to-process"])
+def test_an_interrupted_run_exits_in_seconds_and_a_rerun_resumes(tmp_path, long_run, start_cli,
+                                                                  signum, to_group):
+    """Ctrl-C (SIGINT to the process group, the temporary Prefect server included) or SIGTERM
+    ends the run within seconds with one line and 130 / 143, leaves no Prefect server behind,
+    and the same command then completes the output, keeping the blocks finished before."""
+    import psutil
+
+    arguments, expected = long_run
+    output = tmp_path / "out.zarr" / "s1"
+    command = ["downsample", arguments[0], str(output), *arguments[1:]]
+    running = start_cli(*command)
+    started = time.monotonic()
+    while len(chunk_files(output)) < 3:  # blocks are being written: the server is up, the run on
+        assert running.poll() is None, running.communicate()[1]
+        assert time.monotonic() - started < 300, "no block written after 300 s"
+        time.sleep(0.1)
+    children = psutil.Process(running.pid).children(recursive=True)
+    assert any("prefect.server.api.server" in " ".join(child.cmdline()) for child in children)
+    assert running.poll() is None
+    signalled = time.monotonic()
+    (os.killpg if to_group else os.kill)(running.pid, signum)
+    _, stderr = running.communicate(timeout=60)
+    assert time.monotonic() - signalled < 10
+    assert running.returncode == 128 + signum, stderr
+    name = signal.Signals(signum).name
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines == [f"interrupted by {name}: {INTERRUPTED}"], stderr
+    time.sleep(0.5)
+    left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [c.cmdline() for c in left]
+
+    written = chunk_files(output)
+    assert 0 < len(written) < 8**3  # interrupted in the middle
+    rerun = start_cli(*command)
+    _, stderr = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, stderr
+    np.testing.assert_allclose(zarr.open_array(str(output), mode="r")[:], expected, rtol=0,
+                               atol=1e-3 * float(np.ptp(expected)))
+    kept = [path for path, mtime in chunk_files(output).items() if written.get(path) == mtime]
+    assert kept, "the rerun rewrote every block: it did not resume"
