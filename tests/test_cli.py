@@ -176,18 +176,20 @@ def chunk_files(array_dir) -> dict[str, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
-                         ids=["ctrl-c-to-process-group", "sigterm-to-process"])
+@pytest.mark.parametrize("signum, to_group, engine", [
+    (signal.SIGINT, True, "--prefect"), (signal.SIGTERM, False, "--prefect"), (signal.SIGINT, True, "plain")],
+    ids=["ctrl-c-to-process-group", "sigterm-to-process", "ctrl-c-plain-engine"])
 def test_an_interrupted_run_exits_in_seconds_and_a_rerun_resumes(tmp_path, long_run, start_cli,
-                                                                  signum, to_group):
-    """Ctrl-C (SIGINT to the process group, the temporary Prefect server included) or SIGTERM
-    ends the run within seconds with one line and 130 / 143, leaves no Prefect server behind,
-    and the same command then completes the output, keeping the blocks finished before."""
+                                                                  signum, to_group, engine):
+    """Ctrl-C (SIGINT to the process group, the temporary Prefect server of a --prefect run
+    included) or SIGTERM ends the run within seconds with one line (after the line naming the
+    engine) and 130 / 143, leaves no Prefect server behind, and the same command then completes
+    the output, keeping the blocks finished before."""
     import psutil
 
     arguments, expected = long_run
     output = tmp_path / "out.zarr" / "s1"
-    command = ["downsample", arguments[0], str(output), *arguments[1:]]
+    command = ["downsample", arguments[0], str(output), *arguments[1:], *([engine] if engine != "plain" else [])]
     running = start_cli(*command)
     started = time.monotonic()
     while len(chunk_files(output)) < 3:  # blocks are being written: the server is up, the run on
@@ -195,7 +197,8 @@ def test_an_interrupted_run_exits_in_seconds_and_a_rerun_resumes(tmp_path, long_
         assert time.monotonic() - started < 300, "no block written after 300 s"
         time.sleep(0.1)
     children = psutil.Process(running.pid).children(recursive=True)
-    assert any("prefect.server.api.server" in " ".join(child.cmdline()) for child in children)
+    server = any("prefect.server.api.server" in " ".join(child.cmdline()) for child in children)
+    assert server == (engine == "--prefect")  # the plain engine starts no server
     assert running.poll() is None
     signalled = time.monotonic()
     (os.killpg if to_group else os.kill)(running.pid, signum)
@@ -204,7 +207,8 @@ def test_an_interrupted_run_exits_in_seconds_and_a_rerun_resumes(tmp_path, long_
     assert running.returncode == 128 + signum, stderr
     name = signal.Signals(signum).name
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert lines == [f"interrupted by {name}: {INTERRUPTED}"], stderr
+    assert lines[0].startswith("bioimage-tasks downsample: running "), stderr
+    assert lines[1:] == [f"interrupted by {name}: {INTERRUPTED}"], stderr
     time.sleep(0.5)
     left = [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not left, [c.cmdline() for c in left]
