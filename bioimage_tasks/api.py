@@ -23,7 +23,8 @@ import numpy as np
 
 from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
-from bioimage_tasks.io import OutputOptions, StorageOptions, as_source, check_output_options
+from bioimage_tasks.io import OutputOptions, StorageOptions, as_source, check_output_options, physical_of
+from bioimage_tasks.io.precomputed_output import precomputed_target
 from bioimage_tasks.kernels.window import METHODS as WINDOW_METHODS
 from bioimage_tasks.kernels.window import SUPPORTED_DTYPES as WINDOW_DTYPES
 from bioimage_tasks.naming import describe, describe_source
@@ -178,6 +179,7 @@ def copy_operation(
     Returns the output array.
     """
     source = as_source(input, storage_options=storage_options)
+    output = precomputed_target(output, physical_of(source), storage_options)  # a single-scale volume
     return blockwise_operation(
         "copy", source, input, output, {}, block_shape=block_shape, job_type=job_type, job_config=job_config,
         num_workers=num_workers, mask=mask, block_ids=block_ids, resume_from=resume_from,
