@@ -32,6 +32,7 @@ from bioimage_tasks.operations import BlockwiseOperation, Operation, execute
 from bioimage_tasks.planning import in_memory, plan_blockwise
 from bioimage_tasks.plain import PlainEdge
 from bioimage_tasks.pyramid_checks import check_chunks_and_shards, pyramid_geometry
+from bioimage_tasks.pyramid_formats import PrecomputedOutput, precomputed_output
 from bioimage_tasks.pyramid_op import PyramidOperation, group_output_path, level_spec, region_plan, reuses_s0
 from bioimage_tasks.resampling import ResizedSource, WindowedSource, check_anti_aliasing, check_order
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
@@ -253,7 +254,8 @@ def pyramid_operation(
     chunks, shards = check_chunks_and_shards(chunks, shards, options, len(source.shape), ngff_version)
     options = replace(options, shards=shards)  # what existing levels must have
     geometry = pyramid_geometry(source, voxel_size, origin, units, axes, planned=levels is not None)
-    group_path = group_output_path(output_group, storage_options)
+    group_path = precomputed_output(output_group, storage_options, labels, options) or group_output_path(
+        output_group, storage_options)  # a precomputed volume (pyramid_formats.py) or an OME-Zarr group
     if labels:
         check_label_options(group_path, source.dtype, method, order, anti_aliasing)
     spec = level_spec(source, group_path, levels, scale_factors, geometry, chunks, shards)
@@ -272,8 +274,8 @@ def pyramid_operation(
 
 def check_label_options(group_path: Any, dtype: Any, method: str, order: int, anti_aliasing: bool) -> None:
     """A label image lives at <image>/labels/<name>, holds integers, and is downsampled label-safely."""
-    parts = group_path.key.split("/")
-    if len(parts) < 2 or parts[-2] != "labels":
+    parts = getattr(group_path, "key", "").split("/")
+    if not isinstance(group_path, PrecomputedOutput) and (len(parts) < 2 or parts[-2] != "labels"):
         raise ParameterError(f"labels=True needs output_group '<image>.zarr/labels/<name>', got {str(group_path)!r}")
     if np.dtype(dtype).kind not in "iub":
         raise ParameterError(f"label images hold integers, got dtype {dtype}")
