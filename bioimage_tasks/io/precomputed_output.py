@@ -72,11 +72,22 @@ def scale_key(resolution: Sequence[float]) -> str:
 
 
 def shard_shape(grid: Sequence[int], chunk: Sequence[int], sharding: dict) -> tuple[int, ...]:
-    """The (x, y, z) voxels one shard of `sharding` covers (the low Morton bits of each axis)."""
+    """The (x, y, z) voxels one shard of `sharding` covers (the low Morton bits of each axis),
+    capped at the chunk grid as tensorstore's write chunk is; the whole grid where a shard is not
+    one box (fewer shard bits than the Morton code has above the low bits).
+
+    >>> spec = {"preshift_bits": 3, "minishard_bits": 2, "shard_bits": 1}
+    >>> shard_shape((3, 4, 3), (16, 16, 8), spec), shard_shape((3, 4, 3), (16, 16, 8), spec | {"shard_bits": 0})
+    ((48, 64, 16), (48, 64, 24))
+    """
     bits = grid_bits(grid)
     order = [axis for bit in range(max(bits, default=0)) for axis in range(3) if bit < bits[axis]]
     low = sharding["preshift_bits"] + sharding["minishard_bits"]
-    return tuple(c * 2 ** order[:low].count(axis) for axis, c in enumerate(chunk))
+    if low + sharding["shard_bits"] < len(order):
+        return tuple(c * n for c, n in zip(chunk, grid))
+    return tuple(
+        c * min(2 ** order[:low].count(axis), n) for axis, (c, n) in enumerate(zip(chunk, grid))
+    )
 
 
 def array_layout(scale: dict, channels: int, ndim: int) -> Layout:
