@@ -177,7 +177,8 @@ def copy_operation(
     `output` is created if missing (zarr or n5 by its path) or must match the input's shape and
     hold its dtype; without it a numpy array is returned. `block_shape`, `mask`, `block_ids` and
     `output_options` work as in `downsample`, and so do s3:// URLs with `storage_options`.
-    Returns the output array.
+    A "precomputed://..." output is a single-scale neuroglancer volume with the input's voxel
+    size in nm (io/precomputed_output.py). Returns the output array.
     """
     source = as_source(input, storage_options=storage_options)
     output = precomputed_target(output, physical_of(source), storage_options)  # a single-scale volume
@@ -239,7 +240,9 @@ def pyramid_operation(
     space; finite voxel sizes > 0; finite origins; NGFF's space and time unit names; a single
     unit is that of the space axes). `chunks` and `shards` are integers >= 1, one per axis, shards
     whole numbers of chunks. `output_group` must be new, or hold only this pyramid's levels (and
-    a `labels` group). Every refusal comes before anything is created. Returns the group's path."""
+    a `labels` group). An `output_group` "precomputed://..." is a neuroglancer precomputed
+    volume instead, one scale per level (pyramid_formats.py); an input that is its scale 0 gets
+    the missing scales. Every refusal comes before anything is created. Returns the group's path."""
     check_method_options(method, order, anti_aliasing)
     config = check_backend(job_type, num_workers, job_config)
     options = check_output_options(output_options)

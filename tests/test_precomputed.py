@@ -167,6 +167,7 @@ PYRAMIDS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(PYRAMIDS))
 def test_pyramid_outputs_read_by_cloudvolume(cloudvolume, tmp_path, rng, case):
     kind = PYRAMIDS[case]
@@ -204,6 +205,7 @@ def test_pyramid_outputs_read_by_cloudvolume(cloudvolume, tmp_path, rng, case):
     assert info["type"] == ("segmentation" if kind["labels"] else "image")
 
 
+@pytest.mark.slow
 def test_missing_scales_are_added_in_place(cloudvolume, tmp_path, rng):
     base = image(rng, (32, 64, 48))
     path = cv_write(cloudvolume, tmp_path, base, "v", resolution=[8, 8, 40], **CV_CASES["raw"])
@@ -330,3 +332,22 @@ def test_precomputed_on_s3(s3_server, tmp_path, rng):
     assert [s["key"] for s in scales] == ["1_1_1", "2_2_2", "4_4_4"]
     records = as_source(url).volume.location().child(".bioimage-tasks").names()
     assert "blocks" in records
+
+
+def test_jpeg_volumes_read_as_cloudvolume_decodes_them(cloudvolume, tmp_path, rng):
+    data = image(rng, (16, 32, 32))
+    path = cv_write(cloudvolume, tmp_path, data, "j", resolution=[4, 4, 4], layer_type="image", encoding="jpeg",
+                    chunk=[16, 16, 16])
+    decoded, _ = cv_read(cloudvolume, path, 0)  # lossy: the reference is cloud-volume's decode
+    np.testing.assert_array_equal(as_source(path)[:, :, :], decoded)
+
+
+def test_cli_adds_scales_in_place(tmp_path, rng):
+    base = image(rng, (16, 32, 32))
+    volume = f"precomputed://{tmp_path}/vol"
+    copy(base, volume)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # the plain API
+    done = subprocess.run([sys.executable, "-m", "bioimage_tasks.cli", "pyramid", volume, volume, "--factors", "2;2"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_array_equal(as_source(f"{tmp_path}/vol/4_4_4")[:, :, :], downsampled(base, (4, 4, 4), "mean"))
