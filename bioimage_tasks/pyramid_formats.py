@@ -97,7 +97,7 @@ class PrecomputedOutput:
         return layouts
 
     def reuse(self, scale: dict, shape: tuple[int, ...], chunks: tuple[int, ...] | None) -> Layout:
-        """The layout of an existing scale, which must have the level's size and the chunks asked."""
+        """An existing scale's layout; it must have the level's size and the chunks asked."""
         size = list(shape[-3:])[::-1]
         if list(scale["size"]) != size:
             raise ParameterError(
@@ -118,10 +118,7 @@ class PrecomputedOutput:
         """Level `level`'s scale, added to the volume if missing (with a fresh identity token)."""
         scale = self.scales[level]
         if self.existing[level]:
-            sink = self.path.open("r+", scale["key"])
-            if options.write_empty_chunks:
-                sink = create_scale(self.path, dtype, self.channels, scale, self.labels, True)
-            return sink
+            return self.path.open("r+", scale["key"], options.write_empty_chunks)
         sink = create_scale(
             self.path, dtype, self.channels, scale, self.labels, options.write_empty_chunks
         )

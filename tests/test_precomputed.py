@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorstore as ts
+from helpers import record_times
 
 from bioimage_tasks import copy, pyramid
 from bioimage_tasks.errors import BlocksFailedError, ParameterError
 from bioimage_tasks.io import as_source, physical_of
 from bioimage_tasks.io.precomputed_output import new_layout
 from bioimage_tasks.runners import RunnerConfig
-from helpers import record_times
 
 REPO = Path(__file__).resolve().parent.parent
 PEER = REPO / ".peer-venvs" / "cloudvolume"
@@ -300,7 +300,7 @@ def test_refusals_name_the_parameter_before_writing(tmp_path, rng):
 
 def test_copy_between_zarr_and_precomputed_keeps_the_voxel_size(cloudvolume, tmp_path, rng):
     import zarr
-    from bioimage_tasks.io.ome_zarr import open_ome_zarr  # noqa: F401  (OME-Zarr levels carry a voxel size)
+
 
     base = image(rng)
     pyramid(
@@ -336,8 +336,16 @@ def test_precomputed_on_s3(s3_server, tmp_path, rng):
 
 def test_jpeg_volumes_read_as_cloudvolume_decodes_them(cloudvolume, tmp_path, rng):
     data = image(rng, (16, 32, 32))
-    path = cv_write(cloudvolume, tmp_path, data, "j", resolution=[4, 4, 4], layer_type="image", encoding="jpeg",
-                    chunk=[16, 16, 16])
+    path = cv_write(
+        cloudvolume,
+        tmp_path,
+        data,
+        "j",
+        resolution=[4, 4, 4],
+        layer_type="image",
+        encoding="jpeg",
+        chunk=[16, 16, 16],
+    )
     decoded, _ = cv_read(cloudvolume, path, 0)  # lossy: the reference is cloud-volume's decode
     np.testing.assert_array_equal(as_source(path)[:, :, :], decoded)
 
@@ -347,7 +355,14 @@ def test_cli_adds_scales_in_place(tmp_path, rng):
     volume = f"precomputed://{tmp_path}/vol"
     copy(base, volume)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # the plain API
-    done = subprocess.run([sys.executable, "-m", "bioimage_tasks.cli", "pyramid", volume, volume, "--factors", "2;2"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "bioimage_tasks.cli", "pyramid", volume, volume, "--factors", "2;2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    np.testing.assert_array_equal(as_source(f"{tmp_path}/vol/4_4_4")[:, :, :], downsampled(base, (4, 4, 4), "mean"))
+    np.testing.assert_array_equal(
+        as_source(f"{tmp_path}/vol/4_4_4")[:, :, :], downsampled(base, (4, 4, 4), "mean")
+    )

@@ -126,15 +126,17 @@ class PrecomputedPath:
     def context(self) -> ts.Context | None:
         return LOCAL_IO if self.url is None else None
 
-    def open(self, mode: str = "r", scale: str | None = None) -> PrecomputedSource:
-        """A scale (default: this path's) as a source (and, with mode "r+", a sink)."""
+    def open(
+        self, mode: str = "r", scale: str | None = None, write_empty_chunks: bool = False
+    ) -> PrecomputedSource:
+        """A scale (default: this path's) as a source (and, with mode "r+", a sink that stores
+        all-zero chunks too with `write_empty_chunks`)."""
         info = self.info()
         if info is None:
             raise FileNotFoundError(f"no precomputed volume (an 'info' file) at {self}")
         write = mode != "r" and self.writable
-        store = ts.open(
-            self.spec(scale), open=True, read=True, write=write, context=self.context()
-        ).result()
+        spec = self.spec(scale) | {"store_data_equal_to_fill_value": write_empty_chunks}
+        store = ts.open(spec, open=True, read=True, write=write, context=self.context()).result()
         return source_of(self, store, scale or self.scale)
 
 
@@ -233,9 +235,12 @@ class PrecomputedSource(TensorStoreSource):
         chunk or shard files it covers are gone (io/chunk_files.py)."""
         if self.volume.url is None:
             box = [s.indices(n)[:2] for s, n in zip(key, self.shape)]
-            folder = self.directory
-            for name in self.files.names([a for a, _ in box], [b for _, b in box]):
-                remove_if_stale(os.path.join(folder, name) + LOCK_SUFFIX)
+            try:
+                names = self.files.names([a for a, _ in box], [b for _, b in box])
+            except NotImplementedError:  # a murmurhash sharding: files cannot be named here
+                names = []
+            for name in names:
+                remove_if_stale(os.path.join(self.directory, name) + LOCK_SUFFIX)
         return self.store[key].write(values).result
 
     def box_signatures(self, starts: np.ndarray, stops: np.ndarray) -> list[str | None]:
