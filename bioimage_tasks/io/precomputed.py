@@ -273,5 +273,11 @@ def open_precomputed(
             return None
     elif not os.path.isdir(text):
         return None
-    found = PrecomputedPath.parse(text, parameter, options).with_scale_from_folder()
+    try:  # anything else is the other formats' to open, and to report
+        path = PrecomputedPath.parse(text, parameter, options)
+        if path.url is not None:
+            path.url._probe(None, ("info",))  # a dead endpoint or missing bucket: quick, raises
+        found = path.with_scale_from_folder()
+    except (ValueError, OSError):
+        return None
     return None if found is None else found.open("r")
