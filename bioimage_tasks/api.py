@@ -23,7 +23,8 @@ import numpy as np
 
 from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
-from bioimage_tasks.io import OutputOptions, StorageOptions, as_source, check_output_options
+from bioimage_tasks.io import OutputOptions, StorageOptions, as_source, check_output_options, physical_of
+from bioimage_tasks.io.precomputed_output import precomputed_target
 from bioimage_tasks.kernels.window import METHODS as WINDOW_METHODS
 from bioimage_tasks.kernels.window import SUPPORTED_DTYPES as WINDOW_DTYPES
 from bioimage_tasks.naming import describe, describe_source
@@ -31,6 +32,7 @@ from bioimage_tasks.operations import BlockwiseOperation, Operation, execute
 from bioimage_tasks.planning import in_memory, plan_blockwise
 from bioimage_tasks.plain import PlainEdge
 from bioimage_tasks.pyramid_checks import check_chunks_and_shards, pyramid_geometry
+from bioimage_tasks.pyramid_formats import PrecomputedOutput, precomputed_output
 from bioimage_tasks.pyramid_op import PyramidOperation, group_output_path, level_spec, region_plan, reuses_s0
 from bioimage_tasks.resampling import ResizedSource, WindowedSource, check_anti_aliasing, check_order
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
@@ -175,9 +177,11 @@ def copy_operation(
     `output` is created if missing (zarr or n5 by its path) or must match the input's shape and
     hold its dtype; without it a numpy array is returned. `block_shape`, `mask`, `block_ids` and
     `output_options` work as in `downsample`, and so do s3:// URLs with `storage_options`.
-    Returns the output array.
+    A "precomputed://..." output is a single-scale neuroglancer volume with the input's voxel
+    size in nm (io/precomputed_output.py). Returns the output array.
     """
     source = as_source(input, storage_options=storage_options)
+    output = precomputed_target(output, physical_of(source), storage_options)  # a single-scale volume
     return blockwise_operation(
         "copy", source, input, output, {}, block_shape=block_shape, job_type=job_type, job_config=job_config,
         num_workers=num_workers, mask=mask, block_ids=block_ids, resume_from=resume_from,
@@ -236,7 +240,9 @@ def pyramid_operation(
     space; finite voxel sizes > 0; finite origins; NGFF's space and time unit names; a single
     unit is that of the space axes). `chunks` and `shards` are integers >= 1, one per axis, shards
     whole numbers of chunks. `output_group` must be new, or hold only this pyramid's levels (and
-    a `labels` group). Every refusal comes before anything is created. Returns the group's path."""
+    a `labels` group). An `output_group` "precomputed://..." is a neuroglancer precomputed
+    volume instead, one scale per level (pyramid_formats.py); an input that is its scale 0 gets
+    the missing scales. Every refusal comes before anything is created. Returns the group's path."""
     check_method_options(method, order, anti_aliasing)
     config = check_backend(job_type, num_workers, job_config)
     options = check_output_options(output_options)
@@ -251,7 +257,8 @@ def pyramid_operation(
     chunks, shards = check_chunks_and_shards(chunks, shards, options, len(source.shape), ngff_version)
     options = replace(options, shards=shards)  # what existing levels must have
     geometry = pyramid_geometry(source, voxel_size, origin, units, axes, planned=levels is not None)
-    group_path = group_output_path(output_group, storage_options)
+    group_path = precomputed_output(output_group, storage_options, labels, options) or group_output_path(
+        output_group, storage_options)  # a precomputed volume (pyramid_formats.py) or an OME-Zarr group
     if labels:
         check_label_options(group_path, source.dtype, method, order, anti_aliasing)
     spec = level_spec(source, group_path, levels, scale_factors, geometry, chunks, shards)
@@ -270,8 +277,8 @@ def pyramid_operation(
 
 def check_label_options(group_path: Any, dtype: Any, method: str, order: int, anti_aliasing: bool) -> None:
     """A label image lives at <image>/labels/<name>, holds integers, and is downsampled label-safely."""
-    parts = group_path.key.split("/")
-    if len(parts) < 2 or parts[-2] != "labels":
+    parts = getattr(group_path, "key", "").split("/")
+    if not isinstance(group_path, PrecomputedOutput) and (len(parts) < 2 or parts[-2] != "labels"):
         raise ParameterError(f"labels=True needs output_group '<image>.zarr/labels/<name>', got {str(group_path)!r}")
     if np.dtype(dtype).kind not in "iub":
         raise ParameterError(f"label images hold integers, got dtype {dtype}")

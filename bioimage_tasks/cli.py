@@ -210,7 +210,8 @@ def copy(
 @app.command()
 def pyramid(
     input: Input,
-    output_group: Annotated[str, typer.Argument(help="OME-Zarr group to write, e.g. data/image.zarr.")],
+    output_group: Annotated[str, typer.Argument(help="OME-Zarr group to write, e.g. data/image.zarr, "
+                                                     "or a precomputed volume, precomputed://data/vol.")],
     levels: Annotated[Optional[int], typer.Option(help="Number of levels below s0, planned from --voxel-size.")] = None,
     factors: Annotated[Optional[str], typer.Option(help="Per-level factors relative to the previous level: '2;1,2,2'.")] = None,
     method: Annotated[str, typer.Option(help="mean, mode (labels), min, max, median, stride, or resize.")] = "mean",

@@ -25,6 +25,7 @@ from bioimage_tasks.pyramid_checks import (PyramidGeometry, check_channels_kept,
                                            check_scale_factors, new_level_layout)
 from bioimage_tasks.pyramid_engine import (GroupOutput, LevelRow, Sink, pyramid_stages, pyramid_summary,
                                            resize_stages)
+from bioimage_tasks.pyramid_formats import PrecomputedOutput
 from bioimage_tasks.pyramid_plan import PyramidPlan, plan_pyramid, tile_bytes_per_voxel
 from bioimage_tasks.records import RECORDS_DIR, run_key
 from bioimage_tasks.resampling import ResizedSource
@@ -105,6 +106,8 @@ def level_array(group_path: ContainerPath | UrlPath, level: int, shape: tuple[in
                 layout: Layout, axes: Sequence[str], options: OutputOptions) -> Sink:
     """Level `level`'s array, created if missing (stored as `options` ask); an existing one (of
     the shape and dtype `existing_layout` checked) must have the codec and shards `options` name."""
+    if isinstance(group_path, PrecomputedOutput):  # a scale of a precomputed volume
+        return group_path.level_array(level, dtype, options)
     path = level_path(group_path, level)
     if not path.exists():
         return create_array(path, shape, dtype, layout[0], layout[1], tuple(axes), options)
@@ -117,6 +120,8 @@ def staging_array(group_path: ContainerPath | UrlPath, level: int, shape: tuple[
                   chunks: tuple[int, ...]) -> Sink:
     """Where the regions leave their parts of level `level` (one chunk each), kept with the
     group's records until the level is assembled from it; recreated when the plan changed."""
+    if isinstance(group_path, PrecomputedOutput):
+        group_path = group_path.records_path()
     group = f"{group_path.container}/{group_path.key}".rstrip("/")
     path = replace(group_path, container=f"{group}/{RECORDS_DIR}/staging.zarr", key=f"s{level}")
     if path.exists():
@@ -158,7 +163,10 @@ class PyramidOperation:
     def prepare(self, edge: Any) -> None:
         """Create the group and the level arrays; measure the value range a resize clips to."""
         spec = self.spec
-        self.group, self.group_directory = open_group(self.group_path, 2 if self.ngff_version == "0.4" else 3)
+        if isinstance(self.group_path, PrecomputedOutput):
+            self.group, self.group_directory = self.group_path.group()
+        else:
+            self.group, self.group_directory = open_group(self.group_path, 2 if self.ngff_version == "0.4" else 3)
         arrays = [None if level == 0 and self.reuse_s0 else
                   level_array(self.group_path, level, shape, self.source.dtype, spec.layouts[level],
                               spec.geometry.axes, self.options)
@@ -210,6 +218,8 @@ class PyramidOperation:
 
     def complete(self) -> str:
         """Write the multiscales metadata (and the labels group's list); return the group's path."""
+        if isinstance(self.group_path, PrecomputedOutput):
+            return self.group_path.complete()
         spec, group_path, geometry = self.spec, self.group_path, self.spec.geometry
         transforms = [level_transform(self.method, geometry.voxel_size, geometry.origin, f, spec.shapes[0], shape)
                       for f, shape in zip(spec.cumulative, spec.shapes)]
@@ -227,6 +237,8 @@ class PyramidOperation:
 
 def reuses_s0(input: Any, group_path: ContainerPath | UrlPath) -> bool:
     """Whether the input is this group's own s0 (then used as it is, not copied)."""
+    if isinstance(group_path, PrecomputedOutput):
+        return group_path.is_own_s0(input)
     return isinstance(input, (str, os.PathLike)) and os.path.abspath(os.fspath(input)) == os.path.abspath(
         os.path.join(group_path.container, group_path.key, "s0"))
 
@@ -254,5 +266,9 @@ def level_spec(source: Any, group_path: Any, levels: Any, scale_factors: Any, ge
     """The pyramid's levels from the checked geometry (axes, voxel size, origin, units)."""
     level_factors = level_factors_of(levels, scale_factors, geometry)
     shapes = [downscale_shape(source.shape, f) for f in cumulative_factors(level_factors, len(source.shape))]
-    layouts = level_layouts(group_path, shapes, source.dtype, chunks, shards)
+    if isinstance(group_path, PrecomputedOutput):
+        layouts = group_path.level_layouts(source, shapes, cumulative_factors(level_factors, len(source.shape)),
+                                           geometry, chunks, shards)
+    else:
+        layouts = level_layouts(group_path, shapes, source.dtype, chunks, shards)
     return LevelSpec(level_factors, shapes, layouts, geometry)

@@ -67,6 +67,9 @@ def interval_signatures(source: Any, starts: np.ndarray, stops: np.ndarray) -> l
     whole_files = getattr(source, "file_signature", None)  # TIFF, HDF5: the files' size and mtime_ns
     if whole_files is not None:
         return [whole_files()] * len(starts)
+    own = getattr(source, "box_signatures", None)  # precomputed: chunk or shard files by name
+    if own is not None:
+        return own(starts, stops)
     array = getattr(source, "array", None)
     if isinstance(array, np.ndarray):
         return [_content_hash(array, a, b) for a, b in zip(starts, stops)]

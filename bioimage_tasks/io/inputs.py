@@ -16,6 +16,7 @@ from bioimage_tasks.io.hdf5 import open_hdf5, refuse_output
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.ome_zarr import open_ome_zarr
 from bioimage_tasks.io.paths import ContainerPath
+from bioimage_tasks.io.precomputed import open_precomputed
 from bioimage_tasks.io.source import Source, check_array
 from bioimage_tasks.io.tiff import open_tiff, tiff_files
 from bioimage_tasks.io.urls import StorageOptions, UrlPath, is_url
@@ -26,6 +27,9 @@ def as_source(data: Any, parameter: str = "input", storage_options: StorageOptio
     """Wrap `data` (numpy array, zarr array, tensorstore, path or URL string, or a Source) as a
     Source, checked by `check_array`; a path or URL that does not exist raises FileNotFoundError
     naming `parameter`. `storage_options` say how to reach object storage (io/urls.py)."""
+    precomputed = open_precomputed(data, parameter, storage_options)  # io/precomputed.py
+    if precomputed is not None:
+        return check_array(precomputed, parameter)
     if is_url(data):
         try:
             return check_array(UrlPath.parse(data, parameter, storage_options).open("r"), parameter)
@@ -42,7 +46,7 @@ def as_source(data: Any, parameter: str = "input", storage_options: StorageOptio
     raise TypeError(
         f"{parameter} must be a numpy array, a zarr array, a tensorstore, or a path or URL ('path/container.zarr/key', "
         f"'.n5/key', 's3://bucket/path/container.zarr/key', 'image.ome.zarr', 'stack.tif', 'slices/*.tif', "
-        f"'file.h5/dataset'), got {type(data).__name__}"
+        f"'file.h5/dataset', 'precomputed://folder'), got {type(data).__name__}"
     )
 
 

@@ -21,6 +21,7 @@ from bioimage_tasks.io.kv import Location
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.options import OutputOptions, check_existing
 from bioimage_tasks.io.paths import ContainerPath
+from bioimage_tasks.io.precomputed_output import PrecomputedTarget
 from bioimage_tasks.io.source import Source
 from bioimage_tasks.io.urls import StorageOptions, UrlPath, is_url
 from bioimage_tasks.io.zarr_array import ArraySource
@@ -41,7 +42,7 @@ class OutputPlan:
     shape: tuple[int, ...]
     dtype: np.dtype
     existing: Source | None = None
-    create_at: ContainerPath | UrlPath | None = None
+    create_at: ContainerPath | UrlPath | PrecomputedTarget | None = None
     chunks: tuple[int, ...] | None = None
     options: OutputOptions = OutputOptions()
 
@@ -73,6 +74,8 @@ def plan_output(
     if output is None:
         refuse_in_memory(options)
         return OutputPlan(shape, dtype, options=options)
+    if isinstance(output, PrecomputedTarget):  # io/precomputed_output.py
+        return output.plan(shape, dtype, block_shape, options)
     refuse_input_only(output)
     if isinstance(output, (str, os.PathLike)):
         path = output_path(os.fspath(output), storage_options)
@@ -182,7 +185,7 @@ def create_array(
     fresh identity token in its attributes (and, in zarr v3, `dimension_names` when given), the
     codec of `options` (default: zarr's, gzip for n5) and its `write_empty_chunks`."""
     options = options or OutputOptions()
-    if isinstance(path, UrlPath):
+    if isinstance(path, (UrlPath, PrecomputedTarget)):
         sink = path.create(shape, dtype, chunks, shards, dimension_names, options)
         sink.set_attribute(TOKEN_ATTRIBUTE, new_token())
         return sink

@@ -1,0 +1,368 @@
+"""Neuroglancer precomputed volumes, against cloud-volume as the independent reference: run in a
+venv of its own (its pins clash with ours), created here on first use under `.peer-venvs/` of
+the repository and called in a subprocess (tests/cloudvolume_peer.py). Levels are compared with
+tensorstore's downsample of the base."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorstore as ts
+from helpers import record_times
+
+from bioimage_tasks import copy, pyramid
+from bioimage_tasks.errors import BlocksFailedError, ParameterError
+from bioimage_tasks.io import as_source, physical_of
+from bioimage_tasks.io.precomputed_output import new_layout
+from bioimage_tasks.runners import RunnerConfig
+
+REPO = Path(__file__).resolve().parent.parent
+PEER = REPO / ".peer-venvs" / "cloudvolume"
+PEER_SCRIPT = Path(__file__).with_name("cloudvolume_peer.py")
+# cloud-volume uploads one shard per write: one shard holds the whole test volume
+SHARDING = {
+    "@type": "neuroglancer_uint64_sharded_v1",
+    "preshift_bits": 3,
+    "minishard_bits": 2,
+    "shard_bits": 0,
+    "hash": "identity",
+    "minishard_index_encoding": "gzip",
+    "data_encoding": "gzip",
+}
+
+
+@pytest.fixture(scope="session")
+def cloudvolume() -> str:
+    """The peer venv's python with cloud-volume, made on first use; a skip (a failure in CI)
+    naming why when pip cannot install it."""
+    python = PEER / "bin" / "python"
+    ready = (
+        python.exists()
+        and subprocess.run([str(python), "-c", "import cloudvolume"]).returncode == 0
+    )
+    if not ready:
+        made = subprocess.run(
+            [sys.executable, "-m", "venv", "--clear", str(PEER)], capture_output=True, text=True
+        )
+        install = (
+            made
+            if made.returncode
+            else subprocess.run(
+                [str(python), "-m", "pip", "install", "-q", "cloud-volume"],
+                capture_output=True,
+                text=True,
+            )
+        )
+        if install.returncode:
+            reason = (
+                f"cloud-volume could not be installed in {PEER}: {install.stderr.strip()[-500:]}"
+            )
+            if os.environ.get("CI"):
+                pytest.fail(reason)
+            pytest.skip(reason)
+    return str(python)
+
+
+def peer(python: str, **request) -> dict:
+    """One cloud-volume call (write or read); the volume's info as cloud-volume sees it."""
+    done = subprocess.run(
+        [python, str(PEER_SCRIPT), json.dumps(request)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def cv_write(python: str, tmp_path: Path, data: np.ndarray, name: str, **request) -> str:
+    np.save(tmp_path / f"{name}.npy", data)
+    path = str(tmp_path / name)
+    peer(python, op="write", data=str(tmp_path / f"{name}.npy"), path=path, **request)
+    return path
+
+
+def cv_read(python: str, path: str, mip: int) -> tuple[np.ndarray, dict]:
+    out = f"{path}-mip{mip}.npy"
+    info = peer(python, op="read", path=path, mip=mip, out=out)
+    return np.load(out), info
+
+
+def downsampled(base: np.ndarray, factors: tuple[int, ...], method: str) -> np.ndarray:
+    return ts.downsample(ts.array(base), list(factors), method).read().result()
+
+
+def image(rng, shape=(20, 50, 40)) -> np.ndarray:
+    return rng.integers(0, 256, shape, dtype=np.uint8)
+
+
+def labels(rng, shape=(20, 50, 40)) -> np.ndarray:
+    return (rng.integers(0, 4, shape) * 1000 + 7).astype(np.uint32)
+
+
+CV_CASES = {
+    "raw": dict(layer_type="image", encoding="raw", chunk=[16, 16, 8], offset=[3, 0, 5]),
+    "raw-sharded": dict(layer_type="image", encoding="raw", chunk=[16, 16, 8], sharding=SHARDING),
+    "cseg": dict(layer_type="segmentation", encoding="compressed_segmentation", chunk=[16, 16, 8]),
+    "cseg-sharded": dict(
+        layer_type="segmentation",
+        encoding="compressed_segmentation",
+        chunk=[16, 16, 8],
+        sharding=SHARDING,
+    ),
+    "channels": dict(layer_type="image", encoding="raw", chunk=[16, 16, 8]),
+}
+
+
+@pytest.mark.parametrize("case", list(CV_CASES))
+def test_volumes_cloudvolume_wrote_read_exactly(cloudvolume, tmp_path, rng, case):
+    data = (
+        labels(rng)
+        if "cseg" in case
+        else image(rng, (3, 20, 50, 40) if case == "channels" else (20, 50, 40))
+    )
+    path = cv_write(cloudvolume, tmp_path, data, case, resolution=[8, 8, 40], **CV_CASES[case])
+    for name in (
+        f"precomputed://{path}",
+        path,
+        f"{path}/8_8_40",
+    ):  # prefix, info folder, scale folder
+        source = as_source(name)
+        np.testing.assert_array_equal(source[tuple(slice(None) for _ in data.shape)], data)
+    physical = physical_of(source)
+    assert physical.voxel_size[-3:] == (40.0, 8.0, 8.0) and physical.units[-1] == "nanometer"
+    if case == "raw":
+        assert physical.origin == (200.0, 0.0, 24.0)  # voxel_offset (3, 0, 5) x resolution, z y x
+    copied = copy(f"precomputed://{path}", f"{tmp_path}/copy.zarr/a")  # precomputed -> zarr
+    np.testing.assert_array_equal(copied[...], data)
+
+
+def test_block_signatures_follow_the_chunk_files(cloudvolume, tmp_path, rng):
+    from bioimage_tasks.signatures import region_signature
+
+    data = image(rng)
+    path = cv_write(cloudvolume, tmp_path, data, "v", resolution=[8, 8, 40], **CV_CASES["raw"])
+    source = as_source(path)
+    near, far = (
+        (slice(0, 8), slice(0, 16), slice(0, 16)),
+        (slice(16, 20), slice(32, 50), slice(32, 40)),
+    )
+    before = [region_signature(source, r) for r in (near, far)]
+    time.sleep(0.01)
+    chunk = os.path.join(path, "8_8_40", "3-19_0-16_5-13")  # x, y, z of the first chunk
+    os.utime(chunk, ns=(time.time_ns(), time.time_ns()))
+    after = [region_signature(source, r) for r in (near, far)]
+    assert None not in before and before[0] != after[0] and before[1] == after[1]
+
+
+PYRAMIDS = {
+    "image": dict(method="mean", chunks=(8, 16, 16), shards=None, labels=False),
+    "image-sharded": dict(method="mean", chunks=(4, 8, 8), shards=(8, 16, 16), labels=False),
+    "labels-sharded": dict(method="mode", chunks=(8, 16, 16), shards=(16, 32, 32), labels=True),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(PYRAMIDS))
+def test_pyramid_outputs_read_by_cloudvolume(cloudvolume, tmp_path, rng, case):
+    kind = PYRAMIDS[case]
+    base = labels(rng) if kind["labels"] else image(rng)
+    volume = str(tmp_path / "vol")
+    factors = [(1, 2, 2), (2, 2, 2)]
+    pyramid(
+        base,
+        f"precomputed://{volume}",
+        scale_factors=factors,
+        method=kind["method"],
+        voxel_size=(0.04, 0.008, 0.008),
+        units="micrometer",
+        chunks=kind["chunks"],
+        shards=kind["shards"],
+        labels=kind["labels"],
+    )
+    cumulative = [(1, 1, 1), (1, 2, 2), (2, 4, 4)]
+    for mip, total in enumerate(cumulative):
+        values, info = cv_read(cloudvolume, volume, mip)
+        np.testing.assert_array_equal(values, downsampled(base, total, kind["method"]))
+        scale = info["scales"][mip]
+        assert scale["resolution"] == [8 * total[2], 8 * total[1], 40 * total[0]]
+        assert scale["chunk_sizes"] == [list(kind["chunks"][::-1])]
+        assert scale["encoding"] == ("compressed_segmentation" if kind["labels"] else "raw")
+        assert ("sharding" in scale) == (kind["shards"] is not None)
+        sink = as_source(
+            f"{volume}/{scale['key']}"
+        )  # our shard layout is tensorstore's write chunk
+        assert sink.write_unit == (
+            new_layout(sink.shape, 1, kind["chunks"], kind["shards"])[1] or kind["chunks"]
+        )
+        stored = {n for n in os.listdir(f"{volume}/{scale['key']}") if not n.startswith(".")}
+        assert stored == set(sink.files.names((0, 0, 0), sink.shape))  # the files signatures stamp
+    assert info["type"] == ("segmentation" if kind["labels"] else "image")
+
+
+@pytest.mark.slow
+def test_missing_scales_are_added_in_place(cloudvolume, tmp_path, rng):
+    base = image(rng, (32, 64, 48))
+    path = cv_write(cloudvolume, tmp_path, base, "v", resolution=[8, 8, 40], **CV_CASES["raw"])
+    folder = os.path.join(path, "8_8_40")
+    stamps = {name: os.stat(os.path.join(folder, name)).st_mtime_ns for name in os.listdir(folder)}
+    assert (
+        pyramid(f"precomputed://{path}", f"precomputed://{path}", levels=2)
+        == f"precomputed://{path}"
+    )
+    assert {
+        n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in stamps
+    } == stamps  # s0 untouched
+    for mip, total in enumerate([(1, 2, 2), (1, 4, 4)], start=1):  # levels plan: x, y first
+        values, info = cv_read(cloudvolume, path, mip)
+        np.testing.assert_array_equal(values, downsampled(base, total, "mean"))
+    assert [s["key"] for s in info["scales"]] == ["8_8_40", "16_16_40", "32_32_40"]
+    assert info["scales"][1]["voxel_offset"] == [1, 0, 5]
+
+
+@dataclass(frozen=True)
+class FlakyInput:
+    """A precomputed input whose reads fail from z = `fail_from` on while `flag` exists."""
+
+    path: str
+    fail_from: int
+    flag: str
+
+    def _inner(self):
+        return as_source(self.path)
+
+    shape = property(lambda self: self._inner().shape)
+    dtype = property(lambda self: self._inner().dtype)
+    write_unit = property(lambda self: self._inner().write_unit)
+    physical = property(lambda self: self._inner().physical)
+
+    def fingerprint(self) -> dict:
+        return self._inner().fingerprint()
+
+    def __getitem__(self, key) -> np.ndarray:
+        if os.path.exists(self.flag) and key[0].start >= self.fail_from:
+            raise OSError("injected read failure")
+        return self._inner()[key]
+
+
+def test_pyramid_resumes_after_a_partial_run(tmp_path, rng):
+    base = image(rng, (256, 128, 128))  # two regions of 128**3 (pyramid_plan.py's least)
+    source = f"precomputed://{tmp_path}/in"
+    pyramid(base, source, levels=0, chunks=(16, 16, 16))  # a precomputed input of our own
+    flag = tmp_path / "fail"
+    flag.touch()
+    flaky, output = FlakyInput(source, 128, str(flag)), f"precomputed://{tmp_path}/out"
+    config = RunnerConfig(memory_budget=2**20)
+    with pytest.raises(BlocksFailedError):
+        pyramid(
+            flaky,
+            output,
+            scale_factors=[2, 2],
+            chunks=(16, 16, 16),
+            job_config=config,
+            num_workers=2,
+        )
+    done = record_times(str(tmp_path / "out"))
+    assert set(done) == {0}
+    flag.unlink()
+    started = time.time()
+    pyramid(
+        flaky, output, scale_factors=[2, 2], chunks=(16, 16, 16), job_config=config, num_workers=2
+    )
+    again = {b for b, t in record_times(str(tmp_path / "out")).items() if t >= started}
+    assert again == {1}  # only the region that failed ran again
+    for level, total in enumerate([(1, 1, 1), (2, 2, 2), (4, 4, 4)]):
+        key = f"{total[0]}_{total[0]}_{total[0]}"
+        np.testing.assert_array_equal(
+            as_source(f"{tmp_path}/out/{key}")[:, :, :], downsampled(base, total, "mean")
+        )
+
+
+def test_refusals_name_the_parameter_before_writing(tmp_path, rng):
+    base = image(rng)
+    with pytest.raises(ParameterError, match="shards"):
+        pyramid(
+            base, f"precomputed://{tmp_path}/a", levels=1, chunks=(8, 16, 16), shards=(8, 48, 16)
+        )
+    with pytest.raises(ParameterError, match="units"):
+        pyramid(base, f"precomputed://{tmp_path}/b", levels=1, units="inch")
+    with pytest.raises(ParameterError, match="precomputed volume holds"):
+        pyramid(base.astype(np.float64), f"precomputed://{tmp_path}/c", levels=1)
+    with pytest.raises(ParameterError, match="codec"):
+        copy(base, f"precomputed://{tmp_path}/d", output_options={"codec": "zstd"})
+    assert not any(os.path.exists(tmp_path / n) for n in "abcd")
+
+
+def test_copy_between_zarr_and_precomputed_keeps_the_voxel_size(cloudvolume, tmp_path, rng):
+    import zarr
+
+
+    base = image(rng)
+    pyramid(
+        base, f"{tmp_path}/img.zarr", levels=0, voxel_size=(0.5, 0.25, 0.25), units="micrometer"
+    )
+    copy(
+        f"{tmp_path}/img.zarr/s0",
+        f"precomputed://{tmp_path}/pc",
+        output_options={"shards": (16, 64, 64)},
+    )
+    values, info = cv_read(cloudvolume, str(tmp_path / "pc"), 0)
+    np.testing.assert_array_equal(values, base)
+    assert info["scales"][0]["resolution"] == [250, 250, 500] and "sharding" in info["scales"][0]
+    back = copy(f"precomputed://{tmp_path}/pc", f"{tmp_path}/back.zarr/a")
+    assert isinstance(back, zarr.Array)
+    np.testing.assert_array_equal(back[...], base)
+
+
+def test_precomputed_on_s3(s3_server, tmp_path, rng):
+    bucket = s3_server.create_bucket("precomputed-test")
+    base = image(rng, (32, 64, 48))
+    url = f"precomputed://s3://{bucket}/lab/vol"
+    copy(base, url)  # a single-scale volume on S3
+    assert pyramid(url, url, levels=2, chunks=None) == url  # scales added in place, on S3
+    for key, total in (("2_2_2", (2, 2, 2)), ("4_4_4", (4, 4, 4))):
+        source = as_source(f"s3://{bucket}/lab/vol/{key}")
+        np.testing.assert_array_equal(source[:, :, :], downsampled(base, total, "mean"))
+    scales = json.loads(as_source(url).volume.location().read("info"))["scales"]
+    assert [s["key"] for s in scales] == ["1_1_1", "2_2_2", "4_4_4"]
+    records = as_source(url).volume.location().child(".bioimage-tasks").names()
+    assert "blocks" in records
+
+
+def test_jpeg_volumes_read_as_cloudvolume_decodes_them(cloudvolume, tmp_path, rng):
+    data = image(rng, (16, 32, 32))
+    path = cv_write(
+        cloudvolume,
+        tmp_path,
+        data,
+        "j",
+        resolution=[4, 4, 4],
+        layer_type="image",
+        encoding="jpeg",
+        chunk=[16, 16, 16],
+    )
+    decoded, _ = cv_read(cloudvolume, path, 0)  # lossy: the reference is cloud-volume's decode
+    np.testing.assert_array_equal(as_source(path)[:, :, :], decoded)
+
+
+def test_cli_adds_scales_in_place(tmp_path, rng):
+    base = image(rng, (16, 32, 32))
+    volume = f"precomputed://{tmp_path}/vol"
+    copy(base, volume)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # the plain API
+    done = subprocess.run(
+        [sys.executable, "-m", "bioimage_tasks.cli", "pyramid", volume, volume, "--factors", "2;2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_array_equal(
+        as_source(f"{tmp_path}/vol/4_4_4")[:, :, :], downsampled(base, (4, 4, 4), "mean")
+    )
