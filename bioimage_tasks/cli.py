@@ -21,7 +21,7 @@ app = typer.Typer(help="Block-wise processing of bio-image volumes larger than m
 # Options both commands take.
 Input = Annotated[str, typer.Argument(help="Input: path/container.zarr/key, path/container.n5/key, image.ome.zarr "
                                            "(an OME-Zarr image), stack.tif or stack.ome.tif (series N: stack.ome.tif/N), a folder "
-                                           "or glob of 2-D TIFF slices ('slices/*.tif'), file.h5/dataset.")]
+                                           "or glob of 2-D TIFF slices ('slices/*.tif'), file.h5/dataset, file.czi (scene N: file.czi/N), .nd2, .lif.")]
 Output = Annotated[str, typer.Argument(help="Output array path (created if missing; zarr or n5 by its suffix).")]
 JobType = Annotated[str, typer.Option("--job-type", help="Where batches run: local (threads), subprocess (local Dask cluster), slurm, or dask.")]
 Workers = Annotated[int, typer.Option("--workers", "-w", help="Threads, worker processes or SLURM jobs.")]
@@ -339,7 +339,7 @@ def source_kind(source: Any) -> str:
     """'OME-TIFF, series 0', 'TIFF slices (120 files)', 'HDF5', 'OME-Zarr image, level s0 (zarr v3)', 'zarr v3', 'n5'."""
     import zarr
 
-    from bioimage_tasks.io import Hdf5Source, TensorStoreSource, TiffSource
+    from bioimage_tasks.io import Hdf5Source, MicroscopySource, TensorStoreSource, TiffSource
 
     if isinstance(source, TiffSource):
         if source.is_sequence:
@@ -348,6 +348,8 @@ def source_kind(source: Any) -> str:
             f", series {source.series}"
     if isinstance(source, Hdf5Source):
         return "HDF5"
+    if isinstance(source, MicroscopySource):
+        return f"{os.path.splitext(source.file)[1].lstrip('.').upper()}, scene {source.scene} (read by {source.reader})"
     if isinstance(source, TensorStoreSource):
         return "n5"
     array = getattr(source, "array", None)

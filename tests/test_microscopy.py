@@ -220,3 +220,30 @@ def test_convert_cli_killed_then_rerun_finishes_what_is_missing(tmp_path, rng):
     failing = cli(*arguments)
     summary, _ = failing.communicate(timeout=300)
     assert failing.returncode == 1 and "zz_bad" in summary and "failed" in summary
+
+
+def test_convert_flow_runs_each_file_as_a_child_flow_run(prefect_server, tmp_path, rng):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    from bioimage_tasks.convert import ConvertFailedError
+    from flows import convert_flow
+
+    folder, out = tmp_path / "in", str(tmp_path / "out")
+    folder.mkdir()
+    write_czi(folder / "good.czi", rng, scenes=((0, 0),))
+    (folder / "junk.czi").write_text("junk")
+    with pytest.raises(ConvertFailedError, match="junk") as failed:
+        convert_flow(f"{folder}/*.czi", out, levels=1)
+    assert {f.name: f.outcome for f in failed.value.report.files} == {"good": "converted", "junk": "failed"}
+    np.testing.assert_array_equal(zarr.open_group(f"{out}/good.ome.zarr", mode="r")["s1"][:],
+                                  level_expected(folder / "good.czi", (1, 1, 2, 2)))
+
+    async def child_runs() -> list[str]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs()
+        return [r.name for r in runs if r.parent_task_run_id is not None]
+
+    names = asyncio.run(child_runs())
+    assert any("good.czi" in name for name in names), names
