@@ -247,3 +247,17 @@ def test_convert_flow_runs_each_file_as_a_child_flow_run(prefect_server, tmp_pat
 
     names = asyncio.run(child_runs())
     assert any("good.czi" in name for name in names), names
+
+
+def test_rgb_czi_samples_become_channels_in_rgb_order(tmp_path, rng):
+    """pylibCZIrw writes and reads Bgr24 planes as (y, x, [b, g, r]); the source shows c = r, g, b."""
+    planes = [rng.integers(0, 255, (30, 40, 3), dtype=np.uint8) for _ in range(2)]
+    with pyczi.create_czi(str(tmp_path / "rgb.czi")) as czi:
+        for z, plane in enumerate(planes):
+            czi.write(data=plane, plane={"C": 0, "Z": z, "T": 0})
+    source = as_source(str(tmp_path / "rgb.czi"))
+    expected = np.moveaxis(np.stack(planes)[..., ::-1], -1, 0)  # (c, z, y, x), c = r, g, b
+    assert source.shape == (3, 2, 30, 40) and physical_of(source).axes == ("c", "z", "y", "x")
+    np.testing.assert_array_equal(source[ALL[:4]], expected)
+    key = (slice(1, 3), slice(1, 2), slice(3, 20, 2), slice(5, 9))
+    np.testing.assert_array_equal(source[key], expected[key])
