@@ -217,7 +217,7 @@ def open_microscopy(
         raise FileNotFoundError(f"{parameter}: no file at {file!r}")
     if not set(keep) <= set(AXES):
         raise ParameterError(f"keep must name axes among {AXES!r}, got {keep!r}")
-    if reader == "auto" and file.lower().endswith(".czi"):
+    if reader == "pylibczirw" or reader == "auto" and file.lower().endswith(".czi"):
         from bioimage_tasks.io.czi_metadata import open_czi_scene
 
         opened = open_czi_scene(file, scene, parameter)
