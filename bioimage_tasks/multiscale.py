@@ -110,10 +110,11 @@ def axes_metadata(axes: Sequence[str], units: Sequence[str | None]) -> list[dict
 
 def multiscales_attributes(
     ngff_version: str, name: str, axes: list[dict[str, Any]], transforms: Sequence[tuple[list[float], list[float]]],
-    method: str, label: bool = False,
+    method: str, label: bool = False, omero: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The group attributes of an OME-Zarr multiscale image with levels s0..sN; with `label`, of
-    a label image inside `<image>/labels/`, whose source image is two groups up."""
+    a label image inside `<image>/labels/`, whose source image is two groups up; `omero` (the
+    transitional channel metadata) beside the multiscales where given."""
     multiscale: dict[str, Any] = {
         "name": name,
         "axes": axes,
@@ -126,11 +127,29 @@ def multiscales_attributes(
         "metadata": {"method": f"bioimage-tasks downsample_flow(method={method!r})"},
     }
     image_label = {"image-label": {"source": {"image": "../../"}}} if label else {}
+    extra = {"omero": omero} if omero else {}
     if ngff_version == "0.4":
         if label:
             image_label["image-label"]["version"] = "0.4"
-        return {"multiscales": [{"version": "0.4", **multiscale}], **image_label}
-    return {"ome": {"version": "0.5", "multiscales": [multiscale], **image_label}}
+        return {"multiscales": [{"version": "0.4", **multiscale}], **image_label, **extra}
+    return {"ome": {"version": "0.5", "multiscales": [multiscale], **image_label, **extra}}
+
+
+CHANNEL_COLORS = ("0000FF", "00FF00", "FF0000", "FF00FF", "00FFFF", "FFFF00", "FFFFFF")
+
+
+def omero_channels(names: Sequence[str], value_range: tuple[float, float]) -> dict[str, Any]:
+    """NGFF `omero` metadata naming the channels (labels), each with a colour and a display
+    window over `value_range` (the dtype's range: nothing is measured).
+
+    >>> omero_channels(["DAPI"], (0, 255))["channels"][0]["label"]
+    'DAPI'
+    """
+    low, high = (float(v) for v in value_range)
+    window = {"min": low, "max": high, "start": low, "end": high}
+    colors = [CHANNEL_COLORS[i % len(CHANNEL_COLORS)] for i in range(len(names))]
+    return {"channels": [{"label": str(name), "color": color, "active": True, "window": dict(window)}
+                         for name, color in zip(names, colors)]}
 
 
 def labels_group_attributes(ngff_version: str, existing: dict[str, Any], name: str) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.geometry import downscale_shape
 from bioimage_tasks.io import (ContainerPath, OutputOptions, UrlPath, check_existing_output, create_array, open_group,
                                output_path, storage_place, with_write_empty_chunks)
-from bioimage_tasks.io.source import read_unit_of
+from bioimage_tasks.io.source import physical_of, read_unit_of
 from bioimage_tasks.multiscale import (axes_metadata, cumulative_factors, labels_group_attributes, level_transform,
-                                       multiscales_attributes, plan_isotropic_factors)
+                                       multiscales_attributes, omero_channels, plan_isotropic_factors)
 from bioimage_tasks.operations import measure_range
 from bioimage_tasks.pyramid_checks import (PyramidGeometry, check_channels_kept, check_levels, check_output_group,
                                            check_scale_factors, new_level_layout)
@@ -226,13 +226,23 @@ class PyramidOperation:
         label_name = group_path.key.rsplit("/", 1)[-1]
         self.group.attrs.update(multiscales_attributes(
             self.ngff_version, self.name or label_name or "image", axes_metadata(geometry.axes, geometry.units),
-            transforms, self.method, label=self.labels))
+            transforms, self.method, label=self.labels, omero=self.omero()))
         if self.labels:
             parent = replace(group_path, key=group_path.key.rsplit("/", 1)[0])
             labels_group, _ = open_group(parent, 2 if self.ngff_version == "0.4" else 3)
             labels_group.attrs.update(labels_group_attributes(self.ngff_version, dict(labels_group.attrs),
                                                               label_name))
         return str(group_path)
+
+    def omero(self) -> dict[str, Any] | None:
+        """Channel names of the input (vendor files) as NGFF `omero`, when its c axis is kept."""
+        names, axes = physical_of(self.source).channel_names, self.spec.geometry.axes
+        if self.labels or not names or "c" not in axes or \
+                len(names) != self.spec.shapes[0][axes.index("c")]:
+            return None
+        dtype = np.dtype(self.source.dtype)
+        info = np.iinfo(dtype) if dtype.kind in "iu" else None
+        return omero_channels(names, (info.min, info.max) if info else (0, 1))
 
 
 def reuses_s0(input: Any, group_path: ContainerPath | UrlPath) -> bool:

@@ -1,7 +1,8 @@
 """Prefect flows of bioimage-tasks."""
 
+from flows.convert import convert_flow
 from flows.copying import copy_flow
 from flows.downsample import downsample_flow
 from flows.pyramid import pyramid_flow
 
-__all__ = ["copy_flow", "downsample_flow", "pyramid_flow"]
+__all__ = ["convert_flow", "copy_flow", "downsample_flow", "pyramid_flow"]

@@ -8,6 +8,7 @@ from bioimage_tasks.io.options import OutputOptions, check_output_options
 from bioimage_tasks.io.outputs import (OutputPlan, check_existing_output, create_array, open_group, output_path,
                                        output_token, plan_output, with_write_empty_chunks)
 from bioimage_tasks.io.paths import ContainerPath
+from bioimage_tasks.io.bioio_source import MicroscopySource, open_microscopy
 from bioimage_tasks.io.hdf5 import Hdf5Source
 from bioimage_tasks.io.source import Physical, Source, check_array, physical_of, same_storage, start_read, storage_place
 from bioimage_tasks.io.tiff import TiffSource
@@ -19,5 +20,5 @@ __all__ = [
     "OutputPlan", "Physical", "Source", "StorageOptions", "TensorStoreSource", "TiffSource", "UrlPath", "as_source",
     "check_array", "check_existing_output", "check_output_options", "create_array", "open_group", "output_path",
     "output_token", "physical_of", "plan_output", "same_storage", "start_read", "storage_place",
-    "with_write_empty_chunks",
+    "with_write_empty_chunks", "MicroscopySource", "open_microscopy",
 ]

@@ -1,6 +1,7 @@
 """The one place that turns what a caller passes as input (an array object, a path or a URL) into
 a checked `Source`: TIFF files and slice folders (io/tiff.py), HDF5 datasets (io/hdf5.py),
-OME-Zarr images (io/ome_zarr.py), zarr and n5 arrays (io/paths.py)."""
+microscopy files (io/bioio_source.py), OME-Zarr images (io/ome_zarr.py), zarr and n5 arrays
+(io/paths.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import tensorstore as ts
 import zarr
 
 from bioimage_tasks.errors import StorageError
+from bioimage_tasks.io.bioio_source import open_microscopy
 from bioimage_tasks.io.hdf5 import open_hdf5, refuse_output
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.ome_zarr import open_ome_zarr
@@ -46,13 +48,15 @@ def as_source(data: Any, parameter: str = "input", storage_options: StorageOptio
     raise TypeError(
         f"{parameter} must be a numpy array, a zarr array, a tensorstore, or a path or URL ('path/container.zarr/key', "
         f"'.n5/key', 's3://bucket/path/container.zarr/key', 'image.ome.zarr', 'stack.tif', 'slices/*.tif', "
-        f"'file.h5/dataset', 'precomputed://folder'), got {type(data).__name__}"
+        f"'file.h5/dataset', 'file.czi/<scene>', 'precomputed://folder'), got {type(data).__name__}"
     )
 
 
 def open_path(text: str, parameter: str) -> Source:
-    """The source a path names, by its kind: TIFF, HDF5, OME-Zarr image, zarr or n5 array."""
-    source = open_tiff(text, parameter) or open_hdf5(text, parameter)
+    """The source a path names, by its kind: TIFF, HDF5, a microscopy file (CZI, ND2, LIF, or
+    any file a bioio plugin reads), OME-Zarr image, zarr or n5 array."""
+    source = (open_tiff(text, parameter) or open_hdf5(text, parameter)
+              or open_microscopy(text, parameter, force=False))
     if source is not None:
         return source
     path = ContainerPath.parse(text, parameter)

@@ -82,13 +82,15 @@ def storage_place(source: Source) -> str | Location | None:
 @dataclass(frozen=True)
 class Physical:
     """What a file says about its voxels, per axis (None where it says nothing): the voxel size,
-    its unit (NGFF names such as "micrometer"), the axis names and the position of voxel 0.
+    its unit (NGFF names such as "micrometer"), the axis names, the position of voxel 0 and the
+    channels' names.
     `pyramid_flow` uses each part the caller does not give."""
 
     voxel_size: tuple[float, ...] | None = None
     units: tuple[str | None, ...] | None = None
     axes: tuple[str, ...] | None = None
     origin: tuple[float, ...] | None = None
+    channel_names: tuple[str, ...] | None = None  # one per index of the c axis (vendor files)
 
 
 def physical_of(source: Any) -> Physical:

@@ -10,10 +10,16 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from prefect import get_run_logger
+
 from bioimage_tasks.api import copy_operation, downsample_operation, pyramid_operation
+from bioimage_tasks.convert import ConvertFailedError, ConvertReport, convert_files
+from bioimage_tasks.io import OutputOptions
 from bioimage_tasks.naming import flow_run_namer
+from bioimage_tasks.prefect.artifacts import publish_summary
 from bioimage_tasks.prefect.edge import run_in_flow
 from bioimage_tasks.prefect.flow_class import BlockwiseFlow, blockwise_flow
+from bioimage_tasks.runners import RunnerConfig
 
 
 def _factor_text(parameters: dict[str, Any]) -> str:
@@ -50,3 +56,45 @@ def flow_of(kind: str) -> BlockwiseFlow:
 downsample_flow = flow_of("downsample")
 copy_flow = flow_of("copy")
 pyramid_flow = flow_of("pyramid")
+
+
+def _convert_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    return f"convert {parameters['pattern']} -> {parameters['output_dir']}"
+
+
+@blockwise_flow("convert", _convert_run_name)
+def convert_flow(
+    pattern: str,
+    output_dir: str,
+    levels: int | None = None,
+    scale_factors: list[int | list[int]] | None = None,
+    method: str = "mean",
+    chunks: list[int] | None = None,
+    shards: list[int] | None = None,
+    ngff_version: str = "0.5",
+    job_type: str = "local",
+    job_config: RunnerConfig | None = None,
+    num_workers: int = 1,
+    output_options: OutputOptions | None = None,
+    keep_axes: str = "",
+    dry_run: bool = False,
+    pyramid_options: dict[str, Any] | None = None,
+) -> ConvertReport:
+    """Write every file `pattern` matches as `<output_dir>/<name>.ome.zarr` (see
+    bioimage_tasks.convert): each file's pyramid is a child flow run (pyramid_flow), files one
+    after another; a summary artifact lists every file's outcome, size and time.
+    `pyramid_options` are further pyramid parameters (e.g. {"voxel_size": [...]}). Ends Failed
+    when any file failed, after the others ran."""
+    report = convert_files(
+        pattern, output_dir, pyramid_flow, dry_run=dry_run, keep_axes=keep_axes,
+        log=get_run_logger().info, levels=levels, scale_factors=scale_factors, method=method,
+        chunks=chunks, shards=shards, ngff_version=ngff_version, job_type=job_type,
+        job_config=job_config, num_workers=num_workers, output_options=output_options,
+        **(pyramid_options or {}))
+    publish_summary(report.markdown(), key="convert-summary")
+    if report.failed:
+        raise ConvertFailedError(report)
+    return report

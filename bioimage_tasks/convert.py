@@ -1,0 +1,354 @@
+"""A folder of images converted in one run: every file a pattern matches becomes
+`<output_dir>/<name>.ome.zarr`, an OME-Zarr pyramid as `bioimage_tasks.pyramid` writes it.
+
+Files run one after another, each pyramid using all of the backend's workers (`job_type`,
+`num_workers`): a pyramid already keeps every worker busy, and one at a time keeps the memory
+budget per worker and the order of the summary plain. Resumable: each output has a small record,
+`<output_dir>/.bioimage-tasks/convert/<name>.json` (the input's size and mtime, the parameters,
+the outcome). A rerun skips a file whose record says converted with the same input and
+parameters (reading only the record and the group's zarr.json), resumes one that was cut off
+(the pyramid's own block records), and redoes, from scratch, one whose input or parameters
+changed. A file that fails is reported with its reason; the others still run."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bioimage_tasks.errors import BioimageTasksError, ParameterError
+
+RECORDS = os.path.join(".bioimage-tasks", "convert")
+NOT_PASSED = ("input", "output_group")  # convert chooses these per file
+logger = logging.getLogger("bioimage_tasks.convert")
+
+
+@dataclass
+class FileOutcome:
+    """What happened to one input: "converted", "resumed", "redone", "skipped", "failed", or
+    with `dry_run` "would convert", "would resume", "would redo", "would skip"."""
+
+    name: str
+    input: str
+    output: str
+    outcome: str
+    bytes: int = 0
+    seconds: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class ConvertReport:
+    """Every file's outcome, in the order they ran."""
+
+    output_dir: str
+    files: list[FileOutcome] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[FileOutcome]:
+        return [f for f in self.files if f.outcome == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def table(self) -> str:
+        """One line per file: name, outcome, size, time, and the output or the reason."""
+        lines = [f"{'file':30} {'outcome':14} {'size':>10} {'time':>8}  output / reason"]
+        for f in self.files:
+            where = f.reason if f.outcome == "failed" else f.output
+            lines.append(
+                f"{f.name:30} {f.outcome:14} {human_bytes(f.bytes):>10} {f.seconds:7.1f}s  {where}"
+            )
+        done = len(self.files) - len(self.failed)
+        lines.append(f"{done} of {len(self.files)} files ok, {len(self.failed)} failed")
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        rows = [
+            f"| {f.name} | {f.outcome} | {human_bytes(f.bytes)} | {f.seconds:.1f} s | "
+            f"{(f.reason if f.outcome == 'failed' else f.output).replace('|', '/')} |"
+            for f in self.files
+        ]
+        head = ["| file | outcome | size | time | output / reason |", "|---|---|---|---|---|"]
+        return "\n".join([f"# convert -> {self.output_dir}", "", *head, *rows])
+
+
+class ConvertFailedError(BioimageTasksError, RuntimeError):
+    """Some files failed; `report` lists every file's outcome."""
+
+    def __init__(self, report: ConvertReport):
+        names = ", ".join(f"{f.name} ({f.reason})" for f in report.failed)
+        super().__init__(f"{len(report.failed)} of {len(report.files)} files failed: {names}")
+        self.report = report
+
+
+def human_bytes(size: int) -> str:
+    """'1.5 MB' style sizes (powers of 1024)."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"
+
+
+def input_files(pattern: str) -> list[str]:
+    """The files `pattern` names: a glob ('in/*.czi'), a folder (its files), or one file."""
+    if os.path.isdir(pattern):
+        pattern = os.path.join(pattern, "*")
+    files = sorted(f for f in glob.glob(pattern) if os.path.isfile(f))
+    if not files:
+        raise ParameterError(f"pattern {pattern!r} matches no file")
+    return files
+
+
+def output_name(path: str) -> str:
+    """'a.czi' -> 'a', 'b.ome.tif' -> 'b'."""
+    name = os.path.basename(path)
+    stem, _ = os.path.splitext(name)
+    return stem.removesuffix(".ome") or name
+
+
+def named_inputs(files: list[str]) -> dict[str, str]:
+    """{output name: input file}; a ParameterError when two inputs would share an output."""
+    named: dict[str, str] = {}
+    for path in files:
+        name = output_name(path)
+        if name in named:
+            raise ParameterError(
+                f"pattern: {named[name]!r} and {path!r} would both write {name}.ome.zarr; "
+                "convert them into different output_dir"
+            )
+        named[name] = path
+    return named
+
+
+def check_parameters(output_dir: str, pyramid_kwargs: dict[str, Any], keep_axes: str) -> None:
+    """Every parameter that is the same for all files, checked before anything is written."""
+    from bioimage_tasks.api import check_method_options, pyramid_operation
+    from bioimage_tasks.io import check_output_options
+    from bioimage_tasks.runners import check_backend
+
+    if "://" in str(output_dir):
+        raise ParameterError(f"output_dir must be a local folder, got {output_dir!r}")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ParameterError(f"output_dir {output_dir!r} exists and is not a folder")
+    accepted = set(inspect.signature(pyramid_operation).parameters) - set(NOT_PASSED)
+    unknown = sorted(set(pyramid_kwargs) - accepted)
+    if unknown:
+        raise ParameterError(
+            f"convert takes pyramid's parameters {sorted(accepted)}; not {unknown}"
+        )
+    if (pyramid_kwargs.get("levels") is None) == (pyramid_kwargs.get("scale_factors") is None):
+        raise ParameterError(
+            "give exactly one of levels (planned from voxel_size) and scale_factors (per level)"
+        )
+    check_method_options(
+        pyramid_kwargs.get("method", "mean"),
+        pyramid_kwargs.get("order", 0),
+        pyramid_kwargs.get("anti_aliasing", False),
+    )
+    check_backend(
+        pyramid_kwargs.get("job_type", "local"),
+        pyramid_kwargs.get("num_workers", 1),
+        pyramid_kwargs.get("job_config"),
+    )
+    check_output_options(pyramid_kwargs.get("output_options"))
+    if not set(keep_axes) <= set("tczyx"):
+        raise ParameterError(f"keep_axes must name axes among 'tczyx', got {keep_axes!r}")
+
+
+def parameters_key(pyramid_kwargs: dict[str, Any], keep_axes: str) -> str:
+    """A digest of what shapes the outputs (backend choices aside)."""
+    backend = {"job_type", "job_config", "num_workers"}
+    shaping = {k: v for k, v in sorted(pyramid_kwargs.items()) if k not in backend}
+    text = json.dumps({**shaping, "keep_axes": keep_axes}, sort_keys=True, default=repr)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def stat_signature(path: str) -> dict[str, int]:
+    status = os.stat(path)
+    return {"size": status.st_size, "mtime_ns": status.st_mtime_ns}
+
+
+def folder_bytes(path: str) -> int:
+    """Bytes of every file under `path` (0 when it does not exist)."""
+    return sum(
+        os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files
+    )
+
+
+def read_record(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path) as file:
+            return json.load(file)
+    except (OSError, ValueError):
+        return None
+
+
+def write_record(path: str, record: dict[str, Any]) -> None:
+    """Write the record atomically (a kill leaves the old one or the new one)."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w") as file:
+        json.dump(record, file, indent=1)
+    os.replace(temporary, path)
+
+
+def next_step(record: dict[str, Any] | None, signature: dict, key: str, output: str) -> str:
+    """'skip' (converted, same input and parameters), 'resume' (cut off, same input and
+    parameters), 'redo' (input or parameters changed: start over), or 'convert' (new)."""
+    if record is None:
+        return "resume" if os.path.exists(output) else "convert"
+    same = record.get("signature") == signature and record.get("parameters") == key
+    if not same:
+        return "redo" if os.path.exists(output) else "convert"
+    written = any(os.path.exists(os.path.join(output, f)) for f in ("zarr.json", ".zattrs"))
+    if record.get("outcome") in ("converted", "resumed", "redone") and written:
+        return "skip"
+    return "resume" if os.path.exists(output) else "convert"
+
+
+def convert_files(
+    pattern: str,
+    output_dir: str,
+    run_pyramid: Callable[..., Any],
+    *,
+    dry_run: bool = False,
+    keep_axes: str = "",
+    log: Callable[..., None] = logger.info,
+    **pyramid_kwargs: Any,
+) -> ConvertReport:
+    """Convert every file `pattern` matches with `run_pyramid(input, output_group, **kwargs)`
+    (the plain pyramid, or pyramid_flow for child flow runs); see the module."""
+    check_parameters(output_dir, pyramid_kwargs, keep_axes)
+    named = named_inputs(input_files(pattern))
+    records = os.path.join(output_dir, RECORDS)
+    if not dry_run:
+        os.makedirs(records, exist_ok=True)
+    key = parameters_key(pyramid_kwargs, keep_axes)
+    report = ConvertReport(str(output_dir))
+    for name, path in named.items():
+        output = os.path.join(output_dir, f"{name}.ome.zarr")
+        record_path = os.path.join(records, f"{name}.json")
+        signature = stat_signature(path)
+        record = read_record(record_path)
+        step = next_step(record, signature, key, output)
+        if dry_run:
+            report.files.append(dry_run_outcome(name, path, output, step, record, keep_axes))
+        elif step == "skip":
+            report.files.append(FileOutcome(name, path, output, "skipped", record.get("bytes", 0)))
+        else:
+            report.files.append(
+                convert_one(
+                    name,
+                    path,
+                    output,
+                    step,
+                    record_path,
+                    signature,
+                    key,
+                    run_pyramid,
+                    keep_axes,
+                    pyramid_kwargs,
+                )
+            )
+        done = report.files[-1]
+        log("convert %s: %s %s", name, done.outcome, done.reason or done.output)
+    return report
+
+
+def pyramid_input(path: str, keep_axes: str) -> Any:
+    """The path itself, or a microscopy source keeping `keep_axes` where they are singletons."""
+    if not keep_axes:
+        return path
+    from bioimage_tasks.io import open_microscopy
+
+    return open_microscopy(path, "input", keep=keep_axes)
+
+
+def convert_one(
+    name: str,
+    path: str,
+    output: str,
+    step: str,
+    record_path: str,
+    signature: dict,
+    key: str,
+    run_pyramid: Callable[..., Any],
+    keep_axes: str,
+    pyramid_kwargs: dict[str, Any],
+) -> FileOutcome:
+    """Write one pyramid (its record first says "running"), catching its error as the outcome."""
+    outcome = {"convert": "converted", "resume": "resumed", "redo": "redone"}[step]
+    if step == "redo":
+        shutil.rmtree(output, ignore_errors=True)
+    record = {
+        "input": os.path.abspath(path),
+        "signature": signature,
+        "parameters": key,
+        "outcome": "running",
+    }
+    write_record(record_path, record)
+    started, reason = time.perf_counter(), ""
+    try:
+        run_pyramid(pyramid_input(path, keep_axes), output, **pyramid_kwargs)
+    except Exception as error:  # noqa: BLE001 - a bad file is reported; the others still run
+        outcome, reason = (
+            "failed",
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+        )
+    result = FileOutcome(
+        name, path, output, outcome, folder_bytes(output), time.perf_counter() - started, reason
+    )
+    write_record(
+        record_path,
+        {**record, **{k: v for k, v in asdict(result).items() if k not in ("name", "input")}},
+    )
+    return result
+
+
+def dry_run_outcome(
+    name: str, path: str, output: str, step: str, record: dict | None, keep_axes: str
+) -> FileOutcome:
+    """What a run would do with one file, with the input's shape and dtype (or why it cannot
+    be read)."""
+    if step == "skip":
+        return FileOutcome(name, path, output, "would skip", (record or {}).get("bytes", 0))
+    from bioimage_tasks.io import as_source
+
+    try:
+        source = as_source(pyramid_input(path, keep_axes))
+    except Exception as error:  # noqa: BLE001 - reported like a failed file
+        return FileOutcome(name, path, output, "failed", reason=f"{type(error).__name__}: {error}")
+    detail = f"{tuple(source.shape)} {source.dtype}"
+    return FileOutcome(name, path, f"{output} ({detail})", f"would {step}")
+
+
+def convert(
+    pattern: str,
+    output_dir: str,
+    *,
+    dry_run: bool = False,
+    keep_axes: str = "",
+    **pyramid_kwargs: Any,
+) -> ConvertReport:
+    """Write every file `pattern` matches ('in/*.czi', a folder, or one file) as
+    `<output_dir>/<name>.ome.zarr` with `bioimage_tasks.pyramid(input, output, **pyramid_kwargs)`
+    (give `levels` or `scale_factors`, and any other pyramid parameter). Resumable, one file at a
+    time (see the module); `keep_axes` (e.g. "c") keeps those axes of microscopy files even when
+    they are singletons; `dry_run` only says what would be written. Returns the report of every
+    file; `report.ok` is False when a file failed (the others still ran)."""
+    from bioimage_tasks.api import pyramid
+
+    return convert_files(
+        pattern, output_dir, pyramid, dry_run=dry_run, keep_axes=keep_axes, **pyramid_kwargs
+    )
