@@ -7,6 +7,7 @@ import contextlib
 import functools
 import itertools
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,7 +22,10 @@ from bioimage_tasks.signatures import job_signatures
 from bioimage_tasks.io import ArraySource, Source, TensorStoreSource, start_read
 
 _THREAD = threading.local()  # `stop`: the event that ends this thread's batches early (Ctrl-C)
-RECORD_EVERY = 64  # finished blocks recorded together: a kill loses at most this many records
+# Finished blocks are recorded together, RECORD_EVERY at a time or after RECORD_SECONDS: a kill
+# loses at most that many records or that much work (those blocks are computed again).
+RECORD_EVERY = 64
+RECORD_SECONDS = 1.0
 StartWrite = Callable[[], Callable[[], None]]  # starts writes; returns a function that waits for them
 
 
@@ -131,6 +135,7 @@ class BatchWrites:
         self.in_flight: tuple[int, Callable[[], None]] | None = None
         self.closed: dict[int, int] = {}  # blocks that handed over all their writes -> voxels
         self.finished: list[tuple[int, str | None]] = []  # written, not yet recorded
+        self.flushed = time.monotonic()
 
     def writer(self, block_id: int) -> Callable[[StartWrite], None]:
         """The `write` function a job calls for block `block_id`."""
@@ -165,7 +170,7 @@ class BatchWrites:
             return
         if self.job.records is not None:
             self.finished.append((block_id, self.signatures.get(block_id)))
-            if len(self.finished) >= RECORD_EVERY:
+            if len(self.finished) >= RECORD_EVERY or time.monotonic() - self.flushed >= RECORD_SECONDS:
                 self.flush()
         (self.report.written if voxels else self.report.skipped).append(block_id)
         self.report.voxels_written += voxels
@@ -175,6 +180,7 @@ class BatchWrites:
         if self.finished:
             self.job.records.mark_done_many(self.finished)
             self.finished = []
+        self.flushed = time.monotonic()
 
 
 class Stopped(Exception):
