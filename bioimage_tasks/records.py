@@ -112,6 +112,10 @@ class BlockRecords:
         """Record `block_id` as written from input whose signature is `signature`."""
         self._append([block_id], signature or _NO_SIGNATURE)
 
+    def mark_each(self, signatures: dict[int, str]) -> None:
+        """Record each block of `signatures` with its own signature, in one append per shard."""
+        self._append_lines(signatures.items())
+
     def forget(self, block_ids: Iterable[int]) -> None:
         """Drop the records of `block_ids` (they are about to be rewritten)."""
         block_ids = list(block_ids)
@@ -144,9 +148,12 @@ class BlockRecords:
         return {b: e.executor for b, e in self.entries().items()}
 
     def _append(self, block_ids: list[int], signature: str) -> None:
+        self._append_lines((block_id, signature) for block_id in block_ids)
+
+    def _append_lines(self, signatures: Iterable[tuple[int, str]]) -> None:
         by_shard: dict[int, list[str]] = {}
         time_ns = time.time_ns()
-        for block_id in block_ids:
+        for block_id, signature in signatures:
             by_shard.setdefault(block_id // SHARD_BLOCKS, []).append(_line(block_id, time_ns, signature))
         location = self.location
         for shard, lines in by_shard.items():
