@@ -24,6 +24,7 @@ from prefect.tasks import exponential_backoff
 from prefect.utilities.annotations import unmapped
 
 from bioimage_tasks.blockwise import BatchReport, BlockJob, BlocksFailedError, Job, plan_batches, process_batch
+from bioimage_tasks.chunk_manifest import damage_token, outputs_intact, stamp_writes
 from bioimage_tasks.events import emit_outcome_events
 from bioimage_tasks.grid import BlockGrid, default_block_shape
 from bioimage_tasks.lease import claim_ownership, output_lease, owned_epoch
@@ -31,6 +32,7 @@ from bioimage_tasks.planning import BlockwisePlan, block_records, computation_ke
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.reporting import Progress, publish_summary, summary_markdown
 from bioimage_tasks.resampling import combine_ranges, measure_value_range
+from bioimage_tasks.run_call import record_call
 from bioimage_tasks.runners import RunnerConfig, worker_watchdog
 from bioimage_tasks.signatures import job_signatures
 from bioimage_tasks.io import ArraySource, Source, TensorStoreSource, storage_place
@@ -126,6 +128,7 @@ def batch_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     # ... and so does a block rewritten since from other input (X, Y, X): its latest record.
     stored = {b: f"{e.signature}@{e.time_ns}" for b, e in records.entries(parameters["block_ids"]).items()}
     ids = ",".join(f"{b}:{s}:{stored.get(b)}" for b, s in signatures.items())
+    ids += damage_token(parameters["job"], parameters["block_ids"])  # files damaged: a new key
     return f"bioimage-tasks-{records.key}-{hashlib.blake2b(ids.encode(), digest_size=8).hexdigest()}"
 
 
@@ -170,14 +173,17 @@ def folder_block(path: str) -> LocalFileSystem:
     return storage
 
 
-def current_blocks(records: BlockRecords, signatures: dict[int, str | None]) -> tuple[set[int], tuple[int, int]]:
-    """Which of the blocks in `signatures` are recorded with today's signature, and how many
-    recorded ones are not because their input, or else their mask, changed."""
+def current_blocks(records: BlockRecords, signatures: dict[int, str | None], job: Job | None = None
+                   ) -> tuple[set[int], tuple[int, int]]:
+    """Which of the blocks in `signatures` are recorded with today's signature (and, given their
+    `job`, whose written files are as written: chunk_manifest.py), and how many recorded ones are
+    not because their input, or else their mask, changed."""
     recorded = records.recorded(signatures)
     done = {b for b, s in recorded.items() if s == signatures[b]}
     stale = [(s or "").split("/") for b, s in recorded.items() if b not in done]
     current = [(signatures[b] or "").split("/") for b in recorded if b not in done]
     changed_input = sum(old[0] != new[0] for old, new in zip(stale, current))
+    done = done if job is None else outputs_intact(job, done, get_run_logger())
     return done, (changed_input, len(stale) - changed_input)
 
 
@@ -223,12 +229,15 @@ def run_plan(
     signatures = job_signatures(plan, plan.block_ids) if epoch is not None else None
     if epoch is not None and not plan.explicit_block_ids and plan.resume_records is None:
         records = block_records(plan, sink, epoch)
-        if records is not None and current_blocks(records, signatures)[0].issuperset(plan.block_ids):
+        done = current_blocks(records, signatures)[0] if records is not None else set()
+        done = outputs_intact(BlockJob(plan.source, sink, plan.grid, plan.mask), done)
+        if records is not None and done.issuperset(plan.block_ids):
             # a rerun of a finished run writes nothing, not even a lease
             return write_plan(runner, plan, sink, records, num_workers, config, details, kind, signatures)
     with output_lease([place], computation):
         check_resume_records(plan, block_records(plan, sink, owned_epoch([place], computation)))
         epoch = claim_ownership([place], computation)
+        record_call(place, kind)  # for `verify --repair`
         return write_plan(runner, plan, sink, block_records(plan, sink, epoch), num_workers, config, details, kind,
                           signatures)
 
@@ -245,15 +254,17 @@ def write_plan(
     plus what happened) are published as Prefect artifacts. Returns the output array."""
     logger = get_run_logger()
     done: set[int] = set()
+    writer = throttle_writes(stamp_writes(sink), config.write_limit)
+    job = BlockJob(plan.source, writer, plan.grid, plan.mask, records, plan.piece_shape)
     if records is not None:
         if plan.explicit_block_ids:
             records.forget(plan.block_ids)
-        done, changed = current_blocks(records, signatures or job_signatures(plan, plan.block_ids))
+        signatures = signatures or job_signatures(plan, plan.block_ids)
+        done, changed = current_blocks(records, signatures, job)
         if any(changed):
             logger.info("%d recorded blocks are recomputed because their input changed, %d because their mask changed",
                         *changed)
     task_fn = batch_task(config, records, refresh=plan.explicit_block_ids)
-    job = BlockJob(plan.source, throttle_writes(sink, config.write_limit), plan.grid, plan.mask, records, plan.piece_shape)
     # Batches whose blocks are all recorded are not even submitted: a Prefect cache hit costs
     # ~15 ms on threads and ~80-300 ms on Dask, a look at the records nothing.
     batches = [b for b in plan.batches(plan.block_ids, num_workers, config.blocks_per_task) if not done.issuperset(b)]

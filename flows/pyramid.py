@@ -13,6 +13,7 @@ import numpy as np
 import tensorstore as ts
 
 from bioimage_tasks.blockwise_flow import blockwise_flow
+from bioimage_tasks.chunk_manifest import stamp_writes
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
 from bioimage_tasks.grid import default_block_shape
 from bioimage_tasks.multiscale import (axes_metadata, cumulative_factors, labels_group_attributes, level_transform,
@@ -24,6 +25,7 @@ from bioimage_tasks.pyramid_engine import GroupOutput, LevelRow, Sink, pyramid_s
 from bioimage_tasks.pyramid_plan import plan_pyramid, tile_bytes_per_voxel
 from bioimage_tasks.records import RECORDS_DIR, run_key
 from bioimage_tasks.resampling import ResizedSource
+from bioimage_tasks.run_call import record_call
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
 from bioimage_tasks.io import (ContainerPath, OutputOptions, StorageOptions, UrlPath, as_source, check_existing_output,
                                check_output_options, create_array, open_group, output_path, storage_place,
@@ -147,12 +149,14 @@ def pyramid_flow(
     directories = [group_directory, *(storage_place(array) for array in arrays if array is not None)]
     with output_lease(directories, computation):  # another live computation is refused here, before writing
         epoch = claim_ownership(directories, computation)
-        sinks = [None if array is None else throttle_writes(array, config.write_limit) for array in arrays]
+        record_call(group_directory, "pyramid")  # for `verify --repair`
+        sinks = [None if array is None else throttle_writes(stamp_writes(array), config.write_limit)
+                 for array in arrays]
         with backend(job_type, num_workers, config) as runner:
             if plan is not None:
-                staging = {level: throttle_writes(staging_array(group_path, level, shapes[level], source.dtype,
-                                                                plan.staging_chunks(level)), config.write_limit)
-                           for level in plan.staged}
+                staging = {level: throttle_writes(stamp_writes(staging_array(
+                    group_path, level, shapes[level], source.dtype, plan.staging_chunks(level))),
+                    config.write_limit) for level in plan.staged}
                 for level in range(1, len(shapes)):
                     rows[level].how = "assembled from staged regions" if level in staging else "from the regions' read"
                 details |= {"regions": f"{plan.grid.n_blocks} of {plan.region}, tiles of {plan.tile}"}
