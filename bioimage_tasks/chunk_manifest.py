@@ -40,6 +40,7 @@ from bioimage_tasks.records import RECORDS_DIR, BlockRecords
 from bioimage_tasks.signatures import MISSING, _stat_files
 
 ABSENT = "absent"
+UNKNOWN = "?"  # not looked at: the file has no entry
 INVALID = "invalid"
 MANIFEST_DIR = "chunks"
 READ_PIECE = 4 << 20  # bytes hashed at a time
@@ -60,9 +61,9 @@ class ChunkManifest:
     def records(self) -> BlockRecords:
         return BlockRecords(as_location(self.layout[0]).child(RECORDS_DIR).child(MANIFEST_DIR))
 
-    @property
+    @functools.cached_property
     def url(self) -> str:
-        """The array's folder or URL, for messages."""
+        """The array's folder or URL (for messages, and to tell arrays apart)."""
         return as_location(self.layout[0]).url
 
     @functools.cached_property
@@ -74,6 +75,19 @@ class ChunkManifest:
         bounds = [s.indices(n)[:2] for s, n in zip(region, self.shape)]
         ranges = [range(a // u, -(-b // u)) for (a, b), u in zip(bounds, self.layout[1])]
         return np.array(list(itertools.product(*ranges)), np.int64).reshape(-1, len(self.shape))
+
+    @functools.cached_property
+    def _strides(self) -> tuple[int, ...]:
+        return tuple(int(np.prod(self.grid_shape[axis + 1:])) for axis in range(len(self.shape)))
+
+    def file_ids(self, region: Region) -> list[int]:
+        """Ids of the files `region` touches: `ids(cells(region))` in plain Python, several times
+        faster for the one file or few a block covers."""
+        bounds = [(s.start, s.stop) if s.start is not None and s.stop is not None
+                  else s.indices(n)[:2] for s, n in zip(region, self.shape)]
+        ranges = [range(a // u * t, -(-b // u) * t, t)
+                  for (a, b), u, t in zip(bounds, self.layout[1], self._strides)]
+        return [sum(offsets) for offsets in itertools.product(*ranges)]
 
     def ids(self, cells: np.ndarray) -> np.ndarray:
         return np.ravel_multi_index(tuple(cells.T), self.grid_shape).astype(np.int64)
@@ -106,10 +120,12 @@ class ChunkManifest:
         """The comparable part of each file's stamp now ("size:mtime_ns", the generation, or
         "absent"), one batched stat (or HEAD requests in flight together)."""
         folder, _, prefix, separator = self.layout
+        if not len(cells):
+            return []
         if isinstance(folder, KvLocation):
             generations = folder.stamps([self.key(c) for c in cells])
             return [ABSENT if g is None else g.hex() for g in generations]
-        order = np.lexsort(cells.T[::-1]) if len(cells) else np.zeros(0, np.int64)  # by folder
+        order = np.lexsort(cells.T[::-1])  # folder by folder
         sizes, times = _stat_files(folder, prefix, separator, cells[order])
         found = [ABSENT if s == MISSING[0] else f"{s}:{t}"
                  for s, t in zip(sizes.tolist(), times.tolist())]
@@ -235,10 +251,6 @@ class _FileState:
     current: str
     sink: Any  # a sink writing the file, to read it through the array's codec
 
-    @property
-    def intact(self) -> bool:
-        return matches(self.entry, self.current)
-
     def delete_if_unreadable(self) -> None:
         """Delete the file if reading its region through the sink fails (it no longer decodes)."""
         if self.current == ABSENT or self.entry is None:
@@ -267,32 +279,37 @@ class _FileState:
         return f"{now[0]} bytes, {then[0]} written" if now[0] != then[0] else "modified (mtime)"
 
 
-def _written_files(job: Any, block_ids: Sequence[int]) -> dict[int, list[_FileState]] | None:
-    """Per block, the state of every file its writes cover (None for a job that does not say
-    what it writes); each file is stat'ed once, and each manifest read once."""
+def _not_as_written(job: Any, block_ids: Sequence[int]) -> dict[int, list[_FileState]] | None:
+    """Per block whose writes (`job.written_regions`) cover a file that is not as its manifest
+    entry says (or has none), those files; None for a job that does not say what it writes. Each
+    manifest is read once, and each file with an entry stat'ed once (a first run stats nothing)."""
     regions_of = getattr(job, "written_regions", None)
     if regions_of is None:
         return None
-    manifests: dict[int, ChunkManifest | None] = {}
+    by_sink: dict[int, tuple[ChunkManifest, dict[int, list[int]], Any] | None] = {}
     by_url: dict[str, tuple[ChunkManifest, dict[int, list[int]], Any]] = {}
     for block_id in block_ids:
         for sink, region in regions_of(block_id):
-            if id(sink) not in manifests:
-                manifests[id(sink)] = manifest_of(sink)
-            manifest = manifests[id(sink)]
-            if manifest is not None:
-                users = by_url.setdefault(manifest.url, (manifest, {}, sink))[1]
-                for file_id in manifest.ids(manifest.cells(region)).tolist():
+            if id(sink) not in by_sink:  # each array's files once, whichever sink writes them
+                manifest = manifest_of(sink)
+                by_sink[id(sink)] = None if manifest is None else \
+                    by_url.setdefault(manifest.url, (manifest, {}, sink))
+            if by_sink[id(sink)] is not None:
+                manifest, users, _ = by_sink[id(sink)]
+                for file_id in manifest.file_ids(region):
                     users.setdefault(file_id, []).append(block_id)
-    files: dict[int, list[_FileState]] = {block_id: [] for block_id in block_ids}
+    bad: dict[int, list[_FileState]] = {}
     for manifest, users, sink in by_url.values():
-        ids = sorted(users)
-        entries = manifest.records.recorded(ids)
-        for file_id, current in zip(ids, manifest.current(manifest.cells_of(ids))):
-            state = _FileState(manifest, file_id, entries.get(file_id), current, sink)
-            for block_id in users[file_id]:
-                files[block_id].append(state)
-    return files
+        entries = manifest.records.recorded(users)
+        stamped = sorted(entries)  # a file without an entry is not vouched for, whatever it is now
+        now = dict(zip(stamped, manifest.current(manifest.cells_of(stamped))))
+        for file_id, writers in users.items():
+            entry, current = entries.get(file_id), now.get(file_id, UNKNOWN)
+            if not matches(entry, current):
+                state = _FileState(manifest, file_id, entry, current, sink)
+                for block_id in writers:
+                    bad.setdefault(block_id, []).append(state)
+    return bad
 
 
 def outputs_intact(job: Any, block_ids: Iterable[int], logger: Any = None,
@@ -303,29 +320,27 @@ def outputs_intact(job: Any, block_ids: Iterable[int], logger: Any = None,
     the others are rewritten), their files that no longer decode are deleted: a write that
     covers part of one (or the part of an edge shard inside the array) would read it, and fail."""
     block_ids = list(block_ids)
-    files = _written_files(job, block_ids) if block_ids else None
-    if files is None:
+    bad = _not_as_written(job, block_ids) if block_ids else None
+    if not bad:
         return set(block_ids)
-    bad = {block_id for block_id, states in files.items() if not all(s.intact for s in states)}
-    changed = {id(s): s for b in sorted(bad) for s in files[b] if not s.intact}
-    if changed and logger is not None:
+    changed = {id(s): s for b in sorted(bad) for s in bad[b]}
+    if logger is not None:
         shown = ", ".join(s.describe() for s in list(changed.values())[:5])
         logger.warning("%d recorded blocks run again: %d files they wrote are not as written "
                        "(%s%s)", len(bad), len(changed), shown, ", ..." if len(changed) > 5 else "")
     if clear_unreadable:
         for state in changed.values():
             state.delete_if_unreadable()
-    return set(block_ids) - bad
+    return set(block_ids) - set(bad)
 
 
 def damage_token(job: Any, block_ids: Sequence[int]) -> str:
     """Empty while no file the blocks wrote differs from its manifest entry, else a hash of what
     differs: for a cache key, so a cached batch does not stand in for damaged files, while a
     batch not yet written and the same batch intact get the same key."""
-    files = _written_files(job, list(block_ids)) if block_ids else None
+    bad = _not_as_written(job, list(block_ids)) if block_ids else None
     changed = sorted({(s.manifest.url, s.file_id, s.entry, s.current)
-                      for states in (files or {}).values() for s in states
-                      if s.entry is not None and not s.intact})
+                      for states in (bad or {}).values() for s in states if s.entry is not None})
     if not changed:
         return ""
     return "-" + hashlib.blake2b(repr(changed).encode(), digest_size=8).hexdigest()
