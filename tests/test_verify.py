@@ -235,6 +235,22 @@ def test_pyramid_level_damage_is_found_and_repaired(tmp_path, image, small_regio
         np.testing.assert_array_equal(read(f"{group}/s{level}", driver), mean(x, 2**level))
 
 
+def test_s0_copied_file_by_file_is_stamped(tmp_path, image):
+    """s0 copied as the input's files (io/encoded_chunks.py) is stamped like any write."""
+    path, x = image
+    group = f"{tmp_path}/image.ome.zarr"
+    pyramid_flow(path, group, scale_factors=[2], method="mean", chunks=(16, 16, 16))
+    files = [f"{tmp_path}/in.zarr/raw/c/1/2/1", f"{group}/s0/c/1/2/1"]
+    with open(files[0], "rb") as source, open(files[1], "rb") as copy:
+        assert source.read() == copy.read()  # the input's bytes: copied, not encoded again
+    assert verify(group).ok  # every file stamped, none unrecorded
+    truncate(f"{group}/s0/c/1/2/1")
+    assert [(b.where, b.kind) for b in verify(group).bad] == [("s0/c/1/2/1", "unreadable")]
+    pyramid_flow(path, group, scale_factors=[2], method="mean", chunks=(16, 16, 16))
+    assert verify(group).ok
+    np.testing.assert_array_equal(read(f"{group}/s0", "zarr3"), x)
+
+
 def test_staging_damage_is_found_by_its_key(tmp_path, image, small_regions):
     path, x = image
     group = f"{tmp_path}/image.ome.zarr"
