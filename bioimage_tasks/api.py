@@ -15,6 +15,7 @@ array([[ 2,  4],
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -75,12 +76,22 @@ def run_plain(operation: Operation) -> Any:
         return execute(operation, PlainEdge(executor, operation.config.worker_timeout))
 
 
+def built(builder: Callable[..., Operation], args: tuple, kwargs: dict[str, Any]) -> Operation:
+    """`builder(*args, **kwargs)`, keeping the call's parameters on the operation (`call`: a run
+    stores them for `verify --repair`)."""
+    operation = builder(*args, **kwargs)
+    bound = inspect.signature(builder).bind(*args, **kwargs)
+    bound.apply_defaults()
+    operation.call = dict(bound.arguments)
+    return operation
+
+
 def plain(builder: Callable[..., Operation]) -> Callable[..., Any]:
     """The plain function of an operation builder: same parameters and documentation."""
 
     @functools.wraps(builder)
     def call(*args: Any, **kwargs: Any) -> Any:
-        return run_plain(builder(*args, **kwargs))
+        return run_plain(built(builder, args, kwargs))
 
     call.__name__ = call.__qualname__ = builder.__name__.removesuffix("_operation")
     return call

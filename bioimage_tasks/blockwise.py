@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bioimage_tasks.chunk_manifest import outputs_intact, start_stamp
 from bioimage_tasks.errors import BlocksFailedError
 from bioimage_tasks.grid import BlockGrid
 from bioimage_tasks.kernels.masking import merge_masked
@@ -77,7 +78,13 @@ class BlockJob:
             if written:
                 voxels += written
                 write(functools.partial(self.sink.start_write, key, data))
+            else:  # left as it is: its files' stamps vouch for it on a rerun
+                write(functools.partial(start_stamp, self.sink, key))
         return voxels
+
+    def written_regions(self, block_id: int) -> list[tuple[Any, tuple[slice, ...]]]:
+        """Where block `block_id` writes: (sink, region) pairs (chunk_manifest.outputs_intact)."""
+        return [(self.sink, self.grid.block_slices(block_id))]
 
     def compute(self, key: tuple[slice, ...], prefetched: Callable[[], np.ndarray] | None) -> tuple[int, np.ndarray | None]:
         """(voxels to write, values) of region `key`: 0 and None when its mask is empty; a
@@ -214,6 +221,7 @@ def process_batch(job: Job, block_ids: Sequence[int]) -> BatchReport:
     # Signatures before any read: input changed after this is seen as changed by the next run.
     signatures = job_signatures(job, block_ids) if job.records is not None else {}
     done = job.records.done_among(list(block_ids), signatures) if job.records is not None else set()
+    done = outputs_intact(job, done, clear_unreadable=True)  # files as written: chunk_manifest.py
     report.already_done = [block_id for block_id in block_ids if block_id in done]
     todo = [block_id for block_id in block_ids if block_id not in done]
     writes = BatchWrites(job, report, failed, signatures)

@@ -243,6 +243,37 @@ def pyramid(
         quiet, debug, lambda group: f"wrote OME-Zarr multiscale image {group}")
 
 
+@app.command("verify")
+def verify_command(
+    path: Annotated[str, typer.Argument(
+        help="An output array (path/container.zarr/key, .n5/key, s3://...) or a pyramid's OME-Zarr "
+             "group (every level and staging array).")],
+    repair: Annotated[bool, typer.Option(
+        "--repair", help="Rewrite the bad chunks by re-running the call that wrote the output (on "
+                         "threads), then verify again.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Check every stored chunk of PATH against what its runs wrote: print one line per chunk
+    that is missing, unreadable, changed or unrecorded, and a summary; exit 1 if any is bad."""
+    quiet_prefect(debug)
+    from rich.console import Console
+
+    from bioimage_tasks.verify import verify
+
+    try:
+        report = verify(path, repair=repair)
+    except Exception as error:  # noqa: BLE001 - the CLI's contract: one line, non-zero exit
+        if debug:
+            raise
+        Console(stderr=True).print(f"[red]error:[/red] {type(error).__name__}: {error}",
+                                   highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    for line in report.lines():
+        print(line)
+    print(report.summary())
+    raise typer.Exit(0 if report.ok else 1)
+
+
 @app.command()
 def convert(
     pattern: Annotated[str, typer.Argument(help="Input files: a glob ('in/*.czi'; quote it), a folder, or one file.")],

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from bioimage_tasks.blockwise import BlockJob
+from bioimage_tasks.chunk_manifest import outputs_intact, stamp_writes
 from bioimage_tasks.engine import Counts, Run, Stage, plan_batches, run_stages
 from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.grid import BlockGrid, default_block_shape
@@ -22,6 +23,7 @@ from bioimage_tasks.lease import claim_ownership, output_lease, owned_epoch
 from bioimage_tasks.planning import BlockwisePlan, block_records, computation_key
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.resampling import ResizedSource, combine_ranges, measure_value_range
+from bioimage_tasks.run_call import record_call
 from bioimage_tasks.runners import RunnerConfig
 from bioimage_tasks.signatures import job_signatures
 from bioimage_tasks.throttle import throttle_writes
@@ -74,6 +76,7 @@ def execute(operation: Operation, edge: Any) -> Any:
     with output_lease(places, computation):
         operation.check_records(owned_epoch(places, computation))
         stages = operation.stages(claim_ownership(places, computation))
+        record_call(places[0], operation.kind, getattr(operation, "call", None))  # for verify --repair
         for stage in stages:
             if getattr(stage, "rewrite", False) and stage.job.records is not None:
                 stage.job.records.forget(stage.block_ids)  # explicitly chosen blocks are rewritten
@@ -94,7 +97,8 @@ def batch_done(stage: Stage, batch: Any) -> bool:
     if records is None or getattr(stage, "rewrite", False):
         return False
     for block_ids in stage.batch_blocks(batch):
-        if len(records.done_among(block_ids, job_signatures(stage.job, block_ids))) < len(block_ids):
+        done = records.done_among(block_ids, job_signatures(stage.job, block_ids))
+        if len(outputs_intact(stage.job, done)) < len(block_ids):  # and their files as written
             return False
     return True
 
@@ -154,8 +158,8 @@ class BlockwiseOperation:
         plan, records = self.plan, self.records(epoch)
         self.run_key = records.key if records is not None else None
         ids = None if plan.block_ids is None else tuple(plan.block_ids)
-        job = BlockJob(plan.source, throttle_writes(self.sink, self.config.write_limit), plan.grid, plan.mask,
-                       records, plan.piece_shape)
+        sink = throttle_writes(stamp_writes(self.sink), self.config.write_limit)
+        job = BlockJob(plan.source, sink, plan.grid, plan.mask, records, plan.piece_shape)
         return [ExplicitStage(self.kind, job, self.plan.output.write_unit, ids)]
 
     def run(self) -> Run:

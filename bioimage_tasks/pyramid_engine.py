@@ -8,13 +8,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from bioimage_tasks.blockwise import BlockJob, StartWrite
 from bioimage_tasks.budget import block_bytes
+from bioimage_tasks.chunk_manifest import StampedSink
 from bioimage_tasks.engine import Counts, Stage
 from bioimage_tasks.grid import BlockGrid, default_block_shape, fit_to_budget
 from bioimage_tasks.kernels.pyramid import pyramid_levels
@@ -72,6 +73,12 @@ class PyramidJob:
             write(functools.partial(start_writes, writes))
             voxels += data.size
         return voxels
+
+    def written_regions(self, region_id: int) -> list[tuple[Sink, tuple[slice, ...]]]:
+        """Where region `region_id` writes: its part of s0 and of every level (or staging array)."""
+        base = self.plan.grid.block_slices(region_id)
+        return [(sink, self.plan.level_key(level, base))
+                for level, sink in enumerate(self.sinks) if sink is not None]
 
 
 def start_writes(writes: Sequence[tuple[Sink, tuple[slice, ...], np.ndarray]]) -> Callable[[], None]:
@@ -141,11 +148,12 @@ def pyramid_stages(source: Source, plan: PyramidPlan, method: str, sinks: Sequen
     return stages
 
 
-def s0_copy(source: Source, sink: Sink | None) -> EncodedCopy | ThrottledSink | None:
-    """s0 as a copy of the input's storage files where both store them alike (throttled like s0)."""
-    if isinstance(sink, ThrottledSink):
-        copy = encoded_copy(source, sink.inner)
-        return None if copy is None else ThrottledSink(copy, sink.limit)
+def s0_copy(source: Source, sink: Sink | None) -> EncodedCopy | ThrottledSink | StampedSink | None:
+    """s0 as a copy of the input's storage files where both store them alike (throttled and
+    stamped like s0)."""
+    if isinstance(sink, (ThrottledSink, StampedSink)):
+        copy = s0_copy(source, sink.inner)
+        return None if copy is None else replace(sink, inner=copy)
     return encoded_copy(source, sink)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from bioimage_tasks.chunk_manifest import stamp_writes
 from bioimage_tasks.engine import Run, Stage
 from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.geometry import downscale_shape
@@ -171,7 +172,8 @@ class PyramidOperation:
                   level_array(self.group_path, level, shape, self.source.dtype, spec.layouts[level],
                               spec.geometry.axes, self.options)
                   for level, shape in enumerate(spec.shapes)]
-        self.sinks = [None if a is None else throttle_writes(a, self.config.write_limit) for a in arrays]
+        self.sinks = [None if a is None else throttle_writes(stamp_writes(a), self.config.write_limit)
+                      for a in arrays]
         self.rows = [LevelRow(level, shape, spec.layouts[level][1] or spec.layouts[level][0], factors,
                               "existing" if arrays[level] is None else "from the base")
                      for level, (shape, factors) in enumerate(zip(spec.shapes, spec.cumulative))]
@@ -199,9 +201,7 @@ class PyramidOperation:
             self.stage_list = resize_stages(self.source, self.spec.shapes, self.order, self.anti_aliasing,
                                             self.value_range, self.sinks, self.config.memory_budget, epoch, self.rows)
             return self.stage_list
-        staging = {level: throttle_writes(staging_array(self.group_path, level, self.spec.shapes[level],
-                                                        self.source.dtype, self.plan.staging_chunks(level)),
-                                          self.config.write_limit)
+        staging = {level: throttle_writes(stamp_writes(self.staging(level)), self.config.write_limit)
                    for level in self.plan.staged}
         for level in range(1, len(self.spec.shapes)):
             self.rows[level].how = "assembled from staged regions" if level in staging else "from the regions' read"
@@ -209,6 +209,11 @@ class PyramidOperation:
         self.stage_list = pyramid_stages(self.source, self.plan, self.method, self.sinks, staging,
                                          self.group_directory, epoch, self.rows)
         return self.stage_list
+
+    def staging(self, level: int) -> Sink:
+        """Level `level`'s staging array (its regions' parts, one chunk each)."""
+        return staging_array(self.group_path, level, self.spec.shapes[level], self.source.dtype,
+                             self.plan.staging_chunks(level))
 
     def run(self) -> Run:
         first = self.stage_list[0].job.records if self.stage_list else None

@@ -117,6 +117,10 @@ class BlockRecords:
         shard."""
         self._append([(block_id, signature or _NO_SIGNATURE) for block_id, signature in blocks])
 
+    def mark_each(self, signatures: dict[int, str]) -> None:
+        """Record each block of `signatures` with its own signature, in one append per shard."""
+        self._append_lines(signatures.items())
+
     def forget(self, block_ids: Iterable[int]) -> None:
         """Drop the records of `block_ids` (they are about to be rewritten)."""
         block_ids = list(block_ids)

@@ -24,6 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from prefect_dask import DaskTaskRunner
 
+from bioimage_tasks.chunk_manifest import damage_token
 from bioimage_tasks.engine import Batch, Counts, Stage, run_batch
 from bioimage_tasks.operations import Operation, batch_done, execute
 from bioimage_tasks.prefect.artifacts import Progress, publish_summary
@@ -67,6 +68,7 @@ def batch_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
         signatures = job_signatures(stage.job, block_ids)  # input rewritten: a new key ...
         stored = {b: f"{e.signature}@{e.time_ns}" for b, e in records.entries(block_ids).items()}  # ... or a block
         digest.update(",".join(f"{b}:{s}:{stored.get(b)}" for b, s in signatures.items()).encode())
+        digest.update(damage_token(stage.job, block_ids).encode())  # files damaged since: a new key
     return f"bioimage-tasks-{records.key}-{digest.hexdigest()}"
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect import get_run_logger
 
-from bioimage_tasks.api import copy_operation, downsample_operation, pyramid_operation
+from bioimage_tasks.api import built, copy_operation, downsample_operation, pyramid_operation
 from bioimage_tasks.convert import ConvertFailedError, ConvertReport, convert_files
 from bioimage_tasks.io import OutputOptions
 from bioimage_tasks.naming import flow_run_namer
@@ -41,7 +41,7 @@ def flow_of(kind: str) -> BlockwiseFlow:
 
     @functools.wraps(builder)
     def body(*args: Any, **kwargs: Any) -> Any:
-        return run_in_flow(builder(*args, **kwargs))
+        return run_in_flow(built(builder, args, kwargs))
 
     body.__name__ = body.__qualname__ = f"{kind}_flow"
     # the builder's annotations as types, not strings that only its module's globals resolve:
