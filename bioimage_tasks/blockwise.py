@@ -226,20 +226,22 @@ def process_batch(job: Job, block_ids: Sequence[int]) -> BatchReport:
     todo = [block_id for block_id in block_ids if block_id not in done]
     writes = BatchWrites(job, report, failed, signatures)
     reading: Callable[[], Any] | None = None
-    for index, block_id in enumerate(todo):
-        check_not_stopped()
-        values, reading = reading, None
-        if index + 1 < len(todo):
-            with contextlib.suppress(Exception):  # that block then reads again, and reports, in its turn
-                reading = job.prefetch(todo[index + 1])
-        try:
-            voxels = job.run_block(block_id, values, writes.writer(block_id))
-        except Exception as error:  # noqa: BLE001 - reported per block, re-raised below
-            failed[block_id] = f"{type(error).__name__}: {error}"
-            continue
-        writes.close(block_id, voxels)
-    writes.wait()
-    writes.flush()
+    try:
+        for index, block_id in enumerate(todo):
+            check_not_stopped()
+            values, reading = reading, None
+            if index + 1 < len(todo):
+                with contextlib.suppress(Exception):  # that block then reads again, and reports, in its turn
+                    reading = job.prefetch(todo[index + 1])
+            try:
+                voxels = job.run_block(block_id, values, writes.writer(block_id))
+            except Exception as error:  # noqa: BLE001 - reported per block, re-raised below
+                failed[block_id] = f"{type(error).__name__}: {error}"
+                continue
+            writes.close(block_id, voxels)
+    finally:  # interrupted too: what finished stays recorded
+        writes.wait()
+        writes.flush()
     if failed:
         raise BlocksFailedError(failed, len(block_ids), report=report)
     return report
