@@ -106,10 +106,11 @@ class Stage:
             yield [b for g in range(start, min(start + step, batch.stop)) for b in self.group_blocks(g)]
 
 
-def plan_batches(stage: Stage, num_workers: int, blocks_per_task: int | None = None) -> list[Batch]:
-    """The batches of `stage`: TASKS_PER_WORKER per worker, more (of at most BLOCKS_PER_TASK
-    blocks) for large grids but at most MAX_BATCHES (unless that many workers), or batches of
-    about `blocks_per_task` blocks. Ranges of write groups: as many objects as batches.
+def plan_batches(stage: Stage, num_workers: int, blocks_per_task: int | None = None,
+                 per_worker: int = TASKS_PER_WORKER) -> list[Batch]:
+    """The batches of `stage`: `per_worker` per worker, more (of at most BLOCKS_PER_TASK blocks)
+    for large grids but at most MAX_BATCHES (unless that many workers), or batches of about
+    `blocks_per_task` blocks. Ranges of write groups: as many objects as batches.
 
     >>> class Job: grid = BlockGrid((100,), (10,))
     >>> [(b.start, b.stop) for b in plan_batches(Stage("s", Job()), 1)]
@@ -127,7 +128,7 @@ def plan_batches(stage: Stage, num_workers: int, blocks_per_task: int | None = N
     if blocks_per_task is not None:
         wanted = math.ceil(total / blocks_per_task)
     else:
-        wanted = max(TASKS_PER_WORKER * num_workers, min(MAX_BATCHES, math.ceil(total / BLOCKS_PER_TASK)))
+        wanted = max(per_worker * num_workers, min(MAX_BATCHES, math.ceil(total / BLOCKS_PER_TASK)))
     count = min(units, wanted)
     size, extra = divmod(units, count)
     cuts = [i * size + min(i, extra) for i in range(count + 1)]
@@ -209,7 +210,7 @@ class Edge(Protocol):
 
 def pending_batches(edge: Edge, stage: Stage, num_workers: int, blocks_per_task: int | None) -> list[Batch]:
     """The stage's batches the edge should run (an edge may leave out batches it finds done)."""
-    batches = plan_batches(stage, num_workers, blocks_per_task)
+    batches = plan_batches(stage, num_workers, blocks_per_task, getattr(edge, "tasks_per_worker", TASKS_PER_WORKER))
     select = getattr(edge, "select_batches", None)
     return batches if select is None else select(stage, batches)
 

@@ -23,6 +23,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from bioimage_tasks import BlockGrid
 from bioimage_tasks.engine import Stage, plan_batches
+from bioimage_tasks.prefect.edge import PrefectEdge
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.runners import LocalClusterConfig, RunnerConfig
 from flows import copy_flow, downsample_flow
@@ -107,7 +108,8 @@ def test_prefect_cache_resumes_when_block_records_are_lost(volume):
     state = downsample_flow(f"{root}/in.zarr/raw", 2, output, return_state=True, **kwargs)
     with get_client(sync_client=True) as client:
         flow_run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        n_batches = len(plan_batches(Stage("downsample", SimpleNamespace(grid=BlockGrid(OUT_SHAPE, (8, 8, 8)))), 1))
+        n_batches = len(plan_batches(Stage("downsample", SimpleNamespace(grid=BlockGrid(OUT_SHAPE, (8, 8, 8)))), 1,
+                                     per_worker=PrefectEdge.tasks_per_worker))
         def final_states():  # task runs and their states reach the API through events, so they may lag
             runs = client.read_task_runs(flow_run_filter=flow_run_filter)
             if len(runs) == n_batches and all(r.state is not None and r.state.is_final() for r in runs):

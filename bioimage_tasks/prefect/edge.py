@@ -117,6 +117,8 @@ class PrefectEdge:
     and summary as artifacts; the outcome as events. Batches found done are not submitted (a
     cache hit costs ~15 ms on threads and ~80-300 ms on Dask, a look at the records nothing)."""
 
+    tasks_per_worker = 1  # a Prefect task costs ~15-30 ms of API calls: as few as balance allows
+
     def __init__(self, runner: Any, executor: Executor, config: RunnerConfig):
         self.runner, self.executor, self.config = runner, executor, config
         self.storage: dict[int, Any] = {}
