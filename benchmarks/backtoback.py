@@ -48,12 +48,21 @@ def client(runs: int, size: int, work: str) -> dict:
     prefect_client_log.setLevel(logging.DEBUG)
     prefect_client_log.addHandler(CountRetries())
     image = np.random.default_rng(0).integers(0, 255, (size,) * 3, dtype=np.uint8)
-    zarr.create_array(store=f"{work}/in.zarr", name="raw", shape=image.shape, dtype="uint8", chunks=(32,) * 3)[:] = image
+    zarr.create_array(
+        store=f"{work}/in.zarr", name="raw", shape=image.shape, dtype="uint8", chunks=(32,) * 3
+    )[:] = image
     seconds = []
     for run in range(runs):
         started = time.perf_counter()
-        downsample_flow(f"{work}/in.zarr/raw", 2, f"{work}/out.zarr/s{run}", order=1, anti_aliasing=True,
-                        num_workers=2, block_shape=(16,) * 3)
+        downsample_flow(
+            f"{work}/in.zarr/raw",
+            2,
+            f"{work}/out.zarr/s{run}",
+            order=1,
+            anti_aliasing=True,
+            num_workers=2,
+            block_shape=(16,) * 3,
+        )
         seconds.append(time.perf_counter() - started)
     return {"seconds": seconds, "client_retries": len(retries)}
 
@@ -70,16 +79,33 @@ def measure(database: str, database_url: str | None, runs: int, size: int) -> di
 
     work = tempfile.mkdtemp(prefix=f"backtoback-{database}-")
     port = free_port()
-    env = os.environ | {"PREFECT_HOME": f"{work}/prefect", "PREFECT_SERVER_API_PORT": str(port),
-                        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                        "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true"}  # the server logs each 503 with its cause
+    env = os.environ | {
+        "PREFECT_HOME": f"{work}/prefect",
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true",
+    }  # the server logs each 503 with its cause
     env.pop("PREFECT_API_URL", None)
     if database_url:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     log_path = f"{work}/server.log"
     with open(log_path, "w") as log:
-        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                   "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + 180
@@ -92,10 +118,18 @@ def measure(database: str, database_url: str | None, runs: int, size: int) -> di
             if time.monotonic() > deadline or server.poll() is not None:
                 raise RuntimeError(f"{database} server did not start; see {log_path}")
             time.sleep(0.5)
-        code = f"import json, sys; sys.path.insert(0, {REPO!r}); sys.path.insert(0, {os.path.dirname(__file__)!r}); " \
-               f"from backtoback import client; print(json.dumps(client({runs}, {size}, {work!r})))"
-        out = subprocess.run([sys.executable, "-c", code], env=env | {"PREFECT_API_URL": url}, cwd=REPO,
-                             capture_output=True, text=True, check=True).stdout
+        code = (
+            f"import json, sys; sys.path.insert(0, {REPO!r}); sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+            f"from backtoback import client; print(json.dumps(client({runs}, {size}, {work!r})))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env | {"PREFECT_API_URL": url},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         result = json.loads(out.strip().splitlines()[-1])
     finally:
         server.terminate()
@@ -109,18 +143,27 @@ def measure(database: str, database_url: str | None, runs: int, size: int) -> di
 def postgres_url() -> str:
     script = os.path.join(REPO, "scripts", "postgres-test-server.sh")
     subprocess.run(["bash", script, "start"], check=True, capture_output=True, text=True)
-    fresh = subprocess.run(["bash", script, "fresh", "bioimage_tasks_backtoback"], check=True, capture_output=True,
-                           text=True)
+    fresh = subprocess.run(
+        ["bash", script, "fresh", "bioimage_tasks_backtoback"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return fresh.stdout.strip().splitlines()[-1]
 
 
 def table(results: dict[str, dict], runs: int) -> str:
-    lines = [f"| database | {runs} runs total (s) | median run (s) | slowest run (s) | runs over 2 s | "
-             "client retries (503) | 'database is locked' in server log |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| database | {runs} runs total (s) | median run (s) | slowest run (s) | runs over 2 s | "
+        "client retries (503) | 'database is locked' in server log |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for database, r in results.items():
         s = r["seconds"]
-        lines.append(f"| {database} | {sum(s):.1f} | {statistics.median(s):.2f} | {max(s):.2f} | "
-                     f"{sum(x > 2 for x in s)} | {r['client_retries']} | {r['server_locked_errors']} |")
+        lines.append(
+            f"| {database} | {sum(s):.1f} | {statistics.median(s):.2f} | {max(s):.2f} | "
+            f"{sum(x > 2 for x in s)} | {r['client_retries']} | {r['server_locked_errors']} |"
+        )
     return "\n".join(lines)
 
 
@@ -137,7 +180,10 @@ def main() -> None:
             continue
         url = postgres_url() if database == "postgresql" else None
         results[database] = measure(database, url, args.runs, args.size)
-        print(f"{database}: " + ", ".join(f"{s:.2f}" for s in results[database]["seconds"]), flush=True)
+        print(
+            f"{database}: " + ", ".join(f"{s:.2f}" for s in results[database]["seconds"]),
+            flush=True,
+        )
     print(table(results, args.runs))
     if args.json:
         with open(args.json, "w") as stream:

@@ -40,11 +40,16 @@ CHUNK = 64
 WORKERS = 2
 RESULT_TAG = "BENCH-RESULT "
 DEFAULT_ROOT = Path(tempfile.gettempdir()) / "bioimage-tasks-bench"
-PEER_PACKAGES = {"bioimage_py": ["bioimage-py==0.2.2", "zarr>=3.1,<3.2"], "matplotlib": ["matplotlib"]}
+PEER_PACKAGES = {
+    "bioimage_py": ["bioimage-py==0.2.2", "zarr>=3.1,<3.2"],
+    "matplotlib": ["matplotlib"],
+}
 OURS = "ours flow (local x2)"
 GENERATED_UP_TO = 512  # larger volumes are mirror-tiled from the 512^3 ones (make_volumes)
 MEMORY_SHARE = 0.8  # a whole-array contender runs only if its estimated peak fits in this share of MemAvailable
-SCALING_LIMIT = 1.2  # --compare: peak RSS ratio and seconds-per-voxel ratio allowed between two sizes
+SCALING_LIMIT = (
+    1.2  # --compare: peak RSS ratio and seconds-per-voxel ratio allowed between two sizes
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,7 +106,9 @@ class Contender:
     peak_mb_at_512: Callable[[Case], float] | None = None
 
     def estimated_peak_mb(self, case: Case, size: int) -> float | None:
-        return None if self.peak_mb_at_512 is None else self.peak_mb_at_512(case) * (size / 512) ** 3
+        return (
+            None if self.peak_mb_at_512 is None else self.peak_mb_at_512(case) * (size / 512) ** 3
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,7 +131,9 @@ def create_zarr(path: str, shape: tuple[int, ...], dtype: Any) -> Any:
     import zarr
 
     store, key = split_path(path)
-    return zarr.create_array(store=store, name=key, shape=shape, dtype=dtype, chunks=(CHUNK,) * len(shape), fill_value=0)
+    return zarr.create_array(
+        store=store, name=key, shape=shape, dtype=dtype, chunks=(CHUNK,) * len(shape), fill_value=0
+    )
 
 
 SETTLE_SECONDS = 3.0
@@ -159,7 +168,9 @@ def run_ours_flow(job_type: str) -> Callable[[Case, str, str], None]:
     def run(case: Case, source: str, output: str) -> None:
         from flows import downsample_flow
 
-        downsample_flow(source, FACTOR, output, job_type=job_type, num_workers=WORKERS, **case.flow_kwargs)
+        downsample_flow(
+            source, FACTOR, output, job_type=job_type, num_workers=WORKERS, **case.flow_kwargs
+        )
 
     return run
 
@@ -180,11 +191,18 @@ def ts_create(path: str, like: Any, shape: tuple[int, ...], dtype: Any) -> Any:
     import tensorstore as ts
 
     codecs = like.spec().to_json().get("metadata", {}).get("codecs")
-    metadata: dict[str, Any] = {"chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [CHUNK] * len(shape)}}}
+    metadata: dict[str, Any] = {
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [CHUNK] * len(shape)}}
+    }
     if codecs:
         metadata["codecs"] = codecs
-    return ts.open(ts_spec(path) | {"metadata": metadata}, create=True, delete_existing=True,
-                   dtype=dtype, shape=shape).result()
+    return ts.open(
+        ts_spec(path) | {"metadata": metadata},
+        create=True,
+        delete_existing=True,
+        dtype=dtype,
+        shape=shape,
+    ).result()
 
 
 def run_tensorstore(case: Case, source: str, output: str) -> None:
@@ -194,7 +212,9 @@ def run_tensorstore(case: Case, source: str, output: str) -> None:
 
     src = ts.open(ts_spec(source), read=True).result()
     if case.is_order0:
-        view = ts.downsample(src[(slice(1, None),) * src.rank].translate_to[0], [FACTOR] * src.rank, "stride")
+        view = ts.downsample(
+            src[(slice(1, None),) * src.rank].translate_to[0], [FACTOR] * src.rank, "stride"
+        )
     else:
         view = ts.downsample(src, [FACTOR] * src.rank, case.method)
     dst = ts_create(output, src, tuple(view.shape), src.dtype)
@@ -247,8 +267,14 @@ def run_skimage(case: Case, source: str, output: str) -> None:
 
     store, key = split_path(source)
     x = zarr.open_array(store, path=key, mode="r")[:]
-    y = resize(x, output_shape(x.shape), order=case.order, anti_aliasing=case.anti_aliasing, mode="reflect",
-               preserve_range=True)
+    y = resize(
+        x,
+        output_shape(x.shape),
+        order=case.order,
+        anti_aliasing=case.anti_aliasing,
+        mode="reflect",
+        preserve_range=True,
+    )
     if case.order > 0:
         info = np.iinfo(x.dtype)
         y = np.clip(np.rint(y), info.min, info.max)
@@ -263,8 +289,16 @@ def run_bioimage_py(case: Case, source: str, output: str) -> None:
     store, key = split_path(source)
     x = zarr.open_array(store, path=key, mode="r")
     out = create_zarr(output, output_shape(x.shape), x.dtype)
-    bioimage_py.downsample(x, FACTOR, out, order=case.order, anti_aliasing=case.anti_aliasing,
-                           block_shape=(CHUNK,) * x.ndim, job_type="local", num_workers=WORKERS)
+    bioimage_py.downsample(
+        x,
+        FACTOR,
+        out,
+        order=case.order,
+        anti_aliasing=case.anti_aliasing,
+        block_shape=(CHUNK,) * x.ndim,
+        job_type="local",
+        num_workers=WORKERS,
+    )
 
 
 def run_io_floor(case: Case, source: str, output: str) -> float:
@@ -291,25 +325,65 @@ def resize_only(case: Case) -> bool:
 SKIMAGE_PEAK_MB_AT_512 = {"order0-image": 257, "order0-labels": 746, "order1aa-image": 2390}
 IO_FLOOR_PEAK_MB_AT_512 = {"image": 272, "labels": 660}
 
-OUR_MODULES = ("flows", "bioimage_tasks.blockwise", "bioimage_tasks.planning", "bioimage_tasks.resampling")
+OUR_MODULES = (
+    "flows",
+    "bioimage_tasks.blockwise",
+    "bioimage_tasks.planning",
+    "bioimage_tasks.resampling",
+)
 ZARR_MODULES = ("numpy", "zarr")
 
 CONTENDERS = {
     c.name: c
     for c in (
         Contender(OURS, lambda case: True, run_ours_flow("local"), OUR_MODULES, warm_up_prefect),
-        Contender("ours flow (subprocess x2)", lambda case: True, run_ours_flow("subprocess"), OUR_MODULES,
-                  warm_up_prefect),
-        Contender("ours no Prefect (threads x2)", lambda case: True, run_ours_pure, OUR_MODULES, warm_up_plain),
-        Contender("tensorstore downsample", lambda case: not case.anti_aliasing, run_tensorstore, ("tensorstore",)),
-        Contender("dask.array", lambda case: case.is_order0 or case.method in ("stride", "mean", "mode"), run_dask,
-                  (*ZARR_MODULES, "dask.array")),
-        Contender("skimage resize (whole array)", resize_only, run_skimage, (*ZARR_MODULES, "skimage.transform"),
-                  peak_mb_at_512=lambda case: SKIMAGE_PEAK_MB_AT_512[case.name]),
-        Contender("bioimage-py 0.2.2 (local x2)", resize_only, run_bioimage_py, (*ZARR_MODULES, "bioimage_py"),
-                  peer="bioimage_py"),
-        Contender("I/O floor (read all + write 1/8)", lambda case: True, run_io_floor, ("numpy", "tensorstore"),
-                  peak_mb_at_512=lambda case: IO_FLOOR_PEAK_MB_AT_512[case.volume]),
+        Contender(
+            "ours flow (subprocess x2)",
+            lambda case: True,
+            run_ours_flow("subprocess"),
+            OUR_MODULES,
+            warm_up_prefect,
+        ),
+        Contender(
+            "ours no Prefect (threads x2)",
+            lambda case: True,
+            run_ours_pure,
+            OUR_MODULES,
+            warm_up_plain,
+        ),
+        Contender(
+            "tensorstore downsample",
+            lambda case: not case.anti_aliasing,
+            run_tensorstore,
+            ("tensorstore",),
+        ),
+        Contender(
+            "dask.array",
+            lambda case: case.is_order0 or case.method in ("stride", "mean", "mode"),
+            run_dask,
+            (*ZARR_MODULES, "dask.array"),
+        ),
+        Contender(
+            "skimage resize (whole array)",
+            resize_only,
+            run_skimage,
+            (*ZARR_MODULES, "skimage.transform"),
+            peak_mb_at_512=lambda case: SKIMAGE_PEAK_MB_AT_512[case.name],
+        ),
+        Contender(
+            "bioimage-py 0.2.2 (local x2)",
+            resize_only,
+            run_bioimage_py,
+            (*ZARR_MODULES, "bioimage_py"),
+            peer="bioimage_py",
+        ),
+        Contender(
+            "I/O floor (read all + write 1/8)",
+            lambda case: True,
+            run_io_floor,
+            ("numpy", "tensorstore"),
+            peak_mb_at_512=lambda case: IO_FLOOR_PEAK_MB_AT_512[case.volume],
+        ),
     )
 }
 
@@ -348,8 +422,16 @@ def run_one(request: dict[str, Any]) -> None:
     started = time.perf_counter()
     seconds = contender.run(case, request["input"], request["output"])
     elapsed = time.perf_counter() - started
-    print(RESULT_TAG + json.dumps({"seconds": seconds if isinstance(seconds, float) else elapsed,
-                                   "self_rss_mb": peak_rss_mb()}), flush=True)
+    print(
+        RESULT_TAG
+        + json.dumps(
+            {
+                "seconds": seconds if isinstance(seconds, float) else elapsed,
+                "self_rss_mb": peak_rss_mb(),
+            }
+        ),
+        flush=True,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,7 +489,9 @@ class TreeRssSampler(threading.Thread):
             self.stopped.wait(0.05)
 
 
-def make_volumes(data_dir: Path, size: int, names: tuple[str, ...] = ("image", "labels")) -> dict[str, str]:
+def make_volumes(
+    data_dir: Path, size: int, names: tuple[str, ...] = ("image", "labels")
+) -> dict[str, str]:
     """The SIZE^3 uint8 image and uint32 labels (or those of `names`) as zarr v3, 64^3 chunks, generated once per size:
     by `sample_data` up to 512^3, mirror-tiled from the 512^3 volumes above (`sample_data` needs
     tens of GB at 1024^3). Written under a temporary name and renamed when complete, so an
@@ -420,9 +504,14 @@ def make_volumes(data_dir: Path, size: int, names: tuple[str, ...] = ("image", "
     store = data_dir / f"volumes-{size}.zarr"
     tiles = make_volumes(data_dir, GENERATED_UP_TO, names) if size > GENERATED_UP_TO else None
     paths = {}
-    for name, make in ((n, m) for n, m in (("image", smooth_image), ("labels", blob_labels)) if n in names):
+    for name, make in (
+        (n, m) for n, m in (("image", smooth_image), ("labels", blob_labels)) if n in names
+    ):
         path = f"{store}/{name}"
-        if not (store / name / "zarr.json").exists() or zarr.open_array(str(store), path=name).shape != shape:
+        if (
+            not (store / name / "zarr.json").exists()
+            or zarr.open_array(str(store), path=name).shape != shape
+        ):
             partial = f"{name}.partial"
             shutil.rmtree(store / partial, ignore_errors=True)
             started = time.perf_counter()
@@ -432,12 +521,20 @@ def make_volumes(data_dir: Path, size: int, names: tuple[str, ...] = ("image", "
             else:
                 print(f"generating {path} ...", flush=True)
                 values = make(shape)
-                zarr.create_array(store=str(store), name=partial, shape=shape, dtype=values.dtype,
-                                  chunks=(CHUNK,) * 3)[:] = values
+                zarr.create_array(
+                    store=str(store),
+                    name=partial,
+                    shape=shape,
+                    dtype=values.dtype,
+                    chunks=(CHUNK,) * 3,
+                )[:] = values
                 del values
             shutil.rmtree(store / name, ignore_errors=True)
             os.replace(store / partial, store / name)
-            print(f"  {time.perf_counter() - started:.0f} s, {disk_mb(store / name):.0f} MB on disk", flush=True)
+            print(
+                f"  {time.perf_counter() - started:.0f} s, {disk_mb(store / name):.0f} MB on disk",
+                flush=True,
+            )
         paths[name] = path
     return paths
 
@@ -462,7 +559,9 @@ def mirror_tile(source: str, store: Path, name: str, size: int) -> None:
     tile = zarr.open_array(container, path=key, mode="r")[:]
     n = tile.shape[0]
     index = mirror_index(size, n)
-    out = zarr.create_array(store=str(store), name=name, shape=(size,) * 3, dtype=tile.dtype, chunks=(CHUNK,) * 3)
+    out = zarr.create_array(
+        store=str(store), name=name, shape=(size,) * 3, dtype=tile.dtype, chunks=(CHUNK,) * 3
+    )
     for z in range(0, size, CHUNK):
         for y in range(0, size, n):
             for x in range(0, size, n):
@@ -474,34 +573,55 @@ def disk_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
-def peer_venv(path: Path, packages: dict[str, list[str]] = PEER_PACKAGES) -> tuple[str | None, set[str]]:
+def peer_venv(
+    path: Path, packages: dict[str, list[str]] = PEER_PACKAGES
+) -> tuple[str | None, set[str]]:
     """The separate venv for peers that must not touch our pinned environment: created on first
     use, and `packages` ({module: pip requirements}) whose module does not import there are
     installed; returns its python (None if it cannot be made) and which modules import there."""
     python = path / "bin" / "python"
 
     def importable(module: str) -> bool:
-        return subprocess.run([str(python), "-c", f"import {module}"], capture_output=True).returncode == 0
+        return (
+            subprocess.run([str(python), "-c", f"import {module}"], capture_output=True).returncode
+            == 0
+        )
 
     if not python.exists():
         print(f"creating the peer venv {path} ...", flush=True)
-        if subprocess.run([shutil.which("python3") or sys.executable, "-m", "venv", "--clear", str(path)]).returncode != 0:
-            print(f"!! could not create the peer venv {path}: the peers and the chart are skipped", flush=True)
+        if (
+            subprocess.run(
+                [shutil.which("python3") or sys.executable, "-m", "venv", "--clear", str(path)]
+            ).returncode
+            != 0
+        ):
+            print(
+                f"!! could not create the peer venv {path}: the peers and the chart are skipped",
+                flush=True,
+            )
             return None, set()
     for module, requirements in packages.items():
         if importable(module):
             continue
         print(f"installing {' '.join(requirements)} into {path} ...", flush=True)
-        install = subprocess.run([str(python), "-m", "pip", "install", "-q", *requirements],
-                                 capture_output=True, text=True)
+        install = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", *requirements],
+            capture_output=True,
+            text=True,
+        )
         if install.returncode != 0:
-            print(f"!! pip install {' '.join(requirements)} failed in {path}:\n{install.stderr.strip()[-2000:]}",
-                  flush=True)
+            print(
+                f"!! pip install {' '.join(requirements)} failed in {path}:\n{install.stderr.strip()[-2000:]}",
+                flush=True,
+            )
     available = {module for module in packages if importable(module)}
     for module, requirements in packages.items():
         if module not in available:
-            print(f"!! {requirements[0]} is not available in {path}; its part of the benchmark is skipped "
-                  f"(the install is retried on the next run)", flush=True)
+            print(
+                f"!! {requirements[0]} is not available in {path}; its part of the benchmark is skipped "
+                f"(the install is retried on the next run)",
+                flush=True,
+            )
     return str(python), available
 
 
@@ -514,12 +634,28 @@ class PrefectServer:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}/api"
-        self.env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-                    "PREFECT_LOGGING_LEVEL": "WARNING"}
+        self.env = {
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+        }
         self.log = open(home / "server.log", "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=os.environ | self.env, stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "prefect",
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=os.environ | self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -563,19 +699,33 @@ def skip_reason(contender: Contender, case: Case, size: int, peer_modules: set[s
     return None
 
 
-def measure(python: str, env: dict[str, str], request: dict[str, Any], timeout: float) -> tuple[float, float]:
+def measure(
+    python: str, env: dict[str, str], request: dict[str, Any], timeout: float
+) -> tuple[float, float]:
     """Run one contender in a fresh process; (seconds, peak tree RSS MB). Raises on failure."""
     result, rss_mb = run_child(python, env, request, timeout)
     return result["seconds"], rss_mb
 
 
-def run_child(python: str, env: dict[str, str], request: dict[str, Any], timeout: float,
-              script: Path = Path(__file__).resolve(), max_rss_mb: float | None = None) -> tuple[dict[str, Any], float]:
+def run_child(
+    python: str,
+    env: dict[str, str],
+    request: dict[str, Any],
+    timeout: float,
+    script: Path = Path(__file__).resolve(),
+    max_rss_mb: float | None = None,
+) -> tuple[dict[str, Any], float]:
     """Run `script --run-one REQUEST` in a fresh process: (its last RESULT line, peak tree RSS MB).
     Raises RuntimeError on failure, on timeout, or when the tree's RSS exceeded `max_rss_mb`
     (then the tree was killed: "killed at X GB")."""
-    child = subprocess.Popen([python, str(script), "--run-one", json.dumps(request)],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    child = subprocess.Popen(
+        [python, str(script), "--run-one", json.dumps(request)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     sampler = TreeRssSampler(child.pid, None if max_rss_mb is None else max_rss_mb * 2**20)
     sampler.start()
     try:
@@ -588,21 +738,31 @@ def run_child(python: str, env: dict[str, str], request: dict[str, Any], timeout
         sampler.stopped.set()
         sampler.join()
     if sampler.killed_at is not None:
-        raise RuntimeError(f"killed at {sampler.killed_at / 2**30:.2f} GB (--max-rss {max_rss_mb / 1024:.2f} GB)")
-    results = [line[len(RESULT_TAG):] for line in stdout.splitlines() if line.startswith(RESULT_TAG)]
+        raise RuntimeError(
+            f"killed at {sampler.killed_at / 2**30:.2f} GB (--max-rss {max_rss_mb / 1024:.2f} GB)"
+        )
+    results = [
+        line[len(RESULT_TAG) :] for line in stdout.splitlines() if line.startswith(RESULT_TAG)
+    ]
     if child.returncode != 0 or not results:
-        raise RuntimeError(f"exit {child.returncode}: {stderr.strip().splitlines()[-1] if stderr.strip() else stdout[-500:]}")
+        raise RuntimeError(
+            f"exit {child.returncode}: {stderr.strip().splitlines()[-1] if stderr.strip() else stdout[-500:]}"
+        )
     result = json.loads(results[-1])
     return result, max(sampler.peak / 2**20, result["self_rss_mb"])
 
 
 def median_range(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})" if values else "-"
+    return (
+        f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})" if values else "-"
+    )
 
 
 def paired_ratios(a: Cell, b: Cell) -> list[float]:
     """a/b per repeat (the runs of one repeat ran back to back, so drift cancels)."""
-    return [x / y for x, y in zip(a.seconds, b.seconds) if x is not None and y is not None and y > 0]
+    return [
+        x / y for x, y in zip(a.seconds, b.seconds) if x is not None and y is not None and y > 0
+    ]
 
 
 def valid(values: list[float | None]) -> list[float]:
@@ -610,10 +770,18 @@ def valid(values: list[float | None]) -> list[float]:
 
 
 def print_table(case: Case, cells: dict[str, Cell], input_mb: float, repeats: int) -> None:
-    print(f"\n== {case.name}: {case.volume}, factor {FACTOR}, method {case.method}"
-          + (f", order {case.order}, anti-aliasing {case.anti_aliasing}" if case.method == "resize" else "")
-          + f"; median (min-max) of {repeats}, input {input_mb:.0f} MB")
-    print(f"{'contender':36} {'wall s':>20} {'input MB/s':>11} {'peak RSS MB':>12} {'ours/contender':>22}")
+    print(
+        f"\n== {case.name}: {case.volume}, factor {FACTOR}, method {case.method}"
+        + (
+            f", order {case.order}, anti-aliasing {case.anti_aliasing}"
+            if case.method == "resize"
+            else ""
+        )
+        + f"; median (min-max) of {repeats}, input {input_mb:.0f} MB"
+    )
+    print(
+        f"{'contender':36} {'wall s':>20} {'input MB/s':>11} {'peak RSS MB':>12} {'ours/contender':>22}"
+    )
     for name, cell in cells.items():
         seconds = valid(cell.seconds)
         if cell.skipped:
@@ -629,7 +797,9 @@ def print_table(case: Case, cells: dict[str, Cell], input_mb: float, repeats: in
     pure = cells.get("ours no Prefect (threads x2)")
     if pure and valid(pure.seconds) and valid(cells[OURS].seconds):
         shares = [1 - p / f for f, p in zip(cells[OURS].seconds, pure.seconds) if f and p]
-        print(f"Prefect's share of ours (1 - no-Prefect/flow, paired): {median_range([100 * s for s in shares])} %")
+        print(
+            f"Prefect's share of ours (1 - no-Prefect/flow, paired): {median_range([100 * s for s in shares])} %"
+        )
 
 
 def target_checks(results: dict[str, dict[str, Cell]]) -> list[tuple[str, str, bool | None]]:
@@ -637,8 +807,9 @@ def target_checks(results: dict[str, dict[str, Cell]]) -> list[tuple[str, str, b
     measured "not measured (skipped: ...)" where a contender of the comparison was skipped."""
     checks: list[tuple[str, str, bool | None]] = []
 
-    def check(what: str, case: str, a: str, b: str, met: Callable[[float], bool],
-              show: str = "{:.2f}x") -> float | None:
+    def check(
+        what: str, case: str, a: str, b: str, met: Callable[[float], bool], show: str = "{:.2f}x"
+    ) -> float | None:
         """Adds the check on the paired median a/b; nothing if a or b was not selected or never succeeded."""
         cells = results.get(case, {})
         if a not in cells or b not in cells:
@@ -653,26 +824,63 @@ def target_checks(results: dict[str, dict[str, Cell]]) -> list[tuple[str, str, b
         checks.append((what, show.format(value), met(value)))
         return value
 
-    limits = {"order0-image": 1.3, "order0-labels": 1.3, "stride-image": 1.3, "stride-labels": 1.3,
-              "mean-image": 1.3, "mode-labels": 1.5}
+    limits = {
+        "order0-image": 1.3,
+        "order0-labels": 1.3,
+        "stride-image": 1.3,
+        "stride-labels": 1.3,
+        "mean-image": 1.3,
+        "mode-labels": 1.5,
+    }
     for case, limit in limits.items():
-        check(f"{case}: ours/tensorstore <= {limit}", case, OURS, "tensorstore downsample", lambda v, l=limit: v <= l)
+        check(
+            f"{case}: ours/tensorstore <= {limit}",
+            case,
+            OURS,
+            "tensorstore downsample",
+            lambda v, l=limit: v <= l,
+        )
     skimage = "skimage resize (whole array)"
     rss_target = "order1aa-image: ours peak RSS <= skimage's / 4"
-    if check("order1aa-image: skimage/ours >= 4", "order1aa-image", skimage, OURS, lambda v: v >= 4) is not None:
+    if (
+        check(
+            "order1aa-image: skimage/ours >= 4", "order1aa-image", skimage, OURS, lambda v: v >= 4
+        )
+        is not None
+    ):
         cells = results["order1aa-image"]
         ours_rss = statistics.median(valid(cells[OURS].rss_mb))
         sk_rss = statistics.median(valid(cells[skimage].rss_mb))
         checks.append((rss_target, f"{ours_rss:.0f} vs {sk_rss:.0f} MB", ours_rss <= sk_rss / 4))
-    elif skimage in results.get("order1aa-image", {}) and results["order1aa-image"][skimage].skipped:
-        checks.append((rss_target, f"not measured ({results['order1aa-image'][skimage].skipped})", None))
-    check("order1aa-image: bioimage-py/ours >= 2", "order1aa-image", "bioimage-py 0.2.2 (local x2)", OURS,
-          lambda v: v >= 2)
+    elif (
+        skimage in results.get("order1aa-image", {}) and results["order1aa-image"][skimage].skipped
+    ):
+        checks.append(
+            (rss_target, f"not measured ({results['order1aa-image'][skimage].skipped})", None)
+        )
+    check(
+        "order1aa-image: bioimage-py/ours >= 2",
+        "order1aa-image",
+        "bioimage-py 0.2.2 (local x2)",
+        OURS,
+        lambda v: v >= 2,
+    )
     for case in results:
         for peer in ("bioimage-py 0.2.2 (local x2)", "dask.array"):
-            check(f"{case}: ours faster than {peer.split()[0]}", case, OURS, peer, lambda v: v < 1, "ours/peer {:.2f}x")
-        if (value := ratio_or_none(results, case, "ours no Prefect (threads x2)", OURS)) is not None:
-            checks.append((f"{case}: Prefect <= 5% of wall", f"{100 * (1 - value):.1f} %", 1 - value <= 0.05))
+            check(
+                f"{case}: ours faster than {peer.split()[0]}",
+                case,
+                OURS,
+                peer,
+                lambda v: v < 1,
+                "ours/peer {:.2f}x",
+            )
+        if (
+            value := ratio_or_none(results, case, "ours no Prefect (threads x2)", OURS)
+        ) is not None:
+            checks.append(
+                (f"{case}: Prefect <= 5% of wall", f"{100 * (1 - value):.1f} %", 1 - value <= 0.05)
+            )
     return checks
 
 
@@ -705,7 +913,9 @@ def draw_chart(results_json: Path, png: Path, ours: str = OURS) -> None:
             if seconds and ours_seconds:
                 names.append(name)
                 ratios.append(statistics.median(seconds) / statistics.median(ours_seconds))
-        ax.barh(names, ratios, color=["tab:blue" if n.startswith("ours") else "tab:gray" for n in names])
+        ax.barh(
+            names, ratios, color=["tab:blue" if n.startswith("ours") else "tab:gray" for n in names]
+        )
         ax.axvline(1.0, color="black", lw=0.8)
         ax.set_title(f"{case} ({report['size']}^3)", fontsize=9)
         ax.tick_params(labelsize=7)
@@ -721,49 +931,88 @@ def compare_sizes(paths: list[Path], ours: str = OURS) -> None:
     volume size) and wall-time ratio / voxel ratio <= SCALING_LIMIT (linear in volume size), on
     the medians. Per size and case the newest file that measured ours on it is used."""
     newest: dict[int, dict[str, tuple[str, dict[str, Any]]]] = {}
-    for path in sorted(paths, key=lambda p: p.name):  # bench-SIZE-YYYYmmdd-HHMMSS.json: by time within a size
+    for path in sorted(
+        paths, key=lambda p: p.name
+    ):  # bench-SIZE-YYYYmmdd-HHMMSS.json: by time within a size
         report = json.loads(path.read_text())
         for case, cells in report["cases"].items():
             if valid(cells.get(ours, {}).get("seconds", [])):
                 newest.setdefault(report["size"], {})[case] = (path.name, cells)
     sizes = sorted(newest)
     if len(sizes) < 2:
-        raise SystemExit(f"--compare needs results of at least two sizes with ours measured; got sizes {sizes} "
-                         f"from {len(paths)} file(s)")
+        raise SystemExit(
+            f"--compare needs results of at least two sizes with ours measured; got sizes {sizes} "
+            f"from {len(paths)} file(s)"
+        )
     for small, large in zip(sizes, sizes[1:]):
         voxels = (large / small) ** 3
-        print(f"\n== scaling {small}^3 -> {large}^3 ({voxels:.0f}x the voxels), medians; targets: peak RSS ratio"
-              f" <= {SCALING_LIMIT} (flat), wall-time ratio / {voxels:.0f} <= {SCALING_LIMIT} (linear)")
-        print(f"{'case':15} {'contender':29} {'wall s':>15} {'x time':>7} {'s/voxel':>8}      "
-              f"{'peak RSS MB':>13} {'x RSS':>6}")
+        print(
+            f"\n== scaling {small}^3 -> {large}^3 ({voxels:.0f}x the voxels), medians; targets: peak RSS ratio"
+            f" <= {SCALING_LIMIT} (flat), wall-time ratio / {voxels:.0f} <= {SCALING_LIMIT} (linear)"
+        )
+        print(
+            f"{'case':15} {'contender':29} {'wall s':>15} {'x time':>7} {'s/voxel':>8}      "
+            f"{'peak RSS MB':>13} {'x RSS':>6}"
+        )
         for case in (c for c in newest[large] if c in newest[small]):
             for name in (n for n in newest[large][case][1] if n.startswith("ours")):
                 a, b = newest[small][case][1].get(name), newest[large][case][1][name]
                 if not a or not valid(a["seconds"]) or not valid(b["seconds"]):
                     continue
-                ta, tb = statistics.median(valid(a["seconds"])), statistics.median(valid(b["seconds"]))
-                ra, rb = statistics.median(valid(a["rss_mb"])), statistics.median(valid(b["rss_mb"]))
+                ta, tb = (
+                    statistics.median(valid(a["seconds"])),
+                    statistics.median(valid(b["seconds"])),
+                )
+                ra, rb = (
+                    statistics.median(valid(a["rss_mb"])),
+                    statistics.median(valid(b["rss_mb"])),
+                )
                 per_voxel = tb / ta / voxels
-                print(f"{case:15} {name:29} {f'{ta:.2f} -> {tb:.2f}':>15} {tb / ta:7.2f} {per_voxel:8.2f} "
-                      f"{verdict(per_voxel <= SCALING_LIMIT)} {f'{ra:.0f} -> {rb:.0f}':>13} {rb / ra:6.2f} "
-                      f"{verdict(rb / ra <= SCALING_LIMIT)}")
+                print(
+                    f"{case:15} {name:29} {f'{ta:.2f} -> {tb:.2f}':>15} {tb / ta:7.2f} {per_voxel:8.2f} "
+                    f"{verdict(per_voxel <= SCALING_LIMIT)} {f'{ra:.0f} -> {rb:.0f}':>13} {rb / ra:6.2f} "
+                    f"{verdict(rb / ra <= SCALING_LIMIT)}"
+                )
         cases = [c for c in newest[large] if c in newest[small]]
         files = sorted({newest[size][c][0] for size in (small, large) for c in cases})
         print(f"from {', '.join(files)}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, choices=(256, 512, 1024), default=512)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
-    parser.add_argument("--contenders", default="", help="comma-separated substrings: only contenders matching one")
-    parser.add_argument("--out", type=Path, default=DEFAULT_ROOT / "results", help="where results JSON and PNG go")
-    parser.add_argument("--data", type=Path, default=DEFAULT_ROOT / "data", help="generated volumes (kept between runs)")
-    parser.add_argument("--peer-venv", type=Path, default=DEFAULT_ROOT / "peer-venv", help="separate venv for bioimage-py and matplotlib")
+    parser.add_argument(
+        "--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}"
+    )
+    parser.add_argument(
+        "--contenders", default="", help="comma-separated substrings: only contenders matching one"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_ROOT / "results", help="where results JSON and PNG go"
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_ROOT / "data",
+        help="generated volumes (kept between runs)",
+    )
+    parser.add_argument(
+        "--peer-venv",
+        type=Path,
+        default=DEFAULT_ROOT / "peer-venv",
+        help="separate venv for bioimage-py and matplotlib",
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per contender run")
-    parser.add_argument("--compare", nargs="*", type=Path, metavar="RESULTS.json",
-                        help="only compare result JSONs of several sizes (the scaling targets); no files: all in --out")
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        type=Path,
+        metavar="RESULTS.json",
+        help="only compare result JSONs of several sizes (the scaling targets); no files: all in --out",
+    )
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     parser.add_argument("--chart", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -784,34 +1033,57 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="runs-", dir=DEFAULT_ROOT))
     (work / "prefect").mkdir()
     server = PrefectServer(work / "prefect")
-    env = os.environ | server.env | {"PREFECT_API_URL": server.url, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = (
+        os.environ
+        | server.env
+        | {"PREFECT_API_URL": server.url, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    )
     print(f"Prefect server {server.url}; runs in {work}", flush=True)
     results: dict[str, dict[str, Cell]] = {}
     try:
         for case in cases:
-            contenders = [c for c in CONTENDERS.values() if c.applies(case) and (c.name == OURS or not wanted
-                          or any(w in c.name.lower() for w in wanted))]
+            contenders = [
+                c
+                for c in CONTENDERS.values()
+                if c.applies(case)
+                and (c.name == OURS or not wanted or any(w in c.name.lower() for w in wanted))
+            ]
             cells = results[case.name] = {c.name: Cell() for c in contenders}
             for contender in contenders:
-                cells[contender.name].skipped = skip_reason(contender, case, args.size, peer_modules)
+                cells[contender.name].skipped = skip_reason(
+                    contender, case, args.size, peer_modules
+                )
                 if cells[contender.name].skipped:
-                    print(f"  {case.name} {contender.name} -- {cells[contender.name].skipped}", flush=True)
+                    print(
+                        f"  {case.name} {contender.name} -- {cells[contender.name].skipped}",
+                        flush=True,
+                    )
             runnable = [c for c in contenders if not cells[c.name].skipped]
             for repeat in range(args.repeats):
                 shift = repeat % len(runnable)
                 for contender in runnable[shift:] + runnable[:shift]:
                     output = work / f"{case.name}-{len(os.listdir(work))}.zarr"
-                    request = {"case": case.name, "contender": contender.name, "input": volumes[case.volume],
-                               "output": f"{output}/s1"}
+                    request = {
+                        "case": case.name,
+                        "contender": contender.name,
+                        "input": volumes[case.volume],
+                        "output": f"{output}/s1",
+                    }
                     python = peer_python if contender.peer else sys.executable
                     cell = cells[contender.name]
                     try:
                         seconds, rss = measure(python, env, request, args.timeout)
-                        print(f"  {case.name} #{repeat + 1} {contender.name}: {seconds:.2f} s, {rss:.0f} MB", flush=True)
+                        print(
+                            f"  {case.name} #{repeat + 1} {contender.name}: {seconds:.2f} s, {rss:.0f} MB",
+                            flush=True,
+                        )
                     except RuntimeError as error:
                         seconds = rss = None
                         cell.error = str(error)
-                        print(f"  {case.name} #{repeat + 1} {contender.name}: FAILED {error}", flush=True)
+                        print(
+                            f"  {case.name} #{repeat + 1} {contender.name}: FAILED {error}",
+                            flush=True,
+                        )
                     cell.seconds.append(seconds)
                     cell.rss_mb.append(rss)
                     shutil.rmtree(output, ignore_errors=True)
@@ -822,22 +1094,41 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     for case in cases:
-        print_table(case, results[case.name], args.size**3 * (1 if case.volume == "image" else 4) / 1e6, args.repeats)
+        print_table(
+            case,
+            results[case.name],
+            args.size**3 * (1 if case.volume == "image" else 4) / 1e6,
+            args.repeats,
+        )
     checks = target_checks(results)
     print("\n== targets (paired median ratios)")
     for what, measured, met in checks:
         print(f"{verdict(met)} {what:58} {measured}")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results_json = args.out / f"bench-{args.size}-{stamp}.json"
-    results_json.write_text(json.dumps({
-        "size": args.size, "repeats": args.repeats, "factor": FACTOR, "chunks": CHUNK, "workers": WORKERS,
-        "cases": {case: {name: asdict(cell) for name, cell in cells.items()} for case, cells in results.items()},
-        "targets": [{"target": w, "measured": m, "met": ok} for w, m, ok in checks],
-    }, indent=1))
+    results_json.write_text(
+        json.dumps(
+            {
+                "size": args.size,
+                "repeats": args.repeats,
+                "factor": FACTOR,
+                "chunks": CHUNK,
+                "workers": WORKERS,
+                "cases": {
+                    case: {name: asdict(cell) for name, cell in cells.items()}
+                    for case, cells in results.items()
+                },
+                "targets": [{"target": w, "measured": m, "met": ok} for w, m, ok in checks],
+            },
+            indent=1,
+        )
+    )
     print(f"\nresults: {results_json}")
     if peer_python and "matplotlib" in peer_modules:
         png = results_json.with_suffix(".png")
-        chart = subprocess.run([peer_python, str(Path(__file__).resolve()), "--chart", str(results_json), str(png)])
+        chart = subprocess.run(
+            [peer_python, str(Path(__file__).resolve()), "--chart", str(results_json), str(png)]
+        )
         print(f"chart:   {png}" if chart.returncode == 0 else "chart: failed (see above)")
     else:
         print("chart:   skipped (matplotlib is not available in the peer venv)")

@@ -48,49 +48,73 @@ WORKERS = 2
 def downsample(source: str, output: str, method: str, options: OutputOptions | None) -> float:
     """Seconds to downsample `source` x2 into a new `output` on 2 threads, block records included."""
     started = time.perf_counter()
-    plan = plan_blockwise(WindowedSource(as_source(source), (2, 2, 2), method), output, output_options=options)
+    plan = plan_blockwise(
+        WindowedSource(as_source(source), (2, 2, 2), method), output, output_options=options
+    )
     sink = plan.output.open()
     job = BlockJob(plan.source, sink, plan.grid, None, block_records(plan, sink), plan.piece_shape)
     with ThreadPoolExecutor(WORKERS) as pool:
-        list(pool.map(lambda batch: process_batch(job, batch), plan.batches(plan.block_ids, WORKERS, None)))
+        list(
+            pool.map(
+                lambda batch: process_batch(job, batch), plan.batches(plan.block_ids, WORKERS, None)
+            )
+        )
     return time.perf_counter() - started
 
 
 def stored_bytes(directory: str) -> int:
     """Bytes of the array's chunk and shard files (metadata, records and cached results left out)."""
-    return sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(directory)
-               if RECORDS_DIR not in root for name in names)
+    return sum(
+        os.path.getsize(os.path.join(root, name))
+        for root, _, names in os.walk(directory)
+        if RECORDS_DIR not in root
+        for name in names
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="bench-codecs-")
     shape = (args.size,) * 3
     for name, volume in (("image", smooth_image(shape)), ("labels", blob_labels(shape))):
-        zarr.create_array(store=f"{root}/in.zarr", name=name, shape=shape, dtype=volume.dtype, chunks=(64,) * 3)[:] = volume
+        zarr.create_array(
+            store=f"{root}/in.zarr", name=name, shape=shape, dtype=volume.dtype, chunks=(64,) * 3
+        )[:] = volume
 
     ratios: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for repeat in range(args.repeats):
         for case, (volume, method) in CASES.items():
             names = list(OPTIONS)
-            names = names[repeat % len(names):] + names[:repeat % len(names)]
+            names = names[repeat % len(names) :] + names[: repeat % len(names)]
             seconds, sizes = {}, {}
             for option in names:
                 output = f"{root}/out.zarr/{volume}-{repeat}-{list(OPTIONS).index(option)}"
-                seconds[option] = downsample(f"{root}/in.zarr/{volume}", output, method, OPTIONS[option])
+                seconds[option] = downsample(
+                    f"{root}/in.zarr/{volume}", output, method, OPTIONS[option]
+                )
                 sizes[option] = stored_bytes(output)
                 shutil.rmtree(output)
             for option in names:
-                ratios.setdefault((case, option), []).append((seconds[option] / seconds[BASE], sizes[option] / sizes[BASE]))
-    print(f"\n{args.size}^3 -> {args.size // 2}^3, 2 threads, no Prefect, {args.repeats} repeats; ratio to the default")
-    print("| case | options | time ratio (median, min-max) | bytes written ratio |\n|---|---|---|---|")
+                ratios.setdefault((case, option), []).append(
+                    (seconds[option] / seconds[BASE], sizes[option] / sizes[BASE])
+                )
+    print(
+        f"\n{args.size}^3 -> {args.size // 2}^3, 2 threads, no Prefect, {args.repeats} repeats; ratio to the default"
+    )
+    print(
+        "| case | options | time ratio (median, min-max) | bytes written ratio |\n|---|---|---|---|"
+    )
     for (case, option), values in ratios.items():
         times, sizes = [v[0] for v in values], [v[1] for v in values]
-        print(f"| {case} | {option} | {statistics.median(times):.2f} ({min(times):.2f}-{max(times):.2f}) | "
-              f"{statistics.median(sizes):.3f} |")
+        print(
+            f"| {case} | {option} | {statistics.median(times):.2f} ({min(times):.2f}-{max(times):.2f}) | "
+            f"{statistics.median(sizes):.3f} |"
+        )
     shutil.rmtree(root)
 
 

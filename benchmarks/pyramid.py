@@ -32,12 +32,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
 import pyramid_contenders as pc  # noqa: E402
-from bench import CASES as ALL_CASES, Cell, median_range, paired_ratios, valid, verdict  # noqa: E402
+from bench import CASES as ALL_CASES  # noqa: E402
+from bench import Cell, median_range, paired_ratios, valid, verdict
 
 SCRIPT = Path(__file__).resolve()
 CASES = {name: ALL_CASES[name] for name in ("mean-image", "mode-labels")}
-PEER_PACKAGES = bench.PEER_PACKAGES | {"ome_zarr": ["ome-zarr==0.18.0", "zarr>=3.1,<3.2"],
-                                       "ngff_zarr": ["ngff-zarr[dask-image]==0.50.0", "zarr>=3.1,<3.2"]}
+PEER_PACKAGES = bench.PEER_PACKAGES | {
+    "ome_zarr": ["ome-zarr==0.18.0", "zarr>=3.1,<3.2"],
+    "ngff_zarr": ["ngff-zarr[dask-image]==0.50.0", "zarr>=3.1,<3.2"],
+}
 TIME_LIMITS = {"mean-image": 1.2, "mode-labels": 1.5}  # ours / tensorstore chained
 OMEZARR_SPEEDUP = 4.0  # ome-zarr-py / ours on the mean pyramid
 RSS_LIMIT_MB = 1024.0
@@ -48,7 +51,9 @@ SCALE_SIZE = 2048
 @dataclass
 class PyramidCell(Cell):
     read_bytes: list[int | None] = field(default_factory=list)
-    exact: list[str] | None = None  # what differs from tensorstore-from-base (empty: exact); None: not checked
+    exact: list[str] | None = (
+        None  # what differs from tensorstore-from-base (empty: exact); None: not checked
+    )
 
 
 def partner(name: str) -> str:
@@ -64,13 +69,22 @@ class Runner:
         self.work = Path(tempfile.mkdtemp(prefix="pyramid-runs-", dir=bench.DEFAULT_ROOT))
         (self.work / "prefect").mkdir()
         self.server = bench.PrefectServer(self.work / "prefect")
-        self.env = os.environ | self.server.env | {"PREFECT_API_URL": self.server.url, "PYTHONPATH": str(bench.REPO),
-                                                   "OMP_NUM_THREADS": "1"}
+        self.env = (
+            os.environ
+            | self.server.env
+            | {
+                "PREFECT_API_URL": self.server.url,
+                "PYTHONPATH": str(bench.REPO),
+                "OMP_NUM_THREADS": "1",
+            }
+        )
         print(f"Prefect server {self.server.url}; runs in {self.work}", flush=True)
 
     def run(self, request: dict[str, Any], peer: bool = False) -> tuple[dict[str, Any], float]:
         python = self.peer_python if peer else sys.executable
-        return bench.run_child(python, self.env, request, self.args.timeout, SCRIPT, self.args.max_rss * 1024)
+        return bench.run_child(
+            python, self.env, request, self.args.timeout, SCRIPT, self.args.max_rss * 1024
+        )
 
     def output(self, label: str) -> str:
         return str(self.work / f"{label}-{len(os.listdir(self.work))}.zarr")
@@ -80,7 +94,9 @@ class Runner:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
-def run_case(runner: Runner, case: str, source: str, names: list[str], skipped: dict[str, str]) -> dict[str, PyramidCell]:
+def run_case(
+    runner: Runner, case: str, source: str, names: list[str], skipped: dict[str, str]
+) -> dict[str, PyramidCell]:
     """All repeats of one case; the first repeat's outputs are checked against tensorstore from base."""
     cells = {name: PyramidCell(skipped=skipped.get(name)) for name in names}
     runnable = [name for name in names if not cells[name].skipped]
@@ -90,11 +106,20 @@ def run_case(runner: Runner, case: str, source: str, names: list[str], skipped: 
         shift = repeat % len(runnable)
         for name in runnable[shift:] + runnable[:shift]:
             group, cell = runner.output(case), cells[name]
-            request = {"job": "run", "contender": name, "method": method, "input": source, "output": group}
+            request = {
+                "job": "run",
+                "contender": name,
+                "method": method,
+                "input": source,
+                "output": group,
+            }
             try:
                 result, rss = runner.run(request, peer=pc.CONTENDERS[name].peer is not None)
                 seconds, read = result["seconds"], result["read_bytes"]
-                print(f"  {case} #{repeat + 1} {name}: {seconds:.2f} s, {rss:.0f} MB, read {read / 1e6:.0f} MB", flush=True)
+                print(
+                    f"  {case} #{repeat + 1} {name}: {seconds:.2f} s, {rss:.0f} MB, read {read / 1e6:.0f} MB",
+                    flush=True,
+                )
             except RuntimeError as error:
                 seconds = rss = read = None
                 cell.error = str(error)
@@ -108,15 +133,22 @@ def run_case(runner: Runner, case: str, source: str, names: list[str], skipped: 
                 shutil.rmtree(group, ignore_errors=True)
     if pc.TS_BASE in kept:
         try:
-            request = {"job": "check", "reference": kept[pc.TS_BASE], "input": source,
-                       "groups": {n: g for n, g in kept.items() if n not in (pc.TS_BASE, pc.IO_FLOOR)},
-                       "labels": CASES[case].volume == "labels"}
+            request = {
+                "job": "check",
+                "reference": kept[pc.TS_BASE],
+                "input": source,
+                "groups": {n: g for n, g in kept.items() if n not in (pc.TS_BASE, pc.IO_FLOOR)},
+                "labels": CASES[case].volume == "labels",
+            }
             result, _ = runner.run(request)
             for name, differs in result["exact"].items():
                 cells[name].exact = differs
             if result["non_constant"]:
-                print(f"  labels: share of non-constant 2^k cubes in the first 256^3, k=1..{pc.LEVELS}: "
-                      + ", ".join(f"{100 * s:.1f} %" for s in result["non_constant"]), flush=True)
+                print(
+                    f"  labels: share of non-constant 2^k cubes in the first 256^3, k=1..{pc.LEVELS}: "
+                    + ", ".join(f"{100 * s:.1f} %" for s in result["non_constant"]),
+                    flush=True,
+                )
         except RuntimeError as error:
             print(f"  exactness check FAILED: {error}", flush=True)
     for group in kept.values():
@@ -136,12 +168,18 @@ def exact_text(name: str, cell: PyramidCell) -> str:
     return "exact" if not cell.exact else "differ: " + ", ".join(cell.exact)
 
 
-def print_table(case: str, cells: dict[str, PyramidCell], size: int, base_bytes: int, repeats: int) -> None:
+def print_table(
+    case: str, cells: dict[str, PyramidCell], size: int, base_bytes: int, repeats: int
+) -> None:
     volume = CASES[case].volume
-    print(f"\n== {case}: {size}^3 {'uint8 image' if volume == 'image' else 'uint32 labels'}, {pc.LEVELS} levels x2, "
-          f"method {CASES[case].method}; median (min-max) of {repeats}; base {base_bytes / 1e6:.0f} MB on disk")
-    print(f"{'contender':34} {'wall s':>19} {'peak RSS MB':>11} {'read MB':>8} {'read/base':>9} "
-          f"{'ours/contender':>19}  levels vs tensorstore from base")
+    print(
+        f"\n== {case}: {size}^3 {'uint8 image' if volume == 'image' else 'uint32 labels'}, {pc.LEVELS} levels x2, "
+        f"method {CASES[case].method}; median (min-max) of {repeats}; base {base_bytes / 1e6:.0f} MB on disk"
+    )
+    print(
+        f"{'contender':34} {'wall s':>19} {'peak RSS MB':>11} {'read MB':>8} {'read/base':>9} "
+        f"{'ours/contender':>19}  levels vs tensorstore from base"
+    )
     for name, cell in cells.items():
         if cell.skipped:
             print(f"{name:34} {cell.skipped}")
@@ -152,14 +190,22 @@ def print_table(case: str, cells: dict[str, PyramidCell], size: int, base_bytes:
         read = median_or_none(cell.read_bytes)
         rss = median_or_none(cell.rss_mb)
         ours = partner(name)
-        ratio = median_range(paired_ratios(cells[ours], cell)) if name != ours and ours in cells else ""
-        print(f"{name:34} {median_range(valid(cell.seconds)):>19} {rss or 0:11.0f} {(read or 0) / 1e6:8.0f} "
-              f"{(read or 0) / base_bytes:8.2f}x {ratio:>19}  {exact_text(name, cell)}")
+        ratio = (
+            median_range(paired_ratios(cells[ours], cell)) if name != ours and ours in cells else ""
+        )
+        print(
+            f"{name:34} {median_range(valid(cell.seconds)):>19} {rss or 0:11.0f} {(read or 0) / 1e6:8.0f} "
+            f"{(read or 0) / base_bytes:8.2f}x {ratio:>19}  {exact_text(name, cell)}"
+        )
     if pc.OURS_EXISTING in cells:
-        print(f"(ours/contender of the existing-s0 rows is '{pc.OURS_EXISTING}' over them; read = rchar while timed)")
+        print(
+            f"(ours/contender of the existing-s0 rows is '{pc.OURS_EXISTING}' over them; read = rchar while timed)"
+        )
 
 
-def target_checks(results: dict[str, dict[str, PyramidCell]], base_bytes: dict[str, int]) -> list[tuple[str, str, bool | None]]:
+def target_checks(
+    results: dict[str, dict[str, PyramidCell]], base_bytes: dict[str, int]
+) -> list[tuple[str, str, bool | None]]:
     """The issue's targets on the paired medians (what, measured, met; met None: not measured)."""
     checks: list[tuple[str, str, bool | None]] = []
 
@@ -169,32 +215,62 @@ def target_checks(results: dict[str, dict[str, PyramidCell]], base_bytes: dict[s
         return statistics.median(values) if values else None
 
     def add(what: str, value: float | None, show: str, met: bool) -> None:
-        checks.append((what, show.format(value), met) if value is not None else (what, "not measured", None))
+        checks.append(
+            (what, show.format(value), met) if value is not None else (what, "not measured", None)
+        )
 
     for case, limit in TIME_LIMITS.items():
         if case not in results:
             continue
         value = ratio(case, pc.OURS, "tensorstore chained")
-        add(f"{case}: ours/tensorstore chained <= {limit}", value, "{:.2f}x", value is not None and value <= limit)
+        add(
+            f"{case}: ours/tensorstore chained <= {limit}",
+            value,
+            "{:.2f}x",
+            value is not None and value <= limit,
+        )
         existing = ratio(case, pc.OURS_EXISTING, "tensorstore chained, existing s0")
-        add(f"{case}: same, existing s0 (levels 1..5 only) <= {limit}", existing, "{:.2f}x",
-            existing is not None and existing <= limit)
+        add(
+            f"{case}: same, existing s0 (levels 1..5 only) <= {limit}",
+            existing,
+            "{:.2f}x",
+            existing is not None and existing <= limit,
+        )
         if case == "mean-image":
             value = ratio(case, "ome-zarr-py write_image", pc.OURS)
-            add(f"{case}: ome-zarr-py/ours >= {OMEZARR_SPEEDUP:.0f}", value, "{:.2f}x",
-                value is not None and value >= OMEZARR_SPEEDUP)
+            add(
+                f"{case}: ome-zarr-py/ours >= {OMEZARR_SPEEDUP:.0f}",
+                value,
+                "{:.2f}x",
+                value is not None and value >= OMEZARR_SPEEDUP,
+            )
         for ours in (pc.OURS, pc.OURS_EXISTING):
             cell = results[case].get(ours)
             if cell is None or cell.skipped:
                 continue
             rss = median_or_none(cell.rss_mb)
-            add(f"{case}: {ours} peak RSS <= {RSS_LIMIT_MB:.0f} MB", rss, "{:.0f} MB", rss is not None and rss <= RSS_LIMIT_MB)
+            add(
+                f"{case}: {ours} peak RSS <= {RSS_LIMIT_MB:.0f} MB",
+                rss,
+                "{:.0f} MB",
+                rss is not None and rss <= RSS_LIMIT_MB,
+            )
             read = median_or_none(cell.read_bytes)
             value = None if read is None else read / base_bytes[case]
-            add(f"{case}: {ours} bytes read <= {READ_LIMIT}x base", value, "{:.2f}x", value is not None and value <= READ_LIMIT)
+            add(
+                f"{case}: {ours} bytes read <= {READ_LIMIT}x base",
+                value,
+                "{:.2f}x",
+                value is not None and value <= READ_LIMIT,
+            )
             if cell.exact is not None:
-                checks.append((f"{case}: {ours} levels = tensorstore from base", ", ".join(cell.exact) or "exact",
-                               not cell.exact))
+                checks.append(
+                    (
+                        f"{case}: {ours} levels = tensorstore from base",
+                        ", ".join(cell.exact) or "exact",
+                        not cell.exact,
+                    )
+                )
     return checks
 
 
@@ -209,38 +285,72 @@ def scale_run(runner: Runner, args: argparse.Namespace) -> None:
     source = bench.make_volumes(args.data, SCALE_SIZE, ("labels",))["labels"]
     base = bench.disk_mb(Path(source)) * 1e6
     group = runner.output("scale")
-    request = {"job": "run", "contender": pc.OURS, "method": "mode", "input": source, "output": group}
-    print(f"\n== scale run: {SCALE_SIZE}^3 uint32 labels, {pc.LEVELS} levels x2, mode, ours (threads x2), once")
+    request = {
+        "job": "run",
+        "contender": pc.OURS,
+        "method": "mode",
+        "input": source,
+        "output": group,
+    }
+    print(
+        f"\n== scale run: {SCALE_SIZE}^3 uint32 labels, {pc.LEVELS} levels x2, mode, ours (threads x2), once"
+    )
     try:
         result, rss = runner.run(request)
         read = result["read_bytes"]
-        print(f"{pc.OURS}: {result['seconds']:.1f} s, peak RSS {rss:.0f} MB, read {read / 1e9:.2f} GB "
-              f"({read / base:.2f}x the base's {base / 1e6:.0f} MB)")
-        print(f"MET  finishes within --max-rss {args.max_rss} GB\n"
-              f"{verdict(rss <= RSS_LIMIT_MB)} peak RSS <= {RSS_LIMIT_MB:.0f} MB: {rss:.0f} MB")
+        print(
+            f"{pc.OURS}: {result['seconds']:.1f} s, peak RSS {rss:.0f} MB, read {read / 1e9:.2f} GB "
+            f"({read / base:.2f}x the base's {base / 1e6:.0f} MB)"
+        )
+        print(
+            f"MET  finishes within --max-rss {args.max_rss} GB\n"
+            f"{verdict(rss <= RSS_LIMIT_MB)} peak RSS <= {RSS_LIMIT_MB:.0f} MB: {rss:.0f} MB"
+        )
         report = {"seconds": result["seconds"], "rss_mb": rss, "read_bytes": read}
     except RuntimeError as error:
         print(f"{pc.OURS}: FAILED {error}\nMISS finishes within --max-rss {args.max_rss} GB")
         report = {"error": str(error)}
     shutil.rmtree(group, ignore_errors=True)
-    save(args, f"pyramid-scale-{SCALE_SIZE}", {"size": SCALE_SIZE, "levels": pc.LEVELS, "method": "mode", "ours": report})
+    save(
+        args,
+        f"pyramid-scale-{SCALE_SIZE}",
+        {"size": SCALE_SIZE, "levels": pc.LEVELS, "method": "mode", "ours": report},
+    )
 
 
 def downsample_factors(runner: Runner, args: argparse.Namespace) -> None:
     """`downsample_flow` of the SIZE^3 labels at large factors (mode and stride): peak RSS vs the budget."""
     source = bench.make_volumes(args.data, args.size, ("labels",))["labels"]
     factors = [int(f) for f in args.downsample_factors.split(",")]
-    print(f"\n== downsample_flow of {args.size}^3 uint32 labels, threads x2, once each; target peak RSS <= {RSS_LIMIT_MB:.0f} MB")
+    print(
+        f"\n== downsample_flow of {args.size}^3 uint32 labels, threads x2, once each; target peak RSS <= {RSS_LIMIT_MB:.0f} MB"
+    )
     rows = []
     for factor in factors:
         for method in ("mode", "stride"):
             output = f"{runner.output('downsample')}/s1"
-            request = {"job": "downsample", "method": method, "factor": factor, "input": source, "output": output}
+            request = {
+                "job": "downsample",
+                "method": method,
+                "factor": factor,
+                "input": source,
+                "output": output,
+            }
             try:
                 result, rss = runner.run(request)
-                print(f"{verdict(rss <= RSS_LIMIT_MB)} factor {factor:3} {method:7} {result['seconds']:7.2f} s "
-                      f"{rss:7.0f} MB peak RSS", flush=True)
-                rows.append({"factor": factor, "method": method, "seconds": result["seconds"], "rss_mb": rss})
+                print(
+                    f"{verdict(rss <= RSS_LIMIT_MB)} factor {factor:3} {method:7} {result['seconds']:7.2f} s "
+                    f"{rss:7.0f} MB peak RSS",
+                    flush=True,
+                )
+                rows.append(
+                    {
+                        "factor": factor,
+                        "method": method,
+                        "seconds": result["seconds"],
+                        "rss_mb": rss,
+                    }
+                )
             except RuntimeError as error:
                 print(f"MISS factor {factor:3} {method:7} FAILED {error}", flush=True)
                 rows.append({"factor": factor, "method": method, "error": str(error)})
@@ -258,17 +368,33 @@ def save(args: argparse.Namespace, prefix: str, report: dict[str, Any]) -> Path:
 def benchmark(runner: Runner, args: argparse.Namespace, peer_modules: set[str]) -> None:
     volumes = bench.make_volumes(args.data, args.size)
     wanted = [w.strip().lower() for w in args.contenders.split(",") if w.strip()]
-    names = [n for n in pc.CONTENDERS if n in (pc.OURS, pc.TS_BASE) or not wanted or any(w in n.lower() for w in wanted)]
-    if wanted and pc.OURS_EXISTING not in names and any(pc.CONTENDERS[n].existing_s0 for n in names):
+    names = [
+        n
+        for n in pc.CONTENDERS
+        if n in (pc.OURS, pc.TS_BASE) or not wanted or any(w in n.lower() for w in wanted)
+    ]
+    if (
+        wanted
+        and pc.OURS_EXISTING not in names
+        and any(pc.CONTENDERS[n].existing_s0 for n in names)
+    ):
         names.append(pc.OURS_EXISTING)
-    skipped = {n: f"skipped: {pc.CONTENDERS[n].peer} is not installable in the peer venv" for n in names
-               if pc.CONTENDERS[n].peer and pc.CONTENDERS[n].peer not in peer_modules}
+    skipped = {
+        n: f"skipped: {pc.CONTENDERS[n].peer} is not installable in the peer venv"
+        for n in names
+        if pc.CONTENDERS[n].peer and pc.CONTENDERS[n].peer not in peer_modules
+    }
     if any(pc.CONTENDERS[n].existing_s0 for n in names):
         probe, _ = runner.run({"job": "probe", "work": str(runner.work)})
         if probe["unsupported"]:
-            print(f"!! existing-s0 variant skipped: pyramid_flow does not reuse an existing s0 yet ({probe['unsupported']})")
-            skipped |= {n: "skipped: pyramid_flow does not reuse an existing s0 yet" for n in names
-                        if pc.CONTENDERS[n].existing_s0}
+            print(
+                f"!! existing-s0 variant skipped: pyramid_flow does not reuse an existing s0 yet ({probe['unsupported']})"
+            )
+            skipped |= {
+                n: "skipped: pyramid_flow does not reuse an existing s0 yet"
+                for n in names
+                if pc.CONTENDERS[n].existing_s0
+            }
     results, base_bytes = {}, {}
     for case in (c for c in args.cases.split(",") if c):
         source = volumes[CASES[case].volume]
@@ -279,10 +405,22 @@ def benchmark(runner: Runner, args: argparse.Namespace, peer_modules: set[str]) 
         print_table(case, cells, args.size, base_bytes[case], args.repeats)
     checks = target_checks(results, base_bytes)
     print_targets(checks)
-    path = save(args, f"pyramid-{args.size}", {
-        "size": args.size, "repeats": args.repeats, "levels": pc.LEVELS, "chunks": bench.CHUNK, "base_bytes": base_bytes,
-        "cases": {case: {name: asdict(cell) for name, cell in cells.items()} for case, cells in results.items()},
-        "targets": [{"target": w, "measured": m, "met": ok} for w, m, ok in checks]})
+    path = save(
+        args,
+        f"pyramid-{args.size}",
+        {
+            "size": args.size,
+            "repeats": args.repeats,
+            "levels": pc.LEVELS,
+            "chunks": bench.CHUNK,
+            "base_bytes": base_bytes,
+            "cases": {
+                case: {name: asdict(cell) for name, cell in cells.items()}
+                for case, cells in results.items()
+            },
+            "targets": [{"target": w, "measured": m, "met": ok} for w, m, ok in checks],
+        },
+    )
     if runner.peer_python and "matplotlib" in peer_modules:
         png = path.with_suffix(".png")
         chart = subprocess.run([runner.peer_python, str(SCRIPT), "--chart", str(path), str(png)])
@@ -290,21 +428,48 @@ def benchmark(runner: Runner, args: argparse.Namespace, peer_modules: set[str]) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, choices=(256, 512, 1024), default=1024)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
-    parser.add_argument("--contenders", default="", help="comma-separated substrings: only contenders matching one "
-                        "(ours and tensorstore from base, the exactness reference, always run)")
-    parser.add_argument("--max-rss", type=float, default=8.0, help="GB: a contender's process tree above it is killed")
+    parser.add_argument(
+        "--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}"
+    )
+    parser.add_argument(
+        "--contenders",
+        default="",
+        help="comma-separated substrings: only contenders matching one "
+        "(ours and tensorstore from base, the exactness reference, always run)",
+    )
+    parser.add_argument(
+        "--max-rss",
+        type=float,
+        default=8.0,
+        help="GB: a contender's process tree above it is killed",
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per contender run")
     parser.add_argument("--out", type=Path, default=bench.DEFAULT_ROOT / "results")
-    parser.add_argument("--data", type=Path, default=bench.DEFAULT_ROOT / "data", help="generated volumes (kept)")
+    parser.add_argument(
+        "--data", type=Path, default=bench.DEFAULT_ROOT / "data", help="generated volumes (kept)"
+    )
     parser.add_argument("--peer-venv", type=Path, default=bench.DEFAULT_ROOT / "peer-venv")
-    parser.add_argument("--compare", nargs="*", type=Path, metavar="RESULTS.json",
-                        help="only compare pyramid result JSONs of several sizes; no files: all pyramid-SIZE-*.json in --out")
-    parser.add_argument("--scale-run", action="store_true", help=f"only the {SCALE_SIZE}^3 label pyramid, ours, once")
-    parser.add_argument("--downsample-factors", help="only downsample_flow of the --size labels at these factors, e.g. 16,32")
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        type=Path,
+        metavar="RESULTS.json",
+        help="only compare pyramid result JSONs of several sizes; no files: all pyramid-SIZE-*.json in --out",
+    )
+    parser.add_argument(
+        "--scale-run",
+        action="store_true",
+        help=f"only the {SCALE_SIZE}^3 label pyramid, ours, once",
+    )
+    parser.add_argument(
+        "--downsample-factors",
+        help="only downsample_flow of the --size labels at these factors, e.g. 16,32",
+    )
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     parser.add_argument("--chart", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -314,11 +479,16 @@ def main() -> None:
     if args.chart:
         return bench.draw_chart(*args.chart, ours=pc.OURS)
     if args.compare is not None:
-        return bench.compare_sizes(args.compare or sorted(args.out.glob("pyramid-[0-9]*.json")), ours=pc.OURS)
+        return bench.compare_sizes(
+            args.compare or sorted(args.out.glob("pyramid-[0-9]*.json")), ours=pc.OURS
+        )
     args.data.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    peer_python, peer_modules = (None, set()) if args.scale_run or args.downsample_factors else \
-        bench.peer_venv(args.peer_venv, PEER_PACKAGES)
+    peer_python, peer_modules = (
+        (None, set())
+        if args.scale_run or args.downsample_factors
+        else bench.peer_venv(args.peer_venv, PEER_PACKAGES)
+    )
     runner = Runner(args, peer_python)
     try:
         if args.scale_run:

@@ -26,8 +26,10 @@ def level_paths(group: str, levels: int = LEVELS) -> list[str]:
     """The arrays s0..sN of a pyramid group: from its OME-Zarr multiscales metadata if it has
     one (zarr v3 "ome" or v2 .zattrs), else `group/s0..sN`."""
     root = Path(group)
-    for meta, pick in ((root / "zarr.json", lambda m: m.get("attributes", {}).get("ome", {})),
-                       (root / ".zattrs", lambda m: m)):
+    for meta, pick in (
+        (root / "zarr.json", lambda m: m.get("attributes", {}).get("ome", {})),
+        (root / ".zattrs", lambda m: m),
+    ):
         if meta.exists() and (multiscales := pick(json.loads(meta.read_text())).get("multiscales")):
             return [f"{group}/{d['path']}" for d in multiscales[0]["datasets"]]
     return [f"{group}/s{level}" for level in range(levels + 1)]
@@ -42,8 +44,11 @@ def tree_rchar(pid: int | None = None) -> int:
     try:
         with open(f"/proc/{pid}/io") as io:
             total = next(int(line.split()[1]) for line in io if line.startswith("rchar:"))
-        children = [int(c) for task in os.listdir(f"/proc/{pid}/task")
-                    for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+        children = [
+            int(c)
+            for task in os.listdir(f"/proc/{pid}/task")
+            for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+        ]
     except (OSError, StopIteration):
         return 0
     return total + sum(tree_rchar(child) for child in children)
@@ -61,7 +66,9 @@ class Contender:
     imports: tuple[str, ...] = ()
     prepare: Callable[[str, str, str], None] = lambda method, source, group: None
     peer: str | None = None  # the peer-venv module it needs
-    existing_s0: bool = False  # the output group already holds s0 (a copy of the input) when it starts
+    existing_s0: bool = (
+        False  # the output group already holds s0 (a copy of the input) when it starts
+    )
 
 
 def warm_up_prefect(method: str, source: str, group: str) -> None:
@@ -71,7 +78,9 @@ def warm_up_prefect(method: str, source: str, group: str) -> None:
 
     from flows import pyramid_flow
 
-    pyramid_flow(np.zeros((16, 16, 16), np.uint8), f"{group}-warm-up.zarr", scale_factors=[2], method=method)
+    pyramid_flow(
+        np.zeros((16, 16, 16), np.uint8), f"{group}-warm-up.zarr", scale_factors=[2], method=method
+    )
     shutil.rmtree(f"{group}-warm-up.zarr", ignore_errors=True)
     time.sleep(SETTLE_SECONDS)
 
@@ -92,7 +101,14 @@ def prepare_ours_existing(method: str, source: str, group: str) -> None:
 def run_ours(method: str, source: str, group: str) -> None:
     from flows import pyramid_flow
 
-    pyramid_flow(source, group, scale_factors=[2] * LEVELS, method=method, chunks=(CHUNK,) * 3, num_workers=WORKERS)
+    pyramid_flow(
+        source,
+        group,
+        scale_factors=[2] * LEVELS,
+        method=method,
+        chunks=(CHUNK,) * 3,
+        num_workers=WORKERS,
+    )
 
 
 def run_ours_existing(method: str, source: str, group: str) -> None:
@@ -105,7 +121,11 @@ def ts_pyramid(source: str, group: str, *, chained: bool, write_s0: bool, method
     import tensorstore as ts
 
     src = ts.open(ts_spec(source), read=True).result()
-    s0 = ts_create(f"{group}/s0", src, src.shape, src.dtype) if write_s0 else ts.open(ts_spec(f"{group}/s0")).result()
+    s0 = (
+        ts_create(f"{group}/s0", src, src.shape, src.dtype)
+        if write_s0
+        else ts.open(ts_spec(f"{group}/s0")).result()
+    )
     if write_s0:
         s0.write(src).result()
     previous = s0
@@ -130,9 +150,14 @@ def run_omezarr(method: str, source: str, group: str) -> None:
     image = da.from_zarr(zarr.open_array(container + ".zarr", path=key, mode="r"))
     factors = [{axis: 2**level for axis in "zyx"} for level in range(1, LEVELS + 1)]
     with dask.config.set(scheduler="threads", num_workers=WORKERS):
-        write_image(image, zarr.open_group(group, mode="w", zarr_format=3), scale_factors=factors, axes="zyx",
-                    method=Methods.LOCAL_MEAN if method == "mean" else Methods.NEAREST,
-                    storage_options={"chunks": (CHUNK,) * 3})
+        write_image(
+            image,
+            zarr.open_group(group, mode="w", zarr_format=3),
+            scale_factors=factors,
+            axes="zyx",
+            method=Methods.LOCAL_MEAN if method == "mean" else Methods.NEAREST,
+            storage_options={"chunks": (CHUNK,) * 3},
+        )
 
 
 def run_ngff_zarr(method: str, source: str, group: str) -> None:
@@ -145,10 +170,16 @@ def run_ngff_zarr(method: str, source: str, group: str) -> None:
     from ngff_zarr import Methods, to_multiscales, to_ngff_image, to_ngff_zarr
 
     container, _, key = source.rpartition(".zarr/")
-    image = to_ngff_image(da.from_zarr(zarr.open_array(container + ".zarr", path=key, mode="r")), dims=("z", "y", "x"))
+    image = to_ngff_image(
+        da.from_zarr(zarr.open_array(container + ".zarr", path=key, mode="r")), dims=("z", "y", "x")
+    )
     with dask.config.set(scheduler="threads", num_workers=WORKERS):
-        multiscales = to_multiscales(image, scale_factors=[2**level for level in range(1, LEVELS + 1)], chunks=CHUNK,
-                                     method=Methods.DASK_BIN_SHRINK if method == "mean" else Methods.DASK_IMAGE_MODE)
+        multiscales = to_multiscales(
+            image,
+            scale_factors=[2**level for level in range(1, LEVELS + 1)],
+            chunks=CHUNK,
+            method=Methods.DASK_BIN_SHRINK if method == "mean" else Methods.DASK_IMAGE_MODE,
+        )
         to_ngff_zarr(group, multiscales, version="0.5")
 
 
@@ -161,8 +192,13 @@ def run_io_floor(method: str, source: str, group: str) -> float:
     started = time.perf_counter()
     data = src.read().result()
     seconds = time.perf_counter() - started
-    levels = [data] + [data[(slice(None, None, 2**level),) * 3].copy() for level in range(1, LEVELS + 1)]
-    arrays = [ts_create(f"{group}/s{level}", src, values.shape, src.dtype) for level, values in enumerate(levels)]
+    levels = [data] + [
+        data[(slice(None, None, 2**level),) * 3].copy() for level in range(1, LEVELS + 1)
+    ]
+    arrays = [
+        ts_create(f"{group}/s{level}", src, values.shape, src.dtype)
+        for level, values in enumerate(levels)
+    ]
     started = time.perf_counter()
     for array, values in zip(arrays, levels):
         array.write(values).result()
@@ -174,18 +210,42 @@ OURS_EXISTING = "ours, existing s0"
 TS_BASE = "tensorstore from base (exact)"
 IO_FLOOR = "I/O floor (read base + write all)"
 OUR_MODULES = ("flows", "numpy", "zarr", "tensorstore")
-CONTENDERS = {c.name: c for c in (
-    Contender(OURS, run_ours, OUR_MODULES, warm_up_prefect),
-    Contender("tensorstore chained", lambda m, s, g: ts_pyramid(s, g, chained=True, write_s0=True, method=m),
-              ("tensorstore",)),
-    Contender(TS_BASE, lambda m, s, g: ts_pyramid(s, g, chained=False, write_s0=True, method=m), ("tensorstore",)),
-    Contender("ome-zarr-py write_image", run_omezarr, ("dask.array", "zarr", "ome_zarr.writer"), peer="ome_zarr"),
-    Contender("ngff-zarr", run_ngff_zarr, ("dask.array", "zarr", "ngff_zarr"), peer="ngff_zarr"),
-    Contender(IO_FLOOR, run_io_floor, ("numpy", "tensorstore")),
-    Contender(OURS_EXISTING, run_ours_existing, OUR_MODULES, prepare_ours_existing, existing_s0=True),
-    Contender("tensorstore chained, existing s0", lambda m, s, g: ts_pyramid(s, g, chained=True, write_s0=False, method=m),
-              ("tensorstore",), lambda method, source, group: copy_s0(source, group), existing_s0=True),
-)}
+CONTENDERS = {
+    c.name: c
+    for c in (
+        Contender(OURS, run_ours, OUR_MODULES, warm_up_prefect),
+        Contender(
+            "tensorstore chained",
+            lambda m, s, g: ts_pyramid(s, g, chained=True, write_s0=True, method=m),
+            ("tensorstore",),
+        ),
+        Contender(
+            TS_BASE,
+            lambda m, s, g: ts_pyramid(s, g, chained=False, write_s0=True, method=m),
+            ("tensorstore",),
+        ),
+        Contender(
+            "ome-zarr-py write_image",
+            run_omezarr,
+            ("dask.array", "zarr", "ome_zarr.writer"),
+            peer="ome_zarr",
+        ),
+        Contender(
+            "ngff-zarr", run_ngff_zarr, ("dask.array", "zarr", "ngff_zarr"), peer="ngff_zarr"
+        ),
+        Contender(IO_FLOOR, run_io_floor, ("numpy", "tensorstore")),
+        Contender(
+            OURS_EXISTING, run_ours_existing, OUR_MODULES, prepare_ours_existing, existing_s0=True
+        ),
+        Contender(
+            "tensorstore chained, existing s0",
+            lambda m, s, g: ts_pyramid(s, g, chained=True, write_s0=False, method=m),
+            ("tensorstore",),
+            lambda method, source, group: copy_s0(source, group),
+            existing_s0=True,
+        ),
+    )
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,17 +261,25 @@ def probe_existing_s0(work: str) -> str | None:
     from flows import pyramid_flow
 
     group = f"{work}/probe.zarr"
-    s0 = zarr.open_group(group, mode="w", zarr_format=3).create_array("s0", shape=(128,) * 3, dtype="uint8",
-                                                                         chunks=(CHUNK,) * 3)
+    s0 = zarr.open_group(group, mode="w", zarr_format=3).create_array(
+        "s0", shape=(128,) * 3, dtype="uint8", chunks=(CHUNK,) * 3
+    )
     s0[:] = np.arange(128**3, dtype=np.uint64).reshape(s0.shape).astype(np.uint8)
-    chunk_files = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in Path(group, "s0", "c").rglob("*") if p.is_file()}
+    chunk_files = {
+        p: (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in Path(group, "s0", "c").rglob("*")
+        if p.is_file()
+    }
     try:
         pyramid_flow(f"{group}/s0", group, scale_factors=[2], method="mean", chunks=(CHUNK,) * 3)
     except Exception as error:  # noqa: BLE001 - the reason is reported, not raised
         return f"pyramid_flow raised {type(error).__name__}: {str(error).splitlines()[0][:200]}"
     finally:
         time.sleep(SETTLE_SECONDS)
-    rewritten = sum(not p.exists() or (p.stat().st_ino, p.stat().st_mtime_ns) != v for p, v in chunk_files.items())
+    rewritten = sum(
+        not p.exists() or (p.stat().st_ino, p.stat().st_mtime_ns) != v
+        for p, v in chunk_files.items()
+    )
     if rewritten:
         return f"pyramid_flow rewrote {rewritten} of {len(chunk_files)} s0 chunk files (it copies s0 onto itself)"
     if not Path(group, "s1", "zarr.json").exists():
@@ -219,7 +287,9 @@ def probe_existing_s0(work: str) -> str | None:
     return None
 
 
-def check_exact(reference: str, groups: dict[str, str], labels: bool, seed: int = 0) -> dict[str, list[str]]:
+def check_exact(
+    reference: str, groups: dict[str, str], labels: bool, seed: int = 0
+) -> dict[str, list[str]]:
     """Per contender, what differs from `reference` ("sN x %" per differing level, and for an
     image the largest difference; empty: equal everywhere). Levels above WHOLE_UP_TO voxels are
     compared on SAMPLE_CHUNKS random 64^3 chunks."""
@@ -231,7 +301,11 @@ def check_exact(reference: str, groups: dict[str, str], labels: bool, seed: int 
     report: dict[str, list[str]] = {}
     for name, group in groups.items():
         paths = level_paths(group)
-        report[name] = [] if len(paths) == len(ref_paths) else [f"{len(paths) - 1} levels, not {len(ref_paths) - 1}"]
+        report[name] = (
+            []
+            if len(paths) == len(ref_paths)
+            else [f"{len(paths) - 1} levels, not {len(ref_paths) - 1}"]
+        )
         for level, (ref_path, path) in enumerate(zip(ref_paths, paths)):
             ref, other = (ts.open(ts_spec(p), read=True).result() for p in (ref_path, path))
             if tuple(ref.shape) != tuple(other.shape):
@@ -250,7 +324,10 @@ def check_exact(reference: str, groups: dict[str, str], labels: bool, seed: int 
                 voxels += a.size
                 largest = max(largest, int(np.abs(a.astype(np.int64) - b).max()))
             if differ:
-                report[name].append(f"s{level} {100 * differ / voxels:.1f} %" + ("" if labels else f" (<= {largest})"))
+                report[name].append(
+                    f"s{level} {100 * differ / voxels:.1f} %"
+                    + ("" if labels else f" (<= {largest})")
+                )
     return report
 
 
@@ -291,12 +368,15 @@ def run_one(request: dict[str, Any]) -> dict[str, Any]:
     if job == "probe":
         return {"unsupported": probe_existing_s0(request["work"])}
     if job == "check":
-        return {"exact": check_exact(request["reference"], request["groups"], request["labels"]),
-                "non_constant": non_constant_cubes(request["input"]) if request["labels"] else None}
+        return {
+            "exact": check_exact(request["reference"], request["groups"], request["labels"]),
+            "non_constant": non_constant_cubes(request["input"]) if request["labels"] else None,
+        }
     if job == "downsample":
         warm_up_downsample(request["method"])
-        work: Callable[[], float | None] = lambda: run_downsample(request["method"], request["factor"],
-                                                                   request["input"], request["output"])
+        work: Callable[[], float | None] = lambda: run_downsample(
+            request["method"], request["factor"], request["input"], request["output"]
+        )
     else:
         contender = CONTENDERS[request["contender"]]
         for module in contender.imports:
@@ -308,7 +388,10 @@ def run_one(request: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     seconds = work()
     elapsed = time.perf_counter() - started
-    return {"seconds": seconds if isinstance(seconds, float) else elapsed, "read_bytes": tree_rchar() - read_before}
+    return {
+        "seconds": seconds if isinstance(seconds, float) else elapsed,
+        "read_bytes": tree_rchar() - read_before,
+    }
 
 
 def child_main(request: dict[str, Any], tag: str) -> None:

@@ -19,10 +19,10 @@ from types import SimpleNamespace
 import zarr
 
 from bioimage_tasks.grid import BlockGrid
+from bioimage_tasks.io import as_source
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.resampling import WindowedSource
 from bioimage_tasks.signatures import job_signatures
-from bioimage_tasks.io import as_source
 
 CHUNK = 64
 
@@ -34,17 +34,29 @@ def grid_for(n_blocks: int) -> tuple[int, int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--blocks", type=int, default=100_000)
-    parser.add_argument("--factor", type=int, default=1, help="1: a copy; 2: a x2 window downsample")
+    parser.add_argument(
+        "--factor", type=int, default=1, help="1: a copy; 2: a x2 window downsample"
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dir", default=None, help="where to create the data (default: a temporary folder)")
+    parser.add_argument(
+        "--dir", default=None, help="where to create the data (default: a temporary folder)"
+    )
     args = parser.parse_args()
     root = args.dir or tempfile.mkdtemp(prefix="resume-check-")
     out_grid = grid_for(args.blocks)
     in_shape = tuple(g * CHUNK * args.factor for g in out_grid)
-    array = zarr.create_array(store=os.path.join(root, "in.zarr"), name="raw", shape=in_shape, dtype="uint8",
-                              chunks=(CHUNK,) * 3, overwrite=True)
+    array = zarr.create_array(
+        store=os.path.join(root, "in.zarr"),
+        name="raw",
+        shape=in_shape,
+        dtype="uint8",
+        chunks=(CHUNK,) * 3,
+        overwrite=True,
+    )
     started = time.perf_counter()
     in_grid = [s // CHUNK for s in in_shape]
     for i in range(in_grid[0]):
@@ -55,7 +67,9 @@ def main() -> None:
                 with open(os.path.join(folder, str(k)), "wb") as stream:
                     stream.write(b"x")
     n_files = math.prod(in_grid)
-    print(f"{n_files} input chunk files created in {time.perf_counter() - started:.1f} s under {root}")
+    print(
+        f"{n_files} input chunk files created in {time.perf_counter() - started:.1f} s under {root}"
+    )
     source = as_source(os.path.join(root, "in.zarr", "raw"))
     view = source if args.factor == 1 else WindowedSource(source, (args.factor,) * 3, "mean")
     job = SimpleNamespace(source=view, mask=None, grid=BlockGrid(view.shape, (CHUNK,) * 3))
@@ -66,9 +80,11 @@ def main() -> None:
     for block_id in block_ids:
         records.mark_done(block_id, signatures[block_id])
     seconds = time.perf_counter() - started
-    print(f"{len(block_ids)} blocks recorded in {seconds:.1f} s ({seconds / len(block_ids) * 1e6:.0f} us per record); "
-          f"{sum(len(f) for _, _, f in os.walk(records.directory))} record files in "
-          f"{sum(len(d) for _, d, _ in os.walk(records.directory))} folders")
+    print(
+        f"{len(block_ids)} blocks recorded in {seconds:.1f} s ({seconds / len(block_ids) * 1e6:.0f} us per record); "
+        f"{sum(len(f) for _, _, f in os.walk(records.directory))} record files in "
+        f"{sum(len(d) for _, d, _ in os.walk(records.directory))} folders"
+    )
     for repeat in range(args.repeats):
         timings = {}
         started = time.perf_counter()
@@ -82,9 +98,13 @@ def main() -> None:
         timings["check (records + compare)"] = time.perf_counter() - started
         total = timings["signatures"] + timings["check (records + compare)"]
         assert len(recorded) == len(done) == len(block_ids)
-        print(f"repeat {repeat + 1}: resume check of {len(block_ids)} blocks ({n_files} input files) {total:.2f} s = "
-              + ", ".join(f"{name} {value:.2f} s" for name, value in timings.items() if name != "read records")
-              + f" (records alone {timings['read records']:.2f} s)")
+        print(
+            f"repeat {repeat + 1}: resume check of {len(block_ids)} blocks ({n_files} input files) {total:.2f} s = "
+            + ", ".join(
+                f"{name} {value:.2f} s" for name, value in timings.items() if name != "read records"
+            )
+            + f" (records alone {timings['read records']:.2f} s)"
+        )
 
 
 if __name__ == "__main__":

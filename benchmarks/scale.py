@@ -39,43 +39,85 @@ def child(request: dict) -> None:
     import zarr
 
     side, block, root = request["side"], request["block"], request["root"]
-    zarr.create_array(store=os.path.join(root, "in.zarr"), name="raw", shape=(2 * side,) * 3, dtype="uint8",
-                      chunks=(CHUNK,) * 3, overwrite=True)
+    zarr.create_array(
+        store=os.path.join(root, "in.zarr"),
+        name="raw",
+        shape=(2 * side,) * 3,
+        dtype="uint8",
+        chunks=(CHUNK,) * 3,
+        overwrite=True,
+    )
     output = os.path.join(root, "out.zarr", "s1")
-    zarr.create_array(store=os.path.join(root, "out.zarr"), name="s1", shape=(side,) * 3, dtype="uint8",
-                      chunks=(CHUNK,) * 3, overwrite=True)
+    zarr.create_array(
+        store=os.path.join(root, "out.zarr"),
+        name="s1",
+        shape=(side,) * 3,
+        dtype="uint8",
+        chunks=(CHUNK,) * 3,
+        overwrite=True,
+    )
     if request["flow"]:
         from flows import downsample_flow as run
     else:
         from bioimage_tasks import downsample as run
     cpu, wall = time.process_time(), time.perf_counter()
-    run(os.path.join(root, "in.zarr", "raw"), 2, output, method="mean", block_shape=(block,) * 3, num_workers=2)
+    run(
+        os.path.join(root, "in.zarr", "raw"),
+        2,
+        output,
+        method="mean",
+        block_shape=(block,) * 3,
+        num_workers=2,
+    )
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     blocks = math.ceil(side / block) ** 3
-    print(json.dumps({"blocks": blocks, "wall": wall, "cpu": cpu,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {
+                "blocks": blocks,
+                "wall": wall,
+                "cpu": cpu,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
 
 
 def run_case(side: int, block: int, flow: bool) -> dict:
     """One case in a fresh child process, in a fresh temporary folder."""
     with tempfile.TemporaryDirectory(prefix="scale-") as root:
         request = {"side": side, "block": block, "flow": flow, "root": root}
-        done = subprocess.run([sys.executable, __file__, "--child", json.dumps(request)], capture_output=True,
-                              text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", json.dumps(request)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def show(label: str, figures: dict) -> None:
     per_block = figures["cpu"] / figures["blocks"] * 1e6
-    print(f"{label:32} {figures['blocks']:>10,} blocks  wall {figures['wall']:8.1f} s  CPU {per_block:6.0f} us/block"
-          f"  peak RSS {figures['peak_rss_mb']:7.0f} MB", flush=True)
+    print(
+        f"{label:32} {figures['blocks']:>10,} blocks  wall {figures['wall']:8.1f} s  CPU {per_block:6.0f} us/block"
+        f"  peak RSS {figures['peak_rss_mb']:7.0f} MB",
+        flush=True,
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--blocks", default="32768,262144", help="comma-separated block counts (16^3 blocks)")
-    parser.add_argument("--flow", action="store_true", help="also through downsample_flow (embedded Prefect)")
-    parser.add_argument("--no-block-sizes", action="store_true", help="skip 64^3 against 16^3 blocks at 1024^3")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--blocks", default="32768,262144", help="comma-separated block counts (16^3 blocks)"
+    )
+    parser.add_argument(
+        "--flow", action="store_true", help="also through downsample_flow (embedded Prefect)"
+    )
+    parser.add_argument(
+        "--no-block-sizes", action="store_true", help="skip 64^3 against 16^3 blocks at 1024^3"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -87,13 +129,18 @@ def main() -> None:
         for n, result in zip(counts, figures):
             show(f"{engine}, {BLOCK}^3 blocks", result)
         if len(figures) > 1:
-            print(f"{engine}: peak RSS {figures[-1]['peak_rss_mb'] / figures[0]['peak_rss_mb']:.2f}x from "
-                  f"{figures[0]['blocks']:,} to {figures[-1]['blocks']:,} blocks", flush=True)
+            print(
+                f"{engine}: peak RSS {figures[-1]['peak_rss_mb'] / figures[0]['peak_rss_mb']:.2f}x from "
+                f"{figures[0]['blocks']:,} to {figures[-1]['blocks']:,} blocks",
+                flush=True,
+            )
     if not args.no_block_sizes:
         small, large = run_case(1024, 16, False), run_case(1024, 64, False)
         show("plain, 1024^3 in 16^3 blocks", small)
         show("plain, 1024^3 in 64^3 blocks", large)
-        print(f"time of 16^3 blocks / 64^3 blocks: {small['wall'] / large['wall']:.2f}x", flush=True)
+        print(
+            f"time of 16^3 blocks / 64^3 blocks: {small['wall'] / large['wall']:.2f}x", flush=True
+        )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ from bioimage_tasks.verify import verify
 WORKERS = 2
 CASES: dict[str, Callable[[Any], Any]] = {  # the view of the input each case writes
     "downsample x2 mean": lambda source: WindowedSource(source, (2, 2, 2), "mean"),
-    "copy": lambda source: source}
+    "copy": lambda source: source,
+}
 
 
 class StampClock:
@@ -54,8 +55,13 @@ class StampClock:
 
 
 def write_input(folder: str, name: str, data: np.ndarray) -> str:
-    zarr.create_array(store=f"{folder}/{name}.zarr", name="raw", shape=data.shape, dtype=data.dtype,
-                      chunks=(64, 64, 64))[...] = data
+    zarr.create_array(
+        store=f"{folder}/{name}.zarr",
+        name="raw",
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=(64, 64, 64),
+    )[...] = data
     return f"{folder}/{name}.zarr/raw"
 
 
@@ -64,18 +70,29 @@ def write(view: Any, output: str, stamped: bool) -> tuple[float, BlockJob]:
     shutil.rmtree(os.path.dirname(output), ignore_errors=True)
     plan = plan_blockwise(view, output)
     sink = plan.output.open()
-    job = BlockJob(plan.source, stamp_writes(sink) if stamped else sink, plan.grid, None,
-                   block_records(plan, sink))
+    job = BlockJob(
+        plan.source,
+        stamp_writes(sink) if stamped else sink,
+        plan.grid,
+        None,
+        block_records(plan, sink),
+    )
     os.sync()  # earlier runs' dirty pages are not this run's cost
     started = time.perf_counter()
     with ThreadPoolExecutor(WORKERS) as pool:
-        list(pool.map(lambda batch: process_batch(job, batch), plan_batches(plan.block_ids, WORKERS)))
+        list(
+            pool.map(lambda batch: process_batch(job, batch), plan_batches(plan.block_ids, WORKERS))
+        )
     return time.perf_counter() - started, job
 
 
 def stored_bytes(folder: str) -> int:
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder)
-               if ".bioimage-tasks" not in d for f in files)
+    return sum(
+        os.path.getsize(os.path.join(d, f))
+        for d, _, files in os.walk(folder)
+        if ".bioimage-tasks" not in d
+        for f in files
+    )
 
 
 def measure_writes(source: str, folder: str, repeats: int) -> None:
@@ -88,12 +105,16 @@ def measure_writes(source: str, folder: str, repeats: int) -> None:
                 times[stamped].append(write(view_of(as_source(source)), output, stamped)[0])
         for name, pick in (("median", statistics.median), ("min", min)):
             plain, stamped = pick(times[False]), pick(times[True])
-            print(f"{case}, {name} of {repeats}: {plain:.3f} s plain, {stamped:.3f} s stamped "
-                  f"({100 * (stamped / plain - 1):+.1f} %)")
+            print(
+                f"{case}, {name} of {repeats}: {plain:.3f} s plain, {stamped:.3f} s stamped "
+                f"({100 * (stamped / plain - 1):+.1f} %)"
+            )
         inside = clock.seconds / repeats
-        print(f"  inside stamp: {inside:.3f} s per run summed over {WORKERS} threads "
-              f"({100 * inside / WORKERS / statistics.median(times[True]):.1f} % of the stamped wall time "
-              "if spread evenly)")
+        print(
+            f"  inside stamp: {inside:.3f} s per run summed over {WORKERS} threads "
+            f"({100 * inside / WORKERS / statistics.median(times[True]):.1f} % of the stamped wall time "
+            "if spread evenly)"
+        )
         job = write(view_of(as_source(source)), output, True)[1]
         blocks = list(range(job.grid.n_blocks))
         started = time.perf_counter()
@@ -112,13 +133,16 @@ def measure_verify(source: str, name: str, folder: str, repeats: int) -> None:
         seconds.append(report.seconds)
     median, size = statistics.median(seconds), stored_bytes(os.path.dirname(output))
     voxels = np.prod(as_source(source).shape)
-    print(f"verify {name} copy: {report.files} files, {size / 1e9:.3f} GB stored, {median:.3f} s: "
-          f"{median / (size / 1e9):.2f} s per GB stored, {median / (voxels / 1e9):.2f} s per GB of voxels")
+    print(
+        f"verify {name} copy: {report.files} files, {size / 1e9:.3f} GB stored, {median:.3f} s: "
+        f"{median / (size / 1e9):.2f} s per GB stored, {median / (voxels / 1e9):.2f} s per GB of voxels"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     arguments = parser.parse_args()
@@ -126,7 +150,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="stamping-", dir=os.environ.get("TMPDIR")) as folder:
         smooth = write_input(folder, "smooth", smooth_image(shape))
         measure_writes(smooth, folder, arguments.repeats)
-        noise = write_input(folder, "noise", np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8))
+        noise = write_input(
+            folder, "noise", np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+        )
         for name, source in (("smooth", smooth), ("noise", noise)):
             measure_verify(source, name, folder, arguments.repeats)
 

@@ -57,12 +57,21 @@ def make_tiff(data: Path, size: int, tile: int, compression: str) -> Path:
             plane = np.pad(plane, [(0, -size % tile)] * 2)
             for top in range(0, size, tile):
                 for left in range(0, size, tile):
-                    yield plane[top:top + tile, left:left + tile]
+                    yield plane[top : top + tile, left : left + tile]
 
     partial = path.with_suffix(".partial")
-    tifffile.imwrite(partial, tiles(), shape=(size, size, size), dtype=np.uint16, tile=(tile, tile), bigtiff=True,
-                     ome=True, compression=None if compression == "none" else compression, maxworkers=WORKERS,
-                     metadata={"axes": "ZYX", "PhysicalSizeX": 1.0, "PhysicalSizeY": 1.0, "PhysicalSizeZ": 1.0})
+    tifffile.imwrite(
+        partial,
+        tiles(),
+        shape=(size, size, size),
+        dtype=np.uint16,
+        tile=(tile, tile),
+        bigtiff=True,
+        ome=True,
+        compression=None if compression == "none" else compression,
+        maxworkers=WORKERS,
+        metadata={"axes": "ZYX", "PhysicalSizeX": 1.0, "PhysicalSizeY": 1.0, "PhysicalSizeZ": 1.0},
+    )
     partial.rename(path)
     return path
 
@@ -93,12 +102,22 @@ def run_ours(tiff: str, group: str) -> dict[str, Any]:
 
     from flows import pyramid_flow
 
-    pyramid_flow(np.zeros((16, 16, 16), np.uint16), f"{group}-warm-up.zarr", scale_factors=[2])  # Prefect's set-up
+    pyramid_flow(
+        np.zeros((16, 16, 16), np.uint16), f"{group}-warm-up.zarr", scale_factors=[2]
+    )  # Prefect's set-up
     shutil.rmtree(f"{group}-warm-up.zarr", ignore_errors=True)
     time.sleep(bench.SETTLE_SECONDS)
     decoded = count_decodes()
-    return timed(lambda: pyramid_flow(tiff, group, scale_factors=[2] * LEVELS, method="mean", chunks=(CHUNK,) * 3,
-                                      num_workers=WORKERS)) | {"decodes": len(decoded)}
+    return timed(
+        lambda: pyramid_flow(
+            tiff,
+            group,
+            scale_factors=[2] * LEVELS,
+            method="mean",
+            chunks=(CHUNK,) * 3,
+            num_workers=WORKERS,
+        )
+    ) | {"decodes": len(decoded)}
 
 
 def run_ngff_zarr(tiff: str, group: str) -> dict[str, Any]:
@@ -106,10 +125,14 @@ def run_ngff_zarr(tiff: str, group: str) -> dict[str, Any]:
     from ngff_zarr import Methods, tiff_file_to_ngff_images, to_multiscales, to_ngff_zarr
 
     def work() -> None:
-        (_, image), = tiff_file_to_ngff_images(tiff, series=0)
+        ((_, image),) = tiff_file_to_ngff_images(tiff, series=0)
         with dask.config.set(scheduler="threads", num_workers=WORKERS):
-            multiscales = to_multiscales(image, scale_factors=[2**level for level in range(1, LEVELS + 1)],
-                                         chunks=CHUNK, method=Methods.DASK_BIN_SHRINK)
+            multiscales = to_multiscales(
+                image,
+                scale_factors=[2**level for level in range(1, LEVELS + 1)],
+                chunks=CHUNK,
+                method=Methods.DASK_BIN_SHRINK,
+            )
             to_ngff_zarr(group, multiscales, version="0.5")
 
     return timed(work)
@@ -125,14 +148,20 @@ def timed(work) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - started, "read_bytes": tree_rchar() - read_before}
 
 
-CONTENDERS = {"ours pyramid_flow (threads x2)": (run_ours, False), "ngff-zarr (dask threads x2)": (run_ngff_zarr, True)}
+CONTENDERS = {
+    "ours pyramid_flow (threads x2)": (run_ours, False),
+    "ngff-zarr (dask threads x2)": (run_ngff_zarr, True),
+}
 
 
 def level_shapes(group: str) -> list[list[int]]:
     """Shapes of s0..sN from the group's NGFF 0.5 metadata."""
     root = Path(group)
     multiscale = json.loads((root / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]
-    return [json.loads((root / d["path"] / "zarr.json").read_text())["shape"] for d in multiscale["datasets"]]
+    return [
+        json.loads((root / d["path"] / "zarr.json").read_text())["shape"]
+        for d in multiscale["datasets"]
+    ]
 
 
 def benchmark(args: argparse.Namespace) -> None:
@@ -143,28 +172,50 @@ def benchmark(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="tiff-pyramid-", dir=bench.DEFAULT_ROOT))
     (work / "prefect").mkdir()
     server = bench.PrefectServer(work / "prefect")
-    env = os.environ | server.env | {"PREFECT_API_URL": server.url, "PYTHONPATH": str(bench.REPO),
-                                           "OMP_NUM_THREADS": "1"}
-    print(f"{tiff}: {args.size}^3 uint16, tiles {args.tile}^2 ({tiles} tiles), {base / 1e9:.2f} GB on disk", flush=True)
+    env = (
+        os.environ
+        | server.env
+        | {"PREFECT_API_URL": server.url, "PYTHONPATH": str(bench.REPO), "OMP_NUM_THREADS": "1"}
+    )
+    print(
+        f"{tiff}: {args.size}^3 uint16, tiles {args.tile}^2 ({tiles} tiles), {base / 1e9:.2f} GB on disk",
+        flush=True,
+    )
     bench.read_through(tiff)  # every contender then reads it from the page cache, the first one too
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
     try:
         for repeat in range(args.repeats):
-            names = list(CONTENDERS)[repeat % 2:] + list(CONTENDERS)[:repeat % 2]
+            names = list(CONTENDERS)[repeat % 2 :] + list(CONTENDERS)[: repeat % 2]
             for name in names:
                 peer = CONTENDERS[name][1]
                 if peer and "ngff_zarr" not in peer_modules:
-                    print(f"  {name}: skipped, ngff-zarr is not installable in the peer venv", flush=True)
+                    print(
+                        f"  {name}: skipped, ngff-zarr is not installable in the peer venv",
+                        flush=True,
+                    )
                     continue
                 group = str(work / f"out-{repeat}-{len(list(work.iterdir()))}.ome.zarr")
                 request = {"contender": name, "input": str(tiff), "output": group}
                 try:
-                    result, rss = bench.run_child(peer_python if peer else sys.executable, env, request, args.timeout,
-                                                  SCRIPT, args.max_rss * 1024)
+                    result, rss = bench.run_child(
+                        peer_python if peer else sys.executable,
+                        env,
+                        request,
+                        args.timeout,
+                        SCRIPT,
+                        args.max_rss * 1024,
+                    )
                     result |= {"rss_mb": rss, "shapes": level_shapes(group)}
-                    print(f"  #{repeat + 1} {name}: {result['seconds']:.1f} s, peak RSS {rss:.0f} MB, read "
-                          f"{result['read_bytes'] / base:.2f}x the file"
-                          + (f", {result['decodes']} decodes for {tiles} tiles" if "decodes" in result else ""), flush=True)
+                    print(
+                        f"  #{repeat + 1} {name}: {result['seconds']:.1f} s, peak RSS {rss:.0f} MB, read "
+                        f"{result['read_bytes'] / base:.2f}x the file"
+                        + (
+                            f", {result['decodes']} decodes for {tiles} tiles"
+                            if "decodes" in result
+                            else ""
+                        ),
+                        flush=True,
+                    )
                 except RuntimeError as error:
                     result = {"error": str(error)}
                     print(f"  #{repeat + 1} {name}: FAILED {error}", flush=True)
@@ -176,49 +227,99 @@ def benchmark(args: argparse.Namespace) -> None:
     report(args, runs, tiles, base)
 
 
-def report(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], tiles: int, base: int) -> None:
+def report(
+    args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], tiles: int, base: int
+) -> None:
     ours, peer = (runs[name] for name in CONTENDERS)
-    ratios = [b["seconds"] / a["seconds"] for a, b in zip(ours, peer) if "seconds" in a and "seconds" in b]
+    ratios = [
+        b["seconds"] / a["seconds"] for a, b in zip(ours, peer) if "seconds" in a and "seconds" in b
+    ]
     good = [r for r in ours if "seconds" in r]
     speedup = statistics.median(ratios) if ratios else None
     rss = max((r["rss_mb"] for r in good), default=None)
     decodes = max((r["decodes"] for r in good), default=None)
-    same_shapes = all(a.get("shapes") == b.get("shapes") for a, b in zip(ours, peer) if "shapes" in b)
-    print(f"\n== {args.size}^3 uint16 OME-TIFF, tiles {args.tile}^2 {args.compression}, {LEVELS} levels x2 (mean), "
-          f"{len(good)} repeat(s)")
+    same_shapes = all(
+        a.get("shapes") == b.get("shapes") for a, b in zip(ours, peer) if "shapes" in b
+    )
+    print(
+        f"\n== {args.size}^3 uint16 OME-TIFF, tiles {args.tile}^2 {args.compression}, {LEVELS} levels x2 (mean), "
+        f"{len(good)} repeat(s)"
+    )
     for name, results in runs.items():
         for r in results:
             if "error" in r:
                 print(f"{name:32} failed: {r['error']}")
             else:
-                print(f"{name:32} peak RSS {r['rss_mb']:6.0f} MB, read {r['read_bytes'] / base:5.2f}x the file")
-    checks = [(f"ngff-zarr / ours >= {SPEEDUP_TARGET:.0f} (paired median)", speedup, "{:.2f}x",
-               speedup is not None and speedup >= SPEEDUP_TARGET),
-              (f"ours peak RSS <= {RSS_LIMIT_MB:.0f} MB", rss, "{:.0f} MB", rss is not None and rss <= RSS_LIMIT_MB),
-              (f"ours decodes = tiles ({tiles})", decodes, "{}", decodes == tiles),
-              ("same level shapes as ngff-zarr", same_shapes, "{}", same_shapes)]
+                print(
+                    f"{name:32} peak RSS {r['rss_mb']:6.0f} MB, read {r['read_bytes'] / base:5.2f}x the file"
+                )
+    checks = [
+        (
+            f"ngff-zarr / ours >= {SPEEDUP_TARGET:.0f} (paired median)",
+            speedup,
+            "{:.2f}x",
+            speedup is not None and speedup >= SPEEDUP_TARGET,
+        ),
+        (
+            f"ours peak RSS <= {RSS_LIMIT_MB:.0f} MB",
+            rss,
+            "{:.0f} MB",
+            rss is not None and rss <= RSS_LIMIT_MB,
+        ),
+        (f"ours decodes = tiles ({tiles})", decodes, "{}", decodes == tiles),
+        ("same level shapes as ngff-zarr", same_shapes, "{}", same_shapes),
+    ]
     print("\n== targets")
     for what, value, show, met in checks:
-        print(f"{bench.verdict(met if value is not None else None)} {what:48} "
-              f"{show.format(value) if value is not None else 'not measured'}")
+        print(
+            f"{bench.verdict(met if value is not None else None)} {what:48} "
+            f"{show.format(value) if value is not None else 'not measured'}"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"tiff-pyramid-{args.size}-{args.compression}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps({"size": args.size, "tile": args.tile, "compression": args.compression, "tiles": tiles,
-                                "file_bytes": base,
-                                "runs": runs, "speedup": speedup}, indent=1))
+    path = (
+        args.out
+        / f"tiff-pyramid-{args.size}-{args.compression}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
+    path.write_text(
+        json.dumps(
+            {
+                "size": args.size,
+                "tile": args.tile,
+                "compression": args.compression,
+                "tiles": tiles,
+                "file_bytes": base,
+                "runs": runs,
+                "speedup": speedup,
+            },
+            indent=1,
+        )
+    )
     print(f"\nresults: {path}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=1024, help="the stack is SIZE^3 uint16 (1024: 2.1 GB raw)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--size", type=int, default=1024, help="the stack is SIZE^3 uint16 (1024: 2.1 GB raw)"
+    )
     parser.add_argument("--tile", type=int, default=256, help="TIFF tile side")
-    parser.add_argument("--compression", choices=("zlib", "none"), default="zlib", help="of the TIFF's tiles")
+    parser.add_argument(
+        "--compression", choices=("zlib", "none"), default="zlib", help="of the TIFF's tiles"
+    )
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--max-rss", type=float, default=8.0, help="GB: a contender's process tree above it is killed")
+    parser.add_argument(
+        "--max-rss",
+        type=float,
+        default=8.0,
+        help="GB: a contender's process tree above it is killed",
+    )
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per contender run")
     parser.add_argument("--out", type=Path, default=bench.DEFAULT_ROOT / "results")
-    parser.add_argument("--data", type=Path, default=bench.DEFAULT_ROOT / "data", help="generated TIFFs (kept)")
+    parser.add_argument(
+        "--data", type=Path, default=bench.DEFAULT_ROOT / "data", help="generated TIFFs (kept)"
+    )
     parser.add_argument("--peer-venv", type=Path, default=bench.DEFAULT_ROOT / "peer-venv")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     args = parser.parse_args()

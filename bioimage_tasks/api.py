@@ -24,18 +24,35 @@ import numpy as np
 
 from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
-from bioimage_tasks.io import OutputOptions, StorageOptions, as_source, check_output_options, physical_of
+from bioimage_tasks.io import (
+    OutputOptions,
+    StorageOptions,
+    as_source,
+    check_output_options,
+    physical_of,
+)
 from bioimage_tasks.io.precomputed_output import precomputed_target
 from bioimage_tasks.kernels.window import METHODS as WINDOW_METHODS
 from bioimage_tasks.kernels.window import SUPPORTED_DTYPES as WINDOW_DTYPES
 from bioimage_tasks.naming import describe, describe_source
 from bioimage_tasks.operations import BlockwiseOperation, Operation, execute
-from bioimage_tasks.planning import in_memory, plan_blockwise
 from bioimage_tasks.plain import PlainEdge
+from bioimage_tasks.planning import in_memory, plan_blockwise
 from bioimage_tasks.pyramid_checks import check_chunks_and_shards, pyramid_geometry
 from bioimage_tasks.pyramid_formats import PrecomputedOutput, precomputed_output
-from bioimage_tasks.pyramid_op import PyramidOperation, group_output_path, level_spec, region_plan, reuses_s0
-from bioimage_tasks.resampling import ResizedSource, WindowedSource, check_anti_aliasing, check_order
+from bioimage_tasks.pyramid_op import (
+    PyramidOperation,
+    group_output_path,
+    level_spec,
+    region_plan,
+    reuses_s0,
+)
+from bioimage_tasks.resampling import (
+    ResizedSource,
+    WindowedSource,
+    check_anti_aliasing,
+    check_order,
+)
 from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
 
 METHODS = ("resize", *WINDOW_METHODS)
@@ -49,25 +66,32 @@ def check_method_options(method: str, order: int, anti_aliasing: bool) -> None:
     check_order(order)
     check_anti_aliasing(anti_aliasing)
     if method != "resize" and (order != 0 or anti_aliasing):
-        raise ParameterError(f"order and anti_aliasing apply to method='resize' only, not method={method!r}")
+        raise ParameterError(
+            f"order and anti_aliasing apply to method='resize' only, not method={method!r}"
+        )
 
 
 def check_input_dtype(dtype: np.dtype, method: str, order: int, anti_aliasing: bool) -> None:
     """Reject an input dtype the method cannot reduce exactly (byte order aside)."""
     dtype = np.dtype(dtype)
     if dtype == bool and (order > 0 or anti_aliasing):
-        raise ParameterError("a bool input needs order=0 and anti_aliasing=False (interpolation is undefined "
-                             "for bool)")
+        raise ParameterError(
+            "a bool input needs order=0 and anti_aliasing=False (interpolation is undefined "
+            "for bool)"
+        )
     if method != "resize" and dtype.kind == "c":
         raise ParameterError(
             f"input has dtype {dtype}, which method={method!r} does not take: the window methods reduce "
             "real numbers (tensorstore's complex mean divides as complex numbers, so an inf or NaN part "
             "turns the other part into NaN). method='resize' resamples the real and imaginary parts; "
-            "or downsample the two parts as arrays of their own")
+            "or downsample the two parts as arrays of their own"
+        )
     if method != "resize" and dtype.newbyteorder("=") not in WINDOW_DTYPES:
         supported = sorted(str(d) for d in WINDOW_DTYPES)
-        raise ParameterError(f"input has dtype {dtype}: method={method!r} supports {supported} "
-                             "(in either byte order), not that one")
+        raise ParameterError(
+            f"input has dtype {dtype}: method={method!r} supports {supported} "
+            "(in either byte order), not that one"
+        )
 
 
 def run_plain(operation: Operation) -> Any:
@@ -97,19 +121,44 @@ def plain(builder: Callable[..., Operation]) -> Callable[..., Any]:
     return call
 
 
-def blockwise_operation(kind: str, source: Any, input: Any, output: Any, details: dict[str, Any], *,
-                        block_shape: Any, job_type: str, job_config: Any, num_workers: int, mask: Any,
-                        block_ids: Any, resume_from: Any, output_options: Any,
-                        storage_options: Any) -> BlockwiseOperation:
+def blockwise_operation(
+    kind: str,
+    source: Any,
+    input: Any,
+    output: Any,
+    details: dict[str, Any],
+    *,
+    block_shape: Any,
+    job_type: str,
+    job_config: Any,
+    num_workers: int,
+    mask: Any,
+    block_ids: Any,
+    resume_from: Any,
+    output_options: Any,
+    storage_options: Any,
+) -> BlockwiseOperation:
     """The checked one-stage operation writing `source` (a view of `input`) into `output`."""
     config = check_backend(job_type, num_workers, job_config)
     options = check_output_options(output_options)
-    plan = plan_blockwise(source, output, mask=mask, block_shape=block_shape, block_ids=block_ids,
-                          resume_from=resume_from, job_type=job_type, memory_budget=config.memory_budget,
-                          output_options=options, storage_options=storage_options)
-    details = {"input": describe_source(input, getattr(source, "source", source)), **details,
-               "mask": describe(mask) if mask is not None else "none",
-               "backend": describe_backend(job_type, num_workers)}
+    plan = plan_blockwise(
+        source,
+        output,
+        mask=mask,
+        block_shape=block_shape,
+        block_ids=block_ids,
+        resume_from=resume_from,
+        job_type=job_type,
+        memory_budget=config.memory_budget,
+        output_options=options,
+        storage_options=storage_options,
+    )
+    details = {
+        "input": describe_source(input, getattr(source, "source", source)),
+        **details,
+        "mask": describe(mask) if mask is not None else "none",
+        "backend": describe_backend(job_type, num_workers),
+    }
     if options != OutputOptions():
         details["output options"] = options.describe()
     return BlockwiseOperation(kind, plan, config, num_workers, details, job_type)
@@ -162,11 +211,26 @@ def downsample_operation(
         view = ResizedSource(source, downscale_shape(source.shape, factors), order, anti_aliasing)
     else:
         view = WindowedSource(source, factors, method)
-    details = {"scale factor": factors, "method": f"{method}, order {order}, anti-aliasing {anti_aliasing}"}
+    details = {
+        "scale factor": factors,
+        "method": f"{method}, order {order}, anti-aliasing {anti_aliasing}",
+    }
     return blockwise_operation(
-        "downsample", view, input, output, details, block_shape=block_shape, job_type=job_type,
-        job_config=job_config, num_workers=num_workers, mask=mask, block_ids=block_ids, resume_from=resume_from,
-        output_options=output_options, storage_options=storage_options)
+        "downsample",
+        view,
+        input,
+        output,
+        details,
+        block_shape=block_shape,
+        job_type=job_type,
+        job_config=job_config,
+        num_workers=num_workers,
+        mask=mask,
+        block_ids=block_ids,
+        resume_from=resume_from,
+        output_options=output_options,
+        storage_options=storage_options,
+    )
 
 
 def copy_operation(
@@ -192,11 +256,25 @@ def copy_operation(
     size in nm (io/precomputed_output.py). Returns the output array.
     """
     source = as_source(input, storage_options=storage_options)
-    output = precomputed_target(output, physical_of(source), storage_options)  # a single-scale volume
+    output = precomputed_target(
+        output, physical_of(source), storage_options
+    )  # a single-scale volume
     return blockwise_operation(
-        "copy", source, input, output, {}, block_shape=block_shape, job_type=job_type, job_config=job_config,
-        num_workers=num_workers, mask=mask, block_ids=block_ids, resume_from=resume_from,
-        output_options=output_options, storage_options=storage_options)
+        "copy",
+        source,
+        input,
+        output,
+        {},
+        block_shape=block_shape,
+        job_type=job_type,
+        job_config=job_config,
+        num_workers=num_workers,
+        mask=mask,
+        block_ids=block_ids,
+        resume_from=resume_from,
+        output_options=output_options,
+        storage_options=storage_options,
+    )
 
 
 def pyramid_operation(
@@ -260,42 +338,81 @@ def pyramid_operation(
     if ngff_version not in ("0.4", "0.5"):
         raise ParameterError(f"ngff_version must be '0.4' or '0.5', got {ngff_version!r}")
     if (levels is None) == (scale_factors is None):
-        raise ParameterError("give exactly one of levels (planned from voxel_size) and scale_factors (per level)")
+        raise ParameterError(
+            "give exactly one of levels (planned from voxel_size) and scale_factors (per level)"
+        )
     source = as_source(input, storage_options=storage_options)
     check_input_dtype(source.dtype, method, order, anti_aliasing)
     if job_type != "local" and in_memory(source):
-        raise ParameterError(f"job_type={job_type!r} needs a file-backed input (a zarr/n5 path or array), not numpy")
-    chunks, shards = check_chunks_and_shards(chunks, shards, options, len(source.shape), ngff_version)
+        raise ParameterError(
+            f"job_type={job_type!r} needs a file-backed input (a zarr/n5 path or array), not numpy"
+        )
+    chunks, shards = check_chunks_and_shards(
+        chunks, shards, options, len(source.shape), ngff_version
+    )
     options = replace(options, shards=shards)  # what existing levels must have
     geometry = pyramid_geometry(source, voxel_size, origin, units, axes, planned=levels is not None)
-    group_path = precomputed_output(output_group, storage_options, labels, options) or group_output_path(
-        output_group, storage_options)  # a precomputed volume (pyramid_formats.py) or an OME-Zarr group
+    group_path = precomputed_output(
+        output_group, storage_options, labels, options
+    ) or group_output_path(
+        output_group, storage_options
+    )  # a precomputed volume (pyramid_formats.py) or an OME-Zarr group
     if labels:
         check_label_options(group_path, source.dtype, method, order, anti_aliasing)
     spec = level_spec(source, group_path, levels, scale_factors, geometry, chunks, shards)
     reuse_s0 = reuses_s0(input, group_path)
-    plan = region_plan(source, spec, method, config, reuse_s0)  # every check before anything is created
-    details = {"input": describe_source(input, source), "output": str(group_path),
-               "method": method if method != "resize" else f"resize, order {order}, anti-aliasing {anti_aliasing}",
-               "backend": describe_backend(job_type, num_workers)}
+    plan = region_plan(
+        source, spec, method, config, reuse_s0
+    )  # every check before anything is created
+    details = {
+        "input": describe_source(input, source),
+        "output": str(group_path),
+        "method": method
+        if method != "resize"
+        else f"resize, order {order}, anti-aliasing {anti_aliasing}",
+        "backend": describe_backend(job_type, num_workers),
+    }
     if options != OutputOptions():
         details["output options"] = options.describe()
     if not spec.level_factors:
         details["levels"] = S0_ALONE
-    return PyramidOperation(input, source, group_path, spec, method, order, anti_aliasing, options, ngff_version,
-                            name, labels, config, num_workers, details, plan, reuse_s0, job_type)
+    return PyramidOperation(
+        input,
+        source,
+        group_path,
+        spec,
+        method,
+        order,
+        anti_aliasing,
+        options,
+        ngff_version,
+        name,
+        labels,
+        config,
+        num_workers,
+        details,
+        plan,
+        reuse_s0,
+        job_type,
+    )
 
 
-def check_label_options(group_path: Any, dtype: Any, method: str, order: int, anti_aliasing: bool) -> None:
+def check_label_options(
+    group_path: Any, dtype: Any, method: str, order: int, anti_aliasing: bool
+) -> None:
     """A label image lives at <image>/labels/<name>, holds integers, and is downsampled label-safely."""
     parts = getattr(group_path, "key", "").split("/")
     if not isinstance(group_path, PrecomputedOutput) and (len(parts) < 2 or parts[-2] != "labels"):
-        raise ParameterError(f"labels=True needs output_group '<image>.zarr/labels/<name>', got {str(group_path)!r}")
+        raise ParameterError(
+            f"labels=True needs output_group '<image>.zarr/labels/<name>', got {str(group_path)!r}"
+        )
     if np.dtype(dtype).kind not in "iub":
         raise ParameterError(f"label images hold integers, got dtype {dtype}")
     if method == "mean" or (method == "resize" and (order > 0 or anti_aliasing)):
-        raise ParameterError(f"method={method!r} (order {order}, anti_aliasing {anti_aliasing}) mixes label ids; "
-                             "use mode, min, max, median, stride or resize with order 0")
+        raise ParameterError(
+            f"method={method!r} (order {order}, anti_aliasing {anti_aliasing}) mixes label ids; "
+            "use mode, min, max, median, stride or resize with order 0"
+        )
 
 
 downsample = plain(downsample_operation)

@@ -17,17 +17,19 @@ import numpy as np
 from bioimage_tasks.chunk_manifest import outputs_intact, start_stamp
 from bioimage_tasks.errors import BlocksFailedError
 from bioimage_tasks.grid import BlockGrid
+from bioimage_tasks.io import ArraySource, Source, TensorStoreSource, start_read
 from bioimage_tasks.kernels.masking import merge_masked
 from bioimage_tasks.records import BlockRecords, executor
 from bioimage_tasks.signatures import job_signatures
-from bioimage_tasks.io import ArraySource, Source, TensorStoreSource, start_read
 
 _THREAD = threading.local()  # `stop`: the event that ends this thread's batches early (Ctrl-C)
 # Finished blocks are recorded together, RECORD_EVERY at a time or after RECORD_SECONDS: a kill
 # loses at most that many records or that much work (those blocks are computed again).
 RECORD_EVERY = 64
 RECORD_SECONDS = 1.0
-StartWrite = Callable[[], Callable[[], None]]  # starts writes; returns a function that waits for them
+StartWrite = Callable[
+    [], Callable[[], None]
+]  # starts writes; returns a function that waits for them
 
 
 class Job(Protocol):
@@ -41,7 +43,12 @@ class Job(Protocol):
     def prefetch(self, block_id: int) -> Callable[[], Any] | None:
         """Start reading what block `block_id` needs (None: read it in `run_block`)."""
 
-    def run_block(self, block_id: int, prefetched: Callable[[], Any] | None, write: Callable[[StartWrite], None]) -> int:
+    def run_block(
+        self,
+        block_id: int,
+        prefetched: Callable[[], Any] | None,
+        write: Callable[[StartWrite], None],
+    ) -> int:
         """Compute the block, passing each group of writes to `write` (which starts it once the
         writes before it are done); return the voxels written (0: nothing to write)."""
 
@@ -68,8 +75,12 @@ class BlockJob:
     def prefetch(self, block_id: int) -> Callable[[], np.ndarray] | None:
         return None if self.mask is not None else start_read(self.source, self.pieces(block_id)[0])
 
-    def run_block(self, block_id: int, prefetched: Callable[[], np.ndarray] | None,
-                  write: Callable[[StartWrite], None]) -> int:
+    def run_block(
+        self,
+        block_id: int,
+        prefetched: Callable[[], np.ndarray] | None,
+        write: Callable[[StartWrite], None],
+    ) -> int:
         """Compute the block's pieces and write them; writing a block twice gives the same
         output, so retries and re-executed tasks are safe."""
         voxels = 0
@@ -86,7 +97,9 @@ class BlockJob:
         """Where block `block_id` writes: (sink, region) pairs (chunk_manifest.outputs_intact)."""
         return [(self.sink, self.grid.block_slices(block_id))]
 
-    def compute(self, key: tuple[slice, ...], prefetched: Callable[[], np.ndarray] | None) -> tuple[int, np.ndarray | None]:
+    def compute(
+        self, key: tuple[slice, ...], prefetched: Callable[[], np.ndarray] | None
+    ) -> tuple[int, np.ndarray | None]:
         """(voxels to write, values) of region `key`: 0 and None when its mask is empty; a
         partly masked region keeps the sink's values outside the mask."""
         if self.mask is None:
@@ -108,8 +121,10 @@ def sub_regions(region: tuple[slice, ...], piece_shape: Sequence[int]) -> list[t
     [((0, 2), (2, 4)), ((2, 4), (2, 4)), ((4, 5), (2, 4))]
     """
     starts = [range(r.start, r.stop, p) for r, p in zip(region, piece_shape)]
-    return [tuple(slice(a, min(a + p, r.stop)) for a, p, r in zip(corner, piece_shape, region))
-            for corner in itertools.product(*starts)]
+    return [
+        tuple(slice(a, min(a + p, r.stop)) for a, p, r in zip(corner, piece_shape, region))
+        for corner in itertools.product(*starts)
+    ]
 
 
 @dataclass
@@ -137,7 +152,13 @@ class BatchWrites:
     it is done, so consecutive writes into the same chunk or shard never race, while the next
     block is already being computed. A block is recorded once all its writes are done."""
 
-    def __init__(self, job: Job, report: BatchReport, failed: dict[int, str], signatures: dict[int, str | None] | None = None):
+    def __init__(
+        self,
+        job: Job,
+        report: BatchReport,
+        failed: dict[int, str],
+        signatures: dict[int, str | None] | None = None,
+    ):
         self.job, self.report, self.failed, self.signatures = job, report, failed, signatures or {}
         self.in_flight: tuple[int, Callable[[], None]] | None = None
         self.closed: dict[int, int] = {}  # blocks that handed over all their writes -> voxels
@@ -170,14 +191,19 @@ class BatchWrites:
         self._settle(block_id)
 
     def _settle(self, block_id: int) -> None:
-        if block_id not in self.closed or (self.in_flight is not None and self.in_flight[0] == block_id):
+        if block_id not in self.closed or (
+            self.in_flight is not None and self.in_flight[0] == block_id
+        ):
             return
         voxels = self.closed.pop(block_id)
         if block_id in self.failed:
             return
         if self.job.records is not None:
             self.finished.append((block_id, self.signatures.get(block_id)))
-            if len(self.finished) >= RECORD_EVERY or time.monotonic() - self.flushed >= RECORD_SECONDS:
+            if (
+                len(self.finished) >= RECORD_EVERY
+                or time.monotonic() - self.flushed >= RECORD_SECONDS
+            ):
                 self.flush()
         (self.report.written if voxels else self.report.skipped).append(block_id)
         self.report.voxels_written += voxels
@@ -231,7 +257,9 @@ def process_batch(job: Job, block_ids: Sequence[int]) -> BatchReport:
             check_not_stopped()
             values, reading = reading, None
             if index + 1 < len(todo):
-                with contextlib.suppress(Exception):  # that block then reads again, and reports, in its turn
+                with contextlib.suppress(
+                    Exception
+                ):  # that block then reads again, and reports, in its turn
                     reading = job.prefetch(todo[index + 1])
             try:
                 voxels = job.run_block(block_id, values, writes.writer(block_id))

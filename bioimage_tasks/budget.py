@@ -15,5 +15,9 @@ def block_bytes(source: Source, shape: Sequence[int]) -> int:
     input, the kernel's temporaries and the result, twice over, since the next block's read and
     the previous block's write overlap its computation."""
     estimate = getattr(source, "working_set", None)
-    one = estimate(tuple(shape)) if estimate is not None else 2 * math.prod(shape) * source.dtype.itemsize
+    one = (
+        estimate(tuple(shape))
+        if estimate is not None
+        else 2 * math.prod(shape) * source.dtype.itemsize
+    )
     return 2 * one

@@ -78,15 +78,19 @@ class ChunkManifest:
 
     @functools.cached_property
     def _strides(self) -> tuple[int, ...]:
-        return tuple(int(np.prod(self.grid_shape[axis + 1:])) for axis in range(len(self.shape)))
+        return tuple(int(np.prod(self.grid_shape[axis + 1 :])) for axis in range(len(self.shape)))
 
     def file_ids(self, region: Region) -> list[int]:
         """Ids of the files `region` touches: `ids(cells(region))` in plain Python, several times
         faster for the one file or few a block covers."""
-        bounds = [(s.start, s.stop) if s.start is not None and s.stop is not None
-                  else s.indices(n)[:2] for s, n in zip(region, self.shape)]
-        ranges = [range(a // u * t, -(-b // u) * t, t)
-                  for (a, b), u, t in zip(bounds, self.layout[1], self._strides)]
+        bounds = [
+            (s.start, s.stop) if s.start is not None and s.stop is not None else s.indices(n)[:2]
+            for s, n in zip(region, self.shape)
+        ]
+        ranges = [
+            range(a // u * t, -(-b // u) * t, t)
+            for (a, b), u, t in zip(bounds, self.layout[1], self._strides)
+        ]
         return [sum(offsets) for offsets in itertools.product(*ranges)]
 
     def ids(self, cells: np.ndarray) -> np.ndarray:
@@ -127,8 +131,10 @@ class ChunkManifest:
             return [ABSENT if g is None else g.hex() for g in generations]
         order = np.lexsort(cells.T[::-1])  # folder by folder
         sizes, times = _stat_files(folder, prefix, separator, cells[order])
-        found = [ABSENT if s == MISSING[0] else f"{s}:{t}"
-                 for s, t in zip(sizes.tolist(), times.tolist())]
+        found = [
+            ABSENT if s == MISSING[0] else f"{s}:{t}"
+            for s, t in zip(sizes.tolist(), times.tolist())
+        ]
         result = [ABSENT] * len(cells)
         for position, stamp in zip(order.tolist(), found):
             result[position] = stamp
@@ -293,8 +299,11 @@ def _not_as_written(job: Any, block_ids: Sequence[int]) -> dict[int, list[_FileS
         for sink, region in regions_of(block_id):
             if id(sink) not in by_sink:  # each array's files once, whichever sink writes them
                 manifest = manifest_of(sink)
-                by_sink[id(sink)] = None if manifest is None else \
-                    by_url.setdefault(manifest.url, (manifest, {}, sink))
+                by_sink[id(sink)] = (
+                    None
+                    if manifest is None
+                    else by_url.setdefault(manifest.url, (manifest, {}, sink))
+                )
             if by_sink[id(sink)] is not None:
                 manifest, users, _ = by_sink[id(sink)]
                 for file_id in manifest.file_ids(region):
@@ -313,8 +322,9 @@ def _not_as_written(job: Any, block_ids: Sequence[int]) -> dict[int, list[_FileS
     return bad
 
 
-def outputs_intact(job: Any, block_ids: Iterable[int], logger: Any = None,
-                   clear_unreadable: bool = False) -> set[int]:
+def outputs_intact(
+    job: Any, block_ids: Iterable[int], logger: Any = None, clear_unreadable: bool = False
+) -> set[int]:
     """The blocks of `block_ids` whose written files (`job.written_regions`) all still match
     their manifest entries; all of them for a job that does not say what it writes. `logger`
     (optional) is told which files made blocks run again. With `clear_unreadable` (just before
@@ -327,8 +337,13 @@ def outputs_intact(job: Any, block_ids: Iterable[int], logger: Any = None,
     changed = {id(s): s for b in sorted(bad) for s in bad[b]}
     if logger is not None:
         shown = ", ".join(s.describe() for s in list(changed.values())[:5])
-        logger.warning("%d recorded blocks run again: %d files they wrote are not as written "
-                       "(%s%s)", len(bad), len(changed), shown, ", ..." if len(changed) > 5 else "")
+        logger.warning(
+            "%d recorded blocks run again: %d files they wrote are not as written (%s%s)",
+            len(bad),
+            len(changed),
+            shown,
+            ", ..." if len(changed) > 5 else "",
+        )
     if clear_unreadable:
         for state in changed.values():
             state.delete_if_unreadable()
@@ -340,8 +355,14 @@ def damage_token(job: Any, block_ids: Sequence[int]) -> str:
     differs: for a cache key, so a cached batch does not stand in for damaged files, while a
     batch not yet written and the same batch intact get the same key."""
     bad = _not_as_written(job, list(block_ids)) if block_ids else None
-    changed = sorted({(s.manifest.url, s.file_id, s.entry, s.current)
-                      for states in (bad or {}).values() for s in states if s.entry is not None})
+    changed = sorted(
+        {
+            (s.manifest.url, s.file_id, s.entry, s.current)
+            for states in (bad or {}).values()
+            for s in states
+            if s.entry is not None
+        }
+    )
     if not changed:
         return ""
     return "-" + hashlib.blake2b(repr(changed).encode(), digest_size=8).hexdigest()

@@ -15,26 +15,80 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-app = typer.Typer(help="Block-wise processing of bio-image volumes larger than memory (Prefect flows).",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="Block-wise processing of bio-image volumes larger than memory (Prefect flows).",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 # Options both commands take.
-Input = Annotated[str, typer.Argument(help="Input: path/container.zarr/key, path/container.n5/key, image.ome.zarr "
-                                           "(an OME-Zarr image), stack.tif or stack.ome.tif (series N: stack.ome.tif/N), a folder "
-                                           "or glob of 2-D TIFF slices ('slices/*.tif'), file.h5/dataset, file.czi (scene N: file.czi/N), .nd2, .lif.")]
-Output = Annotated[str, typer.Argument(help="Output array path (created if missing; zarr or n5 by its suffix).")]
-JobType = Annotated[str, typer.Option("--job-type", help="Where batches run: local (threads), subprocess (local Dask cluster), slurm, or dask.")]
-Workers = Annotated[int, typer.Option("--workers", "-w", help="Threads, worker processes or SLURM jobs.")]
-BlockShape = Annotated[Optional[str], typer.Option("--block-shape", help="Block shape in output space, e.g. 64,64,64 (default: from the output chunks and the memory budget); blocks sharing a chunk or shard run in one task, in turn.")]
-Mask = Annotated[Optional[str], typer.Option(help="Output-space mask array; only its nonzero voxels are written.")]
-BlockIds = Annotated[Optional[str], typer.Option("--block-ids", help="Only these blocks of the output grid, e.g. 0,5,7.")]
-Codec = Annotated[Optional[str], typer.Option(help="Codec of a new output: zstd, blosc-lz4 or gzip (default: zstd for zarr, gzip for n5).")]
-Level = Annotated[Optional[int], typer.Option(help="Codec level (zstd 1-22, default 3; blosc-lz4 and gzip 1-9, defaults 5 and 6).")]
-Shards = Annotated[Optional[str], typer.Option(help="Shard shape of a new zarr v3 output, e.g. 256,256,256.")]
-WriteEmptyChunks = Annotated[bool, typer.Option("--write-empty-chunks/--no-write-empty-chunks", help="Store chunks that hold only zeros (default: leave them out).")]
+Input = Annotated[
+    str,
+    typer.Argument(
+        help="Input: path/container.zarr/key, path/container.n5/key, image.ome.zarr "
+        "(an OME-Zarr image), stack.tif or stack.ome.tif (series N: stack.ome.tif/N), a folder "
+        "or glob of 2-D TIFF slices ('slices/*.tif'), file.h5/dataset, file.czi (scene N: file.czi/N), .nd2, .lif."
+    ),
+]
+Output = Annotated[
+    str, typer.Argument(help="Output array path (created if missing; zarr or n5 by its suffix).")
+]
+JobType = Annotated[
+    str,
+    typer.Option(
+        "--job-type",
+        help="Where batches run: local (threads), subprocess (local Dask cluster), slurm, or dask.",
+    ),
+]
+Workers = Annotated[
+    int, typer.Option("--workers", "-w", help="Threads, worker processes or SLURM jobs.")
+]
+BlockShape = Annotated[
+    Optional[str],
+    typer.Option(
+        "--block-shape",
+        help="Block shape in output space, e.g. 64,64,64 (default: from the output chunks and the memory budget); blocks sharing a chunk or shard run in one task, in turn.",
+    ),
+]
+Mask = Annotated[
+    Optional[str],
+    typer.Option(help="Output-space mask array; only its nonzero voxels are written."),
+]
+BlockIds = Annotated[
+    Optional[str],
+    typer.Option("--block-ids", help="Only these blocks of the output grid, e.g. 0,5,7."),
+]
+Codec = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Codec of a new output: zstd, blosc-lz4 or gzip (default: zstd for zarr, gzip for n5)."
+    ),
+]
+Level = Annotated[
+    Optional[int],
+    typer.Option(
+        help="Codec level (zstd 1-22, default 3; blosc-lz4 and gzip 1-9, defaults 5 and 6)."
+    ),
+]
+Shards = Annotated[
+    Optional[str], typer.Option(help="Shard shape of a new zarr v3 output, e.g. 256,256,256.")
+]
+WriteEmptyChunks = Annotated[
+    bool,
+    typer.Option(
+        "--write-empty-chunks/--no-write-empty-chunks",
+        help="Store chunks that hold only zeros (default: leave them out).",
+    ),
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and the run's logs.")]
-UsePrefect = Annotated[bool, typer.Option("--prefect", help="Run as a Prefect flow run (default: only when a Prefect API is configured).")]
+UsePrefect = Annotated[
+    bool,
+    typer.Option(
+        "--prefect",
+        help="Run as a Prefect flow run (default: only when a Prefect API is configured).",
+    ),
+]
 
 
 def prefect_api_configured() -> bool:
@@ -60,17 +114,26 @@ def operation(kind: str, use_prefect: bool, quiet: bool, debug: bool) -> Callabl
 
     use_prefect = use_prefect or prefect_api_configured()
     if not quiet:
-        api_url = os.environ.get("PREFECT_API_URL") or "the active profile's API, or a temporary server"
-        where = (f"as a Prefect flow run ({api_url})" if use_prefect else
-                 "on the plain engine (no Prefect API configured; --prefect runs it as a flow run)")
-        Console(stderr=True).print(f"bioimage-tasks {kind}: running {where}", highlight=False, soft_wrap=True)
+        api_url = (
+            os.environ.get("PREFECT_API_URL") or "the active profile's API, or a temporary server"
+        )
+        where = (
+            f"as a Prefect flow run ({api_url})"
+            if use_prefect
+            else "on the plain engine (no Prefect API configured; --prefect runs it as a flow run)"
+        )
+        Console(stderr=True).print(
+            f"bioimage-tasks {kind}: running {where}", highlight=False, soft_wrap=True
+        )
     if use_prefect:
         quiet_prefect(debug)
         from bioimage_tasks.prefect.flows import flow_of
 
         return flow_of(kind)
     if debug:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
     import bioimage_tasks.api as api
 
     return getattr(api, kind)
@@ -86,8 +149,9 @@ def integers(text: str | None, name: str) -> tuple[int, ...] | None:
         raise typer.BadParameter(f"{name} must be comma-separated integers, got {text!r}") from None
 
 
-def output_options(codec: str | None, level: int | None, shards: tuple[int, ...] | None,
-                   write_empty_chunks: bool) -> Any:
+def output_options(
+    codec: str | None, level: int | None, shards: tuple[int, ...] | None, write_empty_chunks: bool
+) -> Any:
     """The flows' `output_options` from the options (None when none is given); a bad combination
     raises the flow's ValueError, printed as one line by `run`."""
     from bioimage_tasks.io import OutputOptions
@@ -107,8 +171,17 @@ def run(flow_call: Callable[[], Any], quiet: bool, debug: bool, done: Callable[[
 
     console = Console(stderr=True)
     show_bar = not quiet and console.is_terminal
-    bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), console=console) if show_bar else None
+    bar = (
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        if show_bar
+        else None
+    )
     interrupts = RunInterrupts(console, debug, before_exit=bar.stop if bar else None)
     try:
         with interrupts.watching():
@@ -116,7 +189,8 @@ def run(flow_call: Callable[[], Any], quiet: bool, debug: bool, done: Callable[[
                 with bar:
                     task = bar.add_task("blocks", total=None)
                     token = progress_listener.set(
-                        lambda done, total: bar.update(task, completed=done, total=total))
+                        lambda done, total: bar.update(task, completed=done, total=total)
+                    )
                     try:
                         result = flow_call()
                     finally:
@@ -126,7 +200,12 @@ def run(flow_call: Callable[[], Any], quiet: bool, debug: bool, done: Callable[[
     except Exception as error:  # noqa: BLE001 - the CLI's contract: one line, non-zero exit
         if debug:
             raise
-        console.print(f"[red]error:[/red] {type(error).__name__}: {error}", markup=True, highlight=False, soft_wrap=True)
+        console.print(
+            f"[red]error:[/red] {type(error).__name__}: {error}",
+            markup=True,
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1) from None
     if not quiet:
         console.print(done(result), highlight=False)
@@ -151,10 +230,21 @@ def quiet_prefect(debug: bool) -> None:
 def downsample(
     input: Input,
     output: Output,
-    factor: Annotated[str, typer.Option("--factor", "-f", help="Scale factor: one int, or one per axis (1,2,2).")] = "2",
-    order: Annotated[int, typer.Option(help="Spline order 0-5 (0 is label-safe: picks voxels).")] = 0,
-    anti_aliasing: Annotated[bool, typer.Option("--anti-aliasing/--no-anti-aliasing", help="Gaussian pre-filter, as scikit-image.")] = False,
-    method: Annotated[str, typer.Option(help="resize, or a window method: mean, mode, min, max, median, stride.")] = "resize",
+    factor: Annotated[
+        str, typer.Option("--factor", "-f", help="Scale factor: one int, or one per axis (1,2,2).")
+    ] = "2",
+    order: Annotated[
+        int, typer.Option(help="Spline order 0-5 (0 is label-safe: picks voxels).")
+    ] = 0,
+    anti_aliasing: Annotated[
+        bool,
+        typer.Option(
+            "--anti-aliasing/--no-anti-aliasing", help="Gaussian pre-filter, as scikit-image."
+        ),
+    ] = False,
+    method: Annotated[
+        str, typer.Option(help="resize, or a window method: mean, mode, min, max, median, stride.")
+    ] = "resize",
     job_type: JobType = "local",
     workers: Workers = 1,
     block_shape: BlockShape = None,
@@ -174,11 +264,25 @@ def downsample(
     ids, shape = integers(block_ids, "--block-ids"), integers(block_shape, "--block-shape")
     shard_shape = integers(shards, "--shards")
     downsample_flow = operation("downsample", use_prefect, quiet, debug)
-    run(lambda: downsample_flow(input, factors[0] if len(factors) == 1 else factors, output, order=order,
-                                anti_aliasing=anti_aliasing, method=method, block_shape=shape, job_type=job_type,
-                                num_workers=workers, mask=mask, block_ids=ids,
-                                output_options=output_options(codec, level, shard_shape, write_empty_chunks)),
-        quiet, debug, wrote(output))
+    run(
+        lambda: downsample_flow(
+            input,
+            factors[0] if len(factors) == 1 else factors,
+            output,
+            order=order,
+            anti_aliasing=anti_aliasing,
+            method=method,
+            block_shape=shape,
+            job_type=job_type,
+            num_workers=workers,
+            mask=mask,
+            block_ids=ids,
+            output_options=output_options(codec, level, shard_shape, write_empty_chunks),
+        ),
+        quiet,
+        debug,
+        wrote(output),
+    )
 
 
 @app.command()
@@ -202,24 +306,59 @@ def copy(
     ids, shape = integers(block_ids, "--block-ids"), integers(block_shape, "--block-shape")
     shard_shape = integers(shards, "--shards")
     copy_flow = operation("copy", use_prefect, quiet, debug)
-    run(lambda: copy_flow(input, output, block_shape=shape, job_type=job_type, num_workers=workers, mask=mask,
-                          block_ids=ids, output_options=output_options(codec, level, shard_shape, write_empty_chunks)),
-        quiet, debug, wrote(output))
+    run(
+        lambda: copy_flow(
+            input,
+            output,
+            block_shape=shape,
+            job_type=job_type,
+            num_workers=workers,
+            mask=mask,
+            block_ids=ids,
+            output_options=output_options(codec, level, shard_shape, write_empty_chunks),
+        ),
+        quiet,
+        debug,
+        wrote(output),
+    )
 
 
 @app.command()
 def pyramid(
     input: Input,
-    output_group: Annotated[str, typer.Argument(help="OME-Zarr group to write, e.g. data/image.zarr, "
-                                                     "or a precomputed volume, precomputed://data/vol.")],
-    levels: Annotated[Optional[int], typer.Option(help="Number of levels below s0, planned from --voxel-size.")] = None,
-    factors: Annotated[Optional[str], typer.Option(help="Per-level factors relative to the previous level: '2;1,2,2'.")] = None,
-    method: Annotated[str, typer.Option(help="mean, mode (labels), min, max, median, stride, or resize.")] = "mean",
-    voxel_size: Annotated[Optional[str], typer.Option("--voxel-size", help="Voxel size of s0 per axis, e.g. 2.0,0.5,0.5.")] = None,
-    units: Annotated[Optional[str], typer.Option(help="Unit of the spatial axes, e.g. micrometer.")] = None,
-    chunks: Annotated[Optional[str], typer.Option(help="Chunk shape of every level, e.g. 64,64,64.")] = None,
-    shards: Annotated[Optional[str], typer.Option(help="Shard shape (zarr v3 / NGFF 0.5 only).")] = None,
-    ngff_version: Annotated[str, typer.Option("--ngff-version", help="0.5 (zarr v3) or 0.4 (zarr v2).")] = "0.5",
+    output_group: Annotated[
+        str,
+        typer.Argument(
+            help="OME-Zarr group to write, e.g. data/image.zarr, "
+            "or a precomputed volume, precomputed://data/vol."
+        ),
+    ],
+    levels: Annotated[
+        Optional[int], typer.Option(help="Number of levels below s0, planned from --voxel-size.")
+    ] = None,
+    factors: Annotated[
+        Optional[str],
+        typer.Option(help="Per-level factors relative to the previous level: '2;1,2,2'."),
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="mean, mode (labels), min, max, median, stride, or resize.")
+    ] = "mean",
+    voxel_size: Annotated[
+        Optional[str],
+        typer.Option("--voxel-size", help="Voxel size of s0 per axis, e.g. 2.0,0.5,0.5."),
+    ] = None,
+    units: Annotated[
+        Optional[str], typer.Option(help="Unit of the spatial axes, e.g. micrometer.")
+    ] = None,
+    chunks: Annotated[
+        Optional[str], typer.Option(help="Chunk shape of every level, e.g. 64,64,64.")
+    ] = None,
+    shards: Annotated[
+        Optional[str], typer.Option(help="Shard shape (zarr v3 / NGFF 0.5 only).")
+    ] = None,
+    ngff_version: Annotated[
+        str, typer.Option("--ngff-version", help="0.5 (zarr v3) or 0.4 (zarr v2).")
+    ] = "0.5",
     job_type: JobType = "local",
     workers: Workers = 1,
     codec: Codec = None,
@@ -232,25 +371,52 @@ def pyramid(
     """Write INPUT as an OME-Zarr multiscale image (s0..sN) with exact per-level geometry."""
     scale_factors = None
     if factors is not None:
-        scale_factors = [f[0] if len(f) == 1 else f for f in (integers(level, "--factors") for level in factors.split(";"))]
+        scale_factors = [
+            f[0] if len(f) == 1 else f
+            for f in (integers(level, "--factors") for level in factors.split(";"))
+        ]
     sizes = None if voxel_size is None else tuple(float(v) for v in voxel_size.split(","))
     pyramid_flow = operation("pyramid", use_prefect, quiet, debug)
     chunk_shape, shard_shape = integers(chunks, "--chunks"), integers(shards, "--shards")
-    run(lambda: pyramid_flow(input, output_group, levels=levels, scale_factors=scale_factors, method=method,
-                             voxel_size=sizes, units=units, chunks=chunk_shape, shards=shard_shape,
-                             ngff_version=ngff_version, job_type=job_type, num_workers=workers,
-                             output_options=output_options(codec, level, None, write_empty_chunks)),
-        quiet, debug, lambda group: f"wrote OME-Zarr multiscale image {group}")
+    run(
+        lambda: pyramid_flow(
+            input,
+            output_group,
+            levels=levels,
+            scale_factors=scale_factors,
+            method=method,
+            voxel_size=sizes,
+            units=units,
+            chunks=chunk_shape,
+            shards=shard_shape,
+            ngff_version=ngff_version,
+            job_type=job_type,
+            num_workers=workers,
+            output_options=output_options(codec, level, None, write_empty_chunks),
+        ),
+        quiet,
+        debug,
+        lambda group: f"wrote OME-Zarr multiscale image {group}",
+    )
 
 
 @app.command("verify")
 def verify_command(
-    path: Annotated[str, typer.Argument(
-        help="An output array (path/container.zarr/key, .n5/key, s3://...) or a pyramid's OME-Zarr "
-             "group (every level and staging array).")],
-    repair: Annotated[bool, typer.Option(
-        "--repair", help="Rewrite the bad chunks by re-running the call that wrote the output (on "
-                         "threads), then verify again.")] = False,
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="An output array (path/container.zarr/key, .n5/key, s3://...) or a pyramid's OME-Zarr "
+            "group (every level and staging array)."
+        ),
+    ],
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Rewrite the bad chunks by re-running the call that wrote the output (on "
+            "threads), then verify again.",
+        ),
+    ] = False,
     debug: Debug = False,
 ) -> None:
     """Check every stored chunk of PATH against what its runs wrote: print one line per chunk
@@ -265,8 +431,9 @@ def verify_command(
     except Exception as error:  # noqa: BLE001 - the CLI's contract: one line, non-zero exit
         if debug:
             raise
-        Console(stderr=True).print(f"[red]error:[/red] {type(error).__name__}: {error}",
-                                   highlight=False, soft_wrap=True)
+        Console(stderr=True).print(
+            f"[red]error:[/red] {type(error).__name__}: {error}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(1) from None
     for line in report.lines():
         print(line)
@@ -276,16 +443,40 @@ def verify_command(
 
 @app.command()
 def convert(
-    pattern: Annotated[str, typer.Argument(help="Input files: a glob ('in/*.czi'; quote it), a folder, or one file.")],
-    output_dir: Annotated[str, typer.Argument(help="Folder that receives <name>.ome.zarr per input.")],
-    levels: Annotated[Optional[int], typer.Option(help="Number of levels below s0, planned from the voxel size.")] = None,
-    factors: Annotated[Optional[str], typer.Option(help="Per-level factors instead of --levels: '2;1,2,2'.")] = None,
-    method: Annotated[str, typer.Option(help="mean, mode (labels), min, max, median, stride, or resize.")] = "mean",
-    chunks: Annotated[Optional[str], typer.Option(help="Chunk shape of every level, e.g. 64,64,64.")] = None,
-    shards: Annotated[Optional[str], typer.Option(help="Shard shape (zarr v3 / NGFF 0.5 only).")] = None,
-    ngff_version: Annotated[str, typer.Option("--ngff-version", help="0.5 (zarr v3) or 0.4 (zarr v2).")] = "0.5",
-    keep_axes: Annotated[str, typer.Option("--keep-axes", help="Axes of microscopy files kept even when singletons, e.g. c.")] = "",
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be written.")] = False,
+    pattern: Annotated[
+        str,
+        typer.Argument(help="Input files: a glob ('in/*.czi'; quote it), a folder, or one file."),
+    ],
+    output_dir: Annotated[
+        str, typer.Argument(help="Folder that receives <name>.ome.zarr per input.")
+    ],
+    levels: Annotated[
+        Optional[int], typer.Option(help="Number of levels below s0, planned from the voxel size.")
+    ] = None,
+    factors: Annotated[
+        Optional[str], typer.Option(help="Per-level factors instead of --levels: '2;1,2,2'.")
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="mean, mode (labels), min, max, median, stride, or resize.")
+    ] = "mean",
+    chunks: Annotated[
+        Optional[str], typer.Option(help="Chunk shape of every level, e.g. 64,64,64.")
+    ] = None,
+    shards: Annotated[
+        Optional[str], typer.Option(help="Shard shape (zarr v3 / NGFF 0.5 only).")
+    ] = None,
+    ngff_version: Annotated[
+        str, typer.Option("--ngff-version", help="0.5 (zarr v3) or 0.4 (zarr v2).")
+    ] = "0.5",
+    keep_axes: Annotated[
+        str,
+        typer.Option(
+            "--keep-axes", help="Axes of microscopy files kept even when singletons, e.g. c."
+        ),
+    ] = "",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be written.")
+    ] = False,
     job_type: JobType = "local",
     workers: Workers = 1,
     codec: Codec = None,
@@ -303,10 +494,19 @@ def convert(
         parsed = (integers(part, "--factors") for part in factors.split(";"))
         scale_factors = [f[0] if len(f) == 1 else list(f) for f in parsed]
     chunk_shape, shard_shape = integers(chunks, "--chunks"), integers(shards, "--shards")
-    kwargs = dict(levels=levels, scale_factors=scale_factors, method=method, chunks=chunk_shape,
-                  shards=shard_shape, ngff_version=ngff_version, job_type=job_type, num_workers=workers,
-                  keep_axes=keep_axes,
-                  dry_run=dry_run, output_options=output_options(codec, level, None, False))
+    kwargs = dict(
+        levels=levels,
+        scale_factors=scale_factors,
+        method=method,
+        chunks=chunk_shape,
+        shards=shard_shape,
+        ngff_version=ngff_version,
+        job_type=job_type,
+        num_workers=workers,
+        keep_axes=keep_axes,
+        dry_run=dry_run,
+        output_options=output_options(codec, level, None, False),
+    )
     convert_call = convert_function(use_prefect, quiet, debug)
     console = Console(stderr=True)
     try:
@@ -316,8 +516,11 @@ def convert(
         if report is None:
             if debug:
                 raise
-            console.print(f"[red]error:[/red] {type(error).__name__}: {error}", highlight=False,
-                          soft_wrap=True)
+            console.print(
+                f"[red]error:[/red] {type(error).__name__}: {error}",
+                highlight=False,
+                soft_wrap=True,
+            )
             raise typer.Exit(1) from None
     if not quiet or report.failed:
         print(report.table())
@@ -332,8 +535,9 @@ def convert_function(use_prefect: bool, quiet: bool, debug: bool) -> Callable[..
     use_prefect = use_prefect or prefect_api_configured()
     if not quiet:
         where = "as a Prefect flow run" if use_prefect else "on the plain engine"
-        Console(stderr=True).print(f"bioimage-tasks convert: running {where}", highlight=False,
-                                   soft_wrap=True)
+        Console(stderr=True).print(
+            f"bioimage-tasks convert: running {where}", highlight=False, soft_wrap=True
+        )
     if use_prefect:
         quiet_prefect(debug)
         from bioimage_tasks.prefect.flows import convert_flow
@@ -348,7 +552,9 @@ def convert_function(use_prefect: bool, quiet: bool, debug: bool) -> Callable[..
 
 @app.command()
 def info(
-    path: Annotated[str, typer.Argument(help="Any input the flows take (see 'downsample --help').")],
+    path: Annotated[
+        str, typer.Argument(help="Any input the flows take (see 'downsample --help').")
+    ],
     debug: Debug = False,
 ) -> None:
     """Print what PATH is: its kind, shape, dtype, chunks, and voxel size, units and axes where
@@ -362,12 +568,21 @@ def info(
     except Exception as error:  # noqa: BLE001 - the CLI's contract: one line, non-zero exit
         if debug:
             raise
-        Console(stderr=True).print(f"[red]error:[/red] {type(error).__name__}: {error}", highlight=False, soft_wrap=True)
+        Console(stderr=True).print(
+            f"[red]error:[/red] {type(error).__name__}: {error}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(1) from None
     physical = physical_of(source)
-    rows = {"kind": source_kind(source), "shape": tuple(source.shape), "dtype": source.dtype,
-            "chunks": source.write_unit, "voxel size": physical.voxel_size, "units": physical.units,
-            "axes": physical.axes, "origin": physical.origin}
+    rows = {
+        "kind": source_kind(source),
+        "shape": tuple(source.shape),
+        "dtype": source.dtype,
+        "chunks": source.write_unit,
+        "voxel size": physical.voxel_size,
+        "units": physical.units,
+        "axes": physical.axes,
+        "origin": physical.origin,
+    }
     for name, value in rows.items():
         print(f"{name + ':':12} {'-' if value is None else value}")
 
@@ -381,8 +596,9 @@ def source_kind(source: Any) -> str:
     if isinstance(source, TiffSource):
         if source.is_sequence:
             return f"TIFF slices ({len(source.files)} files)"
-        return ("OME-TIFF" if source.files[0].lower().endswith((".ome.tif", ".ome.tiff")) else "TIFF") + \
-            f", series {source.series}"
+        return (
+            "OME-TIFF" if source.files[0].lower().endswith((".ome.tif", ".ome.tiff")) else "TIFF"
+        ) + f", series {source.series}"
     if isinstance(source, Hdf5Source):
         return "HDF5"
     if isinstance(source, MicroscopySource):
@@ -393,7 +609,11 @@ def source_kind(source: Any) -> str:
     if isinstance(array, zarr.Array):
         version = f"zarr v{array.metadata.zarr_format}"
         level = str(source.name).rstrip("/").rsplit("/", 1)[-1]
-        return f"OME-Zarr image, level {level} ({version})" if getattr(source, "physical", None) else version
+        return (
+            f"OME-Zarr image, level {level} ({version})"
+            if getattr(source, "physical", None)
+            else version
+        )
     return type(array).__name__
 
 

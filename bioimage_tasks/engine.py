@@ -30,7 +30,9 @@ from bioimage_tasks.grid import BlockGrid
 TASKS_PER_WORKER = 4
 BLOCKS_PER_TASK = 64
 MAX_BATCHES = 256
-CHECK_BLOCKS = 4096  # blocks a batch checks and runs at once: its memory does not grow with its size
+CHECK_BLOCKS = (
+    4096  # blocks a batch checks and runs at once: its memory does not grow with its size
+)
 FIRST_FAILURES = 20  # failed blocks named (with their errors) in reports and errors
 
 logger = logging.getLogger("bioimage_tasks")
@@ -94,7 +96,7 @@ class Stage:
         """The blocks of `batch` in runs of at most about CHECK_BLOCKS, whole write groups each."""
         if batch.explicit is not None:
             for start in range(0, len(batch.explicit), CHECK_BLOCKS):
-                yield list(batch.explicit[start:start + CHECK_BLOCKS])
+                yield list(batch.explicit[start : start + CHECK_BLOCKS])
             return
         per_group = math.prod(self.group_span)
         if per_group == 1:
@@ -103,11 +105,17 @@ class Stage:
             return
         step = max(1, CHECK_BLOCKS // per_group)
         for start in range(batch.start, batch.stop, step):
-            yield [b for g in range(start, min(start + step, batch.stop)) for b in self.group_blocks(g)]
+            yield [
+                b for g in range(start, min(start + step, batch.stop)) for b in self.group_blocks(g)
+            ]
 
 
-def plan_batches(stage: Stage, num_workers: int, blocks_per_task: int | None = None,
-                 per_worker: int = TASKS_PER_WORKER) -> list[Batch]:
+def plan_batches(
+    stage: Stage,
+    num_workers: int,
+    blocks_per_task: int | None = None,
+    per_worker: int = TASKS_PER_WORKER,
+) -> list[Batch]:
     """The batches of `stage`: `per_worker` per worker, more (of at most BLOCKS_PER_TASK blocks)
     for large grids but at most MAX_BATCHES (unless that many workers), or batches of about
     `blocks_per_task` blocks. Ranges of write groups: as many objects as batches.
@@ -188,14 +196,18 @@ def run_batch(stage: Stage, batch: Batch) -> Counts:
             counts.failed += error.n_failed
             counts.add(Counts(failures=error.failures))
     if counts.failed:
-        raise BlocksFailedError(counts.failures, counts.blocks, n_failed=counts.failed, counts=counts)
+        raise BlocksFailedError(
+            counts.failures, counts.blocks, n_failed=counts.failed, counts=counts
+        )
     return counts
 
 
 class Edge(Protocol):
     """How batches run and who hears about it (plain.py, prefect/edge.py)."""
 
-    def run_batches(self, stage: Stage, batches: Sequence[Batch]) -> Iterator[tuple[Batch, Counts | BaseException]]:
+    def run_batches(
+        self, stage: Stage, batches: Sequence[Batch]
+    ) -> Iterator[tuple[Batch, Counts | BaseException]]:
         """Run `run_batch(stage, b)` for each batch; yield each outcome as it finishes."""
 
     def progress(self, label: str, total: int, already: int) -> Any:
@@ -203,14 +215,25 @@ class Edge(Protocol):
 
     def log(self, message: str, *args: Any) -> None: ...
 
-    def finished(self, kind: str, output: Any, run_key: str | None, summary: str, failure: BaseException | None,
-                 details: dict[str, Any]) -> None:
+    def finished(
+        self,
+        kind: str,
+        output: Any,
+        run_key: str | None,
+        summary: str,
+        failure: BaseException | None,
+        details: dict[str, Any],
+    ) -> None:
         """Publish the run's summary and its outcome (events, where the edge has them)."""
 
 
-def pending_batches(edge: Edge, stage: Stage, num_workers: int, blocks_per_task: int | None) -> list[Batch]:
+def pending_batches(
+    edge: Edge, stage: Stage, num_workers: int, blocks_per_task: int | None
+) -> list[Batch]:
     """The stage's batches the edge should run (an edge may leave out batches it finds done)."""
-    batches = plan_batches(stage, num_workers, blocks_per_task, getattr(edge, "tasks_per_worker", TASKS_PER_WORKER))
+    batches = plan_batches(
+        stage, num_workers, blocks_per_task, getattr(edge, "tasks_per_worker", TASKS_PER_WORKER)
+    )
     select = getattr(edge, "select_batches", None)
     return batches if select is None else select(stage, batches)
 
@@ -229,15 +252,18 @@ def run_stage(edge: Edge, stage: Stage, batches: Sequence[Batch], label: str) ->
         else:
             error = error or outcome
             counts.failed += batch_size(stage, batch)
-            for block_id in itertools.islice(itertools.chain.from_iterable(stage.batch_blocks(batch)),
-                                             FIRST_FAILURES):
+            for block_id in itertools.islice(
+                itertools.chain.from_iterable(stage.batch_blocks(batch)), FIRST_FAILURES
+            ):
                 counts.failures.setdefault(block_id, f"{type(outcome).__name__}: {outcome}")
         progress.advance(batch_size(stage, batch))
     counts.already_done += stage.n_blocks - planned
     if error is not None and not isinstance(error, Exception):
         raise error  # KeyboardInterrupt, SystemExit
     if counts.failed:
-        raise BlocksFailedError(counts.failures, stage.n_blocks, n_failed=counts.failed, counts=counts)
+        raise BlocksFailedError(
+            counts.failures, stage.n_blocks, n_failed=counts.failed, counts=counts
+        )
     return counts
 
 
@@ -275,11 +301,20 @@ def run_stages(edge: Edge, run: Run, stages: Iterable[Stage]) -> list[Counts]:
             batches = pending_batches(edge, stage, run.num_workers, run.blocks_per_task)
             counts = run_stage(edge, stage, batches, f"{run.kind} {stage.name}")
             results.append(counts)
-            edge.log("%s %s: %d blocks written, %d skipped (empty mask), %d already done, of %d", run.kind,
-                     stage.name, counts.written, counts.skipped, counts.already_done, stage.n_blocks)
+            edge.log(
+                "%s %s: %d blocks written, %d skipped (empty mask), %d already done, of %d",
+                run.kind,
+                stage.name,
+                counts.written,
+                counts.skipped,
+                counts.already_done,
+                stage.n_blocks,
+            )
     except BlocksFailedError as error:
         results.append(error.counts or Counts())
-        failure = error.in_stage(stage.name) if len(results) > 1 or stage.name != run.kind else error
+        failure = (
+            error.in_stage(stage.name) if len(results) > 1 or stage.name != run.kind else error
+        )
         raise failure from None
     except BaseException as error:
         failure = error
@@ -287,7 +322,10 @@ def run_stages(edge: Edge, run: Run, stages: Iterable[Stage]) -> list[Counts]:
     finally:
         seconds = time.perf_counter() - started
         summary = run.summary(run.details, results, seconds, failure) if run.summary else ""
-        figures = {"blocks": sum(s.n_blocks for s in stages_seen), "written": sum(c.written for c in results),
-                   "seconds": round(seconds, 3)}
+        figures = {
+            "blocks": sum(s.n_blocks for s in stages_seen),
+            "written": sum(c.written for c in results),
+            "seconds": round(seconds, 3),
+        }
         edge.finished(run.kind, run.output, run.run_key, summary, failure, figures)
     return results

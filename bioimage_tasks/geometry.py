@@ -26,9 +26,13 @@ def normalize_factors(scale_factor: int | Sequence[int], ndim: int) -> tuple[int
         )
     for factor in factors:
         if not isinstance(factor, numbers.Integral) or isinstance(factor, bool):
-            raise ValueError(f"scale_factor entries must be integers, got {factor!r} in {scale_factor!r}")
+            raise ValueError(
+                f"scale_factor entries must be integers, got {factor!r} in {scale_factor!r}"
+            )
         if factor < 1:
-            raise ValueError(f"scale_factor entries must be >= 1, got {factor!r} in {scale_factor!r}")
+            raise ValueError(
+                f"scale_factor entries must be >= 1, got {factor!r} in {scale_factor!r}"
+            )
     return tuple(int(f) for f in factors)
 
 

@@ -58,12 +58,15 @@ class BlockGrid:
         position = np.unravel_index(block_id, self.grid_shape)
         if write_unit is None:
             return tuple(int(p) for p in position)
-        return tuple(int(p) * b // math.lcm(b, u) for p, b, u in zip(position, self.block_shape, write_unit))
+        return tuple(
+            int(p) * b // math.lcm(b, u) for p, b, u in zip(position, self.block_shape, write_unit)
+        )
 
     def shares_write_units(self, write_unit: Sequence[int] | None) -> bool:
         """Whether some blocks share a chunk or shard (block shape not a multiple of it)."""
         return write_unit is not None and any(
-            b % u and b < s for b, u, s in zip(self.block_shape, write_unit, self.shape))
+            b % u and b < s for b, u, s in zip(self.block_shape, write_unit, self.shape)
+        )
 
     def validate_block_ids(self, block_ids: Iterable[int]) -> list[int]:
         """Sorted block ids, or a ParameterError naming `block_ids`: an empty list (a run that
@@ -113,7 +116,10 @@ def chunks_dividing(block_shape: Sequence[int], preferred: Sequence[int]) -> tup
     >>> chunks_dividing((8, 512, 100), (64, 64, 64))
     (8, 64, 50)
     """
-    return tuple(max(d for d in range(1, min(b, p) + 1) if b % d == 0) for b, p in zip(block_shape, preferred))
+    return tuple(
+        max(d for d in range(1, min(b, p) + 1) if b % d == 0)
+        for b, p in zip(block_shape, preferred)
+    )
 
 
 def check_block_shape(block_shape: Sequence[int], shape: Sequence[int]) -> tuple[int, ...]:
@@ -127,8 +133,13 @@ def check_block_shape(block_shape: Sequence[int], shape: Sequence[int]) -> tuple
     return tuple(int(b) for b in block)
 
 
-def fit_to_budget(block: Sequence[int], write_unit: Sequence[int] | None, shape: Sequence[int],
-                  working_set: Callable[[tuple[int, ...]], int], budget: int) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+def fit_to_budget(
+    block: Sequence[int],
+    write_unit: Sequence[int] | None,
+    shape: Sequence[int],
+    working_set: Callable[[tuple[int, ...]], int],
+    budget: int,
+) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
     """(block shape, piece shape) whose `working_set` fits `budget`: a block shrinks by halving
     its largest axis, down to one write unit; a write unit that still needs more is computed in
     pieces (halved the same way) by the one task that owns it. Piece shape None: whole blocks.
@@ -139,7 +150,11 @@ def fit_to_budget(block: Sequence[int], write_unit: Sequence[int] | None, shape:
     ((64, 64), (8, 8))
     """
     block = list(block)
-    floor = [min(u, s) for u, s in zip(write_unit, shape)] if write_unit is not None else [1] * len(shape)
+    floor = (
+        [min(u, s) for u, s in zip(write_unit, shape)]
+        if write_unit is not None
+        else [1] * len(shape)
+    )
     while working_set(tuple(block)) > budget:
         axis = max(range(len(block)), key=lambda a: (block[a] // floor[a] > 1, block[a]))
         if block[axis] // floor[axis] <= 1:

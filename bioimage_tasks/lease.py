@@ -46,7 +46,9 @@ class Holder:
     flow_run_id: str | None
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
-    started: str = field(default_factory=lambda: datetime.datetime.now().astimezone().isoformat(timespec="seconds"))
+    started: str = field(
+        default_factory=lambda: datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    )
 
     @classmethod
     def current(cls) -> Holder:
@@ -99,7 +101,9 @@ def _alive(entry: dict, now: float) -> bool:
 def holders(directory: Place) -> tuple[str | None, list[Holder]]:
     """The computation holding an output's lease and its live holders ((None, []) when free)."""
     now = time.time()
-    live = [e for e in _entries(_records_location(directory).child("lease")).values() if _alive(e, now)]
+    live = [
+        e for e in _entries(_records_location(directory).child("lease")).values() if _alive(e, now)
+    ]
     return (live[0]["computation"] if live else None), [_holder(e) for e in live]
 
 
@@ -107,14 +111,24 @@ def _holder(entry: dict) -> Holder:
     return Holder(**{k: v for k, v in entry.items() if k in Holder.__dataclass_fields__})
 
 
-def _acquire(directory: Place, computation: str, holder: Holder, holder_id: str, ttl: float) -> None:
+def _acquire(
+    directory: Place, computation: str, holder: Holder, holder_id: str, ttl: float
+) -> None:
     """Write this holder's lease file, then refuse (removing it) if a live holder of another
     computation has one."""
     folder = _records_location(directory).child("lease")
     now = time.time()
-    folder.write(f"{holder_id}.json", json.dumps(asdict(holder) | {"computation": computation, "renewed": now,
-                                                                   "ttl": ttl}).encode())
-    others = [e for k, e in _entries(folder).items() if k != holder_id and e.get("computation") != computation]
+    folder.write(
+        f"{holder_id}.json",
+        json.dumps(
+            asdict(holder) | {"computation": computation, "renewed": now, "ttl": ttl}
+        ).encode(),
+    )
+    others = [
+        e
+        for k, e in _entries(folder).items()
+        if k != holder_id and e.get("computation") != computation
+    ]
     live = [e for e in others if _alive(e, now)]
     if live:
         folder.delete(f"{holder_id}.json")
@@ -129,7 +143,9 @@ def _renew(directory: Place, holder_id: str) -> None:
     folder = _records_location(directory).child("lease")
     data = folder.read(f"{holder_id}.json")
     if data is not None:
-        folder.write(f"{holder_id}.json", json.dumps(json.loads(data) | {"renewed": time.time()}).encode())
+        folder.write(
+            f"{holder_id}.json", json.dumps(json.loads(data) | {"renewed": time.time()}).encode()
+        )
 
 
 def _release(directory: Place, holder_id: str) -> None:
@@ -138,12 +154,19 @@ def _release(directory: Place, holder_id: str) -> None:
 
 def _distinct(directories: Sequence[Place]) -> list[Location]:
     """Each output once, in one order for every process (by URL)."""
-    return sorted({location.url: location for location in map(as_location, directories)}.values(), key=lambda l: l.url)
+    return sorted(
+        {location.url: location for location in map(as_location, directories)}.values(),
+        key=lambda l: l.url,
+    )
 
 
 @contextlib.contextmanager
-def output_lease(directories: Sequence[Place], computation: str, holder: Holder | None = None,
-                 ttl: float = LEASE_SECONDS) -> Iterator[Holder]:
+def output_lease(
+    directories: Sequence[Place],
+    computation: str,
+    holder: Holder | None = None,
+    ttl: float = LEASE_SECONDS,
+) -> Iterator[Holder]:
     """Hold the lease of every output in `directories` (folders or Locations) for `computation`
     while the block runs, renewing it from a thread; raise LeaseHeldError (before anything is
     written) if a live run of another computation holds one of them. Yields the holder."""
@@ -164,7 +187,9 @@ def output_lease(directories: Sequence[Place], computation: str, holder: Holder 
     def renew() -> None:
         while not stop.wait(ttl / 4):
             for location in locations:
-                with contextlib.suppress(OSError, ValueError):  # a missed renewal is retried; the ttl allows 3
+                with contextlib.suppress(
+                    OSError, ValueError
+                ):  # a missed renewal is retried; the ttl allows 3
                     _renew(location, holder_id)
 
     renewer = threading.Thread(target=renew, name="bioimage-tasks-lease", daemon=True)
@@ -206,9 +231,14 @@ def claim_ownership(directories: Sequence[Place], computation: str) -> str:
         owner = _owner(location)
         if owner.get("computation") != computation or "epoch" not in owner:
             seed = f"{computation} after {owner.get('epoch')}".encode()
-            owner = {"computation": computation, "epoch": hashlib.blake2b(seed, digest_size=16).hexdigest()}
+            owner = {
+                "computation": computation,
+                "epoch": hashlib.blake2b(seed, digest_size=16).hexdigest(),
+            }
             folder = location.child(RECORDS_DIR)
-            folder.write("owner.json", json.dumps(owner).encode())  # first: from here on, old records are not trusted
+            folder.write(
+                "owner.json", json.dumps(owner).encode()
+            )  # first: from here on, old records are not trusted
             folder.child("blocks").remove_tree()
         epochs.append(owner["epoch"])
     return "-".join(epochs)

@@ -11,16 +11,63 @@ from typing import Any
 WINDOW_SHIFTED = ("mean", "mode", "min", "max", "median")  # a window's value sits at its centre
 AXIS_TYPES = {"t": "time", "c": "channel"}  # NGFF axis types by name; every other name is space
 # The units NGFF 0.4 and 0.5 name (UDUNITS-2), per axis type; channel axes have none.
-SPACE_UNITS = frozenset((
-    "angstrom", "attometer", "centimeter", "decimeter", "exameter", "femtometer", "foot",
-    "gigameter", "hectometer", "inch", "kilometer", "megameter", "meter", "micrometer", "mile",
-    "millimeter", "nanometer", "parsec", "petameter", "picometer", "terameter", "yard",
-    "yoctometer", "yottameter", "zeptometer", "zettameter"))
-TIME_UNITS = frozenset((
-    "attosecond", "centisecond", "day", "decisecond", "exasecond", "femtosecond", "gigasecond",
-    "hectosecond", "hour", "kilosecond", "megasecond", "microsecond", "millisecond", "minute",
-    "nanosecond", "petasecond", "picosecond", "second", "terasecond", "yoctosecond",
-    "yottasecond", "zeptosecond", "zettasecond"))
+SPACE_UNITS = frozenset(
+    (
+        "angstrom",
+        "attometer",
+        "centimeter",
+        "decimeter",
+        "exameter",
+        "femtometer",
+        "foot",
+        "gigameter",
+        "hectometer",
+        "inch",
+        "kilometer",
+        "megameter",
+        "meter",
+        "micrometer",
+        "mile",
+        "millimeter",
+        "nanometer",
+        "parsec",
+        "petameter",
+        "picometer",
+        "terameter",
+        "yard",
+        "yoctometer",
+        "yottameter",
+        "zeptometer",
+        "zettameter",
+    )
+)
+TIME_UNITS = frozenset(
+    (
+        "attosecond",
+        "centisecond",
+        "day",
+        "decisecond",
+        "exasecond",
+        "femtosecond",
+        "gigasecond",
+        "hectosecond",
+        "hour",
+        "kilosecond",
+        "megasecond",
+        "microsecond",
+        "millisecond",
+        "minute",
+        "nanosecond",
+        "petasecond",
+        "picosecond",
+        "second",
+        "terasecond",
+        "yoctosecond",
+        "yottasecond",
+        "zeptosecond",
+        "zettasecond",
+    )
+)
 UNITS = {"space": SPACE_UNITS, "time": TIME_UNITS, "channel": frozenset()}
 
 
@@ -29,8 +76,9 @@ def axis_type(name: str) -> str:
     return AXIS_TYPES.get(name, "space")
 
 
-def plan_isotropic_factors(voxel_size: Sequence[float], levels: int,
-                           axes: Sequence[str] | None = None) -> list[tuple[int, ...]]:
+def plan_isotropic_factors(
+    voxel_size: Sequence[float], levels: int, axes: Sequence[str] | None = None
+) -> list[tuple[int, ...]]:
     """Per-level factors (relative to the previous level) that first halve the finest space axes
     until voxels are as isotropic as possible, then halve all space axes: an axis is halved when
     that brings its voxel within sqrt(2) of the coarsest axis (nearest in log scale), else it
@@ -72,8 +120,12 @@ def cumulative_factors(level_factors: Sequence[Sequence[int]], ndim: int) -> lis
 
 
 def level_transform(
-    method: str, voxel_size: Sequence[float], origin: Sequence[float], factors: Sequence[int],
-    shape0: Sequence[int], shape: Sequence[int],
+    method: str,
+    voxel_size: Sequence[float],
+    origin: Sequence[float],
+    factors: Sequence[int],
+    shape0: Sequence[int],
+    shape: Sequence[int],
 ) -> tuple[list[float], list[float]]:
     """(scale, translation) of a level downsampled from s0 by cumulative `factors`.
 
@@ -109,8 +161,13 @@ def axes_metadata(axes: Sequence[str], units: Sequence[str | None]) -> list[dict
 
 
 def multiscales_attributes(
-    ngff_version: str, name: str, axes: list[dict[str, Any]], transforms: Sequence[tuple[list[float], list[float]]],
-    method: str, label: bool = False, omero: dict[str, Any] | None = None,
+    ngff_version: str,
+    name: str,
+    axes: list[dict[str, Any]],
+    transforms: Sequence[tuple[list[float], list[float]]],
+    method: str,
+    label: bool = False,
+    omero: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The group attributes of an OME-Zarr multiscale image with levels s0..sN; with `label`, of
     a label image inside `<image>/labels/`, whose source image is two groups up; `omero` (the
@@ -119,8 +176,13 @@ def multiscales_attributes(
         "name": name,
         "axes": axes,
         "datasets": [
-            {"path": f"s{level}", "coordinateTransformations": [
-                {"type": "scale", "scale": scale}, {"type": "translation", "translation": translation}]}
+            {
+                "path": f"s{level}",
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": scale},
+                    {"type": "translation", "translation": translation},
+                ],
+            }
             for level, (scale, translation) in enumerate(transforms)
         ],
         "type": method,
@@ -148,12 +210,20 @@ def omero_channels(names: Sequence[str], value_range: tuple[float, float]) -> di
     low, high = (float(v) for v in value_range)
     window = {"min": low, "max": high, "start": low, "end": high}
     colors = [CHANNEL_COLORS[i % len(CHANNEL_COLORS)] for i in range(len(names))]
-    return {"channels": [{"label": str(name), "color": color, "active": True, "window": dict(window)}
-                         for name, color in zip(names, colors)]}
+    return {
+        "channels": [
+            {"label": str(name), "color": color, "active": True, "window": dict(window)}
+            for name, color in zip(names, colors)
+        ]
+    }
 
 
-def labels_group_attributes(ngff_version: str, existing: dict[str, Any], name: str) -> dict[str, Any]:
+def labels_group_attributes(
+    ngff_version: str, existing: dict[str, Any], name: str
+) -> dict[str, Any]:
     """The `labels` group's attributes listing label image `name` beside those already listed."""
     listed = existing.get("ome", existing).get("labels", [])
     names = listed + [name] if name not in listed else listed
-    return {"labels": names} if ngff_version == "0.4" else {"ome": {"version": "0.5", "labels": names}}
+    return (
+        {"labels": names} if ngff_version == "0.4" else {"ome": {"version": "0.5", "labels": names}}
+    )

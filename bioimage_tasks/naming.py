@@ -29,8 +29,11 @@ def describe_source(data: Any, source: Any) -> str:
     return f"{describe(data)} {tuple(source.shape)} {source.dtype} chunks {source.write_unit}"
 
 
-def flow_run_namer(kind: str, output_parameter: str = "output",
-                   detail: Callable[[dict[str, Any]], str] | None = None) -> Callable[[], str]:
+def flow_run_namer(
+    kind: str,
+    output_parameter: str = "output",
+    detail: Callable[[dict[str, Any]], str] | None = None,
+) -> Callable[[], str]:
     """A Prefect `flow_run_name` callable: '<kind> <input>[ <detail>] -> <output>' from the run's
     parameters, e.g. 'downsample raw.zarr/volume x2 -> raw.zarr/s1'."""
 

@@ -19,6 +19,7 @@ from bioimage_tasks.chunk_manifest import outputs_intact, stamp_writes
 from bioimage_tasks.engine import Counts, Run, Stage, plan_batches, run_stages
 from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.grid import BlockGrid, default_block_shape
+from bioimage_tasks.io import Source, storage_place
 from bioimage_tasks.lease import claim_ownership, output_lease, owned_epoch
 from bioimage_tasks.planning import BlockwisePlan, block_records, computation_key
 from bioimage_tasks.records import BlockRecords
@@ -27,7 +28,6 @@ from bioimage_tasks.run_call import record_call
 from bioimage_tasks.runners import RunnerConfig
 from bioimage_tasks.signatures import job_signatures
 from bioimage_tasks.throttle import throttle_writes
-from bioimage_tasks.io import Source, storage_place
 
 
 class Operation(Protocol):
@@ -71,12 +71,16 @@ def execute(operation: Operation, edge: Any) -> Any:
     computation = operation.computation()
     epoch = owned_epoch(places, computation)
     if epoch is not None and all_done(operation.stages(epoch), operation):
-        edge.log("%s: every block is recorded done with today's input; nothing to write", operation.kind)
+        edge.log(
+            "%s: every block is recorded done with today's input; nothing to write", operation.kind
+        )
         return operation.complete()
     with output_lease(places, computation):
         operation.check_records(owned_epoch(places, computation))
         stages = operation.stages(claim_ownership(places, computation))
-        record_call(places[0], operation.kind, getattr(operation, "call", None))  # for verify --repair
+        record_call(
+            places[0], operation.kind, getattr(operation, "call", None)
+        )  # for verify --repair
         for stage in stages:
             if getattr(stage, "rewrite", False) and stage.job.records is not None:
                 stage.job.records.forget(stage.block_ids)  # explicitly chosen blocks are rewritten
@@ -87,8 +91,11 @@ def execute(operation: Operation, edge: Any) -> Any:
 def all_done(stages: Sequence[Stage], operation: Operation) -> bool:
     """Whether every block of every stage is recorded done from today's input (read batch by
     batch, stopping at the first block that is not: bounded memory, quick on a new run)."""
-    return all(batch_done(stage, batch) for stage in stages
-               for batch in plan_batches(stage, operation.num_workers, operation.config.blocks_per_task))
+    return all(
+        batch_done(stage, batch)
+        for stage in stages
+        for batch in plan_batches(stage, operation.num_workers, operation.config.blocks_per_task)
+    )
 
 
 def batch_done(stage: Stage, batch: Any) -> bool:
@@ -141,7 +148,9 @@ class BlockwiseOperation:
 
     def records(self, epoch: str | None) -> BlockRecords | None:
         if epoch not in self._records:
-            self._records[epoch] = None if epoch is None else block_records(self.plan, self.sink, epoch)
+            self._records[epoch] = (
+                None if epoch is None else block_records(self.plan, self.sink, epoch)
+            )
         return self._records[epoch]
 
     def check_records(self, epoch: str | None) -> None:
@@ -152,7 +161,8 @@ class BlockwiseOperation:
         if resume is not None and (records is None or os.path.abspath(resume) != records.directory):
             raise ParameterError(
                 f"resume_from={str(resume)!r} holds the records of another computation; this call's "
-                f"records are {records.url if records else 'not kept (output in memory)'}")
+                f"records are {records.url if records else 'not kept (output in memory)'}"
+            )
 
     def stages(self, epoch: str | None) -> list[Stage]:
         plan, records = self.plan, self.records(epoch)
@@ -166,10 +176,18 @@ class BlockwiseOperation:
         grid = self.plan.grid
         details = self.details | {
             "output": f"{getattr(self.sink, 'name', 'output')} {self.sink.shape} {self.sink.dtype} "
-                      f"chunks {self.sink.write_unit}",
-            "grid": f"{grid.n_blocks} blocks of {grid.block_shape}"}
-        return Run(self.kind, self.sink, details, self.num_workers, self.config.blocks_per_task,
-                   self.run_key, blockwise_summary(self.planned_voxels()))
+            f"chunks {self.sink.write_unit}",
+            "grid": f"{grid.n_blocks} blocks of {grid.block_shape}",
+        }
+        return Run(
+            self.kind,
+            self.sink,
+            details,
+            self.num_workers,
+            self.config.blocks_per_task,
+            self.run_key,
+            blockwise_summary(self.planned_voxels()),
+        )
 
     def planned_voxels(self) -> int:
         grid, ids = self.plan.grid, self.plan.block_ids
@@ -193,7 +211,9 @@ class ExplicitStage(Stage):
 def blockwise_summary(voxels: int) -> Callable[[dict[str, Any], list[Counts], float, Any], str]:
     """The summary of a one-stage run: the parameters, what happened to the blocks, how fast."""
 
-    def summary(details: dict[str, Any], results: list[Counts], seconds: float, failure: Any) -> str:
+    def summary(
+        details: dict[str, Any], results: list[Counts], seconds: float, failure: Any
+    ) -> str:
         counts = Counts()
         for result in results:
             counts.add(result)
@@ -204,7 +224,10 @@ def blockwise_summary(voxels: int) -> Callable[[dict[str, Any], list[Counts], fl
             ("blocks failed", getattr(failure, "n_failed", counts.failed)),
             ("voxels written", f"{counts.voxels:,}"),
             ("wall time", f"{seconds:.2f} s"),
-            ("throughput", f"{voxels / max(seconds, 1e-9) / 1e6:.1f} M output voxels/s (planned blocks)"),
+            (
+                "throughput",
+                f"{voxels / max(seconds, 1e-9) / 1e6:.1f} M output voxels/s (planned blocks)",
+            ),
             ("ran on", ", ".join(sorted(counts.executors)) or "nothing"),
         ]
         return "\n".join(["| | |", "|---|---|", *(f"| {name} | {value} |" for name, value in rows)])

@@ -17,8 +17,9 @@ WATCH_INTERVAL = 2.0  # seconds between worker checks while batches run
 logger = logging.getLogger("bioimage_tasks")
 
 # Set by in-process callers (the CLI) to follow progress: called with (blocks done, blocks total).
-progress_listener: contextvars.ContextVar[Callable[[int, int], None] | None] = contextvars.ContextVar(
-    "progress_listener", default=None)
+progress_listener: contextvars.ContextVar[Callable[[int, int], None] | None] = (
+    contextvars.ContextVar("progress_listener", default=None)
+)
 
 
 class LogProgress:
@@ -35,8 +36,13 @@ class LogProgress:
         tenths = self.done * 10 // max(self.total, 1)
         if tenths > self.logged_tenths:
             self.logged_tenths = tenths
-            self.log("%s: %d of %d blocks done (%d %%)", self.label, self.done, self.total,
-                     100 * self.done // max(self.total, 1))
+            self.log(
+                "%s: %d of %d blocks done (%d %%)",
+                self.label,
+                self.done,
+                self.total,
+                100 * self.done // max(self.total, 1),
+            )
         self._notify()
 
     def _notify(self) -> None:
@@ -44,8 +50,12 @@ class LogProgress:
             self.listener(self.done, self.total)
 
 
-def run_on(executor: Executor, worker_timeout: float, calls: Sequence[tuple[Any, ...]],
-           fn: Callable[..., Any]) -> Iterator[tuple[int, Any]]:
+def run_on(
+    executor: Executor,
+    worker_timeout: float,
+    calls: Sequence[tuple[Any, ...]],
+    fn: Callable[..., Any],
+) -> Iterator[tuple[int, Any]]:
     """Run `fn(*args)` for each `args` of `calls` on `executor`; yield (index in `calls`, result
     or raised error) as each finishes. Ctrl-C cancels what has not started."""
     futures = [executor.submit(fn, *args) for args in calls]
@@ -69,9 +79,12 @@ class PlainEdge:
     def __init__(self, executor: Executor, worker_timeout: float = 900.0):
         self.executor, self.worker_timeout = executor, worker_timeout
 
-    def run_batches(self, stage: Stage, batches: Sequence[Batch]) -> Iterator[tuple[Batch, Counts | BaseException]]:
-        for index, outcome in run_on(self.executor, self.worker_timeout, [(stage, b) for b in batches],
-                                     run_batch):
+    def run_batches(
+        self, stage: Stage, batches: Sequence[Batch]
+    ) -> Iterator[tuple[Batch, Counts | BaseException]]:
+        for index, outcome in run_on(
+            self.executor, self.worker_timeout, [(stage, b) for b in batches], run_batch
+        ):
             yield batches[index], outcome
 
     def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -88,6 +101,13 @@ class PlainEdge:
     def log(self, message: str, *args: Any) -> None:
         logger.info(message, *args)
 
-    def finished(self, kind: str, output: Any, run_key: str | None, summary: str, failure: BaseException | None,
-                 details: dict[str, Any]) -> None:
+    def finished(
+        self,
+        kind: str,
+        output: Any,
+        run_key: str | None,
+        summary: str,
+        failure: BaseException | None,
+        details: dict[str, Any],
+    ) -> None:
         logger.info("%s %s:\n%s", kind, "failed" if failure else "completed", summary)

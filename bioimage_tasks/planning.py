@@ -3,10 +3,10 @@ mask and block ids. A plan creates nothing; `OutputPlan.open()` does, after the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import functools
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -14,12 +14,21 @@ import numpy as np
 
 from bioimage_tasks.budget import block_bytes
 from bioimage_tasks.grid import BlockGrid, check_block_shape, default_block_shape, fit_to_budget
-from bioimage_tasks.records import BlockRecords, records_at, run_key
 from bioimage_tasks.io import (
-    ArraySource, OutputOptions, OutputPlan, Source, StorageOptions, TensorStoreSource, as_source, output_token,
-    plan_output, same_storage, storage_place,
+    ArraySource,
+    OutputOptions,
+    OutputPlan,
+    Source,
+    StorageOptions,
+    TensorStoreSource,
+    as_source,
+    output_token,
+    plan_output,
+    same_storage,
+    storage_place,
 )
 from bioimage_tasks.io.source import aligned_unit, read_unit_of
+from bioimage_tasks.records import BlockRecords, records_at, run_key
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,36 +64,66 @@ def plan_blockwise(
     the parameter at fault. Backends other than "local" run in other processes, so they need
     file-backed data (or data on object storage; `storage_options` say how to reach it)."""
     if block_ids is not None and resume_from is not None:
-        raise ValueError("block_ids and resume_from cannot be combined: block_ids re-runs exactly those blocks")
+        raise ValueError(
+            "block_ids and resume_from cannot be combined: block_ids re-runs exactly those blocks"
+        )
     if block_shape is not None:
         block_shape = check_block_shape(block_shape, source.shape)
-    output_plan = plan_output(output, source.shape, source.dtype, block_shape, output_options, storage_options)
-    unit = aligned_unit(output_plan.write_unit, read_unit_of(source), source.shape)  # whole strips/tiles too
+    output_plan = plan_output(
+        output, source.shape, source.dtype, block_shape, output_options, storage_options
+    )
+    unit = aligned_unit(
+        output_plan.write_unit, read_unit_of(source), source.shape
+    )  # whole strips/tiles too
     fits = functools.partial(block_bytes, source)
     if block_shape is None:  # shrinks as the factor grows
-        block_shape, piece_shape = fit_to_budget(default_block_shape(source.shape, unit), unit, source.shape,
-                                                 fits, memory_budget)
+        block_shape, piece_shape = fit_to_budget(
+            default_block_shape(source.shape, unit), unit, source.shape, fits, memory_budget
+        )
     else:  # the caller's blocks, computed in pieces where one needs more than the budget
-        block_shape, piece_shape = fit_to_budget(block_shape, block_shape, source.shape, fits, memory_budget)
+        block_shape, piece_shape = fit_to_budget(
+            block_shape, block_shape, source.shape, fits, memory_budget
+        )
     grid = BlockGrid(source.shape, block_shape)
     mask_source = None
     if mask is not None:
         mask_source = as_source(mask, "mask", storage_options)
         if mask_source.shape != source.shape:
-            raise ValueError(f"mask has shape {mask_source.shape}, expected the output shape {source.shape}")
+            raise ValueError(
+                f"mask has shape {mask_source.shape}, expected the output shape {source.shape}"
+            )
     if output_plan.existing is not None and same_storage(source, output_plan.existing):
-        raise ValueError(f"output {output!r} is the input: write to another array (a block would read voxels already overwritten)")
+        raise ValueError(
+            f"output {output!r} is the input: write to another array (a block would read voxels already overwritten)"
+        )
     if resume_from is not None:
         check_resume_from(resume_from, output, output_plan)
     ids = None if block_ids is None else grid.validate_block_ids(block_ids)
     if job_type != "local":
         for name, data in (("input", source), ("mask", mask_source)):
             if data is not None and in_memory(data):
-                raise ValueError(f"job_type={job_type!r} needs a file-backed {name} (a zarr/n5 path or array), not numpy")
-        if output_plan.existing is None and output_plan.create_at is None or in_memory(output_plan.existing):
-            raise ValueError(f"job_type={job_type!r} needs an output (a zarr/n5 path or array), not numpy or None")
-    return BlockwisePlan(source, output_plan, grid, ids, mask_source, piece_shape,
-                         resume_records=resume_from if isinstance(resume_from, (str, os.PathLike)) and os.path.isdir(resume_from) else None)
+                raise ValueError(
+                    f"job_type={job_type!r} needs a file-backed {name} (a zarr/n5 path or array), not numpy"
+                )
+        if (
+            output_plan.existing is None
+            and output_plan.create_at is None
+            or in_memory(output_plan.existing)
+        ):
+            raise ValueError(
+                f"job_type={job_type!r} needs an output (a zarr/n5 path or array), not numpy or None"
+            )
+    return BlockwisePlan(
+        source,
+        output_plan,
+        grid,
+        ids,
+        mask_source,
+        piece_shape,
+        resume_records=resume_from
+        if isinstance(resume_from, (str, os.PathLike)) and os.path.isdir(resume_from)
+        else None,
+    )
 
 
 def check_resume_from(resume_from: Any, output: Any, output_plan: OutputPlan) -> None:
@@ -92,7 +131,9 @@ def check_resume_from(resume_from: Any, output: Any, output_plan: OutputPlan) ->
     or its block-record folder (printed when it failed). Resuming needs that output to exist, and
     a flow run id must be of a run that wrote to this same output."""
     if output_plan.existing is None:
-        raise ValueError(f"resume_from={resume_from!r}: the output {output!r} does not exist, there is nothing to resume")
+        raise ValueError(
+            f"resume_from={resume_from!r}: the output {output!r} does not exist, there is nothing to resume"
+        )
     if isinstance(resume_from, (str, os.PathLike)) and os.path.isdir(resume_from):
         return  # checked against this run's records once the output's token is read
     try:
@@ -107,10 +148,14 @@ def check_resume_from(resume_from: Any, output: Any, output_plan: OutputPlan) ->
         try:
             previous = client.read_flow_run(run_id)
         except Exception as error:  # noqa: BLE001 - any lookup failure means we cannot resume it
-            raise ValueError(f"resume_from: no flow run {run_id} in the Prefect API ({error})") from None
+            raise ValueError(
+                f"resume_from: no flow run {run_id} in the Prefect API ({error})"
+            ) from None
     previous_output = previous.parameters.get("output")
     if str(previous_output) != str(output):
-        raise ValueError(f"resume_from: flow run {run_id} wrote to {previous_output!r}, not to {output!r}")
+        raise ValueError(
+            f"resume_from: flow run {run_id} wrote to {previous_output!r}, not to {output!r}"
+        )
 
 
 def in_memory(source: Source | None) -> bool:
@@ -124,14 +169,22 @@ def computation_key(plan: BlockwisePlan) -> str | None:
     """What the run computes, whatever output it goes to: the source and mask fingerprints, the
     grid and the output options that change what a rerun writes (`OutputOptions.fingerprint`);
     None when a part has no fingerprint."""
-    fingerprints = [getattr(part, "fingerprint", lambda: None)() for part in (plan.source, plan.mask) if part is not None]
+    fingerprints = [
+        getattr(part, "fingerprint", lambda: None)()
+        for part in (plan.source, plan.mask)
+        if part is not None
+    ]
     if any(f is None for f in fingerprints):
         return None
-    return run_key({"parts": fingerprints, "grid": [plan.grid.shape, plan.grid.block_shape]}
-                   | plan.output.options.fingerprint())
+    return run_key(
+        {"parts": fingerprints, "grid": [plan.grid.shape, plan.grid.block_shape]}
+        | plan.output.options.fingerprint()
+    )
 
 
-def block_records(plan: BlockwisePlan, sink: ArraySource | TensorStoreSource, epoch: str | None = None) -> BlockRecords | None:
+def block_records(
+    plan: BlockwisePlan, sink: ArraySource | TensorStoreSource, epoch: str | None = None
+) -> BlockRecords | None:
     """The block records of this run in the output's folder (or prefix on object storage), keyed
     by the computation, the output's token and its ownership `epoch` (lease.claim_ownership); None
     where the output has no folder or a part has no fingerprint."""
@@ -139,4 +192,6 @@ def block_records(plan: BlockwisePlan, sink: ArraySource | TensorStoreSource, ep
     computation = computation_key(plan)
     if token is None or computation is None:
         return None
-    return records_at(storage_place(sink), run_key({"computation": computation, "output": token, "epoch": epoch}))
+    return records_at(
+        storage_place(sink), run_key({"computation": computation, "output": token, "epoch": epoch})
+    )

@@ -117,9 +117,7 @@ def check_numbers(
             f"{parameter} must be numbers, one per axis, got {value!r}{where}"
         ) from None
     if len(numbers_) != ndim:
-        raise ParameterError(
-            f"{parameter} needs one entry per axis ({ndim}), got {value!r}{where}"
-        )
+        raise ParameterError(f"{parameter} needs one entry per axis ({ndim}), got {value!r}{where}")
     if not all(math.isfinite(v) and (v > 0 or not positive) for v in numbers_):
         wanted = "finite numbers > 0" if positive else "finite numbers"
         raise ParameterError(f"{parameter} must be {wanted}, got {numbers_}{where}")
@@ -170,9 +168,7 @@ def check_units(
 def check_levels(levels: Any) -> int:
     """`levels` below s0: an integer >= 0 (0 is s0 alone)."""
     if not isinstance(levels, numbers.Integral) or isinstance(levels, bool) or levels < 0:
-        raise ParameterError(
-            f"levels must be an integer >= 0 (0 writes s0 alone), got {levels!r}"
-        )
+        raise ParameterError(f"levels must be an integer >= 0 (0 writes s0 alone), got {levels!r}")
     return int(levels)
 
 

@@ -16,16 +16,44 @@ from bioimage_tasks.chunk_manifest import stamp_writes
 from bioimage_tasks.engine import Run, Stage
 from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.geometry import downscale_shape
-from bioimage_tasks.io import (ContainerPath, OutputOptions, UrlPath, check_existing_output, create_array, open_group,
-                               output_path, storage_place, with_write_empty_chunks)
+from bioimage_tasks.io import (
+    ContainerPath,
+    OutputOptions,
+    UrlPath,
+    check_existing_output,
+    create_array,
+    open_group,
+    output_path,
+    storage_place,
+    with_write_empty_chunks,
+)
 from bioimage_tasks.io.source import physical_of, read_unit_of
-from bioimage_tasks.multiscale import (axes_metadata, cumulative_factors, labels_group_attributes, level_transform,
-                                       multiscales_attributes, omero_channels, plan_isotropic_factors)
+from bioimage_tasks.multiscale import (
+    axes_metadata,
+    cumulative_factors,
+    labels_group_attributes,
+    level_transform,
+    multiscales_attributes,
+    omero_channels,
+    plan_isotropic_factors,
+)
 from bioimage_tasks.operations import measure_range
-from bioimage_tasks.pyramid_checks import (PyramidGeometry, check_channels_kept, check_levels, check_output_group,
-                                           check_scale_factors, new_level_layout)
-from bioimage_tasks.pyramid_engine import (GroupOutput, LevelRow, Sink, pyramid_stages, pyramid_summary,
-                                           resize_stages)
+from bioimage_tasks.pyramid_checks import (
+    PyramidGeometry,
+    check_channels_kept,
+    check_levels,
+    check_output_group,
+    check_scale_factors,
+    new_level_layout,
+)
+from bioimage_tasks.pyramid_engine import (
+    GroupOutput,
+    LevelRow,
+    Sink,
+    pyramid_stages,
+    pyramid_summary,
+    resize_stages,
+)
 from bioimage_tasks.pyramid_formats import PrecomputedOutput
 from bioimage_tasks.pyramid_plan import PyramidPlan, plan_pyramid, tile_bytes_per_voxel
 from bioimage_tasks.records import RECORDS_DIR, run_key
@@ -51,7 +79,9 @@ class LevelSpec:
         return cumulative_factors(self.level_factors, len(self.shapes[0]))
 
 
-def level_factors_of(levels: Any, scale_factors: Any, geometry: PyramidGeometry) -> list[tuple[int, ...]]:
+def level_factors_of(
+    levels: Any, scale_factors: Any, geometry: PyramidGeometry
+) -> list[tuple[int, ...]]:
     """Per-level factors: planned from the voxel size for `levels` (space axes only), else
     `scale_factors`; a channel axis is never reduced."""
     if levels is not None:
@@ -72,8 +102,13 @@ def same_values(stored: np.dtype, dtype: np.dtype) -> bool:
     return np.dtype(stored).newbyteorder("=") == np.dtype(dtype).newbyteorder("=")
 
 
-def existing_layout(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype,
-                    chunks: Sequence[int] | None) -> Layout | None:
+def existing_layout(
+    group_path: ContainerPath | UrlPath,
+    level: int,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    chunks: Sequence[int] | None,
+) -> Layout | None:
     """The (chunks, shards) of level `level` if it exists, which the regions must follow so that
     every write owns whole chunks or shards. An existing level must have the pyramid's shape and
     dtype, and the chunks `chunks` asks for."""
@@ -82,29 +117,47 @@ def existing_layout(group_path: ContainerPath | UrlPath, level: int, shape: tupl
         return None
     level_source = path.open("r")
     if level_source.shape != shape or not same_values(level_source.dtype, dtype):
-        raise ParameterError(f"{path} exists with shape {level_source.shape} and dtype {level_source.dtype}; this "
-                             f"pyramid needs {shape} {np.dtype(dtype)}: choose another output_group or delete it")
+        raise ParameterError(
+            f"{path} exists with shape {level_source.shape} and dtype {level_source.dtype}; this "
+            f"pyramid needs {shape} {np.dtype(dtype)}: choose another output_group or delete it"
+        )
     array = level_source.array
     if isinstance(array, ts.TensorStore):  # on object storage
-        read, write = tuple(array.chunk_layout.read_chunk.shape), tuple(array.chunk_layout.write_chunk.shape)
+        read, write = (
+            tuple(array.chunk_layout.read_chunk.shape),
+            tuple(array.chunk_layout.write_chunk.shape),
+        )
         found = read, write if write != read else None
     else:
         found = tuple(array.chunks), tuple(array.shards) if array.shards else None
     if chunks and tuple(chunks) != found[0]:
-        raise ParameterError(f"{path} exists with chunks {found[0]}, not the chunks {tuple(chunks)} asked for: "
-                             "leave chunks out to use the existing ones, or choose another output_group")
+        raise ParameterError(
+            f"{path} exists with chunks {found[0]}, not the chunks {tuple(chunks)} asked for: "
+            "leave chunks out to use the existing ones, or choose another output_group"
+        )
     return found
 
 
-def level_layouts(group_path: Any, shapes: Sequence[tuple[int, ...]], dtype: np.dtype, chunks: Any,
-                  shards: Any) -> list[Layout]:
+def level_layouts(
+    group_path: Any, shapes: Sequence[tuple[int, ...]], dtype: np.dtype, chunks: Any, shards: Any
+) -> list[Layout]:
     """Each level's (chunks, shards): an existing level's own, else the ones asked for."""
-    return [existing_layout(group_path, level, shape, dtype, chunks) or new_level_layout(shape, chunks, shards)
-            for level, shape in enumerate(shapes)]
+    return [
+        existing_layout(group_path, level, shape, dtype, chunks)
+        or new_level_layout(shape, chunks, shards)
+        for level, shape in enumerate(shapes)
+    ]
 
 
-def level_array(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype,
-                layout: Layout, axes: Sequence[str], options: OutputOptions) -> Sink:
+def level_array(
+    group_path: ContainerPath | UrlPath,
+    level: int,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    layout: Layout,
+    axes: Sequence[str],
+    options: OutputOptions,
+) -> Sink:
     """Level `level`'s array, created if missing (stored as `options` ask); an existing one (of
     the shape and dtype `existing_layout` checked) must have the codec and shards `options` name."""
     if isinstance(group_path, PrecomputedOutput):  # a scale of a precomputed volume
@@ -117,8 +170,13 @@ def level_array(group_path: ContainerPath | UrlPath, level: int, shape: tuple[in
     return with_write_empty_chunks(sink, options.write_empty_chunks)
 
 
-def staging_array(group_path: ContainerPath | UrlPath, level: int, shape: tuple[int, ...], dtype: np.dtype,
-                  chunks: tuple[int, ...]) -> Sink:
+def staging_array(
+    group_path: ContainerPath | UrlPath,
+    level: int,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    chunks: tuple[int, ...],
+) -> Sink:
     """Where the regions leave their parts of level `level` (one chunk each), kept with the
     group's records until the level is assembled from it; recreated when the plan changed."""
     if isinstance(group_path, PrecomputedOutput):
@@ -167,20 +225,43 @@ class PyramidOperation:
         if isinstance(self.group_path, PrecomputedOutput):
             self.group, self.group_directory = self.group_path.group()
         else:
-            self.group, self.group_directory = open_group(self.group_path, 2 if self.ngff_version == "0.4" else 3)
-        arrays = [None if level == 0 and self.reuse_s0 else
-                  level_array(self.group_path, level, shape, self.source.dtype, spec.layouts[level],
-                              spec.geometry.axes, self.options)
-                  for level, shape in enumerate(spec.shapes)]
-        self.sinks = [None if a is None else throttle_writes(stamp_writes(a), self.config.write_limit)
-                      for a in arrays]
-        self.rows = [LevelRow(level, shape, spec.layouts[level][1] or spec.layouts[level][0], factors,
-                              "existing" if arrays[level] is None else "from the base")
-                     for level, (shape, factors) in enumerate(zip(spec.shapes, spec.cumulative))]
+            self.group, self.group_directory = open_group(
+                self.group_path, 2 if self.ngff_version == "0.4" else 3
+            )
+        arrays = [
+            None
+            if level == 0 and self.reuse_s0
+            else level_array(
+                self.group_path,
+                level,
+                shape,
+                self.source.dtype,
+                spec.layouts[level],
+                spec.geometry.axes,
+                self.options,
+            )
+            for level, shape in enumerate(spec.shapes)
+        ]
+        self.sinks = [
+            None if a is None else throttle_writes(stamp_writes(a), self.config.write_limit)
+            for a in arrays
+        ]
+        self.rows = [
+            LevelRow(
+                level,
+                shape,
+                spec.layouts[level][1] or spec.layouts[level][0],
+                factors,
+                "existing" if arrays[level] is None else "from the base",
+            )
+            for level, (shape, factors) in enumerate(zip(spec.shapes, spec.cumulative))
+        ]
         if not spec.level_factors:
             edge.log("pyramid %s: %s", self.group_path, self.details.get("levels"))
-        if self.plan is None and any(ResizedSource(self.source, s, self.order, self.anti_aliasing).clips
-                                     for s in spec.shapes[1:]):
+        if self.plan is None and any(
+            ResizedSource(self.source, s, self.order, self.anti_aliasing).clips
+            for s in spec.shapes[1:]
+        ):
             self.value_range = measure_range(edge, self.source, self.num_workers)
 
     def places(self) -> list[Any]:
@@ -190,60 +271,122 @@ class PyramidOperation:
         fingerprint = getattr(self.source, "fingerprint", lambda: None)()
         if fingerprint is None:
             return f"unkeyed-{uuid.uuid4().hex}"
-        return run_key({"pyramid": self.method, "order": self.order, "anti_aliasing": self.anti_aliasing,
-                        "factors": self.spec.level_factors, "input": fingerprint} | self.options.fingerprint())
+        return run_key(
+            {
+                "pyramid": self.method,
+                "order": self.order,
+                "anti_aliasing": self.anti_aliasing,
+                "factors": self.spec.level_factors,
+                "input": fingerprint,
+            }
+            | self.options.fingerprint()
+        )
 
     def check_records(self, epoch: str | None) -> None:
         """A pyramid takes no `resume_from`: nothing to check."""
 
     def stages(self, epoch: str | None) -> list[Stage]:
         if self.plan is None:
-            self.stage_list = resize_stages(self.source, self.spec.shapes, self.order, self.anti_aliasing,
-                                            self.value_range, self.sinks, self.config.memory_budget, epoch, self.rows)
+            self.stage_list = resize_stages(
+                self.source,
+                self.spec.shapes,
+                self.order,
+                self.anti_aliasing,
+                self.value_range,
+                self.sinks,
+                self.config.memory_budget,
+                epoch,
+                self.rows,
+            )
             return self.stage_list
-        staging = {level: throttle_writes(stamp_writes(self.staging(level)), self.config.write_limit)
-                   for level in self.plan.staged}
+        staging = {
+            level: throttle_writes(stamp_writes(self.staging(level)), self.config.write_limit)
+            for level in self.plan.staged
+        }
         for level in range(1, len(self.spec.shapes)):
-            self.rows[level].how = "assembled from staged regions" if level in staging else "from the regions' read"
-        self.details["regions"] = f"{self.plan.grid.n_blocks} of {self.plan.region}, tiles of {self.plan.tile}"
-        self.stage_list = pyramid_stages(self.source, self.plan, self.method, self.sinks, staging,
-                                         self.group_directory, epoch, self.rows)
+            self.rows[level].how = (
+                "assembled from staged regions" if level in staging else "from the regions' read"
+            )
+        self.details["regions"] = (
+            f"{self.plan.grid.n_blocks} of {self.plan.region}, tiles of {self.plan.tile}"
+        )
+        self.stage_list = pyramid_stages(
+            self.source,
+            self.plan,
+            self.method,
+            self.sinks,
+            staging,
+            self.group_directory,
+            epoch,
+            self.rows,
+        )
         return self.stage_list
 
     def staging(self, level: int) -> Sink:
         """Level `level`'s staging array (its regions' parts, one chunk each)."""
-        return staging_array(self.group_path, level, self.spec.shapes[level], self.source.dtype,
-                             self.plan.staging_chunks(level))
+        return staging_array(
+            self.group_path,
+            level,
+            self.spec.shapes[level],
+            self.source.dtype,
+            self.plan.staging_chunks(level),
+        )
 
     def run(self) -> Run:
         first = self.stage_list[0].job.records if self.stage_list else None
-        output = GroupOutput(str(self.group_path), str(getattr(self.group_directory, "url", self.group_directory)))
-        return Run(self.kind, output, self.details, self.num_workers, self.config.blocks_per_task,
-                   first.key if first is not None else None, pyramid_summary(self.rows, self.stage_list))
+        output = GroupOutput(
+            str(self.group_path), str(getattr(self.group_directory, "url", self.group_directory))
+        )
+        return Run(
+            self.kind,
+            output,
+            self.details,
+            self.num_workers,
+            self.config.blocks_per_task,
+            first.key if first is not None else None,
+            pyramid_summary(self.rows, self.stage_list),
+        )
 
     def complete(self) -> str:
         """Write the multiscales metadata (and the labels group's list); return the group's path."""
         if isinstance(self.group_path, PrecomputedOutput):
             return self.group_path.complete()
         spec, group_path, geometry = self.spec, self.group_path, self.spec.geometry
-        transforms = [level_transform(self.method, geometry.voxel_size, geometry.origin, f, spec.shapes[0], shape)
-                      for f, shape in zip(spec.cumulative, spec.shapes)]
+        transforms = [
+            level_transform(
+                self.method, geometry.voxel_size, geometry.origin, f, spec.shapes[0], shape
+            )
+            for f, shape in zip(spec.cumulative, spec.shapes)
+        ]
         label_name = group_path.key.rsplit("/", 1)[-1]
-        self.group.attrs.update(multiscales_attributes(
-            self.ngff_version, self.name or label_name or "image", axes_metadata(geometry.axes, geometry.units),
-            transforms, self.method, label=self.labels, omero=self.omero()))
+        self.group.attrs.update(
+            multiscales_attributes(
+                self.ngff_version,
+                self.name or label_name or "image",
+                axes_metadata(geometry.axes, geometry.units),
+                transforms,
+                self.method,
+                label=self.labels,
+                omero=self.omero(),
+            )
+        )
         if self.labels:
             parent = replace(group_path, key=group_path.key.rsplit("/", 1)[0])
             labels_group, _ = open_group(parent, 2 if self.ngff_version == "0.4" else 3)
-            labels_group.attrs.update(labels_group_attributes(self.ngff_version, dict(labels_group.attrs),
-                                                              label_name))
+            labels_group.attrs.update(
+                labels_group_attributes(self.ngff_version, dict(labels_group.attrs), label_name)
+            )
         return str(group_path)
 
     def omero(self) -> dict[str, Any] | None:
         """Channel names of the input (vendor files) as NGFF `omero`, when its c axis is kept."""
         names, axes = physical_of(self.source).channel_names, self.spec.geometry.axes
-        if self.labels or not names or "c" not in axes or \
-                len(names) != self.spec.shapes[0][axes.index("c")]:
+        if (
+            self.labels
+            or not names
+            or "c" not in axes
+            or len(names) != self.spec.shapes[0][axes.index("c")]
+        ):
             return None
         dtype = np.dtype(self.source.dtype)
         info = np.iinfo(dtype) if dtype.kind in "iu" else None
@@ -254,17 +397,26 @@ def reuses_s0(input: Any, group_path: ContainerPath | UrlPath) -> bool:
     """Whether the input is this group's own s0 (then used as it is, not copied)."""
     if isinstance(group_path, PrecomputedOutput):
         return group_path.is_own_s0(input)
-    return isinstance(input, (str, os.PathLike)) and os.path.abspath(os.fspath(input)) == os.path.abspath(
-        os.path.join(group_path.container, group_path.key, "s0"))
+    return isinstance(input, (str, os.PathLike)) and os.path.abspath(
+        os.fspath(input)
+    ) == os.path.abspath(os.path.join(group_path.container, group_path.key, "s0"))
 
 
-def region_plan(source: Any, spec: LevelSpec, method: str, config: RunnerConfig, reuse_s0: bool) -> PyramidPlan | None:
+def region_plan(
+    source: Any, spec: LevelSpec, method: str, config: RunnerConfig, reuse_s0: bool
+) -> PyramidPlan | None:
     """The regions plan of a window method (None for resize), checked against the budget."""
     if method == "resize":
         return None
-    return plan_pyramid(source.shape, spec.level_factors, [shard or chunk for chunk, shard in spec.layouts],
-                        tile_bytes_per_voxel(method, source.dtype), config.memory_budget, write_s0=not reuse_s0,
-                        read_unit=read_unit_of(source))
+    return plan_pyramid(
+        source.shape,
+        spec.level_factors,
+        [shard or chunk for chunk, shard in spec.layouts],
+        tile_bytes_per_voxel(method, source.dtype),
+        config.memory_budget,
+        write_s0=not reuse_s0,
+        read_unit=read_unit_of(source),
+    )
 
 
 def group_output_path(output_group: str, storage_options: Any) -> ContainerPath | UrlPath:
@@ -276,14 +428,30 @@ def group_output_path(output_group: str, storage_options: Any) -> ContainerPath 
     return group_path
 
 
-def level_spec(source: Any, group_path: Any, levels: Any, scale_factors: Any, geometry: PyramidGeometry,
-               chunks: Any, shards: Any) -> LevelSpec:
+def level_spec(
+    source: Any,
+    group_path: Any,
+    levels: Any,
+    scale_factors: Any,
+    geometry: PyramidGeometry,
+    chunks: Any,
+    shards: Any,
+) -> LevelSpec:
     """The pyramid's levels from the checked geometry (axes, voxel size, origin, units)."""
     level_factors = level_factors_of(levels, scale_factors, geometry)
-    shapes = [downscale_shape(source.shape, f) for f in cumulative_factors(level_factors, len(source.shape))]
+    shapes = [
+        downscale_shape(source.shape, f)
+        for f in cumulative_factors(level_factors, len(source.shape))
+    ]
     if isinstance(group_path, PrecomputedOutput):
-        layouts = group_path.level_layouts(source, shapes, cumulative_factors(level_factors, len(source.shape)),
-                                           geometry, chunks, shards)
+        layouts = group_path.level_layouts(
+            source,
+            shapes,
+            cumulative_factors(level_factors, len(source.shape)),
+            geometry,
+            chunks,
+            shards,
+        )
     else:
         layouts = level_layouts(group_path, shapes, source.dtype, chunks, shards)
     return LevelSpec(level_factors, shapes, layouts, geometry)

@@ -57,7 +57,10 @@ class PyramidPlan:
 
     def staging_chunks(self, level: int) -> tuple[int, ...]:
         """Chunks of level `level`'s staging array: one region's part."""
-        return tuple(min(r // f, n) for r, f, n in zip(self.region, self.cumulative[level], self.shapes[level]))
+        return tuple(
+            min(r // f, n)
+            for r, f, n in zip(self.region, self.cumulative[level], self.shapes[level])
+        )
 
     def tiles(self, region_id: int) -> list[tuple[slice, ...]]:
         """The tiles of region `region_id`, in the order they are computed."""
@@ -65,12 +68,20 @@ class PyramidPlan:
 
     def level_key(self, level: int, base_key: tuple[slice, ...]) -> tuple[slice, ...]:
         """The part of level `level` that the base region `base_key` (window-aligned) determines."""
-        return tuple(slice(s.start // f, -(-s.stop // f)) for s, f in zip(base_key, self.cumulative[level]))
+        return tuple(
+            slice(s.start // f, -(-s.stop // f)) for s, f in zip(base_key, self.cumulative[level])
+        )
 
 
-def plan_pyramid(shape: Sequence[int], level_factors: Sequence[Sequence[int]], write_units: Sequence[Sequence[int]],
-                 bytes_per_voxel: float, budget: int, write_s0: bool = True,
-                 read_unit: Sequence[int] | None = None) -> PyramidPlan:
+def plan_pyramid(
+    shape: Sequence[int],
+    level_factors: Sequence[Sequence[int]],
+    write_units: Sequence[Sequence[int]],
+    bytes_per_voxel: float,
+    budget: int,
+    write_s0: bool = True,
+    read_unit: Sequence[int] | None = None,
+) -> PyramidPlan:
     """Regions, tiles and staged levels for a pyramid whose level k is written in `write_units[k]`
     (chunks, or shards) and whose tiles hold `bytes_per_voxel` per base voxel while computed.
     Regions and tiles cover whole `read_unit`s of the input (TIFF strips or tiles), so each is
@@ -86,18 +97,30 @@ def plan_pyramid(shape: Sequence[int], level_factors: Sequence[Sequence[int]], w
     deepest = tuple(math.prod(level[a] for level in factors) for a in range(len(shape)))
     units = [tuple(int(u) for u in unit) for unit in write_units]
     reads = tuple(int(r) for r in read_unit) if read_unit is not None else (1,) * len(shape)
-    granule = tuple(math.lcm(f, u, r) if write_s0 else math.lcm(f, r) for f, u, r in zip(deepest, units[0], reads))
+    granule = tuple(
+        math.lcm(f, u, r) if write_s0 else math.lcm(f, r)
+        for f, u, r in zip(deepest, units[0], reads)
+    )
     cumulative = PyramidPlan(shape, factors, shape, shape, ()).cumulative
     region = _covering(granule, shape)
-    for level in range(1, len(cumulative)):  # make levels direct while the region stays small enough
-        wanted = _covering(tuple(math.lcm(g, f * u) for g, f, u in zip(region, cumulative[level], units[level])), shape)
+    for level in range(
+        1, len(cumulative)
+    ):  # make levels direct while the region stays small enough
+        wanted = _covering(
+            tuple(math.lcm(g, f * u) for g, f, u in zip(region, cumulative[level], units[level])),
+            shape,
+        )
         if math.prod(wanted) > max(REGION_VOXELS, math.prod(region)):
             break
         region = wanted
     region = _grown(region, shape, MIN_REGION_VOXELS)
-    staged = tuple(k for k in range(1, len(cumulative)) if not _aligned(region, cumulative[k], units[k], shape))
-    tile_granule = tuple(min(math.lcm(d, u, g) if write_s0 else math.lcm(d, g), r)
-                         for d, u, g, r in zip(deepest, units[0], reads, region))
+    staged = tuple(
+        k for k in range(1, len(cumulative)) if not _aligned(region, cumulative[k], units[k], shape)
+    )
+    tile_granule = tuple(
+        min(math.lcm(d, u, g) if write_s0 else math.lcm(d, g), r)
+        for d, u, g, r in zip(deepest, units[0], reads, region)
+    )
     if math.prod(_covering(tile_granule, shape)) * bytes_per_voxel > budget:
         tile_granule = tuple(min(d, n) for d, n in zip(deepest, shape))
     if math.prod(_covering(tile_granule, shape)) * bytes_per_voxel > budget:
@@ -125,12 +148,16 @@ def _grown(region: tuple[int, ...], shape: tuple[int, ...], voxels: int) -> tupl
     return tuple(region)
 
 
-def _aligned(region: tuple[int, ...], factors: tuple[int, ...], unit: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+def _aligned(
+    region: tuple[int, ...], factors: tuple[int, ...], unit: tuple[int, ...], shape: tuple[int, ...]
+) -> bool:
     """Whether every region's part of a level covers whole write units of it."""
     return all(r >= n or (r // f) % u == 0 for r, f, u, n in zip(region, factors, unit, shape))
 
 
-def _fitted(region: tuple[int, ...], granule: tuple[int, ...], shape: tuple[int, ...], voxels: float) -> tuple[int, ...]:
+def _fitted(
+    region: tuple[int, ...], granule: tuple[int, ...], shape: tuple[int, ...], voxels: float
+) -> tuple[int, ...]:
     """The largest tile of multiples of `granule` inside `region` (halving its largest axis) that
     holds at most `voxels` voxels of the array."""
     tile = list(_covering(region, shape))
@@ -149,7 +176,9 @@ def tile_bytes_per_voxel(method: str, dtype: np.dtype) -> float:
     sums, 4 bytes per voxel at a factor of 2 along one axis; mode and median: window histograms,
     in the worst case one (value, int64 count) pair per voxel, twice while they grow)."""
     itemsize = np.dtype(dtype).itemsize
-    extra = {"stride": 0.2, "min": 0.2, "max": 0.2, "mean": 1.0, "mode": 1.0, "median": 1.0}[method] * itemsize
+    extra = {"stride": 0.2, "min": 0.2, "max": 0.2, "mean": 1.0, "mode": 1.0, "median": 1.0}[
+        method
+    ] * itemsize
     if method == "mean":
         extra += 4
     if method in ("mode", "median"):
@@ -157,4 +186,3 @@ def tile_bytes_per_voxel(method: str, dtype: np.dtype) -> float:
     if not np.dtype(dtype).isnative:  # the tile swapped to native byte order for the kernels
         extra += itemsize
     return 6 * itemsize + extra
-

@@ -130,13 +130,20 @@ class BlockRecords:
     def entries(self, block_ids: Iterable[int] | None = None) -> dict[int, Entry]:
         """The latest record of each recorded block (of `block_ids`, reading only their shards;
         default: every block)."""
-        return {b: Entry(None if s == _NO_SIGNATURE else s, t, who) for b, (t, s, who) in self._latest(block_ids).items()}
+        return {
+            b: Entry(None if s == _NO_SIGNATURE else s, t, who)
+            for b, (t, s, who) in self._latest(block_ids).items()
+        }
 
     def recorded(self, block_ids: Iterable[int] | None = None) -> dict[int, str | None]:
         """The stored input signature of each recorded block (of `block_ids`)."""
-        return {b: None if s == _NO_SIGNATURE else s for b, (_, s, _) in self._latest(block_ids).items()}
+        return {
+            b: None if s == _NO_SIGNATURE else s for b, (_, s, _) in self._latest(block_ids).items()
+        }
 
-    def done_among(self, block_ids: Iterable[int], signatures: dict[int, str | None] | None = None) -> set[int]:
+    def done_among(
+        self, block_ids: Iterable[int], signatures: dict[int, str | None] | None = None
+    ) -> set[int]:
         """Which of `block_ids` are recorded and, when `signatures` are given, were written from
         input with the same signature: a block whose input changed is not done."""
         recorded = self.recorded(block_ids)
@@ -156,21 +163,31 @@ class BlockRecords:
         by_shard: dict[int, list[str]] = {}
         time_ns = time.time_ns()
         for block_id, signature in events:
-            by_shard.setdefault(block_id // SHARD_BLOCKS, []).append(_line(block_id, time_ns, signature))
+            by_shard.setdefault(block_id // SHARD_BLOCKS, []).append(
+                _line(block_id, time_ns, signature)
+            )
         location = self.location
         for shard, lines in by_shard.items():
             with _SEGMENTS.lock:  # the executor once, as a header
-                location.child(f"{shard:06d}").append(_SEGMENTS.name(), "".join(lines).encode(), f"# {executor()}\n".encode())
+                location.child(f"{shard:06d}").append(
+                    _SEGMENTS.name(), "".join(lines).encode(), f"# {executor()}\n".encode()
+                )
 
     def _latest(self, block_ids: Iterable[int] | None) -> dict[int, tuple[int, str, str]]:
         """(time_ns, signature, executor) of the latest event of each block, tombstones dropped."""
         wanted = None if block_ids is None else set(block_ids)
         location = self.location
-        shards = sorted(int(n) for n in location.names() if n.isdigit()) if wanted is None else sorted({b // SHARD_BLOCKS for b in wanted})
+        shards = (
+            sorted(int(n) for n in location.names() if n.isdigit())
+            if wanted is None
+            else sorted({b // SHARD_BLOCKS for b in wanted})
+        )
         latest: dict[int, tuple[int, str, str]] = {}
         for shard in shards:
             for block_id, time_ns, signature, who in _read_shard(location.child(f"{shard:06d}")):
-                if (wanted is None or block_id in wanted) and (block_id not in latest or time_ns >= latest[block_id][0]):
+                if (wanted is None or block_id in wanted) and (
+                    block_id not in latest or time_ns >= latest[block_id][0]
+                ):
                     latest[block_id] = (time_ns, signature, who)
         return {b: event for b, event in latest.items() if event[1] != _FORGOTTEN}
 
@@ -181,7 +198,11 @@ def _read_shard(folder: Location) -> Iterable[tuple[int, int, str, str]]:
     contents = folder.read_many(names)
     for data in contents:
         lines = (data or b"").split(b"\n")[:-1]  # the last piece has no newline: torn or empty
-        who = lines[0][2:].decode(errors="replace") if lines and lines[0].startswith(b"# ") else "unknown"
+        who = (
+            lines[0][2:].decode(errors="replace")
+            if lines and lines[0].startswith(b"# ")
+            else "unknown"
+        )
         for line in lines:
             body, _, crc = line.rpartition(b" ")
             parts = body.split(b" ")

@@ -14,11 +14,19 @@ import numpy as np
 
 from bioimage_tasks.geometry import downscale_shape
 from bioimage_tasks.grid import BlockGrid, default_block_shape
-from bioimage_tasks.kernels.resize import (anti_aliasing_sigma, cast_to, first_tap, mirror_indices, plan_axis,
-                                           resize_region, tap_index, value_range)
-from bioimage_tasks.kernels.window import window_reduce
 from bioimage_tasks.io import Source, start_read
 from bioimage_tasks.io.source import read_unit_of
+from bioimage_tasks.kernels.resize import (
+    anti_aliasing_sigma,
+    cast_to,
+    first_tap,
+    mirror_indices,
+    plan_axis,
+    resize_region,
+    tap_index,
+    value_range,
+)
+from bioimage_tasks.kernels.window import window_reduce
 
 
 class DerivedSource:
@@ -54,7 +62,9 @@ class DerivedSource:
         """The input region (in `source`'s coordinates) an output region is computed from: what
         block signatures (signatures.py) and readers must cover."""
         region = normalize_key(region, self.shape)
-        return tuple(slice(*self.input_interval(axis, s.start, s.stop)) for axis, s in enumerate(region))
+        return tuple(
+            slice(*self.input_interval(axis, s.start, s.stop)) for axis, s in enumerate(region)
+        )
 
 
 def check_order(order: Any) -> None:
@@ -95,7 +105,9 @@ class ResizedSource(DerivedSource):
         shape = self.shape
         if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != ndim:
             raise ValueError(f"shape must have one entry per input axis ({ndim}), got {shape!r}")
-        if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in shape):
+        if not all(
+            isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in shape
+        ):
             raise ValueError(f"shape entries must be integers >= 1, got {shape!r}")
         object.__setattr__(self, "shape", tuple(int(n) for n in shape))
         check_order(self.order)
@@ -113,8 +125,14 @@ class ResizedSource(DerivedSource):
 
     def fingerprint(self) -> dict | None:
         return self.derived_fingerprint(
-            {"resize": {"shape": self.shape, "order": self.order, "anti_aliasing": self.anti_aliasing},
-             "value_range": self.value_range}  # clipping to a changed range changes every block
+            {
+                "resize": {
+                    "shape": self.shape,
+                    "order": self.order,
+                    "anti_aliasing": self.anti_aliasing,
+                },
+                "value_range": self.value_range,
+            }  # clipping to a changed range changes every block
         )
 
     def input_interval(self, axis: int, start: int, stop: int) -> tuple[int, int]:
@@ -148,8 +166,10 @@ class ResizedSource(DerivedSource):
         """Bytes held while a block of `shape` is resized: order 0 at an integer factor reads
         only the picked voxels; otherwise the input box (spline taps and Gaussian halo) in float64,
         with a pass's copy of it, and the result."""
-        plans = [plan_axis(n_in, n_out, 0, min(b, n_out), self.order, sigma)
-                 for n_in, n_out, b, sigma in zip(self.source.shape, self.shape, shape, self.sigma)]
+        plans = [
+            plan_axis(n_in, n_out, 0, min(b, n_out), self.order, sigma)
+            for n_in, n_out, b, sigma in zip(self.source.shape, self.shape, shape, self.sigma)
+        ]
         out = math.prod(shape) * self.dtype.itemsize
         if self.order == 0 and not self.anti_aliasing:
             return 2 * out
@@ -168,15 +188,24 @@ class ResizedSource(DerivedSource):
             for n_in, n_out, s, sigma in zip(self.source.shape, self.shape, region, self.sigma)
         ]
         shape, clip = self.source.shape, self.clip_range()
-        if self.order == 0 and not self.anti_aliasing and not isinstance(self.source, DerivedSource):
+        if (
+            self.order == 0
+            and not self.anti_aliasing
+            and not isinstance(self.source, DerivedSource)
+        ):
             # nearest voxels: at an integer factor a strided read, which copies nothing else
             picks = [tap_index(first_tap(p.coords, 0)) for p in plans]
-            if all(isinstance(k, slice) and k.start >= 0 and k.stop <= n for k, n in zip(picks, shape)):
+            if all(
+                isinstance(k, slice) and k.start >= 0 and k.stop <= n for k, n in zip(picks, shape)
+            ):
                 picked = start_read(self.source, tuple(picks))
                 return lambda: cast_to(np.asarray(picked()), self.dtype)
         box = tuple(slice(max(p.read_start, 0), min(p.read_stop, n)) for p, n in zip(plans, shape))
         pad = [(b.start - p.read_start, p.read_stop - b.stop) for p, b in zip(plans, box)]
-        if all(b.stop - b.start > max(widths) or b.stop - b.start == n for b, widths, n in zip(box, pad, shape)):
+        if all(
+            b.stop - b.start > max(widths) or b.stop - b.start == n
+            for b, widths, n in zip(box, pad, shape)
+        ):
             # The box holds the mirror image of what lies past the edges, so numpy's "reflect"
             # (scipy's "mirror") pads it in one copy, far cheaper than a gather per axis.
             boxed = start_read(self.source, box)
@@ -188,7 +217,10 @@ class ResizedSource(DerivedSource):
                 return resize_region(data, plans, self.order, self.sigma, clip, self.dtype)
 
             return resize
-        data = read_indexed(self.source, [mirror_indices(p.read_start, p.read_stop, n) for p, n in zip(plans, shape)])
+        data = read_indexed(
+            self.source,
+            [mirror_indices(p.read_start, p.read_stop, n) for p, n in zip(plans, shape)],
+        )
         return lambda: resize_region(data, plans, self.order, self.sigma, clip, self.dtype)
 
 
@@ -215,10 +247,14 @@ def read_indexed(source: Source, indices: Sequence[np.ndarray]) -> np.ndarray:
     return data
 
 
-def measure_value_range(source: Source, block_ids: Sequence[int] | None = None) -> tuple[float, float]:
+def measure_value_range(
+    source: Source, block_ids: Sequence[int] | None = None
+) -> tuple[float, float]:
     """(min, max) of `source` (NaNs ignored), read block by block."""
     grid = BlockGrid(source.shape, default_block_shape(source.shape, source.write_unit))
-    ranges = [value_range(source[grid.block_slices(b)]) for b in (block_ids or range(grid.n_blocks))]
+    ranges = [
+        value_range(source[grid.block_slices(b)]) for b in (block_ids or range(grid.n_blocks))
+    ]
     return combine_ranges(ranges)
 
 
@@ -226,8 +262,10 @@ def combine_ranges(ranges: Sequence[tuple]) -> tuple[float, float] | tuple[compl
     """The range covering all `ranges`; for complex data (see `value_range`) part by part."""
     lows, highs = np.array([r[0] for r in ranges]), np.array([r[1] for r in ranges])
     if lows.dtype.kind == "c":
-        return (complex(np.nanmin(lows.real), np.nanmin(lows.imag)),
-                complex(np.nanmax(highs.real), np.nanmax(highs.imag)))
+        return (
+            complex(np.nanmin(lows.real), np.nanmin(lows.imag)),
+            complex(np.nanmax(highs.real), np.nanmax(highs.imag)),
+        )
     return float(np.nanmin(lows)), float(np.nanmax(highs))
 
 
@@ -255,13 +293,17 @@ class WindowedSource(DerivedSource):
         return self.describe(f"{self.method} over {self.factors}")
 
     def fingerprint(self) -> dict | None:
-        return self.derived_fingerprint({"window": {"factors": self.factors, "method": self.method}})
+        return self.derived_fingerprint(
+            {"window": {"factors": self.factors, "method": self.method}}
+        )
 
     @property
     def read_unit(self) -> tuple[int, ...] | None:
         """Output blocks that are multiples of this read whole strips or tiles of the source."""
         unit = read_unit_of(self.source)
-        return None if unit is None else tuple(u // math.gcd(u, f) for u, f in zip(unit, self.factors))
+        return (
+            None if unit is None else tuple(u // math.gcd(u, f) for u, f in zip(unit, self.factors))
+        )
 
     def input_interval(self, axis: int, start: int, stop: int) -> tuple[int, int]:
         """The windows of output indices [start, stop) along `axis`."""
@@ -283,10 +325,15 @@ class WindowedSource(DerivedSource):
         """Start reading the windows of `key` (in the background where the source can); the
         returned function reduces them."""
         region = normalize_key(key, self.shape)
-        bounds = [(s.start * f, min(s.stop * f, n)) for s, f, n in zip(region, self.factors, self.source.shape)]
+        bounds = [
+            (s.start * f, min(s.stop * f, n))
+            for s, f, n in zip(region, self.factors, self.source.shape)
+        ]
         if self.method == "stride" and not isinstance(self.source, DerivedSource):
             # a strided read: only the windows' first voxels are copied out of the decoded chunks
-            firsts = start_read(self.source, tuple(slice(a, b, f) for (a, b), f in zip(bounds, self.factors)))
+            firsts = start_read(
+                self.source, tuple(slice(a, b, f) for (a, b), f in zip(bounds, self.factors))
+            )
             return lambda: np.asarray(firsts())
         windows = start_read(self.source, tuple(slice(a, b) for a, b in bounds))
         return lambda: window_reduce(windows(), self.factors, self.method, self.source.shape)

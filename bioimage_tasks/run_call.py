@@ -47,8 +47,10 @@ def describe_call(operation: str, parameters: dict[str, Any]) -> dict[str, Any]:
         except TypeError:
             kind = type(value).__name__
             why_not = why_not or f"{name} was given as a {kind} in memory, not as a path or URL"
-    relative = any(n in _PATHS and isinstance(v, str) and not is_url(v) and not os.path.isabs(v)
-                   for n, v in stored.items())
+    relative = any(
+        n in _PATHS and isinstance(v, str) and not is_url(v) and not os.path.isabs(v)
+        for n, v in stored.items()
+    )
     call = {"operation": operation, "parameters": stored, "why_not": why_not}
     return call | ({"cwd": os.getcwd()} if relative else {})  # relative paths: from there
 

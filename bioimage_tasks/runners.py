@@ -16,10 +16,9 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
-
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import wait as wait_threads
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from bioimage_tasks.blockwise import run_stoppable
@@ -60,13 +59,21 @@ class RunnerConfig:
 
     def __post_init__(self) -> None:
         if self.blocks_per_task is not None and self.blocks_per_task < 1:
-            raise ParameterError(f"job_config.blocks_per_task must be >= 1, got {self.blocks_per_task}")
+            raise ParameterError(
+                f"job_config.blocks_per_task must be >= 1, got {self.blocks_per_task}"
+            )
         if self.worker_timeout <= 0:
-            raise ParameterError(f"job_config.worker_timeout must be > 0 seconds, got {self.worker_timeout}")
+            raise ParameterError(
+                f"job_config.worker_timeout must be > 0 seconds, got {self.worker_timeout}"
+            )
         if not isinstance(self.memory_budget, int) or self.memory_budget < 2**20:
-            raise ParameterError(f"job_config.memory_budget must be an integer of at least 2**20 bytes, got {self.memory_budget!r}")
+            raise ParameterError(
+                f"job_config.memory_budget must be an integer of at least 2**20 bytes, got {self.memory_budget!r}"
+            )
         if self.retries < 0 or self.retry_delay < 0:
-            raise ParameterError(f"job_config.retries and retry_delay must be >= 0, got {self.retries}, {self.retry_delay}")
+            raise ParameterError(
+                f"job_config.retries and retry_delay must be >= 0, got {self.retries}, {self.retry_delay}"
+            )
 
     def shared(self) -> dict:
         """The RunnerConfig fields, to carry them over into a backend's own config type."""
@@ -133,7 +140,9 @@ class DaskConfig(RunnerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.address:
-            raise ParameterError("DaskConfig.address must name the scheduler, e.g. 'tcp://host:8786'")
+            raise ParameterError(
+                "DaskConfig.address must name the scheduler, e.g. 'tcp://host:8786'"
+            )
 
 
 CONFIG_TYPES: dict[str, type[RunnerConfig]] = {
@@ -155,18 +164,27 @@ def check_backend(job_type: str, num_workers: int, job_config: RunnerConfig | No
         try:
             job_config = expected(**job_config)
         except TypeError as error:
-            raise ParameterError(f"job_config for job_type={job_type!r} takes {expected.__name__} fields: {error}") from None
+            raise ParameterError(
+                f"job_config for job_type={job_type!r} takes {expected.__name__} fields: {error}"
+            ) from None
     config = RunnerConfig() if job_config is None else job_config
     if type(config) is RunnerConfig and expected is not RunnerConfig:
         config = expected(**config.shared())  # DaskConfig: asks for the address
     if type(config) is not expected:
-        raise ParameterError(f"job_config must be a {expected.__name__} for job_type={job_type!r}, got {job_config!r}")
+        raise ParameterError(
+            f"job_config must be a {expected.__name__} for job_type={job_type!r}, got {job_config!r}"
+        )
     return config
 
 
 def describe_backend(job_type: str, num_workers: int) -> str:
     """'local: 2 threads', 'subprocess: 4 worker processes', 'slurm: up to 8 SLURM jobs', ..."""
-    units = {"local": "threads", "subprocess": "worker processes", "slurm": "SLURM jobs (adaptive)", "dask": "workers wanted"}
+    units = {
+        "local": "threads",
+        "subprocess": "worker processes",
+        "slurm": "SLURM jobs (adaptive)",
+        "dask": "workers wanted",
+    }
     return f"{job_type}: {num_workers} {units[job_type]}"
 
 
@@ -177,7 +195,9 @@ class Executor:
     def __init__(self, job_type: str, num_workers: int, client: Any = None):
         self.job_type, self.num_workers, self.client = job_type, num_workers, client
         self.threads = ThreadPoolExecutor(num_workers, "bioimage-tasks") if client is None else None
-        self.stop = threading.Event()  # set on an interrupt: threads' batches end before their next block
+        self.stop = (
+            threading.Event()
+        )  # set on an interrupt: threads' batches end before their next block
 
     @property
     def address(self) -> str | None:
@@ -222,13 +242,20 @@ class Executor:
             self.threads.shutdown(wait=True, cancel_futures=True)
 
 
-def _cluster(job_type: str, num_workers: int, config: RunnerConfig, slurm_kwargs: dict | None) -> Any:
+def _cluster(
+    job_type: str, num_workers: int, config: RunnerConfig, slurm_kwargs: dict | None
+) -> Any:
     """The Dask cluster of a checked backend (None for an existing scheduler)."""
     if job_type == "subprocess":
         from distributed import LocalCluster
 
-        return LocalCluster(n_workers=num_workers, threads_per_worker=config.threads_per_worker, processes=True,
-                            memory_limit=config.memory_limit, dashboard_address=":0")
+        return LocalCluster(
+            n_workers=num_workers,
+            threads_per_worker=config.threads_per_worker,
+            processes=True,
+            memory_limit=config.memory_limit,
+            dashboard_address=":0",
+        )
     if job_type == "slurm":
         from dask_jobqueue import SLURMCluster
 
@@ -251,14 +278,22 @@ def backend(job_type: str, num_workers: int, config: RunnerConfig) -> Iterator[E
             raise
         executor.close()
         return
-    for name in ["distributed", *logging.root.manager.loggerDict]:  # cluster chatter is not progress
+    for name in [
+        "distributed",
+        *logging.root.manager.loggerDict,
+    ]:  # cluster chatter is not progress
         if name.startswith("distributed"):
             logging.getLogger(name).setLevel(logging.WARNING)
     from distributed import Client
 
-    slurm_kwargs = config.cluster_kwargs() if job_type == "slurm" else None  # a unique job name each call
-    with jobs_cancelled_on_exit(slurm_kwargs and slurm_kwargs["job_name"]), \
-            cluster_tracked(job_type) as shutting_down, sigterm_raises():
+    slurm_kwargs = (
+        config.cluster_kwargs() if job_type == "slurm" else None
+    )  # a unique job name each call
+    with (
+        jobs_cancelled_on_exit(slurm_kwargs and slurm_kwargs["job_name"]),
+        cluster_tracked(job_type) as shutting_down,
+        sigterm_raises(),
+    ):
         cluster = _cluster(job_type, num_workers, config, slurm_kwargs)
         try:
             with Client(cluster if cluster is not None else config.address) as client:
@@ -325,10 +360,17 @@ def jobs_cancelled_on_exit(job_name: str | None) -> Iterator[None]:
     if job_name is None:
         yield
         return
-    read_end, write_end = os.pipe()  # both non-inheritable: sbatch and other children never hold them
+    read_end, write_end = (
+        os.pipe()
+    )  # both non-inheritable: sbatch and other children never hold them
     try:
-        watcher = subprocess.Popen([sys.executable, "-c", _JOB_REAPER, job_name, getpass.getuser()], stdin=read_end,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        watcher = subprocess.Popen(
+            [sys.executable, "-c", _JOB_REAPER, job_name, getpass.getuser()],
+            stdin=read_end,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     finally:
         os.close(read_end)
     try:

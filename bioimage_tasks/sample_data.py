@@ -21,7 +21,9 @@ def smooth_image(shape: Sequence[int], seed: int = 0, dtype: np.dtype = np.uint8
     return np.rint(field * min(np.iinfo(dtype).max, 2**16)).astype(dtype)
 
 
-def blob_labels(shape: Sequence[int], seed: int = 0, n_blobs: int = 64, dtype: np.dtype = np.uint32) -> np.ndarray:
+def blob_labels(
+    shape: Sequence[int], seed: int = 0, n_blobs: int = 64, dtype: np.dtype = np.uint32
+) -> np.ndarray:
     """Label volume: the nearest of `n_blobs` random seed points inside a thresholded smooth field,
     background 0; ids are 1..n_blobs."""
     rng = np.random.default_rng(seed)

@@ -34,12 +34,16 @@ from bioimage_tasks.io.chunk_files import storage_layout
 from bioimage_tasks.io.kv import KvLocation
 
 
-def grid_intervals(shape: Sequence[int], block_shape: Sequence[int], block_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def grid_intervals(
+    shape: Sequence[int], block_shape: Sequence[int], block_ids: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """(starts, stops), each (len(block_ids), ndim), of the blocks of a C-ordered grid of
     `block_shape` blocks over `shape` (edge blocks cropped), computed without a loop over blocks."""
     shape, block = np.asarray(shape, np.int64), np.asarray(block_shape, np.int64)
     grid = -(-shape // block)
-    position = np.stack(np.unravel_index(np.asarray(block_ids, np.int64), tuple(grid)), axis=1).reshape(-1, len(shape))
+    position = np.stack(
+        np.unravel_index(np.asarray(block_ids, np.int64), tuple(grid)), axis=1
+    ).reshape(-1, len(shape))
     starts = position * block
     return starts, np.minimum(starts + block, shape)
 
@@ -64,7 +68,9 @@ def interval_signatures(source: Any, starts: np.ndarray, stops: np.ndarray) -> l
             return [None] * len(starts)
         starts, stops = _map_intervals(source, starts, stops)
         source = source.source
-    whole_files = getattr(source, "file_signature", None)  # TIFF, HDF5: the files' size and mtime_ns
+    whole_files = getattr(
+        source, "file_signature", None
+    )  # TIFF, HDF5: the files' size and mtime_ns
     if whole_files is not None:
         return [whole_files()] * len(starts)
     own = getattr(source, "box_signatures", None)  # precomputed: chunk or shard files by name
@@ -84,13 +90,18 @@ def interval_signatures(source: Any, starts: np.ndarray, stops: np.ndarray) -> l
     return [text[i : i + 16] for i in range(0, len(text), 16)]
 
 
-def combined_signatures(sources: Sequence[Any], starts: np.ndarray, stops: np.ndarray) -> list[str | None]:
+def combined_signatures(
+    sources: Sequence[Any], starts: np.ndarray, stops: np.ndarray
+) -> list[str | None]:
     """One signature per box over several sources read with the same regions (an input view and
     a mask): their signatures joined by "/", "?" for a part without one; None if all are unknown."""
     parts = [interval_signatures(s, starts, stops) for s in sources]
     if len(parts) == 1:
         return parts[0]
-    return [None if all(p is None for p in row) else "/".join(p or "?" for p in row) for row in zip(*parts)]
+    return [
+        None if all(p is None for p in row) else "/".join(p or "?" for p in row)
+        for row in zip(*parts)
+    ]
 
 
 def job_signatures(job: Any, block_ids: Sequence[int]) -> dict[int, str | None]:
@@ -113,17 +124,26 @@ class UnversionedObjects(Exception):
     """The store gives no version of its objects (an http server without ETags): no signature."""
 
 
-def _stamp_objects(location: KvLocation, prefix: str, separator: str, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _stamp_objects(
+    location: KvLocation, prefix: str, separator: str, cells: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """`_stat_files` on object storage: a 64-bit hash of each object's generation in place of its
     size, `MISSING` where there is none."""
     stamps = location.stamps([prefix + separator.join(map(str, cell)) for cell in cells.tolist()])
     if any(s is not None and len(s) <= 1 for s in stamps):  # tensorstore's flag byte alone: no ETag
         raise UnversionedObjects
-    sizes = [MISSING[0] if s is None else int.from_bytes(hashlib.blake2b(s, digest_size=8).digest(), "little") for s in stamps]
+    sizes = [
+        MISSING[0]
+        if s is None
+        else int.from_bytes(hashlib.blake2b(s, digest_size=8).digest(), "little")
+        for s in stamps
+    ]
     return np.array(sizes, np.uint64), np.zeros(len(sizes), np.uint64)
 
 
-def _stat_files(directory: str | KvLocation, prefix: str, separator: str, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _stat_files(
+    directory: str | KvLocation, prefix: str, separator: str, cells: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(size, mtime_ns) of the storage file of each grid cell (`cells`: (N, ndim) in C order),
     `MISSING` where there is none. With nested keys ("c/1/2/3") each folder is opened once and its
     files stat'ed relative to it, in one comprehension per folder (~2.5 us per file here)."""
@@ -133,12 +153,17 @@ def _stat_files(directory: str | KvLocation, prefix: str, separator: str, cells:
         names = [prefix + separator.join(map(str, cell)) for cell in cells.tolist()]
         return _stat_folder(directory, names)
     if cells.shape[1] == 1:
-        return _stat_folder(os.path.join(directory, prefix.rstrip("/")) if prefix else directory, cells[:, 0].astype(str).tolist())
+        return _stat_folder(
+            os.path.join(directory, prefix.rstrip("/")) if prefix else directory,
+            cells[:, 0].astype(str).tolist(),
+        )
     breaks = np.flatnonzero(np.any(cells[1:, :-1] != cells[:-1, :-1], axis=1)) + 1
     bounds = [0, *breaks.tolist(), len(cells)]
     last = cells[:, -1].astype(str).tolist()
     parts = [
-        _stat_folder(os.path.join(directory, prefix + "/".join(map(str, cells[a, :-1].tolist()))), last[a:b])
+        _stat_folder(
+            os.path.join(directory, prefix + "/".join(map(str, cells[a, :-1].tolist()))), last[a:b]
+        )
         for a, b in zip(bounds[:-1], bounds[1:])
     ]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -149,10 +174,14 @@ def _stat_folder(folder: str, names: list[str]) -> tuple[np.ndarray, np.ndarray]
     try:
         handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
-        return np.full(len(names), MISSING[0], np.uint64), np.full(len(names), MISSING[1], np.uint64)
+        return np.full(len(names), MISSING[0], np.uint64), np.full(
+            len(names), MISSING[1], np.uint64
+        )
     try:
         try:
-            pairs = [(s.st_size, s.st_mtime_ns) for s in [os.stat(name, dir_fd=handle) for name in names]]
+            pairs = [
+                (s.st_size, s.st_mtime_ns) for s in [os.stat(name, dir_fd=handle) for name in names]
+            ]
         except FileNotFoundError:
             pairs = [_stat_or_missing(name, handle) for name in names]
     finally:
@@ -169,13 +198,22 @@ def _stat_or_missing(name: str, handle: int) -> tuple[int, int]:
     return status.st_size, status.st_mtime_ns
 
 
-def _map_intervals(view: Any, starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _map_intervals(
+    view: Any, starts: np.ndarray, stops: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The input intervals a view reads for output boxes, one call per distinct interval per axis."""
     new_starts, new_stops = np.empty_like(starts), np.empty_like(stops)
     for axis in range(starts.shape[1]):
-        pairs, inverse = np.unique(np.stack([starts[:, axis], stops[:, axis]], 1), axis=0, return_inverse=True)
-        mapped = np.array([view.input_interval(axis, int(a), int(b)) for a, b in pairs], np.int64).reshape(-1, 2)
-        new_starts[:, axis], new_stops[:, axis] = mapped[inverse.ravel(), 0], mapped[inverse.ravel(), 1]
+        pairs, inverse = np.unique(
+            np.stack([starts[:, axis], stops[:, axis]], 1), axis=0, return_inverse=True
+        )
+        mapped = np.array(
+            [view.input_interval(axis, int(a), int(b)) for a, b in pairs], np.int64
+        ).reshape(-1, 2)
+        new_starts[:, axis], new_stops[:, axis] = (
+            mapped[inverse.ravel(), 0],
+            mapped[inverse.ravel(), 1],
+        )
     return new_starts, new_stops
 
 
@@ -192,8 +230,15 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _file_sums(directory: str | KvLocation, unit: tuple[int, ...], prefix: str, separator: str, shape: tuple[int, ...],
-               starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+def _file_sums(
+    directory: str | KvLocation,
+    unit: tuple[int, ...],
+    prefix: str,
+    separator: str,
+    shape: tuple[int, ...],
+    starts: np.ndarray,
+    stops: np.ndarray,
+) -> np.ndarray:
     """Per box, the wrapping sum of the hashes of the storage files it covers."""
     unit_array = np.asarray(unit, np.int64)
     low, high = starts // unit_array, np.maximum(-(-stops // unit_array), starts // unit_array)
@@ -208,7 +253,9 @@ def _file_sums(directory: str | KvLocation, unit: tuple[int, ...], prefix: str, 
     else:
         cells = np.indices(extent).reshape(len(extent), -1).T
     sizes, times = _stat_files(directory, prefix, separator, cells + origin)
-    positions = np.ravel_multi_index(tuple((cells + origin).T), tuple(-(-n // u) for n, u in zip(shape, unit)))
+    positions = np.ravel_multi_index(
+        tuple((cells + origin).T), tuple(-(-n // u) for n, u in zip(shape, unit))
+    )
     hashes = _mix(_mix(_mix(positions.astype(np.uint64)) ^ sizes) ^ times)
     values = np.zeros(extent, np.uint64)
     values[tuple(cells.T)] = hashes

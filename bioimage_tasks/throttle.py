@@ -31,7 +31,9 @@ def _writers() -> ThreadPoolExecutor:
     global _executor
     with _executor_lock:
         if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="bioimage-tasks-write")
+            _executor = ThreadPoolExecutor(
+                max_workers=WRITER_THREADS, thread_name_prefix="bioimage-tasks-write"
+            )
         return _executor
 
 

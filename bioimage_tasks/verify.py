@@ -85,12 +85,15 @@ class VerifyReport:
         found = ", ".join(f"{kinds.count(k)} {k}" for k in dict.fromkeys(kinds)) or "all intact"
         repaired = f"; {len(self.repaired)} repaired" if self.repaired else ""
         megabytes = self.bytes_read / 1e6
-        return (f"{self.path}: {len(self.arrays)} arrays, {self.files} files, {megabytes:.1f} MB "
-                f"checked in {self.seconds:.2f} s: {found}{repaired}")
+        return (
+            f"{self.path}: {len(self.arrays)} arrays, {self.files} files, {megabytes:.1f} MB "
+            f"checked in {self.seconds:.2f} s: {found}{repaired}"
+        )
 
 
-def verify(path: str, storage_options: StorageOptions | dict | None = None,
-           repair: bool = False) -> VerifyReport:
+def verify(
+    path: str, storage_options: StorageOptions | dict | None = None, repair: bool = False
+) -> VerifyReport:
     """Check the output array or pyramid group at `path` (a local path or s3:// URL) against its
     chunk manifests; with `repair`, rewrite what is bad by re-running the stored call (see the
     module), then check again. Raises ParameterError for a path that is no output, or a repair
@@ -117,14 +120,21 @@ def _check(path: str, arrays: Labelled) -> VerifyReport:
     return report
 
 
-def output_arrays(path: str, storage_options: StorageOptions | dict | None = None
-                  ) -> tuple[Location, Labelled]:
+def output_arrays(
+    path: str, storage_options: StorageOptions | dict | None = None
+) -> tuple[Location, Labelled]:
     """Where the output keeps its run.json, and its arrays as (label, source): the array itself
     (label ""), or a pyramid group's levels ("s0", ...) and staging arrays."""
-    parsed = UrlPath.parse(path, "path", storage_options) if is_url(path) else \
-        ContainerPath.parse(path, "path")
-    folder = parsed.location() if isinstance(parsed, UrlPath) else \
-        LocalLocation(os.path.abspath(os.path.join(parsed.container, parsed.key)))
+    parsed = (
+        UrlPath.parse(path, "path", storage_options)
+        if is_url(path)
+        else ContainerPath.parse(path, "path")
+    )
+    folder = (
+        parsed.location()
+        if isinstance(parsed, UrlPath)
+        else LocalLocation(os.path.abspath(os.path.join(parsed.container, parsed.key)))
+    )
     attributes = _group_attributes(folder)
     if attributes is None:
         if not parsed.exists():
@@ -132,15 +142,23 @@ def output_arrays(path: str, storage_options: StorageOptions | dict | None = Non
         return folder, [("", parsed.open("r"))]
     multiscale = multiscale_of(attributes)
     if multiscale is None:
-        raise ParameterError(f"path: {path!r} is a zarr group without OME-Zarr multiscales "
-                             "metadata; give one of its arrays")
-    levels = [(d["path"], dataclasses.replace(parsed, key=f"{parsed.key}/{d['path']}".lstrip("/")))
-              for d in multiscale["datasets"]]
+        raise ParameterError(
+            f"path: {path!r} is a zarr group without OME-Zarr multiscales "
+            "metadata; give one of its arrays"
+        )
+    levels = [
+        (d["path"], dataclasses.replace(parsed, key=f"{parsed.key}/{d['path']}".lstrip("/")))
+        for d in multiscale["datasets"]
+    ]
     staging = f"{parsed.container}/{parsed.key}".rstrip("/") + f"/{RECORDS_DIR}/staging.zarr"
-    levels += [(f"{RECORDS_DIR}/staging.zarr/{name}",
-                dataclasses.replace(parsed, container=staging, key=name))
-               for name in sorted(folder.child(RECORDS_DIR).child("staging.zarr").names())
-               if name[:1] == "s" and name[1:].isdigit()]
+    levels += [
+        (
+            f"{RECORDS_DIR}/staging.zarr/{name}",
+            dataclasses.replace(parsed, container=staging, key=name),
+        )
+        for name in sorted(folder.child(RECORDS_DIR).child("staging.zarr").names())
+        if name[:1] == "s" and name[1:].isdigit()
+    ]
     return folder, [(label, level.open("r")) for label, level in levels if level.exists()]
 
 
@@ -161,8 +179,9 @@ def check_array(label: str, source: Any, report: VerifyReport) -> None:
     add what is bad to `report`."""
     manifest = manifest_of(source)
     if manifest is None:
-        raise ParameterError(f"path: {label or report.path} is not stored in files (nothing to "
-                             "verify)")
+        raise ParameterError(
+            f"path: {label or report.path} is not stored in files (nothing to verify)"
+        )
     decode = decoder(source, manifest)
     listed = _listed_ids(manifest)
     n_files = int(np.prod(manifest.grid_shape))
@@ -190,7 +209,7 @@ def _listed_ids(manifest: ChunkManifest) -> set[int] | None:
         return None
     found = set()
     for key in folder.keys():  # noqa: SIM118 - a listing, not a dict
-        parts = key[len(prefix):].split(separator) if key.startswith(prefix) else []
+        parts = key[len(prefix) :].split(separator) if key.startswith(prefix) else []
         if len(parts) == len(manifest.shape) and all(p.isdigit() for p in parts):
             cell = np.array([[int(p) for p in parts]])
             if np.all(cell < np.array(manifest.grid_shape)):
@@ -214,8 +233,9 @@ def _read(manifest: ChunkManifest, key: str) -> tuple[bytes | None, bytes | None
 Decoder = Callable[[np.ndarray, str, bytes], str | None]  # (cell, key, bytes) -> error or None
 
 
-def _check_file(label: str, manifest: ChunkManifest, file_id: int, entry: str | None,
-                decode: Decoder) -> tuple[int | None, BadChunk | None]:
+def _check_file(
+    label: str, manifest: ChunkManifest, file_id: int, entry: str | None, decode: Decoder
+) -> tuple[int | None, BadChunk | None]:
     """(bytes read or None, what is wrong or None) for one file against its manifest entry."""
     cell = manifest.cells_of([file_id])[0]
     key = manifest.key(cell)
@@ -259,8 +279,11 @@ def decoder(source: Any, manifest: ChunkManifest) -> Decoder:
     if store is None:  # codecs only zarr-python has: read the file's region through it
         return lambda cell, key, data: _error_of(lambda: source[box(cell)])
     spec = store.spec(retain_context=False).to_json()
-    memory = ts.open({"driver": spec["driver"], "kvstore": {"driver": "memory"},
-                      "metadata": spec["metadata"]}, create=True, context=ts.Context()).result()
+    memory = ts.open(
+        {"driver": spec["driver"], "kvstore": {"driver": "memory"}, "metadata": spec["metadata"]},
+        create=True,
+        context=ts.Context(),
+    ).result()
 
     def decode(cell: np.ndarray, key: str, data: bytes) -> str | None:
         memory.kvstore.write(key, data).result()

@@ -32,7 +32,9 @@ HEAL_PARAMETERS = {
 }
 
 
-def heal_trigger(flow_name: str, deployment_name: str, max_heals: int = MAX_HEALS) -> DeploymentEventTrigger:
+def heal_trigger(
+    flow_name: str, deployment_name: str, max_heals: int = MAX_HEALS
+) -> DeploymentEventTrigger:
     """The trigger that re-runs deployment `flow_name/deployment_name` on its own failed blocks."""
     if max_heals < 1:
         raise ValueError(f"max_heals must be >= 1, got {max_heals}")
@@ -40,9 +42,13 @@ def heal_trigger(flow_name: str, deployment_name: str, max_heals: int = MAX_HEAL
         name=f"heal {flow_name}/{deployment_name}",
         description=f"Re-run the failed blocks of {flow_name}/{deployment_name} (at most {max_heals} times in a row)",
         expect={"bioimage-tasks.blocks.failed"},
-        match={"prefect.resource.id": "bioimage-tasks.array.*",
-               "bioimage-tasks.failures-in-a-row": [str(n) for n in range(1, max_heals + 1)]},
-        match_related=[{"prefect.resource.role": "flow", "prefect.resource.name": flow_name},
-                       {"prefect.resource.role": "deployment", "prefect.resource.name": deployment_name}],
+        match={
+            "prefect.resource.id": "bioimage-tasks.array.*",
+            "bioimage-tasks.failures-in-a-row": [str(n) for n in range(1, max_heals + 1)],
+        },
+        match_related=[
+            {"prefect.resource.role": "flow", "prefect.resource.name": flow_name},
+            {"prefect.resource.role": "deployment", "prefect.resource.name": deployment_name},
+        ],
         parameters=HEAL_PARAMETERS,
     )

@@ -24,15 +24,24 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from healing import heal_trigger  # noqa: E402
 
 
-def build_deployments(data: str, downsample_schedule: dict[str, Any], copy_schedule: dict[str, Any]) -> list:
+def build_deployments(
+    data: str, downsample_schedule: dict[str, Any], copy_schedule: dict[str, Any]
+) -> list:
     """Deployments of every flow; the schedules are `to_deployment` keywords (cron=..., interval=...)."""
     sample = os.path.abspath(os.path.join(data, "sample.zarr"))
     return [
         downsample_flow.to_deployment(
             name="nightly-downsample",
             description="Downsample the sample volume x2 (order 1, anti-aliased) on a local Dask cluster.",
-            parameters={"input": f"{sample}/raw", "scale_factor": 2, "output": f"{sample}/s1", "order": 1,
-                        "anti_aliasing": True, "job_type": "subprocess", "num_workers": 2},
+            parameters={
+                "input": f"{sample}/raw",
+                "scale_factor": 2,
+                "output": f"{sample}/s1",
+                "order": 1,
+                "anti_aliasing": True,
+                "job_type": "subprocess",
+                "num_workers": 2,
+            },
             tags=["bioimage-tasks"],
             triggers=[heal_trigger("downsample", "nightly-downsample")],
             **downsample_schedule,
@@ -40,7 +49,10 @@ def build_deployments(data: str, downsample_schedule: dict[str, Any], copy_sched
         copy_flow.to_deployment(
             name="nightly-n5-export",
             description="Export the downsampled level to n5 for tools that read n5.",
-            parameters={"input": f"{sample}/s1", "output": os.path.abspath(os.path.join(data, "sample.n5/s1"))},
+            parameters={
+                "input": f"{sample}/s1",
+                "output": os.path.abspath(os.path.join(data, "sample.n5/s1")),
+            },
             tags=["bioimage-tasks"],
             triggers=[heal_trigger("copy", "nightly-n5-export")],
             **copy_schedule,
@@ -49,5 +61,10 @@ def build_deployments(data: str, downsample_schedule: dict[str, Any], copy_sched
 
 
 if __name__ == "__main__":
-    serve(*build_deployments(os.environ.get("BIOIMAGE_TASKS_DATA", "data"),
-                             {"cron": "0 2 * * *"}, {"cron": "30 2 * * *"}))
+    serve(
+        *build_deployments(
+            os.environ.get("BIOIMAGE_TASKS_DATA", "data"),
+            {"cron": "0 2 * * *"},
+            {"cron": "30 2 * * *"},
+        )
+    )

@@ -24,7 +24,14 @@ def sample_volume() -> str:
     path = DATA / "sample.zarr"
     if not (path / "raw" / "zarr.json").exists():
         image = smooth_image(SHAPE, seed=0)
-        zarr.create_array(store=str(path), name="raw", shape=SHAPE, dtype="uint8", chunks=(64, 64, 64), overwrite=True)[:] = image
+        zarr.create_array(
+            store=str(path),
+            name="raw",
+            shape=SHAPE,
+            dtype="uint8",
+            chunks=(64, 64, 64),
+            overwrite=True,
+        )[:] = image
         print(f"generated {path}/raw: {SHAPE} uint8, chunks (64, 64, 64)")
     return f"{path}/raw"
 
@@ -33,7 +40,9 @@ def main() -> None:
     source = sample_volume()
     output = f"{DATA}/sample.zarr/s1"
     started = time.perf_counter()
-    result = downsample_flow(source, 2, output, order=1, anti_aliasing=True, job_type="subprocess", num_workers=2)
+    result = downsample_flow(
+        source, 2, output, order=1, anti_aliasing=True, job_type="subprocess", num_workers=2
+    )
     elapsed = time.perf_counter() - started
     values = np.asarray(result[:])
     print()
@@ -44,7 +53,15 @@ def main() -> None:
     print(f"open it with: zarr.open_array({str(DATA / 'sample.zarr')!r}, path='s1')")
     group = f"{DATA}/sample.ome.zarr"
     started = time.perf_counter()
-    pyramid_flow(source, group, levels=4, method="mean", voxel_size=(1.0, 1.0, 1.0), units="micrometer", num_workers=2)
+    pyramid_flow(
+        source,
+        group,
+        levels=4,
+        method="mean",
+        voxel_size=(1.0, 1.0, 1.0),
+        units="micrometer",
+        num_workers=2,
+    )
     elapsed = time.perf_counter() - started
     levels = zarr.open_group(group, mode="r")
     print()

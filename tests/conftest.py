@@ -32,8 +32,10 @@ def subprocess_env(prefect_server) -> dict[str, str]:
     API, and tests/ importable for the test-only sources."""
     from prefect.settings import PREFECT_API_URL
 
-    return os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value(),
-                         "PYTHONPATH": os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")]))}
+    return os.environ | {
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PYTHONPATH": os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")])),
+    }
 
 
 @pytest.fixture
@@ -57,8 +59,11 @@ def slurm_cluster():
     elif shutil.which("apt-get") is None and shutil.which("sinfo") is None:
         reason = "no apt-get to install SLURM"
     if reason is None:
-        started = subprocess.run(["bash", os.path.join(REPO, "scripts", "slurm-test-cluster.sh"), "start"],
-                                 capture_output=True, text=True)
+        started = subprocess.run(
+            ["bash", os.path.join(REPO, "scripts", "slurm-test-cluster.sh"), "start"],
+            capture_output=True,
+            text=True,
+        )
         if started.returncode != 0:
             reason = f"scripts/slurm-test-cluster.sh start failed: {started.stderr[-2000:]}"
     if reason is not None:
@@ -80,14 +85,25 @@ def postgres_database():
     reason = None
     if os.geteuid() != 0:
         reason = "needs root to install and start PostgreSQL"
-    elif shutil.which("apt-get") is None and not any(os.path.isdir(d) for d in ("/usr/lib/postgresql",)):
+    elif shutil.which("apt-get") is None and not any(
+        os.path.isdir(d) for d in ("/usr/lib/postgresql",)
+    ):
         reason = "no apt-get to install PostgreSQL"
     if reason is None:
         started = subprocess.run(["bash", script, "start"], capture_output=True, text=True)
-        fresh = subprocess.run(["bash", script, "fresh", f"bioimage_tasks_test_{os.getpid()}"], capture_output=True,
-                               text=True) if started.returncode == 0 else started
+        fresh = (
+            subprocess.run(
+                ["bash", script, "fresh", f"bioimage_tasks_test_{os.getpid()}"],
+                capture_output=True,
+                text=True,
+            )
+            if started.returncode == 0
+            else started
+        )
         if fresh.returncode != 0:
-            reason = f"scripts/postgres-test-server.sh failed: {(started.stderr + fresh.stderr)[-2000:]}"
+            reason = (
+                f"scripts/postgres-test-server.sh failed: {(started.stderr + fresh.stderr)[-2000:]}"
+            )
     if reason is not None:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL must run in CI: {reason}")
@@ -105,13 +121,19 @@ class S3Server:
     def create_bucket(self, name: str) -> str:
         import urllib.request
 
-        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")).close()
+        urllib.request.urlopen(
+            urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")
+        ).close()
         return name
 
     def requests(self) -> list[tuple[str, str]]:
         """(method, path) of every request answered so far."""
         with open(self.log) as stream:
-            lines = [line.split('"')[1].split() for line in stream if line.count('"') >= 2 and " HTTP/" in line]
+            lines = [
+                line.split('"')[1].split()
+                for line in stream
+                if line.count('"') >= 2 and " HTTP/" in line
+            ]
         return [(parts[0], parts[1]) for parts in lines if len(parts) == 3]
 
     def writes_since(self, mark: int) -> list[tuple[str, str]]:
@@ -134,8 +156,17 @@ def s3_server(tmp_path_factory):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     log = str(tmp_path_factory.mktemp("moto") / "requests.log")
-    server = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p",
-                               str(port)], stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    server = subprocess.Popen(
+        [
+            os.path.join(os.path.dirname(sys.executable), "moto_server"),
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "w"),
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -147,9 +178,16 @@ def s3_server(tmp_path_factory):
                 server.kill()
                 pytest.fail(f"moto_server did not start: {open(log).read()[-2000:]}")
             time.sleep(0.2)
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_REGION="us-east-1")
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+    }
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_REGION="us-east-1",
+    )
     try:
         yield S3Server(endpoint, log)
     finally:

@@ -9,9 +9,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from bioimage_tasks.prefect.flow_class import blockwise_flow
-from bioimage_tasks.naming import flow_run_namer
 from bioimage_tasks.io import as_source
+from bioimage_tasks.naming import flow_run_namer
+from bioimage_tasks.prefect.flow_class import blockwise_flow
 from flows import downsample_flow
 
 
@@ -20,7 +20,12 @@ class FailingReads:
     `times` times (each failure leaves a file in `markers`)."""
 
     def __init__(self, path: str, start: Sequence[int], times: int, markers: str):
-        self.inner, self.start, self.times, self.markers = as_source(path), tuple(start), times, markers
+        self.inner, self.start, self.times, self.markers = (
+            as_source(path),
+            tuple(start),
+            times,
+            markers,
+        )
         self.name = path
 
     shape = property(lambda self: self.inner.shape)
@@ -56,6 +61,14 @@ def flaky_downsample(
 ) -> Any:
     """`downsample_flow.fn` in this flow run (so its events belong to this deployment's run)."""
     source = FailingReads(input, fail_at, fail_times, markers)
-    downsample_flow.fn(source, scale_factor, output, method=method, block_shape=block_shape, job_config=job_config,
-                       block_ids=block_ids, resume_from=resume_from)
+    downsample_flow.fn(
+        source,
+        scale_factor,
+        output,
+        method=method,
+        block_shape=block_shape,
+        job_config=job_config,
+        block_ids=block_ids,
+        resume_from=resume_from,
+    )
     return output

@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-
 import tensorstore as ts
 
 from bioimage_tasks.io import UrlPath, as_source
@@ -67,7 +66,9 @@ def wait_for(condition, timeout: float, interval: float = 0.2):
 
 def slurm_jobs(name_prefix: str = "bioimage-tasks") -> list[str]:
     """Ids of this project's SLURM jobs still known to squeue (pending, running or completing)."""
-    out = subprocess.run(["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, check=True
+    ).stdout
     return [line.split()[0] for line in out.splitlines() if line.split()[1].startswith(name_prefix)]
 
 
@@ -82,7 +83,10 @@ def record_times(array_dir: str) -> dict[int, float]:
     """When each recorded block of the output's single run key was last written (s since the epoch)."""
     from bioimage_tasks.records import BlockRecords
 
-    return {block_id: entry.time_ns / 1e9 for block_id, entry in BlockRecords(records_dir(array_dir)).entries().items()}
+    return {
+        block_id: entry.time_ns / 1e9
+        for block_id, entry in BlockRecords(records_dir(array_dir)).entries().items()
+    }
 
 
 def executed_since(array_dir: str, started: float) -> set[int]:
@@ -99,20 +103,28 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served_deployments(api_url: str, data_dir, downsample_options: str = "{}", copy_options: str = "{}"):
+def served_deployments(
+    api_url: str, data_dir, downsample_options: str = "{}", copy_options: str = "{}"
+):
     """deployments/serve.py's two deployments (their option dicts as Python source) served against
     `api_url` from a process of their own; yields once both are registered, stops it afterwards."""
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    script = ("import sys; sys.path.insert(0, 'deployments'); from serve import build_deployments; "
-              f"from prefect import serve; serve(*build_deployments({str(data_dir)!r}, {downsample_options}, {copy_options}))")
+    script = (
+        "import sys; sys.path.insert(0, 'deployments'); from serve import build_deployments; "
+        f"from prefect import serve; serve(*build_deployments({str(data_dir)!r}, {downsample_options}, {copy_options}))"
+    )
     env = os.environ | {"PREFECT_API_URL": api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     served = subprocess.Popen([sys.executable, "-c", script], cwd=repo, env=env)
     try:
+
         def registered():
-            with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+            with (
+                temporary_settings(updates={PREFECT_API_URL: api_url}),
+                get_client(sync_client=True) as client,
+            ):
                 return len(client.read_deployments()) == 2
 
         wait_for(registered, 120, interval=1)
@@ -123,23 +135,45 @@ def served_deployments(api_url: str, data_dir, downsample_options: str = "{}", c
 
 
 @contextlib.contextmanager
-def prefect_server_process(home: str, database_url: str | None = None, log_path: str | None = None,
-                           extra_env: dict[str, str] | None = None):
+def prefect_server_process(
+    home: str,
+    database_url: str | None = None,
+    log_path: str | None = None,
+    extra_env: dict[str, str] | None = None,
+):
     """A real `prefect server start` on 127.0.0.1 with its own PREFECT_HOME (and database: SQLite
     there, or `database_url`); yields its API URL once healthy, stops it afterwards. The server's
     output goes to `log_path` (e.g. to count 'database is locked')."""
     import httpx
 
     port = free_port()
-    env = os.environ | {"PREFECT_HOME": str(home), "PREFECT_SERVER_API_PORT": str(port),
-                        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                        **(extra_env or {})}
+    env = os.environ | {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_API_PORT": str(port),
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **(extra_env or {}),
+    }
     env.pop("PREFECT_API_URL", None)
     if database_url:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                                str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/api"
 
     def healthy():
@@ -187,7 +221,10 @@ def logged_intervals(log_dir: str, kind: str) -> list[tuple[float, float, int, s
 
 def max_overlap(intervals) -> int:
     """The largest number of intervals in progress at one time."""
-    points = sorted([(s, 1) for s, e, *_ in intervals] + [(e, -1) for s, e, *_ in intervals], key=lambda p: (p[0], p[1]))
+    points = sorted(
+        [(s, 1) for s, e, *_ in intervals] + [(e, -1) for s, e, *_ in intervals],
+        key=lambda p: (p[0], p[1]),
+    )
     current = best = 0
     for _, step in points:
         current += step
@@ -269,21 +306,36 @@ def put_s3(url: str, x: np.ndarray, zarr_format: int = 3) -> None:
     """Write `x` to a zarr array at an s3:// URL with tensorstore (not our code)."""
     path = UrlPath.parse(url, "test")
     driver = "zarr3" if zarr_format == 3 else "zarr"
-    metadata = {"shape": list(x.shape), "data_type": x.dtype.name,
-                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(CHUNKS)}}} if zarr_format == 3 \
+    metadata = (
+        {
+            "shape": list(x.shape),
+            "data_type": x.dtype.name,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(CHUNKS)}},
+        }
+        if zarr_format == 3
         else {"shape": list(x.shape), "dtype": x.dtype.str, "chunks": list(CHUNKS)}
+    )
     if zarr_format == 2:
         path.location("").write(".zgroup", b'{"zarr_format": 2}')
-    ts.open({"driver": driver, "kvstore": path.location().spec, "metadata": metadata}, create=True).result()[...].write(x).result()
+    ts.open(
+        {"driver": driver, "kvstore": path.location().spec, "metadata": metadata}, create=True
+    ).result()[...].write(x).result()
 
 
 def records_location(url: str, options: dict | None = None):
     """The single run key's records of an output at `url`."""
-    location = UrlPath.parse(url, "test", options).location().child(".bioimage-tasks").child("blocks")
+    location = (
+        UrlPath.parse(url, "test", options).location().child(".bioimage-tasks").child("blocks")
+    )
     (key,) = location.names()
     return location.child(key)
 
 
 def read_s3(url: str) -> np.ndarray:
     """The zarr v3 array at an s3:// URL, read with tensorstore (not our code)."""
-    return ts.open({"driver": "zarr3", "kvstore": UrlPath.parse(url, "test").location().spec}).result().read().result()
+    return (
+        ts.open({"driver": "zarr3", "kvstore": UrlPath.parse(url, "test").location().spec})
+        .result()
+        .read()
+        .result()
+    )

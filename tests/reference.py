@@ -16,8 +16,12 @@ def reference_shape(shape, factors):
 def skimage_downsample(x: np.ndarray, factors, order: int, anti_aliasing: bool) -> np.ndarray:
     """scikit-image's whole-array resize, the contract's reference (float result)."""
     return resize(
-        x, reference_shape(x.shape, factors), order=order, anti_aliasing=anti_aliasing,
-        preserve_range=True, mode="reflect",
+        x,
+        reference_shape(x.shape, factors),
+        order=order,
+        anti_aliasing=anti_aliasing,
+        preserve_range=True,
+        mode="reflect",
     )
 
 
@@ -25,12 +29,20 @@ def skimage_pick_indices(shape, factors) -> np.ndarray:
     """For order 0: the flat input index each output voxel takes, found by resizing an array of
     indices (exact in float64 below 2**53) with scikit-image."""
     index = np.arange(math.prod(shape), dtype=np.float64).reshape(shape)
-    picked = resize(index, reference_shape(shape, factors), order=0, anti_aliasing=False,
-                    preserve_range=True, mode="reflect")
+    picked = resize(
+        index,
+        reference_shape(shape, factors),
+        order=0,
+        anti_aliasing=False,
+        preserve_range=True,
+        mode="reflect",
+    )
     return picked.astype(np.int64)
 
 
-def random_array(rng: np.random.Generator, shape, dtype, labels_above_2_53: bool = True) -> np.ndarray:
+def random_array(
+    rng: np.random.Generator, shape, dtype, labels_above_2_53: bool = True
+) -> np.ndarray:
     """Random values over the dtype's range; uint64 above 2**53 (label ids a float64 path would
     corrupt) unless `labels_above_2_53` is False: then below 2**40, because interpolation runs in
     float64 (in scikit-image too) and the recursive spline pre-filter of orders >= 2 agrees with
@@ -48,7 +60,9 @@ def random_array(rng: np.random.Generator, shape, dtype, labels_above_2_53: bool
     return rng.integers(info.min, info.max, size=shape, dtype=dtype, endpoint=True)
 
 
-def assert_matches_skimage(got: np.ndarray, x: np.ndarray, factors, order: int, anti_aliasing: bool) -> None:
+def assert_matches_skimage(
+    got: np.ndarray, x: np.ndarray, factors, order: int, anti_aliasing: bool
+) -> None:
     """The contract: order 0 exact; floats within 1e-4 (order <= 1) or 1e-3 of the value range;
     integers equal to clip(rint(reference)) in >= 99.99 % of voxels and never off by more than 1."""
     assert got.dtype == x.dtype
@@ -57,7 +71,9 @@ def assert_matches_skimage(got: np.ndarray, x: np.ndarray, factors, order: int, 
         expected = x.ravel()[skimage_pick_indices(x.shape, factors)]
         np.testing.assert_array_equal(got, expected)
         if x.dtype != np.uint64:  # scikit-image's own call is lossy above 2**53
-            np.testing.assert_array_equal(got, skimage_downsample(x, factors, 0, False).astype(x.dtype))
+            np.testing.assert_array_equal(
+                got, skimage_downsample(x, factors, 0, False).astype(x.dtype)
+            )
         return
     reference = skimage_downsample(x, factors, order, anti_aliasing)
     if x.dtype.kind == "f":

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import tensorstore as ts
 import zarr
-
 from helpers import free_port
 from reference import random_array, skimage_downsample
 
@@ -40,8 +39,13 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("prefect",
 @pytest.fixture
 def volume(tmp_path):
     image = random_array(np.random.default_rng(5), SHAPE, "uint16")
-    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint16",
-                      chunks=(16, 16, 16))[:] = image
+    zarr.create_array(
+        store=str(tmp_path / "in.zarr"),
+        name="raw",
+        shape=SHAPE,
+        dtype="uint16",
+        chunks=(16, 16, 16),
+    )[:] = image
     return tmp_path, image
 
 
@@ -52,7 +56,9 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def test_import_loads_no_prefect():
     code = "import sys, bioimage_tasks, bioimage_tasks.cli; print([m for m in sys.modules if 'prefect' in m])"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=child_env())
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=child_env()
+    )
     assert done.stdout.strip() == "[]"
 
 
@@ -70,17 +76,28 @@ def test_plain_api_equals_the_flows_without_contacting_prefect(prefect_server, v
 
     root, image = volume
     closed = f"http://127.0.0.1:{free_port()}/api"
-    done = subprocess.run([sys.executable, "-c", PLAIN_CHILD, str(root), job_type], capture_output=True, text=True,
-                          env=child_env(PREFECT_API_URL=closed), timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", PLAIN_CHILD, str(root), job_type],
+        capture_output=True,
+        text=True,
+        env=child_env(PREFECT_API_URL=closed),
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []  # no Prefect module loaded at all
-    downsample_flow(f"{root}/in.zarr/raw", 2, f"{root}/flow.zarr/mean", method="mean", block_shape=(8, 8, 8))
-    downsample_flow(f"{root}/in.zarr/raw", (1, 2, 3), f"{root}/flow.zarr/resize", order=1, anti_aliasing=True)
+    downsample_flow(
+        f"{root}/in.zarr/raw", 2, f"{root}/flow.zarr/mean", method="mean", block_shape=(8, 8, 8)
+    )
+    downsample_flow(
+        f"{root}/in.zarr/raw", (1, 2, 3), f"{root}/flow.zarr/resize", order=1, anti_aliasing=True
+    )
     copy_flow(f"{root}/in.zarr/raw", f"{root}/flow.n5/copy", block_shape=(16, 16, 16))
     pyramid_flow(f"{root}/in.zarr/raw", f"{root}/flow-pyramid.zarr", levels=2, method="mode")
     mean = ts.downsample(ts.array(image), [2, 2, 2], "mean").read().result()
     assert np.array_equal(read(f"{root}/plain.zarr/mean"), mean)
-    resized = np.clip(np.rint(skimage_downsample(image, (1, 2, 3), 1, True)), 0, 65535).astype(np.uint16)
+    resized = np.clip(np.rint(skimage_downsample(image, (1, 2, 3), 1, True)), 0, 65535).astype(
+        np.uint16
+    )
     assert np.array_equal(read(f"{root}/plain.zarr/resize"), resized)
     assert np.array_equal(read(f"{root}/plain.n5/copy"), image)
     for level in (1, 2):
@@ -89,7 +106,9 @@ def test_plain_api_equals_the_flows_without_contacting_prefect(prefect_server, v
     for name in ("zarr/mean", "zarr/resize", "n5/copy"):
         assert np.array_equal(read(f"{root}/plain.{name}"), read(f"{root}/flow.{name}"))
     for level in (0, 1, 2):
-        assert np.array_equal(read(f"{root}/plain-pyramid.zarr/s{level}"), read(f"{root}/flow-pyramid.zarr/s{level}"))
+        assert np.array_equal(
+            read(f"{root}/plain-pyramid.zarr/s{level}"), read(f"{root}/flow-pyramid.zarr/s{level}")
+        )
     plain_attrs = zarr.open_group(str(root / "plain-pyramid.zarr")).attrs.asdict()
     assert plain_attrs == zarr.open_group(str(root / "flow-pyramid.zarr")).attrs.asdict()
 
@@ -103,18 +122,29 @@ def test_flow_fn_runs_plainly_outside_a_flow_run():
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bioimage_tasks.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "bioimage_tasks.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_cli_runs_plainly_without_a_prefect_api(volume, tmp_path):
     root, image = volume
     home = tmp_path / "prefect-home"  # no profile: no API configured
     env = {k: v for k, v in child_env(PREFECT_HOME=str(home)).items() if k != "PREFECT_API_URL"}
-    done = run_cli("downsample", f"{root}/in.zarr/raw", f"{root}/cli.zarr/s1", "--method", "max", env=env)
+    done = run_cli(
+        "downsample", f"{root}/in.zarr/raw", f"{root}/cli.zarr/s1", "--method", "max", env=env
+    )
     assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines()[0].startswith("bioimage-tasks downsample: running on the plain engine")
-    assert np.array_equal(read(f"{root}/cli.zarr/s1"), ts.downsample(ts.array(image), [2] * 3, "max").read().result())
+    assert done.stderr.splitlines()[0].startswith(
+        "bioimage-tasks downsample: running on the plain engine"
+    )
+    assert np.array_equal(
+        read(f"{root}/cli.zarr/s1"), ts.downsample(ts.array(image), [2] * 3, "max").read().result()
+    )
     assert not home.exists()  # Prefect never imported: it would have created its home
 
 
@@ -123,10 +153,16 @@ def test_cli_runs_as_a_flow_run_when_an_api_is_configured(prefect_server, volume
     from prefect.settings import PREFECT_API_URL
 
     root, image = volume
-    done = run_cli("copy", f"{root}/in.zarr/raw", f"{root}/cli.zarr/copy", env=child_env(
-        PREFECT_API_URL=PREFECT_API_URL.value()))
+    done = run_cli(
+        "copy",
+        f"{root}/in.zarr/raw",
+        f"{root}/cli.zarr/copy",
+        env=child_env(PREFECT_API_URL=PREFECT_API_URL.value()),
+    )
     assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines()[0].startswith("bioimage-tasks copy: running as a Prefect flow run")
+    assert done.stderr.splitlines()[0].startswith(
+        "bioimage-tasks copy: running as a Prefect flow run"
+    )
     assert np.array_equal(read(f"{root}/cli.zarr/copy"), image)
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs()

@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 from prefect.settings import PREFECT_API_URL, get_current_settings
 
-from bioimage_tasks.prefect.flow_class import BlockwiseFlow, blockwise_flow, heartbeat_chosen, settings_without_heartbeat
+from bioimage_tasks.prefect.flow_class import (
+    BlockwiseFlow,
+    blockwise_flow,
+    heartbeat_chosen,
+    settings_without_heartbeat,
+)
 from flows import copy_flow, downsample_flow, pyramid_flow
 
 
@@ -24,7 +29,9 @@ def test_settings_without_heartbeat_change_nothing_else():
     assert get_current_settings().flows.heartbeat_frequency == before.flows.heartbeat_frequency
 
 
-@pytest.mark.parametrize("variable", ["PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY"])
+@pytest.mark.parametrize(
+    "variable", ["PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY"]
+)
 def test_a_chosen_heartbeat_is_kept(monkeypatch, variable):
     monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
     monkeypatch.delenv("PREFECT_RUNNER_HEARTBEAT_FREQUENCY", raising=False)
@@ -39,5 +46,7 @@ def test_a_direct_call_runs_with_the_heartbeat_it_should(monkeypatch, chosen):
     monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
     if chosen:
         monkeypatch.setenv("PREFECT_RUNNER_HEARTBEAT_FREQUENCY", "60")
-    probe = blockwise_flow("heartbeat-probe", lambda: "probe")(lambda: get_current_settings().flows.heartbeat_frequency)
+    probe = blockwise_flow("heartbeat-probe", lambda: "probe")(
+        lambda: get_current_settings().flows.heartbeat_frequency
+    )
     assert probe() == (get_current_settings().flows.heartbeat_frequency if chosen else None)

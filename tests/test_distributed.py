@@ -29,10 +29,14 @@ def volume(tmp_path_factory):
     """A zarr input, and an output-space mask (partial chunks, empty blocks)."""
     root = tmp_path_factory.mktemp("distributed")
     image = random_array(np.random.default_rng(7), SHAPE, "uint16")
-    zarr.create_array(store=str(root / "in.zarr"), name="raw", shape=SHAPE, dtype="uint16", chunks=(16, 16, 16))[:] = image
+    zarr.create_array(
+        store=str(root / "in.zarr"), name="raw", shape=SHAPE, dtype="uint16", chunks=(16, 16, 16)
+    )[:] = image
     mask = np.zeros((31, 34, 23), bool)
     mask[3:20, 5:30, 2:11] = True
-    zarr.create_array(store=str(root / "in.zarr"), name="mask", shape=mask.shape, dtype=bool, chunks=(8, 8, 8))[:] = mask
+    zarr.create_array(
+        store=str(root / "in.zarr"), name="mask", shape=mask.shape, dtype=bool, chunks=(8, 8, 8)
+    )[:] = mask
     return root, image, mask
 
 
@@ -55,8 +59,16 @@ def test_backends_are_bit_identical(volume, case):
         options = dict(CASES[case])
         if options.get("mask"):
             options["mask"] = f"{root}/in.zarr/mask"
-        result = downsample_flow(f"{root}/in.zarr/raw", 2, f"{root}/{case}-{name}.zarr/s1", block_shape=(8, 8, 8),
-                                 job_type=job_type, num_workers=workers, job_config=config, **options)
+        result = downsample_flow(
+            f"{root}/in.zarr/raw",
+            2,
+            f"{root}/{case}-{name}.zarr/s1",
+            block_shape=(8, 8, 8),
+            job_type=job_type,
+            num_workers=workers,
+            job_config=config,
+            **options,
+        )
         outputs[name] = result[:]
     first = outputs["threads-1"]
     for name, output in outputs.items():
@@ -83,7 +95,13 @@ def test_killed_worker_loses_no_block(volume):
     killed = []
 
     def kill_a_worker():
-        directory = wait_for(lambda: os.path.isdir(f"{root}/killed.zarr/copy/.bioimage-tasks/blocks") and records_dir(f"{root}/killed.zarr/copy"), 120)
+        directory = wait_for(
+            lambda: (
+                os.path.isdir(f"{root}/killed.zarr/copy/.bioimage-tasks/blocks")
+                and records_dir(f"{root}/killed.zarr/copy")
+            ),
+            120,
+        )
         executors = wait_for(lambda: BlockRecords(directory).executors(), 120)
         pid = int(sorted(executors.values())[0].split(":")[1])
         os.kill(pid, signal.SIGKILL)
@@ -91,8 +109,14 @@ def test_killed_worker_loses_no_block(volume):
 
     killer = threading.Thread(target=kill_a_worker, daemon=True)
     killer.start()
-    result = copy_flow(source, output, block_shape=(16, 16, 16), job_type="subprocess", num_workers=2,
-                       job_config=LocalClusterConfig(blocks_per_task=4, worker_timeout=120))
+    result = copy_flow(
+        source,
+        output,
+        block_shape=(16, 16, 16),
+        job_type="subprocess",
+        num_workers=2,
+        job_config=LocalClusterConfig(blocks_per_task=4, worker_timeout=120),
+    )
     killer.join(timeout=5)
     assert killed, "no worker was killed: the run finished too fast to test anything"
     np.testing.assert_array_equal(result[:], image)
@@ -104,8 +128,16 @@ def test_killed_worker_loses_no_block(volume):
 def test_existing_dask_scheduler(volume):
     root, image, _ = volume
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster:
-        result = downsample_flow(f"{root}/in.zarr/raw", (1, 2, 3), f"{root}/dask.zarr/s1", order=1, anti_aliasing=True,
-                                 job_type="dask", num_workers=2, job_config=DaskConfig(address=cluster.scheduler_address))
+        result = downsample_flow(
+            f"{root}/in.zarr/raw",
+            (1, 2, 3),
+            f"{root}/dask.zarr/s1",
+            order=1,
+            anti_aliasing=True,
+            job_type="dask",
+            num_workers=2,
+            job_config=DaskConfig(address=cluster.scheduler_address),
+        )
     assert_matches_skimage(result[:], image, (1, 2, 3), 1, True)
 
 

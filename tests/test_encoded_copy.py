@@ -25,12 +25,24 @@ from flows import pyramid_flow
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-def level19_input(path: str, data: np.ndarray, chunks: tuple[int, ...], shards: tuple[int, ...] | None = None,
-                  zarr_format: int = 3) -> str:
+def level19_input(
+    path: str,
+    data: np.ndarray,
+    chunks: tuple[int, ...],
+    shards: tuple[int, ...] | None = None,
+    zarr_format: int = 3,
+) -> str:
     """`data` as a zarr array whose files are zstd level 19, labelled as level 0 (zarr's default)."""
     compressor = ZstdCodec(level=19) if zarr_format == 3 else numcodecs.Zstd(level=19)
-    array = zarr.create_array(store=path, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
-                              compressors=compressor, zarr_format=zarr_format)
+    array = zarr.create_array(
+        store=path,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=chunks,
+        shards=shards,
+        compressors=compressor,
+        zarr_format=zarr_format,
+    )
     array[:] = data
     metadata_path = os.path.join(path, "zarr.json" if zarr_format == 3 else ".zarray")
     with open(metadata_path) as file:
@@ -74,8 +86,15 @@ def image(rng) -> np.ndarray:
 @pytest.mark.parametrize("zarr_format", [3, 2])
 def test_s0_is_the_inputs_files_and_levels_stay_exact(tmp_path, image, zarr_format):
     source = level19_input(f"{tmp_path}/in.zarr", image, (16, 16, 16), zarr_format=zarr_format)
-    pyramid_flow(source, f"{tmp_path}/out.zarr", scale_factors=[2, 2, 2], method="mean", chunks=(16, 16, 16),
-                 num_workers=2, ngff_version="0.5" if zarr_format == 3 else "0.4")
+    pyramid_flow(
+        source,
+        f"{tmp_path}/out.zarr",
+        scale_factors=[2, 2, 2],
+        method="mean",
+        chunks=(16, 16, 16),
+        num_workers=2,
+        ngff_version="0.5" if zarr_format == 3 else "0.4",
+    )
     copied = stored_files(f"{tmp_path}/out.zarr/s0")
     assert copied == stored_files(source)
     absent = ("c/0/0/0", "c/1/0/0") if zarr_format == 3 else ("0.0.0", "1.0.0")
@@ -86,9 +105,17 @@ def test_s0_is_the_inputs_files_and_levels_stay_exact(tmp_path, image, zarr_form
 def test_other_storage_is_encoded_and_exact(tmp_path, image):
     """Other chunks (or another codec) than the input's: s0 is encoded, its files are not the input's."""
     source = level19_input(f"{tmp_path}/in.zarr", image, (16, 16, 16))
-    pyramid_flow(source, f"{tmp_path}/out.zarr", scale_factors=[2, 2], method="mean", chunks=(32, 32, 32))
-    pyramid_flow(source, f"{tmp_path}/gzip.zarr", scale_factors=[2, 2], method="mean", chunks=(16, 16, 16),
-                 output_options={"codec": "gzip"})
+    pyramid_flow(
+        source, f"{tmp_path}/out.zarr", scale_factors=[2, 2], method="mean", chunks=(32, 32, 32)
+    )
+    pyramid_flow(
+        source,
+        f"{tmp_path}/gzip.zarr",
+        scale_factors=[2, 2],
+        method="mean",
+        chunks=(16, 16, 16),
+        output_options={"codec": "gzip"},
+    )
     input_files = stored_files(source)
     for group in ("out.zarr", "gzip.zarr"):
         assert not set(stored_files(f"{tmp_path}/{group}/s0").values()) & set(input_files.values())
@@ -111,10 +138,18 @@ def test_a_file_the_changed_input_lacks_is_deleted_from_s0(tmp_path, image):
 
 
 def test_sharded_labels_are_copied_shard_by_shard(tmp_path, rng):
-    labels = np.kron(rng.integers(0, 2**40, (9, 8, 8), dtype=np.uint64), np.ones((4, 4, 4), np.uint64))[:33, :30, :29]
+    labels = np.kron(
+        rng.integers(0, 2**40, (9, 8, 8), dtype=np.uint64), np.ones((4, 4, 4), np.uint64)
+    )[:33, :30, :29]
     source = level19_input(f"{tmp_path}/in.zarr", labels, (8, 8, 8), shards=(16, 16, 16))
-    pyramid_flow(source, f"{tmp_path}/out.zarr", scale_factors=[2, 2], method="mode", chunks=(8, 8, 8),
-                 shards=(16, 16, 16))
+    pyramid_flow(
+        source,
+        f"{tmp_path}/out.zarr",
+        scale_factors=[2, 2],
+        method="mode",
+        chunks=(8, 8, 8),
+        shards=(16, 16, 16),
+    )
     assert stored_files(f"{tmp_path}/out.zarr/s0") == stored_files(source)
     assert_exact_levels(f"{tmp_path}/out.zarr", labels, "mode", 2)
 
@@ -124,7 +159,15 @@ def test_copy_on_a_dask_cluster(tmp_path, image):
     """Dask workers (other processes) copy and decode the files themselves."""
     source = level19_input(f"{tmp_path}/in.zarr", image, (16, 16, 16))
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster:
-        pyramid_flow(source, f"{tmp_path}/out.zarr", scale_factors=[2, 2], method="median", chunks=(16, 16, 16),
-                     job_type="dask", num_workers=2, job_config=DaskConfig(address=cluster.scheduler_address))
+        pyramid_flow(
+            source,
+            f"{tmp_path}/out.zarr",
+            scale_factors=[2, 2],
+            method="median",
+            chunks=(16, 16, 16),
+            job_type="dask",
+            num_workers=2,
+            job_config=DaskConfig(address=cluster.scheduler_address),
+        )
     assert stored_files(f"{tmp_path}/out.zarr/s0") == stored_files(source)
     assert_exact_levels(f"{tmp_path}/out.zarr", image, "median", 2)

@@ -11,7 +11,12 @@ import zarr
 from helpers import wait_for
 
 from bioimage_tasks import BlockGrid
-from bioimage_tasks.prefect.events import BLOCKS_FAILED, RUN_COMPLETED, RUN_FAILED, output_resource_id
+from bioimage_tasks.prefect.events import (
+    BLOCKS_FAILED,
+    RUN_COMPLETED,
+    RUN_FAILED,
+    output_resource_id,
+)
 from bioimage_tasks.runners import RunnerConfig
 from flows import copy_flow
 
@@ -41,13 +46,22 @@ class BrokenBlocks:
 def read_events(resource_id: str, flow_run_id) -> list:
     """Our events about `resource_id` emitted by flow run `flow_run_id`, oldest first."""
     from prefect import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter, EventResourceFilter
+    from prefect.events.filters import (
+        EventFilter,
+        EventNameFilter,
+        EventRelatedFilter,
+        EventResourceFilter,
+    )
 
     with get_client(sync_client=True) as client:
-        page = client.read_events(limit=50, filter=EventFilter(
-            event=EventNameFilter(prefix=["bioimage-tasks."]), resource=EventResourceFilter(id=[resource_id]),
-            related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
-        ))
+        page = client.read_events(
+            limit=50,
+            filter=EventFilter(
+                event=EventNameFilter(prefix=["bioimage-tasks."]),
+                resource=EventResourceFilter(id=[resource_id]),
+                related=EventRelatedFilter(id=[f"prefect.flow-run.{flow_run_id}"]),
+            ),
+        )
     return sorted(page.events, key=lambda e: e.occurred)
 
 
@@ -57,21 +71,32 @@ def test_failed_and_completed_runs_emit_events_about_their_output(tmp_path):
     broken_ids = [1, 7, 12]
     source = BrokenBlocks(image, {tuple(s.start for s in grid.block_slices(b)) for b in broken_ids})
     output = f"{tmp_path}/out.zarr/raw"
-    state = copy_flow(source, output, block_shape=(8, 8, 8), num_workers=2, job_config=RunnerConfig(retries=0),
-                      return_state=True)
+    state = copy_flow(
+        source,
+        output,
+        block_shape=(8, 8, 8),
+        num_workers=2,
+        job_config=RunnerConfig(retries=0),
+        return_state=True,
+    )
     assert state.is_failed()
     failed_run = state.state_details.flow_run_id
     resource_id = output_resource_id(output)
     assert resource_id == f"bioimage-tasks.array.{os.path.abspath(output)}"
 
-    events = wait_for(lambda: (found := read_events(resource_id, failed_run)) and len(found) == 2 and found, 60, 1)
+    events = wait_for(
+        lambda: (found := read_events(resource_id, failed_run)) and len(found) == 2 and found, 60, 1
+    )
     blocks, failed = sorted(events, key=lambda e: e.event)
     assert (blocks.event, failed.event) == (BLOCKS_FAILED, RUN_FAILED)
     assert blocks.payload["block_ids"] == broken_ids
     assert blocks.payload["failed"] == 3 and blocks.payload["blocks"] == grid.n_blocks
     assert set(blocks.payload["first_errors"]) == {str(b) for b in broken_ids}
     assert "injected read failure" in blocks.payload["first_errors"]["7"]
-    assert blocks.payload["output_path"] == os.path.abspath(output) and blocks.payload["kind"] == "copy"
+    assert (
+        blocks.payload["output_path"] == os.path.abspath(output)
+        and blocks.payload["kind"] == "copy"
+    )
     records = os.listdir(os.path.join(output, ".bioimage-tasks", "blocks"))
     assert [blocks.payload["run_key"]] == records
     assert blocks.resource["bioimage-tasks.run-key"] == records[0]
@@ -79,10 +104,14 @@ def test_failed_and_completed_runs_emit_events_about_their_output(tmp_path):
     assert blocks.resource["bioimage-tasks.failures-in-a-row"] == "1"
     assert "BlocksFailedError" in failed.payload["error"] and failed.payload["failed"] == 3
     roles = {r.role: r.id for r in blocks.related}
-    assert roles["flow-run"] == f"prefect.flow-run.{failed_run}" and roles["flow"].startswith("prefect.flow.")
+    assert roles["flow-run"] == f"prefect.flow-run.{failed_run}" and roles["flow"].startswith(
+        "prefect.flow."
+    )
 
     # the same failure again counts as the second in a row; the repaired run completes
-    again = copy_flow(source, output, block_shape=(8, 8, 8), job_config=RunnerConfig(retries=0), return_state=True)
+    again = copy_flow(
+        source, output, block_shape=(8, 8, 8), job_config=RunnerConfig(retries=0), return_state=True
+    )
     second = wait_for(lambda: read_events(resource_id, again.state_details.flow_run_id), 60, 1)
     assert {e.resource["bioimage-tasks.failures-in-a-row"] for e in second} == {"2"}
     assert next(e for e in second if e.event == BLOCKS_FAILED).payload["block_ids"] == broken_ids

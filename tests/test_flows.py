@@ -9,10 +9,10 @@ import tensorstore as ts
 import zarr
 from reference import assert_matches_skimage, random_array, reference_shape, skimage_downsample
 
-from bioimage_tasks import BlocksFailedError, BlockGrid, ResizedSource, as_source
+from bioimage_tasks import BlockGrid, BlocksFailedError, ResizedSource, as_source
 from bioimage_tasks.blockwise import BlockJob, process_batch
-from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.io import ArraySource
+from bioimage_tasks.records import BlockRecords
 from flows import copy_flow, downsample_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -26,16 +26,30 @@ def image(rng) -> np.ndarray:
 
 
 def write_zarr(path, x, chunks, zarr_format=3, name="raw"):
-    array = zarr.create_array(store=str(path), name=name, shape=x.shape, dtype=x.dtype, chunks=chunks,
-                              zarr_format=zarr_format)
+    array = zarr.create_array(
+        store=str(path),
+        name=name,
+        shape=x.shape,
+        dtype=x.dtype,
+        chunks=chunks,
+        zarr_format=zarr_format,
+    )
     array[:] = x
     return array
 
 
 def write_n5(path, x, chunks):
-    spec = {"driver": "n5", "kvstore": {"driver": "file", "path": str(path)}, "path": "raw",
-            "metadata": {"dimensions": list(x.shape), "blockSize": list(chunks),
-                         "dataType": x.dtype.name, "compression": {"type": "gzip"}}}
+    spec = {
+        "driver": "n5",
+        "kvstore": {"driver": "file", "path": str(path)},
+        "path": "raw",
+        "metadata": {
+            "dimensions": list(x.shape),
+            "blockSize": list(chunks),
+            "dataType": x.dtype.name,
+            "compression": {"type": "gzip"},
+        },
+    }
     store = ts.open(spec, create=True).result()
     store.write(x).result()
     return store
@@ -45,19 +59,35 @@ def read(result) -> np.ndarray:
     return result.read().result() if isinstance(result, ts.TensorStore) else np.asarray(result[...])
 
 
-@pytest.mark.parametrize("kind", ["numpy", "zarr-v3-path", "zarr-v2-path", "zarr-array", "n5-path", "tensorstore"])
+@pytest.mark.parametrize(
+    "kind", ["numpy", "zarr-v3-path", "zarr-v2-path", "zarr-array", "n5-path", "tensorstore"]
+)
 def test_every_input_kind_matches_skimage(tmp_path, image, kind):
     chunks = (16, 16, 8)
     inputs = {
         "numpy": lambda: image,
-        "zarr-v3-path": lambda: (write_zarr(tmp_path / "in.zarr", image, chunks), f"{tmp_path}/in.zarr/raw")[1],
-        "zarr-v2-path": lambda: (write_zarr(tmp_path / "in.zarr", image, chunks, 2), f"{tmp_path}/in.zarr/raw")[1],
+        "zarr-v3-path": lambda: (
+            write_zarr(tmp_path / "in.zarr", image, chunks),
+            f"{tmp_path}/in.zarr/raw",
+        )[1],
+        "zarr-v2-path": lambda: (
+            write_zarr(tmp_path / "in.zarr", image, chunks, 2),
+            f"{tmp_path}/in.zarr/raw",
+        )[1],
         "zarr-array": lambda: write_zarr(tmp_path / "in.zarr", image, chunks, 2),
-        "n5-path": lambda: (write_n5(tmp_path / "in.n5", image, chunks), f"{tmp_path}/in.n5/raw")[1],
+        "n5-path": lambda: (write_n5(tmp_path / "in.n5", image, chunks), f"{tmp_path}/in.n5/raw")[
+            1
+        ],
         "tensorstore": lambda: write_n5(tmp_path / "in.n5", image, chunks),
     }
-    result = downsample_flow(inputs[kind](), (2, 3, 1), f"{tmp_path}/out.zarr/s1", order=1, anti_aliasing=True,
-                             num_workers=2)
+    result = downsample_flow(
+        inputs[kind](),
+        (2, 3, 1),
+        f"{tmp_path}/out.zarr/s1",
+        order=1,
+        anti_aliasing=True,
+        num_workers=2,
+    )
     assert isinstance(result, zarr.Array)
     assert_matches_skimage(read(result), image, (2, 3, 1), 1, True)
 
@@ -68,9 +98,15 @@ def test_complex_input_is_resized_part_by_part(tmp_path, rng, order, anti_aliasi
     imag = random_array(rng, SHAPE, "float32") + 300
     x = (random_array(rng, SHAPE, "float32") + 1j * imag).astype(np.complex64)
     write_zarr(tmp_path / "in.zarr", x, (16, 16, 8))
-    result = downsample_flow(f"{tmp_path}/in.zarr/raw", (2, 3, 2), f"{tmp_path}/out.zarr/s1",
-                             order=order, anti_aliasing=anti_aliasing, block_shape=(5, 7, 4),
-                             num_workers=2)
+    result = downsample_flow(
+        f"{tmp_path}/in.zarr/raw",
+        (2, 3, 2),
+        f"{tmp_path}/out.zarr/s1",
+        order=order,
+        anti_aliasing=anti_aliasing,
+        block_shape=(5, 7, 4),
+        num_workers=2,
+    )
     got = read(result)
     assert got.dtype == np.complex64
     for got_part, part in ((got.real, x.real), (got.imag, x.imag)):
@@ -98,16 +134,26 @@ def test_numpy_in_numpy_out_2d(rng):
 
 
 def test_workers_give_identical_output(tmp_path, image):
-    one = downsample_flow(image, (3, 2, 1), order=1, anti_aliasing=True, block_shape=(4, 5, 6), num_workers=1)
-    four = downsample_flow(image, (3, 2, 1), order=1, anti_aliasing=True, block_shape=(4, 5, 6), num_workers=4)
+    one = downsample_flow(
+        image, (3, 2, 1), order=1, anti_aliasing=True, block_shape=(4, 5, 6), num_workers=1
+    )
+    four = downsample_flow(
+        image, (3, 2, 1), order=1, anti_aliasing=True, block_shape=(4, 5, 6), num_workers=4
+    )
     np.testing.assert_array_equal(one, four)
     assert_matches_skimage(four, image, (3, 2, 1), 1, True)
 
 
 def test_mask_writes_only_inside(tmp_path, rng, image):
     out_shape = reference_shape(SHAPE, (2, 2, 2))
-    output = zarr.create_array(store=str(tmp_path / "out.zarr"), name="s1", shape=out_shape, dtype="uint16",
-                               chunks=(4, 4, 4), fill_value=0)
+    output = zarr.create_array(
+        store=str(tmp_path / "out.zarr"),
+        name="s1",
+        shape=out_shape,
+        dtype="uint16",
+        chunks=(4, 4, 4),
+        fill_value=0,
+    )
     output[:] = 7
     mask = np.zeros(out_shape, bool)
     mask[2:9, 3:15, 1:7] = True  # partial chunks on every side, empty blocks elsewhere
@@ -134,19 +180,29 @@ def test_block_ids_write_only_those_blocks(tmp_path, image):
 
 def test_default_block_shape_respects_chunks_and_shards(tmp_path, image):
     out_shape = reference_shape(SHAPE, (1, 1, 1))
-    sharded = zarr.create_array(store=str(tmp_path / "out.zarr"), name="copy", shape=out_shape, dtype="uint16",
-                                chunks=(4, 4, 4), shards=(8, 12, 8))
+    sharded = zarr.create_array(
+        store=str(tmp_path / "out.zarr"),
+        name="copy",
+        shape=out_shape,
+        dtype="uint16",
+        chunks=(4, 4, 4),
+        shards=(8, 12, 8),
+    )
     result = copy_flow(image, sharded)
     np.testing.assert_array_equal(result[:], image)
     sharded[:] = 0  # blocks of 8**3 across shards of (8, 12, 8): blocks sharing a shard run in turn
-    np.testing.assert_array_equal(copy_flow(image, sharded, block_shape=(8, 8, 8), num_workers=4)[:], image)
+    np.testing.assert_array_equal(
+        copy_flow(image, sharded, block_shape=(8, 8, 8), num_workers=4)[:], image
+    )
 
 
 def test_copy_between_formats_and_of_a_resized_source(tmp_path, image):
     n5 = copy_flow(image, f"{tmp_path}/a.n5/raw", block_shape=(16, 16, 16))
     back = copy_flow(f"{tmp_path}/a.n5/raw", f"{tmp_path}/b.zarr/raw")
     np.testing.assert_array_equal(back[:], image)
-    resized = ResizedSource(as_source(n5), reference_shape(SHAPE, (2, 2, 2)), order=1, anti_aliasing=True)
+    resized = ResizedSource(
+        as_source(n5), reference_shape(SHAPE, (2, 2, 2)), order=1, anti_aliasing=True
+    )
     persisted = copy_flow(resized, f"{tmp_path}/b.zarr/s1", num_workers=2)
     assert_matches_skimage(persisted[:], image, (2, 2, 2), 1, True)
 
@@ -183,7 +239,9 @@ def test_failed_blocks_are_reported_and_rerun_with_block_ids(tmp_path, image):
             np.testing.assert_array_equal(written[region], image[region])
     source.failing_starts.clear()
     copy_flow(source, output, block_shape=(8, 8, 8), block_ids=raised.value.failed_block_ids)
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr"), path="copy")[:], image)
+    np.testing.assert_array_equal(
+        zarr.open_array(str(tmp_path / "out.zarr"), path="copy")[:], image
+    )
 
 
 class FailingWrites:
@@ -210,14 +268,23 @@ class FailingWrites:
 
 def test_a_failed_background_write_is_reported_and_not_recorded(tmp_path, image):
     grid = BlockGrid(SHAPE, (8, 8, 8))
-    sink = ArraySource(zarr.create_array(store=str(tmp_path / "out.zarr"), name="copy", shape=SHAPE, dtype=image.dtype,
-                                         chunks=(8, 8, 8)))
+    sink = ArraySource(
+        zarr.create_array(
+            store=str(tmp_path / "out.zarr"),
+            name="copy",
+            shape=SHAPE,
+            dtype=image.dtype,
+            chunks=(8, 8, 8),
+        )
+    )
     assert sink.fast_io is not None  # tensorstore writes run in the background
     records = BlockRecords(str(tmp_path / "records"))
     bad = [5, 6, grid.n_blocks - 1]  # two in a row, and the batch's last block
     failing = FailingWrites(sink, {tuple(s.start for s in grid.block_slices(b)) for b in bad})
     with pytest.raises(BlocksFailedError) as raised:
-        process_batch(BlockJob(as_source(image), failing, grid, None, records), range(grid.n_blocks))
+        process_batch(
+            BlockJob(as_source(image), failing, grid, None, records), range(grid.n_blocks)
+        )
     assert raised.value.failed_block_ids == bad
     assert "injected write failure" in str(raised.value)
     assert records.done() == set(range(grid.n_blocks)) - set(bad)
@@ -227,4 +294,6 @@ def test_failed_run_ends_in_failed_state(tmp_path, image):
     source = FailingSource(image, {(0, 0, 0)})
     state = copy_flow(source, f"{tmp_path}/out.zarr/copy", block_shape=(8, 8, 8), return_state=True)
     assert state.is_failed()
-    assert "block_ids=[0]" in state.message or "block_ids=[0]" in str(state.result(raise_on_failure=False))
+    assert "block_ids=[0]" in state.message or "block_ids=[0]" in str(
+        state.result(raise_on_failure=False)
+    )

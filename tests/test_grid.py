@@ -15,10 +15,17 @@ def chunks_touched(region, chunks):
     return set(itertools.product(*ranges))
 
 
-@pytest.mark.parametrize("shape,unit", [
-    ((100, 37, 255), (16, 8, 32)), ((5, 7), (2, 3)), ((257, 255), (64, 64)),
-    ((1000, 10, 10), (1, 10, 10)), ((33, 33, 33), (33, 33, 33)), ((70, 70, 70), (12, 12, 12)),
-])
+@pytest.mark.parametrize(
+    "shape,unit",
+    [
+        ((100, 37, 255), (16, 8, 32)),
+        ((5, 7), (2, 3)),
+        ((257, 255), (64, 64)),
+        ((1000, 10, 10), (1, 10, 10)),
+        ((33, 33, 33), (33, 33, 33)),
+        ((70, 70, 70), (12, 12, 12)),
+    ],
+)
 def test_default_blocks_never_share_a_chunk(shape, unit):
     grid = BlockGrid(shape, default_block_shape(shape, unit))
     owners = {}
@@ -42,12 +49,17 @@ def test_blocks_cover_the_shape_exactly_once():
 def test_blocks_sharing_a_write_unit_share_a_group():
     grid, unit = BlockGrid((100, 100), (10, 16)), (4, 48)
     assert check_block_shape((10, 16), (100, 100)) == (10, 16)
-    assert grid.shares_write_units(unit) and not BlockGrid((100, 100), (8, 48)).shares_write_units(unit)
+    assert grid.shares_write_units(unit) and not BlockGrid((100, 100), (8, 48)).shares_write_units(
+        unit
+    )
 
     def units(block_id):
         box = grid.block_slices(block_id)
-        return {(a, b) for a in range(box[0].start // 4, (box[0].stop - 1) // 4 + 1)
-                for b in range(box[1].start // 48, (box[1].stop - 1) // 48 + 1)}
+        return {
+            (a, b)
+            for a in range(box[0].start // 4, (box[0].stop - 1) // 4 + 1)
+            for b in range(box[1].start // 48, (box[1].stop - 1) // 48 + 1)
+        }
 
     for a in range(grid.n_blocks):
         for b in range(grid.n_blocks):

@@ -19,13 +19,12 @@ import zarr
 from helpers import SlowSource, executed_since, record_times, records_dir, wait_for
 from reference import random_array, skimage_downsample
 
-from bioimage_tasks import BlockGrid
+from bioimage_tasks import BlockGrid, downsample
+from bioimage_tasks.io import as_source
 from bioimage_tasks.lease import Holder, LeaseHeldError, _acquire, holders, output_lease
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import LocalClusterConfig
-from bioimage_tasks.io import as_source
-from bioimage_tasks import downsample
 from flows import copy_flow, downsample_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -40,7 +39,9 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 @pytest.fixture
 def volume(tmp_path):
     image = random_array(np.random.default_rng(21), SHAPE, "uint8")
-    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=(16, 16, 16))[:] = image
+    zarr.create_array(
+        store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=(16, 16, 16)
+    )[:] = image
     return tmp_path, image
 
 
@@ -75,10 +76,25 @@ def test_b_then_a_after_a_kill(volume, subprocess_env):
     block (B wrote some) and the output is A's."""
     root, image = volume
     output = f"{root}/out.zarr/s1"
-    process = subprocess.Popen([sys.executable, os.path.join(TESTS_DIR, "resume_job.py"), f"{root}/in.zarr/raw", output,
-                                "local", "0.3"], env=subprocess_env)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(TESTS_DIR, "resume_job.py"),
+            f"{root}/in.zarr/raw",
+            output,
+            "local",
+            "0.3",
+        ],
+        env=subprocess_env,
+    )
     try:
-        wait_for(lambda: os.path.isdir(f"{output}/.bioimage-tasks/blocks") and len(BlockRecords(records_dir(output)).done()) >= 3, 120)
+        wait_for(
+            lambda: (
+                os.path.isdir(f"{output}/.bioimage-tasks/blocks")
+                and len(BlockRecords(records_dir(output)).done()) >= 3
+            ),
+            120,
+        )
         assert holders(output)[1], "the running flow holds the output's lease"
     finally:
         process.send_signal(signal.SIGKILL)
@@ -93,8 +109,14 @@ def test_b_then_a_after_a_kill(volume, subprocess_env):
 def blocks_reading(view, region):
     """Blocks of the output grid whose input region overlaps `region` of the input."""
     grid = BlockGrid(view.shape, BLOCK)
-    return {b for b in range(grid.n_blocks)
-            if all(r.start < s.stop and s.start < r.stop for r, s in zip(view.input_region(grid.block_slices(b)), region))}
+    return {
+        b
+        for b in range(grid.n_blocks)
+        if all(
+            r.start < s.stop and s.start < r.stop
+            for r, s in zip(view.input_region(grid.block_slices(b)), region)
+        )
+    }
 
 
 def test_input_rewritten_through_zarr_python(volume):
@@ -106,10 +128,16 @@ def test_input_rewritten_through_zarr_python(volume):
     new = image.copy()
     new[changed] = 255 - image[changed]
     zarr.open_array(f"{root}/in.zarr/raw", mode="r+")[changed] = new[changed]
-    expected = blocks_reading(ResizedSource(as_source(f"{root}/in.zarr/raw"), OUT_SHAPE, 1, True), changed)
+    expected = blocks_reading(
+        ResizedSource(as_source(f"{root}/in.zarr/raw"), OUT_SHAPE, 1, True), changed
+    )
     grid = BlockGrid(OUT_SHAPE, BLOCK)
     old_ref, new_ref = resized(image, 1, True), resized(new, 1, True)
-    differing = {b for b in range(N_BLOCKS) if not np.array_equal(old_ref[grid.block_slices(b)], new_ref[grid.block_slices(b)])}
+    differing = {
+        b
+        for b in range(N_BLOCKS)
+        if not np.array_equal(old_ref[grid.block_slices(b)], new_ref[grid.block_slices(b)])
+    }
     assert differing and differing <= expected < set(range(N_BLOCKS))
     started = time.time()
     result = downsample_flow(f"{root}/in.zarr/raw", 2, output, **kwargs)
@@ -122,14 +150,20 @@ def test_input_rewritten_through_tensorstore(volume):
     root, image = volume
     output = f"{root}/out.zarr/s1"
     downsample_flow(f"{root}/in.zarr/raw", 2, output, method="mean", block_shape=BLOCK)
-    store = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{root}/in.zarr/raw"}}).result()
+    store = ts.open(
+        {"driver": "zarr3", "kvstore": {"driver": "file", "path": f"{root}/in.zarr/raw"}}
+    ).result()
     new = image.copy()
     new[32:48, 16:32, 0:16] += 1
     store[32:48, 16:32, 0:16] = new[32:48, 16:32, 0:16]
     started = time.time()
     result = downsample_flow(f"{root}/in.zarr/raw", 2, output, method="mean", block_shape=BLOCK)
     grid = BlockGrid(OUT_SHAPE, BLOCK)
-    (changed,) = [b for b in range(N_BLOCKS) if grid.block_slices(b)[:3] == (slice(16, 24), slice(8, 16), slice(0, 8))]
+    (changed,) = [
+        b
+        for b in range(N_BLOCKS)
+        if grid.block_slices(b)[:3] == (slice(16, 24), slice(8, 16), slice(0, 8))
+    ]
     assert executed_since(output, started) == {changed}
     np.testing.assert_array_equal(result[:], window_mean(new))
 
@@ -139,7 +173,9 @@ def test_mask_rewritten(volume):
     output = f"{root}/out.zarr/s1"
     mask = np.zeros(OUT_SHAPE, bool)
     mask[2:10, 3:12, 1:7] = True
-    zarr.create_array(store=str(root / "in.zarr"), name="mask", shape=OUT_SHAPE, dtype=bool, chunks=(8, 8, 8))[:] = mask
+    zarr.create_array(
+        store=str(root / "in.zarr"), name="mask", shape=OUT_SHAPE, dtype=bool, chunks=(8, 8, 8)
+    )[:] = mask
     kwargs = {"method": "mean", "block_shape": BLOCK, "mask": f"{root}/in.zarr/mask"}
     downsample_flow(f"{root}/in.zarr/raw", 2, output, **kwargs)
     grown = mask.copy()
@@ -148,7 +184,11 @@ def test_mask_rewritten(volume):
     started = time.time()
     result = downsample_flow(f"{root}/in.zarr/raw", 2, output, **kwargs)
     grid = BlockGrid(OUT_SHAPE, BLOCK)
-    touched = {b for b in range(N_BLOCKS) if not np.array_equal(mask[grid.block_slices(b)], grown[grid.block_slices(b)])}
+    touched = {
+        b
+        for b in range(N_BLOCKS)
+        if not np.array_equal(mask[grid.block_slices(b)], grown[grid.block_slices(b)])
+    }
     assert len(touched) == 1 and executed_since(output, started) == touched
     np.testing.assert_array_equal(result[:], np.where(grown, window_mean(image), 0))
 
@@ -194,13 +234,19 @@ def race(run_a, run_b, output, gate):
 @pytest.mark.parametrize("job_type", ["local", pytest.param("subprocess", marks=pytest.mark.slow)])
 def test_two_computations_racing(volume, job_type, monkeypatch):
     root, image = volume
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")]))
+    )
     output = f"{root}/out.zarr/s1"
     config = LocalClusterConfig(worker_timeout=120) if job_type == "subprocess" else None
     common = {"block_shape": BLOCK, "job_type": job_type, "num_workers": 2, "job_config": config}
     slow = SlowSource(f"{root}/in.zarr/raw", 0, gate=f"{root}/gate")
-    results = race(lambda: downsample_flow(slow, 2, output, order=1, anti_aliasing=True, **common),
-                   lambda: downsample_flow(f"{root}/in.zarr/raw", 2, output, order=0, **common), output, slow.gate)
+    results = race(
+        lambda: downsample_flow(slow, 2, output, order=1, anti_aliasing=True, **common),
+        lambda: downsample_flow(f"{root}/in.zarr/raw", 2, output, order=0, **common),
+        output,
+        slow.gate,
+    )
     assert isinstance(results["b"], LeaseHeldError), results["b"]
     message = str(results["b"])
     assert "flow run" in message and os.uname().nodename in message and "started" in message
@@ -215,8 +261,12 @@ def test_same_computation_joins_a_live_lease(volume):
     root, image = volume
     output = f"{root}/out.zarr/s1"
     slow = SlowSource(f"{root}/in.zarr/raw", 0, gate=f"{root}/gate")
-    results = race(lambda: downsample_flow(slow, 2, output, order=0, block_shape=BLOCK),
-                   lambda: downsample_flow(f"{root}/in.zarr/raw", 2, output, order=0, block_shape=BLOCK), output, slow.gate)
+    results = race(
+        lambda: downsample_flow(slow, 2, output, order=0, block_shape=BLOCK),
+        lambda: downsample_flow(f"{root}/in.zarr/raw", 2, output, order=0, block_shape=BLOCK),
+        output,
+        slow.gate,
+    )
     for name in "ab":
         np.testing.assert_array_equal(results[name][:], resized(image, 0))
 
@@ -226,13 +276,20 @@ def test_lease_of_a_dead_run_on_another_host_expires(volume):
     root, image = volume
     output = f"{root}/out.zarr/s1"
     copy_flow(image, output, block_shape=(16, 16, 16))
-    ghost = Holder("0b2c6f7e-run-on-node-7", host="node-7", pid=1, started="2026-12-01T03:00:00+00:00")
+    ghost = Holder(
+        "0b2c6f7e-run-on-node-7", host="node-7", pid=1, started="2026-12-01T03:00:00+00:00"
+    )
     # a ttl far longer than a flow call's start-up (seconds on a loaded machine): refused for sure
     _acquire(output, "another computation", ghost, "node-7:1:x", ttl=120.0)
-    with pytest.raises(LeaseHeldError, match=r"flow run 0b2c6f7e-run-on-node-7 on host node-7 \(pid 1\), started 2026-12-01T03:00"):
+    with pytest.raises(
+        LeaseHeldError,
+        match=r"flow run 0b2c6f7e-run-on-node-7 on host node-7 \(pid 1\), started 2026-12-01T03:00",
+    ):
         copy_flow(image[::-1].copy(), output, block_shape=(16, 16, 16))
     np.testing.assert_array_equal(zarr.open_array(output)[:], image)  # nothing written
-    _acquire(output, "another computation", ghost, "node-7:1:x", ttl=0.5)  # its last renewal, then the node died
+    _acquire(
+        output, "another computation", ghost, "node-7:1:x", ttl=0.5
+    )  # its last renewal, then the node died
     time.sleep(0.6)
     result = copy_flow(image[::-1].copy(), output, block_shape=(16, 16, 16))
     np.testing.assert_array_equal(result[:], image[::-1])
@@ -265,7 +322,9 @@ def test_records_under_concurrent_writers(tmp_path):
     directory = str(tmp_path / "records")
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_mark, args=(directory, 5000 * i, 3000)) for i in range(3)]
-    threads = [threading.Thread(target=_mark, args=(directory, 20000 + 5000 * i, 3000)) for i in range(3)]
+    threads = [
+        threading.Thread(target=_mark, args=(directory, 20000 + 5000 * i, 3000)) for i in range(3)
+    ]
     for worker in processes + threads:
         worker.start()
     for worker in processes + threads:
@@ -277,8 +336,15 @@ def test_records_under_concurrent_writers(tmp_path):
     assert records.recorded([7, 5001]) == {7: "sig7", 5001: "sig5001"}
     from bioimage_tasks.records import _line
 
-    with open(os.path.join(directory, "000000", "node-9-77-deadbeef.log"), "w") as stream:  # a killed writer
-        stream.write("# node-9:77\n" + _line(4001, 1, "s") + _line(4002, 1, "s").replace(" s ", " t ") + _line(4000, 1, "s")[:-9])
+    with open(
+        os.path.join(directory, "000000", "node-9-77-deadbeef.log"), "w"
+    ) as stream:  # a killed writer
+        stream.write(
+            "# node-9:77\n"
+            + _line(4001, 1, "s")
+            + _line(4002, 1, "s").replace(" s ", " t ")
+            + _line(4000, 1, "s")[:-9]
+        )
     assert records.done_among([4000, 4001, 4002]) == {4001}
     assert records.executors()[4001] == "node-9:77"
     records.forget([7, 8])

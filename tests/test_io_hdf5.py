@@ -51,11 +51,16 @@ def test_datasets_read_block_wise_and_pickle(h5file):
     assert "array" not in copy.__dict__
     np.testing.assert_array_equal(copy[key], whole(h5file, "raw")[key])
     nested = as_source(f"{h5file}/volumes/seg/cells")
-    assert nested.physical.voxel_size == (1.5, 0.25, 0.25) and nested.physical.units == ("micrometer",) * 3
+    assert (
+        nested.physical.voxel_size == (1.5, 0.25, 0.25)
+        and nested.physical.units == ("micrometer",) * 3
+    )
 
 
 def test_bad_hdf5_paths_fail_clearly(h5file, tmp_path):
-    with pytest.raises(FileNotFoundError, match="'nope' in .* does not exist; its datasets: raw, volumes/seg/cells"):
+    with pytest.raises(
+        FileNotFoundError, match="'nope' in .* does not exist; its datasets: raw, volumes/seg/cells"
+    ):
         as_source(f"{h5file}/nope")
     with pytest.raises(ValueError, match="is a group"):
         as_source(f"{h5file}/volumes")
@@ -65,8 +70,12 @@ def test_bad_hdf5_paths_fail_clearly(h5file, tmp_path):
 
 @pytest.mark.usefixtures("prefect_server")
 def test_hdf5_is_refused_as_an_output_before_any_work(h5file, tmp_path):
-    for call in (lambda: copy_flow(f"{h5file}/raw", f"{tmp_path}/out.h5/raw"),
-                 lambda: downsample_flow(f"{h5file}/raw", 2, f"{tmp_path}/out.hdf5/s1", job_type="subprocess")):
+    for call in (
+        lambda: copy_flow(f"{h5file}/raw", f"{tmp_path}/out.h5/raw"),
+        lambda: downsample_flow(
+            f"{h5file}/raw", 2, f"{tmp_path}/out.hdf5/s1", job_type="subprocess"
+        ),
+    ):
         with pytest.raises(ValueError, match="HDF5 is read-only here"):
             call()
     assert not (tmp_path / "out.h5").exists() and not (tmp_path / "out.hdf5").exists()
@@ -82,7 +91,9 @@ def test_downsample_and_resume_from_hdf5(h5file, tmp_path):
     assert executed_since(output, started) == set()
     changed = whole(h5file, "raw") // 2
     time.sleep(0.01)
-    with h5py.File(f"{h5file}.new", "w") as f:  # a new file in its place (this process still reads the old one)
+    with h5py.File(
+        f"{h5file}.new", "w"
+    ) as f:  # a new file in its place (this process still reads the old one)
         f.create_dataset("raw", data=changed, chunks=(8, 32, 32), compression="gzip")
     os.replace(f"{h5file}.new", h5file)
     result = downsample_flow(f"{h5file}/raw", 2, output, order=1, anti_aliasing=True, num_workers=2)
@@ -92,11 +103,19 @@ def test_downsample_and_resume_from_hdf5(h5file, tmp_path):
 @pytest.mark.usefixtures("prefect_server")
 def test_label_pyramid_from_hdf5_takes_element_size(h5file, tmp_path):
     group = f"{tmp_path}/img.ome.zarr/labels/cells"
-    pyramid_flow(f"{h5file}/volumes/seg/cells", group, scale_factors=[(1, 2, 2)], method="mode", labels=True)
+    pyramid_flow(
+        f"{h5file}/volumes/seg/cells", group, scale_factors=[(1, 2, 2)], method="mode", labels=True
+    )
     labels = zarr.open_group(group, mode="r")
-    scale = labels.attrs["ome"]["multiscales"][0]["datasets"][1]["coordinateTransformations"][0]["scale"]
+    scale = labels.attrs["ome"]["multiscales"][0]["datasets"][1]["coordinateTransformations"][0][
+        "scale"
+    ]
     assert scale == [1.5, 0.5, 0.5]
-    reference = ts.downsample(ts.array(whole(h5file, "volumes/seg/cells")), [1, 2, 2], "mode").read().result()
+    reference = (
+        ts.downsample(ts.array(whole(h5file, "volumes/seg/cells")), [1, 2, 2], "mode")
+        .read()
+        .result()
+    )
     np.testing.assert_array_equal(labels["s1"][:], reference)
 
 
@@ -104,6 +123,12 @@ def test_label_pyramid_from_hdf5_takes_element_size(h5file, tmp_path):
 @pytest.mark.usefixtures("prefect_server")
 def test_hdf5_input_on_a_dask_cluster(h5file, tmp_path):
     """Each worker process unpickles the source (its path) and opens the file itself."""
-    result = copy_flow(f"{h5file}/volumes/seg/cells", f"{tmp_path}/out.zarr/cells", block_shape=(10, 35, 25),
-                       job_type="subprocess", num_workers=2, job_config=LocalClusterConfig(worker_timeout=120))
+    result = copy_flow(
+        f"{h5file}/volumes/seg/cells",
+        f"{tmp_path}/out.zarr/cells",
+        block_shape=(10, 35, 25),
+        job_type="subprocess",
+        num_workers=2,
+        job_config=LocalClusterConfig(worker_timeout=120),
+    )
     np.testing.assert_array_equal(result[:], whole(h5file, "volumes/seg/cells"))

@@ -23,7 +23,11 @@ from bioimage_tasks.io.tiff_headers import header_key
 from bioimage_tasks.runners import LocalClusterConfig
 from flows import copy_flow, downsample_flow, pyramid_flow
 
-SHAPE = (20, 200, 150)  # tiles of 64 leave partial edge tiles; strips of 16 rows a partial last strip
+SHAPE = (
+    20,
+    200,
+    150,
+)  # tiles of 64 leave partial edge tiles; strips of 16 rows a partial last strip
 
 
 @pytest.fixture
@@ -32,8 +36,13 @@ def image(rng) -> np.ndarray:
 
 
 def write_ome(path, data, **options) -> str:
-    tifffile.imwrite(path, data, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
-                                                     "PhysicalSizeZ": 2.0}, **options)
+    tifffile.imwrite(
+        path,
+        data,
+        ome=True,
+        metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0},
+        **options,
+    )
     return str(path)
 
 
@@ -49,7 +58,13 @@ def decodes(monkeypatch) -> list[tuple[str, int, str]]:
         decode = original(page)
 
         def wrapper(data, index, **options):
-            seen.append((page.parent.filehandle.path, index, hashlib.blake2b(data, digest_size=8).hexdigest()))
+            seen.append(
+                (
+                    page.parent.filehandle.path,
+                    index,
+                    hashlib.blake2b(data, digest_size=8).hexdigest(),
+                )
+            )
             return decode(data, index, **options)
 
         return wrapper
@@ -63,10 +78,16 @@ def tile_count(shape, tile) -> int:
 
 
 KINDS = {
-    "tiled bigtiff ome zlib": lambda p, x: write_ome(p / "a.ome.tif", x, tile=(64, 64), bigtiff=True, compression="zlib"),
-    "striped": lambda p, x: (tifffile.imwrite(p / "a.tif", x, rowsperstrip=16), str(p / "a.tif"))[1],
-    "striped lzw .tiff": lambda p, x: (tifffile.imwrite(p / "a.tiff", x, rowsperstrip=7, compression="lzw"),
-                                       str(p / "a.tiff"))[1],
+    "tiled bigtiff ome zlib": lambda p, x: write_ome(
+        p / "a.ome.tif", x, tile=(64, 64), bigtiff=True, compression="zlib"
+    ),
+    "striped": lambda p, x: (tifffile.imwrite(p / "a.tif", x, rowsperstrip=16), str(p / "a.tif"))[
+        1
+    ],
+    "striped lzw .tiff": lambda p, x: (
+        tifffile.imwrite(p / "a.tiff", x, rowsperstrip=7, compression="lzw"),
+        str(p / "a.tiff"),
+    )[1],
     "imagej": lambda p, x: (tifffile.imwrite(p / "a.tif", x, imagej=True), str(p / "a.tif"))[1],
 }
 
@@ -85,18 +106,32 @@ def test_2d_predictor_jpeg_big_endian_and_rgb_files(tmp_path, rng):
     """Codecs and layouts: the segment reader (predictor, JPEG tables, big-endian LZW strips) and
     tifffile's zarr store for RGB samples read what tifffile.imread reads."""
     files = {
-        "plane.tif": (rng.integers(0, 60000, (130, 97), dtype=np.uint16), {"tile": (32, 32), "compression": "zlib",
-                                                                           "predictor": True}),
-        "jpeg.tif": (rng.integers(0, 255, (6, 100, 90), dtype=np.uint8), {"tile": (32, 32), "compression": "jpeg"}),
-        "be.tif": (rng.integers(0, 2**31, (5, 70, 50), dtype=np.uint32), {"byteorder": ">", "rowsperstrip": 9,
-                                                                         "compression": "lzw"}),
-        "rgb.tif": (rng.integers(0, 255, (4, 30, 40, 3), dtype=np.uint8), {"photometric": "rgb", "tile": (16, 16)}),
+        "plane.tif": (
+            rng.integers(0, 60000, (130, 97), dtype=np.uint16),
+            {"tile": (32, 32), "compression": "zlib", "predictor": True},
+        ),
+        "jpeg.tif": (
+            rng.integers(0, 255, (6, 100, 90), dtype=np.uint8),
+            {"tile": (32, 32), "compression": "jpeg"},
+        ),
+        "be.tif": (
+            rng.integers(0, 2**31, (5, 70, 50), dtype=np.uint32),
+            {"byteorder": ">", "rowsperstrip": 9, "compression": "lzw"},
+        ),
+        "rgb.tif": (
+            rng.integers(0, 255, (4, 30, 40, 3), dtype=np.uint8),
+            {"photometric": "rgb", "tile": (16, 16)},
+        ),
     }
     for name, (data, options) in files.items():
         tifffile.imwrite(tmp_path / name, data, **options)
         source = as_source(str(tmp_path / name))
-        key = ((slice(1, None, 2),) + (slice(3, None),) * 2)[:min(data.ndim, 3)] + (slice(None),) * (data.ndim - 3)
-        np.testing.assert_array_equal(source[key], tifffile.imread(tmp_path / name)[key], err_msg=name)
+        key = ((slice(1, None, 2),) + (slice(3, None),) * 2)[: min(data.ndim, 3)] + (
+            slice(None),
+        ) * (data.ndim - 3)
+        np.testing.assert_array_equal(
+            source[key], tifffile.imread(tmp_path / name)[key], err_msg=name
+        )
 
 
 @pytest.mark.parametrize("form", ["folder", "glob"])
@@ -108,7 +143,9 @@ def test_slice_folder_and_glob_are_one_3d_source(tmp_path, image, form):
     (folder / "notes.txt").write_text("not a slice")
     source = as_source(str(folder) if form == "folder" else f"{folder}/z*.tif")
     assert source.shape == SHAPE and source.read_unit == (1, 64, 64)
-    np.testing.assert_array_equal(source[(slice(1, 19, 3), slice(0, 200), slice(7, 99))], image[1:19:3, :, 7:99])
+    np.testing.assert_array_equal(
+        source[(slice(1, 19, 3), slice(0, 200), slice(7, 99))], image[1:19:3, :, 7:99]
+    )
 
 
 def write_slices(folder, image, **options) -> None:
@@ -120,8 +157,10 @@ def write_slices(folder, image, **options) -> None:
 NOT_A_TIFF = r"is not a readable TIFF file \(TiffFileError: .*\)"
 BAD_SLICES = {  # name: (write the odd slice z7 over a folder of good ones, what the error says)
     "shape": (lambda path, x: tifffile.imwrite(path, x[7, :100]), r"holds \(100, 150\) uint8"),
-    "dtype": (lambda path, x: tifffile.imwrite(path, x[7].astype(np.uint16)),
-              r"holds \(200, 150\) uint16"),
+    "dtype": (
+        lambda path, x: tifffile.imwrite(path, x[7].astype(np.uint16)),
+        r"holds \(200, 150\) uint16",
+    ),
     "stack": (lambda path, x: tifffile.imwrite(path, x[:2]), r"holds \(2, 200, 150\) uint8"),
     "not a tiff": (lambda path, x: path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100)), NOT_A_TIFF),
     "truncated": (lambda path, x: path.write_bytes(b"II*\x00\x08\x00\x00\x00\x0e"), NOT_A_TIFF),
@@ -147,8 +186,9 @@ def test_a_bad_slice_fails_a_flow_before_its_output_exists(tmp_path, image):
     write_slices(folder, image, tile=(64, 64))
     tifffile.imwrite(folder / "z12.tif", image[12].astype(np.float32))
     with pytest.raises(ParameterError, match=r"slice '.*z12.tif' holds \(200, 150\) float32"):
-        downsample_flow(str(folder), 2, f"{tmp_path}/out.zarr/s1", method="mean",
-                        block_shape=(4, 64, 64))
+        downsample_flow(
+            str(folder), 2, f"{tmp_path}/out.zarr/s1", method="mean", block_shape=(4, 64, 64)
+        )
     assert not os.path.exists(tmp_path / "out.zarr")
 
 
@@ -173,8 +213,16 @@ def test_slices_that_differ_only_in_layout_are_accepted_from_headers(tmp_path, i
     np.testing.assert_array_equal(source[(slice(None),) * 3], image)
 
 
-@pytest.mark.parametrize("options", [{}, {"bigtiff": True}, {"byteorder": ">"}, {"imagej": True},
-                                     {"tile": (64, 64), "description": "x" * 5000}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"bigtiff": True},
+        {"byteorder": ">"},
+        {"imagej": True},
+        {"tile": (64, 64), "description": "x" * 5000},
+    ],
+)
 def test_header_key_reads_what_tifffile_reads(tmp_path, image, monkeypatch, options):
     """The header reader agrees with tifffile's first page, also when every value must be read
     from further in the file (a head of 8 bytes: as for writers that put the IFD at the end)."""
@@ -183,9 +231,15 @@ def test_header_key_reads_what_tifffile_reads(tmp_path, image, monkeypatch, opti
     key = header_key(str(path))
     with tifffile.TiffFile(path) as tif:
         page = tif.pages.first
-        expected = (tuple(sorted(page.tags.keys())), (page.imagewidth,), (page.imagelength,),
-                    (page.samplesperpixel,), (page.bitspersample,), (page.sampleformat,),
-                    len(tif.pages) > 1)
+        expected = (
+            tuple(sorted(page.tags.keys())),
+            (page.imagewidth,),
+            (page.imagelength,),
+            (page.samplesperpixel,),
+            (page.bitspersample,),
+            (page.sampleformat,),
+            len(tif.pages) > 1,
+        )
     assert (tuple(sorted(set(key.tag_codes))), *key[1:7]) == expected and key.sample_format == (2,)
     monkeypatch.setattr(tiff_headers, "HEAD_BYTES", 8)
     assert header_key(str(path)) == key
@@ -216,8 +270,13 @@ def test_ome_physical_sizes(tmp_path, image):
     physical = as_source(KINDS["tiled bigtiff ome zlib"](tmp_path, image)).physical
     assert physical.voxel_size == (2.0, 0.5, 0.5)
     assert physical.units == ("micrometer",) * 3 and physical.axes == ("z", "y", "x")
-    tifffile.imwrite(tmp_path / "ij.tif", image, imagej=True, resolution=(4.0, 4.0),
-                     metadata={"spacing": 3.0, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(
+        tmp_path / "ij.tif",
+        image,
+        imagej=True,
+        resolution=(4.0, 4.0),
+        metadata={"spacing": 3.0, "unit": "um", "axes": "ZYX"},
+    )
     assert as_source(str(tmp_path / "ij.tif")).physical.voxel_size == (3.0, 0.25, 0.25)
 
 
@@ -229,7 +288,9 @@ def test_copy_decodes_each_strip_or_tile_once(tmp_path, image, decodes, layout):
     result = copy_flow(path, f"{tmp_path}/out.zarr/raw", num_workers=2)
     expected = tile_count(SHAPE, (64, 64)) if layout == "tiles" else SHAPE[0] * -(-SHAPE[1] // 16)
     assert len(decodes) == len(set(decodes)) == expected
-    np.testing.assert_array_equal(result[:], tifffile.imread(path))  # (decodes every segment once more)
+    np.testing.assert_array_equal(
+        result[:], tifffile.imread(path)
+    )  # (decodes every segment once more)
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -243,7 +304,9 @@ def test_downsample_of_strips_decodes_each_once(tmp_path, image, decodes):
 
 @pytest.mark.usefixtures("prefect_server")
 @pytest.mark.parametrize("layout", ["tiles", "strips"])
-def test_pyramid_from_ome_tiff_takes_its_voxel_size_and_decodes_once(tmp_path, rng, decodes, layout):
+def test_pyramid_from_ome_tiff_takes_its_voxel_size_and_decodes_once(
+    tmp_path, rng, decodes, layout
+):
     shape = (40, 300, 260)
     data = rng.integers(0, 60000, shape, dtype=np.uint16)
     options = {"tile": (64, 64)} if layout == "tiles" else {"rowsperstrip": 24}
@@ -279,7 +342,11 @@ def test_pyramid_of_a_czyx_ome_tiff_keeps_its_channels(tmp_path, rng):
     assert axes == [("c", "channel"), ("z", "space"), ("y", "space"), ("x", "space")]
     for level, factors in enumerate([(1, 1, 2, 2), (1, 2, 4, 4)], start=1):
         assert multiscale["datasets"][level]["coordinateTransformations"][0]["scale"] == [
-            1.0, 1.0 * factors[1], 0.5 * factors[2], 0.5 * factors[3]]
+            1.0,
+            1.0 * factors[1],
+            0.5 * factors[2],
+            0.5 * factors[3],
+        ]
         reference = ts.downsample(ts.array(data), list(factors), "mean").read().result()
         np.testing.assert_array_equal(group[f"s{level}"][:], reference)
 
@@ -311,6 +378,15 @@ def test_tiff_is_not_an_output(tmp_path, image):
 @pytest.mark.usefixtures("prefect_server")
 def test_tiff_input_on_a_dask_cluster(tmp_path, image):
     path = write_ome(tmp_path / "in.ome.tif", image, tile=(64, 64), compression="zlib")
-    result = downsample_flow(path, 2, f"{tmp_path}/out.zarr/s1", method="mode", job_type="subprocess", num_workers=2,
-                             job_config=LocalClusterConfig(worker_timeout=120))
-    np.testing.assert_array_equal(result[:], ts.downsample(ts.array(image), [2, 2, 2], "mode").read().result())
+    result = downsample_flow(
+        path,
+        2,
+        f"{tmp_path}/out.zarr/s1",
+        method="mode",
+        job_type="subprocess",
+        num_workers=2,
+        job_config=LocalClusterConfig(worker_timeout=120),
+    )
+    np.testing.assert_array_equal(
+        result[:], ts.downsample(ts.array(image), [2, 2, 2], "mode").read().result()
+    )

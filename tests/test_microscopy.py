@@ -28,8 +28,16 @@ pytest.importorskip("bioio_ome_tiff")
 ALL = (slice(None),) * 5
 
 
-def write_czi(path, rng, channels=3, planes=4, shape=(40, 56), scenes=((0, 0), (300, 20)),
-              names=("DAPI", "GFP", "RFP"), dtype=np.uint16) -> None:
+def write_czi(
+    path,
+    rng,
+    channels=3,
+    planes=4,
+    shape=(40, 56),
+    scenes=((0, 0), (300, 20)),
+    names=("DAPI", "GFP", "RFP"),
+    dtype=np.uint16,
+) -> None:
     """A CZI of `len(scenes)` scenes (at those x, y stage positions), each `channels` x `planes`
     planes of random values, with scaling 0.25 x 0.25 x 1 micrometer and channel names."""
     high = np.iinfo(dtype).max
@@ -38,16 +46,32 @@ def write_czi(path, rng, channels=3, planes=4, shape=(40, 56), scenes=((0, 0), (
             for c in range(channels):
                 for z in range(planes):
                     plane = rng.integers(0, high, shape, dtype=dtype)
-                    czi.write(data=plane, plane={"C": c, "Z": z, "T": 0}, scene=scene, location=location)
-        czi.write_metadata(document_name="test", channel_names=dict(enumerate(names[:channels])),
-                           scale_x=0.25e-6, scale_y=0.25e-6, scale_z=1e-6)
+                    czi.write(
+                        data=plane, plane={"C": c, "Z": z, "T": 0}, scene=scene, location=location
+                    )
+        czi.write_metadata(
+            document_name="test",
+            channel_names=dict(enumerate(names[:channels])),
+            scale_x=0.25e-6,
+            scale_y=0.25e-6,
+            scale_z=1e-6,
+        )
 
 
 def czi_scene(path, scene, channels, planes) -> np.ndarray:
     """Scene `scene` as (c, z, y, x), read plane by plane by pylibCZIrw itself."""
     with pyczi.open_czi(str(path)) as czi:
-        return np.stack([np.stack([czi.read(plane={"C": c, "Z": z, "T": 0}, scene=scene)[..., 0]
-                                   for z in range(planes)]) for c in range(channels)])
+        return np.stack(
+            [
+                np.stack(
+                    [
+                        czi.read(plane={"C": c, "Z": z, "T": 0}, scene=scene)[..., 0]
+                        for z in range(planes)
+                    ]
+                )
+                for c in range(channels)
+            ]
+        )
 
 
 def test_czi_scenes_read_exactly_with_voxel_size_and_channel_names(tmp_path, rng):
@@ -58,8 +82,10 @@ def test_czi_scenes_read_exactly_with_voxel_size_and_channel_names(tmp_path, rng
         source = as_source(f"{path}/{scene}" if scene else str(path))
         assert source.shape == (3, 4, 40, 56) and source.dtype == np.uint16
         np.testing.assert_array_equal(source[ALL[:4]], expected)
-        for key in [(slice(1, 3), slice(0, 4, 3), slice(5, 33, 2), slice(7, 50)),
-                    (slice(2, 3), slice(1, 2), slice(0, 40, 7), slice(55, 56))]:
+        for key in [
+            (slice(1, 3), slice(0, 4, 3), slice(5, 33, 2), slice(7, 50)),
+            (slice(2, 3), slice(1, 2), slice(0, 40, 7), slice(55, 56)),
+        ]:
             np.testing.assert_array_equal(source[key], expected[key])
         # pickled for another process: reopens the file itself
         np.testing.assert_array_equal(pickle.loads(pickle.dumps(source))[ALL[:4]], expected)
@@ -82,7 +108,9 @@ def test_czi_pyramid_levels_exact_with_geometry_and_omero(tmp_path, rng):
     path = tmp_path / "cells.czi"
     write_czi(path, rng, planes=6, shape=(64, 72))
     base = czi_scene(path, 1, 3, 6)
-    group = bt.pyramid(f"{path}/1", str(tmp_path / "cells.ome.zarr"), levels=3, chunks=(1, 2, 16, 16))
+    group = bt.pyramid(
+        f"{path}/1", str(tmp_path / "cells.ome.zarr"), levels=3, chunks=(1, 2, 16, 16)
+    )
     image = zarr.open_group(group, mode="r")
     attributes = image.attrs["ome"]
     datasets = attributes["multiscales"][0]["datasets"]
@@ -101,9 +129,18 @@ def test_czi_pyramid_levels_exact_with_geometry_and_omero(tmp_path, rng):
 
 def write_ome_tiff(path, rng) -> np.ndarray:
     data = rng.integers(0, 4000, (1, 2, 5, 48, 40), dtype=np.uint16)
-    tifffile.imwrite(path, data, ome=True, metadata={
-        "axes": "TCZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0,
-        "Channel": {"Name": ["nuclei", "membrane"]}})
+    tifffile.imwrite(
+        path,
+        data,
+        ome=True,
+        metadata={
+            "axes": "TCZYX",
+            "PhysicalSizeX": 0.5,
+            "PhysicalSizeY": 0.5,
+            "PhysicalSizeZ": 2.0,
+            "Channel": {"Name": ["nuclei", "membrane"]},
+        },
+    )
     return data
 
 
@@ -124,9 +161,13 @@ def test_bioio_plugin_path_on_an_ome_tiff(tmp_path, rng):
     assert type(as_source(path)).__name__ == "TiffSource"
     group = bt.pyramid(source, str(tmp_path / "stack.ome.zarr"), scale_factors=[(1, 1, 2, 2)])
     level = zarr.open_group(group, mode="r")["s1"][:]
-    np.testing.assert_array_equal(level, ts.downsample(ts.array(data), [1, 1, 2, 2], "mean").read().result())
+    np.testing.assert_array_equal(
+        level, ts.downsample(ts.array(data), [1, 1, 2, 2], "mean").read().result()
+    )
     with pytest.raises(ParameterError, match="no installed bioio plugin"):
-        open_microscopy(str(tmp_path / "notes.xyz" if (tmp_path / "notes.xyz").write_text("x") else ""))
+        open_microscopy(
+            str(tmp_path / "notes.xyz" if (tmp_path / "notes.xyz").write_text("x") else "")
+        )
 
 
 def level_expected(path, factor, scene=0, channels=3, planes=4) -> np.ndarray:
@@ -136,8 +177,11 @@ def level_expected(path, factor, scene=0, channels=3, planes=4) -> np.ndarray:
 
 def records(output_dir) -> dict[str, dict]:
     folder = os.path.join(output_dir, ".bioimage-tasks", "convert")
-    return {f.removesuffix(".json"): json.load(open(os.path.join(folder, f)))
-            for f in os.listdir(folder) if f.endswith(".json")}
+    return {
+        f.removesuffix(".json"): json.load(open(os.path.join(folder, f)))
+        for f in os.listdir(folder)
+        if f.endswith(".json")
+    }
 
 
 def test_convert_folder_reports_a_bad_file_skips_done_ones_and_redoes_a_changed_one(tmp_path, rng):
@@ -151,13 +195,21 @@ def test_convert_folder_reports_a_bad_file_skips_done_ones_and_redoes_a_changed_
     assert not os.path.exists(out)  # a dry run writes nothing
     report = bt.convert(f"{folder}/*.czi", out, levels=1)
     outcomes = {f.name: f for f in report.files}
-    assert [outcomes[n].outcome for n in ("a", "b", "broken")] == ["converted", "converted", "failed"]
-    assert "broken.czi" in outcomes["broken"].reason and "not a readable CZI" in outcomes["broken"].reason
+    assert [outcomes[n].outcome for n in ("a", "b", "broken")] == [
+        "converted",
+        "converted",
+        "failed",
+    ]
+    assert (
+        "broken.czi" in outcomes["broken"].reason
+        and "not a readable CZI" in outcomes["broken"].reason
+    )
     assert not report.ok and outcomes["a"].bytes > 0
     for name, channels in (("a", 3), ("b", 2)):
         image = zarr.open_group(f"{out}/{name}.ome.zarr", mode="r")
-        np.testing.assert_array_equal(image["s1"][:], level_expected(folder / f"{name}.czi", (1, 1, 2, 2),
-                                                                     channels=channels))
+        np.testing.assert_array_equal(
+            image["s1"][:], level_expected(folder / f"{name}.czi", (1, 1, 2, 2), channels=channels)
+        )
     s0_chunks = f"{out}/a.ome.zarr/s0/c/0/0/0/0"
     written = os.stat(s0_chunks).st_mtime_ns
     again = {f.name: f.outcome for f in bt.convert(f"{folder}/*.czi", out, levels=1).files}
@@ -166,8 +218,10 @@ def test_convert_folder_reports_a_bad_file_skips_done_ones_and_redoes_a_changed_
     write_czi(folder / "b.czi", rng, scenes=((0, 0),), channels=2)  # rewritten with new values
     again = {f.name: f.outcome for f in bt.convert(f"{folder}/*.czi", out, levels=1).files}
     assert again == {"a": "skipped", "b": "redone", "broken": "failed"}
-    np.testing.assert_array_equal(zarr.open_group(f"{out}/b.ome.zarr", mode="r")["s1"][:],
-                                  level_expected(folder / "b.czi", (1, 1, 2, 2), channels=2))
+    np.testing.assert_array_equal(
+        zarr.open_group(f"{out}/b.ome.zarr", mode="r")["s1"][:],
+        level_expected(folder / "b.czi", (1, 1, 2, 2), channels=2),
+    )
     assert records(out)["b"]["outcome"] == "redone"
     with pytest.raises(ParameterError, match="levels"):
         bt.convert(f"{folder}/*.czi", str(tmp_path / "other"))
@@ -178,15 +232,23 @@ def test_convert_folder_reports_a_bad_file_skips_done_ones_and_redoes_a_changed_
 
 def cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    return subprocess.Popen([sys.executable, "-m", "bioimage_tasks.cli", "convert", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "bioimage_tasks.cli", "convert", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_convert_cli_killed_then_rerun_finishes_what_is_missing(tmp_path, rng):
     folder, out = tmp_path / "in", str(tmp_path / "out")
     folder.mkdir()
     for name in ("f1", "f2", "f3"):
-        write_czi(folder / f"{name}.czi", rng, channels=1, planes=16, shape=(512, 512), scenes=((0, 0),))
+        write_czi(
+            folder / f"{name}.czi", rng, channels=1, planes=16, shape=(512, 512), scenes=((0, 0),)
+        )
     arguments = (f"{folder}/*.czi", out, "--levels", "2", "--chunks", "1,64,64")
     dry = cli(*arguments, "--dry-run")
     listing, _ = dry.communicate(timeout=120)
@@ -215,7 +277,8 @@ def test_convert_cli_killed_then_rerun_finishes_what_is_missing(tmp_path, rng):
         for level, factor in ((1, (1, 1, 2, 2)), (2, (1, 1, 4, 4))):
             np.testing.assert_array_equal(
                 image[f"s{level}"][:],
-                level_expected(folder / f"{name}.czi", factor, channels=1, planes=16)[0])
+                level_expected(folder / f"{name}.czi", factor, channels=1, planes=16)[0],
+            )
     (folder / "zz_bad.czi").write_text("broken")
     failing = cli(*arguments)
     summary, _ = failing.communicate(timeout=300)
@@ -236,9 +299,14 @@ def test_convert_flow_runs_each_file_as_a_child_flow_run(prefect_server, tmp_pat
     (folder / "junk.czi").write_text("junk")
     with pytest.raises(ConvertFailedError, match="junk") as failed:
         convert_flow(f"{folder}/*.czi", out, levels=1)
-    assert {f.name: f.outcome for f in failed.value.report.files} == {"good": "converted", "junk": "failed"}
-    np.testing.assert_array_equal(zarr.open_group(f"{out}/good.ome.zarr", mode="r")["s1"][:],
-                                  level_expected(folder / "good.czi", (1, 1, 2, 2)))
+    assert {f.name: f.outcome for f in failed.value.report.files} == {
+        "good": "converted",
+        "junk": "failed",
+    }
+    np.testing.assert_array_equal(
+        zarr.open_group(f"{out}/good.ome.zarr", mode="r")["s1"][:],
+        level_expected(folder / "good.czi", (1, 1, 2, 2)),
+    )
 
     async def child_runs() -> list[str]:
         async with get_client() as client:

@@ -41,7 +41,9 @@ def output_path(tmp_path, kind: str) -> str:
 def ts_open(path: str) -> ts.TensorStore:
     container, key = path.rsplit("/", 1)
     if container.endswith(".n5"):
-        return ts.open({"driver": "n5", "kvstore": {"driver": "file", "path": container}, "path": key}).result()
+        return ts.open(
+            {"driver": "n5", "kvstore": {"driver": "file", "path": container}, "path": key}
+        ).result()
     driver = "zarr" if os.path.exists(os.path.join(path, ".zarray")) else "zarr3"
     return ts.open({"driver": driver, "kvstore": {"driver": "file", "path": path}}).result()
 
@@ -50,8 +52,14 @@ def zarr_codec(path: str) -> tuple[str, int]:
     """(codec, level) as zarr-python reads them: its codec objects, not our metadata parser."""
     container, key = path.rsplit("/", 1)
     (compressor,) = zarr.open_array(container, path=key, mode="r").compressors
-    name = {"ZstdCodec": "zstd", "Zstd": "zstd", "GzipCodec": "gzip", "GZip": "gzip", "BloscCodec": "blosc",
-            "Blosc": "blosc"}[type(compressor).__name__]
+    name = {
+        "ZstdCodec": "zstd",
+        "Zstd": "zstd",
+        "GzipCodec": "gzip",
+        "GZip": "gzip",
+        "BloscCodec": "blosc",
+        "Blosc": "blosc",
+    }[type(compressor).__name__]
     if name == "blosc":
         shuffle = compressor.shuffle
         assert str(getattr(shuffle, "value", shuffle)) in ("shuffle", "1"), compressor
@@ -62,13 +70,19 @@ def zarr_codec(path: str) -> tuple[str, int]:
 
 def chunk_files(directory: str) -> set[str]:
     """The array's chunk (or shard) files, relative to its folder; metadata and records excluded."""
-    return {os.path.relpath(os.path.join(root, name), directory) for root, dirs, names in os.walk(directory)
-            for name in names if ".bioimage-tasks" not in root and name not in ("zarr.json", ".zarray", ".zattrs",
-                                                                              "attributes.json")}
+    return {
+        os.path.relpath(os.path.join(root, name), directory)
+        for root, dirs, names in os.walk(directory)
+        for name in names
+        if ".bioimage-tasks" not in root
+        and name not in ("zarr.json", ".zarray", ".zattrs", "attributes.json")
+    }
 
 
 @pytest.mark.parametrize("kind", FORMATS)
-@pytest.mark.parametrize("codec, level", [("zstd", 7), ("blosc-lz4", None), ("gzip", 2), (None, None)])
+@pytest.mark.parametrize(
+    "codec, level", [("zstd", 7), ("blosc-lz4", None), ("gzip", 2), (None, None)]
+)
 def test_every_codec_round_trips_and_is_named_in_the_metadata(tmp_path, image, kind, codec, level):
     path = output_path(tmp_path, kind)
     options = None if codec is None else OutputOptions(codec=codec, level=level)
@@ -79,18 +93,25 @@ def test_every_codec_round_trips_and_is_named_in_the_metadata(tmp_path, image, k
     if kind == "n5":
         compression = json.load(open(os.path.join(path, "attributes.json")))["compression"]
         assert compression == metadata["compression"]
-        expected = {None: {"type": "gzip"}, "zstd": {"type": "zstd", "level": 7},
-                    "gzip": {"type": "gzip", "level": 2},
-                    "blosc-lz4": {"type": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1}}[codec]
+        expected = {
+            None: {"type": "gzip"},
+            "zstd": {"type": "zstd", "level": 7},
+            "gzip": {"type": "gzip", "level": 2},
+            "blosc-lz4": {"type": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1},
+        }[codec]
         assert expected.items() <= compression.items(), compression
         assert stored_codec(metadata)[0] == (codec or "gzip")
         return
     np.testing.assert_array_equal(result[...], image)
     default = ("zstd", 0)  # zarr's own default, what outputs got before options existed
     assert zarr_codec(path) == ((codec, expected_level) if codec else default)
-    assert stored_codec(metadata) == ((codec, expected_level) if codec else default)  # tensorstore's view
+    assert stored_codec(metadata) == (
+        (codec, expected_level) if codec else default
+    )  # tensorstore's view
     if codec == "blosc-lz4":  # blosc with lz4 and byte shuffle in tensorstore's own words too
-        codecs = metadata["codecs"][-1]["configuration"] if kind == "zarr v3" else metadata["compressor"]
+        codecs = (
+            metadata["codecs"][-1]["configuration"] if kind == "zarr v3" else metadata["compressor"]
+        )
         assert codecs["cname"] == "lz4" and codecs["shuffle"] in ("shuffle", 1)
 
 
@@ -99,7 +120,9 @@ def test_shards_are_in_the_metadata_and_blocks_own_them(tmp_path, image, flow):
     path, shards = f"{tmp_path}/out.zarr/x", (16, 16, 8)
     options = OutputOptions(codec="zstd", shards=shards)
     if flow == "downsample":
-        result = downsample_flow(image, 2, path, order=1, anti_aliasing=True, num_workers=2, output_options=options)
+        result = downsample_flow(
+            image, 2, path, order=1, anti_aliasing=True, num_workers=2, output_options=options
+        )
         assert_matches_skimage(result[...], image, (2, 2, 2), 1, True)
     else:
         result = copy_flow(image, path, num_workers=2, output_options=options)
@@ -107,10 +130,16 @@ def test_shards_are_in_the_metadata_and_blocks_own_them(tmp_path, image, flow):
     array = zarr.open_array(f"{tmp_path}/out.zarr", path="x", mode="r")
     assert array.shards == shards and all(s % c == 0 for s, c in zip(shards, array.chunks))
     layout = ts_open(path).chunk_layout
-    assert tuple(layout.write_chunk.shape) == shards and tuple(layout.read_chunk.shape) == array.chunks
+    assert (
+        tuple(layout.write_chunk.shape) == shards and tuple(layout.read_chunk.shape) == array.chunks
+    )
     assert zarr_codec(path) == ("zstd", 3)
     # the grid of a new sharded output follows its shards (the write unit)
-    view = ResizedSource(as_source(image), result.shape, 1, True) if flow == "downsample" else as_source(image)
+    view = (
+        ResizedSource(as_source(image), result.shape, 1, True)
+        if flow == "downsample"
+        else as_source(image)
+    )
     plan = plan_blockwise(view, f"{tmp_path}/new.zarr/x", output_options=options)
     assert plan.output.write_unit == shards
     assert all(b % s == 0 or b == n for b, s, n in zip(plan.grid.block_shape, shards, result.shape))
@@ -120,10 +149,21 @@ def test_shards_larger_than_the_budget_are_computed_in_pieces(tmp_path, rng):
     image = random_array(rng, (64, 64, 64), "uint16")
     options, config = OutputOptions(shards=(32, 32, 32)), RunnerConfig(memory_budget=2**20)
     view = ResizedSource(as_source(image), (32, 32, 32), 1, True)
-    plan = plan_blockwise(view, f"{tmp_path}/plan.zarr/x", memory_budget=config.memory_budget, output_options=options)
-    assert plan.grid.block_shape == (32, 32, 32) and plan.piece_shape is not None  # one shard, in pieces
-    result = downsample_flow(image, 2, f"{tmp_path}/out.zarr/x", order=1, anti_aliasing=True, job_config=config,
-                             output_options=options)
+    plan = plan_blockwise(
+        view, f"{tmp_path}/plan.zarr/x", memory_budget=config.memory_budget, output_options=options
+    )
+    assert (
+        plan.grid.block_shape == (32, 32, 32) and plan.piece_shape is not None
+    )  # one shard, in pieces
+    result = downsample_flow(
+        image,
+        2,
+        f"{tmp_path}/out.zarr/x",
+        order=1,
+        anti_aliasing=True,
+        job_config=config,
+        output_options=options,
+    )
     assert result.shards == (32, 32, 32)
     assert_matches_skimage(result[...], image, (2, 2, 2), 1, True)
 
@@ -141,7 +181,9 @@ def test_write_empty_chunks_with_tensorstore_io(tmp_path, rng, kind):
     for write_empty in (False, True):
         (tmp_path / str(write_empty)).mkdir()
         path = output_path(tmp_path / str(write_empty), kind.removesuffix(" sharded"))
-        options = OutputOptions(write_empty_chunks=write_empty, shards=(16, 16, 16) if "sharded" in kind else None)
+        options = OutputOptions(
+            write_empty_chunks=write_empty, shards=(16, 16, 16) if "sharded" in kind else None
+        )
         output = copy_flow(image, path, block_shape=(8, 8, 8), output_options=options)
         assert kind == "n5" or as_source(output).fast_io is not None  # tensorstore does the I/O
         np.testing.assert_array_equal(ts_open(path).read().result(), image)
@@ -161,7 +203,9 @@ def test_write_empty_chunks_with_zarr_python_io(tmp_path, rng):
     for write_empty in (False, True):
         folder = tmp_path / f"{write_empty}.zarr"
         store = zarr.storage.WrapperStore(zarr.storage.LocalStore(str(folder)))
-        output = zarr.create_array(store=store, name="x", shape=image.shape, dtype="uint8", chunks=(8, 8, 8))
+        output = zarr.create_array(
+            store=store, name="x", shape=image.shape, dtype="uint8", chunks=(8, 8, 8)
+        )
         assert as_source(output).fast_io is None  # zarr-python does the I/O
         copy_flow(image, output, output_options=OutputOptions(write_empty_chunks=write_empty))
         np.testing.assert_array_equal(zarr.open_array(str(folder), path="x", mode="r")[...], image)
@@ -179,9 +223,15 @@ def test_write_empty_chunks_reruns_into_the_same_output(tmp_path, rng, kind):
     copy_flow(image, path, block_shape=(8, 8, 8))
     assert len(chunk_files(path)) == 32
     stored = {name: os.stat(os.path.join(path, name)).st_mtime_ns for name in chunk_files(path)}
-    copy_flow(image, path, block_shape=(8, 8, 8), output_options=OutputOptions())  # the defaults: resumes
-    assert {name: os.stat(os.path.join(path, name)).st_mtime_ns for name in chunk_files(path)} == stored
-    copy_flow(image, path, block_shape=(8, 8, 8), output_options=OutputOptions(write_empty_chunks=True))
+    copy_flow(
+        image, path, block_shape=(8, 8, 8), output_options=OutputOptions()
+    )  # the defaults: resumes
+    assert {
+        name: os.stat(os.path.join(path, name)).st_mtime_ns for name in chunk_files(path)
+    } == stored
+    copy_flow(
+        image, path, block_shape=(8, 8, 8), output_options=OutputOptions(write_empty_chunks=True)
+    )
     assert len(chunk_files(path)) == 64
 
 
@@ -191,21 +241,41 @@ def test_dask_workers_honour_the_options(tmp_path, rng):
     from bioimage_tasks.runners import LocalClusterConfig
 
     image = half_empty(rng)
-    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=image.shape, dtype="uint8",
-                      chunks=(8, 8, 8))[:] = image
+    zarr.create_array(
+        store=str(tmp_path / "in.zarr"),
+        name="raw",
+        shape=image.shape,
+        dtype="uint8",
+        chunks=(8, 8, 8),
+    )[:] = image
     path = f"{tmp_path}/out.zarr/x"
-    copy_flow(f"{tmp_path}/in.zarr/raw", path, block_shape=(8, 8, 8), job_type="subprocess", num_workers=2,
-              job_config=LocalClusterConfig(worker_timeout=120),
-              output_options=OutputOptions(codec="gzip", shards=(16, 16, 16), write_empty_chunks=True))
+    copy_flow(
+        f"{tmp_path}/in.zarr/raw",
+        path,
+        block_shape=(8, 8, 8),
+        job_type="subprocess",
+        num_workers=2,
+        job_config=LocalClusterConfig(worker_timeout=120),
+        output_options=OutputOptions(codec="gzip", shards=(16, 16, 16), write_empty_chunks=True),
+    )
     assert len(chunk_files(path)) == 8 and zarr_codec(path) == ("gzip", 6)
-    np.testing.assert_array_equal(zarr.open_array(f"{tmp_path}/out.zarr", path="x", mode="r")[...], image)
+    np.testing.assert_array_equal(
+        zarr.open_array(f"{tmp_path}/out.zarr", path="x", mode="r")[...], image
+    )
 
 
 def test_pyramid_levels_take_codec_and_write_empty_chunks(tmp_path, rng):
     image = half_empty(rng)
     group = f"{tmp_path}/image.zarr"
-    pyramid_flow(image, group, scale_factors=[2], chunks=(8, 8, 8),
-                 output_options=OutputOptions(codec="gzip", level=4, shards=(16, 16, 16), write_empty_chunks=True))
+    pyramid_flow(
+        image,
+        group,
+        scale_factors=[2],
+        chunks=(8, 8, 8),
+        output_options=OutputOptions(
+            codec="gzip", level=4, shards=(16, 16, 16), write_empty_chunks=True
+        ),
+    )
     for level, units in ((0, 8), (1, 1)):
         assert zarr_codec(f"{group}/s{level}") == ("gzip", 4)
         assert zarr.open_array(group, path=f"s{level}", mode="r").shards == (16, 16, 16)
@@ -240,24 +310,45 @@ def test_existing_outputs_must_match_what_options_name(tmp_path, image):
     options = OutputOptions(codec="gzip", level=3, shards=(16, 16, 16))
     copy_flow(image, path, output_options=options)
     before = {name: os.stat(os.path.join(path, name)).st_mtime_ns for name in chunk_files(path)}
-    for other, pattern in ((OutputOptions(codec="zstd"), "exists with codec gzip level 3; output_options ask for zstd"),
-                           (OutputOptions(codec="gzip", level=4), "ask for gzip level 4"),
-                           (OutputOptions(shards=(32, 32, 32)), r"exists with shards \(16, 16, 16\)")):
+    for other, pattern in (
+        (
+            OutputOptions(codec="zstd"),
+            "exists with codec gzip level 3; output_options ask for zstd",
+        ),
+        (OutputOptions(codec="gzip", level=4), "ask for gzip level 4"),
+        (OutputOptions(shards=(32, 32, 32)), r"exists with shards \(16, 16, 16\)"),
+    ):
         with pytest.raises(ValueError, match=pattern):
             copy_flow(image, path, output_options=other)
-    assert {name: os.stat(os.path.join(path, name)).st_mtime_ns for name in chunk_files(path)} == before
-    copy_flow(image, path, output_options=options)  # the same options (or fewer) are fine: it resumes
+    assert {
+        name: os.stat(os.path.join(path, name)).st_mtime_ns for name in chunk_files(path)
+    } == before
+    copy_flow(
+        image, path, output_options=options
+    )  # the same options (or fewer) are fine: it resumes
     copy_flow(image, path, output_options=OutputOptions(codec="gzip"))
     copy_flow(image, path)
-    assert {name: os.stat(os.path.join(path, name)).st_mtime_ns for name in chunk_files(path)} == before
+    assert {
+        name: os.stat(os.path.join(path, name)).st_mtime_ns for name in chunk_files(path)
+    } == before
     with pytest.raises(ValueError, match="not to a numpy output"):
         copy_flow(image, None, output_options=OutputOptions(write_empty_chunks=True))
     with pytest.raises(ValueError, match="give one"):
-        pyramid_flow(image, f"{tmp_path}/image.zarr", scale_factors=[2], shards=(8, 8, 8),
-                     output_options=OutputOptions(shards=(16, 16, 16)))
+        pyramid_flow(
+            image,
+            f"{tmp_path}/image.zarr",
+            scale_factors=[2],
+            shards=(8, 8, 8),
+            output_options=OutputOptions(shards=(16, 16, 16)),
+        )
     with pytest.raises(ValueError, match="shards need zarr v3"):
-        pyramid_flow(image, f"{tmp_path}/image.zarr", scale_factors=[2], ngff_version="0.4",
-                     output_options=OutputOptions(shards=(16, 16, 16)))
+        pyramid_flow(
+            image,
+            f"{tmp_path}/image.zarr",
+            scale_factors=[2],
+            ngff_version="0.4",
+            output_options=OutputOptions(shards=(16, 16, 16)),
+        )
     assert not os.path.exists(tmp_path / "image.zarr")
 
 
@@ -266,44 +357,83 @@ def test_options_survive_json_parameters(tmp_path, image):
     the flow with them: the options come back as a dict, and the schema offers their fields."""
     from prefect import get_client
 
-    options = OutputOptions(codec="blosc-lz4", level=3, shards=(16, 16, 16), write_empty_chunks=True)
-    state = downsample_flow(image, 2, f"{tmp_path}/out.zarr/x", method="mean", output_options=options,
-                            return_state=True)
+    options = OutputOptions(
+        codec="blosc-lz4", level=3, shards=(16, 16, 16), write_empty_chunks=True
+    )
+    state = downsample_flow(
+        image, 2, f"{tmp_path}/out.zarr/x", method="mean", output_options=options, return_state=True
+    )
     with get_client(sync_client=True) as client:
         stored = client.read_flow_run(state.state_details.flow_run_id).parameters["output_options"]
-    assert json.loads(json.dumps(stored)) == {"codec": "blosc-lz4", "level": 3, "shards": [16, 16, 16],
-                                              "write_empty_chunks": True}
-    again = downsample_flow(image, 2, f"{tmp_path}/out.zarr/x", method="mean", output_options=stored,
-                            return_state=True)
+    assert json.loads(json.dumps(stored)) == {
+        "codec": "blosc-lz4",
+        "level": 3,
+        "shards": [16, 16, 16],
+        "write_empty_chunks": True,
+    }
+    again = downsample_flow(
+        image, 2, f"{tmp_path}/out.zarr/x", method="mean", output_options=stored, return_state=True
+    )
     assert again.is_completed()  # same options, existing output: accepted, resumed
     copy_flow(image, f"{tmp_path}/copy.zarr/x", output_options=stored)
     assert zarr_codec(f"{tmp_path}/copy.zarr/x") == ("blosc-lz4", 3)
-    deployment = downsample_flow.to_deployment(name="options", parameters={
-        "input": "in.zarr/raw", "scale_factor": 2, "output": "out.zarr/s1", "output_options": options})
+    deployment = downsample_flow.to_deployment(
+        name="options",
+        parameters={
+            "input": "in.zarr/raw",
+            "scale_factor": 2,
+            "output": "out.zarr/s1",
+            "output_options": options,
+        },
+    )
     schema = deployment._parameter_openapi_schema.model_dump()
     assert "output_options" in schema["properties"]
     assert "blosc-lz4" in json.dumps(schema["definitions"])
     # where Prefect validates parameters itself (pydantic), the JSON becomes the dataclass too
-    validated = downsample_flow.validate_parameters({"input": "in.zarr/raw", "scale_factor": 2, "output_options": stored})
+    validated = downsample_flow.validate_parameters(
+        {"input": "in.zarr/raw", "scale_factor": 2, "output_options": stored}
+    )
     assert validated["output_options"] == options
 
 
 def test_command_line_options(tmp_path, rng):
     image = half_empty(rng)
-    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=image.shape, dtype="uint8",
-                      chunks=(8, 8, 8))[:] = image
+    zarr.create_array(
+        store=str(tmp_path / "in.zarr"),
+        name="raw",
+        shape=image.shape,
+        dtype="uint8",
+        chunks=(8, 8, 8),
+    )[:] = image
     out = f"{tmp_path}/out.zarr/x"
-    done = cli("copy", f"{tmp_path}/in.zarr/raw", out, "--codec", "gzip", "--level", "3", "--shards", "16,16,16",
-               "--write-empty-chunks", "--quiet")
+    done = cli(
+        "copy",
+        f"{tmp_path}/in.zarr/raw",
+        out,
+        "--codec",
+        "gzip",
+        "--level",
+        "3",
+        "--shards",
+        "16,16,16",
+        "--write-empty-chunks",
+        "--quiet",
+    )
     assert done.returncode == 0, done.stderr
-    assert zarr_codec(out) == ("gzip", 3) and zarr.open_array(f"{tmp_path}/out.zarr", path="x").shards == (16, 16, 16)
+    assert zarr_codec(out) == ("gzip", 3) and zarr.open_array(
+        f"{tmp_path}/out.zarr", path="x"
+    ).shards == (16, 16, 16)
     assert len(chunk_files(out)) == 8  # the all-zero shards too
     np.testing.assert_array_equal(zarr.open_array(f"{tmp_path}/out.zarr", path="x")[...], image)
-    refused = cli("downsample", f"{tmp_path}/in.zarr/raw", f"{tmp_path}/out.n5/x", "--shards", "8,8,8")
+    refused = cli(
+        "downsample", f"{tmp_path}/in.zarr/raw", f"{tmp_path}/out.n5/x", "--shards", "8,8,8"
+    )
     assert refused.returncode == 1 and not os.path.exists(tmp_path / "out.n5")
     lines = [line for line in refused.stderr.splitlines() if line.strip()]
-    assert lines[1:] == ["error: ValueError: output_options.shards need a zarr v3 output; a new n5 output has no "
-                         "shards"]  # after the line that says which engine runs
+    assert lines[1:] == [
+        "error: ValueError: output_options.shards need a zarr v3 output; a new n5 output has no "
+        "shards"
+    ]  # after the line that says which engine runs
     shown = cli("pyramid", "--help").stdout  # downsample and copy took theirs above
     for option in ("--codec", "--level", "--shards", "--write-empty-chunks"):
         assert option in shown

@@ -301,7 +301,6 @@ def test_refusals_name_the_parameter_before_writing(tmp_path, rng):
 def test_copy_between_zarr_and_precomputed_keeps_the_voxel_size(cloudvolume, tmp_path, rng):
     import zarr
 
-
     base = image(rng)
     pyramid(
         base, f"{tmp_path}/img.zarr", levels=0, voxel_size=(0.5, 0.25, 0.25), units="micrometer"

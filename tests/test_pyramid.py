@@ -23,7 +23,9 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 def expected_geometry(shape, voxel, cumulative, shift: bool):
     shapes = [tuple(math.ceil(n / f) for n, f in zip(shape, c)) for c in cumulative]
     scales = [[v * f for v, f in zip(voxel, c)] for c in cumulative]
-    translations = [[v * (f - 1) / 2 if shift else 0.0 for v, f in zip(voxel, c)] for c in cumulative]
+    translations = [
+        [v * (f - 1) / 2 if shift else 0.0 for v, f in zip(voxel, c)] for c in cumulative
+    ]
     return shapes, scales, translations
 
 
@@ -46,37 +48,72 @@ def tensorstore_level(s0, factors, method):
 def test_mean_pyramid_ngff_05_with_shards(tmp_path, rng):
     image = rng.integers(0, 255, (37, 41, 23), dtype=np.uint8)
     path = f"{tmp_path}/image.zarr"
-    pyramid_flow(image, path, scale_factors=[(1, 2, 2), 2], method="mean", voxel_size=(2.0, 0.5, 0.5),
-                 units="micrometer", chunks=(8, 8, 8), shards=(16, 16, 16), num_workers=2)
+    pyramid_flow(
+        image,
+        path,
+        scale_factors=[(1, 2, 2), 2],
+        method="mean",
+        voxel_size=(2.0, 0.5, 0.5),
+        units="micrometer",
+        chunks=(8, 8, 8),
+        shards=(16, 16, 16),
+        num_workers=2,
+    )
     cumulative = [(1, 1, 1), (1, 2, 2), (2, 4, 4)]
-    shapes, scales, translations = expected_geometry(image.shape, (2.0, 0.5, 0.5), cumulative, shift=True)
+    shapes, scales, translations = expected_geometry(
+        image.shape, (2.0, 0.5, 0.5), cumulative, shift=True
+    )
     group = check_with_readers(path, "0.5", shapes, scales, translations)
     assert group["s1"].shards == (16, 16, 16)
     for level, factors in enumerate(cumulative):  # s0 by the cumulative factor, never chained
-        np.testing.assert_array_equal(group[f"s{level}"][:], tensorstore_level(image, factors, "mean"))
+        np.testing.assert_array_equal(
+            group[f"s{level}"][:], tensorstore_level(image, factors, "mean")
+        )
 
 
 def test_label_mode_pyramid_ngff_04_planned_from_voxel_size(tmp_path, rng):
     labels = (2**40 + rng.integers(0, 5, (24, 40, 44))).astype(np.uint64)
     path = f"{tmp_path}/labels.zarr"
-    pyramid_flow(labels, path, levels=3, method="mode", voxel_size=(1.0, 0.25, 0.25), ngff_version="0.4",
-                 chunks=(8, 8, 8))
+    pyramid_flow(
+        labels,
+        path,
+        levels=3,
+        method="mode",
+        voxel_size=(1.0, 0.25, 0.25),
+        ngff_version="0.4",
+        chunks=(8, 8, 8),
+    )
     cumulative = [(1, 1, 1), (1, 2, 2), (1, 4, 4), (2, 8, 8)]
-    shapes, scales, translations = expected_geometry(labels.shape, (1.0, 0.25, 0.25), cumulative, shift=True)
+    shapes, scales, translations = expected_geometry(
+        labels.shape, (1.0, 0.25, 0.25), cumulative, shift=True
+    )
     group = check_with_readers(path, "0.4", shapes, scales, translations)
     assert group["s1"].metadata.zarr_format == 2
     for level, factors in enumerate(cumulative):
-        np.testing.assert_array_equal(group[f"s{level}"][:], tensorstore_level(labels, factors, "mode"))
+        np.testing.assert_array_equal(
+            group[f"s{level}"][:], tensorstore_level(labels, factors, "mode")
+        )
 
 
 def test_stride_and_resize_pyramids(tmp_path, rng):
     image = rng.integers(0, 255, (32, 32, 32), dtype=np.uint8)
     pyramid_flow(image, f"{tmp_path}/stride.zarr", scale_factors=[2, 2], method="stride")
-    shapes, scales, translations = expected_geometry(image.shape, (1.0,) * 3, [(1,) * 3, (2,) * 3, (4,) * 3], shift=False)
+    shapes, scales, translations = expected_geometry(
+        image.shape, (1.0,) * 3, [(1,) * 3, (2,) * 3, (4,) * 3], shift=False
+    )
     group = check_with_readers(f"{tmp_path}/stride.zarr", "0.5", shapes, scales, translations)
     np.testing.assert_array_equal(group["s2"][:], image[::4, ::4, ::4])
-    pyramid_flow(image, f"{tmp_path}/resize.zarr", scale_factors=[2, 2], method="resize", order=1, anti_aliasing=True)
-    shapes, scales, translations = expected_geometry(image.shape, (1.0,) * 3, [(1,) * 3, (2,) * 3, (4,) * 3], shift=True)
+    pyramid_flow(
+        image,
+        f"{tmp_path}/resize.zarr",
+        scale_factors=[2, 2],
+        method="resize",
+        order=1,
+        anti_aliasing=True,
+    )
+    shapes, scales, translations = expected_geometry(
+        image.shape, (1.0,) * 3, [(1,) * 3, (2,) * 3, (4,) * 3], shift=True
+    )
     group = check_with_readers(f"{tmp_path}/resize.zarr", "0.5", shapes, scales, translations)
     expected = np.clip(np.rint(skimage_downsample(image, (4, 4, 4), 1, True)), 0, 255)
     np.testing.assert_array_equal(group["s2"][:], expected)
@@ -85,8 +122,15 @@ def test_stride_and_resize_pyramids(tmp_path, rng):
 def test_complex_resize_pyramid_keeps_both_parts(tmp_path, rng):
     shape = (20, 22, 18)
     image = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
-    pyramid_flow(image, f"{tmp_path}/complex.zarr", scale_factors=[2, 2], method="resize", order=1,
-                 anti_aliasing=True, chunks=(8, 8, 8))
+    pyramid_flow(
+        image,
+        f"{tmp_path}/complex.zarr",
+        scale_factors=[2, 2],
+        method="resize",
+        order=1,
+        anti_aliasing=True,
+        chunks=(8, 8, 8),
+    )
     group = zarr.open_group(f"{tmp_path}/complex.zarr", mode="r")
     for level, factors in ((1, (2, 2, 2)), (2, (4, 4, 4))):
         got = group[f"s{level}"][:]
@@ -110,11 +154,25 @@ def test_pyramid_rejects_bad_options(tmp_path, rng):
 def test_label_image_beside_its_image(tmp_path, rng, ngff_version):
     image = rng.integers(0, 255, (16, 32, 32), dtype=np.uint8)
     cells = rng.integers(0, 4, (16, 32, 32)).astype(np.uint32)
-    pyramid_flow(image, f"{tmp_path}/image.zarr", scale_factors=[(1, 2, 2)], ngff_version=ngff_version)
-    pyramid_flow(cells, f"{tmp_path}/image.zarr/labels/cells", scale_factors=[(1, 2, 2)], method="mode",
-                 labels=True, ngff_version=ngff_version)
-    pyramid_flow(cells, f"{tmp_path}/image.zarr/labels/nuclei", scale_factors=[(1, 2, 2)], method="stride",
-                 labels=True, ngff_version=ngff_version)
+    pyramid_flow(
+        image, f"{tmp_path}/image.zarr", scale_factors=[(1, 2, 2)], ngff_version=ngff_version
+    )
+    pyramid_flow(
+        cells,
+        f"{tmp_path}/image.zarr/labels/cells",
+        scale_factors=[(1, 2, 2)],
+        method="mode",
+        labels=True,
+        ngff_version=ngff_version,
+    )
+    pyramid_flow(
+        cells,
+        f"{tmp_path}/image.zarr/labels/nuclei",
+        scale_factors=[(1, 2, 2)],
+        method="stride",
+        labels=True,
+        ngff_version=ngff_version,
+    )
     validate_ngff(f"{tmp_path}/image.zarr")  # the image, its labels group and both label images
     root = zarr.open_group(f"{tmp_path}/image.zarr", mode="r")
     listed = {"labels": ["cells", "nuclei"]}
@@ -125,9 +183,17 @@ def test_label_image_beside_its_image(tmp_path, rng, ngff_version):
     assert [d["path"] for d in attributes["multiscales"][0]["datasets"]] == ["s0", "s1"]
     image_label = attributes["image-label"]
     assert image_label["source"] == {"image": "../../"}
-    np.testing.assert_array_equal(root["labels/cells/s1"][:], tensorstore_level(cells, (1, 2, 2), "mode"))
+    np.testing.assert_array_equal(
+        root["labels/cells/s1"][:], tensorstore_level(cells, (1, 2, 2), "mode")
+    )
     with pytest.raises(ValueError, match="mixes label ids"):
-        pyramid_flow(cells, f"{tmp_path}/image.zarr/labels/bad", scale_factors=[2], method="mean", labels=True)
+        pyramid_flow(
+            cells,
+            f"{tmp_path}/image.zarr/labels/bad",
+            scale_factors=[2],
+            method="mean",
+            labels=True,
+        )
     with pytest.raises(ValueError, match="labels/<name>"):
         pyramid_flow(cells, f"{tmp_path}/other.zarr", scale_factors=[2], method="mode", labels=True)
 
@@ -135,16 +201,32 @@ def test_label_image_beside_its_image(tmp_path, rng, ngff_version):
 @pytest.mark.slow
 def test_pyramid_on_a_local_dask_cluster_resumes(tmp_path, rng):
     labels = rng.integers(0, 5, (32, 40, 36)).astype(np.uint32)
-    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=labels.shape, dtype="uint32", chunks=(16, 16, 16))[:] = labels
-    options = {"scale_factors": [2, 2], "method": "mode", "job_type": "subprocess", "num_workers": 2, "chunks": (8, 8, 8)}
+    zarr.create_array(
+        store=str(tmp_path / "in.zarr"),
+        name="raw",
+        shape=labels.shape,
+        dtype="uint32",
+        chunks=(16, 16, 16),
+    )[:] = labels
+    options = {
+        "scale_factors": [2, 2],
+        "method": "mode",
+        "job_type": "subprocess",
+        "num_workers": 2,
+        "chunks": (8, 8, 8),
+    }
     pyramid_flow(f"{tmp_path}/in.zarr/raw", f"{tmp_path}/out.zarr", **options)
     chunk = f"{tmp_path}/out.zarr/s2/c/0/0/0"
     before = os.path.getmtime(chunk)
-    pyramid_flow(f"{tmp_path}/in.zarr/raw", f"{tmp_path}/out.zarr", **options)  # a rerun resumes: nothing rewritten
+    pyramid_flow(
+        f"{tmp_path}/in.zarr/raw", f"{tmp_path}/out.zarr", **options
+    )  # a rerun resumes: nothing rewritten
     assert os.path.getmtime(chunk) == before
     group = zarr.open_group(f"{tmp_path}/out.zarr", mode="r")
     for level in range(3):
-        np.testing.assert_array_equal(group[f"s{level}"][:], tensorstore_level(labels, (2**level,) * 3, "mode"))
+        np.testing.assert_array_equal(
+            group[f"s{level}"][:], tensorstore_level(labels, (2**level,) * 3, "mode")
+        )
 
 
 def test_existing_levels_keep_their_chunks(tmp_path, rng, monkeypatch):
@@ -159,20 +241,32 @@ def test_existing_levels_keep_their_chunks(tmp_path, rng, monkeypatch):
     base = rng.integers(0, 5, (70, 66, 60)).astype(np.uint16)
     group = str(tmp_path / "p.zarr")
     for level, shape in enumerate([(70, 66, 60), (35, 33, 30), (18, 17, 15)]):
-        zarr.create_array(store=group, name=f"s{level}", shape=shape, dtype="uint16", chunks=(12, 20, 12), fill_value=0)
+        zarr.create_array(
+            store=group,
+            name=f"s{level}",
+            shape=shape,
+            dtype="uint16",
+            chunks=(12, 20, 12),
+            fill_value=0,
+        )
     pyramid_flow(base, group, scale_factors=[2, 2], method="mode", num_workers=2)
     for level, factor in ((1, 2), (2, 4)):
         array = zarr.open_array(store=group, path=f"s{level}", mode="r")
         assert array.chunks == (12, 20, 12)
-        np.testing.assert_array_equal(array[:], ts.downsample(ts.array(base), [factor] * 3, "mode").read().result())
+        np.testing.assert_array_equal(
+            array[:], ts.downsample(ts.array(base), [factor] * 3, "mode").read().result()
+        )
     with pytest.raises(ValueError, match="exists with chunks"):
         pyramid_flow(base, group, scale_factors=[2, 2], method="mode", chunks=(16, 16, 16))
 
 
 def files_under(path) -> list[str]:
     """Every file below `path` (relative), to show a refused call created or changed nothing."""
-    return sorted(os.path.relpath(os.path.join(folder, name), path)
-                  for folder, _, names in os.walk(path) for name in names)
+    return sorted(
+        os.path.relpath(os.path.join(folder, name), path)
+        for folder, _, names in os.walk(path)
+        for name in names
+    )
 
 
 def check_levels_against_tensorstore(group, image, cumulative, method="mean"):
@@ -184,8 +278,15 @@ def check_levels_against_tensorstore(group, image, cumulative, method="mean"):
 def test_levels_reduce_only_space_axes_of_a_4d_image(tmp_path, rng):
     image = rng.integers(0, 255, (3, 10, 24, 20), dtype=np.uint8)  # c, z, y, x
     path, voxel = f"{tmp_path}/czyx.zarr", (1.0, 1.0, 0.5, 0.5)
-    pyramid_flow(image, path, levels=2, axes=("c", "z", "y", "x"), voxel_size=voxel,
-                 units="micrometer", chunks=(1, 8, 8, 8))
+    pyramid_flow(
+        image,
+        path,
+        levels=2,
+        axes=("c", "z", "y", "x"),
+        voxel_size=voxel,
+        units="micrometer",
+        chunks=(1, 8, 8, 8),
+    )
     cumulative = [(1, 1, 1, 1), (1, 1, 2, 2), (1, 2, 4, 4)]  # y, x to z's size, then z too; c never
     shapes, scales, translations = expected_geometry(image.shape, voxel, cumulative, shift=True)
     assert all(s[0] == 1.0 for s in scales) and all(t[0] == 0.0 for t in translations)
@@ -201,13 +302,25 @@ def test_levels_of_a_5d_ome_zarr_take_its_axes_and_keep_t_and_c(tmp_path, rng):
     image = rng.integers(0, 4000, (2, 2, 8, 16, 12), dtype=np.uint16)
     voxel = (5.0, 1.0, 2.0, 0.5, 0.5)
     source = zarr.open_group(f"{tmp_path}/in.ome.zarr", mode="w", zarr_format=3)
-    source.create_array("0", shape=image.shape, dtype="uint16", chunks=(1, 1, 8, 8, 8),
-                        dimension_names=tuple("tczyx"))[:] = image
-    axes = [{"name": "t", "type": "time", "unit": "second"}, {"name": "c", "type": "channel"},
-            *({"name": a, "type": "space", "unit": "micrometer"} for a in "zyx")]
+    source.create_array(
+        "0",
+        shape=image.shape,
+        dtype="uint16",
+        chunks=(1, 1, 8, 8, 8),
+        dimension_names=tuple("tczyx"),
+    )[:] = image
+    axes = [
+        {"name": "t", "type": "time", "unit": "second"},
+        {"name": "c", "type": "channel"},
+        *({"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"),
+    ]
     scale = [{"type": "scale", "scale": list(voxel)}]
-    source.attrs["ome"] = {"version": "0.5", "multiscales": [
-        {"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": scale}]}]}
+    source.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [
+            {"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": scale}]}
+        ],
+    }
     validate_ngff(f"{tmp_path}/in.ome.zarr")
     path = f"{tmp_path}/out.zarr"
     pyramid_flow(f"{tmp_path}/in.ome.zarr", path, levels=3, ngff_version="0.4")
@@ -223,8 +336,15 @@ def test_levels_of_a_5d_ome_zarr_take_its_axes_and_keep_t_and_c(tmp_path, rng):
 def test_time_may_be_reduced_by_explicit_factors(tmp_path, rng):
     image = rng.integers(0, 255, (6, 8, 12, 12), dtype=np.uint8)
     path, voxel = f"{tmp_path}/tzyx.zarr", (30.0, 1.0, 1.0, 1.0)
-    pyramid_flow(image, path, scale_factors=[(2, 1, 2, 2)], axes=("t", "z", "y", "x"),
-                 method="max", voxel_size=voxel, units=("second", *("micrometer",) * 3))
+    pyramid_flow(
+        image,
+        path,
+        scale_factors=[(2, 1, 2, 2)],
+        axes=("t", "z", "y", "x"),
+        method="max",
+        voxel_size=voxel,
+        units=("second", *("micrometer",) * 3),
+    )
     cumulative = [(1, 1, 1, 1), (2, 1, 2, 2)]
     shapes, scales, translations = expected_geometry(image.shape, voxel, cumulative, shift=True)
     group = check_with_readers(path, "0.5", shapes, scales, translations)
@@ -236,11 +356,15 @@ REFUSED = [  # (changes to a call on a (12, 16, 16) image with scale_factors=[2]
     ({"chunks": (-8, 16, 16)}, r"chunks must be 3 integers >= 1"),
     ({"chunks": (8.5, 16, 16)}, r"chunks must be 3 integers >= 1"),
     ({"chunks": 16}, r"chunks must be 3 integers >= 1"),
-    ({"shards": (12, 12, 12), "chunks": (8, 8, 8)},
-     r"shards \(12, 12, 12\) must be a multiple of chunks \(8, 8, 8\)"),
+    (
+        {"shards": (12, 12, 12), "chunks": (8, 8, 8)},
+        r"shards \(12, 12, 12\) must be a multiple of chunks \(8, 8, 8\)",
+    ),
     ({"shards": (0, 16, 16)}, r"shards must be 3 integers >= 1"),
-    ({"voxel_size": (float("nan"), 1.0, 1.0)},
-     r"voxel_size must be finite numbers > 0, got \(nan, 1.0, 1.0\)"),
+    (
+        {"voxel_size": (float("nan"), 1.0, 1.0)},
+        r"voxel_size must be finite numbers > 0, got \(nan, 1.0, 1.0\)",
+    ),
     ({"voxel_size": (0.0, 1.0, 1.0)}, r"voxel_size must be finite numbers > 0"),
     ({"voxel_size": (1.0, -0.5, 1.0)}, r"voxel_size must be finite numbers > 0"),
     ({"origin": (0.0, float("inf"), 0.0)}, r"origin must be finite numbers, got \(0.0, inf, 0.0\)"),
@@ -249,8 +373,10 @@ REFUSED = [  # (changes to a call on a (12, 16, 16) image with scale_factors=[2]
     ({"axes": ("y", "x", "c")}, r"axes \('y', 'x', 'c'\) are not an NGFF image's"),
     ({"units": "furlong"}, r"units: 'furlong' for axis 'z' \(space\) is not a unit NGFF knows"),
     ({"units": ("second", None, None)}, r"units: 'second' for axis 'z' \(space\) is not a unit"),
-    ({"levels": -1, "scale_factors": None},
-     r"levels must be an integer >= 0 \(0 writes s0 alone\), got -1"),
+    (
+        {"levels": -1, "scale_factors": None},
+        r"levels must be an integer >= 0 \(0 writes s0 alone\), got -1",
+    ),
     ({"levels": True, "scale_factors": None}, r"levels must be an integer >= 0"),
     ({"levels": 1.5, "scale_factors": None}, r"levels must be an integer >= 0"),
     ({"scale_factors": 2}, r"scale_factors must be a list with one entry per level"),
@@ -274,15 +400,27 @@ def test_channel_axes_are_never_reduced_and_unnamed_axes_never_guessed(tmp_path,
     czyx, tczyx = rng.integers(0, 255, (2, 4, 8, 8), dtype=np.uint8), np.zeros((2, 2, 4, 8, 8))
     named = {"axes": ("c", "z", "y", "x")}
     refused = [
-        (czyx, {"levels": 1},
-         r"levels= on a 4-D input needs its axes.*give axes=, e.g. \('c', 'z', 'y', 'x'\)"),
+        (
+            czyx,
+            {"levels": 1},
+            r"levels= on a 4-D input needs its axes.*give axes=, e.g. \('c', 'z', 'y', 'x'\)",
+        ),
         (tczyx, {"levels": 1}, r"levels= on a 5-D input needs its axes"),
-        (czyx, {"scale_factors": [2], **named},
-         r"level s1 has factor 2 on axis 'c', a channel axis; channels are never averaged"),
-        (czyx, {"scale_factors": [(1, 2, 2, 2), (3, 1, 1, 1)]},
-         r"level s2 has factor 3 on axis 'c'.*taken to be \('c', 'z', 'y', 'x'\).*give axes="),
-        (czyx, {"scale_factors": [2], **named, "units": ("micrometer",) * 4},
-         r"units: 'micrometer' for axis 'c' \(channel\).*a channel axis has no unit"),
+        (
+            czyx,
+            {"scale_factors": [2], **named},
+            r"level s1 has factor 2 on axis 'c', a channel axis; channels are never averaged",
+        ),
+        (
+            czyx,
+            {"scale_factors": [(1, 2, 2, 2), (3, 1, 1, 1)]},
+            r"level s2 has factor 3 on axis 'c'.*taken to be \('c', 'z', 'y', 'x'\).*give axes=",
+        ),
+        (
+            czyx,
+            {"scale_factors": [2], **named, "units": ("micrometer",) * 4},
+            r"units: 'micrometer' for axis 'c' \(channel\).*a channel axis has no unit",
+        ),
         (czyx[0, 0, 0], {"levels": 1}, r"input has 1 axes; an OME-Zarr \(NGFF\) image has 2 to 5"),
     ]
     for image, kwargs, pattern in refused:
@@ -302,9 +440,11 @@ def test_output_group_must_be_new_or_this_pyramid(tmp_path, rng):
     group.create_array("raw", shape=(4, 4, 4), dtype="uint8")
     group.attrs["note"] = "mine"
     before = files_under(tmp_path)
-    for output, pattern in (("array.zarr", r"array.zarr' is an array; a pyramid is a group"),
-                            ("bare.zarr", r"bare.zarr' holds \['raw'\] besides a pyramid's levels"),
-                            ("group.zarr", r"group.zarr' holds \['raw'\] besides a pyramid's")):
+    for output, pattern in (
+        ("array.zarr", r"array.zarr' is an array; a pyramid is a group"),
+        ("bare.zarr", r"bare.zarr' holds \['raw'\] besides a pyramid's levels"),
+        ("group.zarr", r"group.zarr' holds \['raw'\] besides a pyramid's"),
+    ):
         with pytest.raises(ParameterError, match=pattern):
             pyramid_flow(image, f"{tmp_path}/{output}", scale_factors=[2])
     assert files_under(tmp_path) == before
@@ -322,12 +462,17 @@ def test_output_paths_are_normalised(tmp_path, rng, monkeypatch):
     for container in ("p.zarr", "q.zarr"):
         assert sorted(os.listdir(container)) == ["image", "zarr.json"]
         validate_ngff(f"{container}/image")
-        np.testing.assert_array_equal(zarr.open_array(f"{container}/image/s1", mode="r")[:],
-                                      tensorstore_level(image, (2, 2, 2), "mean"))
+        np.testing.assert_array_equal(
+            zarr.open_array(f"{container}/image/s1", mode="r")[:],
+            tensorstore_level(image, (2, 2, 2), "mean"),
+        )
 
 
-@pytest.mark.parametrize("kwargs", [{"levels": 0}, {"scale_factors": [], "method": "resize"}],
-                         ids=["levels=0", "scale_factors=[] resize"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"levels": 0}, {"scale_factors": [], "method": "resize"}],
+    ids=["levels=0", "scale_factors=[] resize"],
+)
 def test_no_levels_below_s0_write_s0_alone(tmp_path, rng, kwargs):
     from prefect import get_client
     from prefect.client.schemas.sorting import ArtifactSort
@@ -346,13 +491,18 @@ def test_no_levels_below_s0_write_s0_alone(tmp_path, rng, kwargs):
 
 def test_validate_ngff_refuses_what_ngff_does_not_allow(tmp_path):
     """The helper itself: NaN in the metadata, and duplicate axis names, do not validate."""
+
     def image(name, scale, axes=("z", "y", "x")):
         group = zarr.open_group(f"{tmp_path}/{name}", mode="w", zarr_format=3)
         group.create_array("s0", shape=(2, 2, 2), dtype="uint8", dimension_names=axes)
         transforms = [{"type": "scale", "scale": scale}]
         datasets = [{"path": "s0", "coordinateTransformations": transforms}]
-        group.attrs["ome"] = {"version": "0.5", "multiscales": [
-            {"axes": [{"name": a, "type": "space"} for a in axes], "datasets": datasets}]}
+        group.attrs["ome"] = {
+            "version": "0.5",
+            "multiscales": [
+                {"axes": [{"name": a, "type": "space"} for a in axes], "datasets": datasets}
+            ],
+        }
         return f"{tmp_path}/{name}"
 
     validate_ngff(image("good.zarr", [1.0, 1.0, 1.0]))

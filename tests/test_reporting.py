@@ -7,23 +7,38 @@ import numpy as np
 import pytest
 from helpers import wait_for
 from prefect import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 
-from bioimage_tasks.prefect import artifacts as reporting
 from bioimage_tasks.plain import progress_listener
+from bioimage_tasks.prefect import artifacts as reporting
 from flows import downsample_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def test_progress_and_summary_artifacts(tmp_path, rng, monkeypatch):
-    monkeypatch.setattr(reporting, "MIN_UPDATE_INTERVAL", 0.0)  # publish on every batch, as a long run does
+    monkeypatch.setattr(
+        reporting, "MIN_UPDATE_INTERVAL", 0.0
+    )  # publish on every batch, as a long run does
     x = rng.integers(0, 255, (40, 40, 40), dtype=np.uint8)
     seen = []
     token = progress_listener.set(lambda done, total: seen.append((done, total)))
     try:
-        state = downsample_flow(x, 2, f"{tmp_path}/out.zarr/s1", order=1, anti_aliasing=True, block_shape=(4, 4, 4),
-                                num_workers=2, return_state=True)
+        state = downsample_flow(
+            x,
+            2,
+            f"{tmp_path}/out.zarr/s1",
+            order=1,
+            anti_aliasing=True,
+            block_shape=(4, 4, 4),
+            num_workers=2,
+            return_state=True,
+        )
     finally:
         progress_listener.reset(token)
     assert state.is_completed()
@@ -31,10 +46,15 @@ def test_progress_and_summary_artifacts(tmp_path, rng, monkeypatch):
     assert seen[0] == (0, 125) and seen[-1] == (125, 125)
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
         flow_run = client.read_flow_run(run_id)
+
         def first_batch_run():  # task runs reach the API through events, so they may lag
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+            )
             return [run.name for run in runs if run.name.startswith("process-blocks downsample 0-")]
 
         assert wait_for(first_batch_run, 30)
@@ -42,8 +62,14 @@ def test_progress_and_summary_artifacts(tmp_path, rng, monkeypatch):
     assert by_type["progress"].data == 100.0
     summary = by_type["markdown"].data
     assert by_type["markdown"].key == "downsample-summary"
-    for fact in ("| blocks written | 125 |", "| blocks failed | 0 |", "(40, 40, 40) uint8", "order 1, anti-aliasing True",
-                 "local: 2 threads", "125 blocks of (4, 4, 4)"):
+    for fact in (
+        "| blocks written | 125 |",
+        "| blocks failed | 0 |",
+        "(40, 40, 40) uint8",
+        "order 1, anti-aliasing True",
+        "local: 2 threads",
+        "125 blocks of (4, 4, 4)",
+    ):
         assert fact in summary, f"{fact!r} missing from the summary:\n{summary}"
     assert flow_run.name == "downsample numpy(40, 40, 40) uint8 x2 -> out.zarr/s1"
 
@@ -51,8 +77,12 @@ def test_progress_and_summary_artifacts(tmp_path, rng, monkeypatch):
 def test_a_short_run_publishes_only_its_summary(tmp_path, rng):
     """A run shorter than the progress interval gets no progress artifact (it would appear at
     100 %), only its summary."""
-    state = downsample_flow(rng.integers(0, 255, (16, 16, 16), dtype=np.uint8), 2, return_state=True)
+    state = downsample_flow(
+        rng.integers(0, 255, (16, 16, 16), dtype=np.uint8), 2, return_state=True
+    )
     with get_client(sync_client=True) as client:
-        artifact_filter = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+        artifact_filter = ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+        )
         artifacts = client.read_artifacts(artifact_filter=artifact_filter)
     assert [artifact.type for artifact in artifacts] == ["markdown"]

@@ -11,8 +11,8 @@ from reference import assert_matches_skimage, random_array, reference_shape
 
 from bioimage_tasks.blockwise import BlockJob, process_batch
 from bioimage_tasks.grid import BlockGrid
-from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.io import ArraySource
+from bioimage_tasks.resampling import ResizedSource
 
 CASES = [  # (input shape, factors, block shape in output space: none of them divides the shape)
     ((37, 41, 23), (2, 2, 2), (5, 7, 4)),
@@ -23,7 +23,9 @@ CASES = [  # (input shape, factors, block shape in output space: none of them di
 ]
 
 
-def blockwise_resize(x: np.ndarray, factors, order: int, anti_aliasing: bool, block_shape) -> np.ndarray:
+def blockwise_resize(
+    x: np.ndarray, factors, order: int, anti_aliasing: bool, block_shape
+) -> np.ndarray:
     """Resize `x` block by block through ResizedSource and the per-block writer."""
     source = ResizedSource(ArraySource(x), reference_shape(x.shape, factors), order, anti_aliasing)
     sink = ArraySource(np.zeros(source.shape, x.dtype))
@@ -34,7 +36,9 @@ def blockwise_resize(x: np.ndarray, factors, order: int, anti_aliasing: bool, bl
 
 
 @pytest.mark.parametrize("shape,factors,block_shape", CASES)
-@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "uint32", "uint64", "float32", "float64"])
+@pytest.mark.parametrize(
+    "dtype", ["uint8", "uint16", "int16", "uint32", "uint64", "float32", "float64"]
+)
 @pytest.mark.parametrize("order,anti_aliasing", [(0, False), (1, False), (1, True), (3, True)])
 def test_matches_skimage(rng, shape, factors, block_shape, dtype, order, anti_aliasing):
     x = random_array(rng, shape, dtype, labels_above_2_53=order == 0)
@@ -61,7 +65,9 @@ def test_order0_anti_aliasing_matches_skimage(rng, shape, factors, block_shape):
     np.testing.assert_array_equal(got, _skimage(x, factors, 0, True).astype(np.uint8))
 
 
-@pytest.mark.parametrize("dtype,value", [("uint8", 7), ("uint8", 100), ("int16", -5), ("uint16", 300)])
+@pytest.mark.parametrize(
+    "dtype,value", [("uint8", 7), ("uint8", 100), ("int16", -5), ("uint16", 300)]
+)
 @pytest.mark.parametrize("factors", [(3, 3, 3), (5, 2, 4)])
 def test_order0_anti_aliasing_on_a_constant_image_keeps_its_value(dtype, value, factors):
     """scikit-image clips every order's result to the input's range: a constant image stays
@@ -106,8 +112,9 @@ def test_float16_within_tolerance(rng):
 
 
 @pytest.mark.parametrize("dtype", ["complex64", "complex128"])
-@pytest.mark.parametrize("order,anti_aliasing",
-                         [(0, False), (0, True), (1, False), (1, True), (3, True)])
+@pytest.mark.parametrize(
+    "order,anti_aliasing", [(0, False), (0, True), (1, False), (1, True), (3, True)]
+)
 def test_complex_resizes_each_part_as_skimage(rng, dtype, order, anti_aliasing):
     """The real and imaginary parts each as scikit-image resizes that part alone (its own range
     clips it): bit for bit up to order 1, within the contract above; and no part dropped."""

@@ -29,8 +29,15 @@ def make_array(root: str, layout: str, shape: tuple[int, ...], chunks: tuple[int
     options = dict(LAYOUTS[layout])
     if options.get("shards") == "twice":
         options["shards"] = tuple(2 * c for c in chunks)
-    array = zarr.create_array(store=os.path.join(root, "a.zarr"), name="x", shape=shape, dtype="uint16",
-                              chunks=chunks, fill_value=0, **options)
+    array = zarr.create_array(
+        store=os.path.join(root, "a.zarr"),
+        name="x",
+        shape=shape,
+        dtype="uint16",
+        chunks=chunks,
+        fill_value=0,
+        **options,
+    )
     array[tuple(slice(0, 1) for _ in shape)] = 1
     return os.path.join(root, "a.zarr", "x")
 
@@ -47,7 +54,10 @@ def changed(before: list[str], after: list[str]) -> set[int]:
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("shape, chunks, block", [((37, 20, 18), (8, 8, 8), (16, 8, 16)), ((50,), (8,), (16,)), ((21, 30), (8, 8), (8, 16))])
+@pytest.mark.parametrize(
+    "shape, chunks, block",
+    [((37, 20, 18), (8, 8, 8), (16, 8, 16)), ((50,), (8,), (16,)), ((21, 30), (8, 8), (8, 16))],
+)
 def test_signature_follows_written_files(tmp_path, layout, shape, chunks, block):
     path = make_array(str(tmp_path), layout, shape, chunks)
     array = zarr.open_array(path, mode="r+")
@@ -57,13 +67,18 @@ def test_signature_follows_written_files(tmp_path, layout, shape, chunks, block)
     corner = tuple(s - 1 for s in shape)  # the last voxel: a file not written yet
     time.sleep(0.01)
     array[tuple(slice(c, c + 1) for c in corner)] = 7
-    last_block = int(np.ravel_multi_index(tuple(c // b for c, b in zip(corner, block)), grid.grid_shape))
+    last_block = int(
+        np.ravel_multi_index(tuple(c // b for c, b in zip(corner, block)), grid.grid_shape)
+    )
     after = signatures(path, block)
     unit = array.shards or array.chunks
     file_low = [c // u * u for c, u in zip(corner, unit)]  # the storage file now written
     file_high = [low + u for low, u in zip(file_low, unit)]
-    touched = {i for i, (low, high) in enumerate(zip(*grid_intervals(shape, block, range(grid.n_blocks))))
-               if all(a < fh and b > fl for a, b, fl, fh in zip(low, high, file_low, file_high))}
+    touched = {
+        i
+        for i, (low, high) in enumerate(zip(*grid_intervals(shape, block, range(grid.n_blocks))))
+        if all(a < fh and b > fl for a, b, fl, fh in zip(low, high, file_low, file_high))
+    }
     assert last_block in changed(before, after) and changed(before, after) == touched
     first = signatures(path, block)
     array[tuple(slice(0, 1) for _ in shape)] = 3  # rewrite the first file
@@ -71,11 +86,21 @@ def test_signature_follows_written_files(tmp_path, layout, shape, chunks, block)
 
 
 def test_signature_of_n5_follows_written_files(tmp_path):
-    spec = {"driver": "n5", "kvstore": {"driver": "file", "path": str(tmp_path / "a.n5")}, "path": "x",
-            "metadata": {"dimensions": [20, 24, 16], "blockSize": [8, 8, 8], "dataType": "uint8",
-                         "compression": {"type": "gzip"}}}
+    spec = {
+        "driver": "n5",
+        "kvstore": {"driver": "file", "path": str(tmp_path / "a.n5")},
+        "path": "x",
+        "metadata": {
+            "dimensions": [20, 24, 16],
+            "blockSize": [8, 8, 8],
+            "dataType": "uint8",
+            "compression": {"type": "gzip"},
+        },
+    }
     store = ts.open(spec, create=True).result()
     path = str(tmp_path / "a.n5" / "x")
     before = signatures(path, (8, 8, 8))
     store[16:20, 16:24, 8:16].write(np.ones((4, 8, 8), np.uint8)).result()
-    assert changed(before, signatures(path, (8, 8, 8))) == {int(np.ravel_multi_index((2, 2, 1), (3, 3, 2)))}
+    assert changed(before, signatures(path, (8, 8, 8))) == {
+        int(np.ravel_multi_index((2, 2, 1), (3, 3, 2)))
+    }

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 import pytest
-import zarr
 import tensorstore as ts
+import zarr
 from helpers import SlowSource, put_s3, read_s3, records_dir, records_location, slurm_jobs, wait_for
 from reference import random_array
 
@@ -33,18 +33,29 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 def slurm_config(tmp_path, monkeypatch):
     """Jobs on the loopback interface; tests/ importable by the job's Python (sbatch passes the
     environment), for the test-only sources."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")])))
-    return SlurmConfig(interface="lo", walltime="00:15:00", memory="1GB", log_directory=str(tmp_path / "logs"),
-                       worker_timeout=120)
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")]))
+    )
+    return SlurmConfig(
+        interface="lo",
+        walltime="00:15:00",
+        memory="1GB",
+        log_directory=str(tmp_path / "logs"),
+        worker_timeout=120,
+    )
 
 
 @pytest.fixture
 def volume(tmp_path):
     image = random_array(np.random.default_rng(3), SHAPE, "uint8")
-    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=(16, 16, 16))[:] = image
+    zarr.create_array(
+        store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=(16, 16, 16)
+    )[:] = image
     mask = np.zeros((24, 25, 22), bool)
     mask[2:19, 4:20, 1:15] = True
-    zarr.create_array(store=str(tmp_path / "in.zarr"), name="mask", shape=mask.shape, dtype=bool, chunks=(8, 8, 8))[:] = mask
+    zarr.create_array(
+        store=str(tmp_path / "in.zarr"), name="mask", shape=mask.shape, dtype=bool, chunks=(8, 8, 8)
+    )[:] = mask
     return tmp_path, image
 
 
@@ -54,15 +65,35 @@ def no_jobs_left():
 
 def test_slurm_matches_threads_and_runs_as_jobs(volume, slurm_config):
     root, _ = volume
-    options = {"order": 1, "anti_aliasing": True, "mask": f"{root}/in.zarr/mask", "block_shape": (8, 8, 8)}
+    options = {
+        "order": 1,
+        "anti_aliasing": True,
+        "mask": f"{root}/in.zarr/mask",
+        "block_shape": (8, 8, 8),
+    }
     threads = downsample_flow(f"{root}/in.zarr/raw", 2, f"{root}/threads.zarr/s1", **options)
-    on_slurm = downsample_flow(f"{root}/in.zarr/raw", 2, f"{root}/slurm.zarr/s1", job_type="slurm", num_workers=2,
-                               job_config=slurm_config, **options)
+    on_slurm = downsample_flow(
+        f"{root}/in.zarr/raw",
+        2,
+        f"{root}/slurm.zarr/s1",
+        job_type="slurm",
+        num_workers=2,
+        job_config=slurm_config,
+        **options,
+    )
     np.testing.assert_array_equal(on_slurm[:], threads[:])
     executors = BlockRecords(records_dir(f"{root}/slurm.zarr/s1")).executors()
     assert executors and all(e.startswith("slurm-job:") for e in executors.values()), executors
-    block_ids = downsample_flow(f"{root}/in.zarr/raw", 2, f"{root}/ids.zarr/s1", job_type="slurm", num_workers=1,
-                                job_config=slurm_config, block_ids=[1, 4], block_shape=(8, 8, 8))
+    block_ids = downsample_flow(
+        f"{root}/in.zarr/raw",
+        2,
+        f"{root}/ids.zarr/s1",
+        job_type="slurm",
+        num_workers=1,
+        job_config=slurm_config,
+        block_ids=[1, 4],
+        block_shape=(8, 8, 8),
+    )
     grid = BlockGrid(block_ids.shape, (8, 8, 8))
     expected = np.zeros(block_ids.shape, np.uint8)
     full = downsample_flow(f"{root}/in.zarr/raw", 2)
@@ -78,8 +109,16 @@ def test_slurm_workers_read_and_write_s3(s3_server, slurm_config):
     bucket = s3_server.create_bucket("slurm-workers")
     image = random_array(np.random.default_rng(5), SHAPE, "uint16")
     put_s3(f"s3://{bucket}/raw.zarr/v3", image)
-    group = pyramid_flow(f"s3://{bucket}/raw.zarr/v3", f"s3://{bucket}/image.ome.zarr", scale_factors=[2, 2],
-                         method="mean", chunks=(8, 8, 8), job_type="slurm", num_workers=2, job_config=slurm_config)
+    group = pyramid_flow(
+        f"s3://{bucket}/raw.zarr/v3",
+        f"s3://{bucket}/image.ome.zarr",
+        scale_factors=[2, 2],
+        method="mean",
+        chunks=(8, 8, 8),
+        job_type="slurm",
+        num_workers=2,
+        job_config=slurm_config,
+    )
     for level in (0, 1, 2):
         expected = ts.downsample(ts.array(image), [2**level] * 3, "mean").read().result()
         np.testing.assert_array_equal(read_s3(f"{group}/s{level}"), expected)
@@ -95,7 +134,12 @@ def test_cancelled_job_loses_no_block(volume, slurm_config):
     cancelled = []
 
     def cancel_a_job():
-        directory = wait_for(lambda: os.path.isdir(f"{output_dir}/.bioimage-tasks/blocks") and records_dir(output_dir), 180)
+        directory = wait_for(
+            lambda: (
+                os.path.isdir(f"{output_dir}/.bioimage-tasks/blocks") and records_dir(output_dir)
+            ),
+            180,
+        )
         executors = wait_for(lambda: BlockRecords(directory).executors(), 180)
         job = sorted(executors.values())[0].split(":")[1]
         subprocess.run(["scancel", job], check=True)
@@ -103,8 +147,14 @@ def test_cancelled_job_loses_no_block(volume, slurm_config):
 
     canceller = threading.Thread(target=cancel_a_job, daemon=True)
     canceller.start()
-    result = copy_flow(SlowSource(f"{root}/in.zarr/raw", delay=0.3), output_dir, block_shape=(16, 16, 16),
-                       job_type="slurm", num_workers=2, job_config=slurm_config)
+    result = copy_flow(
+        SlowSource(f"{root}/in.zarr/raw", delay=0.3),
+        output_dir,
+        block_shape=(16, 16, 16),
+        job_type="slurm",
+        num_workers=2,
+        job_config=slurm_config,
+    )
     canceller.join(timeout=5)
     assert cancelled, "no job was cancelled: the run finished too fast to test anything"
     np.testing.assert_array_equal(result[:], image)
@@ -119,10 +169,23 @@ def test_jobs_that_never_start_fail_in_bounded_time(volume, slurm_config, tmp_pa
     """Jobs held in the queue (--begin in an hour): the run fails with a clear error after
     worker_timeout, and the pending jobs are cancelled."""
     root, _ = volume
-    held = SlurmConfig(**{**slurm_config.__dict__, "extra_directives": ("--begin=now+1hour",), "worker_timeout": 15})
+    held = SlurmConfig(
+        **{
+            **slurm_config.__dict__,
+            "extra_directives": ("--begin=now+1hour",),
+            "worker_timeout": 15,
+        }
+    )
     started = time.monotonic()
     with pytest.raises(NoWorkersError, match="no Dask worker for 15 s"):
-        downsample_flow(f"{root}/in.zarr/raw", 2, f"{root}/held.zarr/s1", job_type="slurm", num_workers=1, job_config=held)
+        downsample_flow(
+            f"{root}/in.zarr/raw",
+            2,
+            f"{root}/held.zarr/s1",
+            job_type="slurm",
+            num_workers=1,
+            job_config=held,
+        )
     assert time.monotonic() - started < 90
     no_jobs_left()
 
@@ -133,18 +196,37 @@ def test_interrupted_flow_leaves_no_jobs(volume, signum):
     from prefect.settings import PREFECT_API_URL
 
     root, _ = volume
-    env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value(),
-                        "PYTHONPATH": os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")]))}
-    process = subprocess.Popen([sys.executable, os.path.join(TESTS_DIR, "resume_job.py"), f"{root}/in.zarr/raw",
-                                f"{root}/out.zarr/s1", "slurm", "0.5", str(root / "logs")], env=env)
+    env = os.environ | {
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PYTHONPATH": os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")])),
+    }
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(TESTS_DIR, "resume_job.py"),
+            f"{root}/in.zarr/raw",
+            f"{root}/out.zarr/s1",
+            "slurm",
+            "0.5",
+            str(root / "logs"),
+        ],
+        env=env,
+    )
     try:
-        wait_for(lambda: os.path.isdir(f"{root}/out.zarr/s1/.bioimage-tasks/blocks")
-                 and BlockRecords(records_dir(f"{root}/out.zarr/s1")).done(), 180)
+        wait_for(
+            lambda: (
+                os.path.isdir(f"{root}/out.zarr/s1/.bioimage-tasks/blocks")
+                and BlockRecords(records_dir(f"{root}/out.zarr/s1")).done()
+            ),
+            180,
+        )
         assert slurm_jobs(), "the run should have SLURM jobs while it works"
         process.send_signal(signum)
         process.wait(timeout=60)
     finally:
         process.kill()
     n_blocks = BlockGrid((24, 25, 22), (8, 8, 8)).n_blocks
-    assert len(BlockRecords(records_dir(f"{root}/out.zarr/s1")).done()) < n_blocks, "the run was not interrupted"
+    assert len(BlockRecords(records_dir(f"{root}/out.zarr/s1")).done()) < n_blocks, (
+        "the run was not interrupted"
+    )
     no_jobs_left()

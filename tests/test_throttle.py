@@ -43,22 +43,36 @@ def read_ahead(reads, writes) -> list[int]:
 
 def run_copy(tmp_path, name: str, limit: str | None, workers: int = 2):
     image = np.random.default_rng(1).integers(0, 255, SHAPE, dtype=np.uint8)
-    zarr.create_array(store=str(tmp_path / f"{name}.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=BLOCK)[:] = image
-    zarr.create_array(store=str(tmp_path / f"{name}.zarr"), name="copy", shape=SHAPE, dtype="uint8", chunks=BLOCK)
+    zarr.create_array(
+        store=str(tmp_path / f"{name}.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=BLOCK
+    )[:] = image
+    zarr.create_array(
+        store=str(tmp_path / f"{name}.zarr"), name="copy", shape=SHAPE, dtype="uint8", chunks=BLOCK
+    )
     logs = tmp_path / f"{name}-log"
     logs.mkdir()
     source = TimedReads(f"{tmp_path}/{name}.zarr/raw", READ_DELAY, str(logs))
     sink = TimedWrites(f"{tmp_path}/{name}.zarr/copy", WRITE_DELAY, str(logs))
-    copy_flow(source, sink, block_shape=BLOCK, job_type="subprocess", num_workers=workers,
-              job_config=LocalClusterConfig(write_limit=limit, worker_timeout=120, blocks_per_task=8))
-    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / f"{name}.zarr"), path="copy")[:], image)
+    copy_flow(
+        source,
+        sink,
+        block_shape=BLOCK,
+        job_type="subprocess",
+        num_workers=workers,
+        job_config=LocalClusterConfig(write_limit=limit, worker_timeout=120, blocks_per_task=8),
+    )
+    np.testing.assert_array_equal(
+        zarr.open_array(str(tmp_path / f"{name}.zarr"), path="copy")[:], image
+    )
     return logged_intervals(str(logs), "read"), logged_intervals(str(logs), "write")
 
 
 @pytest.mark.slow
 def test_write_limit_caps_concurrent_writers_across_workers_without_stalling_reads(tmp_path):
     reads, writes = run_copy(tmp_path, "free", None)
-    assert max_overlap(writes) == 2  # without a limit both workers write at once (the test can see it)
+    assert (
+        max_overlap(writes) == 2
+    )  # without a limit both workers write at once (the test can see it)
 
     create_limit("test-block-writes", 1)
     reads, writes = run_copy(tmp_path, "capped", "test-block-writes")
@@ -66,10 +80,12 @@ def test_write_limit_caps_concurrent_writers_across_workers_without_stalling_rea
     ahead = read_ahead(reads, writes)
     span = max(e for _, e, *_ in writes) - min(s for s, *_ in reads)
     busy = sum(e - s for s, e, *_ in writes)
-    print(f"\nwrite_limit=1, 2 workers, 32 blocks ({READ_DELAY} s reads, {WRITE_DELAY} s writes): {span:.2f} s from "
-          f"first read to last write, the slot busy {busy:.2f} s ({busy / span:.0%}); when a write got its slot "
-          f"its worker had read {sum(a >= 2 for a in ahead)}/32 times 2 blocks beyond it, "
-          f"{sum(a == 1 for a in ahead)} times 1, {sum(a <= 0 for a in ahead)} times 0")
+    print(
+        f"\nwrite_limit=1, 2 workers, 32 blocks ({READ_DELAY} s reads, {WRITE_DELAY} s writes): {span:.2f} s from "
+        f"first read to last write, the slot busy {busy:.2f} s ({busy / span:.0%}); when a write got its slot "
+        f"its worker had read {sum(a >= 2 for a in ahead)}/32 times 2 blocks beyond it, "
+        f"{sum(a == 1 for a in ahead)} times 1, {sum(a <= 0 for a in ahead)} times 0"
+    )
     # A wait for the slot does not stop the batch: while block i waits, its worker computes
     # block i+1 and reads block i+2 (a batch that blocked in the wait could be 1 block ahead at most).
     assert sum(a >= 2 for a in ahead) >= 8
@@ -87,7 +103,9 @@ def test_throttled_sink_keeps_the_sink_interface(tmp_path):
     from bioimage_tasks.io import as_source
 
     create_limit("test-interface", 2)
-    array = zarr.create_array(store=str(tmp_path / "o.zarr"), name="a", shape=(8, 8), dtype="uint8", chunks=(4, 4))
+    array = zarr.create_array(
+        store=str(tmp_path / "o.zarr"), name="a", shape=(8, 8), dtype="uint8", chunks=(4, 4)
+    )
     sink = throttle_writes(as_source(array), "test-interface")
     assert isinstance(sink, ThrottledSink) and sink.shape == (8, 8) and sink.write_unit == (4, 4)
     sink.start_write((slice(0, 4), slice(0, 8)), np.full((4, 8), 7, np.uint8))()

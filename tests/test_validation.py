@@ -24,36 +24,75 @@ SENTINEL = 99
 @pytest.fixture
 def setup(tmp_path, rng):
     image = rng.integers(0, 1000, SHAPE).astype(np.uint16)
-    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint16", chunks=(8, 8, 8))[:] = image
-    existing = zarr.create_array(store=str(tmp_path / "out.zarr"), name="s1", shape=OUT_SHAPE, dtype="uint16",
-                                 chunks=(4, 4, 4))
+    zarr.create_array(
+        store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint16", chunks=(8, 8, 8)
+    )[:] = image
+    existing = zarr.create_array(
+        store=str(tmp_path / "out.zarr"),
+        name="s1",
+        shape=OUT_SHAPE,
+        dtype="uint16",
+        chunks=(4, 4, 4),
+    )
     existing[:] = SENTINEL
     return tmp_path
 
 
 BAD_CALLS = [  # (keyword changes, exception, message pattern)
-    ({"scale_factor": (2, 2)}, ValueError, r"scale_factor must have one entry per input axis \(3\)"),
+    (
+        {"scale_factor": (2, 2)},
+        ValueError,
+        r"scale_factor must have one entry per input axis \(3\)",
+    ),
     ({"scale_factor": (2, 0, 2)}, ValueError, r"scale_factor entries must be >= 1"),
     ({"scale_factor": 1.5}, ValueError, r"scale_factor must be an int"),
     ({"scale_factor": (2, 2.5, 2)}, ValueError, r"scale_factor entries must be integers"),
     ({"order": 6}, ValueError, r"order must be an integer from 0 to 5"),
     ({"order": -1}, ValueError, r"order must be an integer from 0 to 5"),
     ({"job_type": "cloud"}, ValueError, r"job_type must be one of"),
-    ({"job_type": "subprocess", "output": None}, ValueError, r"job_type='subprocess' needs an output"),
+    (
+        {"job_type": "subprocess", "output": None},
+        ValueError,
+        r"job_type='subprocess' needs an output",
+    ),
     ({"job_type": "dask"}, ValueError, r"DaskConfig.address must name the scheduler"),
     ({"method": "bilinear"}, ValueError, r"method must be one of"),
-    ({"method": "mode", "order": 1}, ValueError, r"order and anti_aliasing apply to method='resize' only"),
+    (
+        {"method": "mode", "order": 1},
+        ValueError,
+        r"order and anti_aliasing apply to method='resize' only",
+    ),
     ({"num_workers": 0}, ValueError, r"num_workers must be an integer >= 1"),
-    ({"job_config": {"cores": 4}}, ValueError, r"job_config for job_type='local' takes RunnerConfig fields"),
+    (
+        {"job_config": {"cores": 4}},
+        ValueError,
+        r"job_config for job_type='local' takes RunnerConfig fields",
+    ),
     ({"job_config": "fast"}, ValueError, r"job_config must be a RunnerConfig"),
-    ({"job_type": "subprocess", "job_config": SlurmConfig()}, ValueError, r"job_config must be a LocalClusterConfig"),
-    ({"mask": np.ones((3, 3, 3), bool)}, ValueError, r"mask has shape \(3, 3, 3\), expected the output shape \(10, 11, 9\)"),
+    (
+        {"job_type": "subprocess", "job_config": SlurmConfig()},
+        ValueError,
+        r"job_config must be a LocalClusterConfig",
+    ),
+    (
+        {"mask": np.ones((3, 3, 3), bool)},
+        ValueError,
+        r"mask has shape \(3, 3, 3\), expected the output shape \(10, 11, 9\)",
+    ),
     ({"input": "missing.zarr/raw"}, FileNotFoundError, r"input: no zarr array"),
     ({"input": "not-a-container/raw"}, ValueError, r"input must be 'path/container.zarr/key'"),
     ({"mask": "missing.zarr/mask"}, FileNotFoundError, r"mask: no zarr array"),
-    ({"block_ids": [0, 10_000]}, ValueError, r"block_ids must lie in \[0, 1\) for a grid of \(1, 1, 1\)"),
+    (
+        {"block_ids": [0, 10_000]},
+        ValueError,
+        r"block_ids must lie in \[0, 1\) for a grid of \(1, 1, 1\)",
+    ),
     ({"block_ids": 3}, ValueError, r"block_ids must be a sequence of integers"),
-    ({"block_ids": [0], "resume_from": "some-run"}, ValueError, r"block_ids and resume_from cannot be combined"),
+    (
+        {"block_ids": [0], "resume_from": "some-run"},
+        ValueError,
+        r"block_ids and resume_from cannot be combined",
+    ),
     ({"block_shape": (4, 4)}, ValueError, r"block_shape must be 3 positive integers"),
     ({"block_shape": (0, 4, 4)}, ValueError, r"block_shape must be 3 positive integers"),
     ({"block_shape": (-4, 4, 4)}, ValueError, r"block_shape must be 3 positive integers"),
@@ -61,9 +100,15 @@ BAD_CALLS = [  # (keyword changes, exception, message pattern)
 ]
 
 
-@pytest.mark.parametrize("changes,error,pattern", BAD_CALLS, ids=[str(c[0])[:40] for c in BAD_CALLS])
+@pytest.mark.parametrize(
+    "changes,error,pattern", BAD_CALLS, ids=[str(c[0])[:40] for c in BAD_CALLS]
+)
 def test_bad_input_leaves_existing_output_untouched(setup, changes, error, pattern):
-    kwargs = {"input": f"{setup}/in.zarr/raw", "scale_factor": 2, "output": f"{setup}/out.zarr/s1"} | changes
+    kwargs = {
+        "input": f"{setup}/in.zarr/raw",
+        "scale_factor": 2,
+        "output": f"{setup}/out.zarr/s1",
+    } | changes
     for key in ("input", "mask"):
         if isinstance(kwargs.get(key), str) and kwargs[key].startswith("missing"):
             kwargs[key] = f"{setup}/{kwargs[key]}"
@@ -94,8 +139,9 @@ BAD_BLOCK_IDS = [  # (block_ids, message pattern) on a grid of 3 x 3 x 3 blocks
 
 
 @pytest.mark.parametrize("flow", ["downsample", "copy"])
-@pytest.mark.parametrize("block_ids,pattern", BAD_BLOCK_IDS,
-                         ids=[repr(c[0])[:20] for c in BAD_BLOCK_IDS])
+@pytest.mark.parametrize(
+    "block_ids,pattern", BAD_BLOCK_IDS, ids=[repr(c[0])[:20] for c in BAD_BLOCK_IDS]
+)
 def test_bad_block_ids_create_nothing(setup, flow, block_ids, pattern):
     """Malformed block_ids are refused before the output (or its ownership file) exists, for a
     path output and for a numpy result (which would otherwise come back all zeros)."""
@@ -114,7 +160,9 @@ def test_bad_block_ids_create_nothing(setup, flow, block_ids, pattern):
 def test_output_shape_and_dtype_are_checked(setup, rng):
     with pytest.raises(ValueError, match=r"output has shape \(10, 11, 9\), expected \(7, 8, 6\)"):
         downsample_flow(f"{setup}/in.zarr/raw", 3, f"{setup}/out.zarr/s1")
-    small = zarr.create_array(store=str(setup / "out.zarr"), name="u8", shape=OUT_SHAPE, dtype="uint8")
+    small = zarr.create_array(
+        store=str(setup / "out.zarr"), name="u8", shape=OUT_SHAPE, dtype="uint8"
+    )
     with pytest.raises(ValueError, match="output dtype uint8 cannot hold the result dtype uint16"):
         downsample_flow(f"{setup}/in.zarr/raw", 2, small)
     with pytest.raises(ValueError, match="output has shape"):
@@ -133,8 +181,10 @@ def test_bool_input_rejects_interpolation(rng):
 @pytest.mark.parametrize("method", ["mean", "mode", "stride"])
 def test_complex_input_is_refused_by_window_methods(tmp_path, method):
     x = np.ones((8, 8, 8), np.complex64)
-    calls = [(downsample_flow, {"scale_factor": 2, "output": f"{tmp_path}/new.zarr/s1"}),
-             (pyramid_flow, {"output_group": f"{tmp_path}/new.zarr", "scale_factors": [2]})]
+    calls = [
+        (downsample_flow, {"scale_factor": 2, "output": f"{tmp_path}/new.zarr/s1"}),
+        (pyramid_flow, {"output_group": f"{tmp_path}/new.zarr", "scale_factors": [2]}),
+    ]
     for flow, kwargs in calls:
         pattern = rf"input has dtype complex64, which method='{method}' does not take"
         with pytest.raises(ParameterError, match=pattern):
@@ -153,16 +203,23 @@ def test_blocks_per_task_bounds_task_count(rng):
     np.testing.assert_array_equal(result, x[1::2, 1::2])
 
 
-@pytest.mark.parametrize("array,pattern", [
-    (np.zeros((0, 8, 8), np.uint8), r"input is empty \(shape \(0, 8, 8\)\)"),
-    (np.array(3, np.uint8), r"input is a 0-D array"),
-    (np.zeros((4, 4), object), r"input has dtype object"),
-    (np.zeros((4, 4), "U3"), r"input has dtype <U3 \(str\)"),
-    (np.zeros((4, 4), "S3"), r"input has dtype \|S3 \(bytes\)"),
-    (np.zeros((4, 4), "V4"), r"input has dtype \|V4 \(void\)"),
-], ids=["empty", "0-D", "object", "str", "bytes", "void"])
+@pytest.mark.parametrize(
+    "array,pattern",
+    [
+        (np.zeros((0, 8, 8), np.uint8), r"input is empty \(shape \(0, 8, 8\)\)"),
+        (np.array(3, np.uint8), r"input is a 0-D array"),
+        (np.zeros((4, 4), object), r"input has dtype object"),
+        (np.zeros((4, 4), "U3"), r"input has dtype <U3 \(str\)"),
+        (np.zeros((4, 4), "S3"), r"input has dtype \|S3 \(bytes\)"),
+        (np.zeros((4, 4), "V4"), r"input has dtype \|V4 \(void\)"),
+    ],
+    ids=["empty", "0-D", "object", "str", "bytes", "void"],
+)
 def test_arrays_nothing_can_be_computed_from(array, pattern, tmp_path):
-    for flow, args in ((downsample_flow, (array, 2)), (copy_flow, (array, f"{tmp_path}/new.zarr/x"))):
+    for flow, args in (
+        (downsample_flow, (array, 2)),
+        (copy_flow, (array, f"{tmp_path}/new.zarr/x")),
+    ):
         with pytest.raises(ValueError, match=pattern):
             flow(*args)
     assert not os.path.exists(tmp_path / "new.zarr")
@@ -170,15 +227,20 @@ def test_arrays_nothing_can_be_computed_from(array, pattern, tmp_path):
 
 def test_bad_mask_array_is_named(setup):
     with pytest.raises(ValueError, match=r"mask has dtype object"):
-        downsample_flow(f"{setup}/in.zarr/raw", 2, f"{setup}/out.zarr/s1", mask=np.zeros(OUT_SHAPE, object))
+        downsample_flow(
+            f"{setup}/in.zarr/raw", 2, f"{setup}/out.zarr/s1", mask=np.zeros(OUT_SHAPE, object)
+        )
     assert np.all(zarr.open_array(str(setup / "out.zarr"), path="s1")[:] == SENTINEL)
 
 
 def test_output_that_is_the_input_is_refused(setup):
     array = zarr.open_array(str(setup / "out.zarr"), path="s1", mode="r+")
-    same = [(array, array), (f"{setup}/out.zarr/s1", f"{setup}/out.zarr/s1"),
-            (f"{setup}/out.zarr/s1", zarr.open_array(f"{setup}/out.zarr/s1", mode="r+")),
-            (f"{setup}/./out.zarr/s1", f"{setup}/out.zarr/s1/")]
+    same = [
+        (array, array),
+        (f"{setup}/out.zarr/s1", f"{setup}/out.zarr/s1"),
+        (f"{setup}/out.zarr/s1", zarr.open_array(f"{setup}/out.zarr/s1", mode="r+")),
+        (f"{setup}/./out.zarr/s1", f"{setup}/out.zarr/s1/"),
+    ]
     for source, output in same:
         with pytest.raises(ValueError, match="is the input"):
             copy_flow(source, output)
@@ -223,7 +285,9 @@ def test_output_paths_are_normalised(setup, monkeypatch):
 def test_downscale_shape_takes_an_int_or_per_axis_factors():
     from bioimage_tasks.geometry import downscale_shape
 
-    assert downscale_shape((37, 41, 23), 2) == downscale_shape((37, 41, 23), (2, 2, 2)) == (19, 21, 12)
+    assert (
+        downscale_shape((37, 41, 23), 2) == downscale_shape((37, 41, 23), (2, 2, 2)) == (19, 21, 12)
+    )
     assert downscale_shape((37, 41, 23), (1, 2, 3)) == (37, 21, 8)
     with pytest.raises(ValueError, match=r"scale_factor must have one entry per input axis \(3\)"):
         downscale_shape((37, 41, 23), (2, 2))
@@ -232,8 +296,8 @@ def test_downscale_shape_takes_an_int_or_per_axis_factors():
 
 
 def test_resized_source_checks_like_the_flows(rng):
-    from bioimage_tasks.resampling import ResizedSource, WindowedSource
     from bioimage_tasks.io import as_source
+    from bioimage_tasks.resampling import ResizedSource, WindowedSource
 
     source = as_source(rng.integers(0, 255, (8, 10, 12), dtype=np.uint8))
     view = ResizedSource(source, (4, 5, 6), order=1)

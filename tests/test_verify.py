@@ -22,10 +22,10 @@ from helpers import executed_since, records_dir
 
 from bioimage_tasks import pyramid_plan
 from bioimage_tasks.engine import Stage, plan_batches
-from bioimage_tasks.prefect.edge import PrefectEdge
-from bioimage_tasks.grid import BlockGrid
 from bioimage_tasks.errors import ParameterError, StorageError
+from bioimage_tasks.grid import BlockGrid
 from bioimage_tasks.io import UrlPath
+from bioimage_tasks.prefect.edge import PrefectEdge
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.verify import verify
 from flows import copy_flow, downsample_flow, pyramid_flow, verify_flow
@@ -46,8 +46,9 @@ FORMATS = {  # output under tmp_path, flow options, file key of a grid cell, ten
 @pytest.fixture
 def image(tmp_path, rng):
     x = rng.integers(0, 256, SHAPE, dtype=np.uint8)
-    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint8",
-                      chunks=(16, 16, 16))[:] = x
+    zarr.create_array(
+        store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=(16, 16, 16)
+    )[:] = x
     return f"{tmp_path}/in.zarr/raw", x
 
 
@@ -94,8 +95,10 @@ def blocks_covering(shape, block, unit, cell) -> set[int]:
     """Ids (C order) of the blocks of `block` over `shape` that touch the file at grid cell `cell`
     of `unit`-sized files."""
     grid = [-(-n // b) for n, b in zip(shape, block)]
-    ranges = [range(c * u // b, -(-min((c + 1) * u, n) // b))
-              for c, u, b, n in zip(cell, unit, block, shape)]
+    ranges = [
+        range(c * u // b, -(-min((c + 1) * u, n) // b))
+        for c, u, b, n in zip(cell, unit, block, shape)
+    ]
     return {int(np.ravel_multi_index(position, grid)) for position in itertools.product(*ranges)}
 
 
@@ -107,6 +110,7 @@ def test_damaged_files_are_recomputed_verified_and_repaired(tmp_path, image, fmt
     if fmt == "v2":
         zarr.open_group(str(tmp_path / "out2.zarr"), mode="w", zarr_format=2)
     output = f"{tmp_path}/{relative}"
+
     def run() -> None:
         if operation == "downsample":
             downsample_flow(path, 2, output, method="mean", **options)
@@ -122,13 +126,17 @@ def test_damaged_files_are_recomputed_verified_and_repaired(tmp_path, image, fmt
     box = tuple(slice(c * u, (c + 1) * u) for c, u in zip(cells["flipped"], unit))
     flipped_kind = "changed" if decodes(output, driver, box) else "unreadable"
     found = {(b.key, b.kind) for b in verify(output).bad}
-    assert found == {(key_of(cells["deleted"]), "missing"),
-                     (key_of(cells["truncated"]), "unreadable"),
-                     (key_of(cells["flipped"]), flipped_kind)}
+    assert found == {
+        (key_of(cells["deleted"]), "missing"),
+        (key_of(cells["truncated"]), "unreadable"),
+        (key_of(cells["flipped"]), flipped_kind),
+    }
     started = time.time()
     run()  # sees the deleted and the truncated file (size, mtime), not bytes changed in place
-    covering = {name: blocks_covering(expected.shape, options["block_shape"], unit, cell)
-                for name, cell in cells.items()}
+    covering = {
+        name: blocks_covering(expected.shape, options["block_shape"], unit, cell)
+        for name, cell in cells.items()
+    }
     assert executed_since(output, started) == covering["deleted"] | covering["truncated"]
     left = [(b.key, b.kind) for b in verify(output).bad]
     assert left == [(key_of(cells["flipped"]), flipped_kind)]
@@ -180,7 +188,11 @@ def test_damage_is_seen_when_block_records_are_lost(tmp_path, image):
     copy_flow(path, output, block_shape=(8, 8, 8))
     (damaged,) = blocks_covering(SHAPE, (8, 8, 8), (8, 8, 8), (2, 0, 3))
     grid = SimpleNamespace(grid=BlockGrid(SHAPE, (8, 8, 8)))
-    batch = next(range(b.start, b.stop) for b in plan_batches(Stage("copy", grid), 1, per_worker=PrefectEdge.tasks_per_worker) if b.start <= damaged < b.stop)
+    batch = next(
+        range(b.start, b.stop)
+        for b in plan_batches(Stage("copy", grid), 1, per_worker=PrefectEdge.tasks_per_worker)
+        if b.start <= damaged < b.stop
+    )
     assert BlockRecords(records_dir(output)).done() == set(batch)  # the others came from the cache
     np.testing.assert_array_equal(read(output, "zarr3"), x)
 
@@ -208,17 +220,27 @@ def small_regions(monkeypatch):
 def executed_in_group(group: str, started: float) -> int:
     """Blocks run since `started`, by the records of the regions and of every staged level."""
     levels = [f"{group}/{name}" for name in os.listdir(group) if re.fullmatch(r"s\d+", name)]
-    return sum(len(executed_since(folder, started)) for folder in [group, *levels]
-               if os.path.isdir(f"{folder}/.bioimage-tasks/blocks"))
+    return sum(
+        len(executed_since(folder, started))
+        for folder in [group, *levels]
+        if os.path.isdir(f"{folder}/.bioimage-tasks/blocks")
+    )
 
 
 @pytest.mark.parametrize("ngff_version", ["0.5", "0.4"])
 def test_pyramid_level_damage_is_found_and_repaired(tmp_path, image, small_regions, ngff_version):
     path, x = image
     group = f"{tmp_path}/image.ome.zarr"
+
     def run() -> None:
-        pyramid_flow(path, group, scale_factors=[2, 2], method="mean", chunks=(8, 8, 8),
-                     ngff_version=ngff_version)
+        pyramid_flow(
+            path,
+            group,
+            scale_factors=[2, 2],
+            method="mean",
+            chunks=(8, 8, 8),
+            ngff_version=ngff_version,
+        )
 
     run()
     key = "c/1/1/0" if ngff_version == "0.5" else "1.1.0"
@@ -270,8 +292,14 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     from prefect.settings import PREFECT_API_URL
 
     env = os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value()}
-    return subprocess.run([sys.executable, "-m", "bioimage_tasks.cli", *args], capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bioimage_tasks.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_cli_verify_and_repair(tmp_path, image):
@@ -285,7 +313,10 @@ def test_cli_verify_and_repair(tmp_path, image):
     assert found.returncode == 1, found.stderr
     lines = found.stdout.splitlines()
     assert [line.split(" (")[0] for line in lines[:3]] == [
-        "missing: c/0/0/1", "unreadable: c/1/1/1", f"{flipped}: c/2/2/1"]
+        "missing: c/0/0/1",
+        "unreadable: c/1/1/1",
+        f"{flipped}: c/2/2/1",
+    ]
     assert len(lines) == 4 and "1 missing" in lines[3]
     repaired = cli("verify", output, "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
@@ -296,8 +327,13 @@ def test_cli_verify_and_repair(tmp_path, image):
 
 def test_repair_is_refused_without_a_stored_call(tmp_path, image):
     _, x = image
-    foreign = zarr.create_array(store=str(tmp_path / "other.zarr"), name="raw", shape=SHAPE,
-                                dtype="uint8", chunks=(16, 16, 16))
+    foreign = zarr.create_array(
+        store=str(tmp_path / "other.zarr"),
+        name="raw",
+        shape=SHAPE,
+        dtype="uint8",
+        chunks=(16, 16, 16),
+    )
     foreign[...] = x
     report = verify(f"{tmp_path}/other.zarr/raw")  # written by zarr-python: no file has an entry
     assert len(report.bad) == 4 * 3 * 2 and {b.kind for b in report.bad} == {"unrecorded"}
@@ -361,8 +397,13 @@ def test_s3_pyramid_and_copy_verified(s3_server, tmp_path, image, small_regions)
     _, x = image
     x = x[:32, :32, :16]  # few regions, few objects
     path = f"{tmp_path}/small.zarr/raw"
-    zarr.create_array(store=str(tmp_path / "small.zarr"), name="raw", shape=x.shape, dtype="uint8",
-                      chunks=(16, 16, 16))[...] = x
+    zarr.create_array(
+        store=str(tmp_path / "small.zarr"),
+        name="raw",
+        shape=x.shape,
+        dtype="uint8",
+        chunks=(16, 16, 16),
+    )[...] = x
     group = f"s3://{bucket}/image.ome.zarr"
     pyramid_flow(path, group, scale_factors=[2, 2], method="mean", chunks=(8, 8, 8))
     UrlPath.parse(f"{group}/s2", "test").location().delete("c/0/0/0")

@@ -20,28 +20,54 @@ def tensorstore_downsample(x: np.ndarray, factors, method: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("method", ["mean", "mode", "min", "max", "median", "stride"])
-@pytest.mark.parametrize("dtype,factors", [("uint64", (2, 2, 2)), ("uint8", (3, 2, 1)), ("float32", (1, 2, 3))])
+@pytest.mark.parametrize(
+    "dtype,factors", [("uint64", (2, 2, 2)), ("uint8", (3, 2, 1)), ("float32", (1, 2, 3))]
+)
 def test_window_methods_match_tensorstore(tmp_path, rng, method, dtype, factors):
     x = random_array(rng, (37, 41, 23), dtype)
     if dtype == "uint64":  # label ids above 2**53, few of them so modes and ties happen
         x = (2**60 + rng.integers(0, 4, x.shape)).astype(np.uint64)
-    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=x.shape, dtype=x.dtype, chunks=(16, 16, 16))[:] = x
-    result = downsample_flow(f"{tmp_path}/in.zarr/raw", factors, f"{tmp_path}/out.zarr/s1", method=method,
-                             block_shape=(4, 6, 5), num_workers=2)
+    zarr.create_array(
+        store=str(tmp_path / "in.zarr"),
+        name="raw",
+        shape=x.shape,
+        dtype=x.dtype,
+        chunks=(16, 16, 16),
+    )[:] = x
+    result = downsample_flow(
+        f"{tmp_path}/in.zarr/raw",
+        factors,
+        f"{tmp_path}/out.zarr/s1",
+        method=method,
+        block_shape=(4, 6, 5),
+        num_workers=2,
+    )
     np.testing.assert_array_equal(result[:], tensorstore_downsample(x, factors, method))
 
 
 @pytest.mark.parametrize("method", ["median", "mode"])
-@pytest.mark.parametrize("dtype,factors",
-                         [("float32", (2, 2, 2)), ("float64", (4, 3, 2)), ("float32", (3, 4, 4))])
+@pytest.mark.parametrize(
+    "dtype,factors", [("float32", (2, 2, 2)), ("float64", (4, 3, 2)), ("float32", (3, 4, 4))]
+)
 def test_nan_median_and_mode_match_tensorstore_bit_for_bit(tmp_path, rng, method, dtype, factors):
     # windows with NaN and zeros of both signs, whose result depends on where they lie
     palette = np.array([np.nan, 0.0, -0.0, np.inf, -np.inf, 1.0, -2.0], dtype)
     x = palette[rng.integers(0, len(palette), (37, 41, 23))]
-    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=x.shape, dtype=x.dtype,
-                      chunks=(16, 16, 16))[:] = x
-    result = downsample_flow(f"{tmp_path}/in.zarr/raw", factors, f"{tmp_path}/out.zarr/s1",
-                             method=method, block_shape=(4, 6, 5), num_workers=2)
+    zarr.create_array(
+        store=str(tmp_path / "in.zarr"),
+        name="raw",
+        shape=x.shape,
+        dtype=x.dtype,
+        chunks=(16, 16, 16),
+    )[:] = x
+    result = downsample_flow(
+        f"{tmp_path}/in.zarr/raw",
+        factors,
+        f"{tmp_path}/out.zarr/s1",
+        method=method,
+        block_shape=(4, 6, 5),
+        num_workers=2,
+    )
     bits = f"u{x.dtype.itemsize}"
     expected = tensorstore_downsample(x, factors, method)
     np.testing.assert_array_equal(result[:].view(bits), expected.view(bits), strict=True)
@@ -56,13 +82,24 @@ def test_big_endian_zarr_v2_input_matches_tensorstore(tmp_path, rng, dtype):
         native[rng.random(native.shape) < 0.05] = np.nan
     else:
         native //= 8192  # few values: modes and ties
-    zarr.create_array(store=str(tmp_path / "in.zarr"), name="raw", shape=native.shape, dtype=dtype,
-                      chunks=(16, 16, 16), zarr_format=2)[:] = native
+    zarr.create_array(
+        store=str(tmp_path / "in.zarr"),
+        name="raw",
+        shape=native.shape,
+        dtype=dtype,
+        chunks=(16, 16, 16),
+        zarr_format=2,
+    )[:] = native
     bits = f"u{native.dtype.itemsize}"
     for method in ("mean", "mode", "min", "max", "median", "stride"):
-        result = downsample_flow(f"{tmp_path}/in.zarr/raw", (2, 3, 2),
-                                 f"{tmp_path}/out.zarr/{method}", method=method,
-                                 block_shape=(4, 6, 5), num_workers=2)
+        result = downsample_flow(
+            f"{tmp_path}/in.zarr/raw",
+            (2, 3, 2),
+            f"{tmp_path}/out.zarr/{method}",
+            method=method,
+            block_shape=(4, 6, 5),
+            num_workers=2,
+        )
         assert result.dtype == np.dtype(dtype)
         got = result[:].astype(native.dtype)
         expected = tensorstore_downsample(native, (2, 3, 2), method)

@@ -22,7 +22,9 @@ import zarr
 
 from bioimage_tasks.io.kv import KvLocation
 
-StorageLayout = tuple[str | KvLocation, tuple[int, ...], str, str]  # folder, grid unit of a file, key prefix, separator
+StorageLayout = tuple[
+    str | KvLocation, tuple[int, ...], str, str
+]  # folder, grid unit of a file, key prefix, separator
 LOCK_SUFFIX = ".__lock"  # tensorstore's (tensorstore/kvstore/file/util.h kLockSuffix)
 
 
@@ -59,8 +61,15 @@ def storage_layout(source: Any) -> StorageLayout | None:
     if spec["driver"] == "zarr3":
         grid = metadata["chunk_grid"]["configuration"]["chunk_shape"]
         encoding = metadata.get("chunk_key_encoding", {"name": "default"})
-        separator = encoding.get("configuration", {}).get("separator", "/" if encoding["name"] == "default" else ".")
-        return directory, tuple(grid), "c" + separator if encoding["name"] == "default" else "", separator
+        separator = encoding.get("configuration", {}).get(
+            "separator", "/" if encoding["name"] == "default" else "."
+        )
+        return (
+            directory,
+            tuple(grid),
+            "c" + separator if encoding["name"] == "default" else "",
+            separator,
+        )
     return None
 
 
@@ -83,7 +92,9 @@ def covered_files(layout: StorageLayout, region: tuple[slice, ...]) -> Iterator[
         yield os.path.join(directory, prefix + separator.join(map(str, cell)))
 
 
-def clear_stale_locks(layout: StorageLayout | None, shape: tuple[int, ...], key: tuple[slice, ...]) -> int:
+def clear_stale_locks(
+    layout: StorageLayout | None, shape: tuple[int, ...], key: tuple[slice, ...]
+) -> int:
     """Remove the lock files no live writer holds beside the storage files that `key` (slices of
     an array of `shape`) covers; return how many were removed. One failed open per file when
     there is none (the usual case: about 2 us)."""

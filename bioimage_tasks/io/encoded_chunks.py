@@ -22,7 +22,12 @@ import numpy as np
 import tensorstore as ts
 import zarr
 
-from bioimage_tasks.io.chunk_files import StorageLayout, clear_stale_locks, covered_files, local_layout
+from bioimage_tasks.io.chunk_files import (
+    StorageLayout,
+    clear_stale_locks,
+    covered_files,
+    local_layout,
+)
 from bioimage_tasks.io.zarr_array import ArraySource
 
 DECODER_THREADS = 8
@@ -44,8 +49,10 @@ class EncodedCopy:
     def covers_whole_files(self, key: tuple[slice, ...]) -> bool:
         """Whether `key` (a tile of s0) holds every file it touches whole (cut only by the edge)."""
         unit = self.layout[1]
-        return all(s.start % u == 0 and (s.stop % u == 0 or s.stop >= n)
-                   for s, u, n in zip(key, unit, self.source.shape))
+        return all(
+            s.start % u == 0 and (s.stop % u == 0 or s.stop >= n)
+            for s, u, n in zip(key, unit, self.source.shape)
+        )
 
     def start_read(self, key: tuple[slice, ...]) -> Callable[[], tuple[np.ndarray, Encoded]]:
         """Start reading and decoding the files of `key` in the background; the returned function
@@ -54,8 +61,11 @@ class EncodedCopy:
         reads = [(name, store.read(name)) for name in names]
 
         def decode() -> tuple[np.ndarray, Encoded]:
-            encoded = {name: (result.value if result.state == "value" else None)
-                       for name, future in reads for result in [future.result()]}
+            encoded = {
+                name: (result.value if result.state == "value" else None)
+                for name, future in reads
+                for result in [future.result()]
+            }
             return _decode(self.driver, self.metadata, encoded, key), encoded
 
         return _decoders().submit(decode).result
@@ -84,11 +94,17 @@ def encoded_copy(source: Any, sink: Any) -> EncodedCopy | None:
     if not (isinstance(source, ArraySource) and isinstance(sink, ArraySource)):
         return None
     arrays = source.array, sink.array
-    if not all(isinstance(a, zarr.Array) for a in arrays) or source.directory is None or sink.directory is None:
+    if (
+        not all(isinstance(a, zarr.Array) for a in arrays)
+        or source.directory is None
+        or sink.directory is None
+    ):
         return None
     if source.fast_io is None or sink.array.config.write_empty_chunks:
         return None
-    stored = [{k: v for k, v in a.metadata.to_dict().items() if k not in _NOT_COMPARED} for a in arrays]
+    stored = [
+        {k: v for k, v in a.metadata.to_dict().items() if k not in _NOT_COMPARED} for a in arrays
+    ]
     layout = local_layout(source)  # the sink's too: equal metadata store files alike
     if stored[0] != stored[1] or layout is None:
         return None
@@ -103,7 +119,9 @@ def encoded_copy(source: Any, sink: Any) -> EncodedCopy | None:
 def _decoders() -> ThreadPoolExecutor:
     """This process's threads that wait for reads and hand them to tensorstore to decode, while
     the workers compute (a batch has one read in flight at a time)."""
-    return ThreadPoolExecutor(max_workers=DECODER_THREADS, thread_name_prefix="bioimage-tasks-decode")
+    return ThreadPoolExecutor(
+        max_workers=DECODER_THREADS, thread_name_prefix="bioimage-tasks-decode"
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -112,10 +130,15 @@ def _kvstore(directory: str) -> ts.KvStore:
     return ts.KvStore.open({"driver": "file", "path": directory.rstrip("/") + "/"}).result()
 
 
-def _decode(driver: str, metadata: dict[str, Any], encoded: Encoded, key: tuple[slice, ...]) -> np.ndarray:
+def _decode(
+    driver: str, metadata: dict[str, Any], encoded: Encoded, key: tuple[slice, ...]
+) -> np.ndarray:
     """The values of `key` from its files' bytes, decoded by tensorstore in memory."""
-    store = ts.open({"driver": driver, "kvstore": {"driver": "memory"}, "metadata": metadata},
-                    create=True, context=ts.Context()).result()
+    store = ts.open(
+        {"driver": driver, "kvstore": {"driver": "memory"}, "metadata": metadata},
+        create=True,
+        context=ts.Context(),
+    ).result()
     writes = [store.kvstore.write(name, data) for name, data in encoded.items() if data is not None]
     for write in writes:
         write.result()

@@ -55,13 +55,20 @@ class Hdf5Source:
         return {k: v for k, v in self.__dict__.items() if k != "array"}
 
     def fingerprint(self) -> dict:
-        return {"hdf5": os.path.abspath(self.file), "dataset": self.dataset, "shape": self.shape,
-                "dtype": str(self.dtype), "chunks": self.chunks}
+        return {
+            "hdf5": os.path.abspath(self.file),
+            "dataset": self.dataset,
+            "shape": self.shape,
+            "dtype": str(self.dtype),
+            "chunks": self.chunks,
+        }
 
     def file_signature(self) -> str:
         """Size and mtime_ns of the file: rewriting the file changes it."""
         status = os.stat(self.file)
-        return hashlib.blake2b(f"{status.st_size}:{status.st_mtime_ns}".encode(), digest_size=8).hexdigest()
+        return hashlib.blake2b(
+            f"{status.st_size}:{status.st_mtime_ns}".encode(), digest_size=8
+        ).hexdigest()
 
 
 def hdf5_path(text: str) -> tuple[str, str] | None:
@@ -83,14 +90,23 @@ def open_hdf5(text: str, parameter: str) -> Hdf5Source | None:
         node = handle.get(dataset) if dataset else handle
         if not isinstance(node, h5py.Dataset):
             names: list[str] = []
-            handle.visititems(lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None)
+            handle.visititems(
+                lambda name, item: names.append(name) if isinstance(item, h5py.Dataset) else None
+            )
             what = "is a group" if node is not None else "does not exist"
             raise (ValueError if node is not None else FileNotFoundError)(
                 f"{parameter}: {dataset or '/'!r} in {file!r} {what}; its datasets: {', '.join(names[:20]) or 'none'} "
-                f"(give 'file.h5/<dataset>')")
-        return Hdf5Source(file, node.name.lstrip("/"), tuple(node.shape), np.dtype(node.dtype),
-                          tuple(node.chunks) if node.chunks else None, element_size(node),
-                          f"{os.path.basename(file)}/{node.name.lstrip('/')}")
+                f"(give 'file.h5/<dataset>')"
+            )
+        return Hdf5Source(
+            file,
+            node.name.lstrip("/"),
+            tuple(node.shape),
+            np.dtype(node.dtype),
+            tuple(node.chunks) if node.chunks else None,
+            element_size(node),
+            f"{os.path.basename(file)}/{node.name.lstrip('/')}",
+        )
 
 
 def element_size(dataset: h5py.Dataset) -> Physical:
@@ -104,5 +120,7 @@ def element_size(dataset: h5py.Dataset) -> Physical:
 def refuse_output(text: str, parameter: str) -> None:
     """A ValueError for an HDF5 path given as an output (see the module's docstring)."""
     if hdf5_path(text) is not None:
-        raise ValueError(f"{parameter} {text!r} is HDF5: HDF5 is read-only here (h5py writes are not safe from "
-                         "several workers); write zarr or n5 ('path/out.zarr/key') instead")
+        raise ValueError(
+            f"{parameter} {text!r} is HDF5: HDF5 is read-only here (h5py writes are not safe from "
+            "several workers); write zarr or n5 ('path/out.zarr/key') instead"
+        )

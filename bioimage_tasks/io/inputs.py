@@ -25,7 +25,9 @@ from bioimage_tasks.io.urls import StorageOptions, UrlPath, is_url
 from bioimage_tasks.io.zarr_array import ArraySource, describe
 
 
-def as_source(data: Any, parameter: str = "input", storage_options: StorageOptions | dict | None = None) -> Source:
+def as_source(
+    data: Any, parameter: str = "input", storage_options: StorageOptions | dict | None = None
+) -> Source:
     """Wrap `data` (numpy array, zarr array, tensorstore, path or URL string, or a Source) as a
     Source, checked by `check_array`; a path or URL that does not exist raises FileNotFoundError
     naming `parameter`. `storage_options` say how to reach object storage (io/urls.py)."""
@@ -36,7 +38,9 @@ def as_source(data: Any, parameter: str = "input", storage_options: StorageOptio
         try:
             return check_array(UrlPath.parse(data, parameter, storage_options).open("r"), parameter)
         except (FileNotFoundError, ValueError, StorageError) as error:
-            raise type(error)(error if str(error).startswith(parameter) else f"{parameter}: {error}") from None
+            raise type(error)(
+                error if str(error).startswith(parameter) else f"{parameter}: {error}"
+            ) from None
     if isinstance(data, (str, os.PathLike)):
         return check_array(open_path(os.fspath(data), parameter), parameter)
     if isinstance(data, Source):
@@ -55,8 +59,11 @@ def as_source(data: Any, parameter: str = "input", storage_options: StorageOptio
 def open_path(text: str, parameter: str) -> Source:
     """The source a path names, by its kind: TIFF, HDF5, a microscopy file (CZI, ND2, LIF, or
     any file a bioio plugin reads), OME-Zarr image, zarr or n5 array."""
-    source = (open_tiff(text, parameter) or open_hdf5(text, parameter)
-              or open_microscopy(text, parameter, force=False))
+    source = (
+        open_tiff(text, parameter)
+        or open_hdf5(text, parameter)
+        or open_microscopy(text, parameter, force=False)
+    )
     if source is not None:
         return source
     path = ContainerPath.parse(text, parameter)
@@ -72,5 +79,7 @@ def refuse_input_only(output: Any, parameter: str = "output") -> None:
         text = os.fspath(output)
         refuse_output(text, parameter)
         if not text.rstrip("/").endswith((".zarr", ".n5")) and tiff_files(text) is not None:
-            raise ValueError(f"{parameter} {text!r} is TIFF: TIFF is an input format here; write zarr or n5 "
-                             "('path/out.zarr/key') and convert with copy_flow or pyramid_flow")
+            raise ValueError(
+                f"{parameter} {text!r} is TIFF: TIFF is an input format here; write zarr or n5 "
+                "('path/out.zarr/key') and convert with copy_flow or pyramid_flow"
+            )

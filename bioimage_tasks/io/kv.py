@@ -91,7 +91,7 @@ class LocalLocation:
         handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:  # whole lines only: a short write is completed
             while data:
-                data = data[os.write(handle, data):]
+                data = data[os.write(handle, data) :]
         finally:
             os.close(handle)
 
@@ -140,7 +140,9 @@ class KvLocation:
             return _KVSTORES[key]
 
     def child(self, name: str) -> KvLocation:
-        return KvLocation(self.spec | {"path": f"{self.spec['path']}{name}/"}, f"{self.url.rstrip('/')}/{name}")
+        return KvLocation(
+            self.spec | {"path": f"{self.spec['path']}{name}/"}, f"{self.url.rstrip('/')}/{name}"
+        )
 
     def read(self, name: str) -> bytes | None:
         result = self.kvstore.read(name).result()
@@ -176,12 +178,19 @@ class KvLocation:
         """The storage generation (S3: the ETag) of each object, None where missing; HEAD
         requests (an empty byte range), all in flight together."""
         futures = [self.kvstore.read(name, byte_range=slice(0, 0)) for name in names]
-        return [r.stamp.generation if r.state == "value" else None for r in (f.result() for f in futures)]
+        return [
+            r.stamp.generation if r.state == "value" else None
+            for r in (f.result() for f in futures)
+        ]
 
 
 def as_location(place: str | os.PathLike | Location) -> Location:
     """A Location as is; a path as the local folder it names."""
-    return LocalLocation(os.path.abspath(os.fspath(place))) if isinstance(place, (str, os.PathLike)) else place
+    return (
+        LocalLocation(os.path.abspath(os.fspath(place)))
+        if isinstance(place, (str, os.PathLike))
+        else place
+    )
 
 
 class JsonAttributes(Mapping):

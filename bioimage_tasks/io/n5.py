@@ -67,18 +67,31 @@ class TensorStoreSource:
         if self.location is not None:
             return self.location.url
         kvstore = self.store.kvstore
-        return kvstore.path.rstrip("/") if kvstore is not None and kvstore.url.startswith("file://") else None
+        return (
+            kvstore.path.rstrip("/")
+            if kvstore is not None and kvstore.url.startswith("file://")
+            else None
+        )
 
     def fingerprint(self) -> dict:
-        return {"shape": self.shape, "dtype": str(self.dtype), "chunks": self.write_unit, "n5": self.directory}
+        return {
+            "shape": self.shape,
+            "dtype": str(self.dtype),
+            "chunks": self.write_unit,
+            "n5": self.directory,
+        }
 
     @property
     def attrs(self) -> JsonAttributes | None:
         """The attributes (n5's attributes.json, zarr v2's .zattrs, zarr v3's zarr.json
         "attributes"); None without a folder."""
-        folder = self.location or (LocalLocation(self.directory) if self.directory is not None else None)
+        folder = self.location or (
+            LocalLocation(self.directory) if self.directory is not None else None
+        )
         driver = self.store.spec().to_json()["driver"]
-        file, member = {"zarr": (".zattrs", None), "zarr3": ("zarr.json", "attributes")}.get(driver, ("attributes.json", None))
+        file, member = {"zarr": (".zattrs", None), "zarr3": ("zarr.json", "attributes")}.get(
+            driver, ("attributes.json", None)
+        )
         return None if folder is None else JsonAttributes(folder, file, member)
 
     def get_attribute(self, name: str) -> Any:

@@ -21,8 +21,11 @@ def is_group(path: ContainerPath) -> bool:
     folder = os.path.join(path.container, path.key)
     if os.path.exists(os.path.join(folder, ".zgroup")):
         return True
-    return os.path.exists(os.path.join(folder, "zarr.json")) and not os.path.exists(os.path.join(folder, ".zarray")) \
+    return (
+        os.path.exists(os.path.join(folder, "zarr.json"))
+        and not os.path.exists(os.path.join(folder, ".zarray"))
         and zarr.open(store=path.container, path=path.key, mode="r").metadata.node_type == "group"
+    )
 
 
 def multiscale_of(attributes: dict[str, Any]) -> dict[str, Any] | None:
@@ -41,9 +44,11 @@ def open_ome_zarr(path: ContainerPath, parameter: str) -> ArraySource | None:
         group = zarr.open_group(path.container, path=path.key, mode="r")
         multiscale = multiscale_of(dict(group.attrs))
         if multiscale is None:
-            raise ValueError(f"{parameter}: {str(path)!r} is a zarr group without OME-Zarr multiscales metadata; "
-                             f"give one of its arrays ({', '.join(sorted(group.array_keys())) or 'none'}) as "
-                             f"'{path}/<array>'")
+            raise ValueError(
+                f"{parameter}: {str(path)!r} is a zarr group without OME-Zarr multiscales metadata; "
+                f"give one of its arrays ({', '.join(sorted(group.array_keys())) or 'none'}) as "
+                f"'{path}/<array>'"
+            )
         level_key = f"{path.key}/{multiscale['datasets'][0]['path']}".lstrip("/")
         return level_source(ContainerPath(path.container, level_key, "zarr"), multiscale, 0)
     if not path.key:
@@ -52,14 +57,18 @@ def open_ome_zarr(path: ContainerPath, parameter: str) -> ArraySource | None:
     parent = ContainerPath(path.container, parent_key, "zarr")
     if not is_group(parent):
         return None
-    multiscale = multiscale_of(dict(zarr.open_group(parent.container, path=parent.key, mode="r").attrs))
+    multiscale = multiscale_of(
+        dict(zarr.open_group(parent.container, path=parent.key, mode="r").attrs)
+    )
     levels = [d["path"] for d in multiscale["datasets"]] if multiscale else []
     return level_source(path, multiscale, levels.index(name)) if name in levels else None
 
 
 def level_source(path: ContainerPath, multiscale: dict[str, Any], level: int) -> ArraySource:
     if not path.exists():
-        raise FileNotFoundError(f"OME-Zarr image lists level {path.key!r}, but no array is there ({path})")
+        raise FileNotFoundError(
+            f"OME-Zarr image lists level {path.key!r}, but no array is there ({path})"
+        )
     return replace(path.open("r"), physical=level_physical(multiscale, level))
 
 
@@ -69,13 +78,23 @@ def level_physical(multiscale: dict[str, Any], level: int) -> Physical:
     axes = [a if isinstance(a, dict) else {"name": a} for a in multiscale.get("axes", [])]
     ndim = len(axes)
     scale, translation = [1.0] * ndim, [0.0] * ndim
-    for transforms in (multiscale["datasets"][level].get("coordinateTransformations", []),
-                       multiscale.get("coordinateTransformations", [])):
+    for transforms in (
+        multiscale["datasets"][level].get("coordinateTransformations", []),
+        multiscale.get("coordinateTransformations", []),
+    ):
         for transform in transforms:
             if transform["type"] == "scale":
                 scale = [s * f for s, f in zip(scale, transform["scale"])]
                 translation = [t * f for t, f in zip(translation, transform["scale"])]
             elif transform["type"] == "translation":
                 translation = [t + d for t, d in zip(translation, transform["translation"])]
-    return Physical(tuple(float(s) for s in scale), tuple(a.get("unit") for a in axes),
-                    tuple(a["name"] for a in axes), tuple(float(t) for t in translation)) if ndim else Physical()
+    return (
+        Physical(
+            tuple(float(s) for s in scale),
+            tuple(a.get("unit") for a in axes),
+            tuple(a["name"] for a in axes),
+            tuple(float(t) for t in translation),
+        )
+        if ndim
+        else Physical()
+    )

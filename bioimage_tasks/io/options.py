@@ -14,7 +14,11 @@ import numpy as np
 
 Codec = Literal["zstd", "blosc-lz4", "gzip"]
 # codec: (lowest, highest, default) level; blosc-lz4 is blosc with lz4 and byte shuffle
-LEVELS: dict[str, tuple[int, int, int]] = {"zstd": (1, 22, 3), "blosc-lz4": (1, 9, 5), "gzip": (1, 9, 6)}
+LEVELS: dict[str, tuple[int, int, int]] = {
+    "zstd": (1, 22, 3),
+    "blosc-lz4": (1, 9, 5),
+    "gzip": (1, 9, 6),
+}
 
 
 @dataclass(frozen=True)
@@ -33,30 +37,46 @@ class OutputOptions:
 
     def __post_init__(self) -> None:
         if self.codec is not None and self.codec not in LEVELS:
-            raise ValueError(f"output_options.codec must be one of {tuple(LEVELS)} or None, got {self.codec!r}")
+            raise ValueError(
+                f"output_options.codec must be one of {tuple(LEVELS)} or None, got {self.codec!r}"
+            )
         if self.level is not None:
             if self.codec is None:
                 raise ValueError("output_options.level needs a codec (zstd, blosc-lz4 or gzip)")
             low, high, _ = LEVELS[self.codec]
             if not _is_int(self.level) or not low <= self.level <= high:
-                raise ValueError(f"output_options.level for {self.codec} must be an integer in [{low}, {high}], "
-                                 f"got {self.level!r}")
+                raise ValueError(
+                    f"output_options.level for {self.codec} must be an integer in [{low}, {high}], "
+                    f"got {self.level!r}"
+                )
         if self.shards is not None:
             try:
                 shards = () if isinstance(self.shards, (str, bytes)) else tuple(self.shards)
             except TypeError:  # a bare number: which axes it meant is unknown here
                 shards = ()
             if not shards or not all(_is_int(s) and s >= 1 for s in shards):
-                raise ValueError(f"output_options.shards must be positive integers, one per axis, got {self.shards!r}")
-            object.__setattr__(self, "shards", tuple(int(s) for s in shards))  # a JSON list becomes a tuple
+                raise ValueError(
+                    f"output_options.shards must be positive integers, one per axis, got {self.shards!r}"
+                )
+            object.__setattr__(
+                self, "shards", tuple(int(s) for s in shards)
+            )  # a JSON list becomes a tuple
         if not isinstance(self.write_empty_chunks, (bool, np.bool_)):
-            raise ValueError(f"output_options.write_empty_chunks must be True or False, got {self.write_empty_chunks!r}")
+            raise ValueError(
+                f"output_options.write_empty_chunks must be True or False, got {self.write_empty_chunks!r}"
+            )
         object.__setattr__(self, "write_empty_chunks", bool(self.write_empty_chunks))
 
     @property
     def effective_level(self) -> int | None:
         """The level a new output gets: the given one, or the codec's default."""
-        return None if self.codec is None else self.level if self.level is not None else LEVELS[self.codec][2]
+        return (
+            None
+            if self.codec is None
+            else self.level
+            if self.level is not None
+            else LEVELS[self.codec][2]
+        )
 
     @property
     def changes_layout(self) -> bool:
@@ -68,9 +88,13 @@ class OutputOptions:
         if self.shards is None:
             return
         if kind != "zarr v3":
-            raise ValueError(f"output_options.shards need a zarr v3 output; a new {kind} output has no shards")
+            raise ValueError(
+                f"output_options.shards need a zarr v3 output; a new {kind} output has no shards"
+            )
         if len(self.shards) != ndim:
-            raise ValueError(f"output_options.shards must have one entry per axis ({ndim}), got {self.shards}")
+            raise ValueError(
+                f"output_options.shards must have one entry per axis ({ndim}), got {self.shards}"
+            )
 
     def zarr_compressors(self, zarr_format: int) -> Any:
         """`compressors` for `zarr.create_array`: "auto" (zarr's default) without a codec."""
@@ -78,19 +102,31 @@ class OutputOptions:
             return "auto"
         level = self.effective_level
         if zarr_format == 2:
-            return {"zstd": {"id": "zstd", "level": level}, "gzip": {"id": "gzip", "level": level},
-                    "blosc-lz4": {"id": "blosc", "cname": "lz4", "clevel": level, "shuffle": 1}}[self.codec]
-        return [{"zstd": {"name": "zstd", "configuration": {"level": level, "checksum": False}},
-                 "gzip": {"name": "gzip", "configuration": {"level": level}},
-                 "blosc-lz4": {"name": "blosc", "configuration": {"cname": "lz4", "clevel": level,
-                                                                   "shuffle": "shuffle"}}}[self.codec]]
+            return {
+                "zstd": {"id": "zstd", "level": level},
+                "gzip": {"id": "gzip", "level": level},
+                "blosc-lz4": {"id": "blosc", "cname": "lz4", "clevel": level, "shuffle": 1},
+            }[self.codec]
+        return [
+            {
+                "zstd": {"name": "zstd", "configuration": {"level": level, "checksum": False}},
+                "gzip": {"name": "gzip", "configuration": {"level": level}},
+                "blosc-lz4": {
+                    "name": "blosc",
+                    "configuration": {"cname": "lz4", "clevel": level, "shuffle": "shuffle"},
+                },
+            }[self.codec]
+        ]
 
     def n5_compression(self) -> dict:
         """The n5 `compression` metadata (tensorstore's n5 driver): gzip without a codec."""
         level = self.effective_level
-        return {None: {"type": "gzip"}, "zstd": {"type": "zstd", "level": level},
-                "gzip": {"type": "gzip", "level": level},
-                "blosc-lz4": {"type": "blosc", "cname": "lz4", "clevel": level, "shuffle": 1}}[self.codec]
+        return {
+            None: {"type": "gzip"},
+            "zstd": {"type": "zstd", "level": level},
+            "gzip": {"type": "gzip", "level": level},
+            "blosc-lz4": {"type": "blosc", "cname": "lz4", "clevel": level, "shuffle": 1},
+        }[self.codec]
 
     def describe(self) -> str:
         """'zstd level 5, shards (128, 128, 128), empty chunks stored', for summaries."""
@@ -118,11 +154,15 @@ def check_output_options(value: OutputOptions | dict | None) -> OutputOptions:
     if isinstance(value, dict):
         unknown = set(value) - {f.name for f in fields(OutputOptions)}
         if unknown:
-            raise ValueError(f"output_options has no field(s) {sorted(unknown)}; it takes "
-                             f"{[f.name for f in fields(OutputOptions)]}")
+            raise ValueError(
+                f"output_options has no field(s) {sorted(unknown)}; it takes "
+                f"{[f.name for f in fields(OutputOptions)]}"
+            )
         return OutputOptions(**value)
     if not isinstance(value, OutputOptions):
-        raise ValueError(f"output_options must be an OutputOptions (or a dict of its fields), got {value!r}")
+        raise ValueError(
+            f"output_options must be an OutputOptions (or a dict of its fields), got {value!r}"
+        )
     return value
 
 
@@ -144,20 +184,28 @@ def stored_codec(metadata: dict) -> tuple[str, int | None]:
         name = config.get("id", config.get("type"))
     if name == "blosc":
         shuffled = config.get("shuffle") in (1, "shuffle")
-        return (f"blosc-{config.get('cname')}" + ("" if shuffled else f"-shuffle-{config.get('shuffle')}"),
-                config.get("clevel"))
+        return (
+            f"blosc-{config.get('cname')}"
+            + ("" if shuffled else f"-shuffle-{config.get('shuffle')}"),
+            config.get("clevel"),
+        )
     return name, config.get("level")
 
 
-def check_existing(options: OutputOptions, metadata: dict, shards: tuple[int, ...] | None, name: str) -> None:
+def check_existing(
+    options: OutputOptions, metadata: dict, shards: tuple[int, ...] | None, name: str
+) -> None:
     """Refuse an existing output (`metadata` as in `stored_codec`, its `shards` or None) whose
     codec, level or shards differ from those `options` name; what they leave open is not checked."""
     codec, level = stored_codec(metadata)
     if options.codec is not None and (codec != options.codec or options.level not in (None, level)):
         asked = options.codec + (f" level {options.level}" if options.level is not None else "")
-        raise ValueError(f"output {name} exists with codec {codec} level {level}; output_options ask for {asked}: "
-                         "options apply to new outputs, so write elsewhere or delete it")
+        raise ValueError(
+            f"output {name} exists with codec {codec} level {level}; output_options ask for {asked}: "
+            "options apply to new outputs, so write elsewhere or delete it"
+        )
     if options.shards is not None and tuple(shards or ()) != options.shards:
-        raise ValueError(f"output {name} exists with shards {shards}; output_options ask for {options.shards}: "
-                         "options apply to new outputs, so write elsewhere or delete it")
-
+        raise ValueError(
+            f"output {name} exists with shards {shards}; output_options ask for {options.shards}: "
+            "options apply to new outputs, so write elsewhere or delete it"
+        )

@@ -17,7 +17,7 @@ import zarr
 from bioimage_tasks.errors import ParameterError, StorageError
 from bioimage_tasks.grid import chunks_dividing, default_block_shape
 from bioimage_tasks.io.inputs import as_source, refuse_input_only
-from bioimage_tasks.io.kv import Location
+from bioimage_tasks.io.kv import LOCAL_IO, Location
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.options import OutputOptions, check_existing
 from bioimage_tasks.io.paths import ContainerPath
@@ -25,8 +25,6 @@ from bioimage_tasks.io.precomputed_output import PrecomputedTarget
 from bioimage_tasks.io.source import Source
 from bioimage_tasks.io.urls import StorageOptions, UrlPath, is_url
 from bioimage_tasks.io.zarr_array import ArraySource
-from bioimage_tasks.io.kv import LOCAL_IO
-
 
 TOKEN_ATTRIBUTE = "bioimage_tasks_token"
 
@@ -57,13 +55,23 @@ class OutputPlan:
             return with_write_empty_chunks(self.existing, self.options.write_empty_chunks)
         if self.create_at is None:
             return ArraySource(np.zeros(self.shape, self.dtype), "memory")
-        return create_array(self.create_at, self.shape, self.dtype, self.chunks, self.options.shards,
-                            options=self.options)
+        return create_array(
+            self.create_at,
+            self.shape,
+            self.dtype,
+            self.chunks,
+            self.options.shards,
+            options=self.options,
+        )
 
 
 def plan_output(
-    output: Any, shape: tuple[int, ...], dtype: np.dtype, block_shape: tuple[int, ...] | None = None,
-    options: OutputOptions | None = None, storage_options: StorageOptions | dict | None = None,
+    output: Any,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    block_shape: tuple[int, ...] | None = None,
+    options: OutputOptions | None = None,
+    storage_options: StorageOptions | dict | None = None,
 ) -> OutputPlan:
     """Check `output` can receive an array of `shape` and `dtype` stored as `options` ask; raise
     ValueError naming `output` otherwise. Nothing is created or written here. A new output gets
@@ -81,7 +89,9 @@ def plan_output(
         path = output_path(os.fspath(output), storage_options)
         check_array_output(path)
         if not path.exists():
-            options.check_shards(len(shape), "n5" if path.format == "n5" else f"zarr v{path.zarr_format()}")
+            options.check_shards(
+                len(shape), "n5" if path.format == "n5" else f"zarr v{path.zarr_format()}"
+            )
             chunks = default_block_shape(shape, None)
             for unit in (block_shape, options.shards):
                 chunks = chunks if unit is None else chunks_dividing(unit, chunks)
@@ -90,7 +100,9 @@ def plan_output(
     else:
         existing = as_source(output, "output", storage_options)
         if not hasattr(existing, "write"):
-            raise ValueError(f"output must be writable (a numpy, zarr or tensorstore array), got {output!r}")
+            raise ValueError(
+                f"output must be writable (a numpy, zarr or tensorstore array), got {output!r}"
+            )
     if existing.shape != shape:
         raise ValueError(f"output has shape {existing.shape}, expected {shape}")
     if not np.can_cast(dtype, existing.dtype, "safe"):
@@ -99,14 +111,18 @@ def plan_output(
     return OutputPlan(shape, existing.dtype, existing=existing, options=options)
 
 
-def output_path(output: str, storage_options: StorageOptions | dict | None, parameter: str = "output") -> ContainerPath | UrlPath:
+def output_path(
+    output: str, storage_options: StorageOptions | dict | None, parameter: str = "output"
+) -> ContainerPath | UrlPath:
     """A path or a writable URL, checked; a URL's endpoint and bucket are probed (ValueError, or
     StorageError for an endpoint that does not answer)."""
     if not is_url(output):
         return ContainerPath.parse(output, parameter)
     path = UrlPath.parse(output, parameter, storage_options)
     if not path.writable:
-        raise ValueError(f"{parameter}: {path.scheme}:// is read-only; write to a local path or an s3:// URL, got {output!r}")
+        raise ValueError(
+            f"{parameter}: {path.scheme}:// is read-only; write to a local path or an s3:// URL, got {output!r}"
+        )
     try:
         path.exists()
     except (ValueError, StorageError) as error:
@@ -119,14 +135,18 @@ def check_array_output(path: ContainerPath | UrlPath, parameter: str = "output")
     folder holding other things (a bare container of other arrays), would sit over them."""
     node = path.node()
     if node == "group":
-        raise ParameterError(f"{parameter} {str(path)!r} is a group, not an array: give a new "
-                             f"array path inside it, e.g. '{path}/<name>'")
+        raise ParameterError(
+            f"{parameter} {str(path)!r} is a group, not an array: give a new "
+            f"array path inside it, e.g. '{path}/<name>'"
+        )
     if node == "folder":
         folder = os.path.join(path.container, path.key)
         held = sorted(name for name in os.listdir(folder) if not name.startswith("."))
         if held:
-            raise ParameterError(f"{parameter} {str(path)!r} is a folder holding {held[:5]}, not "
-                                 f"an array: give a new array path inside it, e.g. '{path}/<name>'")
+            raise ParameterError(
+                f"{parameter} {str(path)!r} is a folder holding {held[:5]}, not "
+                f"an array: give a new array path inside it, e.g. '{path}/<name>'"
+            )
 
 
 def check_existing_output(sink: Source, options: OutputOptions, name: str) -> None:
@@ -142,8 +162,10 @@ def check_existing_output(sink: Source, options: OutputOptions, name: str) -> No
 def refuse_in_memory(options: OutputOptions) -> None:
     """Codec, shards and `write_empty_chunks` are about stored chunks: a numpy output has none."""
     if options.changes_layout or options.write_empty_chunks:
-        raise ValueError(f"output_options ({options.describe()}) apply to zarr and n5 outputs, not to a numpy "
-                         "output: give an output path")
+        raise ValueError(
+            f"output_options ({options.describe()}) apply to zarr and n5 outputs, not to a numpy "
+            "output: give an output path"
+        )
 
 
 def stored_layout(sink: Source) -> tuple[dict, tuple[int, ...] | None] | None:
@@ -153,12 +175,15 @@ def stored_layout(sink: Source) -> tuple[dict, tuple[int, ...] | None] | None:
         return array.metadata.to_dict(), array.shards
     if isinstance(array, ts.TensorStore):
         write, read = array.chunk_layout.write_chunk.shape, array.chunk_layout.read_chunk.shape
-        return array.spec().to_json().get("metadata", {}), tuple(write) if tuple(write) != tuple(read) else None
+        return array.spec().to_json().get("metadata", {}), tuple(write) if tuple(write) != tuple(
+            read
+        ) else None
     return None
 
 
-def with_write_empty_chunks(sink: ArraySource | TensorStoreSource, write_empty_chunks: bool
-                            ) -> ArraySource | TensorStoreSource:
+def with_write_empty_chunks(
+    sink: ArraySource | TensorStoreSource, write_empty_chunks: bool
+) -> ArraySource | TensorStoreSource:
     """`sink`, writing chunks equal to the fill value (`write_empty_chunks`) or leaving them out:
     zarr's array config `write_empty_chunks`, which `ArraySource.fast_io` passes on to
     tensorstore, or tensorstore's `store_data_equal_to_fill_value`. Both survive pickling."""
@@ -168,17 +193,29 @@ def with_write_empty_chunks(sink: ArraySource | TensorStoreSource, write_empty_c
     if isinstance(array, ts.TensorStore):
         spec = array.spec().to_json()
         if spec.get("store_data_equal_to_fill_value", False) != write_empty_chunks:
-            if spec.get("kvstore", {}).get("driver") == "memory":  # reopened, it would be another, empty store
-                raise ValueError("output_options.write_empty_chunks cannot change for an in-memory tensorstore "
-                                 "output: open it with store_data_equal_to_fill_value yourself")
+            if (
+                spec.get("kvstore", {}).get("driver") == "memory"
+            ):  # reopened, it would be another, empty store
+                raise ValueError(
+                    "output_options.write_empty_chunks cannot change for an in-memory tensorstore "
+                    "output: open it with store_data_equal_to_fill_value yourself"
+                )
             spec["store_data_equal_to_fill_value"] = write_empty_chunks
-            return TensorStoreSource(ts.open(spec, open=True, read=True, write=True, context=LOCAL_IO).result(), sink.name, sink.location)
+            return TensorStoreSource(
+                ts.open(spec, open=True, read=True, write=True, context=LOCAL_IO).result(),
+                sink.name,
+                sink.location,
+            )
     return sink
 
 
 def create_array(
-    path: ContainerPath | UrlPath, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
-    shards: tuple[int, ...] | None = None, dimension_names: tuple[str, ...] | None = None,
+    path: ContainerPath | UrlPath,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    chunks: tuple[int, ...],
+    shards: tuple[int, ...] | None = None,
+    dimension_names: tuple[str, ...] | None = None,
     options: OutputOptions | None = None,
 ) -> ArraySource | TensorStoreSource:
     """Create an empty (fill value 0) array at `path`, zarr or n5 by its container suffix, with a
@@ -224,8 +261,10 @@ def open_group(path: ContainerPath | UrlPath, zarr_format: int) -> tuple[Any, st
     it keeps its files (its folder, or its Location on object storage)."""
     if isinstance(path, UrlPath):
         return path.open_group(zarr_format), path.location()
-    return (zarr.open_group(path.container, path=path.key, mode="a", zarr_format=zarr_format),
-            os.path.join(path.container, path.key))
+    return (
+        zarr.open_group(path.container, path=path.key, mode="a", zarr_format=zarr_format),
+        os.path.join(path.container, path.key),
+    )
 
 
 def output_token(sink: ArraySource | TensorStoreSource) -> str | None:

@@ -11,9 +11,9 @@ import tensorstore as ts
 import zarr
 
 from bioimage_tasks.errors import ParameterError
+from bioimage_tasks.io.kv import LOCAL_IO
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.zarr_array import ArraySource
-from bioimage_tasks.io.kv import LOCAL_IO
 
 CONTAINER_SUFFIXES = (".zarr", ".n5")
 
@@ -37,8 +37,9 @@ class ContainerPath:
                 if part.endswith(suffix) and len(part) > len(suffix):
                     container, key = root + "/".join(parts[: index + 1]), parts[index + 1 :]
                     if ".." in key:
-                        raise ParameterError(f"{parameter}: '..' inside a container is not a key, "
-                                             f"got {path!r}")
+                        raise ParameterError(
+                            f"{parameter}: '..' inside a container is not a key, got {path!r}"
+                        )
                     return cls(container, "/".join(key), suffix[1:])
         raise ParameterError(
             f"{parameter} must be 'path/container.zarr/key' or 'path/container.n5/key', got {path!r}"
@@ -67,20 +68,30 @@ class ContainerPath:
 
     def open(self, mode: str = "r") -> ArraySource | TensorStoreSource:
         if not self.exists():
-            raise FileNotFoundError(f"no {self.format} array at {self.container!r} key {self.key!r}")
+            raise FileNotFoundError(
+                f"no {self.format} array at {self.container!r} key {self.key!r}"
+            )
         if self.format == "n5":
-            return TensorStoreSource(ts.open(self.n5_spec(), open=True, context=LOCAL_IO).result(), str(self))
-        return ArraySource(zarr.open_array(store=self.container, path=self.key, mode=mode), str(self))
+            return TensorStoreSource(
+                ts.open(self.n5_spec(), open=True, context=LOCAL_IO).result(), str(self)
+            )
+        return ArraySource(
+            zarr.open_array(store=self.container, path=self.key, mode=mode), str(self)
+        )
 
     def n5_spec(self) -> dict:
-        return {"driver": "n5", "kvstore": {"driver": "file", "path": self.container}, "path": self.key}
+        return {
+            "driver": "n5",
+            "kvstore": {"driver": "file", "path": self.container},
+            "path": self.key,
+        }
 
     def __str__(self) -> str:
         return f"{self.container}/{self.key}" if self.key else self.container
 
 
 def node_kind(name: str, data: bytes) -> str:
-    """"array" or "group", by metadata file `name` (zarr.json, .zarray, .zgroup, n5's
+    """ "array" or "group", by metadata file `name` (zarr.json, .zarray, .zgroup, n5's
     attributes.json, which only an array's has "dimensions" in) and its contents."""
     if name in (".zarray", ".zgroup"):
         return "array" if name == ".zarray" else "group"

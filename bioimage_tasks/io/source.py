@@ -52,7 +52,9 @@ def check_array(source: Source, parameter: str) -> Source:
     if 0 in shape:
         raise ValueError(f"{parameter} is empty (shape {shape}): there is nothing to process")
     if dtype.kind in UNSUPPORTED_KINDS:
-        raise ValueError(f"{parameter} has dtype {dtype} ({UNSUPPORTED_KINDS[dtype.kind]}); only bool and numeric dtypes are supported")
+        raise ValueError(
+            f"{parameter} has dtype {dtype} ({UNSUPPORTED_KINDS[dtype.kind]}); only bool and numeric dtypes are supported"
+        )
     return source
 
 
@@ -70,7 +72,11 @@ def same_storage(a: Source, b: Source) -> bool:
     folders = [getattr(s, "directory", None) for s in (a, b)]
     if None in folders:
         return False
-    return folders[0] == folders[1] if "://" in folders[0] else os.path.realpath(folders[0]) == os.path.realpath(folders[1])
+    return (
+        folders[0] == folders[1]
+        if "://" in folders[0]
+        else os.path.realpath(folders[0]) == os.path.realpath(folders[1])
+    )
 
 
 def storage_place(source: Source) -> str | Location | None:
@@ -104,8 +110,9 @@ def read_unit_of(source: Any) -> tuple[int, ...] | None:
     return getattr(source, "read_unit", None)
 
 
-def aligned_unit(unit: Sequence[int] | None, read_unit: Sequence[int] | None,
-                 shape: Sequence[int]) -> tuple[int, ...] | None:
+def aligned_unit(
+    unit: Sequence[int] | None, read_unit: Sequence[int] | None, shape: Sequence[int]
+) -> tuple[int, ...] | None:
     """A unit that is a multiple of both the write `unit` and the `read_unit` along each axis
     (capped at the array's extent), so blocks made of it own whole write units and decode every
     strip or tile once.

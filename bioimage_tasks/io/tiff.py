@@ -35,11 +35,28 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 OPEN_PLANES = 64  # slice files a sequence keeps open per process
 READ_THREADS = 2  # background reads per source and process (start_read)
 # OME and ImageJ unit spellings -> NGFF (UDUNITS-2) names
-UNITS = {"µm": "micrometer", "um": "micrometer", "micron": "micrometer", "\\u00B5m": "micrometer", "nm": "nanometer",
-         "mm": "millimeter", "cm": "centimeter", "m": "meter", "Å": "angstrom", "pm": "picometer", "s": "second",
-         "ms": "millisecond", "min": "minute", "h": "hour"}
-OME_SIZES = {"x": ("PhysicalSizeX", "µm"), "y": ("PhysicalSizeY", "µm"), "z": ("PhysicalSizeZ", "µm"),
-             "t": ("TimeIncrement", "s")}
+UNITS = {
+    "µm": "micrometer",
+    "um": "micrometer",
+    "micron": "micrometer",
+    "\\u00B5m": "micrometer",
+    "nm": "nanometer",
+    "mm": "millimeter",
+    "cm": "centimeter",
+    "m": "meter",
+    "Å": "angstrom",
+    "pm": "picometer",
+    "s": "second",
+    "ms": "millisecond",
+    "min": "minute",
+    "h": "hour",
+}
+OME_SIZES = {
+    "x": ("PhysicalSizeX", "µm"),
+    "y": ("PhysicalSizeY", "µm"),
+    "z": ("PhysicalSizeZ", "µm"),
+    "t": ("TimeIncrement", "s"),
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,8 +108,10 @@ class TiffSource:
             if plane is None:
                 plane = PlaneReader(self.files[z], 0)
                 if plane.shape != self.shape[1:] or plane.dtype != self.dtype:
-                    raise ValueError(f"{self.files[z]} holds {plane.shape} {plane.dtype}; the first slice "
-                                     f"{self.files[0]} holds {self.shape[1:]} {self.dtype}: slices must all match")
+                    raise ValueError(
+                        f"{self.files[z]} holds {plane.shape} {plane.dtype}; the first slice "
+                        f"{self.files[0]} holds {self.shape[1:]} {self.dtype}: slices must all match"
+                    )
             self._open_planes[z] = plane
             while len(self._open_planes) > OPEN_PLANES:
                 self._open_planes.popitem(last=False)[1].close()
@@ -107,14 +126,28 @@ class TiffSource:
         return threading.Lock()
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_reader", "_open_planes", "_lock", "_background")}
+        return {
+            k: v
+            for k, v in self.__dict__.items()
+            if k not in ("_reader", "_open_planes", "_lock", "_background")
+        }
 
     def fingerprint(self) -> dict:
         """Where the data is and what it holds (its content is in `file_signature`)."""
         files = [os.path.abspath(f) for f in self.files]
-        listed = files[0] if len(files) == 1 else hashlib.blake2b("\n".join(files).encode(), digest_size=8).hexdigest()
-        return {"tiff": listed, "files": len(files), "series": self.series, "shape": self.shape,
-                "dtype": str(self.dtype), "chunks": self.read_unit}
+        listed = (
+            files[0]
+            if len(files) == 1
+            else hashlib.blake2b("\n".join(files).encode(), digest_size=8).hexdigest()
+        )
+        return {
+            "tiff": listed,
+            "files": len(files),
+            "series": self.series,
+            "shape": self.shape,
+            "dtype": str(self.dtype),
+            "chunks": self.read_unit,
+        }
 
     def file_signature(self) -> str:
         """Size and mtime_ns of every file: a rewritten file changes it."""
@@ -124,7 +157,9 @@ class TiffSource:
 
 def open_series(path: str, series: int) -> zarr.Array:
     """Level 0 of series `series` of the TIFF at `path` as a read-only zarr array."""
-    return zarr.open(tifffile.imread(path, aszarr=True, series=series, level=0, maxworkers=2), mode="r")
+    return zarr.open(
+        tifffile.imread(path, aszarr=True, series=series, level=0, maxworkers=2), mode="r"
+    )
 
 
 class PlaneReader:
@@ -142,9 +177,15 @@ class PlaneReader:
         self.shape, self.dtype = tuple(chosen.shape), np.dtype(chosen.dtype)
         self.pages = list(chosen.pages)
         planes = self.shape[0] if len(self.shape) == 3 else 1
-        direct = (self.keyframe.samplesperpixel == 1 and len(self.keyframe.shape) == 2 and len(self.shape) in (2, 3)
-                  and self.shape[-2:] == tuple(self.keyframe.shape) and len(self.pages) == planes
-                  and chosen.transform is None and np.dtype(self.keyframe.dtype) == self.dtype)
+        direct = (
+            self.keyframe.samplesperpixel == 1
+            and len(self.keyframe.shape) == 2
+            and len(self.shape) in (2, 3)
+            and self.shape[-2:] == tuple(self.keyframe.shape)
+            and len(self.pages) == planes
+            and chosen.transform is None
+            and np.dtype(self.keyframe.dtype) == self.dtype
+        )
         self.array = None if direct else open_series(path, series)
         for page in self.pages:  # a multi-file OME-TIFF's planes live in several files
             if page is not None:
@@ -160,13 +201,21 @@ class PlaneReader:
     def _read_planes(self, planes: Sequence[int], rows: slice, columns: slice) -> np.ndarray:
         """Planes `planes`, cut to `rows` and `columns`, from the segments (strips or tiles) they cover."""
         keyframe = self.keyframe
-        (y0, y1, ystep), (x0, x1, xstep) = rows.indices(self.shape[-2]), columns.indices(self.shape[-1])
+        (y0, y1, ystep), (x0, x1, xstep) = (
+            rows.indices(self.shape[-2]),
+            columns.indices(self.shape[-1]),
+        )
         height, width = keyframe.chunks[-2:]
         per_row = keyframe.chunked[-1]
-        grid_rows, grid_columns = range(y0 // height, -(-y1 // height)), range(x0 // width, -(-x1 // width))
+        grid_rows, grid_columns = (
+            range(y0 // height, -(-y1 // height)),
+            range(x0 // width, -(-x1 // width)),
+        )
         wanted = [r * per_row + c for r in grid_rows for c in grid_columns]
         covered = np.empty((len(grid_rows) * height, len(grid_columns) * width), self.dtype)
-        out = np.empty((len(planes), len(range(y0, y1, ystep)), len(range(x0, x1, xstep))), self.dtype)
+        out = np.empty(
+            (len(planes), len(range(y0, y1, ystep)), len(range(x0, x1, xstep))), self.dtype
+        )
         extra = {"jpegheader": keyframe.jpegheader} if keyframe.jpegheader is not None else {}
         for i, z in enumerate(planes):
             page = self.pages[z]
@@ -176,17 +225,24 @@ class PlaneReader:
             offsets, counts, handle = page.dataoffsets, page.databytecounts, page.parent.filehandle
             if getattr(page, "jpegtables", None) is not None:
                 extra["jpegtables"] = page.jpegtables
-            for data, index in handle.read_segments([offsets[j] for j in wanted], [counts[j] for j in wanted],
-                                                    indices=wanted, sort=True, lock=handle.lock):
+            for data, index in handle.read_segments(
+                [offsets[j] for j in wanted],
+                [counts[j] for j in wanted],
+                indices=wanted,
+                sort=True,
+                lock=handle.lock,
+            ):
                 r, c = divmod(index, per_row)
                 top, left = (r - grid_rows.start) * height, (c - grid_columns.start) * width
-                target = covered[top:top + height, left:left + width]
+                target = covered[top : top + height, left : left + width]
                 if data is None or not counts[index]:
                     target[...] = keyframe.nodata
                 else:
-                    target[...] = keyframe.decode(data, index, _fullsize=True, **extra)[0].reshape(height, width)
+                    target[...] = keyframe.decode(data, index, _fullsize=True, **extra)[0].reshape(
+                        height, width
+                    )
             top, left = grid_rows.start * height, grid_columns.start * width
-            out[i] = covered[y0 - top:y1 - top:ystep, x0 - left:x1 - left:xstep]
+            out[i] = covered[y0 - top : y1 - top : ystep, x0 - left : x1 - left : xstep]
         return out
 
     def close(self) -> None:
@@ -199,7 +255,11 @@ def tiff_files(text: str) -> tuple[list[str], int] | None:
     """(files, series) that `text` names, or None when it names no TIFF: a .tif/.tiff file,
     such a file followed by "/<series>", a glob of them, or a folder holding them."""
     if any(c in text for c in "*?["):
-        return (tifffile.natural_sorted(glob.glob(text)), 0) if text.lower().endswith(TIFF_SUFFIXES) else None
+        return (
+            (tifffile.natural_sorted(glob.glob(text)), 0)
+            if text.lower().endswith(TIFF_SUFFIXES)
+            else None
+        )
     match = re.fullmatch(r"(.+\.tiff?)/(\d+)", text.rstrip("/"), re.IGNORECASE)
     if match:
         return [match.group(1)], int(match.group(2))
@@ -207,7 +267,9 @@ def tiff_files(text: str) -> tuple[list[str], int] | None:
         return [text], 0
     if os.path.isdir(text) and not any(part.endswith((".zarr", ".n5")) for part in text.split("/")):
         files = [f for f in os.listdir(text) if f.lower().endswith(TIFF_SUFFIXES)]
-        return ([os.path.join(text, f) for f in tifffile.natural_sorted(files)], 0) if files else None
+        return (
+            ([os.path.join(text, f) for f in tifffile.natural_sorted(files)], 0) if files else None
+        )
     return None
 
 
@@ -226,12 +288,15 @@ def open_tiff(text: str, parameter: str) -> TiffSource | None:
     try:
         tif = tifffile.TiffFile(files[0])
     except tifffile.TiffFileError as error:
-        raise ParameterError(f"{parameter}: {files[0]!r} is not a readable TIFF file ({error})") \
-            from None
+        raise ParameterError(
+            f"{parameter}: {files[0]!r} is not a readable TIFF file ({error})"
+        ) from None
     with tif:
         if not 0 <= series < len(tif.series):
-            raise ValueError(f"{parameter}: {files[0]!r} has {len(tif.series)} series (0-{len(tif.series) - 1}), "
-                             f"not series {series}")
+            raise ValueError(
+                f"{parameter}: {files[0]!r} has {len(tif.series)} series (0-{len(tif.series) - 1}), "
+                f"not series {series}"
+            )
         chosen = tif.series[series]
         physical = ome_physical(tif, series, chosen.axes) or imagej_physical(tif, chosen.axes)
     array = open_series(files[0], series)
@@ -241,7 +306,9 @@ def open_tiff(text: str, parameter: str) -> TiffSource | None:
         array.store.close()
     if len(files) > 1:
         if len(shape) != 2:
-            raise ValueError(f"{parameter}: a sequence of slices needs 2-D files; {files[0]!r} has shape {shape}")
+            raise ValueError(
+                f"{parameter}: a sequence of slices needs 2-D files; {files[0]!r} has shape {shape}"
+            )
         check_slices(files, shape, dtype, parameter)
         shape, chunks = (len(files), *shape), (1, *chunks)
         physical = Physical(axes=("z", "y", "x"))
@@ -271,7 +338,9 @@ def ome_physical(tif: tifffile.TiffFile, series: int, axes: str) -> Physical | N
         key, default_unit = OME_SIZES.get(axis, (None, None))
         value = pixels.get(key) if key else None
         sizes.append(float(value) if value is not None else 1.0)
-        units.append(UNITS.get(str(pixels.get(f"{key}Unit", default_unit))) if value is not None else None)
+        units.append(
+            UNITS.get(str(pixels.get(f"{key}Unit", default_unit))) if value is not None else None
+        )
     return Physical(tuple(sizes), tuple(units), names) if names else None
 
 
@@ -290,4 +359,8 @@ def imagej_physical(tif: tifffile.TiffFile, axes: str) -> Physical | None:
             numerator, denominator = tags[tag].value
             sizes[axis] = denominator / numerator if numerator else 1.0
     spatial = ("x", "y", "z")
-    return Physical(tuple(sizes.get(a, 1.0) for a in names), tuple(unit if a in spatial else None for a in names), names)
+    return Physical(
+        tuple(sizes.get(a, 1.0) for a in names),
+        tuple(unit if a in spatial else None for a in names),
+        names,
+    )

@@ -26,12 +26,44 @@ CHECK_BATCH = 256  # files per thread-pool job (a future per file costs as much 
 MAX_TAGS = 4096  # more tags in one IFD means a corrupt header
 MAX_INTEGERS = 16  # values read of an integer tag (bits per sample of a few samples)
 DESCRIPTION_BYTES = 1024  # enough for tifffile's '{"shape": ...}' and ImageJ's images= line
-KEY_TAGS = {256: "width", 257: "length", 258: "bits", 277: "samples", 339: "sampleformat",
-            270: "description"}
-TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
-              16: 8, 17: 8, 18: 8}
-INTEGER_FORMATS = {1: "B", 3: "H", 4: "I", 6: "b", 8: "h", 9: "i", 13: "I", 16: "Q", 17: "q",
-                   18: "Q"}
+KEY_TAGS = {
+    256: "width",
+    257: "length",
+    258: "bits",
+    277: "samples",
+    339: "sampleformat",
+    270: "description",
+}
+TYPE_SIZES = {
+    1: 1,
+    2: 1,
+    3: 2,
+    4: 4,
+    5: 8,
+    6: 1,
+    7: 1,
+    8: 2,
+    9: 4,
+    10: 8,
+    11: 4,
+    12: 8,
+    13: 4,
+    16: 8,
+    17: 8,
+    18: 8,
+}
+INTEGER_FORMATS = {
+    1: "B",
+    3: "H",
+    4: "I",
+    6: "b",
+    8: "h",
+    9: "i",
+    13: "I",
+    16: "Q",
+    17: "q",
+    18: "Q",
+}
 
 
 class HeaderReader:
@@ -42,7 +74,7 @@ class HeaderReader:
 
     def read(self, offset: int, size: int) -> bytes:
         if offset + size <= len(self.head):
-            return self.head[offset:offset + size]
+            return self.head[offset : offset + size]
         self.handle.seek(offset)
         data = self.handle.read(size)
         if len(data) < size:
@@ -91,10 +123,16 @@ def header_key(path: str) -> HeaderKey:
                 value = tag_value(reader, order + offset_format, kind, field)
                 tags.setdefault(KEY_TAGS[code], []).append(value)
     first = {name: values[0] for name, values in tags.items()}
-    return HeaderKey(tuple(code for code, _, _ in entries), first.get("width"), first.get("length"),
-                     first.get("samples", (1,)), first.get("bits", (1,)),
-                     first.get("sampleformat", (1,)), any(next_ifd),
-                     tuple(map(description_hint, tags.get("description", []))))
+    return HeaderKey(
+        tuple(code for code, _, _ in entries),
+        first.get("width"),
+        first.get("length"),
+        first.get("samples", (1,)),
+        first.get("bits", (1,)),
+        first.get("sampleformat", (1,)),
+        any(next_ifd),
+        tuple(map(description_hint, tags.get("description", []))),
+    )
 
 
 def tag_value(reader: HeaderReader, offset_format: str, kind: int, field: bytes) -> tuple | bytes:
@@ -130,26 +168,32 @@ def description_hint(description: bytes) -> bytes | None:
     return b"ome" if b"<OME" in description else None
 
 
-def check_slices(files: Sequence[str], shape: tuple[int, ...], dtype: np.dtype,
-                 parameter: str) -> None:
+def check_slices(
+    files: Sequence[str], shape: tuple[int, ...], dtype: np.dtype, parameter: str
+) -> None:
     """Refuse (ParameterError naming `parameter` and the first bad file) a sequence whose files do
     not all hold one `shape` plane of `dtype`, as the first file does. Headers only: files whose
     `header_key` equals the first file's pass without tifffile (see module)."""
     reference = safe_key(files[0])
     trusted = reference is not None and not reference.more_ifds  # else each file's series may vary
-    batches = [files[start:start + CHECK_BATCH] for start in range(1, len(files), CHECK_BATCH)]
+    batches = [files[start : start + CHECK_BATCH] for start in range(1, len(files), CHECK_BATCH)]
     with ThreadPoolExecutor(CHECK_THREADS) as pool:
-        found = [key for keys in pool.map(lambda batch: list(map(safe_key, batch)), batches)
-                 for key in keys]
+        found = [
+            key
+            for keys in pool.map(lambda batch: list(map(safe_key, batch)), batches)
+            for key in keys
+        ]
     suspects = [f for f, key in zip(files[1:], found) if not trusted or key != reference]
-    problems = [(f, problem) for f in suspects
-                if (problem := series_problem(f, shape, dtype)) is not None]
+    problems = [
+        (f, problem) for f in suspects if (problem := series_problem(f, shape, dtype)) is not None
+    ]
     if problems:
         path, problem = problems[0]
         others = f" ({len(problems) - 1} more files differ too)" if len(problems) > 1 else ""
         raise ParameterError(
             f"{parameter}: slice {path!r} {problem}; the first slice {files[0]!r} holds {shape} "
-            f"{dtype}: all slices must be 2-D TIFFs of one shape and dtype{others}")
+            f"{dtype}: all slices must be 2-D TIFFs of one shape and dtype{others}"
+        )
 
 
 def safe_key(path: str) -> HeaderKey | None:

@@ -35,12 +35,17 @@ from bioimage_tasks.io.paths import ContainerPath, node_kind
 SCHEMES = ("s3", "http", "https")
 METADATA = {"zarr3": "zarr.json", "zarr": ".zarray", "n5": "attributes.json"}
 # zarr-python's defaults, for new outputs without a codec in their OutputOptions
-DEFAULT_CODECS = {2: {"id": "zstd", "level": 0}, 3: [{"name": "zstd", "configuration": {"level": 0, "checksum": False}}]}
+DEFAULT_CODECS = {
+    2: {"id": "zstd", "level": 0},
+    3: [{"name": "zstd", "configuration": {"level": 0, "checksum": False}}],
+}
 # Seconds an endpoint has, when a URL is first opened, to answer at all (see `check_answers`).
 PROBE_TIMEOUT = 10.0
 # A probe gives up after a few quick retries: an unreachable endpoint is reported at once.
-PROBE_CONTEXT = {"s3_request_retries": {"max_retries": 2, "initial_delay": "0.1s", "max_delay": "0.5s"},
-                 "http_request_retries": {"max_retries": 2, "initial_delay": "0.1s", "max_delay": "0.5s"}}
+PROBE_CONTEXT = {
+    "s3_request_retries": {"max_retries": 2, "initial_delay": "0.1s", "max_delay": "0.5s"},
+    "http_request_retries": {"max_retries": 2, "initial_delay": "0.1s", "max_delay": "0.5s"},
+}
 
 
 def is_url(path: Any) -> bool:
@@ -71,12 +76,23 @@ class StorageOptions:
             if unknown:
                 raise ValueError(f"storage_options has unknown fields {sorted(unknown)}")
             return cls(**value)
-        raise TypeError(f"storage_options must be a StorageOptions or a dict, got {type(value).__name__}")
+        raise TypeError(
+            f"storage_options must be a StorageOptions or a dict, got {type(value).__name__}"
+        )
 
     def resolved(self) -> StorageOptions:
         """These options with the endpoint and region taken from the environment where unset."""
-        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        region = self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        endpoint = (
+            self.endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
+        region = (
+            self.region
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or "us-east-1"
+        )
         return dataclasses.replace(self, endpoint_url=endpoint, region=region)
 
     def credentials(self) -> dict:
@@ -100,26 +116,42 @@ class UrlPath:
     options: StorageOptions
 
     @classmethod
-    def parse(cls, url: str, parameter: str, options: StorageOptions | dict | None = None) -> UrlPath:
+    def parse(
+        cls, url: str, parameter: str, options: StorageOptions | dict | None = None
+    ) -> UrlPath:
         """Check the URL and the means to reach it (ValueError naming `parameter`); reads nothing."""
         scheme, _, rest = url.partition("://")
         if scheme == "gs":
-            raise ValueError(f"{parameter}: gs:// is not supported (only s3:// and read-only http(s)://), got {url!r}")
+            raise ValueError(
+                f"{parameter}: gs:// is not supported (only s3:// and read-only http(s)://), got {url!r}"
+            )
         if scheme not in SCHEMES:
-            raise ValueError(f"{parameter}: unsupported URL scheme {scheme!r} (s3:// or http(s)://), got {url!r}")
+            raise ValueError(
+                f"{parameter}: unsupported URL scheme {scheme!r} (s3:// or http(s)://), got {url!r}"
+            )
         host, _, inside = rest.partition("/")
         if not host or not inside:
-            raise ValueError(f"{parameter} must be '{scheme}://{'bucket' if scheme == 's3' else 'host'}/path/container.zarr/key', got {url!r}")
+            raise ValueError(
+                f"{parameter} must be '{scheme}://{'bucket' if scheme == 's3' else 'host'}/path/container.zarr/key', got {url!r}"
+            )
         path = ContainerPath.parse(inside, parameter)
         options = StorageOptions.coerce(options).resolved()
         if scheme == "s3":
             if not options.endpoint_url:
-                raise ValueError(f"{parameter}: no S3 endpoint for {url!r}: set AWS_ENDPOINT_URL or storage_options="
-                                 "StorageOptions(endpoint_url=...) (for AWS e.g. https://s3.us-east-1.amazonaws.com)")
-            if not (options.anonymous or options.profile or os.environ.get("AWS_ACCESS_KEY_ID")
-                    and os.environ.get("AWS_SECRET_ACCESS_KEY")):
-                raise ValueError(f"{parameter}: no S3 credentials for {url!r}: set AWS_ACCESS_KEY_ID and "
-                                 "AWS_SECRET_ACCESS_KEY, or storage_options profile=... or anonymous=True")
+                raise ValueError(
+                    f"{parameter}: no S3 endpoint for {url!r}: set AWS_ENDPOINT_URL or storage_options="
+                    "StorageOptions(endpoint_url=...) (for AWS e.g. https://s3.us-east-1.amazonaws.com)"
+                )
+            if not (
+                options.anonymous
+                or options.profile
+                or os.environ.get("AWS_ACCESS_KEY_ID")
+                and os.environ.get("AWS_SECRET_ACCESS_KEY")
+            ):
+                raise ValueError(
+                    f"{parameter}: no S3 credentials for {url!r}: set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY, or storage_options profile=... or anonymous=True"
+                )
         return cls(scheme, host, path.container, path.key, path.format, options)
 
     @property
@@ -127,13 +159,21 @@ class UrlPath:
         return self.scheme == "s3"
 
     def __str__(self) -> str:
-        return f"{self.scheme}://{self.host}/{self.container}" + (f"/{self.key}" if self.key else "")
+        return f"{self.scheme}://{self.host}/{self.container}" + (
+            f"/{self.key}" if self.key else ""
+        )
 
     def kvstore_spec(self, path: str) -> dict:
         """The tensorstore kvstore spec of `path` (inside the bucket or host, ending in "/")."""
         if self.scheme == "s3":
-            return {"driver": "s3", "bucket": self.host, "path": path, "endpoint": self.options.endpoint_url,
-                    "aws_region": self.options.region, "aws_credentials": self.options.credentials()}
+            return {
+                "driver": "s3",
+                "bucket": self.host,
+                "path": path,
+                "endpoint": self.options.endpoint_url,
+                "aws_region": self.options.region,
+                "aws_credentials": self.options.credentials(),
+            }
         return {"driver": "http", "base_url": f"{self.scheme}://{self.host}", "path": f"/{path}"}
 
     def location(self, sub: str | None = None) -> KvLocation:
@@ -164,7 +204,9 @@ class UrlPath:
         except ValueError as error:
             text = str(error)
             if "NoSuchBucket" in text:
-                raise ValueError(f"bucket {self.host!r} does not exist at {self.options.endpoint_url} ({self})") from None
+                raise ValueError(
+                    f"bucket {self.host!r} does not exist at {self.options.endpoint_url} ({self})"
+                ) from None
             raise ValueError(f"cannot reach {self}: {text.splitlines()[0][:300]}") from None
 
     def driver(self) -> str | None:
@@ -177,7 +219,7 @@ class UrlPath:
         return self.driver() is not None
 
     def node(self) -> str | None:
-        """"array", "group" (by its zarr or n5 metadata) or None: object storage has no folders."""
+        """ "array", "group" (by its zarr or n5 metadata) or None: object storage has no folders."""
         names = ("attributes.json",) if self.format == "n5" else ("zarr.json", ".zarray", ".zgroup")
         found = self._probe(self.key, names)
         if not any(found):
@@ -196,7 +238,9 @@ class UrlPath:
         driver = self.driver()
         if driver is None:
             raise FileNotFoundError(f"no {self.format} array at {str(self)!r}")
-        store = ts.open(self._spec(driver), open=True, read=True, write=mode != "r" and self.writable).result()
+        store = ts.open(
+            self._spec(driver), open=True, read=True, write=mode != "r" and self.writable
+        ).result()
         return TensorStoreSource(store, str(self), self.location())
 
     def open_group(self, zarr_format: int) -> UrlGroup:
@@ -206,29 +250,71 @@ class UrlPath:
             if zarr_format == 2 and folder.read(".zgroup") is None:
                 folder.write(".zgroup", b'{"zarr_format": 2}')
             if zarr_format == 3 and folder.read("zarr.json") is None:
-                folder.write("zarr.json", json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode())
-        return UrlGroup(JsonAttributes(group, *((".zattrs", None) if zarr_format == 2 else ("zarr.json", "attributes"))))
+                folder.write(
+                    "zarr.json",
+                    json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode(),
+                )
+        return UrlGroup(
+            JsonAttributes(
+                group, *((".zattrs", None) if zarr_format == 2 else ("zarr.json", "attributes"))
+            )
+        )
 
-    def create(self, shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...],
-               shards: tuple[int, ...] | None = None, dimension_names: tuple[str, ...] | None = None,
-               options: OutputOptions | None = None) -> TensorStoreSource:
+    def create(
+        self,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        chunks: tuple[int, ...],
+        shards: tuple[int, ...] | None = None,
+        dimension_names: tuple[str, ...] | None = None,
+        options: OutputOptions | None = None,
+    ) -> TensorStoreSource:
         """Create an empty (fill value 0) array with tensorstore alone: n5, zarr v2 inside a v2
         container, else zarr v3 (sharded when `shards` are given), with the codec of `options`
         (default: zstd as zarr-python writes it, gzip for n5) and its `write_empty_chunks`."""
         dtype, options = np.dtype(dtype), options or OutputOptions()
         if self.format == "n5":
-            driver, metadata = "n5", {"dimensions": list(shape), "blockSize": list(chunks), "dataType": dtype.name,
-                                      "compression": options.n5_compression()}
+            driver, metadata = (
+                "n5",
+                {
+                    "dimensions": list(shape),
+                    "blockSize": list(chunks),
+                    "dataType": dtype.name,
+                    "compression": options.n5_compression(),
+                },
+            )
         elif self.zarr_format() == 2:
             compressor = options.zarr_compressors(2)
-            driver, metadata = "zarr", {"shape": list(shape), "chunks": list(chunks), "dtype": dtype.str, "fill_value": 0,
-                                        "compressor": DEFAULT_CODECS[2] if compressor == "auto" else compressor}
+            driver, metadata = (
+                "zarr",
+                {
+                    "shape": list(shape),
+                    "chunks": list(chunks),
+                    "dtype": dtype.str,
+                    "fill_value": 0,
+                    "compressor": DEFAULT_CODECS[2] if compressor == "auto" else compressor,
+                },
+            )
         else:
             compressors = options.zarr_compressors(3)
-            driver, metadata = "zarr3", zarr3_metadata(shape, dtype, chunks, shards, dimension_names,
-                                                       DEFAULT_CODECS[3] if compressors == "auto" else compressors)
-            dataclasses.replace(self, key="").open_group(3)  # the container: a group zarr-python can open
-        spec = self._spec(driver) | {"metadata": metadata, "store_data_equal_to_fill_value": options.write_empty_chunks}
+            driver, metadata = (
+                "zarr3",
+                zarr3_metadata(
+                    shape,
+                    dtype,
+                    chunks,
+                    shards,
+                    dimension_names,
+                    DEFAULT_CODECS[3] if compressors == "auto" else compressors,
+                ),
+            )
+            dataclasses.replace(self, key="").open_group(
+                3
+            )  # the container: a group zarr-python can open
+        spec = self._spec(driver) | {
+            "metadata": metadata,
+            "store_data_equal_to_fill_value": options.write_empty_chunks,
+        }
         return TensorStoreSource(ts.open(spec, create=True).result(), str(self), self.location())
 
 
@@ -252,9 +338,10 @@ def check_answers(url: str, endpoint: str, where: str) -> None:
             problem = f"did not answer within {PROBE_TIMEOUT:g} s"
         else:
             problem = f"cannot be reached ({type(reason).__name__}: {reason or 'no answer'})"
-        raise StorageError(f"cannot reach {where}: the endpoint {endpoint} {problem}; check "
-                           "storage_options.endpoint_url (or AWS_ENDPOINT_URL) and the network") \
-            from None
+        raise StorageError(
+            f"cannot reach {where}: the endpoint {endpoint} {problem}; check "
+            "storage_options.endpoint_url (or AWS_ENDPOINT_URL) and the network"
+        ) from None
 
 
 @functools.lru_cache(maxsize=64)  # an endpoint that answered once is not asked again
@@ -279,14 +366,35 @@ class UrlGroup:
     attrs: JsonAttributes
 
 
-def zarr3_metadata(shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], shards: tuple[int, ...] | None,
-                   dimension_names: tuple[str, ...] | None, compressors: list[dict]) -> dict:
+def zarr3_metadata(
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    chunks: tuple[int, ...],
+    shards: tuple[int, ...] | None,
+    dimension_names: tuple[str, ...] | None,
+    compressors: list[dict],
+) -> dict:
     """zarr v3 metadata of a new array (C order, little endian, `compressors`)."""
     codecs = [{"name": "bytes", "configuration": {"endian": "little"}}, *compressors]
     if shards is not None:
-        codecs = [{"name": "sharding_indexed", "configuration": {
-            "chunk_shape": list(chunks), "codecs": codecs,
-            "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]}}]
-    metadata = {"shape": list(shape), "data_type": np.dtype(dtype).name, "fill_value": 0, "codecs": codecs,
-                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(shards or chunks)}}}
+        codecs = [
+            {
+                "name": "sharding_indexed",
+                "configuration": {
+                    "chunk_shape": list(chunks),
+                    "codecs": codecs,
+                    "index_codecs": [
+                        {"name": "bytes", "configuration": {"endian": "little"}},
+                        {"name": "crc32c"},
+                    ],
+                },
+            }
+        ]
+    metadata = {
+        "shape": list(shape),
+        "data_type": np.dtype(dtype).name,
+        "fill_value": 0,
+        "codecs": codecs,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(shards or chunks)}},
+    }
     return metadata | ({"dimension_names": list(dimension_names)} if dimension_names else {})

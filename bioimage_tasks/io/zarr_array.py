@@ -14,8 +14,8 @@ import tensorstore as ts
 import zarr
 
 from bioimage_tasks.io.chunk_files import StorageLayout, clear_stale_locks, local_layout
-from bioimage_tasks.io.source import Physical
 from bioimage_tasks.io.kv import LOCAL_IO
+from bioimage_tasks.io.source import Physical
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,13 +70,20 @@ class ArraySource:
         tensorstore cannot open (codecs it lacks), where zarr-python does the I/O. Opened once per
         process: it is not pickled. It honours the zarr array's `write_empty_chunks` config
         (tensorstore's `store_data_equal_to_fill_value`), as zarr-python's own writes do."""
-        if not isinstance(self.array, zarr.Array) or not isinstance(self.array.store, zarr.storage.LocalStore):
+        if not isinstance(self.array, zarr.Array) or not isinstance(
+            self.array.store, zarr.storage.LocalStore
+        ):
             return None
         driver = "zarr3" if self.array.metadata.zarr_format == 3 else "zarr"
-        spec = {"driver": driver, "kvstore": {"driver": "file", "path": self.directory},
-                "store_data_equal_to_fill_value": bool(self.array.config.write_empty_chunks)}
+        spec = {
+            "driver": driver,
+            "kvstore": {"driver": "file", "path": self.directory},
+            "store_data_equal_to_fill_value": bool(self.array.config.write_empty_chunks),
+        }
         try:
-            store = ts.open(spec, open=True, read=True, write=not self.array.read_only, context=LOCAL_IO).result()
+            store = ts.open(
+                spec, open=True, read=True, write=not self.array.read_only, context=LOCAL_IO
+            ).result()
         except ValueError:
             return None
         if tuple(store.shape) != self.shape or np.dtype(store.dtype.numpy_dtype) != self.dtype:

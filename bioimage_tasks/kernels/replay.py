@@ -57,18 +57,33 @@ def _flag_windows(bits, magnitude, infinity, flags):
         values = bits[row]
         for window in range(bits.shape[1]):
             value = values[window]
-            flags[window] |= ((np.uint8((value & magnitude) > infinity) << np.uint8(2))
-                              | np.uint8(value == 0) | (np.uint8(value == sign) << np.uint8(1)))
+            flags[window] |= (
+                (np.uint8((value & magnitude) > infinity) << np.uint8(2))
+                | np.uint8(value == 0)
+                | (np.uint8(value == sign) << np.uint8(1))
+            )
 
 
-def replay_windows(block: np.ndarray, factors: Sequence[int], axis_order: np.ndarray,
-                   windows: np.ndarray, method: str) -> np.ndarray:
+def replay_windows(
+    block: np.ndarray,
+    factors: Sequence[int],
+    axis_order: np.ndarray,
+    windows: np.ndarray,
+    method: str,
+) -> np.ndarray:
     """tensorstore's `method` ("median" or "mode") of the windows of `block` at flat output
     indices `windows`, the voxels of each taken in `axis_order` (`window_axis_order`)."""
     block = np.ascontiguousarray(block)
     out = np.empty(windows.size, block.dtype)
-    _replay(block.reshape(-1), np.asarray(block.shape, np.int64), np.asarray(factors, np.int64),
-            axis_order, windows.astype(np.int64), method == "median", out)
+    _replay(
+        block.reshape(-1),
+        np.asarray(block.shape, np.int64),
+        np.asarray(factors, np.int64),
+        axis_order,
+        windows.astype(np.int64),
+        method == "median",
+        out,
+    )
     return out
 
 

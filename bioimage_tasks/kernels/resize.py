@@ -29,8 +29,15 @@ from dataclasses import dataclass
 import numpy as np
 
 # Slowest-decaying pole of the B-spline pre-filter of each order (Unser 1999).
-_SPLINE_POLES = {2: math.sqrt(8.0) - 3.0, 3: math.sqrt(3.0) - 2.0, 4: -0.361341225900220, 5: -0.430575347099973}
+_SPLINE_POLES = {
+    2: math.sqrt(8.0) - 3.0,
+    3: math.sqrt(3.0) - 2.0,
+    4: -0.361341225900220,
+    5: -0.430575347099973,
+}
 _PREFILTER_TOLERANCE = 1e-13
+
+
 def _ndimage():
     """scipy.ndimage, imported on first use: it costs ~0.3 s, which only resize needs."""
     from scipy import ndimage
@@ -41,7 +48,9 @@ def _ndimage():
 _GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default
 _BAND_ROWS = 4  # output rows per BLAS call of the fused filter: narrow bands skip most zero weights
 _MAX_MARGIN = 1 / 64  # fused filter only while its error bound is far below the 0.5 to a tie
-_MAX_NEAR_TIES = 1 / 32  # share of a block's voxels worth recomputing one by one (else: whole block)
+_MAX_NEAR_TIES = (
+    1 / 32
+)  # share of a block's voxels worth recomputing one by one (else: whole block)
 
 
 def source_coordinates(in_size: int, out_size: int, start: int, stop: int) -> np.ndarray:
@@ -96,7 +105,9 @@ def smooth(region: np.ndarray, sigma: Sequence[float], dtype: np.dtype) -> np.nd
     data = region if region.dtype.kind in "biu" else region.astype(dtype, copy=False)
     for axis, s in enumerate(sigma):
         if s > 1e-15:
-            data = _ndimage().gaussian_filter1d(data, s, axis, mode="mirror", truncate=_GAUSSIAN_TRUNCATE, output=dtype)
+            data = _ndimage().gaussian_filter1d(
+                data, s, axis, mode="mirror", truncate=_GAUSSIAN_TRUNCATE, output=dtype
+            )
             radius = gaussian_radius(s)
             data = data[(slice(None),) * axis + (slice(radius, data.shape[axis] - radius),)]
     return data
@@ -127,7 +138,9 @@ class AxisPlan:
     read_stop: int
 
 
-def plan_axis(in_size: int, out_size: int, start: int, stop: int, order: int, sigma: float) -> AxisPlan:
+def plan_axis(
+    in_size: int, out_size: int, start: int, stop: int, order: int, sigma: float
+) -> AxisPlan:
     """Plan the input region for output indices [start, stop) along one axis."""
     coords = source_coordinates(in_size, out_size, start, stop)
     taps = first_tap(coords, order)
@@ -170,7 +183,11 @@ def cast_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype.kind in "iu" and values.dtype.kind == "f":
         info = np.iinfo(dtype)
         # float(info.max) may round up past the range (2**64 for uint64): step back inside.
-        high = np.nextafter(float(info.max), -np.inf) if float(info.max) > info.max else float(info.max)
+        high = (
+            np.nextafter(float(info.max), -np.inf)
+            if float(info.max) > info.max
+            else float(info.max)
+        )
         return np.clip(np.rint(values), float(info.min), high).astype(dtype)
     return values.astype(dtype)
 
@@ -211,7 +228,10 @@ def tap_index(taps: np.ndarray) -> slice | np.ndarray:
 
 
 def interpolate(
-    coefficients: np.ndarray, taps: Sequence[np.ndarray], weights: Sequence[np.ndarray], integer_data: bool
+    coefficients: np.ndarray,
+    taps: Sequence[np.ndarray],
+    weights: Sequence[np.ndarray],
+    integer_data: bool,
 ) -> np.ndarray:
     """Tensor-product spline sum over the taps in C order, multiplying each coefficient by the
     weight of axis 0, then axis 1, ...: the operation order of scipy's zoom, so that values that
@@ -230,7 +250,11 @@ def interpolate(
         term = coefficients
         for axis, c in enumerate(combination):
             index = indices[axis][c]
-            term = term[(slice(None),) * axis + (index,)] if isinstance(index, slice) else term.take(index, axis)
+            term = (
+                term[(slice(None),) * axis + (index,)]
+                if isinstance(index, slice)
+                else term.take(index, axis)
+            )
         return term
 
     result = np.zeros(tuple(len(t) for t in taps))
@@ -264,7 +288,9 @@ def power_of_two_weight(weights: np.ndarray) -> float:
     return float(nonzero[0]) if np.frexp(nonzero[0])[0] == 0.5 else 0.0
 
 
-def fused_operator(taps: np.ndarray, weights: np.ndarray, sigma: float, n_region: int) -> np.ndarray:
+def fused_operator(
+    taps: np.ndarray, weights: np.ndarray, sigma: float, n_region: int
+) -> np.ndarray:
     """One axis' (output, region) matrix of the Gaussian of `sigma` followed by the spline weights
     of the taps `taps + [0..order]` (region indices)."""
     kernel = gaussian_kernel(sigma)
@@ -286,13 +312,21 @@ def apply_banded(data: np.ndarray, matrices: Sequence[np.ndarray]) -> np.ndarray
         target = out.reshape(math.prod(data.shape[:axis]), len(matrix), -1)
         for start, band, low, high in bands(matrix):
             slab = data[(slice(None),) * axis + (slice(low, high),)].astype(np.float64, copy=False)
-            np.matmul(band, slab.reshape(len(target), high - low, -1), out=target[:, start : start + len(band)])
+            np.matmul(
+                band,
+                slab.reshape(len(target), high - low, -1),
+                out=target[:, start : start + len(band)],
+            )
         data = out
     matrix = matrices[-1]
     source = data.reshape(-1, data.shape[-1])
     out = np.empty((len(matrix), len(source)))
     for start, band, low, high in bands(matrix):
-        np.matmul(band, source[:, low:high].T.astype(np.float64, copy=False), out=out[start : start + len(band)])
+        np.matmul(
+            band,
+            source[:, low:high].T.astype(np.float64, copy=False),
+            out=out[start : start + len(band)],
+        )
     return np.moveaxis(out.reshape((len(matrix),) + data.shape[:-1]), 0, -1)
 
 
@@ -332,7 +366,9 @@ def exact_points(
     ndim = region.ndim
     radii = [gaussian_radius(s) for s in sigma]
     index = tuple(
-        (t[p, None] + np.arange(-r, r + 2)).reshape((-1,) + (1,) * axis + (2 + 2 * r,) + (1,) * (ndim - axis - 1))
+        (t[p, None] + np.arange(-r, r + 2)).reshape(
+            (-1,) + (1,) * axis + (2 + 2 * r,) + (1,) * (ndim - axis - 1)
+        )
         for axis, (t, p, r) in enumerate(zip(taps, points, radii))
     )
     smoothed = smooth(region[index], (0.0, *sigma), np.dtype(np.float64))
@@ -356,7 +392,9 @@ def resize_fused(
     result rounds like skimage's wherever it is farther than the error bound from a rounding tie
     (x.5); the voxels closer than that are recomputed exactly. None where that does not pay:
     values too large for a tight bound, or many voxels near ties."""
-    matrices = [fused_operator(t, w, s, n) for t, w, s, n in zip(taps, weights, sigma, region.shape)]
+    matrices = [
+        fused_operator(t, w, s, n) for t, w, s, n in zip(taps, weights, sigma, region.shape)
+    ]
     if region.dtype.itemsize <= 2:  # the dtype's bound is tight enough, and free
         magnitude = float(max(-np.iinfo(region.dtype).min, np.iinfo(region.dtype).max))
     else:
@@ -372,7 +410,9 @@ def resize_fused(
     if n_near > _MAX_NEAR_TIES * values.size:
         return None
     if n_near:
-        rounded[near_tie] = np.rint(exact_points(region, taps, weights, sigma, np.nonzero(near_tie)))
+        rounded[near_tie] = np.rint(
+            exact_points(region, taps, weights, sigma, np.nonzero(near_tie))
+        )
     return np.ascontiguousarray(cast_to(rounded, out_dtype))  # the last axis was computed first
 
 

@@ -39,16 +39,31 @@ from bioimage_tasks.kernels.sums import window_means
 
 METHODS = ("mean", "mode", "min", "max", "median", "stride")
 
-SUPPORTED_DTYPES = frozenset(np.dtype(t) for t in ("bool", "uint8", "uint16", "uint32", "uint64",
-                                             "int8", "int16", "int32", "int64", "float32", "float64"))
+SUPPORTED_DTYPES = frozenset(
+    np.dtype(t)
+    for t in (
+        "bool",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "float32",
+        "float64",
+    )
+)
 _MAX_NETWORK = 32  # windows up to this many voxels are sorted by a vectorised sorting network
 _LOW32 = 0xFFFFFFFF
 _SLAB_BYTES = 2**19  # input bytes reduced at a time, so that a slab's passes run in cache
 _MAX_MIXED = 0.5  # mode/median sort only a slab's mixed windows when at most this share is mixed
 
 
-def window_reduce(block: np.ndarray, factors: Sequence[int], method: str,
-                  array_shape: Sequence[int] | None = None) -> np.ndarray:
+def window_reduce(
+    block: np.ndarray, factors: Sequence[int], method: str, array_shape: Sequence[int] | None = None
+) -> np.ndarray:
     """Reduce every `factors` window of `block` with `method`, exactly as tensorstore's
     `downsample` driver does; `block`'s origin must lie on the window grid. `array_shape` is the
     shape of the array `block` is part of (default: `block`'s own), which float median and mode
@@ -98,11 +113,15 @@ def _slabs(block: np.ndarray, factors: tuple[int, ...]) -> Iterator[tuple[slice,
     plane_bytes = factors[0] * math.prod(block.shape[1:]) * block.dtype.itemsize
     planes = max(1, _SLAB_BYTES // plane_bytes)  # output planes per slab
     for start in range(0, block.shape[0], planes * factors[0]):
-        yield slice(start // factors[0], start // factors[0] + planes), block[start:start + planes * factors[0]]
+        yield (
+            slice(start // factors[0], start // factors[0] + planes),
+            block[start : start + planes * factors[0]],
+        )
 
 
-def _reduce(block: np.ndarray, factors: tuple[int, ...], method: str,
-            axis_order: np.ndarray) -> np.ndarray:
+def _reduce(
+    block: np.ndarray, factors: tuple[int, ...], method: str, axis_order: np.ndarray
+) -> np.ndarray:
     """`window_reduce` of one slab by any method but `stride`."""
     if method in ("min", "max"):
         return _extremum(block, factors, method == "min")
@@ -111,7 +130,9 @@ def _reduce(block: np.ndarray, factors: tuple[int, ...], method: str,
     return _sorted_reduce(block, factors, method, axis_order)
 
 
-def window_offsets(shape: Sequence[int], factors: Sequence[int]) -> Iterator[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+def window_offsets(
+    shape: Sequence[int], factors: Sequence[int]
+) -> Iterator[tuple[tuple[slice, ...], tuple[slice, ...]]]:
     """For each offset inside the window, in C order: (output region, strided input view) of the
     windows containing that offset. Only the last window along an axis can lack an offset, so the
     output region is always a leading corner."""
@@ -145,7 +166,9 @@ def _extremum(block: np.ndarray, factors: Sequence[int], is_min: bool) -> np.nda
             np.copyto(current, values, where=better(values, current))
         return acc
     ufunc = np.minimum if is_min else np.maximum
-    acc = block[tuple(slice(None, None, f) for f in factors)].copy()  # offset 0: every window has it
+    acc = block[
+        tuple(slice(None, None, f) for f in factors)
+    ].copy()  # offset 0: every window has it
     for dst, src in itertools.islice(window_offsets(block.shape, factors), 1, None):
         ufunc(acc[dst], block[src], out=acc[dst])
     return acc
@@ -180,7 +203,9 @@ def _mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     return _round_half_even(quotient, remainder, count).view(block.dtype)
 
 
-def _round_half_even(quotient: np.ndarray, remainder: np.ndarray, count: np.ndarray | int) -> np.ndarray:
+def _round_half_even(
+    quotient: np.ndarray, remainder: np.ndarray, count: np.ndarray | int
+) -> np.ndarray:
     """`quotient + remainder / count` (floor quotient, 0 <= remainder < count) rounded to nearest,
     ties to even: round up iff `2 * remainder + (quotient odd) > count`. Works in place."""
     remainder <<= 1
@@ -189,8 +214,9 @@ def _round_half_even(quotient: np.ndarray, remainder: np.ndarray, count: np.ndar
     return quotient
 
 
-def _sorted_reduce(block: np.ndarray, factors: Sequence[int], method: str,
-                   axis_order: np.ndarray) -> np.ndarray:
+def _sorted_reduce(
+    block: np.ndarray, factors: Sequence[int], method: str, axis_order: np.ndarray
+) -> np.ndarray:
     """mode/median: gather each window into a column, sort the columns, then pick. A window whose
     voxels all have the same bits (most windows of a label volume) is its own answer, padded or
     not, so when few windows are mixed only those are sorted. Float windows with NaN or zeros of
@@ -265,7 +291,9 @@ def _pick(rows: list[np.ndarray], counts: np.ndarray | int, method: str) -> np.n
     return best.view(rows[0].dtype)
 
 
-def _window_columns(block: np.ndarray, factors: Sequence[int], out_shape: Sequence[int]) -> np.ndarray:
+def _window_columns(
+    block: np.ndarray, factors: Sequence[int], out_shape: Sequence[int]
+) -> np.ndarray:
     """The windows as the columns of a new `(prod(factors), windows)` array: row k holds window
     offset k's (C order) voxel of every window. Partial windows are padded with the dtype's largest
     value, which sorts after every real voxel (NaN aside)."""
@@ -297,6 +325,7 @@ def sorted_columns(rows: list[np.ndarray]) -> list[np.ndarray]:
         _sort_network(rows)
         return rows
     return list(np.sort(np.stack(rows), axis=0))
+
 
 def _sort_network(rows: list[np.ndarray]) -> None:
     """Sort element-wise across `rows` (every column ascending) in place with Batcher's odd-even

@@ -8,11 +8,16 @@ import time
 from typing import Any
 
 from prefect import get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 
 from bioimage_tasks.plain import progress_listener
 
 MIN_UPDATE_INTERVAL = 2.0  # seconds between progress artifact updates (each costs ~10-40 ms)
+
 
 class Progress:
     """Blocks done out of the planned total for one run, reported at a bounded rate. The progress
@@ -38,7 +43,13 @@ class Progress:
         tenths = self.done * 10 // max(self.total, 1)
         if tenths > self.logged_tenths:
             self.logged_tenths = tenths
-            get_run_logger().info("%s: %d of %d blocks done (%d %%)", self.label, self.done, self.total, 100 * self.fraction)
+            get_run_logger().info(
+                "%s: %d of %d blocks done (%d %%)",
+                self.label,
+                self.done,
+                self.total,
+                100 * self.fraction,
+            )
         self.tick()
         self._notify()
 
@@ -47,7 +58,9 @@ class Progress:
         since the start), and its final value if it exists when the run is complete."""
         due = time.monotonic() - self.last_update >= MIN_UPDATE_INTERVAL
         if self.artifact is None and due:
-            self.artifact = create_progress_artifact(100.0 * self.fraction, description=f"{self.label}: blocks done")
+            self.artifact = create_progress_artifact(
+                100.0 * self.fraction, description=f"{self.label}: blocks done"
+            )
         elif self.artifact is not None and (due or self.done >= self.total):
             update_progress_artifact(self.artifact, 100.0 * self.fraction)
         else:

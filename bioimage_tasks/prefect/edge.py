@@ -66,13 +66,17 @@ def batch_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
     digest = hashlib.blake2b(f"{stage.name} {batch}".encode(), digest_size=8)
     for block_ids in stage.batch_blocks(batch):
         signatures = job_signatures(stage.job, block_ids)  # input rewritten: a new key ...
-        stored = {b: f"{e.signature}@{e.time_ns}" for b, e in records.entries(block_ids).items()}  # ... or a block
+        stored = {
+            b: f"{e.signature}@{e.time_ns}" for b, e in records.entries(block_ids).items()
+        }  # ... or a block
         digest.update(",".join(f"{b}:{s}:{stored.get(b)}" for b, s in signatures.items()).encode())
         digest.update(damage_token(stage.job, block_ids).encode())  # files damaged since: a new key
     return f"bioimage-tasks-{records.key}-{digest.hexdigest()}"
 
 
-_STORAGE_BLOCKS: dict[tuple[str | None, str], WritableFileSystem] = {}  # (API URL, folder or slug): block
+_STORAGE_BLOCKS: dict[
+    tuple[str | None, str], WritableFileSystem
+] = {}  # (API URL, folder or slug): block
 _BLOCK_SLUG = re.compile(r"^[a-z0-9-]+/[a-z0-9-]+$")
 
 
@@ -90,9 +94,17 @@ def result_storage(config: RunnerConfig, records: BlockRecords) -> WritableFileS
         return chosen
     if chosen is None and not isinstance(records.directory, str):
         return None
-    slug = chosen is not None and _BLOCK_SLUG.match(chosen) is not None and not os.path.isdir(chosen)
-    target = chosen if slug else os.path.abspath(
-        chosen or os.path.join(os.path.dirname(os.path.dirname(records.directory)), "prefect-results"))
+    slug = (
+        chosen is not None and _BLOCK_SLUG.match(chosen) is not None and not os.path.isdir(chosen)
+    )
+    target = (
+        chosen
+        if slug
+        else os.path.abspath(
+            chosen
+            or os.path.join(os.path.dirname(os.path.dirname(records.directory)), "prefect-results")
+        )
+    )
     known = (PREFECT_API_URL.value(), target)  # a block lives in one server's database
     if known not in _STORAGE_BLOCKS:
         _STORAGE_BLOCKS[known] = Block.load(target) if slug else folder_block(target)
@@ -128,13 +140,19 @@ class PrefectEdge:
 
     def batch_task(self, stage: Stage) -> Any:
         task_fn = process_blocks.with_options(
-            retries=self.config.retries, retry_delay_seconds=exponential_backoff(backoff_factor=self.config.retry_delay))
+            retries=self.config.retries,
+            retry_delay_seconds=exponential_backoff(backoff_factor=self.config.retry_delay),
+        )
         records = stage.job.records
         storage = None if records is None else self.result_storage(records)
         if storage is None:
             return task_fn
-        return task_fn.with_options(cache_policy=CacheKeyFnPolicy(cache_key_fn=batch_cache_key), persist_result=True,
-                                    result_storage=storage, refresh_cache=getattr(stage, "rewrite", False))
+        return task_fn.with_options(
+            cache_policy=CacheKeyFnPolicy(cache_key_fn=batch_cache_key),
+            persist_result=True,
+            result_storage=storage,
+            refresh_cache=getattr(stage, "rewrite", False),
+        )
 
     def result_storage(self, records: BlockRecords) -> Any:
         """One result storage for every stage, saved before the first: a block saved per stage is
@@ -143,8 +161,13 @@ class PrefectEdge:
             self.storage["storage"] = result_storage(self.config, records)
         return self.storage["storage"]
 
-    def run_batches(self, stage: Stage, batches: Sequence[Batch]) -> Iterator[tuple[Batch, Counts | BaseException]]:
-        futures = [self.runner.submit(self.batch_task(stage), {"stage": stage, "batch": b}) for b in batches]
+    def run_batches(
+        self, stage: Stage, batches: Sequence[Batch]
+    ) -> Iterator[tuple[Batch, Counts | BaseException]]:
+        futures = [
+            self.runner.submit(self.batch_task(stage), {"stage": stage, "batch": b})
+            for b in batches
+        ]
         check_workers = worker_watchdog(self.executor.client, self.config.worker_timeout)
         pending = dict(zip(map(id, futures), zip(batches, futures)))
         while pending:
@@ -165,8 +188,15 @@ class PrefectEdge:
     def log(self, message: str, *args: Any) -> None:
         get_run_logger().info(message, *args)
 
-    def finished(self, kind: str, output: Any, run_key: str | None, summary: str, failure: BaseException | None,
-                 details: dict[str, Any]) -> None:
+    def finished(
+        self,
+        kind: str,
+        output: Any,
+        run_key: str | None,
+        summary: str,
+        failure: BaseException | None,
+        details: dict[str, Any],
+    ) -> None:
         publish_summary(summary, key=f"{kind}-summary")
         emit_outcome_events(kind, output, run_key, failure, details)
 
@@ -199,7 +229,9 @@ def run_in_flow(operation: Operation) -> Any:
         from bioimage_tasks.api import run_plain
 
         return run_plain(operation)
-    with workers_use_this_api(operation.job_type), \
-            backend(operation.job_type, operation.num_workers, operation.config) as executor, \
-            task_runner(executor) as runner:
+    with (
+        workers_use_this_api(operation.job_type),
+        backend(operation.job_type, operation.num_workers, operation.config) as executor,
+        task_runner(executor) as runner,
+    ):
         return execute(operation, PrefectEdge(runner, executor, operation.config))

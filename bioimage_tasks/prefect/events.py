@@ -76,8 +76,13 @@ def emit_run_events(
         f"{PREFIX}.run-key": run_key or "",
         FAILURES_LABEL: str(failures),
     }
-    common = {"kind": kind, "output": output_name, "output_path": _absolute(output_path), "run_key": run_key,
-              **(details or {})}
+    common = {
+        "kind": kind,
+        "output": output_name,
+        "output_path": _absolute(output_path),
+        "run_key": run_key,
+        **(details or {}),
+    }
     if outcome == "completed":
         sent = [_emit(RUN_COMPLETED, resource, common)]
     else:
@@ -86,24 +91,45 @@ def emit_run_events(
         counts = {"failed": total, "failures_in_a_row": failures}
         sent = []
         if failed:
-            errors = {str(b): str(m)[:ERROR_CHARS] for b, m in sorted((first_errors or {}).items())[:FIRST_ERRORS]}
-            listed = {"block_ids": failed} if total == len(failed) else {"block_ids": None, "block_ids_left_out": True}
-            sent.append(_emit(BLOCKS_FAILED, resource, common | counts | listed | {"first_errors": errors}))
-        sent.append(_emit(RUN_FAILED, resource, common | counts | {"error": (error or "")[:ERROR_CHARS]}))
+            errors = {
+                str(b): str(m)[:ERROR_CHARS]
+                for b, m in sorted((first_errors or {}).items())[:FIRST_ERRORS]
+            }
+            listed = (
+                {"block_ids": failed}
+                if total == len(failed)
+                else {"block_ids": None, "block_ids_left_out": True}
+            )
+            sent.append(
+                _emit(BLOCKS_FAILED, resource, common | counts | listed | {"first_errors": errors})
+            )
+        sent.append(
+            _emit(RUN_FAILED, resource, common | counts | {"error": (error or "")[:ERROR_CHARS]})
+        )
     return [e for e in sent if e is not None]
 
 
 def emit_outcome_events(
-    kind: str, sink: Any, run_key: str | None, error: BaseException | None, details: Mapping[str, Any] | None = None
+    kind: str,
+    sink: Any,
+    run_key: str | None,
+    error: BaseException | None,
+    details: Mapping[str, Any] | None = None,
 ) -> list[Event]:
     """`emit_run_events` for a run into `sink` (an array source with `name` and `directory`)
     that ended with `error` (None: completed); a BlocksFailedError-like error (with `failures`,
     block id -> message) gives the failed block ids and first errors."""
     failures: Mapping[int, str] = getattr(error, "failures", None) or {}
     return emit_run_events(
-        kind, getattr(sink, "name", "output"), getattr(sink, "directory", None), run_key,
-        "completed" if error is None else "failed", sorted(failures), failures,
-        error=None if error is None else f"{type(error).__name__}: {error}", details=details,
+        kind,
+        getattr(sink, "name", "output"),
+        getattr(sink, "directory", None),
+        run_key,
+        "completed" if error is None else "failed",
+        sorted(failures),
+        failures,
+        error=None if error is None else f"{type(error).__name__}: {error}",
+        details=details,
         n_failed=getattr(error, "n_failed", None),
     )
 
@@ -127,16 +153,26 @@ def failures_in_a_row() -> int:
     if context is None or context.flow_run is None:
         return 1
     from prefect import get_client
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowFilter, FlowFilterId,
-                                                FlowRunFilter, FlowRunFilterId, FlowRunFilterState,
-                                                FlowRunFilterStateType)
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowFilter,
+        FlowFilterId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
 
     run = context.flow_run
     output = str(run.parameters.get("output"))
-    same_deployment = (DeploymentFilter(id=DeploymentFilterId(any_=[run.deployment_id]))
-                       if run.deployment_id else None)
+    same_deployment = (
+        DeploymentFilter(id=DeploymentFilterId(any_=[run.deployment_id]))
+        if run.deployment_id
+        else None
+    )
     try:
         with get_client(sync_client=True) as client:
             earlier = client.read_flow_runs(
@@ -144,7 +180,9 @@ def failures_in_a_row() -> int:
                 deployment_filter=same_deployment,
                 flow_run_filter=FlowRunFilter(
                     id=FlowRunFilterId(not_any_=[run.id]),
-                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED, StateType.FAILED])),
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.COMPLETED, StateType.FAILED])
+                    ),
                 ),
                 sort=FlowRunSort.START_TIME_DESC,
                 limit=HISTORY,

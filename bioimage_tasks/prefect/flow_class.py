@@ -38,10 +38,16 @@ def settings_without_heartbeat() -> SettingsContext:
     of the models, not `temporary_settings`, which re-validates every setting (~90 ms)."""
     context = get_settings_context()
     flows = context.settings.flows.model_copy(update={"heartbeat_frequency": None})
-    return SettingsContext(profile=context.profile, settings=context.settings.model_copy(update={"flows": flows}))
+    return SettingsContext(
+        profile=context.profile, settings=context.settings.model_copy(update={"flows": flows})
+    )
 
 
-def blockwise_flow(name: str, flow_run_name: Callable[[], str]) -> Callable[[Callable[..., Any]], BlockwiseFlow]:
+def blockwise_flow(
+    name: str, flow_run_name: Callable[[], str]
+) -> Callable[[Callable[..., Any]], BlockwiseFlow]:
     """`@flow(name=..., flow_run_name=...)` for our flows: a BlockwiseFlow whose parameters are
     checked by the flow itself (with errors that name them), not by pydantic."""
-    return lambda fn: BlockwiseFlow(fn, name=name, flow_run_name=flow_run_name, validate_parameters=False)
+    return lambda fn: BlockwiseFlow(
+        fn, name=name, flow_run_name=flow_run_name, validate_parameters=False
+    )

@@ -48,7 +48,9 @@ def flow_of(kind: str) -> BlockwiseFlow:
     # Prefect builds the parameter schema and validation model from them
     body.__signature__ = inspect.signature(builder, eval_str=True)
     body.__annotations__ = typing.get_type_hints(builder)
-    del body.__wrapped__  # Prefect finds a flow's entrypoint from its module: this one's `<kind>_flow`
+    del (
+        body.__wrapped__
+    )  # Prefect finds a flow's entrypoint from its module: this one's `<kind>_flow`
     body.__module__ = __name__
     return blockwise_flow(kind, namer)(body)
 
@@ -89,11 +91,24 @@ def convert_flow(
     `pyramid_options` are further pyramid parameters (e.g. {"voxel_size": [...]}). Ends Failed
     when any file failed, after the others ran."""
     report = convert_files(
-        pattern, output_dir, pyramid_flow, dry_run=dry_run, keep_axes=keep_axes,
-        log=get_run_logger().info, levels=levels, scale_factors=scale_factors, method=method,
-        chunks=chunks, shards=shards, ngff_version=ngff_version, job_type=job_type,
-        job_config=job_config, num_workers=num_workers, output_options=output_options,
-        **(pyramid_options or {}))
+        pattern,
+        output_dir,
+        pyramid_flow,
+        dry_run=dry_run,
+        keep_axes=keep_axes,
+        log=get_run_logger().info,
+        levels=levels,
+        scale_factors=scale_factors,
+        method=method,
+        chunks=chunks,
+        shards=shards,
+        ngff_version=ngff_version,
+        job_type=job_type,
+        job_config=job_config,
+        num_workers=num_workers,
+        output_options=output_options,
+        **(pyramid_options or {}),
+    )
     publish_summary(report.markdown(), key="convert-summary")
     if report.failed:
         raise ConvertFailedError(report)

@@ -33,5 +33,3 @@ def _ephemeral_api_url() -> str | None:
 
     server = SubprocessASGIServer()
     return server.api_url if server.running else None
-
-
