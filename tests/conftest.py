@@ -9,6 +9,9 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bioimage-tasks-pr
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+# Scripts run in other interpreters (a peer venv): not modules of this suite, not doctested here.
+collect_ignore = ["cloudvolume_peer.py"]
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
