@@ -81,10 +81,12 @@ def main() -> None:
     reference = np.clip(np.rint(reference), 0, 255).astype(np.uint8)
     baseline = statistics.median(times["skimage resize (whole array)"])
     print(
-        f"\n{args.size}^3 uint8, factor 2, order 1 + anti-aliasing, 64^3 chunks; median of {args.repeats}"
+        f"\n{args.size}^3 uint8, factor 2, order 1 + anti-aliasing, 64^3 chunks; "
+        f"median of {args.repeats}"
     )
     print(
-        f"{'backend':32} {'median s':>9} {'min-max s':>13} {'vs skimage':>11} {'equals skimage':>15}"
+        f"{'backend':32} {'median s':>9} {'min-max s':>13} {'vs skimage':>11} "
+        f"{'equals skimage':>15}"
     )
     for name, values in times.items():
         equal = "" if name not in outputs else str(np.array_equal(outputs[name], reference))

@@ -119,7 +119,8 @@ def measure(database: str, database_url: str | None, runs: int, size: int) -> di
                 raise RuntimeError(f"{database} server did not start; see {log_path}")
             time.sleep(0.5)
         code = (
-            f"import json, sys; sys.path.insert(0, {REPO!r}); sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+            f"import json, sys; sys.path.insert(0, {REPO!r}); "
+            f"sys.path.insert(0, {os.path.dirname(__file__)!r}); "
             f"from backtoback import client; print(json.dumps(client({runs}, {size}, {work!r})))"
         )
         out = subprocess.run(

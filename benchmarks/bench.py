@@ -1,7 +1,8 @@
 """Our downsample flows against the peers a user would pick instead, on the same data in one run.
 
     python benchmarks/bench.py [--size 256|512|1024] [--repeats 3] [--cases mean-image,mode-labels]
-                               [--contenders tensorstore,dask] [--out DIR] [--data DIR] [--peer-venv DIR]
+                               [--contenders tensorstore,dask] [--out DIR] [--data DIR]
+                               [--peer-venv DIR]
     python benchmarks/bench.py --compare [RESULTS.json ...]   # scaling of ours across sizes
 
 Every contender runs in its own fresh Python process (its wall time is measured inside that
@@ -46,7 +47,8 @@ PEER_PACKAGES = {
 }
 OURS = "ours flow (local x2)"
 GENERATED_UP_TO = 512  # larger volumes are mirror-tiled from the 512^3 ones (make_volumes)
-MEMORY_SHARE = 0.8  # a whole-array contender runs only if its estimated peak fits in this share of MemAvailable
+# a whole-array contender runs only if its estimated peak fits in this share of MemAvailable
+MEMORY_SHARE = 0.8
 SCALING_LIMIT = (
     1.2  # --compare: peak RSS ratio and seconds-per-voxel ratio allowed between two sizes
 )
@@ -58,7 +60,8 @@ SCALING_LIMIT = (
 
 @dataclass(frozen=True)
 class Case:
-    """One downsample of one volume: `method` "resize" (with `order`, `anti_aliasing`) or a window method."""
+    """One downsample of one volume: `method` "resize" (with `order`, `anti_aliasing`) or a window
+    method."""
 
     name: str
     volume: str  # "image" (uint8) or "labels" (uint32)
@@ -102,7 +105,8 @@ class Contender:
     prepare: Callable[[Case], None] = lambda case: None
     peer: str | None = None  # the peer-venv package it needs
     # Contenders that hold the whole volume in memory: their peak RSS (MB) measured at 512^3, which
-    # scaled by the voxel count estimates the peak at other sizes (None: memory does not grow with it)
+    # scaled by the voxel count estimates the peak at other sizes (None: memory does not grow with
+    # it)
     peak_mb_at_512: Callable[[Case], float] | None = None
 
     def estimated_peak_mb(self, case: Case, size: int) -> float | None:
@@ -389,7 +393,8 @@ CONTENDERS = {
 
 
 def peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM; ru_maxrss would carry the forking parent's peak over exec)."""
+    """This process's own peak RSS (VmHWM; ru_maxrss would carry the forking parent's peak over
+    exec)."""
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith("VmHWM:"):
@@ -492,10 +497,10 @@ class TreeRssSampler(threading.Thread):
 def make_volumes(
     data_dir: Path, size: int, names: tuple[str, ...] = ("image", "labels")
 ) -> dict[str, str]:
-    """The SIZE^3 uint8 image and uint32 labels (or those of `names`) as zarr v3, 64^3 chunks, generated once per size:
-    by `sample_data` up to 512^3, mirror-tiled from the 512^3 volumes above (`sample_data` needs
-    tens of GB at 1024^3). Written under a temporary name and renamed when complete, so an
-    interrupted generation is redone, not used."""
+    """The SIZE^3 uint8 image and uint32 labels (or those of `names`) as zarr v3, 64^3 chunks,
+    generated once per size: by `sample_data` up to 512^3, mirror-tiled from the 512^3 volumes
+    above (`sample_data` needs tens of GB at 1024^3). Written under a temporary name and renamed
+    when complete, so an interrupted generation is redone, not used."""
     import zarr
 
     from bioimage_tasks.sample_data import blob_labels, smooth_image
@@ -611,15 +616,16 @@ def peer_venv(
         )
         if install.returncode != 0:
             print(
-                f"!! pip install {' '.join(requirements)} failed in {path}:\n{install.stderr.strip()[-2000:]}",
+                f"!! pip install {' '.join(requirements)} failed in {path}:\n"
+                f"{install.stderr.strip()[-2000:]}",
                 flush=True,
             )
     available = {module for module in packages if importable(module)}
     for module, requirements in packages.items():
         if module not in available:
             print(
-                f"!! {requirements[0]} is not available in {path}; its part of the benchmark is skipped "
-                f"(the install is retried on the next run)",
+                f"!! {requirements[0]} is not available in {path}; its part of the benchmark is "
+                f"skipped (the install is retried on the next run)",
                 flush=True,
             )
     return str(python), available
@@ -746,7 +752,8 @@ def run_child(
     ]
     if child.returncode != 0 or not results:
         raise RuntimeError(
-            f"exit {child.returncode}: {stderr.strip().splitlines()[-1] if stderr.strip() else stdout[-500:]}"
+            f"exit {child.returncode}: "
+            f"{stderr.strip().splitlines()[-1] if stderr.strip() else stdout[-500:]}"
         )
     result = json.loads(results[-1])
     return result, max(sampler.peak / 2**20, result["self_rss_mb"])
@@ -780,7 +787,8 @@ def print_table(case: Case, cells: dict[str, Cell], input_mb: float, repeats: in
         + f"; median (min-max) of {repeats}, input {input_mb:.0f} MB"
     )
     print(
-        f"{'contender':36} {'wall s':>20} {'input MB/s':>11} {'peak RSS MB':>12} {'ours/contender':>22}"
+        f"{'contender':36} {'wall s':>20} {'input MB/s':>11} {'peak RSS MB':>12} "
+        f"{'ours/contender':>22}"
     )
     for name, cell in cells.items():
         seconds = valid(cell.seconds)
@@ -798,7 +806,8 @@ def print_table(case: Case, cells: dict[str, Cell], input_mb: float, repeats: in
     if pure and valid(pure.seconds) and valid(cells[OURS].seconds):
         shares = [1 - p / f for f, p in zip(cells[OURS].seconds, pure.seconds) if f and p]
         print(
-            f"Prefect's share of ours (1 - no-Prefect/flow, paired): {median_range([100 * s for s in shares])} %"
+            "Prefect's share of ours (1 - no-Prefect/flow, paired): "
+            f"{median_range([100 * s for s in shares])} %"
         )
 
 
@@ -810,7 +819,8 @@ def target_checks(results: dict[str, dict[str, Cell]]) -> list[tuple[str, str, b
     def check(
         what: str, case: str, a: str, b: str, met: Callable[[float], bool], show: str = "{:.2f}x"
     ) -> float | None:
-        """Adds the check on the paired median a/b; nothing if a or b was not selected or never succeeded."""
+        """Adds the check on the paired median a/b; nothing if a or b was not selected or never
+        succeeded."""
         cells = results.get(case, {})
         if a not in cells or b not in cells:
             return None
@@ -838,7 +848,7 @@ def target_checks(results: dict[str, dict[str, Cell]]) -> list[tuple[str, str, b
             case,
             OURS,
             "tensorstore downsample",
-            lambda v, l=limit: v <= l,
+            lambda v, bound=limit: v <= bound,
         )
     skimage = "skimage resize (whole array)"
     rss_target = "order1aa-image: ours peak RSS <= skimage's / 4"
@@ -947,8 +957,9 @@ def compare_sizes(paths: list[Path], ours: str = OURS) -> None:
     for small, large in zip(sizes, sizes[1:]):
         voxels = (large / small) ** 3
         print(
-            f"\n== scaling {small}^3 -> {large}^3 ({voxels:.0f}x the voxels), medians; targets: peak RSS ratio"
-            f" <= {SCALING_LIMIT} (flat), wall-time ratio / {voxels:.0f} <= {SCALING_LIMIT} (linear)"
+            f"\n== scaling {small}^3 -> {large}^3 ({voxels:.0f}x the voxels), medians; targets: "
+            f"peak RSS ratio <= {SCALING_LIMIT} (flat), wall-time ratio / {voxels:.0f} "
+            f"<= {SCALING_LIMIT} (linear)"
         )
         print(
             f"{'case':15} {'contender':29} {'wall s':>15} {'x time':>7} {'s/voxel':>8}      "
@@ -969,8 +980,9 @@ def compare_sizes(paths: list[Path], ours: str = OURS) -> None:
                 )
                 per_voxel = tb / ta / voxels
                 print(
-                    f"{case:15} {name:29} {f'{ta:.2f} -> {tb:.2f}':>15} {tb / ta:7.2f} {per_voxel:8.2f} "
-                    f"{verdict(per_voxel <= SCALING_LIMIT)} {f'{ra:.0f} -> {rb:.0f}':>13} {rb / ra:6.2f} "
+                    f"{case:15} {name:29} {f'{ta:.2f} -> {tb:.2f}':>15} {tb / ta:7.2f} "
+                    f"{per_voxel:8.2f} {verdict(per_voxel <= SCALING_LIMIT)} "
+                    f"{f'{ra:.0f} -> {rb:.0f}':>13} {rb / ra:6.2f} "
                     f"{verdict(rb / ra <= SCALING_LIMIT)}"
                 )
         cases = [c for c in newest[large] if c in newest[small]]
@@ -1011,7 +1023,8 @@ def main() -> None:
         nargs="*",
         type=Path,
         metavar="RESULTS.json",
-        help="only compare result JSONs of several sizes (the scaling targets); no files: all in --out",
+        help="only compare result JSONs of several sizes (the scaling targets); no files: all in "
+        "--out",
     )
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     parser.add_argument("--chart", nargs=2, type=Path, help=argparse.SUPPRESS)
@@ -1074,7 +1087,8 @@ def main() -> None:
                     try:
                         seconds, rss = measure(python, env, request, args.timeout)
                         print(
-                            f"  {case.name} #{repeat + 1} {contender.name}: {seconds:.2f} s, {rss:.0f} MB",
+                            f"  {case.name} #{repeat + 1} {contender.name}: {seconds:.2f} s, "
+                            f"{rss:.0f} MB",
                             flush=True,
                         )
                     except RuntimeError as error:

@@ -46,7 +46,8 @@ WORKERS = 2
 
 
 def downsample(source: str, output: str, method: str, options: OutputOptions | None) -> float:
-    """Seconds to downsample `source` x2 into a new `output` on 2 threads, block records included."""
+    """Seconds to downsample `source` x2 into a new `output` on 2 threads, block records
+    included."""
     started = time.perf_counter()
     plan = plan_blockwise(
         WindowedSource(as_source(source), (2, 2, 2), method), output, output_options=options
@@ -63,7 +64,8 @@ def downsample(source: str, output: str, method: str, options: OutputOptions | N
 
 
 def stored_bytes(directory: str) -> int:
-    """Bytes of the array's chunk and shard files (metadata, records and cached results left out)."""
+    """Bytes of the array's chunk and shard files (metadata, records and cached results left
+    out)."""
     return sum(
         os.path.getsize(os.path.join(root, name))
         for root, _, names in os.walk(directory)
@@ -104,7 +106,8 @@ def main() -> None:
                     (seconds[option] / seconds[BASE], sizes[option] / sizes[BASE])
                 )
     print(
-        f"\n{args.size}^3 -> {args.size // 2}^3, 2 threads, no Prefect, {args.repeats} repeats; ratio to the default"
+        f"\n{args.size}^3 -> {args.size // 2}^3, 2 threads, no Prefect, {args.repeats} repeats; "
+        "ratio to the default"
     )
     print(
         "| case | options | time ratio (median, min-max) | bytes written ratio |\n|---|---|---|---|"
@@ -112,7 +115,8 @@ def main() -> None:
     for (case, option), values in ratios.items():
         times, sizes = [v[0] for v in values], [v[1] for v in values]
         print(
-            f"| {case} | {option} | {statistics.median(times):.2f} ({min(times):.2f}-{max(times):.2f}) | "
+            f"| {case} | {option} | {statistics.median(times):.2f} "
+            f"({min(times):.2f}-{max(times):.2f}) | "
             f"{statistics.median(sizes):.3f} |"
         )
     shutil.rmtree(root)

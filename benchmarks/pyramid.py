@@ -1,10 +1,16 @@
-"""OME-Zarr pyramids (s0..s5, factor 2 per level): `pyramid_flow` against the peers, same data, one run.
+"""OME-Zarr pyramids (s0..s5, factor 2 per level): `pyramid_flow` against the peers, same data,
+one run.
 
-    python benchmarks/pyramid.py [--size 256|512|1024] [--repeats 3] [--cases mean-image,mode-labels]
-                                 [--contenders tensorstore,ngff] [--max-rss 8] [--out DIR] [--data DIR]
-    python benchmarks/pyramid.py --compare [RESULTS.json ...]   # peak RSS / time scaling of ours across sizes
-    python benchmarks/pyramid.py --scale-run                    # 2048^3 uint32 labels, ours only, once
-    python benchmarks/pyramid.py --downsample-factors 16,32     # downsample_flow of the labels at large factors
+    python benchmarks/pyramid.py [--size 256|512|1024] [--repeats 3]
+                                 [--cases mean-image,mode-labels]
+                                 [--contenders tensorstore,ngff] [--max-rss 8] [--out DIR]
+                                 [--data DIR]
+    # peak RSS / time scaling of ours across sizes
+    python benchmarks/pyramid.py --compare [RESULTS.json ...]
+    # 2048^3 uint32 labels, ours only, once
+    python benchmarks/pyramid.py --scale-run
+    # downsample_flow of the labels at large factors
+    python benchmarks/pyramid.py --downsample-factors 16,32
 
 Every contender runs in its own fresh process and writes the complete pyramid (s0 a copy of the
 input, 64^3 chunks, the input's codec) to a new group; contenders alternate (the order rotates
@@ -57,7 +63,8 @@ class PyramidCell(Cell):
 
 
 def partner(name: str) -> str:
-    """The row of ours that `name` is compared with: the existing-s0 variant for existing-s0 contenders."""
+    """The row of ours that `name` is compared with: the existing-s0 variant for existing-s0
+    contenders."""
     return pc.OURS_EXISTING if pc.CONTENDERS[name].existing_s0 else pc.OURS
 
 
@@ -97,7 +104,8 @@ class Runner:
 def run_case(
     runner: Runner, case: str, source: str, names: list[str], skipped: dict[str, str]
 ) -> dict[str, PyramidCell]:
-    """All repeats of one case; the first repeat's outputs are checked against tensorstore from base."""
+    """All repeats of one case; the first repeat's outputs are checked against tensorstore from
+    base."""
     cells = {name: PyramidCell(skipped=skipped.get(name)) for name in names}
     runnable = [name for name in names if not cells[name].skipped]
     method = CASES[case].method
@@ -117,7 +125,8 @@ def run_case(
                 result, rss = runner.run(request, peer=pc.CONTENDERS[name].peer is not None)
                 seconds, read = result["seconds"], result["read_bytes"]
                 print(
-                    f"  {case} #{repeat + 1} {name}: {seconds:.2f} s, {rss:.0f} MB, read {read / 1e6:.0f} MB",
+                    f"  {case} #{repeat + 1} {name}: {seconds:.2f} s, {rss:.0f} MB, "
+                    f"read {read / 1e6:.0f} MB",
                     flush=True,
                 )
             except RuntimeError as error:
@@ -145,7 +154,8 @@ def run_case(
                 cells[name].exact = differs
             if result["non_constant"]:
                 print(
-                    f"  labels: share of non-constant 2^k cubes in the first 256^3, k=1..{pc.LEVELS}: "
+                    "  labels: share of non-constant 2^k cubes in the first 256^3, "
+                    f"k=1..{pc.LEVELS}: "
                     + ", ".join(f"{100 * s:.1f} %" for s in result["non_constant"]),
                     flush=True,
                 )
@@ -173,8 +183,9 @@ def print_table(
 ) -> None:
     volume = CASES[case].volume
     print(
-        f"\n== {case}: {size}^3 {'uint8 image' if volume == 'image' else 'uint32 labels'}, {pc.LEVELS} levels x2, "
-        f"method {CASES[case].method}; median (min-max) of {repeats}; base {base_bytes / 1e6:.0f} MB on disk"
+        f"\n== {case}: {size}^3 {'uint8 image' if volume == 'image' else 'uint32 labels'}, "
+        f"{pc.LEVELS} levels x2, method {CASES[case].method}; median (min-max) of {repeats}; "
+        f"base {base_bytes / 1e6:.0f} MB on disk"
     )
     print(
         f"{'contender':34} {'wall s':>19} {'peak RSS MB':>11} {'read MB':>8} {'read/base':>9} "
@@ -194,12 +205,14 @@ def print_table(
             median_range(paired_ratios(cells[ours], cell)) if name != ours and ours in cells else ""
         )
         print(
-            f"{name:34} {median_range(valid(cell.seconds)):>19} {rss or 0:11.0f} {(read or 0) / 1e6:8.0f} "
+            f"{name:34} {median_range(valid(cell.seconds)):>19} {rss or 0:11.0f} "
+            f"{(read or 0) / 1e6:8.0f} "
             f"{(read or 0) / base_bytes:8.2f}x {ratio:>19}  {exact_text(name, cell)}"
         )
     if pc.OURS_EXISTING in cells:
         print(
-            f"(ours/contender of the existing-s0 rows is '{pc.OURS_EXISTING}' over them; read = rchar while timed)"
+            f"(ours/contender of the existing-s0 rows is '{pc.OURS_EXISTING}' over them; "
+            "read = rchar while timed)"
         )
 
 
@@ -293,13 +306,15 @@ def scale_run(runner: Runner, args: argparse.Namespace) -> None:
         "output": group,
     }
     print(
-        f"\n== scale run: {SCALE_SIZE}^3 uint32 labels, {pc.LEVELS} levels x2, mode, ours (threads x2), once"
+        f"\n== scale run: {SCALE_SIZE}^3 uint32 labels, {pc.LEVELS} levels x2, mode, "
+        "ours (threads x2), once"
     )
     try:
         result, rss = runner.run(request)
         read = result["read_bytes"]
         print(
-            f"{pc.OURS}: {result['seconds']:.1f} s, peak RSS {rss:.0f} MB, read {read / 1e9:.2f} GB "
+            f"{pc.OURS}: {result['seconds']:.1f} s, peak RSS {rss:.0f} MB, "
+            f"read {read / 1e9:.2f} GB "
             f"({read / base:.2f}x the base's {base / 1e6:.0f} MB)"
         )
         print(
@@ -319,11 +334,13 @@ def scale_run(runner: Runner, args: argparse.Namespace) -> None:
 
 
 def downsample_factors(runner: Runner, args: argparse.Namespace) -> None:
-    """`downsample_flow` of the SIZE^3 labels at large factors (mode and stride): peak RSS vs the budget."""
+    """`downsample_flow` of the SIZE^3 labels at large factors (mode and stride): peak RSS vs the
+    budget."""
     source = bench.make_volumes(args.data, args.size, ("labels",))["labels"]
     factors = [int(f) for f in args.downsample_factors.split(",")]
     print(
-        f"\n== downsample_flow of {args.size}^3 uint32 labels, threads x2, once each; target peak RSS <= {RSS_LIMIT_MB:.0f} MB"
+        f"\n== downsample_flow of {args.size}^3 uint32 labels, threads x2, once each; "
+        f"target peak RSS <= {RSS_LIMIT_MB:.0f} MB"
     )
     rows = []
     for factor in factors:
@@ -339,7 +356,8 @@ def downsample_factors(runner: Runner, args: argparse.Namespace) -> None:
             try:
                 result, rss = runner.run(request)
                 print(
-                    f"{verdict(rss <= RSS_LIMIT_MB)} factor {factor:3} {method:7} {result['seconds']:7.2f} s "
+                    f"{verdict(rss <= RSS_LIMIT_MB)} factor {factor:3} {method:7} "
+                    f"{result['seconds']:7.2f} s "
                     f"{rss:7.0f} MB peak RSS",
                     flush=True,
                 )
@@ -388,7 +406,8 @@ def benchmark(runner: Runner, args: argparse.Namespace, peer_modules: set[str]) 
         probe, _ = runner.run({"job": "probe", "work": str(runner.work)})
         if probe["unsupported"]:
             print(
-                f"!! existing-s0 variant skipped: pyramid_flow does not reuse an existing s0 yet ({probe['unsupported']})"
+                "!! existing-s0 variant skipped: pyramid_flow does not reuse an existing s0 yet "
+                f"({probe['unsupported']})"
             )
             skipped |= {
                 n: "skipped: pyramid_flow does not reuse an existing s0 yet"
@@ -459,7 +478,8 @@ def main() -> None:
         nargs="*",
         type=Path,
         metavar="RESULTS.json",
-        help="only compare pyramid result JSONs of several sizes; no files: all pyramid-SIZE-*.json in --out",
+        help="only compare pyramid result JSONs of several sizes; no files: all "
+        "pyramid-SIZE-*.json in --out",
     )
     parser.add_argument(
         "--scale-run",

@@ -281,7 +281,10 @@ def probe_existing_s0(work: str) -> str | None:
         for p, v in chunk_files.items()
     )
     if rewritten:
-        return f"pyramid_flow rewrote {rewritten} of {len(chunk_files)} s0 chunk files (it copies s0 onto itself)"
+        return (
+            f"pyramid_flow rewrote {rewritten} of {len(chunk_files)} s0 chunk files "
+            "(it copies s0 onto itself)"
+        )
     if not Path(group, "s1", "zarr.json").exists():
         return "pyramid_flow wrote no s1"
     return None
@@ -374,15 +377,20 @@ def run_one(request: dict[str, Any]) -> dict[str, Any]:
         }
     if job == "downsample":
         warm_up_downsample(request["method"])
-        work: Callable[[], float | None] = lambda: run_downsample(
-            request["method"], request["factor"], request["input"], request["output"]
-        )
+
+        def work() -> float | None:
+            return run_downsample(
+                request["method"], request["factor"], request["input"], request["output"]
+            )
     else:
         contender = CONTENDERS[request["contender"]]
         for module in contender.imports:
             importlib.import_module(module)
         contender.prepare(request["method"], request["input"], request["output"])
-        work = lambda: contender.run(request["method"], request["input"], request["output"])  # noqa: E731
+
+        def work() -> float | None:
+            return contender.run(request["method"], request["input"], request["output"])
+
     settle_disk()
     read_before = tree_rchar()
     started = time.perf_counter()

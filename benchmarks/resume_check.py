@@ -3,8 +3,10 @@ done (read the block records, compute every block's input signature from the inp
 compare). No Prefect, no voxels: the input's chunk files are tiny stand-ins (only their size and
 mtime are looked at), the records are written as a finished run writes them.
 
-    .venv/bin/python benchmarks/resume_check.py                 # 10**5 blocks, a copy (1 chunk per block)
-    .venv/bin/python benchmarks/resume_check.py --factor 2      # a x2 window downsample (8 chunks per block)
+    # 10**5 blocks, a copy (1 chunk per block)
+    .venv/bin/python benchmarks/resume_check.py
+    # a x2 window downsample (8 chunks per block)
+    .venv/bin/python benchmarks/resume_check.py --factor 2
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def main() -> None:
         records.mark_done(block_id, signatures[block_id])
     seconds = time.perf_counter() - started
     print(
-        f"{len(block_ids)} blocks recorded in {seconds:.1f} s ({seconds / len(block_ids) * 1e6:.0f} us per record); "
+        f"{len(block_ids)} blocks recorded in {seconds:.1f} s "
+        f"({seconds / len(block_ids) * 1e6:.0f} us per record); "
         f"{sum(len(f) for _, _, f in os.walk(records.directory))} record files in "
         f"{sum(len(d) for _, d, _ in os.walk(records.directory))} folders"
     )
@@ -99,7 +102,8 @@ def main() -> None:
         total = timings["signatures"] + timings["check (records + compare)"]
         assert len(recorded) == len(done) == len(block_ids)
         print(
-            f"repeat {repeat + 1}: resume check of {len(block_ids)} blocks ({n_files} input files) {total:.2f} s = "
+            f"repeat {repeat + 1}: resume check of {len(block_ids)} blocks ({n_files} input files) "
+            f"{total:.2f} s = "
             + ", ".join(
                 f"{name} {value:.2f} s" for name, value in timings.items() if name != "read records"
             )

@@ -68,7 +68,8 @@ def start_moto(work: Path) -> tuple[subprocess.Popen, str]:
 
 
 class Places:
-    """The same array, and fresh outputs, on local disk and on S3, for tensorstore and zarr-python."""
+    """The same array, and fresh outputs, on local disk and on S3, for tensorstore and
+    zarr-python."""
 
     def __init__(self, work: Path, endpoint: str) -> None:
         self.work, self.endpoint, self.count = work, endpoint, 0
@@ -228,7 +229,8 @@ def report(
         name: {w: statistics.median(v) for w, v in by.items()} for name, by in timings.items()
     }
     print(
-        f"\n{args.size}^3 uint8, {CHUNK}^3 chunks, zstd; medians of {args.repeats}; S3 = moto_server on loopback"
+        f"\n{args.size}^3 uint8, {CHUNK}^3 chunks, zstd; medians of {args.repeats}; "
+        "S3 = moto_server on loopback"
     )
     print("| case | local (s) | S3 (s) | S3 / local |\n|---|---|---|---|")
     for name, m in median.items():

@@ -99,7 +99,8 @@ def run_case(side: int, block: int, flow: bool) -> dict:
 def show(label: str, figures: dict) -> None:
     per_block = figures["cpu"] / figures["blocks"] * 1e6
     print(
-        f"{label:32} {figures['blocks']:>10,} blocks  wall {figures['wall']:8.1f} s  CPU {per_block:6.0f} us/block"
+        f"{label:32} {figures['blocks']:>10,} blocks  wall {figures['wall']:8.1f} s  "
+        f"CPU {per_block:6.0f} us/block"
         f"  peak RSS {figures['peak_rss_mb']:7.0f} MB",
         flush=True,
     )
@@ -130,7 +131,8 @@ def main() -> None:
             show(f"{engine}, {BLOCK}^3 blocks", result)
         if len(figures) > 1:
             print(
-                f"{engine}: peak RSS {figures[-1]['peak_rss_mb'] / figures[0]['peak_rss_mb']:.2f}x from "
+                f"{engine}: peak RSS "
+                f"{figures[-1]['peak_rss_mb'] / figures[0]['peak_rss_mb']:.2f}x from "
                 f"{figures[0]['blocks']:,} to {figures[-1]['blocks']:,} blocks",
                 flush=True,
             )

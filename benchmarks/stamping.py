@@ -112,8 +112,8 @@ def measure_writes(source: str, folder: str, repeats: int) -> None:
         inside = clock.seconds / repeats
         print(
             f"  inside stamp: {inside:.3f} s per run summed over {WORKERS} threads "
-            f"({100 * inside / WORKERS / statistics.median(times[True]):.1f} % of the stamped wall time "
-            "if spread evenly)"
+            f"({100 * inside / WORKERS / statistics.median(times[True]):.1f} % of the stamped "
+            "wall time if spread evenly)"
         )
         job = write(view_of(as_source(source)), output, True)[1]
         blocks = list(range(job.grid.n_blocks))
@@ -135,7 +135,8 @@ def measure_verify(source: str, name: str, folder: str, repeats: int) -> None:
     voxels = np.prod(as_source(source).shape)
     print(
         f"verify {name} copy: {report.files} files, {size / 1e9:.3f} GB stored, {median:.3f} s: "
-        f"{median / (size / 1e9):.2f} s per GB stored, {median / (voxels / 1e9):.2f} s per GB of voxels"
+        f"{median / (size / 1e9):.2f} s per GB stored, "
+        f"{median / (voxels / 1e9):.2f} s per GB of voxels"
     )
 
 

@@ -1,7 +1,8 @@
 """A tiled OME-TIFF to an OME-Zarr pyramid (s0..s5, window means x2): `pyramid_flow` against
 ngff-zarr's TIFF conversion on the same file, one run.
 
-    python benchmarks/tiff_pyramid.py [--size 1024] [--tile 256] [--compression zlib|none] [--repeats 1]
+    python benchmarks/tiff_pyramid.py [--size 1024] [--tile 256] [--compression zlib|none]
+                                      [--repeats 1]
 
 The input is a SIZE^3 uint16 ZYX OME-TIFF (BigTIFF, zlib or none, TILE^2 tiles, PhysicalSize 1 um),
 generated once into --data by tifffile (nothing is downloaded). Each contender runs in a fresh
@@ -178,7 +179,8 @@ def benchmark(args: argparse.Namespace) -> None:
         | {"PREFECT_API_URL": server.url, "PYTHONPATH": str(bench.REPO), "OMP_NUM_THREADS": "1"}
     )
     print(
-        f"{tiff}: {args.size}^3 uint16, tiles {args.tile}^2 ({tiles} tiles), {base / 1e9:.2f} GB on disk",
+        f"{tiff}: {args.size}^3 uint16, tiles {args.tile}^2 ({tiles} tiles), "
+        f"{base / 1e9:.2f} GB on disk",
         flush=True,
     )
     bench.read_through(tiff)  # every contender then reads it from the page cache, the first one too
@@ -207,8 +209,8 @@ def benchmark(args: argparse.Namespace) -> None:
                     )
                     result |= {"rss_mb": rss, "shapes": level_shapes(group)}
                     print(
-                        f"  #{repeat + 1} {name}: {result['seconds']:.1f} s, peak RSS {rss:.0f} MB, read "
-                        f"{result['read_bytes'] / base:.2f}x the file"
+                        f"  #{repeat + 1} {name}: {result['seconds']:.1f} s, "
+                        f"peak RSS {rss:.0f} MB, read {result['read_bytes'] / base:.2f}x the file"
                         + (
                             f", {result['decodes']} decodes for {tiles} tiles"
                             if "decodes" in result
@@ -242,7 +244,8 @@ def report(
         a.get("shapes") == b.get("shapes") for a, b in zip(ours, peer) if "shapes" in b
     )
     print(
-        f"\n== {args.size}^3 uint16 OME-TIFF, tiles {args.tile}^2 {args.compression}, {LEVELS} levels x2 (mean), "
+        f"\n== {args.size}^3 uint16 OME-TIFF, tiles {args.tile}^2 {args.compression}, "
+        f"{LEVELS} levels x2 (mean), "
         f"{len(good)} repeat(s)"
     )
     for name, results in runs.items():
@@ -251,7 +254,8 @@ def report(
                 print(f"{name:32} failed: {r['error']}")
             else:
                 print(
-                    f"{name:32} peak RSS {r['rss_mb']:6.0f} MB, read {r['read_bytes'] / base:5.2f}x the file"
+                    f"{name:32} peak RSS {r['rss_mb']:6.0f} MB, "
+                    f"read {r['read_bytes'] / base:5.2f}x the file"
                 )
     checks = [
         (

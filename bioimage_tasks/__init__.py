@@ -1,7 +1,8 @@
 """bioimage-tasks: block-wise processing of bio-image volumes larger than memory.
 
 The plain API (`downsample`, `copy`, `pyramid`, `convert`) runs without Prefect; the flows
-(`flows/`) run the same operations as Prefect flow runs. Importing this package loads no Prefect module."""
+(`flows/`) run the same operations as Prefect flow runs. Importing this package loads no Prefect
+module."""
 
 from bioimage_tasks.api import copy, downsample, pyramid
 from bioimage_tasks.convert import ConvertReport, convert

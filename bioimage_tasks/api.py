@@ -60,7 +60,8 @@ S0_ALONE = "s0 alone: no level below it (levels=0 or scale_factors=[])"
 
 
 def check_method_options(method: str, order: int, anti_aliasing: bool) -> None:
-    """Reject an unknown method, an order outside 0-5, and resize options given to a window method."""
+    """Reject an unknown method, an order outside 0-5, and resize options given to a window
+    method."""
     if method not in METHODS:
         raise ParameterError(f"method must be one of {METHODS}, got {method!r}")
     check_order(order)
@@ -74,17 +75,17 @@ def check_method_options(method: str, order: int, anti_aliasing: bool) -> None:
 def check_input_dtype(dtype: np.dtype, method: str, order: int, anti_aliasing: bool) -> None:
     """Reject an input dtype the method cannot reduce exactly (byte order aside)."""
     dtype = np.dtype(dtype)
-    if dtype == bool and (order > 0 or anti_aliasing):
+    if dtype.kind == "b" and (order > 0 or anti_aliasing):
         raise ParameterError(
             "a bool input needs order=0 and anti_aliasing=False (interpolation is undefined "
             "for bool)"
         )
     if method != "resize" and dtype.kind == "c":
         raise ParameterError(
-            f"input has dtype {dtype}, which method={method!r} does not take: the window methods reduce "
-            "real numbers (tensorstore's complex mean divides as complex numbers, so an inf or NaN part "
-            "turns the other part into NaN). method='resize' resamples the real and imaginary parts; "
-            "or downsample the two parts as arrays of their own"
+            f"input has dtype {dtype}, which method={method!r} does not take: the window methods "
+            "reduce real numbers (tensorstore's complex mean divides as complex numbers, so an inf "
+            "or NaN part turns the other part into NaN). method='resize' resamples the real and "
+            "imaginary parts; or downsample the two parts as arrays of their own"
         )
     if method != "resize" and dtype.newbyteorder("=") not in WINDOW_DTYPES:
         supported = sorted(str(d) for d in WINDOW_DTYPES)
@@ -400,7 +401,8 @@ def pyramid_operation(
 def check_label_options(
     group_path: Any, dtype: Any, method: str, order: int, anti_aliasing: bool
 ) -> None:
-    """A label image lives at <image>/labels/<name>, holds integers, and is downsampled label-safely."""
+    """A label image lives at <image>/labels/<name>, holds integers, and is downsampled
+    label-safely."""
     parts = getattr(group_path, "key", "").split("/")
     if not isinstance(group_path, PrecomputedOutput) and (len(parts) < 2 or parts[-2] != "labels"):
         raise ParameterError(

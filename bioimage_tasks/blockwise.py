@@ -117,7 +117,8 @@ class BlockJob:
 def sub_regions(region: tuple[slice, ...], piece_shape: Sequence[int]) -> list[tuple[slice, ...]]:
     """`region` cut into C-ordered pieces of at most `piece_shape`.
 
-    >>> [tuple((s.start, s.stop) for s in piece) for piece in sub_regions((slice(0, 5), slice(2, 4)), (2, 2))]
+    >>> [tuple((s.start, s.stop) for s in piece)
+    ...  for piece in sub_regions((slice(0, 5), slice(2, 4)), (2, 2))]
     [((0, 2), (2, 4)), ((2, 4), (2, 4)), ((4, 5), (2, 4))]
     """
     starts = [range(r.start, r.stop, p) for r, p in zip(region, piece_shape)]

@@ -27,7 +27,8 @@ Input = Annotated[
     typer.Argument(
         help="Input: path/container.zarr/key, path/container.n5/key, image.ome.zarr "
         "(an OME-Zarr image), stack.tif or stack.ome.tif (series N: stack.ome.tif/N), a folder "
-        "or glob of 2-D TIFF slices ('slices/*.tif'), file.h5/dataset, file.czi (scene N: file.czi/N), .nd2, .lif."
+        "or glob of 2-D TIFF slices ('slices/*.tif'), file.h5/dataset, file.czi (scene N: "
+        "file.czi/N), .nd2, .lif."
     ),
 ]
 Output = Annotated[
@@ -47,7 +48,8 @@ BlockShape = Annotated[
     Optional[str],
     typer.Option(
         "--block-shape",
-        help="Block shape in output space, e.g. 64,64,64 (default: from the output chunks and the memory budget); blocks sharing a chunk or shard run in one task, in turn.",
+        help="Block shape in output space, e.g. 64,64,64 (default: from the output chunks and the "
+        "memory budget); blocks sharing a chunk or shard run in one task, in turn.",
     ),
 ]
 Mask = Annotated[
@@ -405,8 +407,8 @@ def verify_command(
     path: Annotated[
         str,
         typer.Argument(
-            help="An output array (path/container.zarr/key, .n5/key, s3://...) or a pyramid's OME-Zarr "
-            "group (every level and staging array)."
+            help="An output array (path/container.zarr/key, .n5/key, s3://...) or a pyramid's "
+            "OME-Zarr group (every level and staging array)."
         ),
     ],
     repair: Annotated[
@@ -588,7 +590,8 @@ def info(
 
 
 def source_kind(source: Any) -> str:
-    """'OME-TIFF, series 0', 'TIFF slices (120 files)', 'HDF5', 'OME-Zarr image, level s0 (zarr v3)', 'zarr v3', 'n5'."""
+    """'OME-TIFF, series 0', 'TIFF slices (120 files)', 'HDF5',
+    'OME-Zarr image, level s0 (zarr v3)', 'zarr v3', 'n5'."""
     import zarr
 
     from bioimage_tasks.io import Hdf5Source, MicroscopySource, TensorStoreSource, TiffSource
@@ -602,7 +605,10 @@ def source_kind(source: Any) -> str:
     if isinstance(source, Hdf5Source):
         return "HDF5"
     if isinstance(source, MicroscopySource):
-        return f"{os.path.splitext(source.file)[1].lstrip('.').upper()}, scene {source.scene} (read by {source.reader})"
+        return (
+            f"{os.path.splitext(source.file)[1].lstrip('.').upper()}, scene {source.scene} "
+            f"(read by {source.reader})"
+        )
     if isinstance(source, TensorStoreSource):
         return "n5"
     array = getattr(source, "array", None)

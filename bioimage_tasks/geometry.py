@@ -22,7 +22,8 @@ def normalize_factors(scale_factor: int | Sequence[int], ndim: int) -> tuple[int
         raise ValueError(f"scale_factor must be an int or a sequence of ints, got {scale_factor!r}")
     if len(factors) != ndim:
         raise ValueError(
-            f"scale_factor must have one entry per input axis ({ndim}), got {len(factors)}: {scale_factor!r}"
+            f"scale_factor must have one entry per input axis ({ndim}), got {len(factors)}: "
+            f"{scale_factor!r}"
         )
     for factor in factors:
         if not isinstance(factor, numbers.Integral) or isinstance(factor, bool):

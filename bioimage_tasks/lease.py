@@ -59,7 +59,10 @@ class Holder:
         return cls(str(run.id) if run is not None else None)
 
     def describe(self) -> str:
-        return f"flow run {self.flow_run_id or '(none)'} on host {self.host} (pid {self.pid}), started {self.started}"
+        return (
+            f"flow run {self.flow_run_id or '(none)'} on host {self.host} (pid {self.pid}), "
+            f"started {self.started}"
+        )
 
 
 class LeaseHeldError(RuntimeError):
@@ -134,8 +137,8 @@ def _acquire(
         folder.delete(f"{holder_id}.json")
         raise LeaseHeldError(
             f"output {as_location(directory).url} is being written by another computation: "
-            f"{_holder(live[0]).describe()}. Wait for that run to end (or cancel it); its lease expires "
-            f"{live[0]['ttl']:.0f} s after its last renewal if it dies"
+            f"{_holder(live[0]).describe()}. Wait for that run to end (or cancel it); its lease "
+            f"expires {live[0]['ttl']:.0f} s after its last renewal if it dies"
         )
 
 
@@ -156,7 +159,7 @@ def _distinct(directories: Sequence[Place]) -> list[Location]:
     """Each output once, in one order for every process (by URL)."""
     return sorted(
         {location.url: location for location in map(as_location, directories)}.values(),
-        key=lambda l: l.url,
+        key=lambda location: location.url,
     )
 
 

@@ -25,7 +25,8 @@ def describe(data: Any) -> str:
 
 
 def describe_source(data: Any, source: Any) -> str:
-    """What was given and what it holds: 'raw.zarr/volume (512, 512, 512) uint8 chunks (64, 64, 64)'."""
+    """What was given and what it holds:
+    'raw.zarr/volume (512, 512, 512) uint8 chunks (64, 64, 64)'."""
     return f"{describe(data)} {tuple(source.shape)} {source.dtype} chunks {source.write_unit}"
 
 
@@ -42,6 +43,9 @@ def flow_run_namer(
 
         parameters = flow_run.parameters
         middle = f" {detail(parameters)}" if detail is not None else ""
-        return f"{kind} {describe(parameters['input'])}{middle} -> {describe(parameters.get(output_parameter))}"
+        return (
+            f"{kind} {describe(parameters['input'])}{middle} -> "
+            f"{describe(parameters.get(output_parameter))}"
+        )
 
     return name

@@ -160,8 +160,9 @@ class BlockwiseOperation:
         records = self.records(epoch)
         if resume is not None and (records is None or os.path.abspath(resume) != records.directory):
             raise ParameterError(
-                f"resume_from={str(resume)!r} holds the records of another computation; this call's "
-                f"records are {records.url if records else 'not kept (output in memory)'}"
+                f"resume_from={str(resume)!r} holds the records of another computation; "
+                "this call's records are "
+                f"{records.url if records else 'not kept (output in memory)'}"
             )
 
     def stages(self, epoch: str | None) -> list[Stage]:

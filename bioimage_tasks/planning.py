@@ -33,7 +33,8 @@ from bioimage_tasks.records import BlockRecords, records_at, run_key
 
 @dataclass(frozen=True, eq=False)
 class BlockwisePlan:
-    """A checked run: write `source` into `output` over `grid`, blocks `block_ids`, inside `mask`."""
+    """A checked run: write `source` into `output` over `grid`, blocks `block_ids`, inside
+    `mask`."""
 
     source: Source
     output: OutputPlan
@@ -94,7 +95,8 @@ def plan_blockwise(
             )
     if output_plan.existing is not None and same_storage(source, output_plan.existing):
         raise ValueError(
-            f"output {output!r} is the input: write to another array (a block would read voxels already overwritten)"
+            f"output {output!r} is the input: write to another array (a block would read voxels "
+            "already overwritten)"
         )
     if resume_from is not None:
         check_resume_from(resume_from, output, output_plan)
@@ -103,7 +105,8 @@ def plan_blockwise(
         for name, data in (("input", source), ("mask", mask_source)):
             if data is not None and in_memory(data):
                 raise ValueError(
-                    f"job_type={job_type!r} needs a file-backed {name} (a zarr/n5 path or array), not numpy"
+                    f"job_type={job_type!r} needs a file-backed {name} (a zarr/n5 path or array), "
+                    "not numpy"
                 )
         if (
             output_plan.existing is None
@@ -111,7 +114,8 @@ def plan_blockwise(
             or in_memory(output_plan.existing)
         ):
             raise ValueError(
-                f"job_type={job_type!r} needs an output (a zarr/n5 path or array), not numpy or None"
+                f"job_type={job_type!r} needs an output (a zarr/n5 path or array), not numpy or "
+                "None"
             )
     return BlockwisePlan(
         source,
@@ -132,7 +136,8 @@ def check_resume_from(resume_from: Any, output: Any, output_plan: OutputPlan) ->
     a flow run id must be of a run that wrote to this same output."""
     if output_plan.existing is None:
         raise ValueError(
-            f"resume_from={resume_from!r}: the output {output!r} does not exist, there is nothing to resume"
+            f"resume_from={resume_from!r}: the output {output!r} does not exist, there is nothing "
+            "to resume"
         )
     if isinstance(resume_from, (str, os.PathLike)) and os.path.isdir(resume_from):
         return  # checked against this run's records once the output's token is read
@@ -140,7 +145,8 @@ def check_resume_from(resume_from: Any, output: Any, output_plan: OutputPlan) ->
         run_id = uuid.UUID(str(resume_from))
     except ValueError:
         raise ValueError(
-            f"resume_from must be a Prefect flow run id or a block-record folder, got {resume_from!r}"
+            "resume_from must be a Prefect flow run id or a block-record folder, got "
+            f"{resume_from!r}"
         ) from None
     from prefect import get_client
 

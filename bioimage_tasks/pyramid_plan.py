@@ -126,8 +126,9 @@ def plan_pyramid(
     if math.prod(_covering(tile_granule, shape)) * bytes_per_voxel > budget:
         raise ValueError(
             f"the deepest level's windows of {deepest} voxels need about "
-            f"{math.prod(tile_granule) * bytes_per_voxel / 2**30:.1f} GiB each to compute exactly, more than the "
-            f"memory budget of {budget / 2**30:.1f} GiB: use fewer levels or raise job_config.memory_budget"
+            f"{math.prod(tile_granule) * bytes_per_voxel / 2**30:.1f} GiB each to compute exactly, "
+            f"more than the memory budget of {budget / 2**30:.1f} GiB: use fewer levels or raise "
+            "job_config.memory_budget"
         )
     tile = _fitted(region, tile_granule, shape, min(budget / bytes_per_voxel, TILE_VOXELS))
     return PyramidPlan(shape, factors, region, tile, staged)

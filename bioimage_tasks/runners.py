@@ -68,11 +68,13 @@ class RunnerConfig:
             )
         if not isinstance(self.memory_budget, int) or self.memory_budget < 2**20:
             raise ParameterError(
-                f"job_config.memory_budget must be an integer of at least 2**20 bytes, got {self.memory_budget!r}"
+                "job_config.memory_budget must be an integer of at least 2**20 bytes, got "
+                f"{self.memory_budget!r}"
             )
         if self.retries < 0 or self.retry_delay < 0:
             raise ParameterError(
-                f"job_config.retries and retry_delay must be >= 0, got {self.retries}, {self.retry_delay}"
+                "job_config.retries and retry_delay must be >= 0, got "
+                f"{self.retries}, {self.retry_delay}"
             )
 
     def shared(self) -> dict:
@@ -82,7 +84,8 @@ class RunnerConfig:
 
 @dataclass(frozen=True)
 class LocalClusterConfig(RunnerConfig):
-    """job_type="subprocess": a distributed.LocalCluster of `num_workers` processes on this machine."""
+    """job_type="subprocess": a distributed.LocalCluster of `num_workers` processes on this
+    machine."""
 
     threads_per_worker: int = 1
     memory_limit: str = "auto"
@@ -172,7 +175,8 @@ def check_backend(job_type: str, num_workers: int, job_config: RunnerConfig | No
         config = expected(**config.shared())  # DaskConfig: asks for the address
     if type(config) is not expected:
         raise ParameterError(
-            f"job_config must be a {expected.__name__} for job_type={job_type!r}, got {job_config!r}"
+            f"job_config must be a {expected.__name__} for job_type={job_type!r}, "
+            f"got {job_config!r}"
         )
     return config
 
@@ -345,18 +349,19 @@ def clusters_open() -> tuple[int, int]:
 _JOB_REAPER = (
     "import subprocess, sys\n"
     "sys.stdin.buffer.read()\n"
-    "subprocess.run(['scancel', '--name', sys.argv[1], '--user', sys.argv[2]], capture_output=True)\n"
+    "subprocess.run(['scancel', '--name', sys.argv[1], '--user', sys.argv[2]], "
+    "capture_output=True)\n"
 )
 
 
 @contextlib.contextmanager
 def jobs_cancelled_on_exit(job_name: str | None) -> Iterator[None]:
-    """Cancel the SLURM jobs named `job_name` once this block ends or this process dies. dask-jobqueue
-    cancels its jobs only from this process's normal exit path; a flow that is SIGKILLed (or
-    OOM-killed, or whose cleanup misses a job) would leave them running until each worker's
-    death timeout, and jobs still pending would start later and idle just as long. A small watcher
-    process holds the read end of a pipe only this process writes to: when this process is gone,
-    the kernel closes the pipe and the watcher runs `scancel --name`."""
+    """Cancel the SLURM jobs named `job_name` once this block ends or this process dies.
+    dask-jobqueue cancels its jobs only from this process's normal exit path; a flow that is
+    SIGKILLed (or OOM-killed, or whose cleanup misses a job) would leave them running until each
+    worker's death timeout, and jobs still pending would start later and idle just as long. A small
+    watcher process holds the read end of a pipe only this process writes to: when this process is
+    gone, the kernel closes the pipe and the watcher runs `scancel --name`."""
     if job_name is None:
         yield
         return
@@ -418,8 +423,8 @@ def worker_watchdog(client: Any, timeout: float) -> Callable[[], None]:
         missing_since = missing_since or time.monotonic()
         if time.monotonic() - missing_since > timeout:
             raise NoWorkersError(
-                f"no Dask worker for {timeout:.0f} s (workers killed, or jobs not starting); finished "
-                "blocks are kept: re-run the same call to resume"
+                f"no Dask worker for {timeout:.0f} s (workers killed, or jobs not starting); "
+                "finished blocks are kept: re-run the same call to resume"
             )
 
     return check

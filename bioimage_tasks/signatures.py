@@ -201,7 +201,8 @@ def _stat_or_missing(name: str, handle: int) -> tuple[int, int]:
 def _map_intervals(
     view: Any, starts: np.ndarray, stops: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The input intervals a view reads for output boxes, one call per distinct interval per axis."""
+    """The input intervals a view reads for output boxes, one call per distinct interval per
+    axis."""
     new_starts, new_stops = np.empty_like(starts), np.empty_like(stops)
     for axis in range(starts.shape[1]):
         pairs, inverse = np.unique(

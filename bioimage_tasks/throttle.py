@@ -96,7 +96,8 @@ def throttle_writes(sink: Any, limit: str | None) -> Any:
             client.read_global_concurrency_limit_by_name(limit)
         except ObjectNotFound:
             raise ValueError(
-                f"job_config.write_limit={limit!r}: no Prefect global concurrency limit of that name; create it "
+                f"job_config.write_limit={limit!r}: no Prefect global concurrency limit of that "
+                "name; create it "
                 f"with `prefect gcl create {limit} --limit N` (N = blocks allowed to write at once)"
             ) from None
     return ThrottledSink(sink, limit)

@@ -27,7 +27,8 @@ HEAL_PARAMETERS = {
     "__prefect_kind": "json",
     "value": {
         "__prefect_kind": "jinja",
-        "template": "{{ dict(flow_run.parameters, block_ids=event.payload.block_ids, resume_from=None) | tojson }}",
+        "template": "{{ dict(flow_run.parameters, block_ids=event.payload.block_ids, "
+        "resume_from=None) | tojson }}",
     },
 }
 
@@ -40,7 +41,8 @@ def heal_trigger(
         raise ValueError(f"max_heals must be >= 1, got {max_heals}")
     return DeploymentEventTrigger(
         name=f"heal {flow_name}/{deployment_name}",
-        description=f"Re-run the failed blocks of {flow_name}/{deployment_name} (at most {max_heals} times in a row)",
+        description=f"Re-run the failed blocks of {flow_name}/{deployment_name} "
+        f"(at most {max_heals} times in a row)",
         expect={"bioimage-tasks.blocks.failed"},
         match={
             "prefect.resource.id": "bioimage-tasks.array.*",

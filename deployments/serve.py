@@ -27,12 +27,14 @@ from healing import heal_trigger  # noqa: E402
 def build_deployments(
     data: str, downsample_schedule: dict[str, Any], copy_schedule: dict[str, Any]
 ) -> list:
-    """Deployments of every flow; the schedules are `to_deployment` keywords (cron=..., interval=...)."""
+    """Deployments of every flow; the schedules are `to_deployment` keywords (cron=...,
+    interval=...)."""
     sample = os.path.abspath(os.path.join(data, "sample.zarr"))
     return [
         downsample_flow.to_deployment(
             name="nightly-downsample",
-            description="Downsample the sample volume x2 (order 1, anti-aliased) on a local Dask cluster.",
+            description="Downsample the sample volume x2 (order 1, anti-aliased) on a local Dask "
+            "cluster.",
             parameters={
                 "input": f"{sample}/raw",
                 "scale_factor": 2,

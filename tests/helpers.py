@@ -80,7 +80,8 @@ def records_dir(array_dir: str) -> str:
 
 
 def record_times(array_dir: str) -> dict[int, float]:
-    """When each recorded block of the output's single run key was last written (s since the epoch)."""
+    """When each recorded block of the output's single run key was last written (s since the
+    epoch)."""
     from bioimage_tasks.records import BlockRecords
 
     return {
@@ -113,7 +114,8 @@ def served_deployments(
 
     script = (
         "import sys; sys.path.insert(0, 'deployments'); from serve import build_deployments; "
-        f"from prefect import serve; serve(*build_deployments({str(data_dir)!r}, {downsample_options}, {copy_options}))"
+        "from prefect import serve; "
+        f"serve(*build_deployments({str(data_dir)!r}, {downsample_options}, {copy_options}))"
     )
     env = os.environ | {"PREFECT_API_URL": api_url, "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

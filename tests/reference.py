@@ -46,9 +46,10 @@ def random_array(
     """Random values over the dtype's range; uint64 above 2**53 (label ids a float64 path would
     corrupt) unless `labels_above_2_53` is False: then below 2**40, because interpolation runs in
     float64 (in scikit-image too) and the recursive spline pre-filter of orders >= 2 agrees with
-    the whole-array one to ~1e-15 relative, i.e. to whole units only while values stay below ~2**48."""
+    the whole-array one to ~1e-15 relative, i.e. to whole units only while values stay below
+    ~2**48."""
     dtype = np.dtype(dtype)
-    if dtype == bool:
+    if dtype.kind == "b":
         return rng.random(shape) > 0.5
     if dtype.kind == "f":
         return (rng.standard_normal(shape) * 100).astype(dtype)

@@ -28,8 +28,14 @@ from bioimage_tasks.runners import LocalClusterConfig
 root, job_type = sys.argv[1], sys.argv[2]
 config = LocalClusterConfig() if job_type == "subprocess" else None
 kwargs = dict(job_type=job_type, num_workers=2, job_config=config)
-bt.downsample(f"{root}/in.zarr/raw", 2, f"{root}/plain.zarr/mean", method="mean", block_shape=(8, 8, 8), **kwargs)
-bt.downsample(f"{root}/in.zarr/raw", (1, 2, 3), f"{root}/plain.zarr/resize", order=1, anti_aliasing=True, **kwargs)
+bt.downsample(
+    f"{root}/in.zarr/raw", 2, f"{root}/plain.zarr/mean", method="mean", block_shape=(8, 8, 8),
+    **kwargs,
+)
+bt.downsample(
+    f"{root}/in.zarr/raw", (1, 2, 3), f"{root}/plain.zarr/resize", order=1, anti_aliasing=True,
+    **kwargs,
+)
 bt.copy(f"{root}/in.zarr/raw", f"{root}/plain.n5/copy", block_shape=(16, 16, 16), **kwargs)
 bt.pyramid(f"{root}/in.zarr/raw", f"{root}/plain-pyramid.zarr", levels=2, method="mode", **kwargs)
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("prefect", "prefect_dask"))))
@@ -55,7 +61,10 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 def test_import_loads_no_prefect():
-    code = "import sys, bioimage_tasks, bioimage_tasks.cli; print([m for m in sys.modules if 'prefect' in m])"
+    code = (
+        "import sys, bioimage_tasks, bioimage_tasks.cli; "
+        "print([m for m in sys.modules if 'prefect' in m])"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=child_env()
     )

@@ -32,7 +32,8 @@ def level19_input(
     shards: tuple[int, ...] | None = None,
     zarr_format: int = 3,
 ) -> str:
-    """`data` as a zarr array whose files are zstd level 19, labelled as level 0 (zarr's default)."""
+    """`data` as a zarr array whose files are zstd level 19, labelled as level 0 (zarr's
+    default)."""
     compressor = ZstdCodec(level=19) if zarr_format == 3 else numcodecs.Zstd(level=19)
     array = zarr.create_array(
         store=path,
@@ -55,7 +56,8 @@ def level19_input(
 
 
 def stored_files(directory: str) -> dict[str, bytes]:
-    """Every chunk or shard file under `directory` (metadata and records aside), by relative path."""
+    """Every chunk or shard file under `directory` (metadata and records aside), by relative
+    path."""
     files = {}
     for root, dirs, names in os.walk(directory):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -103,7 +105,8 @@ def test_s0_is_the_inputs_files_and_levels_stay_exact(tmp_path, image, zarr_form
 
 
 def test_other_storage_is_encoded_and_exact(tmp_path, image):
-    """Other chunks (or another codec) than the input's: s0 is encoded, its files are not the input's."""
+    """Other chunks (or another codec) than the input's: s0 is encoded, its files are not the
+    input's."""
     source = level19_input(f"{tmp_path}/in.zarr", image, (16, 16, 16))
     pyramid_flow(
         source, f"{tmp_path}/out.zarr", scale_factors=[2, 2], method="mean", chunks=(32, 32, 32)

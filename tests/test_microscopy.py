@@ -318,7 +318,8 @@ def test_convert_flow_runs_each_file_as_a_child_flow_run(prefect_server, tmp_pat
 
 
 def test_rgb_czi_samples_become_channels_in_rgb_order(tmp_path, rng):
-    """pylibCZIrw writes and reads Bgr24 planes as (y, x, [b, g, r]); the source shows c = r, g, b."""
+    """pylibCZIrw writes and reads Bgr24 planes as (y, x, [b, g, r]); the source shows c = r, g,
+    b."""
     planes = [rng.integers(0, 255, (30, 40, 3), dtype=np.uint8) for _ in range(2)]
     with pyczi.create_czi(str(tmp_path / "rgb.czi")) as czi:
         for z, plane in enumerate(planes):

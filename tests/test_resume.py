@@ -106,7 +106,8 @@ def test_sigkilled_run_resumes_only_missing_blocks(request, volume, job_type, en
     )
     executed = executed_since(array_dir, started)
     print(
-        f"{job_type}: killed with {missing} of {n_blocks} blocks missing; the rerun executed {len(executed)}"
+        f"{job_type}: killed with {missing} of {n_blocks} blocks missing; "
+        f"the rerun executed {len(executed)}"
     )
     assert len(executed) <= 1.1 * missing, (
         f"rerun executed {len(executed)} blocks for {missing} missing"
@@ -166,7 +167,8 @@ def test_prefect_cache_resumes_when_block_records_are_lost(volume):
             )
         )
 
-        def final_states():  # task runs and their states reach the API through events, so they may lag
+        # task runs and their states reach the API through events, so they may lag
+        def final_states():
             runs = client.read_task_runs(flow_run_filter=flow_run_filter)
             if len(runs) == n_batches and all(
                 r.state is not None and r.state.is_final() for r in runs

@@ -128,7 +128,8 @@ def test_slurm_workers_read_and_write_s3(s3_server, slurm_config):
 
 
 def test_cancelled_job_loses_no_block(volume, slurm_config):
-    """scancel the job that is working: adaptive scaling brings a new one, the output is complete."""
+    """scancel the job that is working: adaptive scaling brings a new one, the output is
+    complete."""
     root, image = volume
     output_dir = f"{root}/cancel.zarr/copy"
     cancelled = []

@@ -81,13 +81,15 @@ def test_write_limit_caps_concurrent_writers_across_workers_without_stalling_rea
     span = max(e for _, e, *_ in writes) - min(s for s, *_ in reads)
     busy = sum(e - s for s, e, *_ in writes)
     print(
-        f"\nwrite_limit=1, 2 workers, 32 blocks ({READ_DELAY} s reads, {WRITE_DELAY} s writes): {span:.2f} s from "
-        f"first read to last write, the slot busy {busy:.2f} s ({busy / span:.0%}); when a write got its slot "
+        f"\nwrite_limit=1, 2 workers, 32 blocks ({READ_DELAY} s reads, {WRITE_DELAY} s writes): "
+        f"{span:.2f} s from first read to last write, the slot busy {busy:.2f} s "
+        f"({busy / span:.0%}); when a write got its slot "
         f"its worker had read {sum(a >= 2 for a in ahead)}/32 times 2 blocks beyond it, "
         f"{sum(a == 1 for a in ahead)} times 1, {sum(a <= 0 for a in ahead)} times 0"
     )
     # A wait for the slot does not stop the batch: while block i waits, its worker computes
-    # block i+1 and reads block i+2 (a batch that blocked in the wait could be 1 block ahead at most).
+    # block i+1 and reads block i+2 (a batch that blocked in the wait could be 1 block ahead at
+    # most).
     assert sum(a >= 2 for a in ahead) >= 8
 
 

@@ -5,9 +5,10 @@ tensorstore's file kvstore writes a chunk into `<key>.__lock` under a POSIX lock
 that file over `<key>`. A writer killed in between leaves the lock file with its bytes, and
 tensorstore 0.1.86 reuses such a file without truncating it: the next write of that chunk is the
 new bytes followed by the dead writer's tail, a chunk that no longer decodes
-(`tests/test_stale_locks.py` fails without what follows). So every write into a local array first removes the stale lock files
-of the storage files it covers, following tensorstore's own rule: only the holder of the lock, while
-the file still has the lock path, may unlink it. A lock file a live writer holds is left alone."""
+(`tests/test_stale_locks.py` fails without what follows). So every write into a local array first
+removes the stale lock files of the storage files it covers, following tensorstore's own rule: only
+the holder of the lock, while the file still has the lock path, may unlink it. A lock file a live
+writer holds is left alone."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""HDF5 datasets through h5py, as read-only inputs: `"file.h5/dataset"`, `"file.hdf5/group/dataset"`.
+"""HDF5 datasets through h5py, as read-only inputs: `"file.h5/dataset"`,
+`"file.hdf5/group/dataset"`.
 
 h5py handles cannot be pickled: the source pickles as its file name and dataset path, and each
 process opens the file itself on first read. HDF5 is not an output: h5py serialises every call
@@ -95,7 +96,8 @@ def open_hdf5(text: str, parameter: str) -> Hdf5Source | None:
             )
             what = "is a group" if node is not None else "does not exist"
             raise (ValueError if node is not None else FileNotFoundError)(
-                f"{parameter}: {dataset or '/'!r} in {file!r} {what}; its datasets: {', '.join(names[:20]) or 'none'} "
+                f"{parameter}: {dataset or '/'!r} in {file!r} {what}; its datasets: "
+                f"{', '.join(names[:20]) or 'none'} "
                 f"(give 'file.h5/<dataset>')"
             )
         return Hdf5Source(

@@ -50,8 +50,9 @@ def as_source(
     if isinstance(data, (np.ndarray, zarr.Array)):
         return check_array(ArraySource(data, describe(data)), parameter)
     raise TypeError(
-        f"{parameter} must be a numpy array, a zarr array, a tensorstore, or a path or URL ('path/container.zarr/key', "
-        f"'.n5/key', 's3://bucket/path/container.zarr/key', 'image.ome.zarr', 'stack.tif', 'slices/*.tif', "
+        f"{parameter} must be a numpy array, a zarr array, a tensorstore, or a path or URL "
+        "('path/container.zarr/key', '.n5/key', 's3://bucket/path/container.zarr/key', "
+        "'image.ome.zarr', 'stack.tif', 'slices/*.tif', "
         f"'file.h5/dataset', 'file.czi/<scene>', 'precomputed://folder'), got {type(data).__name__}"
     )
 

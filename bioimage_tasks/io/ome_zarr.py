@@ -45,7 +45,8 @@ def open_ome_zarr(path: ContainerPath, parameter: str) -> ArraySource | None:
         multiscale = multiscale_of(dict(group.attrs))
         if multiscale is None:
             raise ValueError(
-                f"{parameter}: {str(path)!r} is a zarr group without OME-Zarr multiscales metadata; "
+                f"{parameter}: {str(path)!r} is a zarr group without OME-Zarr multiscales "
+                "metadata; "
                 f"give one of its arrays ({', '.join(sorted(group.array_keys())) or 'none'}) as "
                 f"'{path}/<array>'"
             )

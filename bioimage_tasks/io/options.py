@@ -56,14 +56,16 @@ class OutputOptions:
                 shards = ()
             if not shards or not all(_is_int(s) and s >= 1 for s in shards):
                 raise ValueError(
-                    f"output_options.shards must be positive integers, one per axis, got {self.shards!r}"
+                    "output_options.shards must be positive integers, one per axis, got "
+                    f"{self.shards!r}"
                 )
             object.__setattr__(
                 self, "shards", tuple(int(s) for s in shards)
             )  # a JSON list becomes a tuple
         if not isinstance(self.write_empty_chunks, (bool, np.bool_)):
             raise ValueError(
-                f"output_options.write_empty_chunks must be True or False, got {self.write_empty_chunks!r}"
+                "output_options.write_empty_chunks must be True or False, got "
+                f"{self.write_empty_chunks!r}"
             )
         object.__setattr__(self, "write_empty_chunks", bool(self.write_empty_chunks))
 
@@ -80,7 +82,8 @@ class OutputOptions:
 
     @property
     def changes_layout(self) -> bool:
-        """Whether a codec or shards are asked for (metadata of the output, not how it is written)."""
+        """Whether a codec or shards are asked for (metadata of the output, not how it is
+        written)."""
         return self.codec is not None or self.shards is not None
 
     def check_shards(self, ndim: int, kind: str) -> None:
@@ -201,8 +204,8 @@ def check_existing(
     if options.codec is not None and (codec != options.codec or options.level not in (None, level)):
         asked = options.codec + (f" level {options.level}" if options.level is not None else "")
         raise ValueError(
-            f"output {name} exists with codec {codec} level {level}; output_options ask for {asked}: "
-            "options apply to new outputs, so write elsewhere or delete it"
+            f"output {name} exists with codec {codec} level {level}; output_options ask for "
+            f"{asked}: options apply to new outputs, so write elsewhere or delete it"
         )
     if options.shards is not None and tuple(shards or ()) != options.shards:
         raise ValueError(

@@ -121,7 +121,8 @@ def output_path(
     path = UrlPath.parse(output, parameter, storage_options)
     if not path.writable:
         raise ValueError(
-            f"{parameter}: {path.scheme}:// is read-only; write to a local path or an s3:// URL, got {output!r}"
+            f"{parameter}: {path.scheme}:// is read-only; write to a local path or an s3:// URL, "
+            f"got {output!r}"
         )
     try:
         path.exists()
@@ -169,7 +170,8 @@ def refuse_in_memory(options: OutputOptions) -> None:
 
 
 def stored_layout(sink: Source) -> tuple[dict, tuple[int, ...] | None] | None:
-    """A zarr or tensorstore output's metadata (as JSON) and its shards (None without); None for numpy."""
+    """A zarr or tensorstore output's metadata (as JSON) and its shards (None without); None for
+    numpy."""
     array = getattr(sink, "array", None)
     if isinstance(array, zarr.Array):
         return array.metadata.to_dict(), array.shards

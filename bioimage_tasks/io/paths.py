@@ -42,7 +42,8 @@ class ContainerPath:
                         )
                     return cls(container, "/".join(key), suffix[1:])
         raise ParameterError(
-            f"{parameter} must be 'path/container.zarr/key' or 'path/container.n5/key', got {path!r}"
+            f"{parameter} must be 'path/container.zarr/key' or 'path/container.n5/key', "
+            f"got {path!r}"
         )
 
     def node(self) -> str | None:

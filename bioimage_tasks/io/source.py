@@ -53,7 +53,8 @@ def check_array(source: Source, parameter: str) -> Source:
         raise ValueError(f"{parameter} is empty (shape {shape}): there is nothing to process")
     if dtype.kind in UNSUPPORTED_KINDS:
         raise ValueError(
-            f"{parameter} has dtype {dtype} ({UNSUPPORTED_KINDS[dtype.kind]}); only bool and numeric dtypes are supported"
+            f"{parameter} has dtype {dtype} ({UNSUPPORTED_KINDS[dtype.kind]}); only bool and "
+            "numeric dtypes are supported"
         )
     return source
 

@@ -110,7 +110,8 @@ class TiffSource:
                 if plane.shape != self.shape[1:] or plane.dtype != self.dtype:
                     raise ValueError(
                         f"{self.files[z]} holds {plane.shape} {plane.dtype}; the first slice "
-                        f"{self.files[0]} holds {self.shape[1:]} {self.dtype}: slices must all match"
+                        f"{self.files[0]} holds {self.shape[1:]} {self.dtype}: slices must all "
+                        "match"
                     )
             self._open_planes[z] = plane
             while len(self._open_planes) > OPEN_PLANES:
@@ -199,7 +200,8 @@ class PlaneReader:
         return self._read_planes(range(*key[0].indices(self.shape[0])), key[1], key[2])
 
     def _read_planes(self, planes: Sequence[int], rows: slice, columns: slice) -> np.ndarray:
-        """Planes `planes`, cut to `rows` and `columns`, from the segments (strips or tiles) they cover."""
+        """Planes `planes`, cut to `rows` and `columns`, from the segments (strips or tiles) they
+        cover."""
         keyframe = self.keyframe
         (y0, y1, ystep), (x0, x1, xstep) = (
             rows.indices(self.shape[-2]),
@@ -294,8 +296,8 @@ def open_tiff(text: str, parameter: str) -> TiffSource | None:
     with tif:
         if not 0 <= series < len(tif.series):
             raise ValueError(
-                f"{parameter}: {files[0]!r} has {len(tif.series)} series (0-{len(tif.series) - 1}), "
-                f"not series {series}"
+                f"{parameter}: {files[0]!r} has {len(tif.series)} series "
+                f"(0-{len(tif.series) - 1}), not series {series}"
             )
         chosen = tif.series[series]
         physical = ome_physical(tif, series, chosen.axes) or imagej_physical(tif, chosen.axes)

@@ -119,11 +119,13 @@ class UrlPath:
     def parse(
         cls, url: str, parameter: str, options: StorageOptions | dict | None = None
     ) -> UrlPath:
-        """Check the URL and the means to reach it (ValueError naming `parameter`); reads nothing."""
+        """Check the URL and the means to reach it (ValueError naming `parameter`); reads
+        nothing."""
         scheme, _, rest = url.partition("://")
         if scheme == "gs":
             raise ValueError(
-                f"{parameter}: gs:// is not supported (only s3:// and read-only http(s)://), got {url!r}"
+                f"{parameter}: gs:// is not supported (only s3:// and read-only http(s)://), "
+                f"got {url!r}"
             )
         if scheme not in SCHEMES:
             raise ValueError(
@@ -132,15 +134,17 @@ class UrlPath:
         host, _, inside = rest.partition("/")
         if not host or not inside:
             raise ValueError(
-                f"{parameter} must be '{scheme}://{'bucket' if scheme == 's3' else 'host'}/path/container.zarr/key', got {url!r}"
+                f"{parameter} must be "
+                f"'{scheme}://{'bucket' if scheme == 's3' else 'host'}/path/container.zarr/key', "
+                f"got {url!r}"
             )
         path = ContainerPath.parse(inside, parameter)
         options = StorageOptions.coerce(options).resolved()
         if scheme == "s3":
             if not options.endpoint_url:
                 raise ValueError(
-                    f"{parameter}: no S3 endpoint for {url!r}: set AWS_ENDPOINT_URL or storage_options="
-                    "StorageOptions(endpoint_url=...) (for AWS e.g. https://s3.us-east-1.amazonaws.com)"
+                    f"{parameter}: no S3 endpoint for {url!r}: set AWS_ENDPOINT_URL or "
+                    "storage_options=StorageOptions(endpoint_url=...) (for AWS e.g. https://s3.us-east-1.amazonaws.com)"
                 )
             if not (
                 options.anonymous
@@ -210,7 +214,8 @@ class UrlPath:
             raise ValueError(f"cannot reach {self}: {text.splitlines()[0][:300]}") from None
 
     def driver(self) -> str | None:
-        """The tensorstore driver of the array at this URL (by its metadata file), None if absent."""
+        """The tensorstore driver of the array at this URL (by its metadata file), None if
+        absent."""
         drivers = ("n5",) if self.format == "n5" else ("zarr3", "zarr")
         found = self._probe(self.key, tuple(METADATA[d] for d in drivers))
         return next((d for d, present in zip(drivers, found) if present), None)

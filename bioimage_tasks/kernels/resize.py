@@ -87,7 +87,8 @@ def gaussian_radius(sigma: float) -> int:
 
 
 def gaussian_kernel(sigma: float) -> np.ndarray:
-    """scipy's gaussian_filter1d weights for `sigma` (length 2 * radius + 1; [1] when unfiltered)."""
+    """scipy's gaussian_filter1d weights for `sigma` (length 2 * radius + 1; [1] when
+    unfiltered)."""
     radius = gaussian_radius(sigma)
     if radius == 0:
         return np.ones(1)
@@ -220,7 +221,8 @@ def spline_weights(coords: np.ndarray, order: int) -> np.ndarray:
 
 
 def tap_index(taps: np.ndarray) -> slice | np.ndarray:
-    """`taps` as a slice when evenly spaced (integer zoom factors: read as a view), else as they are."""
+    """`taps` as a slice when evenly spaced (integer zoom factors: read as a view), else as they
+    are."""
     step = int(taps[1] - taps[0]) if len(taps) > 1 else 1
     if step > 0 and np.all(np.diff(taps) == step):
         return slice(int(taps[0]), int(taps[-1]) + 1, step)
