@@ -36,6 +36,7 @@ import numpy as np
 
 from bioimage_tasks.io.chunk_files import StorageLayout, storage_layout
 from bioimage_tasks.io.kv import KvLocation, as_location
+from bioimage_tasks.io.wrapped import WrappedSink
 from bioimage_tasks.records import RECORDS_DIR, BlockRecords
 from bioimage_tasks.signatures import MISSING, _stat_files
 
@@ -188,33 +189,12 @@ def manifest_of(sink: Any) -> ChunkManifest | None:
 
 
 @dataclass(frozen=True, eq=False)
-class StampedSink:
+class StampedSink(WrappedSink):
     """`inner` (a sink of bioimage_tasks.io, throttled or not, or an EncodedCopy), stamping the
     files each write touches into `manifest` once the write is done. Everything else is the
     inner sink's."""
 
-    inner: Any
     manifest: ChunkManifest
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.inner.shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.inner.dtype
-
-    @property
-    def write_unit(self) -> tuple[int, ...] | None:
-        return self.inner.write_unit
-
-    def __getitem__(self, key: Region) -> np.ndarray:
-        return self.inner[key]
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("inner", "manifest") or name.startswith("__"):  # unpickling, copying
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def start_write(self, key: Region, values: Any) -> Callable[[], None]:
         """Start the write; the returned function waits for it, then stamps its files."""
@@ -225,9 +205,6 @@ class StampedSink:
             self.manifest.stamp(key)
 
         return done
-
-    def write(self, key: Region, values: Any) -> None:
-        self.start_write(key, values)()
 
     def start_stamp(self, key: Region) -> Callable[[], None]:
         """Stamp the files of `key` as they are (a block that left them alone vouches for them)."""

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from bioimage_tasks.io.wrapped import WrappedSink
+
 WRITER_THREADS = 32  # per process; a batch has at most a couple of writes in flight
 
 _executor: ThreadPoolExecutor | None = None
@@ -38,32 +40,11 @@ def _writers() -> ThreadPoolExecutor:
 
 
 @dataclass(frozen=True, eq=False)
-class ThrottledSink:
+class ThrottledSink(WrappedSink):
     """`inner` (a sink of bioimage_tasks.io), with every write holding a slot of the Prefect global
     concurrency limit `limit`. Everything else is the inner sink's."""
 
-    inner: Any
     limit: str
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.inner.shape
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.inner.dtype
-
-    @property
-    def write_unit(self) -> tuple[int, ...] | None:
-        return self.inner.write_unit
-
-    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        return self.inner[key]
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("inner", "limit") or name.startswith("__"):  # unpickling, copying
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def start_write(self, key: tuple[slice, ...], values: np.ndarray) -> Callable[[], None]:
         """Queue the write of `values` at `key` behind a slot of the limit; the returned function
@@ -71,9 +52,6 @@ class ThrottledSink:
         along to the writer thread."""
         future = _writers().submit(contextvars.copy_context().run, self._write_in_slot, key, values)
         return future.result
-
-    def write(self, key: tuple[slice, ...], values: np.ndarray) -> None:
-        self.start_write(key, values)()
 
     def _write_in_slot(self, key: tuple[slice, ...], values: np.ndarray) -> None:
         from prefect.concurrency.sync import concurrency
