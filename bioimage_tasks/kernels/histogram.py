@@ -18,6 +18,7 @@ import numpy as np
 
 from bioimage_tasks.geometry import downscale_shape
 from bioimage_tasks.kernels.sums import parent_axis_counts
+from bioimage_tasks.kernels.voxel_histograms import first_level_histograms
 
 _SORT_BY_INSERTION = 24  # longer runs of pairs are sorted with numpy's argsort
 
@@ -40,6 +41,19 @@ class LevelHistograms:
     def of_voxels(cls, voxels: np.ndarray) -> LevelHistograms:
         voxels = np.ascontiguousarray(voxels)
         return cls(voxels, np.ones((voxels.ndim, max(voxels.shape)), np.int64))
+
+    @classmethod
+    def of_windows(cls, voxels: np.ndarray, factors: tuple[int, ...], method: str) -> LevelHistograms:
+        """The first level: `of_voxels(voxels).merge(factors, method)`, from the voxels directly
+        when at most the last three factors exceed 1 (voxel_histograms.py: uniform windows found
+        by a vectorised test, only mixed ones sorted)."""
+        voxels = np.ascontiguousarray(voxels)
+        if voxels.ndim == 0 or not voxels.size or any(f > 1 for f in factors[:-3]):
+            return cls.of_voxels(voxels).merge(factors, method)
+        values, offsets, pairs, counts = first_level_histograms(voxels, factors, method == "median")
+        axis_counts = parent_axis_counts(np.ones((voxels.ndim, max(voxels.shape)), np.int64),
+                                         np.asarray(voxels.shape, np.int64), np.asarray(factors, np.int64))
+        return cls(values, axis_counts, offsets, pairs, counts)
 
     def merge(self, factors: tuple[int, ...], method: str) -> LevelHistograms:
         """The next level: windows of `factors` of this level's windows (cut by the edge).

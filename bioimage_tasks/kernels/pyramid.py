@@ -80,10 +80,18 @@ def _chained(tile: np.ndarray, factors: list[tuple[int, ...]], method: str) -> l
 
 
 def _chained_histograms(tile: np.ndarray, factors: list[tuple[int, ...]], method: str) -> list[np.ndarray]:
-    """mode/median of integers: each level's window histograms merged from the level above's."""
-    current = LevelHistograms.of_voxels(tile.view(np.uint8) if tile.dtype.kind == "b" else tile)
-    levels = []
-    for level in factors:
+    """mode/median of integers: the first level's window histograms from the voxels, each next
+    level's merged from the level above's. A Fortran-ordered tile is reduced through its transpose
+    (the values, not their order, decide an integer mode or median)."""
+    if not factors:
+        return []
+    if tile.ndim > 1 and tile.flags.f_contiguous and not tile.flags.c_contiguous:
+        levels = _chained_histograms(tile.T, [level[::-1] for level in factors], method)
+        return [level.T for level in levels]
+    current = LevelHistograms.of_windows(tile.view(np.uint8) if tile.dtype.kind == "b" else tile,
+                                         factors[0], method)
+    levels = [current.values.view(tile.dtype)]
+    for level in factors[1:]:
         current = current.merge(level, method)
         levels.append(current.values.view(tile.dtype))
     return levels

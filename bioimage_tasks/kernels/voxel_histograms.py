@@ -1,0 +1,190 @@
+"""The first level of integer `mode`/`median` pyramids, straight from the voxels: each window's
+value and, for a mixed window (more than one distinct value), its histogram in the CSR form of
+`histogram.LevelHistograms`. Most windows of a label volume hold one value: for each output row
+every window is first tested for that in a loop over its input rows that the compiler vectorises
+(no gather, no sort); only the mixed windows are gathered, sorted (at most a few voxels) and
+counted. Three axes, or more when the leading factors are 1 (stacked); compiled, the GIL released.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+_SORT_BY_INSERTION = 24  # longer windows are sorted with numpy's sort
+_ALL_UNIFORM = np.uint64(0x0101010101010101)  # eight flags of `same`, all set
+
+
+def first_level_histograms(voxels: np.ndarray, factors: tuple[int, ...], median: bool):
+    """(values, offsets, pair_values, pair_counts) of the `factors` windows of C-ordered integer
+    `voxels` (at most three axes with factors above 1, the leading ones first): values in the
+    output's shape, the histograms of the mixed windows as `LevelHistograms` keeps them."""
+    shape, ndim = voxels.shape, voxels.ndim
+    out_shape = tuple(-(-n // f) for n, f in zip(shape, factors))
+    stacked = voxels.reshape((-1, *shape[-3:]) if ndim >= 3 else (1,) * (4 - ndim) + shape)
+    cube_factors = ((1,) * (3 - ndim) + tuple(factors))[-3:]
+    values = np.empty(out_shape, voxels.dtype)
+    offsets = np.empty(values.size + 1, np.int64)
+    stacked_values = values.reshape((-1, *out_shape[-3:]) if ndim >= 3 else (1,) * (4 - ndim) + out_shape)
+    pair_values, pair_counts = _first_level(stacked, *cube_factors, median, stacked_values, offsets)
+    return values, offsets, pair_values, pair_counts
+
+
+@numba.njit(nogil=True, cache=True)
+def _first_level(voxels, factor_z, factor_y, factor_x, median, values, offsets):
+    """Fill `values` (stack, out z, out y, out x) and `offsets` (one per window, then the end) and
+    return the pairs (distinct values ascending, their voxel counts) of the mixed windows."""
+    depth, height, width = voxels.shape[1:]
+    out_width = values.shape[3]
+    most = factor_z * factor_y * factor_x
+    pair_values = np.empty(max(1024, values.size // 4), voxels.dtype)
+    pair_counts = np.empty(pair_values.size, np.int64)
+    same = np.ones(-(-out_width // 8) * 8, np.uint8)  # whole words: padding "uniform"
+    words = same.view(np.uint64)
+    differences = np.empty(width, voxels.dtype)
+    window = np.empty(most, voxels.dtype)
+    full = width // factor_x
+    used = 0
+    parent = 0
+    for stack in range(values.shape[0]):
+        cube = voxels[stack]
+        for out_z in range(values.shape[1]):
+            z, n_z = out_z * factor_z, min(factor_z, depth - out_z * factor_z)
+            for out_y in range(values.shape[2]):
+                y, n_y = out_y * factor_y, min(factor_y, height - out_y * factor_y)
+                if used + out_width * most > pair_values.size:  # room for this row's pairs
+                    capacity = 2 * pair_values.size + out_width * most
+                    pair_values = _grown(pair_values, used, capacity)
+                    pair_counts = _grown(pair_counts, used, capacity)
+                first = cube[z, y]
+                _flag_uniform(cube, z, n_z, y, n_y, factor_x, full, first, same, differences)
+                out_row = values[stack, out_z, out_y]
+                if factor_x == 2:  # every window its first voxel; mixed ones fixed below
+                    for out_x in range(full):
+                        out_row[out_x] = first[2 * out_x]
+                else:
+                    for out_x in range(full):
+                        out_row[out_x] = first[out_x * factor_x]
+                same[full:out_width] = 0  # the partial window at the row's end, if any
+                last = 0  # windows before `last` have their offsets
+                for word in range(words.size):
+                    if words[word] == _ALL_UNIFORM:  # eight uniform windows skipped at once
+                        continue
+                    for out_x in range(8 * word, min(8 * word + 8, out_width)):
+                        if same[out_x]:
+                            continue
+                        for index in range(parent + last, parent + out_x + 1):
+                            offsets[index] = used
+                        last = out_x + 1
+                        x = out_x * factor_x
+                        n = _gather(cube, z, n_z, y, n_y, x, min(factor_x, width - x), window)
+                        out_row[out_x], used = _count_pairs(window, n, median, pair_values, pair_counts,
+                                                            used)
+                for index in range(parent + last, parent + out_width):
+                    offsets[index] = used
+                parent += out_width
+    offsets[parent] = used
+    return pair_values[:used], pair_counts[:used]
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _flag_uniform(cube, z, n_z, y, n_y, factor_x, full, first, same, differences):
+    """`same[k]` = 1 iff every voxel of the full window k along the row equals its first voxel
+    (`first`: the window's first input row). Branch-free loops over whole rows; for 2x2x2 the
+    rows' differences from the first row are or-ed elementwise first (contiguous: vectorised)."""
+    if n_z == 2 and n_y == 2 and factor_x == 2:
+        a, b, c, d = cube[z, y], cube[z, y + 1], cube[z + 1, y], cube[z + 1, y + 1]
+        for x in range(2 * full):
+            value = a[x]
+            differences[x] = (b[x] ^ value) | (c[x] ^ value) | (d[x] ^ value)
+        for k in range(full):
+            same[k] = (differences[2 * k] | differences[2 * k + 1] | (a[2 * k] ^ a[2 * k + 1])) == 0
+        return
+    for k in range(full):
+        same[k] = 1
+    for dz in range(n_z):
+        for dy in range(n_y):
+            row = cube[z + dz, y + dy]
+            if factor_x == 2:
+                for k in range(full):
+                    value = first[2 * k]
+                    same[k] &= (row[2 * k] == value) & (row[2 * k + 1] == value)
+            else:
+                for k in range(full):
+                    value = first[k * factor_x]
+                    for offset in range(factor_x):
+                        same[k] &= row[k * factor_x + offset] == value
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _gather(cube, z, n_z, y, n_y, x, n_x, window):
+    """Copy the window's voxels into `window`; returns how many (fewer at the edge)."""
+    n = 0
+    for dz in range(n_z):
+        for dy in range(n_y):
+            row = cube[z + dz, y + dy]
+            for dx in range(n_x):
+                window[n] = row[x + dx]
+                n += 1
+    return n
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _count_pairs(window, n, median, pair_values, pair_counts, used):
+    """Sort `window[:n]`; a window of one value is uniform (no pairs), any other appends its
+    distinct values with their counts at `used`. Returns (its mode or median, the new `used`):
+    the mode is the highest count, the lowest value on a tie; the median the value at position
+    (n - 1) // 2. Two distinct values (most mixed windows of labels) are counted without a sort."""
+    low, other = window[0], window[0]
+    n_low = 0
+    for i in range(n):  # branch-free (selects): mixed windows come in no predictable order
+        value = window[i]
+        n_low += value == low
+        other = value if value != low else other
+    n_other = 0
+    for i in range(n):
+        n_other += window[i] == other
+    if n_low == n:
+        return low, used
+    if n_low + n_other == n:
+        high, n_high = other, n_other
+        if other < low:
+            low, n_low, high, n_high = other, n_other, low, n_low
+        pair_values[used], pair_counts[used] = low, n_low
+        pair_values[used + 1], pair_counts[used + 1] = high, n_high
+        if median:
+            return (low if 2 * n_low > n - 1 else high), used + 2
+        return (high if n_high > n_low else low), used + 2
+    if n <= _SORT_BY_INSERTION:
+        for i in range(1, n):
+            value = window[i]
+            j = i - 1
+            while j >= 0 and window[j] > value:
+                window[j + 1] = window[j]
+                j -= 1
+            window[j + 1] = value
+    else:
+        window[:n] = np.sort(window[:n])
+    if window[0] == window[n - 1]:
+        return window[0], used
+    pick = window[(n - 1) // 2]
+    best = 0
+    start = 0
+    for i in range(1, n + 1):
+        if i == n or window[i] != window[start]:
+            pair_values[used] = window[start]
+            pair_counts[used] = i - start
+            used += 1
+            if not median and i - start > best:
+                best = i - start
+                pick = window[start]
+            start = i
+    return pick, used
+
+
+@numba.njit(nogil=True, cache=True)
+def _grown(array, used, capacity):
+    """`array` with room for `capacity` elements, its first `used` kept."""
+    grown = np.empty(capacity, array.dtype)
+    grown[:used] = array[:used]
+    return grown
