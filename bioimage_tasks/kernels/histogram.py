@@ -249,29 +249,8 @@ def _merge_rows(first, last, child_modes, child_offsets, child_values, child_cou
                             values[n] = child_values[pair]
                             counts[n] = child_counts[pair]
                             n += 1
-            if n <= _SORT_BY_INSERTION:
-                for i in range(1, n):
-                    value = values[i]
-                    count = counts[i]
-                    j = i - 1
-                    while j >= 0 and values[j] > value:
-                        values[j + 1] = values[j]
-                        counts[j + 1] = counts[j]
-                        j -= 1
-                    values[j + 1] = value
-                    counts[j + 1] = count
-            else:
-                _argsort_pairs(values, counts, n)
             start = used
-            total = 0
-            for i in range(n):
-                total += counts[i]
-                if i > 0 and values[i] == out_values[used - 1]:
-                    out_counts[used - 1] += counts[i]
-                else:
-                    out_values[used] = values[i]
-                    out_counts[used] = counts[i]
-                    used += 1
+            used, total = _distinct_pairs(values, counts, n, out_values, out_counts, used)
             pick = out_values[start]
             if median:
                 seen = 0
@@ -288,3 +267,47 @@ def _merge_rows(first, last, child_modes, child_offsets, child_values, child_cou
                         best = out_counts[i]
             result[parent] = pick
     return used
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _distinct_pairs(values, counts, n, out_values, out_counts, used):
+    """Append the distinct values of the `n` pairs (`values`, `counts`), ascending, with their
+    summed counts at `used`; returns (the new `used`, the total count). A short run adds each
+    pair to its value's entry (few distinct values: no sort of the pairs, only of the entries);
+    a long one is sorted first."""
+    start = used
+    total = 0
+    if n <= _SORT_BY_INSERTION:
+        for i in range(n):
+            value = values[i]
+            total += counts[i]
+            j = start
+            while j < used and out_values[j] != value:
+                j += 1
+            if j == used:
+                out_values[used] = value
+                out_counts[used] = counts[i]
+                used += 1
+            else:
+                out_counts[j] += counts[i]
+        for i in range(start + 1, used):
+            value = out_values[i]
+            count = out_counts[i]
+            j = i - 1
+            while j >= start and out_values[j] > value:
+                out_values[j + 1] = out_values[j]
+                out_counts[j + 1] = out_counts[j]
+                j -= 1
+            out_values[j + 1] = value
+            out_counts[j + 1] = count
+        return used, total
+    _argsort_pairs(values, counts, n)
+    for i in range(n):
+        total += counts[i]
+        if i > 0 and values[i] == out_values[used - 1]:
+            out_counts[used - 1] += counts[i]
+        else:
+            out_values[used] = values[i]
+            out_counts[used] = counts[i]
+            used += 1
+    return used, total

@@ -41,9 +41,11 @@ def _first_level(voxels, factor_z, factor_y, factor_x, median, values, offsets):
     pair_counts = np.empty(pair_values.size, np.int64)
     same = np.ones(-(-out_width // 8) * 8, np.uint8)  # whole words: padding "uniform"
     words = same.view(np.uint64)
-    differences = np.empty(width, voxels.dtype)
-    window = np.empty(most, voxels.dtype)
     full = width // factor_x
+    rows = np.empty((8, full), voxels.dtype)  # 2x2x2: the four rows' even and odd voxels
+    lows, others = np.empty(full, voxels.dtype), np.empty(full, voxels.dtype)
+    n_lows, n_others = np.zeros(full, np.uint8), np.zeros(full, np.uint8)
+    window = np.empty(most, voxels.dtype)
     used = 0
     parent = 0
     for stack in range(values.shape[0]):
@@ -56,15 +58,13 @@ def _first_level(voxels, factor_z, factor_y, factor_x, median, values, offsets):
                     capacity = 2 * pair_values.size + out_width * most
                     pair_values = _grown(pair_values, used, capacity)
                     pair_counts = _grown(pair_counts, used, capacity)
-                first = cube[z, y]
-                _flag_uniform(cube, z, n_z, y, n_y, factor_x, full, first, same, differences)
-                out_row = values[stack, out_z, out_y]
-                if factor_x == 2:  # every window its first voxel; mixed ones fixed below
-                    for out_x in range(full):
-                        out_row[out_x] = first[2 * out_x]
+                cubic = n_z == 2 and n_y == 2 and factor_x == 2
+                if cubic:
+                    _two_values(cube, z, y, full, rows, lows, others, n_lows, n_others, same)
                 else:
-                    for out_x in range(full):
-                        out_row[out_x] = first[out_x * factor_x]
+                    _flag_uniform(cube, z, n_z, y, n_y, factor_x, full, lows, same)
+                out_row = values[stack, out_z, out_y]
+                out_row[:full] = lows  # every full window its first voxel; mixed ones fixed below
                 same[full:out_width] = 0  # the partial window at the row's end, if any
                 last = 0  # windows before `last` have their offsets
                 for word in range(words.size):
@@ -76,6 +76,11 @@ def _first_level(voxels, factor_z, factor_y, factor_x, median, values, offsets):
                         for index in range(parent + last, parent + out_x + 1):
                             offsets[index] = used
                         last = out_x + 1
+                        if cubic and out_x < full and n_lows[out_x] + n_others[out_x] == 8:
+                            out_row[out_x], used = _two_pairs(lows[out_x], n_lows[out_x], others[out_x],
+                                                              n_others[out_x], median, pair_values,
+                                                              pair_counts, used)
+                            continue
                         x = out_x * factor_x
                         n = _gather(cube, z, n_z, y, n_y, x, min(factor_x, width - x), window)
                         out_row[out_x], used = _count_pairs(window, n, median, pair_values, pair_counts,
@@ -88,32 +93,64 @@ def _first_level(voxels, factor_z, factor_y, factor_x, median, values, offsets):
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _flag_uniform(cube, z, n_z, y, n_y, factor_x, full, first, same, differences):
-    """`same[k]` = 1 iff every voxel of the full window k along the row equals its first voxel
-    (`first`: the window's first input row). Branch-free loops over whole rows; for 2x2x2 the
-    rows' differences from the first row are or-ed elementwise first (contiguous: vectorised)."""
-    if n_z == 2 and n_y == 2 and factor_x == 2:
-        a, b, c, d = cube[z, y], cube[z, y + 1], cube[z + 1, y], cube[z + 1, y + 1]
-        for x in range(2 * full):
-            value = a[x]
-            differences[x] = (b[x] ^ value) | (c[x] ^ value) | (d[x] ^ value)
+def _two_values(cube, z, y, full, rows, lows, others, n_lows, n_others, same):
+    """For the full 2x2x2 windows of a row: the first voxel (`lows`), another value if any
+    (`others`), how many voxels hold each and whether the window is uniform (`same`). The four
+    input rows are split into even and odd voxels first, so the main loop reads eight contiguous
+    rows and compiles to selects and compares over vectors."""
+    for source in range(4):
+        row = cube[z + source // 2, y + source % 2]
+        even, odd = rows[2 * source], rows[2 * source + 1]
         for k in range(full):
-            same[k] = (differences[2 * k] | differences[2 * k + 1] | (a[2 * k] ^ a[2 * k + 1])) == 0
-        return
+            even[k] = row[2 * k]
+            odd[k] = row[2 * k + 1]
+    r0, r1, r2, r3, r4, r5, r6, r7 = rows[0], rows[1], rows[2], rows[3], rows[4], rows[5], rows[6], rows[7]
+    for k in range(full):  # written out: a loop over a tuple would not vectorise
+        low, v1, v2, v3, v4, v5, v6, v7 = r0[k], r1[k], r2[k], r3[k], r4[k], r5[k], r6[k], r7[k]
+        other = v1 if v1 != low else low
+        other = v2 if v2 != low else other
+        other = v3 if v3 != low else other
+        other = v4 if v4 != low else other
+        other = v5 if v5 != low else other
+        other = v6 if v6 != low else other
+        other = v7 if v7 != low else other
+        n_low = (np.uint8(1) + np.uint8(v1 == low) + np.uint8(v2 == low) + np.uint8(v3 == low)
+                 + np.uint8(v4 == low) + np.uint8(v5 == low) + np.uint8(v6 == low) + np.uint8(v7 == low))
+        n_other = (np.uint8(low == other) + np.uint8(v1 == other) + np.uint8(v2 == other)
+                   + np.uint8(v3 == other) + np.uint8(v4 == other) + np.uint8(v5 == other)
+                   + np.uint8(v6 == other) + np.uint8(v7 == other))
+        lows[k], others[k], n_lows[k], n_others[k] = low, other, n_low, n_other
+        same[k] = n_low == 8
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _two_pairs(first, n_first, second, n_second, median, pair_values, pair_counts, used):
+    """Append the two distinct values of a window (ascending) with their counts at `used`;
+    returns (the mode or median, the new `used`)."""
+    swap = second < first
+    low, n_low = (second, n_second) if swap else (first, n_first)
+    high, n_high = (first, n_first) if swap else (second, n_second)
+    pair_values[used], pair_counts[used] = low, n_low
+    pair_values[used + 1], pair_counts[used + 1] = high, n_high
+    take_high = (2 * n_low <= n_low + n_high - 1) if median else (n_high > n_low)
+    return (high if take_high else low), used + 2
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _flag_uniform(cube, z, n_z, y, n_y, factor_x, full, firsts, same):
+    """`same[k]` = 1 iff every voxel of the full window k along the row equals its first voxel,
+    which goes to `firsts[k]`. Branch-free loops over whole rows."""
+    first = cube[z, y]
     for k in range(full):
+        firsts[k] = first[k * factor_x]
         same[k] = 1
     for dz in range(n_z):
         for dy in range(n_y):
             row = cube[z + dz, y + dy]
-            if factor_x == 2:
-                for k in range(full):
-                    value = first[2 * k]
-                    same[k] &= (row[2 * k] == value) & (row[2 * k + 1] == value)
-            else:
-                for k in range(full):
-                    value = first[k * factor_x]
-                    for offset in range(factor_x):
-                        same[k] &= row[k * factor_x + offset] == value
+            for k in range(full):
+                value = firsts[k]
+                for offset in range(factor_x):
+                    same[k] &= row[k * factor_x + offset] == value
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -146,15 +183,21 @@ def _count_pairs(window, n, median, pair_values, pair_counts, used):
         n_other += window[i] == other
     if n_low == n:
         return low, used
-    if n_low + n_other == n:
-        high, n_high = other, n_other
-        if other < low:
-            low, n_low, high, n_high = other, n_other, low, n_low
+    if n_low + n_other == n:  # selects, not branches
+        swap = other < low
+        high, n_high = (low, n_low) if swap else (other, n_other)
+        low, n_low = (other, n_other) if swap else (low, n_low)
         pair_values[used], pair_counts[used] = low, n_low
         pair_values[used + 1], pair_counts[used + 1] = high, n_high
-        if median:
-            return (low if 2 * n_low > n - 1 else high), used + 2
-        return (high if n_high > n_low else low), used + 2
+        take_high = (2 * n_low <= n - 1) if median else (n_high > n_low)
+        return (high if take_high else low), used + 2
+    return _sorted_pairs(window, n, median, pair_values, pair_counts, used)
+
+
+@numba.njit(nogil=True, cache=True)
+def _sorted_pairs(window, n, median, pair_values, pair_counts, used):
+    """`_count_pairs` of a window of three or more distinct values: sorted, then counted. Not
+    inlined: kept out of the hot loop, it leaves that loop's registers alone."""
     if n <= _SORT_BY_INSERTION:
         for i in range(1, n):
             value = window[i]

@@ -1,0 +1,299 @@
+"""The first two levels of an integer `mode`/`median` pyramid of 2x2x2 windows, exactly, at the
+speed of a label volume's common case: most windows hold one value, and most of the others two.
+
+Level 1 keeps every window of at most two distinct values densely: its first value and count
+(`a`, `n_a`) and the other value and count (`b`, `n_b`, 0 for a uniform window); only windows of
+three or more values get a histogram in CSR form (`kind` 1). Level 2 then tests every parent for
+"at most two values" in a vectorised pass over its eight children's dense entries (16 value and
+count pairs, selects and compares only); just the parents that fail (a child with a histogram,
+a third value, the array's edge) merge their children's histograms as `histogram.py` does.
+Level 2 comes out as `LevelHistograms` for the deeper levels. Compiled, the GIL released.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from bioimage_tasks.kernels.histogram import _distinct_pairs
+from bioimage_tasks.kernels.voxel_histograms import (_ALL_UNIFORM, _count_pairs, _gather, _grown,
+                                                     _two_pairs, _two_values)
+
+
+def first_two_levels(voxels: np.ndarray, median: bool):
+    """Levels 1 and 2 of C-ordered integer `voxels` (at least three axes; the last three reduced
+    by 2 per level, the leading ones kept): (level 1 values, level 2 values, its offsets, pair
+    values, pair counts) as `LevelHistograms` holds them."""
+    shape = voxels.shape
+    stacked = voxels.reshape(-1, *shape[-3:])
+    first_shape = (stacked.shape[0], *(-(-n // 2) for n in shape[-3:]))
+    second_shape = (stacked.shape[0], *(-(-n // 2) for n in first_shape[1:]))
+    modes = np.empty(first_shape, voxels.dtype)
+    a, b = np.empty(first_shape, voxels.dtype), np.empty(first_shape, voxels.dtype)
+    n_a, n_b = np.empty(first_shape, np.int32), np.empty(first_shape, np.int32)
+    kind = np.empty(first_shape, np.uint8)
+    offsets = np.empty(modes.size + 1, np.int64)
+    pairs, counts = _dense_first_level(stacked, median, modes, a, n_a, b, n_b, kind, offsets)
+    second = np.empty(second_shape, voxels.dtype)
+    second_offsets = np.empty(second.size + 1, np.int64)
+    second_pairs, second_counts = _dense_second_level(a, n_a, b, n_b, kind, offsets, pairs, counts, median,
+                                                      second, second_offsets)
+    first_values = modes.reshape(*shape[:-3], *first_shape[1:])
+    return (first_values, second.reshape(*shape[:-3], *second_shape[1:]), second_offsets, second_pairs,
+            second_counts)
+
+
+@numba.njit(nogil=True, cache=True)
+def _dense_first_level(voxels, median, modes, a, n_a, b, n_b, kind, offsets):
+    """Level 1: `modes` and the dense entries of every window, the histograms (returned pairs,
+    `offsets`) of those with three or more values."""
+    depth, height, width = voxels.shape[1:]
+    out_width = modes.shape[3]
+    full = width // 2
+    pair_values = np.empty(max(1024, modes.size // 16), voxels.dtype)
+    pair_counts = np.empty(pair_values.size, np.int64)
+    rows = np.empty((8, full), voxels.dtype)
+    lows, others = np.empty(full, voxels.dtype), np.empty(full, voxels.dtype)
+    n_lows, n_others = np.zeros(full, np.uint8), np.zeros(full, np.uint8)
+    simple = np.ones(-(-out_width // 8) * 8, np.uint8)  # whole words: padding "simple"
+    words = simple.view(np.uint64)
+    window = np.empty(8, voxels.dtype)
+    used = 0
+    parent = 0
+    for stack in range(modes.shape[0]):
+        cube = voxels[stack]
+        for out_z in range(modes.shape[1]):
+            z, n_z = 2 * out_z, min(2, depth - 2 * out_z)
+            for out_y in range(modes.shape[2]):
+                y, n_y = 2 * out_y, min(2, height - 2 * out_y)
+                if used + out_width * 8 > pair_values.size:
+                    capacity = 2 * pair_values.size + out_width * 8
+                    pair_values, pair_counts = _grown(pair_values, used, capacity), _grown(pair_counts, used, capacity)
+                at = (stack, out_z, out_y)
+                cubic = n_z == 2 and n_y == 2
+                if cubic:
+                    _two_values(cube, z, y, full, rows, lows, others, n_lows, n_others, simple)
+                    _dense_entries(lows, n_lows, others, n_others, median, modes[at], a[at], n_a[at], b[at],
+                                   n_b[at], kind[at], simple)
+                simple[full if cubic else 0:out_width] = 0  # the rest: gathered one by one
+                last = 0
+                for word in range(words.size):
+                    if words[word] == _ALL_UNIFORM:
+                        continue
+                    for out_x in range(8 * word, min(8 * word + 8, out_width)):
+                        if simple[out_x]:
+                            continue
+                        for index in range(parent + last, parent + out_x + 1):
+                            offsets[index] = used
+                        last = out_x + 1
+                        n = _gather(cube, z, n_z, y, n_y, 2 * out_x, min(2, width - 2 * out_x), window)
+                        before = used
+                        modes[at][out_x], used = _count_pairs(window, n, median, pair_values, pair_counts, used)
+                        _entries_of_window(window, n, used - before, pair_values, pair_counts, before, out_x,
+                                           a[at], n_a[at], b[at], n_b[at], kind[at])
+                        if used - before == 2:  # two values: kept densely, not as a histogram
+                            used = before
+                for index in range(parent + last, parent + out_width):
+                    offsets[index] = used
+                parent += out_width
+    offsets[parent] = used
+    return pair_values[:used], pair_counts[:used]
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _dense_entries(lows, n_lows, others, n_others, median, modes, a, n_a, b, n_b, kind, simple):
+    """A row of full 2x2x2 windows from `_two_values`: dense entries, mode or median of the
+    windows of at most two values (selects: vectorised); `simple[k]` 0 for three or more."""
+    for k in range(lows.size):
+        low, other = lows[k], others[k]
+        n_low = np.int32(n_lows[k])
+        n_other = np.int32(n_others[k]) if other != low else np.int32(0)
+        a[k], n_a[k], b[k], n_b[k] = low, n_low, other, n_other
+        few = n_low + n_other == 8
+        kind[k] = not few
+        simple[k] = few
+        smaller, n_smaller = (other, n_other) if other < low else (low, n_low)
+        larger, n_larger = (low, n_low) if other < low else (other, n_other)
+        take_larger = (2 * n_smaller <= 7) if median else (n_larger > n_smaller)
+        modes[k] = larger if take_larger else smaller
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _entries_of_window(window, n, n_pairs, pair_values, pair_counts, start, k, a, n_a, b, n_b, kind):
+    """Dense entries of a gathered window (`window[:n]` sorted; `n_pairs` pairs at `start`, none
+    when uniform)."""
+    kind[k] = n_pairs > 2
+    if n_pairs == 0:
+        a[k], n_a[k], b[k], n_b[k] = window[0], n, window[0], 0
+    elif n_pairs == 2:
+        a[k], n_a[k] = pair_values[start], pair_counts[start]
+        b[k], n_b[k] = pair_values[start + 1], pair_counts[start + 1]
+
+
+@numba.njit(nogil=True, cache=True)
+def _dense_second_level(a, n_a, b, n_b, kind, offsets, pairs, counts, median, modes, out_offsets):
+    """Level 2 from level 1's dense entries and histograms: `modes`, `out_offsets` and the
+    returned pairs of its mixed windows (CSR, as `LevelHistograms`)."""
+    depth, height, width = a.shape[1:]
+    out_width = modes.shape[3]
+    full = width // 2
+    pair_values = np.empty(max(1024, modes.size), a.dtype)
+    pair_counts = np.empty(pair_values.size, np.int64)
+    entries = np.empty((16, full), a.dtype)
+    weights = np.empty((16, full), np.int32)
+    hard = np.empty((8, full), np.uint8)
+    lows, others = np.empty(full, a.dtype), np.empty(full, a.dtype)
+    n_lows, n_others, totals = np.zeros(full, np.int32), np.zeros(full, np.int32), np.zeros(full, np.int32)
+    skip = np.ones(-(-out_width // 8) * 8, np.uint8)
+    words = skip.view(np.uint64)
+    simple = np.zeros(full, np.uint8)
+    values, weights_of = np.empty(64, a.dtype), np.empty(64, np.int64)
+    used = 0
+    parent = 0
+    for stack in range(modes.shape[0]):
+        for out_z in range(modes.shape[1]):
+            z, n_z = 2 * out_z, min(2, depth - 2 * out_z)
+            for out_y in range(modes.shape[2]):
+                y, n_y = 2 * out_y, min(2, height - 2 * out_y)
+                most = out_width * 64
+                if used + most > pair_values.size:
+                    capacity = 2 * pair_values.size + most
+                    pair_values, pair_counts = _grown(pair_values, used, capacity), _grown(pair_counts, used, capacity)
+                cubic = n_z == 2 and n_y == 2
+                out_row = modes[stack, out_z, out_y]
+                if cubic:
+                    _split_children(a[stack], n_a[stack], b[stack], n_b[stack], kind[stack], z, y, full,
+                                    entries, weights, hard)
+                    _two_of_sixteen(entries, weights, hard, median, lows, n_lows, others, n_others, simple,
+                                    out_row, skip, totals)
+                skip[full if cubic else 0:out_width] = 0
+                last = 0
+                for word in range(words.size):
+                    if words[word] == _ALL_UNIFORM:
+                        continue
+                    for out_x in range(8 * word, min(8 * word + 8, out_width)):
+                        if skip[out_x]:
+                            continue
+                        for index in range(parent + last, parent + out_x + 1):
+                            out_offsets[index] = used
+                        last = out_x + 1
+                        if cubic and out_x < full and simple[out_x]:
+                            out_row[out_x], used = _two_pairs(lows[out_x], n_lows[out_x], others[out_x],
+                                                              n_others[out_x], median, pair_values,
+                                                              pair_counts, used)
+                            continue
+                        n = _gather_children(a[stack], n_a[stack], b[stack], n_b[stack], kind[stack],
+                                             offsets[stack * depth * height * width:], pairs, counts, z, n_z,
+                                             y, n_y, 2 * out_x, min(2, width - 2 * out_x), values, weights_of)
+                        start = used
+                        used, total = _distinct_pairs(values, weights_of, n, pair_values, pair_counts, used)
+                        out_row[out_x] = _pick(pair_values, pair_counts, start, used, total, median)
+                        if used - start == 1:  # one value after all: uniform, no pairs
+                            used = start
+                for index in range(parent + last, parent + out_width):
+                    out_offsets[index] = used
+                parent += out_width
+    out_offsets[parent] = used
+    return pair_values[:used], pair_counts[:used]
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _split_children(a, n_a, b, n_b, kind, z, y, full, entries, weights, hard):
+    """The 16 dense entries (and 8 kinds) of the children of a row of full parents, one
+    contiguous row each, so that `_two_of_sixteen` reads them as vectors."""
+    for source in range(4):
+        at = (z + source // 2, y + source % 2)
+        row_a, row_na, row_b, row_nb, row_kind = a[at], n_a[at], b[at], n_b[at], kind[at]
+        for half in range(2):
+            slot = 2 * source + half
+            target_a, target_b = entries[2 * slot], entries[2 * slot + 1]
+            weight_a, weight_b = weights[2 * slot], weights[2 * slot + 1]
+            kinds = hard[slot]
+            for k in range(full):
+                target_a[k] = row_a[2 * k + half]
+                target_b[k] = row_b[2 * k + half]
+                weight_a[k] = row_na[2 * k + half]
+                weight_b[k] = row_nb[2 * k + half]
+                kinds[k] = row_kind[2 * k + half]
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _two_of_sixteen(entries, weights, hard, median, lows, n_lows, others, n_others, simple, out_row,
+                    skip, totals):
+    """For each full parent of a row: whether its children (no histogram among them) hold at most
+    two values (`simple`), those values and counts, its mode or median, and `skip` (uniform).
+    Every loop runs along the row (contiguous, independent parents): vectorised."""
+    full = lows.size
+    first = entries[0]
+    for k in range(full):
+        lows[k], others[k], n_lows[k], n_others[k], totals[k], simple[k] = first[k], first[k], 0, 0, 0, 0
+    for slot in range(16):
+        row, row_weights = entries[slot], weights[slot]
+        for k in range(full):
+            value = row[k]
+            others[k] = value if value != lows[k] else others[k]
+            n_lows[k] += row_weights[k] * (value == lows[k])
+            totals[k] += row_weights[k]
+    for slot in range(16):
+        row, row_weights = entries[slot], weights[slot]
+        for k in range(full):
+            n_others[k] += row_weights[k] * (row[k] == others[k])
+    for slot in range(8):
+        kinds = hard[slot]
+        for k in range(full):
+            simple[k] |= kinds[k]
+    for k in range(full):
+        low, other, n_low, total = lows[k], others[k], n_lows[k], totals[k]
+        n_other = n_others[k] if other != low else 0
+        n_others[k] = n_other
+        few = (simple[k] == 0) & (n_low + n_other == total)
+        simple[k] = few
+        skip[k] = few & (n_other == 0)
+        smaller, n_smaller = (other, n_other) if other < low else (low, n_low)
+        larger, n_larger = (low, n_low) if other < low else (other, n_other)
+        take_larger = (2 * n_smaller <= total - 1) if median else (n_larger > n_smaller)
+        out_row[k] = larger if take_larger else smaller
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _gather_children(a, n_a, b, n_b, kind, offsets, pairs, counts, z, n_z, y, n_y, x, n_x, values,
+                     weights):
+    """The (value, count) pairs of a parent's children (cut by the edge): a child's dense
+    entries, or its histogram (`offsets` from this stack's first child on). Returns how many."""
+    n = 0
+    height, width = a.shape[1], a.shape[2]
+    for dz in range(n_z):
+        for dy in range(n_y):
+            for dx in range(n_x):
+                child = ((z + dz) * height + y + dy) * width + x + dx
+                at = (z + dz, y + dy, x + dx)
+                if kind[at]:
+                    for pair in range(offsets[child], offsets[child + 1]):
+                        values[n], weights[n] = pairs[pair], counts[pair]
+                        n += 1
+                else:
+                    values[n], weights[n] = a[at], n_a[at]
+                    n += 1
+                    if n_b[at]:
+                        values[n], weights[n] = b[at], n_b[at]
+                        n += 1
+    return n
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _pick(pair_values, pair_counts, start, end, total, median):
+    """The mode (highest count, lowest value on a tie) or median (value at (total - 1) // 2) of
+    the ascending pairs [start, end)."""
+    pick = pair_values[start]
+    if median:
+        seen = 0
+        for i in range(start, end):
+            seen += pair_counts[i]
+            if 2 * seen > total - 1:
+                return pair_values[i]
+        return pick
+    best = pair_counts[start]
+    for i in range(start + 1, end):
+        if pair_counts[i] > best:
+            pick, best = pair_values[i], pair_counts[i]
+    return pick
