@@ -3,7 +3,7 @@ speed of a label volume's common case: most windows hold one value, and most of 
 
 Level 1 keeps every window of at most two distinct values densely: its first value and count
 (`a`, `n_a`) and the other value and count (`b`, `n_b`, 0 for a uniform window); only windows of
-three or more values get a histogram in CSR form (`kind` 1). Level 2 then tests every parent for
+three or more values get a histogram (`kind` 1; found by their index in `hard`). Level 2 then tests every parent for
 "at most two values" in a vectorised pass over its eight children's dense entries (16 value and
 count pairs, selects and compares only); just the parents that fail (a child with a histogram,
 a third value, the array's edge) merge their children's histograms as `histogram.py` does.
@@ -30,13 +30,12 @@ def first_two_levels(voxels: np.ndarray, median: bool):
     second_shape = (stacked.shape[0], *(-(-n // 2) for n in first_shape[1:]))
     modes = np.empty(first_shape, voxels.dtype)
     a, b = np.empty(first_shape, voxels.dtype), np.empty(first_shape, voxels.dtype)
-    n_a, n_b = np.empty(first_shape, np.int32), np.empty(first_shape, np.int32)
+    n_a, n_b = np.empty(first_shape, np.uint8), np.empty(first_shape, np.uint8)
     kind = np.empty(first_shape, np.uint8)
-    offsets = np.empty(modes.size + 1, np.int64)
-    pairs, counts = _dense_first_level(stacked, median, modes, a, n_a, b, n_b, kind, offsets)
+    pairs, counts, hard, starts = _dense_first_level(stacked, median, modes, a, n_a, b, n_b, kind)
     second = np.empty(second_shape, voxels.dtype)
     second_offsets = np.empty(second.size + 1, np.int64)
-    second_pairs, second_counts = _dense_second_level(a, n_a, b, n_b, kind, offsets, pairs, counts, median,
+    second_pairs, second_counts = _dense_second_level(a, n_a, b, n_b, kind, hard, starts, pairs, counts, median,
                                                       second, second_offsets)
     first_values = modes.reshape(*shape[:-3], *first_shape[1:])
     return (first_values, second.reshape(*shape[:-3], *second_shape[1:]), second_offsets, second_pairs,
@@ -44,9 +43,10 @@ def first_two_levels(voxels: np.ndarray, median: bool):
 
 
 @numba.njit(nogil=True, cache=True)
-def _dense_first_level(voxels, median, modes, a, n_a, b, n_b, kind, offsets):
-    """Level 1: `modes` and the dense entries of every window, the histograms (returned pairs,
-    `offsets`) of those with three or more values."""
+def _dense_first_level(voxels, median, modes, a, n_a, b, n_b, kind):
+    """Level 1: `modes` and the dense entries of every window; returns the histograms of those
+    with three or more values: pairs, counts, the windows' flat indices (ascending) and where
+    each one's pairs start (then the end)."""
     depth, height, width = voxels.shape[1:]
     out_width = modes.shape[3]
     full = width // 2
@@ -58,6 +58,8 @@ def _dense_first_level(voxels, median, modes, a, n_a, b, n_b, kind, offsets):
     simple = np.ones(-(-out_width // 8) * 8, np.uint8)  # whole words: padding "simple"
     words = simple.view(np.uint64)
     window = np.empty(8, voxels.dtype)
+    hard, starts = np.empty(1024, np.int64), np.empty(1025, np.int64)
+    n_hard = 0
     used = 0
     parent = 0
     for stack in range(modes.shape[0]):
@@ -69,6 +71,9 @@ def _dense_first_level(voxels, median, modes, a, n_a, b, n_b, kind, offsets):
                 if used + out_width * 8 > pair_values.size:
                     capacity = 2 * pair_values.size + out_width * 8
                     pair_values, pair_counts = _grown(pair_values, used, capacity), _grown(pair_counts, used, capacity)
+                if n_hard + out_width >= hard.size:
+                    more = 2 * hard.size + out_width
+                    hard, starts = _grown(hard, n_hard, more), _grown(starts, n_hard, more + 1)
                 at = (stack, out_z, out_y)
                 cubic = n_z == 2 and n_y == 2
                 if cubic:
@@ -76,16 +81,12 @@ def _dense_first_level(voxels, median, modes, a, n_a, b, n_b, kind, offsets):
                     _dense_entries(lows, n_lows, others, n_others, median, modes[at], a[at], n_a[at], b[at],
                                    n_b[at], kind[at], simple)
                 simple[full if cubic else 0:out_width] = 0  # the rest: gathered one by one
-                last = 0
                 for word in range(words.size):
                     if words[word] == _ALL_UNIFORM:
                         continue
                     for out_x in range(8 * word, min(8 * word + 8, out_width)):
                         if simple[out_x]:
                             continue
-                        for index in range(parent + last, parent + out_x + 1):
-                            offsets[index] = used
-                        last = out_x + 1
                         n = _gather(cube, z, n_z, y, n_y, 2 * out_x, min(2, width - 2 * out_x), window)
                         before = used
                         modes[at][out_x], used = _count_pairs(window, n, median, pair_values, pair_counts, used)
@@ -93,11 +94,12 @@ def _dense_first_level(voxels, median, modes, a, n_a, b, n_b, kind, offsets):
                                            a[at], n_a[at], b[at], n_b[at], kind[at])
                         if used - before == 2:  # two values: kept densely, not as a histogram
                             used = before
-                for index in range(parent + last, parent + out_width):
-                    offsets[index] = used
+                        elif used > before:
+                            hard[n_hard], starts[n_hard] = parent + out_x, before
+                            n_hard += 1
                 parent += out_width
-    offsets[parent] = used
-    return pair_values[:used], pair_counts[:used]
+    starts[n_hard] = used
+    return pair_values[:used], pair_counts[:used], hard[:n_hard], starts[:n_hard + 1]
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -106,8 +108,8 @@ def _dense_entries(lows, n_lows, others, n_others, median, modes, a, n_a, b, n_b
     windows of at most two values (selects: vectorised); `simple[k]` 0 for three or more."""
     for k in range(lows.size):
         low, other = lows[k], others[k]
-        n_low = np.int32(n_lows[k])
-        n_other = np.int32(n_others[k]) if other != low else np.int32(0)
+        n_low = n_lows[k]
+        n_other = n_others[k] if other != low else np.uint8(0)
         a[k], n_a[k], b[k], n_b[k] = low, n_low, other, n_other
         few = n_low + n_other == 8
         kind[k] = not few
@@ -131,7 +133,7 @@ def _entries_of_window(window, n, n_pairs, pair_values, pair_counts, start, k, a
 
 
 @numba.njit(nogil=True, cache=True)
-def _dense_second_level(a, n_a, b, n_b, kind, offsets, pairs, counts, median, modes, out_offsets):
+def _dense_second_level(a, n_a, b, n_b, kind, hard, starts, pairs, counts, median, modes, out_offsets):
     """Level 2 from level 1's dense entries and histograms: `modes`, `out_offsets` and the
     returned pairs of its mixed windows (CSR, as `LevelHistograms`)."""
     depth, height, width = a.shape[1:]
@@ -141,7 +143,7 @@ def _dense_second_level(a, n_a, b, n_b, kind, offsets, pairs, counts, median, mo
     pair_counts = np.empty(pair_values.size, np.int64)
     entries = np.empty((16, full), a.dtype)
     weights = np.empty((16, full), np.int32)
-    hard = np.empty((8, full), np.uint8)
+    child_kinds = np.empty((8, full), np.uint8)
     lows, others = np.empty(full, a.dtype), np.empty(full, a.dtype)
     n_lows, n_others, totals = np.zeros(full, np.int32), np.zeros(full, np.int32), np.zeros(full, np.int32)
     skip = np.ones(-(-out_width // 8) * 8, np.uint8)
@@ -163,8 +165,8 @@ def _dense_second_level(a, n_a, b, n_b, kind, offsets, pairs, counts, median, mo
                 out_row = modes[stack, out_z, out_y]
                 if cubic:
                     _split_children(a[stack], n_a[stack], b[stack], n_b[stack], kind[stack], z, y, full,
-                                    entries, weights, hard)
-                    _two_of_sixteen(entries, weights, hard, median, lows, n_lows, others, n_others, simple,
+                                    entries, weights, child_kinds)
+                    _two_of_sixteen(entries, weights, child_kinds, median, lows, n_lows, others, n_others, simple,
                                     out_row, skip, totals)
                 skip[full if cubic else 0:out_width] = 0
                 last = 0
@@ -182,8 +184,8 @@ def _dense_second_level(a, n_a, b, n_b, kind, offsets, pairs, counts, median, mo
                                                               n_others[out_x], median, pair_values,
                                                               pair_counts, used)
                             continue
-                        n = _gather_children(a[stack], n_a[stack], b[stack], n_b[stack], kind[stack],
-                                             offsets[stack * depth * height * width:], pairs, counts, z, n_z,
+                        n = _gather_children(a[stack], n_a[stack], b[stack], n_b[stack], kind[stack], hard,
+                                             starts, stack * depth * height * width, pairs, counts, z, n_z,
                                              y, n_y, 2 * out_x, min(2, width - 2 * out_x), values, weights_of)
                         start = used
                         used, total = _distinct_pairs(values, weights_of, n, pair_values, pair_counts, used)
@@ -256,19 +258,21 @@ def _two_of_sixteen(entries, weights, hard, median, lows, n_lows, others, n_othe
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _gather_children(a, n_a, b, n_b, kind, offsets, pairs, counts, z, n_z, y, n_y, x, n_x, values,
-                     weights):
+def _gather_children(a, n_a, b, n_b, kind, hard, starts, first_child, pairs, counts, z, n_z, y, n_y, x,
+                     n_x, values, weights):
     """The (value, count) pairs of a parent's children (cut by the edge): a child's dense
-    entries, or its histogram (`offsets` from this stack's first child on). Returns how many."""
+    entries, or its histogram (found by its flat index, this stack's first being `first_child`,
+    in `hard`). Returns how many."""
     n = 0
     height, width = a.shape[1], a.shape[2]
     for dz in range(n_z):
         for dy in range(n_y):
             for dx in range(n_x):
-                child = ((z + dz) * height + y + dy) * width + x + dx
+                child = first_child + ((z + dz) * height + y + dy) * width + x + dx
                 at = (z + dz, y + dy, x + dx)
                 if kind[at]:
-                    for pair in range(offsets[child], offsets[child + 1]):
+                    j = np.searchsorted(hard, child)
+                    for pair in range(starts[j], starts[j + 1]):
                         values[n], weights[n] = pairs[pair], counts[pair]
                         n += 1
                 else:
