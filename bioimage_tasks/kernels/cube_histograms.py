@@ -1,8 +1,9 @@
 """The first two levels of an integer `mode`/`median` pyramid of 2x2x2 windows, exactly, at the
 speed of a label volume's common case: most windows hold one value, and most of the others two.
 
-Level 1 keeps every window of at most two distinct values densely: its first value and count
-(`a`, `n_a`) and the other value and count (`b`, `n_b`, 0 for a uniform window); only windows of
+Level 1 keeps every window of at most two distinct values densely: its mode (or median) and
+that value's count (`n_a`) and the other value and count (`b`, `n_b`, 0 for a uniform window),
+so nothing but the level itself, two counts and one value are written; only windows of
 three or more values get a histogram (`kind` 1; found by their index in `hard`). Level 2 then tests every parent for
 "at most two values" in a vectorised pass over its eight children's dense entries (16 value and
 count pairs, selects and compares only); just the parents that fail (a child with a histogram,
@@ -28,14 +29,13 @@ def first_two_levels(voxels: np.ndarray, median: bool):
     stacked = voxels.reshape(-1, *shape[-3:])
     first_shape = (stacked.shape[0], *(-(-n // 2) for n in shape[-3:]))
     second_shape = (stacked.shape[0], *(-(-n // 2) for n in first_shape[1:]))
-    modes = np.empty(first_shape, voxels.dtype)
-    a, b = np.empty(first_shape, voxels.dtype), np.empty(first_shape, voxels.dtype)
+    modes, b = np.empty(first_shape, voxels.dtype), np.empty(first_shape, voxels.dtype)
     n_a, n_b = np.empty(first_shape, np.uint8), np.empty(first_shape, np.uint8)
     kind = np.empty(first_shape, np.uint8)
-    pairs, counts, hard, starts = _dense_first_level(stacked, median, modes, a, n_a, b, n_b, kind)
+    pairs, counts, hard, starts = _dense_first_level(stacked, median, modes, n_a, b, n_b, kind)
     second = np.empty(second_shape, voxels.dtype)
     second_offsets = np.empty(second.size + 1, np.int64)
-    second_pairs, second_counts = _dense_second_level(a, n_a, b, n_b, kind, hard, starts, pairs, counts, median,
+    second_pairs, second_counts = _dense_second_level(modes, n_a, b, n_b, kind, hard, starts, pairs, counts, median,
                                                       second, second_offsets)
     first_values = modes.reshape(*shape[:-3], *first_shape[1:])
     return (first_values, second.reshape(*shape[:-3], *second_shape[1:]), second_offsets, second_pairs,
@@ -43,7 +43,7 @@ def first_two_levels(voxels: np.ndarray, median: bool):
 
 
 @numba.njit(nogil=True, cache=True)
-def _dense_first_level(voxels, median, modes, a, n_a, b, n_b, kind):
+def _dense_first_level(voxels, median, modes, n_a, b, n_b, kind):
     """Level 1: `modes` and the dense entries of every window; returns the histograms of those
     with three or more values: pairs, counts, the windows' flat indices (ascending) and where
     each one's pairs start (then the end)."""
@@ -78,8 +78,8 @@ def _dense_first_level(voxels, median, modes, a, n_a, b, n_b, kind):
                 cubic = n_z == 2 and n_y == 2
                 if cubic:
                     _two_values(cube, z, y, full, rows, lows, others, n_lows, n_others, simple)
-                    _dense_entries(lows, n_lows, others, n_others, median, modes[at], a[at], n_a[at], b[at],
-                                   n_b[at], kind[at], simple)
+                    _dense_entries(lows, n_lows, others, n_others, median, modes[at], n_a[at], b[at], n_b[at],
+                                   kind[at], simple)
                 simple[full if cubic else 0:out_width] = 0  # the rest: gathered one by one
                 for word in range(words.size):
                     if words[word] == _ALL_UNIFORM:
@@ -91,7 +91,7 @@ def _dense_first_level(voxels, median, modes, a, n_a, b, n_b, kind):
                         before = used
                         modes[at][out_x], used = _count_pairs(window, n, median, pair_values, pair_counts, used)
                         _entries_of_window(window, n, used - before, pair_values, pair_counts, before, out_x,
-                                           a[at], n_a[at], b[at], n_b[at], kind[at])
+                                           modes[at], n_a[at], b[at], n_b[at], kind[at])
                         if used - before == 2:  # two values: kept densely, not as a histogram
                             used = before
                         elif used > before:
@@ -103,14 +103,13 @@ def _dense_first_level(voxels, median, modes, a, n_a, b, n_b, kind):
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _dense_entries(lows, n_lows, others, n_others, median, modes, a, n_a, b, n_b, kind, simple):
+def _dense_entries(lows, n_lows, others, n_others, median, modes, n_a, b, n_b, kind, simple):
     """A row of full 2x2x2 windows from `_two_values`: dense entries, mode or median of the
     windows of at most two values (selects: vectorised); `simple[k]` 0 for three or more."""
     for k in range(lows.size):
         low, other = lows[k], others[k]
         n_low = n_lows[k]
         n_other = n_others[k] if other != low else np.uint8(0)
-        a[k], n_a[k], b[k], n_b[k] = low, n_low, other, n_other
         few = n_low + n_other == 8
         kind[k] = not few
         simple[k] = few
@@ -118,18 +117,22 @@ def _dense_entries(lows, n_lows, others, n_others, median, modes, a, n_a, b, n_b
         larger, n_larger = (low, n_low) if other < low else (other, n_other)
         take_larger = (2 * n_smaller <= 7) if median else (n_larger > n_smaller)
         modes[k] = larger if take_larger else smaller
+        n_a[k] = n_larger if take_larger else n_smaller
+        b[k] = smaller if take_larger else larger
+        n_b[k] = n_smaller if take_larger else n_larger
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _entries_of_window(window, n, n_pairs, pair_values, pair_counts, start, k, a, n_a, b, n_b, kind):
-    """Dense entries of a gathered window (`window[:n]` sorted; `n_pairs` pairs at `start`, none
-    when uniform)."""
+def _entries_of_window(window, n, n_pairs, pair_values, pair_counts, start, k, modes, n_a, b, n_b, kind):
+    """Dense entries of a gathered window whose mode or median is in `modes[k]` (`window[:n]`
+    sorted; `n_pairs` pairs at `start`, none when uniform)."""
     kind[k] = n_pairs > 2
     if n_pairs == 0:
-        a[k], n_a[k], b[k], n_b[k] = window[0], n, window[0], 0
+        n_a[k], b[k], n_b[k] = n, window[0], 0
     elif n_pairs == 2:
-        a[k], n_a[k] = pair_values[start], pair_counts[start]
-        b[k], n_b[k] = pair_values[start + 1], pair_counts[start + 1]
+        picked = 0 if pair_values[start] == modes[k] else 1
+        n_a[k] = pair_counts[start + picked]
+        b[k], n_b[k] = pair_values[start + 1 - picked], pair_counts[start + 1 - picked]
 
 
 @numba.njit(nogil=True, cache=True)
