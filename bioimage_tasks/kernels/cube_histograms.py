@@ -4,7 +4,7 @@ speed of a label volume's common case: most windows hold one value, and most of 
 Level 1 keeps every window of at most two distinct values densely: its mode (or median) and
 that value's count (`n_a`) and the other value and count (`b`, `n_b`, 0 for a uniform window),
 so nothing but the level itself, two counts and one value are written; only windows of
-three or more values get a histogram (`kind` 1; found by their index in `hard`). Level 2 then tests every parent for
+three or more values get a histogram (`kind`: its index, else -1). Level 2 then tests every parent for
 "at most two values" in a vectorised pass over its eight children's dense entries (16 value and
 count pairs, selects and compares only); just the parents that fail (a child with a histogram,
 a third value, the array's edge) merge their children's histograms as `histogram.py` does.
@@ -20,33 +20,53 @@ from bioimage_tasks.kernels.histogram import _distinct_pairs
 from bioimage_tasks.kernels.voxel_histograms import (_ALL_UNIFORM, _count_pairs, _gather, _grown,
                                                      _two_pairs, _two_values)
 
+_SLAB_WINDOWS = 2**17  # level 1 windows per slab: their dense entries (~0.5-1.5 MB) stay in cache
+
 
 def first_two_levels(voxels: np.ndarray, median: bool):
     """Levels 1 and 2 of C-ordered integer `voxels` (at least three axes; the last three reduced
     by 2 per level, the leading ones kept): (level 1 values, level 2 values, its offsets, pair
-    values, pair counts) as `LevelHistograms` holds them."""
+    values, pair counts) as `LevelHistograms` holds them. Computed slab by slab along the third
+    last axis, so that level 1's dense entries live in small buffers that stay in cache."""
     shape = voxels.shape
     stacked = voxels.reshape(-1, *shape[-3:])
     first_shape = (stacked.shape[0], *(-(-n // 2) for n in shape[-3:]))
     second_shape = (stacked.shape[0], *(-(-n // 2) for n in first_shape[1:]))
-    modes, b = np.empty(first_shape, voxels.dtype), np.empty(first_shape, voxels.dtype)
-    n_a, n_b = np.empty(first_shape, np.uint8), np.empty(first_shape, np.uint8)
-    kind = np.empty(first_shape, np.uint8)
-    pairs, counts, hard, starts = _dense_first_level(stacked, median, modes, n_a, b, n_b, kind)
+    modes = np.empty(first_shape, voxels.dtype)
     second = np.empty(second_shape, voxels.dtype)
-    second_offsets = np.empty(second.size + 1, np.int64)
-    second_pairs, second_counts = _dense_second_level(modes, n_a, b, n_b, kind, hard, starts, pairs, counts, median,
-                                                      second, second_offsets)
-    first_values = modes.reshape(*shape[:-3], *first_shape[1:])
-    return (first_values, second.reshape(*shape[:-3], *second_shape[1:]), second_offsets, second_pairs,
-            second_counts)
+    planes = max(1, _SLAB_WINDOWS // (first_shape[2] * first_shape[3]))  # level 2 planes per slab
+    slab_shape = (1, 2 * planes, *first_shape[2:])
+    b = np.empty(slab_shape, voxels.dtype)
+    n_a, n_b = np.empty(slab_shape, np.uint8), np.empty(slab_shape, np.uint8)
+    kind = np.empty(slab_shape, np.int32)
+    offsets, pair_values, pair_counts, used = [np.zeros(1, np.int64)], [], [], 0
+    for stack in range(stacked.shape[0]):
+        for plane in range(0, second_shape[1], planes):
+            first_planes = slice(2 * plane, min(first_shape[1], 2 * plane + 2 * planes))
+            n_first = first_planes.stop - first_planes.start
+            slab_modes = modes[stack, first_planes][None]
+            entries = (b[:, :n_first], n_a[:, :n_first], n_b[:, :n_first], kind[:, :n_first])
+            slab = stacked[stack, 4 * plane:4 * plane + 4 * planes][None]
+            pairs, counts, starts = _dense_first_level(slab, median, slab_modes, entries[1], entries[0],
+                                                             entries[2], entries[3])
+            slab_second = second[stack, plane:plane + planes][None]
+            slab_offsets = np.empty(slab_second.size + 1, np.int64)
+            values, value_counts = _dense_second_level(slab_modes, entries[1], entries[0], entries[2], entries[3],
+                                                       starts, pairs, counts, median, slab_second,
+                                                       slab_offsets)
+            offsets.append(slab_offsets[1:] + used)
+            pair_values.append(values)
+            pair_counts.append(value_counts)
+            used += values.size
+    return (modes.reshape(*shape[:-3], *first_shape[1:]), second.reshape(*shape[:-3], *second_shape[1:]),
+            np.concatenate(offsets), np.concatenate(pair_values), np.concatenate(pair_counts))
 
 
 @numba.njit(nogil=True, cache=True)
 def _dense_first_level(voxels, median, modes, n_a, b, n_b, kind):
     """Level 1: `modes` and the dense entries of every window; returns the histograms of those
-    with three or more values: pairs, counts, the windows' flat indices (ascending) and where
-    each one's pairs start (then the end)."""
+    with three or more values (`kind` >= 0): pairs, counts and where each one's pairs start
+    (then the end)."""
     depth, height, width = voxels.shape[1:]
     out_width = modes.shape[3]
     full = width // 2
@@ -58,7 +78,7 @@ def _dense_first_level(voxels, median, modes, n_a, b, n_b, kind):
     simple = np.ones(-(-out_width // 8) * 8, np.uint8)  # whole words: padding "simple"
     words = simple.view(np.uint64)
     window = np.empty(8, voxels.dtype)
-    hard, starts = np.empty(1024, np.int64), np.empty(1025, np.int64)
+    starts = np.empty(1025, np.int64)
     n_hard = 0
     used = 0
     parent = 0
@@ -71,9 +91,8 @@ def _dense_first_level(voxels, median, modes, n_a, b, n_b, kind):
                 if used + out_width * 8 > pair_values.size:
                     capacity = 2 * pair_values.size + out_width * 8
                     pair_values, pair_counts = _grown(pair_values, used, capacity), _grown(pair_counts, used, capacity)
-                if n_hard + out_width >= hard.size:
-                    more = 2 * hard.size + out_width
-                    hard, starts = _grown(hard, n_hard, more), _grown(starts, n_hard, more + 1)
+                if n_hard + out_width >= starts.size:
+                    starts = _grown(starts, n_hard, 2 * starts.size + out_width)
                 at = (stack, out_z, out_y)
                 cubic = n_z == 2 and n_y == 2
                 if cubic:
@@ -95,11 +114,11 @@ def _dense_first_level(voxels, median, modes, n_a, b, n_b, kind):
                         if used - before == 2:  # two values: kept densely, not as a histogram
                             used = before
                         elif used > before:
-                            hard[n_hard], starts[n_hard] = parent + out_x, before
+                            kind[at][out_x], starts[n_hard] = n_hard, before
                             n_hard += 1
                 parent += out_width
     starts[n_hard] = used
-    return pair_values[:used], pair_counts[:used], hard[:n_hard], starts[:n_hard + 1]
+    return pair_values[:used], pair_counts[:used], starts[:n_hard + 1]
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -111,7 +130,7 @@ def _dense_entries(lows, n_lows, others, n_others, median, modes, n_a, b, n_b, k
         n_low = n_lows[k]
         n_other = n_others[k] if other != low else np.uint8(0)
         few = n_low + n_other == 8
-        kind[k] = not few
+        kind[k] = -1  # three or more values: set when counted
         simple[k] = few
         smaller, n_smaller = (other, n_other) if other < low else (low, n_low)
         larger, n_larger = (low, n_low) if other < low else (other, n_other)
@@ -126,7 +145,7 @@ def _dense_entries(lows, n_lows, others, n_others, median, modes, n_a, b, n_b, k
 def _entries_of_window(window, n, n_pairs, pair_values, pair_counts, start, k, modes, n_a, b, n_b, kind):
     """Dense entries of a gathered window whose mode or median is in `modes[k]` (`window[:n]`
     sorted; `n_pairs` pairs at `start`, none when uniform)."""
-    kind[k] = n_pairs > 2
+    kind[k] = -1  # three or more values: set by the caller
     if n_pairs == 0:
         n_a[k], b[k], n_b[k] = n, window[0], 0
     elif n_pairs == 2:
@@ -136,7 +155,7 @@ def _entries_of_window(window, n, n_pairs, pair_values, pair_counts, start, k, m
 
 
 @numba.njit(nogil=True, cache=True)
-def _dense_second_level(a, n_a, b, n_b, kind, hard, starts, pairs, counts, median, modes, out_offsets):
+def _dense_second_level(a, n_a, b, n_b, kind, starts, pairs, counts, median, modes, out_offsets):
     """Level 2 from level 1's dense entries and histograms: `modes`, `out_offsets` and the
     returned pairs of its mixed windows (CSR, as `LevelHistograms`)."""
     depth, height, width = a.shape[1:]
@@ -187,8 +206,8 @@ def _dense_second_level(a, n_a, b, n_b, kind, hard, starts, pairs, counts, media
                                                               n_others[out_x], median, pair_values,
                                                               pair_counts, used)
                             continue
-                        n = _gather_children(a[stack], n_a[stack], b[stack], n_b[stack], kind[stack], hard,
-                                             starts, stack * depth * height * width, pairs, counts, z, n_z,
+                        n = _gather_children(a[stack], n_a[stack], b[stack], n_b[stack], kind[stack],
+                                             starts, pairs, counts, z, n_z,
                                              y, n_y, 2 * out_x, min(2, width - 2 * out_x), values, weights_of)
                         start = used
                         used, total = _distinct_pairs(values, weights_of, n, pair_values, pair_counts, used)
@@ -219,7 +238,7 @@ def _split_children(a, n_a, b, n_b, kind, z, y, full, entries, weights, hard):
                 target_b[k] = row_b[2 * k + half]
                 weight_a[k] = row_na[2 * k + half]
                 weight_b[k] = row_nb[2 * k + half]
-                kinds[k] = row_kind[2 * k + half]
+                kinds[k] = row_kind[2 * k + half] >= 0
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -261,20 +280,17 @@ def _two_of_sixteen(entries, weights, hard, median, lows, n_lows, others, n_othe
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _gather_children(a, n_a, b, n_b, kind, hard, starts, first_child, pairs, counts, z, n_z, y, n_y, x,
-                     n_x, values, weights):
+def _gather_children(a, n_a, b, n_b, kind, starts, pairs, counts, z, n_z, y, n_y, x, n_x, values,
+                     weights):
     """The (value, count) pairs of a parent's children (cut by the edge): a child's dense
-    entries, or its histogram (found by its flat index, this stack's first being `first_child`,
-    in `hard`). Returns how many."""
+    entries, or its histogram (number `kind` in `starts`). Returns how many."""
     n = 0
-    height, width = a.shape[1], a.shape[2]
     for dz in range(n_z):
         for dy in range(n_y):
             for dx in range(n_x):
-                child = first_child + ((z + dz) * height + y + dy) * width + x + dx
                 at = (z + dz, y + dy, x + dx)
-                if kind[at]:
-                    j = np.searchsorted(hard, child)
+                j = kind[at]
+                if j >= 0:
                     for pair in range(starts[j], starts[j + 1]):
                         values[n], weights[n] = pairs[pair], counts[pair]
                         n += 1
