@@ -2,7 +2,7 @@
 
     python benchmarks/kernels.py [--sizes 256,512] [--repeats 5] [--levels 4] [--cell 32]
                                  [--cases mean-uint8,mean-uint16,mode-uint32,mode-uint64]
-                                 [--peer-venv DIR] [--data DIR] [--no-check]
+                                 [--ours-order F|C] [--peer-venv DIR] [--data DIR] [--no-check]
 
 Every case builds `--levels` levels of 2x2x2 from one Fortran-ordered volume held in memory:
 ours with `bioimage_tasks.kernels.pyramid.pyramid_levels(volume, [(2, 2, 2)] * levels, method)`
@@ -11,7 +11,9 @@ in this process, tinybrain with `downsample_with_averaging` / `downsample_segmen
 `python -m venv` + `pip install tinybrain numpy`, see bench.py's `peer_venv`). The two alternate
 within each repeat; each is warmed up first (numba's compilation, tinybrain's first call) and the
 table shows the best and the median of the repeats, in GVx/s of base voxels, and the per-repeat
-ratio ours/tinybrain of seconds (below 1: ours is faster). Then every one of our levels is
+ratio ours/tinybrain of seconds (below 1: ours is faster). `--ours-order C` gives ours a C-ordered
+copy of the volume instead (made before the clock; tinybrain keeps the Fortran order its fast
+paths need). Then every one of our levels is
 compared with `tensorstore.downsample(base, [2**k] * 3, method)` (`--no-check` skips it).
 
 tinybrain is not exact (its mean floors, its mode is chained and breaks ties otherwise): the
@@ -68,7 +70,9 @@ def tinybrain_worker() -> None:
         start = time.perf_counter()
         call(volume, (2, 2, 2), num_mips=request["levels"])
         seconds = time.perf_counter() - start
-        print(json.dumps({"seconds": seconds, "fortran": bool(volume.flags.f_contiguous)}), flush=True)
+        print(
+            json.dumps({"seconds": seconds, "fortran": bool(volume.flags.f_contiguous)}), flush=True
+        )
 
 
 def voronoi_labels(size: int, cell: int, dtype: str, seed: int = 0):
@@ -80,9 +84,9 @@ def voronoi_labels(size: int, cell: int, dtype: str, seed: int = 0):
 
     cells = -(-size // cell)
     rng = np.random.default_rng(seed)
-    seeds = (np.indices((cells,) * 3).reshape(3, -1).T * cell + rng.random((cells**3, 3)) * cell).astype(
-        np.float32
-    )
+    seeds = (
+        np.indices((cells,) * 3).reshape(3, -1).T * cell + rng.random((cells**3, 3)) * cell
+    ).astype(np.float32)
     high = np.iinfo(dtype).max
     ids = rng.choice(min(high, 2**62), size=cells**3, replace=False).astype(dtype) + 1
 
@@ -163,6 +167,7 @@ def run_case(case: str, size: int, args, worker) -> dict:
     method, dtype, _ = CASES[case]
     path = volume_path(args.data, size, case, args.cell)
     volume = np.load(path)
+    ours_volume = np.ascontiguousarray(volume) if args.ours_order == "C" else volume
     request = json.dumps({"path": str(path), "method": method, "levels": args.levels}) + "\n"
 
     def tinybrain_seconds() -> float:
@@ -170,14 +175,19 @@ def run_case(case: str, size: int, args, worker) -> dict:
         worker.stdin.flush()
         return json.loads(worker.stdout.readline())["seconds"]
 
-    time_ours(volume, method, args.levels)  # warm-up: compilation, caches
+    time_ours(ours_volume, method, args.levels)  # warm-up: compilation, caches
     tinybrain_seconds()
     ours, theirs = [], []
     for repeat in range(args.repeats):
-        pair = [("ours", lambda: time_ours(volume, method, args.levels)), ("tinybrain", tinybrain_seconds)]
+        pair = [
+            ("ours", lambda: time_ours(ours_volume, method, args.levels)),
+            ("tinybrain", tinybrain_seconds),
+        ]
         for name, run in pair if repeat % 2 == 0 else pair[::-1]:
             (ours if name == "ours" else theirs).append(run())
-    check = check_against_tensorstore(volume, method, args.levels) if args.check else "not checked"
+    check = (
+        check_against_tensorstore(ours_volume, method, args.levels) if args.check else "not checked"
+    )
     voxels = volume.size / 1e9
     ratios = [a / b for a, b in zip(ours, theirs)]
     return {
@@ -200,14 +210,21 @@ def print_row(row: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="256,512")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--levels", type=int, default=4)
-    parser.add_argument("--cell", type=int, default=32, help="Voronoi cell edge of the labels, voxels")
+    parser.add_argument(
+        "--cell", type=int, default=32, help="Voronoi cell edge of the labels, voxels"
+    )
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--peer-venv", type=Path, default=HERE / ".venv-peers")
     parser.add_argument("--data", type=Path, default=DEFAULT_ROOT / "kernel-data")
+    parser.add_argument(
+        "--ours-order", choices=["F", "C"], default="F", help="memory order of our input"
+    )
     parser.add_argument("--no-check", dest="check", action="store_false")
     parser.add_argument("--tinybrain-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -229,11 +246,13 @@ def main() -> None:
         env=os.environ | SINGLE_THREAD,
     )
     print(
-        f"{time.strftime('%Y-%m-%d %H:%M')}, one thread, {args.levels} levels of 2x2x2, Fortran-ordered "
-        f"input, {args.repeats} repeats; labels: Voronoi cells of ~{args.cell}^3 voxels"
+        f"{time.strftime('%Y-%m-%d %H:%M')}, one thread, {args.levels} levels of 2x2x2, input Fortran-ordered "
+        f"(ours: {args.ours_order}), {args.repeats} repeats; labels: Voronoi cells of ~{args.cell}^3 voxels"
     )
-    print("| case | size | ours GVx/s best (median) | tinybrain GVx/s best (median) "
-          "| ours/tinybrain time, median (min-max) | ours vs tensorstore |")
+    print(
+        "| case | size | ours GVx/s best (median) | tinybrain GVx/s best (median) "
+        "| ours/tinybrain time, median (min-max) | ours vs tensorstore |"
+    )
     print("|---|---|---|---|---|---|")
     try:
         for size in (int(s) for s in args.sizes.split(",")):

@@ -17,8 +17,14 @@ import numba
 import numpy as np
 
 from bioimage_tasks.kernels.histogram import _distinct_pairs
-from bioimage_tasks.kernels.voxel_histograms import (_ALL_UNIFORM, _count_pairs, _gather, _grown,
-                                                     _two_pairs, _two_values)
+from bioimage_tasks.kernels.voxel_histograms import (
+    _ALL_UNIFORM,
+    _count_pairs,
+    _gather,
+    _grown,
+    _two_pairs,
+    _two_values,
+)
 
 _SLAB_WINDOWS = 2**17  # level 1 windows per slab: their dense entries (~0.5-1.5 MB) stay in cache
 
@@ -46,20 +52,36 @@ def first_two_levels(voxels: np.ndarray, median: bool):
             n_first = first_planes.stop - first_planes.start
             slab_modes = modes[stack, first_planes][None]
             entries = (b[:, :n_first], n_a[:, :n_first], n_b[:, :n_first], kind[:, :n_first])
-            slab = stacked[stack, 4 * plane:4 * plane + 4 * planes][None]
-            pairs, counts, starts = _dense_first_level(slab, median, slab_modes, entries[1], entries[0],
-                                                             entries[2], entries[3])
-            slab_second = second[stack, plane:plane + planes][None]
+            slab = stacked[stack, 4 * plane : 4 * plane + 4 * planes][None]
+            pairs, counts, starts = _dense_first_level(
+                slab, median, slab_modes, entries[1], entries[0], entries[2], entries[3]
+            )
+            slab_second = second[stack, plane : plane + planes][None]
             slab_offsets = np.empty(slab_second.size + 1, np.int64)
-            values, value_counts = _dense_second_level(slab_modes, entries[1], entries[0], entries[2], entries[3],
-                                                       starts, pairs, counts, median, slab_second,
-                                                       slab_offsets)
+            values, value_counts = _dense_second_level(
+                slab_modes,
+                entries[1],
+                entries[0],
+                entries[2],
+                entries[3],
+                starts,
+                pairs,
+                counts,
+                median,
+                slab_second,
+                slab_offsets,
+            )
             offsets.append(slab_offsets[1:] + used)
             pair_values.append(values)
             pair_counts.append(value_counts)
             used += values.size
-    return (modes.reshape(*shape[:-3], *first_shape[1:]), second.reshape(*shape[:-3], *second_shape[1:]),
-            np.concatenate(offsets), np.concatenate(pair_values), np.concatenate(pair_counts))
+    return (
+        modes.reshape(*shape[:-3], *first_shape[1:]),
+        second.reshape(*shape[:-3], *second_shape[1:]),
+        np.concatenate(offsets),
+        np.concatenate(pair_values),
+        np.concatenate(pair_counts),
+    )
 
 
 @numba.njit(nogil=True, cache=True)
@@ -90,27 +112,57 @@ def _dense_first_level(voxels, median, modes, n_a, b, n_b, kind):
                 y, n_y = 2 * out_y, min(2, height - 2 * out_y)
                 if used + out_width * 8 > pair_values.size:
                     capacity = 2 * pair_values.size + out_width * 8
-                    pair_values, pair_counts = _grown(pair_values, used, capacity), _grown(pair_counts, used, capacity)
+                    pair_values, pair_counts = (
+                        _grown(pair_values, used, capacity),
+                        _grown(pair_counts, used, capacity),
+                    )
                 if n_hard + out_width >= starts.size:
                     starts = _grown(starts, n_hard, 2 * starts.size + out_width)
                 at = (stack, out_z, out_y)
                 cubic = n_z == 2 and n_y == 2
                 if cubic:
                     _two_values(cube, z, y, full, rows, lows, others, n_lows, n_others, simple)
-                    _dense_entries(lows, n_lows, others, n_others, median, modes[at], n_a[at], b[at], n_b[at],
-                                   kind[at], simple)
-                simple[full if cubic else 0:out_width] = 0  # the rest: gathered one by one
+                    _dense_entries(
+                        lows,
+                        n_lows,
+                        others,
+                        n_others,
+                        median,
+                        modes[at],
+                        n_a[at],
+                        b[at],
+                        n_b[at],
+                        kind[at],
+                        simple,
+                    )
+                simple[full if cubic else 0 : out_width] = 0  # the rest: gathered one by one
                 for word in range(words.size):
                     if words[word] == _ALL_UNIFORM:
                         continue
                     for out_x in range(8 * word, min(8 * word + 8, out_width)):
                         if simple[out_x]:
                             continue
-                        n = _gather(cube, z, n_z, y, n_y, 2 * out_x, min(2, width - 2 * out_x), window)
+                        n = _gather(
+                            cube, z, n_z, y, n_y, 2 * out_x, min(2, width - 2 * out_x), window
+                        )
                         before = used
-                        modes[at][out_x], used = _count_pairs(window, n, median, pair_values, pair_counts, used)
-                        _entries_of_window(window, n, used - before, pair_values, pair_counts, before, out_x,
-                                           modes[at], n_a[at], b[at], n_b[at], kind[at])
+                        modes[at][out_x], used = _count_pairs(
+                            window, n, median, pair_values, pair_counts, used
+                        )
+                        _entries_of_window(
+                            window,
+                            n,
+                            used - before,
+                            pair_values,
+                            pair_counts,
+                            before,
+                            out_x,
+                            modes[at],
+                            n_a[at],
+                            b[at],
+                            n_b[at],
+                            kind[at],
+                        )
                         if used - before == 2:  # two values: kept densely, not as a histogram
                             used = before
                         elif used > before:
@@ -118,7 +170,7 @@ def _dense_first_level(voxels, median, modes, n_a, b, n_b, kind):
                             n_hard += 1
                 parent += out_width
     starts[n_hard] = used
-    return pair_values[:used], pair_counts[:used], starts[:n_hard + 1]
+    return pair_values[:used], pair_counts[:used], starts[: n_hard + 1]
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -142,7 +194,9 @@ def _dense_entries(lows, n_lows, others, n_others, median, modes, n_a, b, n_b, k
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _entries_of_window(window, n, n_pairs, pair_values, pair_counts, start, k, modes, n_a, b, n_b, kind):
+def _entries_of_window(
+    window, n, n_pairs, pair_values, pair_counts, start, k, modes, n_a, b, n_b, kind
+):
     """Dense entries of a gathered window whose mode or median is in `modes[k]` (`window[:n]`
     sorted; `n_pairs` pairs at `start`, none when uniform)."""
     kind[k] = -1  # three or more values: set by the caller
@@ -167,7 +221,11 @@ def _dense_second_level(a, n_a, b, n_b, kind, starts, pairs, counts, median, mod
     weights = np.empty((16, full), np.int32)
     child_kinds = np.empty((8, full), np.uint8)
     lows, others = np.empty(full, a.dtype), np.empty(full, a.dtype)
-    n_lows, n_others, totals = np.zeros(full, np.int32), np.zeros(full, np.int32), np.zeros(full, np.int32)
+    n_lows, n_others, totals = (
+        np.zeros(full, np.int32),
+        np.zeros(full, np.int32),
+        np.zeros(full, np.int32),
+    )
     skip = np.ones(-(-out_width // 8) * 8, np.uint8)
     words = skip.view(np.uint64)
     simple = np.zeros(full, np.uint8)
@@ -182,15 +240,41 @@ def _dense_second_level(a, n_a, b, n_b, kind, starts, pairs, counts, median, mod
                 most = out_width * 64
                 if used + most > pair_values.size:
                     capacity = 2 * pair_values.size + most
-                    pair_values, pair_counts = _grown(pair_values, used, capacity), _grown(pair_counts, used, capacity)
+                    pair_values, pair_counts = (
+                        _grown(pair_values, used, capacity),
+                        _grown(pair_counts, used, capacity),
+                    )
                 cubic = n_z == 2 and n_y == 2
                 out_row = modes[stack, out_z, out_y]
                 if cubic:
-                    _split_children(a[stack], n_a[stack], b[stack], n_b[stack], kind[stack], z, y, full,
-                                    entries, weights, child_kinds)
-                    _two_of_sixteen(entries, weights, child_kinds, median, lows, n_lows, others, n_others, simple,
-                                    out_row, skip, totals)
-                skip[full if cubic else 0:out_width] = 0
+                    _split_children(
+                        a[stack],
+                        n_a[stack],
+                        b[stack],
+                        n_b[stack],
+                        kind[stack],
+                        z,
+                        y,
+                        full,
+                        entries,
+                        weights,
+                        child_kinds,
+                    )
+                    _two_of_sixteen(
+                        entries,
+                        weights,
+                        child_kinds,
+                        median,
+                        lows,
+                        n_lows,
+                        others,
+                        n_others,
+                        simple,
+                        out_row,
+                        skip,
+                        totals,
+                    )
+                skip[full if cubic else 0 : out_width] = 0
                 last = 0
                 for word in range(words.size):
                     if words[word] == _ALL_UNIFORM:
@@ -202,15 +286,39 @@ def _dense_second_level(a, n_a, b, n_b, kind, starts, pairs, counts, median, mod
                             out_offsets[index] = used
                         last = out_x + 1
                         if cubic and out_x < full and simple[out_x]:
-                            out_row[out_x], used = _two_pairs(lows[out_x], n_lows[out_x], others[out_x],
-                                                              n_others[out_x], median, pair_values,
-                                                              pair_counts, used)
+                            out_row[out_x], used = _two_pairs(
+                                lows[out_x],
+                                n_lows[out_x],
+                                others[out_x],
+                                n_others[out_x],
+                                median,
+                                pair_values,
+                                pair_counts,
+                                used,
+                            )
                             continue
-                        n = _gather_children(a[stack], n_a[stack], b[stack], n_b[stack], kind[stack],
-                                             starts, pairs, counts, z, n_z,
-                                             y, n_y, 2 * out_x, min(2, width - 2 * out_x), values, weights_of)
+                        n = _gather_children(
+                            a[stack],
+                            n_a[stack],
+                            b[stack],
+                            n_b[stack],
+                            kind[stack],
+                            starts,
+                            pairs,
+                            counts,
+                            z,
+                            n_z,
+                            y,
+                            n_y,
+                            2 * out_x,
+                            min(2, width - 2 * out_x),
+                            values,
+                            weights_of,
+                        )
                         start = used
-                        used, total = _distinct_pairs(values, weights_of, n, pair_values, pair_counts, used)
+                        used, total = _distinct_pairs(
+                            values, weights_of, n, pair_values, pair_counts, used
+                        )
                         out_row[out_x] = _pick(pair_values, pair_counts, start, used, total, median)
                         if used - start == 1:  # one value after all: uniform, no pairs
                             used = start
@@ -242,15 +350,23 @@ def _split_children(a, n_a, b, n_b, kind, z, y, full, entries, weights, hard):
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _two_of_sixteen(entries, weights, hard, median, lows, n_lows, others, n_others, simple, out_row,
-                    skip, totals):
+def _two_of_sixteen(
+    entries, weights, hard, median, lows, n_lows, others, n_others, simple, out_row, skip, totals
+):
     """For each full parent of a row: whether its children (no histogram among them) hold at most
     two values (`simple`), those values and counts, its mode or median, and `skip` (uniform).
     Every loop runs along the row (contiguous, independent parents): vectorised."""
     full = lows.size
     first = entries[0]
     for k in range(full):
-        lows[k], others[k], n_lows[k], n_others[k], totals[k], simple[k] = first[k], first[k], 0, 0, 0, 0
+        lows[k], others[k], n_lows[k], n_others[k], totals[k], simple[k] = (
+            first[k],
+            first[k],
+            0,
+            0,
+            0,
+            0,
+        )
     for slot in range(16):
         row, row_weights = entries[slot], weights[slot]
         for k in range(full):
@@ -280,8 +396,9 @@ def _two_of_sixteen(entries, weights, hard, median, lows, n_lows, others, n_othe
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _gather_children(a, n_a, b, n_b, kind, starts, pairs, counts, z, n_z, y, n_y, x, n_x, values,
-                     weights):
+def _gather_children(
+    a, n_a, b, n_b, kind, starts, pairs, counts, z, n_z, y, n_y, x, n_x, values, weights
+):
     """The (value, count) pairs of a parent's children (cut by the edge): a child's dense
     entries, or its histogram (number `kind` in `starts`). Returns how many."""
     n = 0

@@ -25,7 +25,9 @@ def first_level_histograms(voxels: np.ndarray, factors: tuple[int, ...], median:
     cube_factors = ((1,) * (3 - ndim) + tuple(factors))[-3:]
     values = np.empty(out_shape, voxels.dtype)
     offsets = np.empty(values.size + 1, np.int64)
-    stacked_values = values.reshape((-1, *out_shape[-3:]) if ndim >= 3 else (1,) * (4 - ndim) + out_shape)
+    stacked_values = values.reshape(
+        (-1, *out_shape[-3:]) if ndim >= 3 else (1,) * (4 - ndim) + out_shape
+    )
     pair_values, pair_counts = _first_level(stacked, *cube_factors, median, stacked_values, offsets)
     return values, offsets, pair_values, pair_counts
 
@@ -77,14 +79,22 @@ def _first_level(voxels, factor_z, factor_y, factor_x, median, values, offsets):
                             offsets[index] = used
                         last = out_x + 1
                         if cubic and out_x < full and n_lows[out_x] + n_others[out_x] == 8:
-                            out_row[out_x], used = _two_pairs(lows[out_x], n_lows[out_x], others[out_x],
-                                                              n_others[out_x], median, pair_values,
-                                                              pair_counts, used)
+                            out_row[out_x], used = _two_pairs(
+                                lows[out_x],
+                                n_lows[out_x],
+                                others[out_x],
+                                n_others[out_x],
+                                median,
+                                pair_values,
+                                pair_counts,
+                                used,
+                            )
                             continue
                         x = out_x * factor_x
                         n = _gather(cube, z, n_z, y, n_y, x, min(factor_x, width - x), window)
-                        out_row[out_x], used = _count_pairs(window, n, median, pair_values, pair_counts,
-                                                            used)
+                        out_row[out_x], used = _count_pairs(
+                            window, n, median, pair_values, pair_counts, used
+                        )
                 for index in range(parent + last, parent + out_width):
                     offsets[index] = used
                 parent += out_width
@@ -104,7 +114,16 @@ def _two_values(cube, z, y, full, rows, lows, others, n_lows, n_others, same):
         for k in range(full):
             even[k] = row[2 * k]
             odd[k] = row[2 * k + 1]
-    r0, r1, r2, r3, r4, r5, r6, r7 = rows[0], rows[1], rows[2], rows[3], rows[4], rows[5], rows[6], rows[7]
+    r0, r1, r2, r3, r4, r5, r6, r7 = (
+        rows[0],
+        rows[1],
+        rows[2],
+        rows[3],
+        rows[4],
+        rows[5],
+        rows[6],
+        rows[7],
+    )
     for k in range(full):  # written out: a loop over a tuple would not vectorise
         low, v1, v2, v3, v4, v5, v6, v7 = r0[k], r1[k], r2[k], r3[k], r4[k], r5[k], r6[k], r7[k]
         other = v1 if v1 != low else low
@@ -114,11 +133,26 @@ def _two_values(cube, z, y, full, rows, lows, others, n_lows, n_others, same):
         other = v5 if v5 != low else other
         other = v6 if v6 != low else other
         other = v7 if v7 != low else other
-        n_low = (np.uint8(1) + np.uint8(v1 == low) + np.uint8(v2 == low) + np.uint8(v3 == low)
-                 + np.uint8(v4 == low) + np.uint8(v5 == low) + np.uint8(v6 == low) + np.uint8(v7 == low))
-        n_other = (np.uint8(low == other) + np.uint8(v1 == other) + np.uint8(v2 == other)
-                   + np.uint8(v3 == other) + np.uint8(v4 == other) + np.uint8(v5 == other)
-                   + np.uint8(v6 == other) + np.uint8(v7 == other))
+        n_low = (
+            np.uint8(1)
+            + np.uint8(v1 == low)
+            + np.uint8(v2 == low)
+            + np.uint8(v3 == low)
+            + np.uint8(v4 == low)
+            + np.uint8(v5 == low)
+            + np.uint8(v6 == low)
+            + np.uint8(v7 == low)
+        )
+        n_other = (
+            np.uint8(low == other)
+            + np.uint8(v1 == other)
+            + np.uint8(v2 == other)
+            + np.uint8(v3 == other)
+            + np.uint8(v4 == other)
+            + np.uint8(v5 == other)
+            + np.uint8(v6 == other)
+            + np.uint8(v7 == other)
+        )
         lows[k], others[k], n_lows[k], n_others[k] = low, other, n_low, n_other
         same[k] = n_low == 8
 
