@@ -145,7 +145,8 @@ def time_ours(volume, method: str, levels: int) -> float:
 
 
 def check_against_tensorstore(volume, method: str, levels: int) -> str:
-    """'exact' if every level of ours equals tensorstore's downsample of the base, else which not."""
+    """'exact' if every level of ours equals tensorstore's downsample of the base, else which
+    levels differ."""
     import numpy as np
     import tensorstore as ts
 
@@ -203,7 +204,8 @@ def run_case(case: str, size: int, args, worker) -> dict:
 def print_row(row: dict) -> None:
     ours, theirs, ratio = row["ours_gvxs"], row["tinybrain_gvxs"], row["ratio"]
     print(
-        f"| {row['case']} | {row['size']}^3 | {ours[0]:.2f} ({ours[1]:.2f}) | {theirs[0]:.2f} ({theirs[1]:.2f}) "
+        f"| {row['case']} | {row['size']}^3 | {ours[0]:.2f} ({ours[1]:.2f}) "
+        f"| {theirs[0]:.2f} ({theirs[1]:.2f}) "
         f"| {ratio[0]:.2f} ({ratio[1]:.2f}-{ratio[2]:.2f}) | {row['check']} |",
         flush=True,
     )
@@ -246,8 +248,9 @@ def main() -> None:
         env=os.environ | SINGLE_THREAD,
     )
     print(
-        f"{time.strftime('%Y-%m-%d %H:%M')}, one thread, {args.levels} levels of 2x2x2, input Fortran-ordered "
-        f"(ours: {args.ours_order}), {args.repeats} repeats; labels: Voronoi cells of ~{args.cell}^3 voxels"
+        f"{time.strftime('%Y-%m-%d %H:%M')}, one thread, {args.levels} levels of 2x2x2, "
+        f"input Fortran-ordered (ours: {args.ours_order}), {args.repeats} repeats; "
+        f"labels: Voronoi cells of ~{args.cell}^3 voxels"
     )
     print(
         "| case | size | ours GVx/s best (median) | tinybrain GVx/s best (median) "

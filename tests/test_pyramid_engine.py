@@ -139,7 +139,8 @@ def test_kernel_histograms_match_tensorstore_on_blocky_labels(rng):
             np.testing.assert_array_equal(level, expected, err_msg=f"{dtype} {method} {shape} {factors}")
 
 
-def voronoi_tile(rng: np.random.Generator, shape: tuple[int, ...], dtype: str, noise: float) -> np.ndarray:
+def voronoi_tile(rng: np.random.Generator, shape: tuple[int, ...], dtype: str,
+                 noise: float) -> np.ndarray:
     """Labels of the nearest of a few random seeds (Voronoi cells: windows of one, two, three or
     more values), ids drawn over the dtype's whole range (extremes, uint64 above 2**53), a share
     `noise` of voxels replaced by other ids."""
@@ -149,7 +150,8 @@ def voronoi_tile(rng: np.random.Generator, shape: tuple[int, ...], dtype: str, n
     else:
         info = np.iinfo(dtype)
         extremes = [info.min, info.max, info.max - 1] + ([2**53 + 1] if dtype == np.uint64 else [])
-        palette = np.concatenate([np.array(extremes, dtype), rng.integers(info.min, info.max, 12, dtype, endpoint=True)])
+        drawn = rng.integers(info.min, info.max, 12, dtype, endpoint=True)
+        palette = np.concatenate([np.array(extremes, dtype), drawn])
     grid = np.indices(shape).reshape(len(shape), -1).T
     seeds = rng.random((12, len(shape))) * np.array(shape)
     nearest = ((grid[:, None, :] - seeds[None]) ** 2).sum(axis=2).argmin(axis=1).reshape(shape)
@@ -177,9 +179,11 @@ def test_cubic_pyramid_fast_paths_match_tensorstore(rng, order, method):
                 base = voronoi_tile(rng, shape, dtype, noise)
                 tile = np.asarray(base, order=order)
                 levels = pyramid_levels(tile, factors, method)
-                for level, expected in zip(levels, tensorstore_levels(base, cumulative_products(factors), method)):
+                expected_levels = tensorstore_levels(base, cumulative_products(factors), method)
+                for level, expected in zip(levels, expected_levels):
                     assert level.dtype == expected.dtype
-                    np.testing.assert_array_equal(level, expected, err_msg=f"{dtype} {shape} {noise} {order}")
+                    np.testing.assert_array_equal(level, expected,
+                                                  err_msg=f"{dtype} {shape} {noise} {order}")
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "uint32", "int32"])
@@ -193,7 +197,8 @@ def test_mean_levels_at_the_dtype_extremes(dtype):
     for tile in (np.full(shape, info.max, dtype), np.full(shape, info.min, dtype), halves):
         for factors in ([(2, 2, 2)] * 4, [(3, 5, 7)]):
             levels = pyramid_levels(tile, factors, "mean")
-            for level, expected in zip(levels, tensorstore_levels(tile, cumulative_products(factors), "mean")):
+            expected_levels = tensorstore_levels(tile, cumulative_products(factors), "mean")
+            for level, expected in zip(levels, expected_levels):
                 np.testing.assert_array_equal(level, expected, strict=True, err_msg=f"{factors}")
 
 

@@ -4,10 +4,11 @@ speed of a label volume's common case: most windows hold one value, and most of 
 Level 1 keeps every window of at most two distinct values densely: its mode (or median) and
 that value's count (`n_a`) and the other value and count (`b`, `n_b`, 0 for a uniform window),
 so nothing but the level itself, two counts and one value are written; only windows of
-three or more values get a histogram (`kind`: its index, else -1). Level 2 then tests every parent for
-"at most two values" in a vectorised pass over its eight children's dense entries (16 value and
-count pairs, selects and compares only); just the parents that fail (a child with a histogram,
-a third value, the array's edge) merge their children's histograms as `histogram.py` does.
+three or more values get a histogram (`kind`: its index, else -1). Level 2 then tests every
+parent for "at most two values" in a vectorised pass over its eight children's dense entries (16
+value and count pairs, selects and compares only); just the parents that fail (a child with a
+histogram, a third value, the array's edge) merge their children's histograms as `histogram.py`
+does.
 Level 2 comes out as `LevelHistograms` for the deeper levels. Compiled, the GIL released.
 """
 
@@ -16,10 +17,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from bioimage_tasks.kernels.histogram import _distinct_pairs
+from bioimage_tasks.kernels.histogram import _distinct_pairs, _pick
 from bioimage_tasks.kernels.voxel_histograms import (
     _ALL_UNIFORM,
     _count_pairs,
+    _dense_entries,
+    _entries_of_window,
     _gather,
     _grown,
     _two_pairs,
@@ -171,41 +174,6 @@ def _dense_first_level(voxels, median, modes, n_a, b, n_b, kind):
                 parent += out_width
     starts[n_hard] = used
     return pair_values[:used], pair_counts[:used], starts[: n_hard + 1]
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _dense_entries(lows, n_lows, others, n_others, median, modes, n_a, b, n_b, kind, simple):
-    """A row of full 2x2x2 windows from `_two_values`: dense entries, mode or median of the
-    windows of at most two values (selects: vectorised); `simple[k]` 0 for three or more."""
-    for k in range(lows.size):
-        low, other = lows[k], others[k]
-        n_low = n_lows[k]
-        n_other = n_others[k] if other != low else np.uint8(0)
-        few = n_low + n_other == 8
-        kind[k] = -1  # three or more values: set when counted
-        simple[k] = few
-        smaller, n_smaller = (other, n_other) if other < low else (low, n_low)
-        larger, n_larger = (low, n_low) if other < low else (other, n_other)
-        take_larger = (2 * n_smaller <= 7) if median else (n_larger > n_smaller)
-        modes[k] = larger if take_larger else smaller
-        n_a[k] = n_larger if take_larger else n_smaller
-        b[k] = smaller if take_larger else larger
-        n_b[k] = n_smaller if take_larger else n_larger
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _entries_of_window(
-    window, n, n_pairs, pair_values, pair_counts, start, k, modes, n_a, b, n_b, kind
-):
-    """Dense entries of a gathered window whose mode or median is in `modes[k]` (`window[:n]`
-    sorted; `n_pairs` pairs at `start`, none when uniform)."""
-    kind[k] = -1  # three or more values: set by the caller
-    if n_pairs == 0:
-        n_a[k], b[k], n_b[k] = n, window[0], 0
-    elif n_pairs == 2:
-        picked = 0 if pair_values[start] == modes[k] else 1
-        n_a[k] = pair_counts[start + picked]
-        b[k], n_b[k] = pair_values[start + 1 - picked], pair_counts[start + 1 - picked]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -418,22 +386,3 @@ def _gather_children(
                         values[n], weights[n] = b[at], n_b[at]
                         n += 1
     return n
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _pick(pair_values, pair_counts, start, end, total, median):
-    """The mode (highest count, lowest value on a tie) or median (value at (total - 1) // 2) of
-    the ascending pairs [start, end)."""
-    pick = pair_values[start]
-    if median:
-        seen = 0
-        for i in range(start, end):
-            seen += pair_counts[i]
-            if 2 * seen > total - 1:
-                return pair_values[i]
-        return pick
-    best = pair_counts[start]
-    for i in range(start + 1, end):
-        if pair_counts[i] > best:
-            pick, best = pair_values[i], pair_counts[i]
-    return pick

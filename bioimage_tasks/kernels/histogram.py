@@ -43,7 +43,8 @@ class LevelHistograms:
         return cls(voxels, np.ones((voxels.ndim, max(voxels.shape)), np.int64))
 
     @classmethod
-    def of_windows(cls, voxels: np.ndarray, factors: tuple[int, ...], method: str) -> LevelHistograms:
+    def of_windows(cls, voxels: np.ndarray, factors: tuple[int, ...],
+                   method: str) -> LevelHistograms:
         """The first level: `of_voxels(voxels).merge(factors, method)`, from the voxels directly
         when at most the last three factors exceed 1 (voxel_histograms.py: uniform windows found
         by a vectorised test, only mixed ones sorted)."""
@@ -51,8 +52,9 @@ class LevelHistograms:
         if voxels.ndim == 0 or not voxels.size or any(f > 1 for f in factors[:-3]):
             return cls.of_voxels(voxels).merge(factors, method)
         values, offsets, pairs, counts = first_level_histograms(voxels, factors, method == "median")
-        axis_counts = parent_axis_counts(np.ones((voxels.ndim, max(voxels.shape)), np.int64),
-                                         np.asarray(voxels.shape, np.int64), np.asarray(factors, np.int64))
+        ones = np.ones((voxels.ndim, max(voxels.shape)), np.int64)
+        axis_counts = parent_axis_counts(ones, np.asarray(voxels.shape, np.int64),
+                                         np.asarray(factors, np.int64))
         return cls(values, axis_counts, offsets, pairs, counts)
 
     def merge(self, factors: tuple[int, ...], method: str) -> LevelHistograms:
@@ -311,3 +313,22 @@ def _distinct_pairs(values, counts, n, out_values, out_counts, used):
             out_counts[used] = counts[i]
             used += 1
     return used, total
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _pick(pair_values, pair_counts, start, end, total, median):
+    """The mode (highest count, lowest value on a tie) or median (value at (total - 1) // 2) of
+    the ascending pairs [start, end)."""
+    pick = pair_values[start]
+    if median:
+        seen = 0
+        for i in range(start, end):
+            seen += pair_counts[i]
+            if 2 * seen > total - 1:
+                return pair_values[i]
+        return pick
+    best = pair_counts[start]
+    for i in range(start + 1, end):
+        if pair_counts[i] > best:
+            pick, best = pair_values[i], pair_counts[i]
+    return pick

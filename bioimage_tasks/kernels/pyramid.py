@@ -10,11 +10,15 @@ independently and pasted give the whole array's levels.
 How each method stays exact:
 - `stride`, `min`, `max`: each level from the level above (the first voxel of first voxels, the
   min of mins).
-- integer `mean`: exact 64-bit window sums carried from level to level, each level rounded from
-  its own sums and counts (never from a rounded level).
+- integer `mean`: exact window sums carried from level to level (in the narrowest integer type
+  that holds them, `sums.py`), each level rounded from its own sums and counts (never from a
+  rounded level).
 - integer `mode`, `median`: a histogram per window (its distinct values and their counts;
   nothing but the value for a window of one value), merged from the children's histograms
-  (`histogram.py`).
+  (`histogram.py`); the first level straight from the voxels (`voxel_histograms.py`), and for
+  2x2x2 the first two levels fused, windows of at most two values kept densely
+  (`cube_histograms.py`).
+- A Fortran-ordered tile is reduced through its transpose for these (no copy).
 - float `mean` (tensorstore sums in the float type, in window order), float `mode`/`median` and
   64-bit integer `mean`: from the tile at every level (exact, and slower).
 """

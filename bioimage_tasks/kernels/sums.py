@@ -65,7 +65,8 @@ def accumulator_dtype(dtype: np.dtype, voxels: int) -> np.dtype:
     return np.dtype(np.int64)
 
 
-def window_sums(values: np.ndarray, factors: Sequence[int], dtype: np.dtype = np.dtype(np.int64)) -> np.ndarray:
+def window_sums(values: np.ndarray, factors: Sequence[int],
+                dtype: np.dtype = np.dtype(np.int64)) -> np.ndarray:
     """Sums of every `factors` window of integer (or bool) `values`, cut by the edge, in `dtype`
     (which must hold them: `accumulator_dtype`)."""
     values = np.ascontiguousarray(values)
@@ -76,7 +77,8 @@ def window_sums(values: np.ndarray, factors: Sequence[int], dtype: np.dtype = np
     leading = values.ndim - 3
     if values.size and values.ndim and all(f == 1 for f in factors[:max(0, leading)]):
         out = np.empty(out_shape, dtype)
-        _sum_windows_3d(_as_4d(values), *(1,) * (3 - values.ndim), *factors[max(0, leading):], _as_4d(out))
+        cube_factors = (*(1,) * (3 - values.ndim), *factors[max(0, leading):])
+        _sum_windows_3d(_as_4d(values), *cube_factors, _as_4d(out))
         return out
     out = np.zeros(out_shape, dtype)
     if values.size and values.ndim:
@@ -101,7 +103,9 @@ def rounded_means(sums: np.ndarray, axis_counts: np.ndarray, dtype: np.dtype) ->
 def _as_4d(array: np.ndarray) -> np.ndarray:
     """A C-ordered array as a stack of 3-D arrays: its last three axes (ones prepended to fewer),
     the leading ones (factor 1) merged into the stack's."""
-    return array.reshape((-1, *array.shape[-3:]) if array.ndim >= 3 else (1,) * (4 - array.ndim) + array.shape)
+    if array.ndim >= 3:
+        return array.reshape(-1, *array.shape[-3:])
+    return array.reshape((1,) * (4 - array.ndim) + array.shape)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -230,7 +234,8 @@ def _round_means(sums, shape, axis_counts, out):
             _round_shifted(row_sums[:length - 1], shift, count, row_out[:length - 1])
         else:
             _round_divided(row_sums[:length - 1], count, row_out[:length - 1])
-        _round_divided(row_sums[length - 1:], row_count * axis_counts[ndim - 1, length - 1], row_out[length - 1:])
+        last_count = row_count * axis_counts[ndim - 1, length - 1]
+        _round_divided(row_sums[length - 1:], last_count, row_out[length - 1:])
         axis = ndim - 2
         while axis >= 0:
             index[axis] += 1

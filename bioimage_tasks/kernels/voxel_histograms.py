@@ -265,3 +265,38 @@ def _grown(array, used, capacity):
     grown = np.empty(capacity, array.dtype)
     grown[:used] = array[:used]
     return grown
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _dense_entries(lows, n_lows, others, n_others, median, modes, n_a, b, n_b, kind, simple):
+    """A row of full 2x2x2 windows from `_two_values`: dense entries, mode or median of the
+    windows of at most two values (selects: vectorised); `simple[k]` 0 for three or more."""
+    for k in range(lows.size):
+        low, other = lows[k], others[k]
+        n_low = n_lows[k]
+        n_other = n_others[k] if other != low else np.uint8(0)
+        few = n_low + n_other == 8
+        kind[k] = -1  # three or more values: set when counted
+        simple[k] = few
+        smaller, n_smaller = (other, n_other) if other < low else (low, n_low)
+        larger, n_larger = (low, n_low) if other < low else (other, n_other)
+        take_larger = (2 * n_smaller <= 7) if median else (n_larger > n_smaller)
+        modes[k] = larger if take_larger else smaller
+        n_a[k] = n_larger if take_larger else n_smaller
+        b[k] = smaller if take_larger else larger
+        n_b[k] = n_smaller if take_larger else n_larger
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _entries_of_window(
+    window, n, n_pairs, pair_values, pair_counts, start, k, modes, n_a, b, n_b, kind
+):
+    """Dense entries of a gathered window whose mode or median is in `modes[k]` (`window[:n]`
+    sorted; `n_pairs` pairs at `start`, none when uniform)."""
+    kind[k] = -1  # three or more values: set by the caller
+    if n_pairs == 0:
+        n_a[k], b[k], n_b[k] = n, window[0], 0
+    elif n_pairs == 2:
+        picked = 0 if pair_values[start] == modes[k] else 1
+        n_a[k] = pair_counts[start + picked]
+        b[k], n_b[k] = pair_values[start + 1 - picked], pair_counts[start + 1 - picked]
