@@ -59,3 +59,9 @@ bench-s3: setup
 .PHONY: bench-tiff
 bench-tiff: setup
 	$(PY) benchmarks/tiff_pyramid.py $(BENCH_ARGS)
+
+# Our exact pyramid kernels against tinybrain's (igneous's), one thread, same data; tinybrain in
+# a venv of its own (benchmarks/README.md, "bench-kernels"); e.g. BENCH_ARGS="--sizes 256"
+.PHONY: bench-kernels
+bench-kernels: setup
+	$(PY) benchmarks/kernels.py $(BENCH_ARGS)

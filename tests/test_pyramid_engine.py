@@ -139,6 +139,69 @@ def test_kernel_histograms_match_tensorstore_on_blocky_labels(rng):
             np.testing.assert_array_equal(level, expected, err_msg=f"{dtype} {method} {shape} {factors}")
 
 
+def voronoi_tile(rng: np.random.Generator, shape: tuple[int, ...], dtype: str,
+                 noise: float) -> np.ndarray:
+    """Labels of the nearest of a few random seeds (Voronoi cells: windows of one, two, three or
+    more values), ids drawn over the dtype's whole range (extremes, uint64 above 2**53), a share
+    `noise` of voxels replaced by other ids."""
+    dtype = np.dtype(dtype)
+    if dtype == bool:
+        palette = np.array([False, True])
+    else:
+        info = np.iinfo(dtype)
+        extremes = [info.min, info.max, info.max - 1] + ([2**53 + 1] if dtype == np.uint64 else [])
+        drawn = rng.integers(info.min, info.max, 12, dtype, endpoint=True)
+        palette = np.concatenate([np.array(extremes, dtype), drawn])
+    grid = np.indices(shape).reshape(len(shape), -1).T
+    seeds = rng.random((12, len(shape))) * np.array(shape)
+    nearest = ((grid[:, None, :] - seeds[None]) ** 2).sum(axis=2).argmin(axis=1).reshape(shape)
+    tile = palette[nearest % len(palette)]
+    flip = rng.random(shape) < noise
+    tile[flip] = palette[rng.integers(0, len(palette), int(flip.sum()))]
+    return tile
+
+
+CUBIC_SHAPES = [(32, 32, 32), (37, 41, 23), (17, 16, 15), (9, 1, 33), (2, 3, 2), (3, 18, 20, 22)]
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("method", ["mean", "mode", "median"])
+def test_cubic_pyramid_fast_paths_match_tensorstore(rng, order, method):
+    """Four levels of 2x2x2 (the connectomics pyramid: mean's narrow sums of 2x2 rows, mode's and
+    median's fused first two levels): every integer dtype and bool, odd shapes (windows cut at
+    every level), a 4-D stack, C- and Fortran-ordered tiles, Voronoi labels with and without
+    noise, against tensorstore's downsample of the base."""
+    dtypes = ["bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"]
+    for shape in CUBIC_SHAPES:
+        factors = [(1,) * (len(shape) - 3) + (2, 2, 2)] * 4
+        for dtype in dtypes:
+            for noise in (0.0, 0.1):
+                base = voronoi_tile(rng, shape, dtype, noise)
+                tile = np.asarray(base, order=order)
+                levels = pyramid_levels(tile, factors, method)
+                expected_levels = tensorstore_levels(base, cumulative_products(factors), method)
+                for level, expected in zip(levels, expected_levels):
+                    assert level.dtype == expected.dtype
+                    np.testing.assert_array_equal(level, expected,
+                                                  err_msg=f"{dtype} {shape} {noise} {order}")
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "uint32", "int32"])
+def test_mean_levels_at_the_dtype_extremes(dtype):
+    """Sums kept in the narrowest type that holds them (uint8: uint16 up to 257 voxels, then
+    uint32): tiles of the dtype's largest and smallest values, and both in halves, four levels of
+    2x2x2 and one of 3x5x7, exactly as tensorstore."""
+    info = np.iinfo(dtype)
+    shape = (33, 34, 35)
+    halves = np.where(np.indices(shape).sum(axis=0) % 2 == 0, info.max, info.min).astype(dtype)
+    for tile in (np.full(shape, info.max, dtype), np.full(shape, info.min, dtype), halves):
+        for factors in ([(2, 2, 2)] * 4, [(3, 5, 7)]):
+            levels = pyramid_levels(tile, factors, "mean")
+            expected_levels = tensorstore_levels(tile, cumulative_products(factors), "mean")
+            for level, expected in zip(levels, expected_levels):
+                np.testing.assert_array_equal(level, expected, strict=True, err_msg=f"{factors}")
+
+
 @pytest.fixture
 def small_regions(monkeypatch):
     """Regions of a few thousand voxels and tiles of a few hundred: many regions per volume,

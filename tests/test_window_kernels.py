@@ -13,6 +13,7 @@ import tensorstore as ts
 
 from bioimage_tasks.geometry import downscale_shape
 from bioimage_tasks.kernels import window
+from bioimage_tasks.kernels.sums import accumulator_dtype
 from bioimage_tasks.kernels.window import METHODS, _sort_network, window_reduce
 
 SHAPES_3D = [(37, 41, 23), (33, 17, 9), (24, 18, 12)]  # the last one: whole windows only
@@ -304,6 +305,30 @@ def test_input_is_not_modified(rng):
         window_reduce(x, (2, 1, 1), method)
         window_reduce(x, (2, 2, 2), method)
     assert_same(x, before)
+
+
+def test_accumulators_are_the_narrowest_that_hold_the_sums():
+    assert accumulator_dtype(np.dtype("uint8"), 257) == np.uint16  # 257 * 255 = 65535
+    assert accumulator_dtype(np.dtype("uint8"), 258) == np.uint32
+    assert accumulator_dtype(np.dtype("int8"), 255) == np.int16  # 255 * 128 = 32640
+    assert accumulator_dtype(np.dtype("int8"), 256) == np.int32
+    assert accumulator_dtype(np.dtype("uint16"), 4096) == np.uint32
+    assert accumulator_dtype(np.dtype("uint32"), 2) == np.int64
+    assert accumulator_dtype(np.dtype("bool"), 257) == np.uint16
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16"])
+@pytest.mark.parametrize("size", [257, 258])
+def test_mean_of_windows_at_the_accumulators_limit(dtype, size):
+    """One window of 257 or 258 extreme voxels (the uint8 sum of 257 fills uint16 exactly), along
+    the last axis and, Fortran-ordered, along the first."""
+    info = np.iinfo(dtype)
+    for fill in (info.max, info.min):
+        x = np.full((3, 2 * size + 1), fill, dtype)
+        assert_same(window_reduce(x, (2, size), "mean"), reference(x, (2, size), "mean"))
+        column = np.asfortranarray(x.T)
+        expected = reference(x.T.copy(), (size, 2), "mean")
+        assert_same(window_reduce(column, (size, 2), "mean"), expected)
 
 
 @pytest.mark.parametrize("size", range(1, 40))

@@ -18,6 +18,7 @@ import numpy as np
 
 from bioimage_tasks.geometry import downscale_shape
 from bioimage_tasks.kernels.sums import parent_axis_counts
+from bioimage_tasks.kernels.voxel_histograms import first_level_histograms
 
 _SORT_BY_INSERTION = 24  # longer runs of pairs are sorted with numpy's argsort
 
@@ -40,6 +41,21 @@ class LevelHistograms:
     def of_voxels(cls, voxels: np.ndarray) -> LevelHistograms:
         voxels = np.ascontiguousarray(voxels)
         return cls(voxels, np.ones((voxels.ndim, max(voxels.shape)), np.int64))
+
+    @classmethod
+    def of_windows(cls, voxels: np.ndarray, factors: tuple[int, ...],
+                   method: str) -> LevelHistograms:
+        """The first level: `of_voxels(voxels).merge(factors, method)`, from the voxels directly
+        when at most the last three factors exceed 1 (voxel_histograms.py: uniform windows found
+        by a vectorised test, only mixed ones sorted)."""
+        voxels = np.ascontiguousarray(voxels)
+        if voxels.ndim == 0 or not voxels.size or any(f > 1 for f in factors[:-3]):
+            return cls.of_voxels(voxels).merge(factors, method)
+        values, offsets, pairs, counts = first_level_histograms(voxels, factors, method == "median")
+        ones = np.ones((voxels.ndim, max(voxels.shape)), np.int64)
+        axis_counts = parent_axis_counts(ones, np.asarray(voxels.shape, np.int64),
+                                         np.asarray(factors, np.int64))
+        return cls(values, axis_counts, offsets, pairs, counts)
 
     def merge(self, factors: tuple[int, ...], method: str) -> LevelHistograms:
         """The next level: windows of `factors` of this level's windows (cut by the edge).
@@ -235,29 +251,8 @@ def _merge_rows(first, last, child_modes, child_offsets, child_values, child_cou
                             values[n] = child_values[pair]
                             counts[n] = child_counts[pair]
                             n += 1
-            if n <= _SORT_BY_INSERTION:
-                for i in range(1, n):
-                    value = values[i]
-                    count = counts[i]
-                    j = i - 1
-                    while j >= 0 and values[j] > value:
-                        values[j + 1] = values[j]
-                        counts[j + 1] = counts[j]
-                        j -= 1
-                    values[j + 1] = value
-                    counts[j + 1] = count
-            else:
-                _argsort_pairs(values, counts, n)
             start = used
-            total = 0
-            for i in range(n):
-                total += counts[i]
-                if i > 0 and values[i] == out_values[used - 1]:
-                    out_counts[used - 1] += counts[i]
-                else:
-                    out_values[used] = values[i]
-                    out_counts[used] = counts[i]
-                    used += 1
+            used, total = _distinct_pairs(values, counts, n, out_values, out_counts, used)
             pick = out_values[start]
             if median:
                 seen = 0
@@ -274,3 +269,66 @@ def _merge_rows(first, last, child_modes, child_offsets, child_values, child_cou
                         best = out_counts[i]
             result[parent] = pick
     return used
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _distinct_pairs(values, counts, n, out_values, out_counts, used):
+    """Append the distinct values of the `n` pairs (`values`, `counts`), ascending, with their
+    summed counts at `used`; returns (the new `used`, the total count). A short run adds each
+    pair to its value's entry (few distinct values: no sort of the pairs, only of the entries);
+    a long one is sorted first."""
+    start = used
+    total = 0
+    if n <= _SORT_BY_INSERTION:
+        for i in range(n):
+            value = values[i]
+            total += counts[i]
+            j = start
+            while j < used and out_values[j] != value:
+                j += 1
+            if j == used:
+                out_values[used] = value
+                out_counts[used] = counts[i]
+                used += 1
+            else:
+                out_counts[j] += counts[i]
+        for i in range(start + 1, used):
+            value = out_values[i]
+            count = out_counts[i]
+            j = i - 1
+            while j >= start and out_values[j] > value:
+                out_values[j + 1] = out_values[j]
+                out_counts[j + 1] = out_counts[j]
+                j -= 1
+            out_values[j + 1] = value
+            out_counts[j + 1] = count
+        return used, total
+    _argsort_pairs(values, counts, n)
+    for i in range(n):
+        total += counts[i]
+        if i > 0 and values[i] == out_values[used - 1]:
+            out_counts[used - 1] += counts[i]
+        else:
+            out_values[used] = values[i]
+            out_counts[used] = counts[i]
+            used += 1
+    return used, total
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _pick(pair_values, pair_counts, start, end, total, median):
+    """The mode (highest count, lowest value on a tie) or median (value at (total - 1) // 2) of
+    the ascending pairs [start, end)."""
+    pick = pair_values[start]
+    if median:
+        seen = 0
+        for i in range(start, end):
+            seen += pair_counts[i]
+            if 2 * seen > total - 1:
+                return pair_values[i]
+        return pick
+    best = pair_counts[start]
+    for i in range(start + 1, end):
+        if pair_counts[i] > best:
+            pick, best = pair_values[i], pair_counts[i]
+    return pick

@@ -10,11 +10,15 @@ independently and pasted give the whole array's levels.
 How each method stays exact:
 - `stride`, `min`, `max`: each level from the level above (the first voxel of first voxels, the
   min of mins).
-- integer `mean`: exact 64-bit window sums carried from level to level, each level rounded from
-  its own sums and counts (never from a rounded level).
+- integer `mean`: exact window sums carried from level to level (in the narrowest integer type
+  that holds them, `sums.py`), each level rounded from its own sums and counts (never from a
+  rounded level).
 - integer `mode`, `median`: a histogram per window (its distinct values and their counts;
   nothing but the value for a window of one value), merged from the children's histograms
-  (`histogram.py`).
+  (`histogram.py`); the first level straight from the voxels (`voxel_histograms.py`), and for
+  2x2x2 the first two levels fused, windows of at most two values kept densely
+  (`cube_histograms.py`).
+- A Fortran-ordered tile is reduced through its transpose for these (no copy).
 - float `mean` (tensorstore sums in the float type, in window order), float `mode`/`median` and
   64-bit integer `mean`: from the tile at every level (exact, and slower).
 """
@@ -25,8 +29,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bioimage_tasks.kernels.cube_histograms import first_two_levels
 from bioimage_tasks.kernels.histogram import LevelHistograms
-from bioimage_tasks.kernels.sums import chained_means
+from bioimage_tasks.kernels.sums import chained_means, parent_axis_counts
 from bioimage_tasks.kernels.window import window_reduce
 
 def pyramid_levels(tile: np.ndarray, level_factors: Sequence[Sequence[int]], method: str,
@@ -80,10 +85,41 @@ def _chained(tile: np.ndarray, factors: list[tuple[int, ...]], method: str) -> l
 
 
 def _chained_histograms(tile: np.ndarray, factors: list[tuple[int, ...]], method: str) -> list[np.ndarray]:
-    """mode/median of integers: each level's window histograms merged from the level above's."""
-    current = LevelHistograms.of_voxels(tile.view(np.uint8) if tile.dtype.kind == "b" else tile)
-    levels = []
-    for level in factors:
+    """mode/median of integers: the first level's window histograms from the voxels, each next
+    level's merged from the level above's. A Fortran-ordered tile is reduced through its transpose
+    (the values, not their order, decide an integer mode or median)."""
+    if not factors:
+        return []
+    if tile.ndim > 1 and tile.flags.f_contiguous and not tile.flags.c_contiguous:
+        levels = _chained_histograms(tile.T, [level[::-1] for level in factors], method)
+        return [level.T for level in levels]
+    voxels = np.ascontiguousarray(tile.view(np.uint8) if tile.dtype.kind == "b" else tile)
+    if _cubic(factors[:2], tile.ndim) and voxels.size:  # the common pyramid: two levels fused
+        current, first = _first_two_levels(voxels, factors[:2], method)
+        levels = [first.view(tile.dtype), current.values.view(tile.dtype)]
+    else:
+        current = LevelHistograms.of_windows(voxels, factors[0], method)
+        levels = [current.values.view(tile.dtype)]
+    for level in factors[len(levels):]:
         current = current.merge(level, method)
         levels.append(current.values.view(tile.dtype))
     return levels
+
+
+def _cubic(factors: list[tuple[int, ...]], ndim: int) -> bool:
+    """Whether `factors` are two levels of 2x2x2 over the last three of `ndim` >= 3 axes."""
+    return (ndim >= 3 and len(factors) == 2
+            and all(level[-3:] == (2, 2, 2) and set(level[:-3]) <= {1} for level in factors))
+
+
+def _first_two_levels(voxels: np.ndarray, factors: list[tuple[int, ...]],
+                      method: str) -> tuple[LevelHistograms, np.ndarray]:
+    """Level 2's histograms and level 1's values of a 2x2x2 pyramid (cube_histograms.py)."""
+    first, second, offsets, pairs, counts = first_two_levels(voxels, method == "median")
+    axis_counts = np.ones((voxels.ndim, max(voxels.shape)), np.int64)
+    shape = np.asarray(voxels.shape, np.int64)
+    for level in factors:
+        level_factors = np.asarray(level, np.int64)
+        axis_counts = parent_axis_counts(axis_counts, shape, level_factors)
+        shape = (shape + level_factors - 1) // level_factors
+    return LevelHistograms(second, axis_counts, offsets, pairs, counts), first
