@@ -18,10 +18,10 @@ import zarr
 from helpers import records_dir, wait_for
 
 from bioimage_tasks import pyramid_plan
+from bioimage_tasks.io import as_source
 from bioimage_tasks.kernels.pyramid import cumulative_products, pyramid_levels
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.runners import RunnerConfig
-from bioimage_tasks.io import as_source
 from flows import pyramid_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -37,7 +37,9 @@ def test_kernel_levels_match_tensorstore(rng):
     """pyramid_levels on random tiles, factors, dtypes and methods (uint64 ids above 2**53)."""
     for _ in range(150):
         ndim = int(rng.integers(1, 4))
-        factors = [tuple(int(f) for f in rng.integers(1, 4, ndim)) for _ in range(int(rng.integers(1, 4)))]
+        factors = [
+            tuple(int(f) for f in rng.integers(1, 4, ndim)) for _ in range(int(rng.integers(1, 4)))
+        ]
         shape = tuple(int(n) for n in rng.integers(1, 26, ndim))
         dtype = str(rng.choice(["bool", "uint8", "int16", "uint32", "int64", "uint64", "float32"]))
         method = str(rng.choice(["mean", "mode", "median", "min", "max", "stride"]))
@@ -47,11 +49,17 @@ def test_kernel_levels_match_tensorstore(rng):
         elif dtype == "uint64":
             tile = (2**60 + rng.integers(0, spread, shape)).astype(np.uint64)
         else:
-            tile = (rng.integers(0, spread, shape) - (spread // 2 if dtype.startswith("int") else 0)).astype(dtype)
+            tile = (
+                rng.integers(0, spread, shape) - (spread // 2 if dtype.startswith("int") else 0)
+            ).astype(dtype)
         levels = pyramid_levels(tile, factors, method)
-        for level, expected in zip(levels, tensorstore_levels(tile, cumulative_products(factors), method)):
+        for level, expected in zip(
+            levels, tensorstore_levels(tile, cumulative_products(factors), method)
+        ):
             assert level.dtype == expected.dtype
-            np.testing.assert_array_equal(level, expected, err_msg=f"{dtype} {method} {shape} {factors}")
+            np.testing.assert_array_equal(
+                level, expected, err_msg=f"{dtype} {method} {shape} {factors}"
+            )
 
 
 def nan_floats(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np.ndarray:
@@ -72,15 +80,18 @@ def test_kernel_levels_of_nan_tiles_match_tensorstore(rng):
     tensorstore's order of a window's voxels): NaN and signed zeros bit for bit."""
     for _ in range(40):
         ndim = int(rng.integers(1, 4))
-        factors = [tuple(int(f) for f in rng.integers(1, 4, ndim))
-                   for _ in range(int(rng.integers(1, 4)))]
+        factors = [
+            tuple(int(f) for f in rng.integers(1, 4, ndim)) for _ in range(int(rng.integers(1, 4)))
+        ]
         cumulative = cumulative_products(factors)
         shape = tuple(int(n) for n in rng.integers(1, 30, ndim))
         base = nan_floats(rng, shape, str(rng.choice(["float32", "float64"])))
         method = str(rng.choice(["mode", "median"]))
         starts = [c * int(rng.integers(0, -(-n // c))) for n, c in zip(shape, cumulative[-1])]
-        tile = tuple(slice(s, min(n, s + c * int(rng.integers(1, 3))))
-                     for s, n, c in zip(starts, shape, cumulative[-1]))
+        tile = tuple(
+            slice(s, min(n, s + c * int(rng.integers(1, 3))))
+            for s, n, c in zip(starts, shape, cumulative[-1])
+        )
         levels = pyramid_levels(base[tile], factors, method, shape)
         expected_levels = tensorstore_levels(base, cumulative, method)
         for level, f, expected in zip(levels, cumulative, expected_levels):
@@ -113,11 +124,17 @@ def blocky_labels(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) 
     """Labels constant over boxes of random size at a random offset (so windows at every level
     are uniform, mixed, or mixed of uniform children), with some voxels of noise."""
     cell = tuple(int(c) for c in rng.integers(1, 7, len(shape)))
-    labels = rng.integers(0, int(rng.choice([2, 5, 1000])), tuple(-(-n // c) + 1 for n, c in zip(shape, cell)))
+    labels = rng.integers(
+        0, int(rng.choice([2, 5, 1000])), tuple(-(-n // c) + 1 for n, c in zip(shape, cell))
+    )
     for axis, size in enumerate(cell):
         labels = np.repeat(labels, size, axis=axis)
-    labels = labels[tuple(slice(int(rng.integers(0, c)), None) for c in cell)][tuple(slice(0, n) for n in shape)]
-    labels = np.where(rng.random(shape) < rng.choice([0, 0.01, 0.2]), rng.integers(0, 1000, shape), labels)
+    labels = labels[tuple(slice(int(rng.integers(0, c)), None) for c in cell)][
+        tuple(slice(0, n) for n in shape)
+    ]
+    labels = np.where(
+        rng.random(shape) < rng.choice([0, 0.01, 0.2]), rng.integers(0, 1000, shape), labels
+    )
     if dtype == "uint64":
         return (2**60 + labels).astype(np.uint64)
     return (labels % 2).astype(bool) if dtype == "bool" else labels.astype(dtype)
@@ -129,23 +146,30 @@ def test_kernel_histograms_match_tensorstore_on_blocky_labels(rng):
     cut by the tile's edge (up to 4-D, uint64 ids above 2**60)."""
     for _ in range(150):
         ndim = int(rng.integers(1, 5))
-        factors = [tuple(int(f) for f in rng.integers(1, 4, ndim)) for _ in range(int(rng.integers(1, 5)))]
+        factors = [
+            tuple(int(f) for f in rng.integers(1, 4, ndim)) for _ in range(int(rng.integers(1, 5)))
+        ]
         shape = tuple(int(n) for n in rng.integers(1, 40 if ndim < 4 else 12, ndim))
         dtype = str(rng.choice(["bool", "uint8", "int16", "uint32", "uint64"]))
         method = str(rng.choice(["mode", "median"]))
         tile = blocky_labels(rng, shape, dtype)
         levels = pyramid_levels(tile, factors, method)
-        for level, expected in zip(levels, tensorstore_levels(tile, cumulative_products(factors), method)):
-            np.testing.assert_array_equal(level, expected, err_msg=f"{dtype} {method} {shape} {factors}")
+        for level, expected in zip(
+            levels, tensorstore_levels(tile, cumulative_products(factors), method)
+        ):
+            np.testing.assert_array_equal(
+                level, expected, err_msg=f"{dtype} {method} {shape} {factors}"
+            )
 
 
-def voronoi_tile(rng: np.random.Generator, shape: tuple[int, ...], dtype: str,
-                 noise: float) -> np.ndarray:
+def voronoi_tile(
+    rng: np.random.Generator, shape: tuple[int, ...], dtype: str, noise: float
+) -> np.ndarray:
     """Labels of the nearest of a few random seeds (Voronoi cells: windows of one, two, three or
     more values), ids drawn over the dtype's whole range (extremes, uint64 above 2**53), a share
     `noise` of voxels replaced by other ids."""
     dtype = np.dtype(dtype)
-    if dtype == bool:
+    if dtype.kind == "b":
         palette = np.array([False, True])
     else:
         info = np.iinfo(dtype)
@@ -182,8 +206,9 @@ def test_cubic_pyramid_fast_paths_match_tensorstore(rng, order, method):
                 expected_levels = tensorstore_levels(base, cumulative_products(factors), method)
                 for level, expected in zip(levels, expected_levels):
                     assert level.dtype == expected.dtype
-                    np.testing.assert_array_equal(level, expected,
-                                                  err_msg=f"{dtype} {shape} {noise} {order}")
+                    np.testing.assert_array_equal(
+                        level, expected, err_msg=f"{dtype} {shape} {noise} {order}"
+                    )
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "uint32", "int32"])
@@ -262,14 +287,30 @@ def labels_like(rng, shape, dtype):
 @pytest.mark.parametrize("case", CASES)
 def test_every_level_exact_and_the_base_read_once(tmp_path, rng, small_regions, case):
     dtype, method, shape, factors = CASES[case]
-    base = labels_like(rng, shape, dtype) if method in ("mode", "median") else \
-        (rng.random(shape) * 200).astype(dtype) if dtype.startswith("float") else rng.integers(0, 200, shape).astype(dtype)
+    base = (
+        labels_like(rng, shape, dtype)
+        if method in ("mode", "median")
+        else (rng.random(shape) * 200).astype(dtype)
+        if dtype.startswith("float")
+        else rng.integers(0, 200, shape).astype(dtype)
+    )
     reads = np.zeros(shape, np.int64)
     path = f"{tmp_path}/pyramid.zarr"
-    pyramid_flow(CountingSource(base, reads), path, scale_factors=factors, method=method, chunks=(4, 4, 4),
-                 shards=(8, 8, 8), num_workers=2, job_config=RunnerConfig(memory_budget=2**20))
+    pyramid_flow(
+        CountingSource(base, reads),
+        path,
+        scale_factors=factors,
+        method=method,
+        chunks=(4, 4, 4),
+        shards=(8, 8, 8),
+        num_workers=2,
+        job_config=RunnerConfig(memory_budget=2**20),
+    )
     group = zarr.open_group(path, mode="r")
-    cumulative = [(1, 1, 1), *cumulative_products([f if isinstance(f, tuple) else (f,) * 3 for f in factors])]
+    cumulative = [
+        (1, 1, 1),
+        *cumulative_products([f if isinstance(f, tuple) else (f,) * 3 for f in factors]),
+    ]
     for level, expected in enumerate(tensorstore_levels(base, cumulative, method)):
         np.testing.assert_array_equal(group[f"s{level}"][:], expected, err_msg=f"s{level}")
     assert reads.min() == reads.max() == 1  # every base voxel read exactly once
@@ -280,8 +321,15 @@ def test_every_level_exact_and_the_base_read_once(tmp_path, rng, small_regions, 
 def test_nan_float_pyramid_matches_tensorstore_bit_for_bit(tmp_path, rng, small_regions, method):
     base = nan_floats(rng, (27, 22, 19), "float32")
     path = f"{tmp_path}/pyramid.zarr"
-    pyramid_flow(base, path, scale_factors=[2, (1, 2, 3), 2], method=method, chunks=(4, 4, 4),
-                 num_workers=2, job_config=RunnerConfig(memory_budget=2**20))
+    pyramid_flow(
+        base,
+        path,
+        scale_factors=[2, (1, 2, 3), 2],
+        method=method,
+        chunks=(4, 4, 4),
+        num_workers=2,
+        job_config=RunnerConfig(memory_budget=2**20),
+    )
     group = zarr.open_group(path, mode="r")
     cumulative = [(1, 1, 1), *cumulative_products([(2, 2, 2), (1, 2, 3), (2, 2, 2)])]
     for level, expected in enumerate(tensorstore_levels(base, cumulative, method)):
@@ -293,15 +341,31 @@ def test_big_endian_zarr_v2_input_and_a_rerun(tmp_path, rng, small_regions, dtyp
     """A big-endian zarr v2 input (as other tools write it) gives every level of its native-order
     values; a rerun into the group accepts the levels it made (stored in native byte order)."""
     native_dtype = np.dtype(dtype).newbyteorder("=")
-    base = nan_floats(rng, (27, 22, 19), native_dtype) if native_dtype.kind == "f" else \
-        labels_like(rng, (27, 22, 19), native_dtype.name)
-    zarr.create_array(store=f"{tmp_path}/in.zarr", name="raw", shape=base.shape, dtype=dtype,
-                      chunks=(8, 8, 8), zarr_format=2)[:] = base
+    base = (
+        nan_floats(rng, (27, 22, 19), native_dtype)
+        if native_dtype.kind == "f"
+        else labels_like(rng, (27, 22, 19), native_dtype.name)
+    )
+    zarr.create_array(
+        store=f"{tmp_path}/in.zarr",
+        name="raw",
+        shape=base.shape,
+        dtype=dtype,
+        chunks=(8, 8, 8),
+        zarr_format=2,
+    )[:] = base
     path = f"{tmp_path}/pyramid.zarr"
     cumulative = [(1, 1, 1), (2, 2, 2), (4, 4, 4)]
     for _ in range(2):
-        pyramid_flow(f"{tmp_path}/in.zarr/raw", path, scale_factors=[2, 2], method=method,
-                     chunks=(4, 4, 4), num_workers=2, job_config=RunnerConfig(memory_budget=2**20))
+        pyramid_flow(
+            f"{tmp_path}/in.zarr/raw",
+            path,
+            scale_factors=[2, 2],
+            method=method,
+            chunks=(4, 4, 4),
+            num_workers=2,
+            job_config=RunnerConfig(memory_budget=2**20),
+        )
         group = zarr.open_group(path, mode="r")
         for level, expected in enumerate(tensorstore_levels(base, cumulative, method)):
             assert_same_bits(group[f"s{level}"][:].astype(native_dtype), expected, f"s{level}")
@@ -311,8 +375,15 @@ def test_anisotropic_plan_from_voxel_size_and_budget(tmp_path, rng):
     """`levels` planned from the voxel size; a small budget forces several tiles per region."""
     labels = labels_like(rng, (20, 70, 66), "uint32")
     path = f"{tmp_path}/labels.zarr"
-    pyramid_flow(labels, path, levels=4, method="mode", voxel_size=(2.0, 0.5, 0.5), chunks=(8, 8, 8),
-                 job_config=RunnerConfig(memory_budget=2**20))
+    pyramid_flow(
+        labels,
+        path,
+        levels=4,
+        method="mode",
+        voxel_size=(2.0, 0.5, 0.5),
+        chunks=(8, 8, 8),
+        job_config=RunnerConfig(memory_budget=2**20),
+    )
     group = zarr.open_group(path, mode="r")
     cumulative = [(1, 1, 1), (1, 2, 2), (1, 4, 4), (2, 8, 8), (4, 16, 16)]
     for level, expected in enumerate(tensorstore_levels(labels, cumulative, "mode")):
@@ -322,22 +393,35 @@ def test_anisotropic_plan_from_voxel_size_and_budget(tmp_path, rng):
 def test_existing_s0_is_used_not_copied(tmp_path, rng):
     image = rng.integers(0, 255, (40, 36, 30), dtype=np.uint8)
     path = f"{tmp_path}/image.zarr"
-    s0 = zarr.create_array(store=path, name="s0", shape=image.shape, dtype="uint8", chunks=(8, 8, 8))
+    s0 = zarr.create_array(
+        store=path, name="s0", shape=image.shape, dtype="uint8", chunks=(8, 8, 8)
+    )
     s0[:] = image
     chunk = f"{path}/s0/c/0/0/0"
     before = os.stat(chunk).st_mtime_ns
     pyramid_flow(f"{path}/s0", path, scale_factors=[2, 2], method="mean", chunks=(8, 8, 8))
     assert os.stat(chunk).st_mtime_ns == before
     group = zarr.open_group(path, mode="r")
-    for level, expected in enumerate(tensorstore_levels(image, [(1,) * 3, (2,) * 3, (4,) * 3], "mean")):
+    for level, expected in enumerate(
+        tensorstore_levels(image, [(1,) * 3, (2,) * 3, (4,) * 3], "mean")
+    ):
         np.testing.assert_array_equal(group[f"s{level}"][:], expected)
-    assert [d["path"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]] == ["s0", "s1", "s2"]
+    assert [d["path"] for d in group.attrs["ome"]["multiscales"][0]["datasets"]] == [
+        "s0",
+        "s1",
+        "s2",
+    ]
 
 
 def test_deepest_window_beyond_the_budget_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="memory budget"):
-        pyramid_flow(np.zeros((64, 64, 64), np.uint32), f"{tmp_path}/x.zarr", scale_factors=[2] * 10, method="mode",
-                     job_config=RunnerConfig(memory_budget=2**20))
+        pyramid_flow(
+            np.zeros((64, 64, 64), np.uint32),
+            f"{tmp_path}/x.zarr",
+            scale_factors=[2] * 10,
+            method="mode",
+            job_config=RunnerConfig(memory_budget=2**20),
+        )
     assert not os.path.exists(f"{tmp_path}/x.zarr")
 
 
@@ -351,42 +435,69 @@ def finished_regions(output: str) -> set[int]:
 @pytest.mark.slow
 def test_killed_pyramid_resumes_only_unfinished_regions(tmp_path, rng, small_regions):
     labels = labels_like(rng, (48, 48, 48), "uint16")
-    zarr.create_array(store=f"{tmp_path}/in.zarr", name="raw", shape=labels.shape, dtype="uint16",
-                      chunks=(16, 16, 16))[:] = labels
+    zarr.create_array(
+        store=f"{tmp_path}/in.zarr",
+        name="raw",
+        shape=labels.shape,
+        dtype="uint16",
+        chunks=(16, 16, 16),
+    )[:] = labels
     output = f"{tmp_path}/out.zarr"
-    job = [sys.executable, os.path.join(TESTS_DIR, "pyramid_job.py"), f"{tmp_path}/in.zarr/raw", output, "0.3"]
+    job = [
+        sys.executable,
+        os.path.join(TESTS_DIR, "pyramid_job.py"),
+        f"{tmp_path}/in.zarr/raw",
+        output,
+        "0.3",
+    ]
     from prefect.settings import PREFECT_API_URL
 
-    process = subprocess.Popen(job, cwd=TESTS_DIR, env=os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value()})
+    process = subprocess.Popen(
+        job, cwd=TESTS_DIR, env=os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value()}
+    )
     try:
         wait_for(lambda: len(finished_regions(output)) >= 2, timeout=240)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
     finished = finished_regions(output)
-    assert 2 <= len(finished) < 27  # killed mid-run: some of the 27 regions of 16**3 recorded, not all
+    assert (
+        2 <= len(finished) < 27
+    )  # killed mid-run: some of the 27 regions of 16**3 recorded, not all
     first = min(finished)  # its s0 chunk (one region each) must not be written again
     chunk = f"{output}/s0/c/{first // 9}/{first // 3 % 3}/{first % 3}"
     before = os.stat(chunk).st_mtime_ns
-    pyramid_flow(f"{tmp_path}/in.zarr/raw", output, scale_factors=[2, 2], method="mode", chunks=(16, 16, 16))
+    pyramid_flow(
+        f"{tmp_path}/in.zarr/raw", output, scale_factors=[2, 2], method="mode", chunks=(16, 16, 16)
+    )
     assert os.stat(chunk).st_mtime_ns == before
     assert finished_regions(output) == set(range(27))
     group = zarr.open_group(output, mode="r")
-    for level, expected in enumerate(tensorstore_levels(labels, [(1,) * 3, (2,) * 3, (4,) * 3], "mode")):
+    for level, expected in enumerate(
+        tensorstore_levels(labels, [(1,) * 3, (2,) * 3, (4,) * 3], "mode")
+    ):
         np.testing.assert_array_equal(group[f"s{level}"][:], expected)
 
 
-def test_pyramid_never_trusts_records_of_another_computation_or_a_changed_input(tmp_path, rng, small_regions):
+def test_pyramid_never_trusts_records_of_another_computation_or_a_changed_input(
+    tmp_path, rng, small_regions
+):
     """A, B, A into one group recomputes A; an input rewritten in place is seen on the rerun."""
     image = rng.integers(0, 255, (30, 34, 28), dtype=np.uint8)
-    source = zarr.create_array(store=f"{tmp_path}/in.zarr", name="raw", shape=image.shape, dtype="uint8", chunks=(8, 8, 8))
+    source = zarr.create_array(
+        store=f"{tmp_path}/in.zarr", name="raw", shape=image.shape, dtype="uint8", chunks=(8, 8, 8)
+    )
     source[:] = image
     path, options = f"{tmp_path}/out.zarr", {"scale_factors": [2, 2], "chunks": (8, 8, 8)}
 
     def check(data, method):
         group = zarr.open_group(path, mode="r")
-        for level, expected in enumerate(tensorstore_levels(data, [(1,) * 3, (2,) * 3, (4,) * 3], method)):
-            np.testing.assert_array_equal(group[f"s{level}"][:], expected, err_msg=f"{method} s{level}")
+        for level, expected in enumerate(
+            tensorstore_levels(data, [(1,) * 3, (2,) * 3, (4,) * 3], method)
+        ):
+            np.testing.assert_array_equal(
+                group[f"s{level}"][:], expected, err_msg=f"{method} s{level}"
+            )
 
     for method in ("mean", "max", "mean"):
         pyramid_flow(f"{tmp_path}/in.zarr/raw", path, method=method, **options)

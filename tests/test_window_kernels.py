@@ -18,7 +18,11 @@ from bioimage_tasks.kernels.window import METHODS, _sort_network, window_reduce
 
 SHAPES_3D = [(37, 41, 23), (33, 17, 9), (24, 18, 12)]  # the last one: whole windows only
 FACTORS_3D = [(1, 2, 2), (3, 2, 1), (2, 2, 2), (4, 3, 2)]
-CASES = [(s, f) for s in SHAPES_3D for f in FACTORS_3D] + [((5, 7), (2, 2)), ((5, 7), (3, 4)), ((5, 7), (2, 8))]
+CASES = [(s, f) for s in SHAPES_3D for f in FACTORS_3D] + [
+    ((5, 7), (2, 2)),
+    ((5, 7), (3, 4)),
+    ((5, 7), (2, 8)),
+]
 
 
 def reference(x: np.ndarray, factors, method: str) -> np.ndarray:
@@ -29,7 +33,7 @@ def random_array(rng: np.random.Generator, shape, dtype, data: str) -> np.ndarra
     """`wide`: the dtype's full range (floats: normal, both signs); `few`: four distinct values,
     extremes included (uint64: one id just above 2**53), so windows often tie."""
     dtype = np.dtype(dtype)
-    if dtype == bool:
+    if dtype.kind == "b":
         return rng.integers(0, 2, shape).astype(bool)
     if dtype.kind == "f":
         if data == "few":
@@ -59,7 +63,10 @@ def test_matches_tensorstore(rng, shape, factors, dtype, method, data):
     assert_same(got, reference(x, factors, method))
 
 
-@pytest.mark.parametrize("shape,factors", [((37, 41, 23), (2, 2, 2)), ((33, 17, 9), (4, 3, 2)), ((24, 18, 12), (2, 2, 2))])
+@pytest.mark.parametrize(
+    "shape,factors",
+    [((37, 41, 23), (2, 2, 2)), ((33, 17, 9), (4, 3, 2)), ((24, 18, 12), (2, 2, 2))],
+)
 @pytest.mark.parametrize("dtype", ["bool", "int8", "int32", "int64", "uint64", "float64"])
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("data", ["wide", "few"])
@@ -76,17 +83,22 @@ def blockwise_reduce(x: np.ndarray, factors, method: str, block_shape) -> np.nda
     starts = [range(0, n, b) for n, b in zip(out_shape, block_shape)]
     for start in itertools.product(*starts):
         dst = tuple(slice(s, min(s + b, n)) for s, b, n in zip(start, block_shape, out_shape))
-        src = tuple(slice(d.start * f, min(d.stop * f, n)) for d, f, n in zip(dst, factors, x.shape))
+        src = tuple(
+            slice(d.start * f, min(d.stop * f, n)) for d, f, n in zip(dst, factors, x.shape)
+        )
         out[dst] = window_reduce(x[src], factors, method, x.shape)
     return out
 
 
-@pytest.mark.parametrize("shape,factors,block_shape", [
-    *(((37, 41, 23), f, (4, 5, 3)) for f in FACTORS_3D),
-    ((33, 17, 9), (2, 2, 2), (4, 5, 3)),
-    ((24, 18, 12), (4, 3, 2), (2, 4, 5)),
-    ((5, 7), (2, 3), (2, 1)),
-])
+@pytest.mark.parametrize(
+    "shape,factors,block_shape",
+    [
+        *(((37, 41, 23), f, (4, 5, 3)) for f in FACTORS_3D),
+        ((33, 17, 9), (2, 2, 2), (4, 5, 3)),
+        ((24, 18, 12), (4, 3, 2), (2, 4, 5)),
+        ((5, 7), (2, 3), (2, 1)),
+    ],
+)
 @pytest.mark.parametrize("dtype", ["uint8", "uint64", "int16", "float32"])
 @pytest.mark.parametrize("method", METHODS)
 def test_blockwise_equals_whole(rng, shape, factors, block_shape, dtype, method):
@@ -108,8 +120,16 @@ def label_array(rng: np.random.Generator, shape, dtype) -> np.ndarray:
     return x
 
 
-@pytest.mark.parametrize("shape,factors", [((24, 18, 12), (2, 2, 2)), ((37, 41, 23), (2, 2, 2)),
-                                           ((33, 17, 9), (3, 2, 1)), ((24, 18, 12), (1, 2, 4)), ((5, 7), (2, 2))])
+@pytest.mark.parametrize(
+    "shape,factors",
+    [
+        ((24, 18, 12), (2, 2, 2)),
+        ((37, 41, 23), (2, 2, 2)),
+        ((33, 17, 9), (3, 2, 1)),
+        ((24, 18, 12), (1, 2, 4)),
+        ((5, 7), (2, 2)),
+    ],
+)
 @pytest.mark.parametrize("dtype", ["bool", "uint8", "uint32", "uint64", "int16", "float32"])
 @pytest.mark.parametrize("method", ["mode", "median"])
 def test_labels_match_tensorstore(rng, shape, factors, dtype, method):
@@ -118,16 +138,21 @@ def test_labels_match_tensorstore(rng, shape, factors, dtype, method):
     assert_same(window_reduce(x, factors, method), reference(x, factors, method))
 
 
-@pytest.mark.parametrize("shape,factors", [((9, 7, 12), (2, 3, 2)), ((5, 6), (3, 2)), ((4, 6, 10), (2, 2, 2)),
-                                           ((3, 8), (1, 2))])
+@pytest.mark.parametrize(
+    "shape,factors",
+    [((9, 7, 12), (2, 3, 2)), ((5, 6), (3, 2)), ((4, 6, 10), (2, 2, 2)), ((3, 8), (1, 2))],
+)
 @pytest.mark.parametrize("dtype", ["bool", "int8", "uint8", "int16", "uint16", "int32", "uint32"])
 @pytest.mark.parametrize("data", ["wide", "few"])
 def test_mean_of_pairs_matches_tensorstore(rng, shape, factors, dtype, data):
     # factor 2 along an even last axis sums pairs first, with partial windows along other axes;
     # a strided last axis takes the generic path
     x = random_array(rng, shape[:-1] + (2 * shape[-1],), dtype, data)
-    for block in (x[..., :shape[-1]], x[..., ::2]):
-        assert_same(window_reduce(block, factors, "mean"), reference(np.ascontiguousarray(block), factors, "mean"))
+    for block in (x[..., : shape[-1]], x[..., ::2]):
+        assert_same(
+            window_reduce(block, factors, "mean"),
+            reference(np.ascontiguousarray(block), factors, "mean"),
+        )
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint32", "uint64", "float32"])
@@ -135,12 +160,18 @@ def test_mean_of_pairs_matches_tensorstore(rng, shape, factors, dtype, data):
 def test_slabs_match_tensorstore(rng, monkeypatch, dtype, method):
     # tiny slabs: many of them, the last one with partial windows, some mixed, some not
     monkeypatch.setattr(window, "_SLAB_BYTES", 200)
-    x = np.concatenate([label_array(rng, (20, 9, 10), dtype), random_array(rng, (17, 9, 10), dtype, "wide")])
+    x = np.concatenate(
+        [label_array(rng, (20, 9, 10), dtype), random_array(rng, (17, 9, 10), dtype, "wide")]
+    )
     for factors in [(2, 2, 2), (3, 1, 2), (1, 3, 4)]:
         assert_same(window_reduce(x, factors, method), reference(x, factors, method))
     if dtype == "float32" and method in ("median", "mode"):
-        x = np.concatenate([nan_array(rng, (20, 9, 10), dtype, "sparse"),
-                            nan_array(rng, (17, 9, 10), dtype, "mixed")])
+        x = np.concatenate(
+            [
+                nan_array(rng, (20, 9, 10), dtype, "sparse"),
+                nan_array(rng, (17, 9, 10), dtype, "mixed"),
+            ]
+        )
         for factors in [(2, 2, 2), (3, 1, 2), (1, 3, 4)]:
             assert_same_bits(window_reduce(x, factors, method), reference(x, factors, method))
 
@@ -162,10 +193,19 @@ def assert_same_bits(got: np.ndarray, expected: np.ndarray) -> None:
     np.testing.assert_array_equal(got.view(bits), expected.view(bits), strict=True)
 
 
-NAN_CASES = [((37, 41, 23), (2, 2, 2)), ((33, 17, 10), (3, 3, 3)), ((26, 19, 13), (4, 4, 4)),
-             ((33, 17, 9), (4, 3, 2)), ((37, 41, 23), (1, 2, 3)), ((21, 22, 9), (2, 3, 1)),
-             ((7, 9, 1), (2, 2, 2)), ((1, 7, 9), (3, 2, 2)), ((5, 7), (2, 2)), ((9, 7), (4, 4)),
-             ((79,), (33,))]
+NAN_CASES = [
+    ((37, 41, 23), (2, 2, 2)),
+    ((33, 17, 10), (3, 3, 3)),
+    ((26, 19, 13), (4, 4, 4)),
+    ((33, 17, 9), (4, 3, 2)),
+    ((37, 41, 23), (1, 2, 3)),
+    ((21, 22, 9), (2, 3, 1)),
+    ((7, 9, 1), (2, 2, 2)),
+    ((1, 7, 9), (3, 2, 2)),
+    ((5, 7), (2, 2)),
+    ((9, 7), (4, 4)),
+    ((79,), (33,)),
+]
 
 
 @pytest.mark.parametrize("shape,factors", NAN_CASES)
@@ -179,9 +219,15 @@ def test_nan_and_signed_zeros_match_tensorstore(rng, shape, factors, dtype, meth
     assert_same_bits(window_reduce(x, factors, method), reference(x, factors, method))
 
 
-@pytest.mark.parametrize("shape,factors,block_shape", [
-    ((37, 41, 23), (2, 2, 2), (4, 5, 3)), ((33, 17, 9), (4, 3, 2), (2, 3, 1)),
-    ((9, 7), (2, 2), (3, 1)), ((9, 7, 5), (3, 1, 2), (2, 2, 1))])
+@pytest.mark.parametrize(
+    "shape,factors,block_shape",
+    [
+        ((37, 41, 23), (2, 2, 2), (4, 5, 3)),
+        ((33, 17, 9), (4, 3, 2), (2, 3, 1)),
+        ((9, 7), (2, 2), (3, 1)),
+        ((9, 7, 5), (3, 1, 2), (2, 2, 1)),
+    ],
+)
 @pytest.mark.parametrize("method", ["median", "mode"])
 def test_nan_blocks_equal_whole(rng, shape, factors, block_shape, method):
     # blocks of one output voxel along the last axis hold only the last axis' partial window
@@ -207,11 +253,13 @@ def test_nan_semantics_pinned():
     with `<`): positions decide, NaN is neither the largest nor the smallest value (median of
     [2, 1, 3, NaN]: NaN; of [NaN, 2, NaN, 1]: 1), and which zero is picked too."""
     nan = np.nan
-    cases = [([nan, 1, 1, nan], (2,), "median", [nan, 1]),
-             ([nan, 1, 2, nan], (2,), "mode", [nan, 2]),
-             ([2, 1, 3, nan, nan, 2, nan, 1, nan, nan, nan, 1], (4,), "median", [nan, 1, 1]),
-             ([-0.0, 0.0, 0.0, -0.0, 0.0, -0.0, -0.0], (2,), "median", [-0.0, 0.0, 0.0, -0.0]),
-             ([0.0, -0.0, -0.0, 0.0, 1.0, -0.0, 0.0, -0.0], (4,), "mode", [0.0, -0.0])]
+    cases = [
+        ([nan, 1, 1, nan], (2,), "median", [nan, 1]),
+        ([nan, 1, 2, nan], (2,), "mode", [nan, 2]),
+        ([2, 1, 3, nan, nan, 2, nan, 1, nan, nan, nan, 1], (4,), "median", [nan, 1, 1]),
+        ([-0.0, 0.0, 0.0, -0.0, 0.0, -0.0, -0.0], (2,), "median", [-0.0, 0.0, 0.0, -0.0]),
+        ([0.0, -0.0, -0.0, 0.0, 1.0, -0.0, 0.0, -0.0], (4,), "mode", [0.0, -0.0]),
+    ]
     for values, factors, method, expected in cases:
         x, expected = np.array(values, np.float32), np.array(expected, np.float32)
         assert_same_bits(reference(x, factors, method), expected)
@@ -251,11 +299,22 @@ SEMANTICS = [
     ([-3, -2, -1, 0, 1, 2, -6, -5, 5, 6], "int16", (2,), "mean", [-2, 0, 2, -6, 6]),
     ([0, 0, -1, 0, -1, -1], "int16", (3,), "mean", [0, -1]),
     # uint64 / int64 mean is exact at the ends of the range (no overflow, no float64)
-    ([2**60 + 1, 2**60 + 2, 2**64 - 1, 2**64 - 1, 2**64 - 1, 2**64 - 3], "uint64", (2,), "mean",
-     [2**60 + 2, 2**64 - 1, 2**64 - 2]),
-    ([2**63 - 1, 2**63 - 2, -2**63, -2**63 + 1], "int64", (2,), "mean", [2**63 - 2, -2**63]),
+    (
+        [2**60 + 1, 2**60 + 2, 2**64 - 1, 2**64 - 1, 2**64 - 1, 2**64 - 3],
+        "uint64",
+        (2,),
+        "mean",
+        [2**60 + 2, 2**64 - 1, 2**64 - 2],
+    ),
+    ([2**63 - 1, 2**63 - 2, -(2**63), -(2**63) + 1], "int64", (2,), "mean", [2**63 - 2, -(2**63)]),
     # bool mean: half-true windows round to False
-    ([True, False, True, True, True, False, False], "bool", (2,), "mean", [False, True, False, False]),
+    (
+        [True, False, True, True, True, False, False],
+        "bool",
+        (2,),
+        "mean",
+        [False, True, False, False],
+    ),
     # a partial edge window reduces only its in-bounds voxels
     ([1, 2, 3, 4, 5, 6, 7], "uint8", (4,), "mean", [2, 6]),
     ([1, 2, 3, 4, 5], "uint8", (3,), "mean", [2, 4]),
@@ -268,7 +327,13 @@ SEMANTICS = [
     # mode: most frequent, the lowest value on a tie (signed: the most negative)
     ([5, 5, 1, 1, 3, 2, 1, 0, 2, 2, 2, 9], "uint8", (4,), "mode", [1, 0, 2]),
     ([5, 5, -1, -1, 7, 8, 8], "int16", (4,), "mode", [-1, 8]),
-    ([2**64 - 1, 2**53 + 1, 2**53 + 1, 2**64 - 1, 2**53 + 3], "uint64", (4,), "mode", [2**53 + 1, 2**53 + 3]),
+    (
+        [2**64 - 1, 2**53 + 1, 2**53 + 1, 2**64 - 1, 2**53 + 3],
+        "uint64",
+        (4,),
+        "mode",
+        [2**53 + 1, 2**53 + 3],
+    ),
     # float32 mean accumulates in float32, in C order within the window, then divides
     ([1e8, 1, -1e8, 1, 1, 1e8, 1, -1e8], "float32", (4,), "mean", [0.25, 0.0]),
     # float min/max skip NaN (an all-NaN window gives +-inf)

@@ -43,8 +43,9 @@ class LevelHistograms:
         return cls(voxels, np.ones((voxels.ndim, max(voxels.shape)), np.int64))
 
     @classmethod
-    def of_windows(cls, voxels: np.ndarray, factors: tuple[int, ...],
-                   method: str) -> LevelHistograms:
+    def of_windows(
+        cls, voxels: np.ndarray, factors: tuple[int, ...], method: str
+    ) -> LevelHistograms:
         """The first level: `of_voxels(voxels).merge(factors, method)`, from the voxels directly
         when at most the last three factors exceed 1 (voxel_histograms.py: uniform windows found
         by a vectorised test, only mixed ones sorted)."""
@@ -53,8 +54,9 @@ class LevelHistograms:
             return cls.of_voxels(voxels).merge(factors, method)
         values, offsets, pairs, counts = first_level_histograms(voxels, factors, method == "median")
         ones = np.ones((voxels.ndim, max(voxels.shape)), np.int64)
-        axis_counts = parent_axis_counts(ones, np.asarray(voxels.shape, np.int64),
-                                         np.asarray(factors, np.int64))
+        axis_counts = parent_axis_counts(
+            ones, np.asarray(voxels.shape, np.int64), np.asarray(factors, np.int64)
+        )
         return cls(values, axis_counts, offsets, pairs, counts)
 
     def merge(self, factors: tuple[int, ...], method: str) -> LevelHistograms:
@@ -67,11 +69,23 @@ class LevelHistograms:
         """
         shape = np.asarray(self.values.shape, np.int64)
         factors_array = np.asarray(factors, np.int64)
-        offsets, pairs, counts, values = _merge(self.values.reshape(-1), self.offsets, self.pair_values,
-                                                self.pair_counts, self.axis_counts, shape, factors_array,
-                                                method == "median")
-        return LevelHistograms(values.reshape(downscale_shape(self.values.shape, factors)),
-                               parent_axis_counts(self.axis_counts, shape, factors_array), offsets, pairs, counts)
+        offsets, pairs, counts, values = _merge(
+            self.values.reshape(-1),
+            self.offsets,
+            self.pair_values,
+            self.pair_counts,
+            self.axis_counts,
+            shape,
+            factors_array,
+            method == "median",
+        )
+        return LevelHistograms(
+            values.reshape(downscale_shape(self.values.shape, factors)),
+            parent_axis_counts(self.axis_counts, shape, factors_array),
+            offsets,
+            pairs,
+            counts,
+        )
 
 
 @numba.njit(nogil=True, cache=True)
@@ -139,7 +153,9 @@ def _argsort_pairs(values, counts, n):
 
 
 @numba.njit(nogil=True, cache=True)
-def _merge(child_modes, child_offsets, child_values, child_counts, axis_counts, shape, factors, median):
+def _merge(
+    child_modes, child_offsets, child_values, child_counts, axis_counts, shape, factors, median
+):
     """The next level's histograms (offsets, pair values, pair counts) and each window's mode or
     median, from a level's (`child_modes`: its windows' values, flat; `child_offsets` None at the
     voxels). Parents are merged in runs whose pairs surely fit the output arrays, which grow
@@ -164,10 +180,32 @@ def _merge(child_modes, child_offsets, child_values, child_counts, axis_counts, 
         last = min(n_parents // width, first + run)
         if used + (last - first) * width * per_parent > out_values.size:
             capacity = max(2 * out_values.size, used + (last - first) * width * per_parent)
-            out_values, out_counts = _grown(out_values, used, capacity), _grown(out_counts, used, capacity)
-        used = _merge_rows(first, last, child_modes, child_offsets, child_values, child_counts,
-                           axis_counts, shape, strides, factors, offsets, deltas, median, values, counts,
-                           out_offsets, out_values, out_counts, result, used)
+            out_values, out_counts = (
+                _grown(out_values, used, capacity),
+                _grown(out_counts, used, capacity),
+            )
+        used = _merge_rows(
+            first,
+            last,
+            child_modes,
+            child_offsets,
+            child_values,
+            child_counts,
+            axis_counts,
+            shape,
+            strides,
+            factors,
+            offsets,
+            deltas,
+            median,
+            values,
+            counts,
+            out_offsets,
+            out_values,
+            out_counts,
+            result,
+            used,
+        )
     out_offsets[n_parents] = used
     return out_offsets, out_values[:used], out_counts[:used], result
 
@@ -181,9 +219,28 @@ def _grown(array, used, capacity):
 
 
 @numba.njit(nogil=True, cache=True)
-def _merge_rows(first, last, child_modes, child_offsets, child_values, child_counts, axis_counts,
-                shape, strides, factors, offsets, deltas, median, values, counts, out_offsets, out_values, out_counts,
-                result, used):
+def _merge_rows(
+    first,
+    last,
+    child_modes,
+    child_offsets,
+    child_values,
+    child_counts,
+    axis_counts,
+    shape,
+    strides,
+    factors,
+    offsets,
+    deltas,
+    median,
+    values,
+    counts,
+    out_offsets,
+    out_values,
+    out_counts,
+    result,
+    used,
+):
     """Rows `first..last-1` of parents (parents along the last axis) of `_merge`. A parent whose
     children are all uniform with one value is uniform. Any other gathers its children's pairs (a
     uniform child: its value and voxel count), merges them into distinct ascending pairs appended

@@ -34,8 +34,13 @@ from bioimage_tasks.kernels.histogram import LevelHistograms
 from bioimage_tasks.kernels.sums import chained_means, parent_axis_counts
 from bioimage_tasks.kernels.window import window_reduce
 
-def pyramid_levels(tile: np.ndarray, level_factors: Sequence[Sequence[int]], method: str,
-                   array_shape: Sequence[int] | None = None) -> list[np.ndarray]:
+
+def pyramid_levels(
+    tile: np.ndarray,
+    level_factors: Sequence[Sequence[int]],
+    method: str,
+    array_shape: Sequence[int] | None = None,
+) -> list[np.ndarray]:
     """Levels 1..L of `tile`, level k reduced by the product of `level_factors[:k]`, each exactly
     `window_reduce(tile, that product, method, array_shape)` (`array_shape`: of the base the tile
     is part of, by default the tile's), in the tile's dtype and byte order.
@@ -59,8 +64,10 @@ def pyramid_levels(tile: np.ndarray, level_factors: Sequence[Sequence[int]], met
         return chained_means(tile, factors)
     if method in ("mode", "median") and kind in "biu":
         return _chained_histograms(tile, factors, method)
-    return [window_reduce(tile, cumulative, method, array_shape)
-            for cumulative in cumulative_products(factors)]
+    return [
+        window_reduce(tile, cumulative, method, array_shape)
+        for cumulative in cumulative_products(factors)
+    ]
 
 
 def cumulative_products(level_factors: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
@@ -71,7 +78,9 @@ def cumulative_products(level_factors: Sequence[Sequence[int]]) -> list[tuple[in
     """
     result, current = [], None
     for factors in level_factors:
-        current = tuple(factors) if current is None else tuple(a * b for a, b in zip(current, factors))
+        current = (
+            tuple(factors) if current is None else tuple(a * b for a, b in zip(current, factors))
+        )
         result.append(current)
     return result
 
@@ -84,7 +93,9 @@ def _chained(tile: np.ndarray, factors: list[tuple[int, ...]], method: str) -> l
     return levels
 
 
-def _chained_histograms(tile: np.ndarray, factors: list[tuple[int, ...]], method: str) -> list[np.ndarray]:
+def _chained_histograms(
+    tile: np.ndarray, factors: list[tuple[int, ...]], method: str
+) -> list[np.ndarray]:
     """mode/median of integers: the first level's window histograms from the voxels, each next
     level's merged from the level above's. A Fortran-ordered tile is reduced through its transpose
     (the values, not their order, decide an integer mode or median)."""
@@ -100,7 +111,7 @@ def _chained_histograms(tile: np.ndarray, factors: list[tuple[int, ...]], method
     else:
         current = LevelHistograms.of_windows(voxels, factors[0], method)
         levels = [current.values.view(tile.dtype)]
-    for level in factors[len(levels):]:
+    for level in factors[len(levels) :]:
         current = current.merge(level, method)
         levels.append(current.values.view(tile.dtype))
     return levels
@@ -108,12 +119,16 @@ def _chained_histograms(tile: np.ndarray, factors: list[tuple[int, ...]], method
 
 def _cubic(factors: list[tuple[int, ...]], ndim: int) -> bool:
     """Whether `factors` are two levels of 2x2x2 over the last three of `ndim` >= 3 axes."""
-    return (ndim >= 3 and len(factors) == 2
-            and all(level[-3:] == (2, 2, 2) and set(level[:-3]) <= {1} for level in factors))
+    return (
+        ndim >= 3
+        and len(factors) == 2
+        and all(level[-3:] == (2, 2, 2) and set(level[:-3]) <= {1} for level in factors)
+    )
 
 
-def _first_two_levels(voxels: np.ndarray, factors: list[tuple[int, ...]],
-                      method: str) -> tuple[LevelHistograms, np.ndarray]:
+def _first_two_levels(
+    voxels: np.ndarray, factors: list[tuple[int, ...]], method: str
+) -> tuple[LevelHistograms, np.ndarray]:
     """Level 2's histograms and level 1's values of a 2x2x2 pyramid (cube_histograms.py)."""
     first, second, offsets, pairs, counts = first_two_levels(voxels, method == "median")
     axis_counts = np.ones((voxels.ndim, max(voxels.shape)), np.int64)

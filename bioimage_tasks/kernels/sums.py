@@ -46,7 +46,9 @@ def chained_means(tile: np.ndarray, level_factors: Sequence[Sequence[int]]) -> l
     levels, values, voxels = [], tile, 1
     counts = np.ones((tile.ndim, max(tile.shape, default=1)), np.int64)  # the voxels: one each
     for factors in level_factors:
-        counts = parent_axis_counts(counts, np.asarray(values.shape, np.int64), np.asarray(factors, np.int64))
+        counts = parent_axis_counts(
+            counts, np.asarray(values.shape, np.int64), np.asarray(factors, np.int64)
+        )
         voxels *= int(np.prod(factors))
         values = window_sums(values, factors, accumulator_dtype(tile.dtype, voxels))
         levels.append(rounded_means(values, counts, tile.dtype))
@@ -59,14 +61,15 @@ def accumulator_dtype(dtype: np.dtype, voxels: int) -> np.dtype:
     dtype = np.dtype(dtype)
     info = np.iinfo(np.uint8 if dtype.kind == "b" else dtype)
     largest = max(-int(info.min), int(info.max)) * voxels
-    for candidate in ((np.int16, np.int32) if info.min < 0 else (np.uint16, np.uint32)):
+    for candidate in (np.int16, np.int32) if info.min < 0 else (np.uint16, np.uint32):
         if largest <= np.iinfo(candidate).max:
             return np.dtype(candidate)
     return np.dtype(np.int64)
 
 
-def window_sums(values: np.ndarray, factors: Sequence[int],
-                dtype: np.dtype = np.dtype(np.int64)) -> np.ndarray:
+def window_sums(
+    values: np.ndarray, factors: Sequence[int], dtype: np.dtype = np.dtype(np.int64)
+) -> np.ndarray:
     """Sums of every `factors` window of integer (or bool) `values`, cut by the edge, in `dtype`
     (which must hold them: `accumulator_dtype`)."""
     values = np.ascontiguousarray(values)
@@ -75,15 +78,20 @@ def window_sums(values: np.ndarray, factors: Sequence[int],
     factors = tuple(int(f) for f in factors)
     out_shape = downscale_shape(values.shape, factors)
     leading = values.ndim - 3
-    if values.size and values.ndim and all(f == 1 for f in factors[:max(0, leading)]):
+    if values.size and values.ndim and all(f == 1 for f in factors[: max(0, leading)]):
         out = np.empty(out_shape, dtype)
-        cube_factors = (*(1,) * (3 - values.ndim), *factors[max(0, leading):])
+        cube_factors = (*(1,) * (3 - values.ndim), *factors[max(0, leading) :])
         _sum_windows_3d(_as_4d(values), *cube_factors, _as_4d(out))
         return out
     out = np.zeros(out_shape, dtype)
     if values.size and values.ndim:
-        _sum_rows(values.reshape(-1), np.asarray(values.shape, np.int64), np.asarray(factors, np.int64),
-                  out.reshape(-1), np.asarray(out.shape, np.int64))
+        _sum_rows(
+            values.reshape(-1),
+            np.asarray(values.shape, np.int64),
+            np.asarray(factors, np.int64),
+            out.reshape(-1),
+            np.asarray(out.shape, np.int64),
+        )
     elif values.size:  # 0-d: its own sum
         out[()] = values
     return out
@@ -95,8 +103,12 @@ def rounded_means(sums: np.ndarray, axis_counts: np.ndarray, dtype: np.dtype) ->
     out = np.empty(sums.shape, dtype)
     if sums.size:
         shape = sums.shape or (1,)  # a 0-d array as one window of one voxel
-        _round_means(np.ascontiguousarray(sums).reshape(-1), np.asarray(shape, np.int64),
-                     axis_counts.reshape(len(shape), -1), out.view(np.uint8 if out.dtype.kind == "b" else out.dtype).reshape(-1))
+        _round_means(
+            np.ascontiguousarray(sums).reshape(-1),
+            np.asarray(shape, np.int64),
+            axis_counts.reshape(len(shape), -1),
+            out.view(np.uint8 if out.dtype.kind == "b" else out.dtype).reshape(-1),
+        )
     return out
 
 
@@ -183,8 +195,8 @@ def _sum_rows(values, shape, factors, out, out_shape):
         out_strides[axis] = out_strides[axis + 1] * out_shape[axis + 1]
     out_row = 0
     for row in range(values.size // length):
-        row_values = values[row * length:(row + 1) * length]  # slices: the loops vectorise
-        sums = out[out_row * out_length:(out_row + 1) * out_length]
+        row_values = values[row * length : (row + 1) * length]  # slices: the loops vectorise
+        sums = out[out_row * out_length : (out_row + 1) * out_length]
         if factor == 1:
             for d in range(length):
                 sums[d] += row_values[d]
@@ -226,16 +238,16 @@ def _round_means(sums, shape, axis_counts, out):
         row_count = np.int64(1)
         for axis in range(ndim - 1):
             row_count *= axis_counts[axis, index[axis]]
-        row_sums = sums[row * length:(row + 1) * length]
-        row_out = out[row * length:(row + 1) * length]
+        row_sums = sums[row * length : (row + 1) * length]
+        row_out = out[row * length : (row + 1) * length]
         count = row_count * axis_counts[ndim - 1, 0]
         shift = _log2(count)
         if shift >= 0:
-            _round_shifted(row_sums[:length - 1], shift, count, row_out[:length - 1])
+            _round_shifted(row_sums[: length - 1], shift, count, row_out[: length - 1])
         else:
-            _round_divided(row_sums[:length - 1], count, row_out[:length - 1])
+            _round_divided(row_sums[: length - 1], count, row_out[: length - 1])
         last_count = row_count * axis_counts[ndim - 1, length - 1]
-        _round_divided(row_sums[length - 1:], last_count, row_out[length - 1:])
+        _round_divided(row_sums[length - 1 :], last_count, row_out[length - 1 :])
         axis = ndim - 2
         while axis >= 0:
             index[axis] += 1
