@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bioimage_tasks.backends import backend
 from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
 from bioimage_tasks.io import (
@@ -53,7 +54,7 @@ from bioimage_tasks.resampling import (
     check_anti_aliasing,
     check_order,
 )
-from bioimage_tasks.runners import RunnerConfig, backend, check_backend, describe_backend
+from bioimage_tasks.runners import RunnerConfig, check_backend, describe_backend
 
 METHODS = ("resize", *WINDOW_METHODS)
 S0_ALONE = "s0 alone: no level below it (levels=0 or scale_factors=[])"

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from bioimage_tasks.runners import clusters_open
+from bioimage_tasks.backends import clusters_open
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 UNWOUND = 0  # the byte the main thread sends the watcher once the interrupted run has unwound
@@ -30,18 +30,18 @@ class RunInterrupts:
     process group) or SIGTERM, to this process alone or to its group. It exits 130 or 143 with one
     line that says a rerun of the same command resumes.
 
-    The signal still raises in the main thread (KeyboardInterrupt, or Prefect's and runners.py's
+    The signal still raises in the main thread (KeyboardInterrupt, or Prefect's and backends.py's
     SIGTERM exceptions), so the backend shuts its Dask cluster and SLURM jobs down. But the
     unwinding can take minutes: the thread runner waits for the batches in progress, and Prefect
     retries every report (run summary, events, the crash, then logs at exit) to the temporary
     server that the terminal's SIGINT stopped too. So a watcher thread, woken through
     `signal.set_wakeup_fd` whatever Python handler the signal meets, waits for any cluster
-    shutdown in progress (runners.clusters_open), interrupts the main thread again every
+    shutdown in progress (backends.clusters_open), interrupts the main thread again every
     PUSH_EVERY_SECONDS until it has unwound, and exits the process itself once no cluster is
     open and the temporary server is gone (or after EXIT_AFTER_SECONDS): it stops that server,
     prints the line and calls os._exit. Work in flight is abandoned: a block is recorded as done
     only once its writes are complete, so the rerun redoes it. SLURM jobs are cancelled by
-    runners.jobs_cancelled_on_exit's watcher when this process ends, and Dask's worker processes
+    backends.jobs_cancelled_on_exit's watcher when this process ends, and Dask's worker processes
     end with it too. A second signal exits at once."""
 
     def __init__(self, console: Any, debug: bool, before_exit: Callable[[], None] | None = None):
@@ -79,7 +79,7 @@ class RunInterrupts:
             self.writer.close()  # the watcher reads the end of the stream and stops
 
     def raise_interrupt(self, signum: int, frame: object) -> None:
-        """The handler of SIGINT and SIGTERM (unless Prefect's or runners.py's replaces it)."""
+        """The handler of SIGINT and SIGTERM (unless Prefect's or backends.py's replaces it)."""
         self.signum = self.signum or signum
         raise KeyboardInterrupt
 

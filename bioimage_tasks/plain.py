@@ -9,8 +9,8 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from bioimage_tasks.backends import Executor, worker_watchdog
 from bioimage_tasks.engine import Batch, Counts, Stage, run_batch
-from bioimage_tasks.runners import Executor, worker_watchdog
 
 WATCH_INTERVAL = 2.0  # seconds between worker checks while batches run
 

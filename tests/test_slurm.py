@@ -19,8 +19,9 @@ from helpers import SlowSource, put_s3, read_s3, records_dir, records_location, 
 from reference import random_array
 
 from bioimage_tasks import BlockGrid
+from bioimage_tasks.backends import NoWorkersError
 from bioimage_tasks.records import BlockRecords
-from bioimage_tasks.runners import NoWorkersError, SlurmConfig
+from bioimage_tasks.runners import SlurmConfig
 from flows import copy_flow, downsample_flow, pyramid_flow
 
 pytestmark = [pytest.mark.usefixtures("prefect_server", "slurm_cluster"), pytest.mark.slow]

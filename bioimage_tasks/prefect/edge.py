@@ -24,6 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 from prefect_dask import DaskTaskRunner
 
+from bioimage_tasks.backends import Executor, backend, worker_watchdog
 from bioimage_tasks.chunk_manifest import damage_token
 from bioimage_tasks.engine import Batch, Counts, Stage, run_batch
 from bioimage_tasks.operations import Operation, batch_done, execute
@@ -31,7 +32,7 @@ from bioimage_tasks.prefect.artifacts import Progress, publish_summary
 from bioimage_tasks.prefect.events import emit_outcome_events
 from bioimage_tasks.prefect.runners import workers_use_this_api
 from bioimage_tasks.records import BlockRecords
-from bioimage_tasks.runners import Executor, RunnerConfig, backend, worker_watchdog
+from bioimage_tasks.runners import RunnerConfig
 from bioimage_tasks.signatures import job_signatures
 
 WATCH_INTERVAL = 2.0  # seconds between progress and worker checks while batches run
