@@ -41,13 +41,8 @@ from bioimage_tasks.plain import PlainEdge
 from bioimage_tasks.planning import in_memory, plan_blockwise
 from bioimage_tasks.pyramid_checks import check_chunks_and_shards, pyramid_geometry
 from bioimage_tasks.pyramid_formats import PrecomputedOutput, precomputed_output
-from bioimage_tasks.pyramid_op import (
-    PyramidOperation,
-    group_output_path,
-    level_spec,
-    region_plan,
-    reuses_s0,
-)
+from bioimage_tasks.pyramid_levels import group_output_path, level_spec, region_plan, reuses_s0
+from bioimage_tasks.pyramid_op import PyramidOperation
 from bioimage_tasks.resampling import (
     ResizedSource,
     WindowedSource,
