@@ -23,10 +23,13 @@ from bioimage_tasks.records import BlockRecords, executor
 from bioimage_tasks.signatures import job_signatures
 
 _THREAD = threading.local()  # `stop`: the event that ends this thread's batches early (Ctrl-C)
-# Finished blocks are recorded together, RECORD_EVERY at a time or after RECORD_SECONDS: a kill
-# loses at most that many records or that much work (those blocks are computed again).
+# Fast blocks are recorded together, RECORD_EVERY at a time or after RECORD_SECONDS (an append
+# per block costs as much as a small block's write); a block that took SLOW_BLOCK_SECONDS or more
+# is recorded at once. A kill loses at most that many records or that much work (those blocks are
+# computed again).
 RECORD_EVERY = 64
 RECORD_SECONDS = 1.0
+SLOW_BLOCK_SECONDS = 0.05
 StartWrite = Callable[
     [], Callable[[], None]
 ]  # starts writes; returns a function that waits for them
@@ -164,7 +167,7 @@ class BatchWrites:
         self.in_flight: tuple[int, Callable[[], None]] | None = None
         self.closed: dict[int, int] = {}  # blocks that handed over all their writes -> voxels
         self.finished: list[tuple[int, str | None]] = []  # written, not yet recorded
-        self.flushed = time.monotonic()
+        self.flushed = self.previous_settle = time.monotonic()
 
     def writer(self, block_id: int) -> Callable[[StartWrite], None]:
         """The `write` function a job calls for block `block_id`."""
@@ -201,11 +204,14 @@ class BatchWrites:
             return
         if self.job.records is not None:
             self.finished.append((block_id, self.signatures.get(block_id)))
+            now = time.monotonic()
             if (
                 len(self.finished) >= RECORD_EVERY
-                or time.monotonic() - self.flushed >= RECORD_SECONDS
+                or now - self.flushed >= RECORD_SECONDS
+                or now - self.previous_settle >= SLOW_BLOCK_SECONDS
             ):
                 self.flush()
+            self.previous_settle = now
         (self.report.written if voxels else self.report.skipped).append(block_id)
         self.report.voxels_written += voxels
 
