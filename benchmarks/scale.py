@@ -126,9 +126,10 @@ def main() -> None:
         return
     counts = [int(n) for n in args.blocks.split(",")]
     for engine in ["plain", "flow"] if args.flow else ["plain"]:
-        figures = [run_case(side_for(n, BLOCK), BLOCK, engine == "flow") for n in counts]
-        for n, result in zip(counts, figures):
-            show(f"{engine}, {BLOCK}^3 blocks", result)
+        figures = []
+        for n in counts:  # each line as soon as its case ends: the largest may take an hour
+            figures.append(run_case(side_for(n, BLOCK), BLOCK, engine == "flow"))
+            show(f"{engine}, {BLOCK}^3 blocks", figures[-1])
         if len(figures) > 1:
             print(
                 f"{engine}: peak RSS "
