@@ -243,6 +243,21 @@ def check_not_stopped() -> None:
         raise Stopped("the run was interrupted")
 
 
+def blocks_done(
+    job: Job,
+    block_ids: Sequence[int],
+    signatures: dict[int, str | None],
+    clear_unreadable: bool = False,
+) -> set[int]:
+    """Which of `block_ids` are recorded as written from input with today's `signatures` and
+    still hold the files they wrote (chunk_manifest.py; `clear_unreadable`: delete a file that no
+    longer decodes, before its block is rewritten)."""
+    if job.records is None:
+        return set()
+    done = job.records.done_among(list(block_ids), signatures)
+    return outputs_intact(job, done, clear_unreadable=clear_unreadable)
+
+
 def process_batch(job: Job, block_ids: Sequence[int]) -> BatchReport:
     """Write a batch of blocks, except those already recorded as done (a retried batch, or one
     Dask re-executes after losing a worker, only does what is missing). Blocks overlap in a
@@ -253,8 +268,7 @@ def process_batch(job: Job, block_ids: Sequence[int]) -> BatchReport:
     failed: dict[int, str] = {}
     # Signatures before any read: input changed after this is seen as changed by the next run.
     signatures = job_signatures(job, block_ids) if job.records is not None else {}
-    done = job.records.done_among(list(block_ids), signatures) if job.records is not None else set()
-    done = outputs_intact(job, done, clear_unreadable=True)  # files as written: chunk_manifest.py
+    done = blocks_done(job, block_ids, signatures, clear_unreadable=True)
     report.already_done = [block_id for block_id in block_ids if block_id in done]
     todo = [block_id for block_id in block_ids if block_id not in done]
     writes = BatchWrites(job, report, failed, signatures)

@@ -12,10 +12,11 @@ import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
 from typing import Any, Protocol
 
-from bioimage_tasks.blockwise import BlockJob
-from bioimage_tasks.chunk_manifest import outputs_intact, stamp_writes
+from bioimage_tasks.blockwise import BlockJob, blocks_done
+from bioimage_tasks.chunk_manifest import stamp_writes
 from bioimage_tasks.engine import Counts, Run, Stage, plan_batches, run_stages
 from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.grid import BlockGrid, default_block_shape
@@ -100,12 +101,12 @@ def all_done(stages: Sequence[Stage], operation: Operation) -> bool:
 
 def batch_done(stage: Stage, batch: Any) -> bool:
     """Whether every block of `batch` is recorded done, from input with today's signature."""
-    records = stage.job.records
-    if records is None or getattr(stage, "rewrite", False):
+    if stage.job.records is None or getattr(stage, "rewrite", False):
         return False
     for block_ids in stage.batch_blocks(batch):
-        done = records.done_among(block_ids, job_signatures(stage.job, block_ids))
-        if len(outputs_intact(stage.job, done)) < len(block_ids):  # and their files as written
+        if len(blocks_done(stage.job, block_ids, job_signatures(stage.job, block_ids))) < len(
+            block_ids
+        ):
             return False
     return True
 
@@ -113,7 +114,7 @@ def batch_done(stage: Stage, batch: Any) -> bool:
 def measure_range(edge: Any, source: Source, num_workers: int) -> tuple[float, float]:
     """The whole source's (min, max), measured in parallel batches on `edge`."""
     grid = BlockGrid(source.shape, default_block_shape(source.shape, source.write_unit))
-    stage = Stage("range", type("RangeJob", (), {"grid": grid})())
+    stage = Stage("range", SimpleNamespace(grid=grid))  # batches need only the grid
     calls = [(source, range(b.start, b.stop)) for b in plan_batches(stage, num_workers)]
     return combine_ranges(edge.map(measure_value_range, calls))
 
