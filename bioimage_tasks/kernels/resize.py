@@ -28,6 +28,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bioimage_tasks.kernels.resize_fused import resize_fused
+from bioimage_tasks.kernels.smoothing import (
+    cast_to,
+    gaussian_radius,
+    scipy_ndimage,
+    smooth,
+    working_dtype,
+)
+
 # Slowest-decaying pole of the B-spline pre-filter of each order (Unser 1999).
 _SPLINE_POLES = {
     2: math.sqrt(8.0) - 3.0,
@@ -36,21 +45,6 @@ _SPLINE_POLES = {
     5: -0.430575347099973,
 }
 _PREFILTER_TOLERANCE = 1e-13
-
-
-def _ndimage():
-    """scipy.ndimage, imported on first use: it costs ~0.3 s, which only resize needs."""
-    from scipy import ndimage
-
-    return ndimage
-
-
-_GAUSSIAN_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default
-_BAND_ROWS = 4  # output rows per BLAS call of the fused filter: narrow bands skip most zero weights
-_MAX_MARGIN = 1 / 64  # fused filter only while its error bound is far below the 0.5 to a tie
-_MAX_NEAR_TIES = (
-    1 / 32
-)  # share of a block's voxels worth recomputing one by one (else: whole block)
 
 
 def source_coordinates(in_size: int, out_size: int, start: int, stop: int) -> np.ndarray:
@@ -79,39 +73,6 @@ def anti_aliasing_sigma(in_shape: Sequence[int], out_shape: Sequence[int]) -> tu
     """scikit-image's default anti-aliasing sigma, `max(0, (in/out - 1) / 2)` per axis."""
     factors = np.divide(in_shape, out_shape)
     return tuple(float(s) for s in np.maximum(0, (factors - 1) / 2))
-
-
-def gaussian_radius(sigma: float) -> int:
-    """How far scipy's gaussian_filter reaches for `sigma` (0 where the axis is not filtered)."""
-    return int(_GAUSSIAN_TRUNCATE * sigma + 0.5) if sigma > 1e-15 else 0
-
-
-def gaussian_kernel(sigma: float) -> np.ndarray:
-    """scipy's gaussian_filter1d weights for `sigma` (length 2 * radius + 1; [1] when
-    unfiltered)."""
-    radius = gaussian_radius(sigma)
-    if radius == 0:
-        return np.ones(1)
-    phi = np.exp(-0.5 / (sigma * sigma) * np.arange(-radius, radius + 1) ** 2)
-    return phi / phi.sum()
-
-
-def smooth(region: np.ndarray, sigma: Sequence[float], dtype: np.dtype) -> np.ndarray:
-    """scipy's `gaussian_filter(region, sigma, mode="mirror")` in `dtype`, run one axis at a time as
-    it runs, minus the kernel radius at both ends of every filtered axis: those values depend on
-    where the region ends, the rest is bit-identical to the whole-array filter, and cropping after
-    each pass spares the next ones the halo. Integers are read as they are (scipy and numpy widen
-    them exactly, as `astype` would), so an unfiltered integer region comes back unchanged; floats
-    are cast to `dtype` first (scipy has no float16)."""
-    data = region if region.dtype.kind in "biu" else region.astype(dtype, copy=False)
-    for axis, s in enumerate(sigma):
-        if s > 1e-15:
-            data = _ndimage().gaussian_filter1d(
-                data, s, axis, mode="mirror", truncate=_GAUSSIAN_TRUNCATE, output=dtype
-            )
-            radius = gaussian_radius(s)
-            data = data[(slice(None),) * axis + (slice(radius, data.shape[axis] - radius),)]
-    return data
 
 
 def prefilter_margin(order: int) -> int:
@@ -164,35 +125,6 @@ def mirror_indices(start: int, stop: int, size: int) -> np.ndarray:
     return np.where(folded >= size, period - folded, folded)
 
 
-def working_dtype(dtype: np.dtype, order: int) -> np.dtype:
-    """The dtype scikit-image resizes in: the input's own for order 0 (float16 widened to float32),
-    float32 for float32/float16 input, float64 for everything else."""
-    dtype = np.dtype(dtype)
-    if dtype == np.float16:
-        return np.dtype(np.float32)
-    if order == 0 or dtype.char in "df":
-        return dtype
-    return np.dtype(np.float64)
-
-
-def cast_to(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Cast resampled values to `dtype`: integers are rounded to nearest (not truncated) and
-    clipped to the dtype's range; no float round-trip when the dtype already matches."""
-    dtype = np.dtype(dtype)
-    if values.dtype == dtype:
-        return values
-    if dtype.kind in "iu" and values.dtype.kind == "f":
-        info = np.iinfo(dtype)
-        # float(info.max) may round up past the range (2**64 for uint64): step back inside.
-        high = (
-            np.nextafter(float(info.max), -np.inf)
-            if float(info.max) > info.max
-            else float(info.max)
-        )
-        return np.clip(np.rint(values), float(info.min), high).astype(dtype)
-    return values.astype(dtype)
-
-
 def spline_weights(coords: np.ndarray, order: int) -> np.ndarray:
     """B-spline weights (n, order + 1) of the taps `first_tap(coords) + [0..order]`, evaluated
     by scipy itself on unit impulses so they are the weights its zoom uses. The weights depend
@@ -214,7 +146,7 @@ def spline_weights(coords: np.ndarray, order: int) -> np.ndarray:
         for tap in range(order + 1):
             impulse[:] = 0.0
             impulse[start + tap] = 1.0
-            weights[rows, tap] = _ndimage().map_coordinates(
+            weights[rows, tap] = scipy_ndimage().map_coordinates(
                 impulse, [near[rows]], order=order, prefilter=False, mode="mirror"
             )
     return weights
@@ -290,134 +222,6 @@ def power_of_two_weight(weights: np.ndarray) -> float:
     return float(nonzero[0]) if np.frexp(nonzero[0])[0] == 0.5 else 0.0
 
 
-def fused_operator(
-    taps: np.ndarray, weights: np.ndarray, sigma: float, n_region: int
-) -> np.ndarray:
-    """One axis' (output, region) matrix of the Gaussian of `sigma` followed by the spline weights
-    of the taps `taps + [0..order]` (region indices)."""
-    kernel = gaussian_kernel(sigma)
-    radius = len(kernel) // 2
-    matrix = np.zeros((len(taps), n_region))
-    rows = np.arange(len(taps))
-    for k in range(weights.shape[1]):
-        for j, g in enumerate(kernel):
-            matrix[rows, taps + k + j - radius] += weights[:, k] * g
-    return matrix
-
-
-def apply_banded(data: np.ndarray, matrices: Sequence[np.ndarray]) -> np.ndarray:
-    """Contract every axis of `data` with its matrix, in float64 through BLAS, each call covering a
-    few output rows and only the band of inputs they reach. The input is widened to float64 one
-    band at a time (cache-sized); the last axis is computed transposed, its rows being long."""
-    for axis, matrix in enumerate(matrices[:-1]):
-        out = np.empty(data.shape[:axis] + (len(matrix),) + data.shape[axis + 1 :])
-        target = out.reshape(math.prod(data.shape[:axis]), len(matrix), -1)
-        for start, band, low, high in bands(matrix):
-            slab = data[(slice(None),) * axis + (slice(low, high),)].astype(np.float64, copy=False)
-            np.matmul(
-                band,
-                slab.reshape(len(target), high - low, -1),
-                out=target[:, start : start + len(band)],
-            )
-        data = out
-    matrix = matrices[-1]
-    source = data.reshape(-1, data.shape[-1])
-    out = np.empty((len(matrix), len(source)))
-    for start, band, low, high in bands(matrix):
-        np.matmul(
-            band,
-            source[:, low:high].T.astype(np.float64, copy=False),
-            out=out[start : start + len(band)],
-        )
-    return np.moveaxis(out.reshape((len(matrix),) + data.shape[:-1]), 0, -1)
-
-
-def bands(matrix: np.ndarray) -> list[tuple[int, np.ndarray, int, int]]:
-    """`matrix` cut into bands of `_BAND_ROWS` rows, each with the column range [low, high) its
-    non-zero entries span: (first row, band restricted to those columns, low, high)."""
-    cut = []
-    for start in range(0, len(matrix), _BAND_ROWS):
-        band = matrix[start : start + _BAND_ROWS]
-        reached = np.flatnonzero(band.any(axis=0))
-        low, high = int(reached[0]), int(reached[-1]) + 1
-        cut.append((start, band[:, low:high], low, high))
-    return cut
-
-
-def rounding_margin(matrices: Sequence[np.ndarray], magnitude: float) -> float:
-    """A bound on |fused result - scikit-image's| for inputs of at most `magnitude`, with a safety
-    factor of 8. Both are sums of non-negative multiples of the input (gain: the product of the
-    largest row sums) in which every rounding step errs by at most eps/2 of the magnitudes summed
-    (in any order, with or without FMA); per axis each value goes through at most the region
-    length in steps for each of: building the matrix, the BLAS dot products, scipy's Gaussian
-    (2 * radius + 2 steps); plus zoom's ndim products and 2**ndim sums per tap."""
-    gain = math.prod(float(m.sum(axis=1).max()) for m in matrices)
-    steps = sum(3 * m.shape[1] for m in matrices) + 4 * 2 ** len(matrices)
-    return 4 * steps * float(np.finfo(np.float64).eps) * gain * magnitude
-
-
-def exact_points(
-    region: np.ndarray,
-    taps: Sequence[np.ndarray],
-    weights: Sequence[np.ndarray],
-    sigma: Sequence[float],
-    points: tuple[np.ndarray, ...],
-) -> np.ndarray:
-    """scikit-image's exact order-1 values at the output voxels `points` (index arrays): every
-    voxel's own neighbourhood smoothed by scipy and interpolated in zoom's order, all at once."""
-    ndim = region.ndim
-    radii = [gaussian_radius(s) for s in sigma]
-    index = tuple(
-        (t[p, None] + np.arange(-r, r + 2)).reshape(
-            (-1,) + (1,) * axis + (2 + 2 * r,) + (1,) * (ndim - axis - 1)
-        )
-        for axis, (t, p, r) in enumerate(zip(taps, points, radii))
-    )
-    smoothed = smooth(region[index], (0.0, *sigma), np.dtype(np.float64))
-    total = np.zeros(len(points[0]))
-    for combination in np.ndindex(*(2,) * ndim):
-        term = smoothed[(slice(None), *combination)] * weights[0][points[0], combination[0]]
-        for axis in range(1, ndim):
-            term *= weights[axis][points[axis], combination[axis]]
-        total += term
-    return total
-
-
-def resize_fused(
-    region: np.ndarray,
-    taps: Sequence[np.ndarray],
-    weights: Sequence[np.ndarray],
-    sigma: Sequence[float],
-    out_dtype: np.dtype,
-) -> np.ndarray | None:
-    """Order-1 anti-aliased resize of integer data, fast, to scikit-image's integers: the fused
-    result rounds like skimage's wherever it is farther than the error bound from a rounding tie
-    (x.5); the voxels closer than that are recomputed exactly. None where that does not pay:
-    values too large for a tight bound, or many voxels near ties."""
-    matrices = [
-        fused_operator(t, w, s, n) for t, w, s, n in zip(taps, weights, sigma, region.shape)
-    ]
-    if region.dtype.itemsize <= 2:  # the dtype's bound is tight enough, and free
-        magnitude = float(max(-np.iinfo(region.dtype).min, np.iinfo(region.dtype).max))
-    else:
-        magnitude = max(abs(float(region.min())), abs(float(region.max())))
-    margin = rounding_margin(matrices, magnitude)
-    if margin > _MAX_MARGIN:
-        return None
-    values = apply_banded(region, matrices)
-    rounded = np.rint(values)
-    distance = np.abs(np.subtract(values, rounded, out=values), out=values)
-    near_tie = distance >= 0.5 - margin
-    n_near = np.count_nonzero(near_tie)
-    if n_near > _MAX_NEAR_TIES * values.size:
-        return None
-    if n_near:
-        rounded[near_tie] = np.rint(
-            exact_points(region, taps, weights, sigma, np.nonzero(near_tie))
-        )
-    return np.ascontiguousarray(cast_to(rounded, out_dtype))  # the last axis was computed first
-
-
 def resize_region(
     region: np.ndarray,
     plans: Sequence[AxisPlan],
@@ -447,7 +251,7 @@ def resize_region(
         picked = data[np.ix_(*taps)]
         return cast_to(picked if value_range is None else np.clip(picked, *value_range), out_dtype)
     if order >= 2:
-        data = _ndimage().spline_filter(data, order, output=np.float64, mode="mirror")
+        data = scipy_ndimage().spline_filter(data, order, output=np.float64, mode="mirror")
     data = interpolate(data, taps, weights, integers)
     data = data.astype(zoom_dtype, copy=False)
     if value_range is not None:
