@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 from collections.abc import Sequence
 
+from bioimage_tasks.errors import ParameterError
+
 
 def normalize_factors(scale_factor: int | Sequence[int], ndim: int) -> tuple[int, ...]:
     """Return one integer factor >= 1 per axis, or raise a ValueError naming `scale_factor`.
@@ -19,19 +21,21 @@ def normalize_factors(scale_factor: int | Sequence[int], ndim: int) -> tuple[int
     elif isinstance(scale_factor, Sequence) and not isinstance(scale_factor, str):
         factors = tuple(scale_factor)
     else:
-        raise ValueError(f"scale_factor must be an int or a sequence of ints, got {scale_factor!r}")
+        raise ParameterError(
+            f"scale_factor must be an int or a sequence of ints, got {scale_factor!r}"
+        )
     if len(factors) != ndim:
-        raise ValueError(
+        raise ParameterError(
             f"scale_factor must have one entry per input axis ({ndim}), got {len(factors)}: "
             f"{scale_factor!r}"
         )
     for factor in factors:
         if not isinstance(factor, numbers.Integral) or isinstance(factor, bool):
-            raise ValueError(
+            raise ParameterError(
                 f"scale_factor entries must be integers, got {factor!r} in {scale_factor!r}"
             )
         if factor < 1:
-            raise ValueError(
+            raise ParameterError(
                 f"scale_factor entries must be >= 1, got {factor!r} in {scale_factor!r}"
             )
     return tuple(int(f) for f in factors)

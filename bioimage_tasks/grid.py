@@ -129,7 +129,9 @@ def check_block_shape(block_shape: Sequence[int], shape: Sequence[int]) -> tuple
     if len(block) != len(shape) or any(
         not isinstance(b, (int, np.integer)) or isinstance(b, bool) or b < 1 for b in block
     ):
-        raise ValueError(f"block_shape must be {len(shape)} positive integers, got {block_shape!r}")
+        raise ParameterError(
+            f"block_shape must be {len(shape)} positive integers, got {block_shape!r}"
+        )
     return tuple(int(b) for b in block)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from bioimage_tasks.budget import block_bytes
+from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.grid import BlockGrid, check_block_shape, default_block_shape, fit_to_budget
 from bioimage_tasks.io import (
     ArraySource,
@@ -65,7 +66,7 @@ def plan_blockwise(
     the parameter at fault. Backends other than "local" run in other processes, so they need
     file-backed data (or data on object storage; `storage_options` say how to reach it)."""
     if block_ids is not None and resume_from is not None:
-        raise ValueError(
+        raise ParameterError(
             "block_ids and resume_from cannot be combined: block_ids re-runs exactly those blocks"
         )
     if block_shape is not None:
@@ -90,11 +91,11 @@ def plan_blockwise(
     if mask is not None:
         mask_source = as_source(mask, "mask", storage_options)
         if mask_source.shape != source.shape:
-            raise ValueError(
+            raise ParameterError(
                 f"mask has shape {mask_source.shape}, expected the output shape {source.shape}"
             )
     if output_plan.existing is not None and same_storage(source, output_plan.existing):
-        raise ValueError(
+        raise ParameterError(
             f"output {output!r} is the input: write to another array (a block would read voxels "
             "already overwritten)"
         )
@@ -104,7 +105,7 @@ def plan_blockwise(
     if job_type != "local":
         for name, data in (("input", source), ("mask", mask_source)):
             if data is not None and in_memory(data):
-                raise ValueError(
+                raise ParameterError(
                     f"job_type={job_type!r} needs a file-backed {name} (a zarr/n5 path or array), "
                     "not numpy"
                 )
@@ -113,7 +114,7 @@ def plan_blockwise(
             and output_plan.create_at is None
             or in_memory(output_plan.existing)
         ):
-            raise ValueError(
+            raise ParameterError(
                 f"job_type={job_type!r} needs an output (a zarr/n5 path or array), not numpy or "
                 "None"
             )
@@ -135,7 +136,7 @@ def check_resume_from(resume_from: Any, output: Any, output_plan: OutputPlan) ->
     or its block-record folder (printed when it failed). Resuming needs that output to exist, and
     a flow run id must be of a run that wrote to this same output."""
     if output_plan.existing is None:
-        raise ValueError(
+        raise ParameterError(
             f"resume_from={resume_from!r}: the output {output!r} does not exist, there is nothing "
             "to resume"
         )
@@ -144,7 +145,7 @@ def check_resume_from(resume_from: Any, output: Any, output_plan: OutputPlan) ->
     try:
         run_id = uuid.UUID(str(resume_from))
     except ValueError:
-        raise ValueError(
+        raise ParameterError(
             "resume_from must be a Prefect flow run id or a block-record folder, got "
             f"{resume_from!r}"
         ) from None
@@ -154,12 +155,12 @@ def check_resume_from(resume_from: Any, output: Any, output_plan: OutputPlan) ->
         try:
             previous = client.read_flow_run(run_id)
         except Exception as error:  # noqa: BLE001 - any lookup failure means we cannot resume it
-            raise ValueError(
+            raise ParameterError(
                 f"resume_from: no flow run {run_id} in the Prefect API ({error})"
             ) from None
     previous_output = previous.parameters.get("output")
     if str(previous_output) != str(output):
-        raise ValueError(
+        raise ParameterError(
             f"resume_from: flow run {run_id} wrote to {previous_output!r}, not to {output!r}"
         )
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bioimage_tasks.blockwise import sub_regions
+from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.geometry import downscale_shape
 from bioimage_tasks.grid import BlockGrid
 
@@ -124,7 +125,7 @@ def plan_pyramid(
     if math.prod(_covering(tile_granule, shape)) * bytes_per_voxel > budget:
         tile_granule = tuple(min(d, n) for d, n in zip(deepest, shape))
     if math.prod(_covering(tile_granule, shape)) * bytes_per_voxel > budget:
-        raise ValueError(
+        raise ParameterError(
             f"the deepest level's windows of {deepest} voxels need about "
             f"{math.prod(tile_granule) * bytes_per_voxel / 2**30:.1f} GiB each to compute exactly, "
             f"more than the memory budget of {budget / 2**30:.1f} GiB: use fewer levels or raise "

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.geometry import downscale_shape
 from bioimage_tasks.grid import BlockGrid, default_block_shape
 from bioimage_tasks.io import Source, start_read
@@ -70,12 +71,12 @@ class DerivedSource:
 def check_order(order: Any) -> None:
     """Reject a spline order outside 0-5 (the flows and ResizedSource say the same)."""
     if not isinstance(order, (int, np.integer)) or isinstance(order, bool) or not 0 <= order <= 5:
-        raise ValueError(f"order must be an integer from 0 to 5, got {order!r}")
+        raise ParameterError(f"order must be an integer from 0 to 5, got {order!r}")
 
 
 def check_anti_aliasing(anti_aliasing: Any) -> None:
     if not isinstance(anti_aliasing, (bool, np.bool_)):
-        raise ValueError(f"anti_aliasing must be True or False, got {anti_aliasing!r}")
+        raise ParameterError(f"anti_aliasing must be True or False, got {anti_aliasing!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,11 +105,13 @@ class ResizedSource(DerivedSource):
         ndim = len(self.source.shape)
         shape = self.shape
         if isinstance(shape, (str, bytes)) or not hasattr(shape, "__len__") or len(shape) != ndim:
-            raise ValueError(f"shape must have one entry per input axis ({ndim}), got {shape!r}")
+            raise ParameterError(
+                f"shape must have one entry per input axis ({ndim}), got {shape!r}"
+            )
         if not all(
             isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in shape
         ):
-            raise ValueError(f"shape entries must be integers >= 1, got {shape!r}")
+            raise ParameterError(f"shape entries must be integers >= 1, got {shape!r}")
         object.__setattr__(self, "shape", tuple(int(n) for n in shape))
         check_order(self.order)
         check_anti_aliasing(self.anti_aliasing)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.io.wrapped import WrappedSink
 
 WRITER_THREADS = 32  # per process; a batch has at most a couple of writes in flight
@@ -73,7 +74,7 @@ def throttle_writes(sink: Any, limit: str | None) -> Any:
         try:
             client.read_global_concurrency_limit_by_name(limit)
         except ObjectNotFound:
-            raise ValueError(
+            raise ParameterError(
                 f"job_config.write_limit={limit!r}: no Prefect global concurrency limit of that "
                 "name; create it "
                 f"with `prefect gcl create {limit} --limit N` (N = blocks allowed to write at once)"

@@ -41,62 +41,62 @@ def setup(tmp_path, rng):
 BAD_CALLS = [  # (keyword changes, exception, message pattern)
     (
         {"scale_factor": (2, 2)},
-        ValueError,
+        ParameterError,
         r"scale_factor must have one entry per input axis \(3\)",
     ),
-    ({"scale_factor": (2, 0, 2)}, ValueError, r"scale_factor entries must be >= 1"),
-    ({"scale_factor": 1.5}, ValueError, r"scale_factor must be an int"),
-    ({"scale_factor": (2, 2.5, 2)}, ValueError, r"scale_factor entries must be integers"),
-    ({"order": 6}, ValueError, r"order must be an integer from 0 to 5"),
-    ({"order": -1}, ValueError, r"order must be an integer from 0 to 5"),
-    ({"job_type": "cloud"}, ValueError, r"job_type must be one of"),
+    ({"scale_factor": (2, 0, 2)}, ParameterError, r"scale_factor entries must be >= 1"),
+    ({"scale_factor": 1.5}, ParameterError, r"scale_factor must be an int"),
+    ({"scale_factor": (2, 2.5, 2)}, ParameterError, r"scale_factor entries must be integers"),
+    ({"order": 6}, ParameterError, r"order must be an integer from 0 to 5"),
+    ({"order": -1}, ParameterError, r"order must be an integer from 0 to 5"),
+    ({"job_type": "cloud"}, ParameterError, r"job_type must be one of"),
     (
         {"job_type": "subprocess", "output": None},
-        ValueError,
+        ParameterError,
         r"job_type='subprocess' needs an output",
     ),
-    ({"job_type": "dask"}, ValueError, r"DaskConfig.address must name the scheduler"),
-    ({"method": "bilinear"}, ValueError, r"method must be one of"),
+    ({"job_type": "dask"}, ParameterError, r"DaskConfig.address must name the scheduler"),
+    ({"method": "bilinear"}, ParameterError, r"method must be one of"),
     (
         {"method": "mode", "order": 1},
-        ValueError,
+        ParameterError,
         r"order and anti_aliasing apply to method='resize' only",
     ),
-    ({"num_workers": 0}, ValueError, r"num_workers must be an integer >= 1"),
+    ({"num_workers": 0}, ParameterError, r"num_workers must be an integer >= 1"),
     (
         {"job_config": {"cores": 4}},
-        ValueError,
+        ParameterError,
         r"job_config for job_type='local' takes RunnerConfig fields",
     ),
-    ({"job_config": "fast"}, ValueError, r"job_config must be a RunnerConfig"),
+    ({"job_config": "fast"}, ParameterError, r"job_config must be a RunnerConfig"),
     (
         {"job_type": "subprocess", "job_config": SlurmConfig()},
-        ValueError,
+        ParameterError,
         r"job_config must be a LocalClusterConfig",
     ),
     (
         {"mask": np.ones((3, 3, 3), bool)},
-        ValueError,
+        ParameterError,
         r"mask has shape \(3, 3, 3\), expected the output shape \(10, 11, 9\)",
     ),
     ({"input": "missing.zarr/raw"}, FileNotFoundError, r"input: no zarr array"),
-    ({"input": "not-a-container/raw"}, ValueError, r"input must be 'path/container.zarr/key'"),
+    ({"input": "not-a-container/raw"}, ParameterError, r"input must be 'path/container.zarr/key'"),
     ({"mask": "missing.zarr/mask"}, FileNotFoundError, r"mask: no zarr array"),
     (
         {"block_ids": [0, 10_000]},
-        ValueError,
+        ParameterError,
         r"block_ids must lie in \[0, 1\) for a grid of \(1, 1, 1\)",
     ),
-    ({"block_ids": 3}, ValueError, r"block_ids must be a sequence of integers"),
+    ({"block_ids": 3}, ParameterError, r"block_ids must be a sequence of integers"),
     (
         {"block_ids": [0], "resume_from": "some-run"},
-        ValueError,
+        ParameterError,
         r"block_ids and resume_from cannot be combined",
     ),
-    ({"block_shape": (4, 4)}, ValueError, r"block_shape must be 3 positive integers"),
-    ({"block_shape": (0, 4, 4)}, ValueError, r"block_shape must be 3 positive integers"),
-    ({"block_shape": (-4, 4, 4)}, ValueError, r"block_shape must be 3 positive integers"),
-    ({"block_shape": (4.5, 4, 4)}, ValueError, r"block_shape must be 3 positive integers"),
+    ({"block_shape": (4, 4)}, ParameterError, r"block_shape must be 3 positive integers"),
+    ({"block_shape": (0, 4, 4)}, ParameterError, r"block_shape must be 3 positive integers"),
+    ({"block_shape": (-4, 4, 4)}, ParameterError, r"block_shape must be 3 positive integers"),
+    ({"block_shape": (4.5, 4, 4)}, ParameterError, r"block_shape must be 3 positive integers"),
 ]
 
 
@@ -226,7 +226,7 @@ def test_arrays_nothing_can_be_computed_from(array, pattern, tmp_path):
 
 
 def test_bad_mask_array_is_named(setup):
-    with pytest.raises(ValueError, match=r"mask has dtype object"):
+    with pytest.raises(ParameterError, match=r"mask has dtype object"):
         downsample_flow(
             f"{setup}/in.zarr/raw", 2, f"{setup}/out.zarr/s1", mask=np.zeros(OUT_SHAPE, object)
         )
@@ -242,12 +242,12 @@ def test_output_that_is_the_input_is_refused(setup):
         (f"{setup}/./out.zarr/s1", f"{setup}/out.zarr/s1/"),
     ]
     for source, output in same:
-        with pytest.raises(ValueError, match="is the input"):
+        with pytest.raises(ParameterError, match="is the input"):
             copy_flow(source, output)
-    with pytest.raises(ValueError, match="is the input"):
+    with pytest.raises(ParameterError, match="is the input"):
         downsample_flow(array, 1, array, order=1)
     x = np.arange(64, dtype=np.uint8).reshape(4, 4, 4)
-    with pytest.raises(ValueError, match="is the input"):
+    with pytest.raises(ParameterError, match="is the input"):
         copy_flow(x, x[:, :, :])
     assert np.all(array[:] == SENTINEL)
 

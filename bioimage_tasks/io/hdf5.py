@@ -17,6 +17,7 @@ from functools import cached_property
 import h5py
 import numpy as np
 
+from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.io.source import Physical
 
 HDF5_PATH = re.compile(r"(.+?\.(?:h5|hdf5|hdf))(?:/(.*))?", re.IGNORECASE)
@@ -122,7 +123,7 @@ def element_size(dataset: h5py.Dataset) -> Physical:
 def refuse_output(text: str, parameter: str) -> None:
     """A ValueError for an HDF5 path given as an output (see the module's docstring)."""
     if hdf5_path(text) is not None:
-        raise ValueError(
+        raise ParameterError(
             f"{parameter} {text!r} is HDF5: HDF5 is read-only here (h5py writes are not safe from "
             "several workers); write zarr or n5 ('path/out.zarr/key') instead"
         )

@@ -12,7 +12,7 @@ import numpy as np
 import tensorstore as ts
 import zarr
 
-from bioimage_tasks.errors import StorageError
+from bioimage_tasks.errors import ParameterError, StorageError
 from bioimage_tasks.io.bioio_source import open_microscopy
 from bioimage_tasks.io.hdf5 import open_hdf5, refuse_output
 from bioimage_tasks.io.n5 import TensorStoreSource
@@ -80,7 +80,7 @@ def refuse_input_only(output: Any, parameter: str = "output") -> None:
         text = os.fspath(output)
         refuse_output(text, parameter)
         if not text.rstrip("/").endswith((".zarr", ".n5")) and tiff_files(text) is not None:
-            raise ValueError(
+            raise ParameterError(
                 f"{parameter} {text!r} is TIFF: TIFF is an input format here; write zarr or n5 "
                 "('path/out.zarr/key') and convert with copy_flow or pyramid_flow"
             )

@@ -11,6 +11,7 @@ from typing import Any
 
 import zarr
 
+from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.io.paths import ContainerPath
 from bioimage_tasks.io.source import Physical
 from bioimage_tasks.io.zarr_array import ArraySource
@@ -44,7 +45,7 @@ def open_ome_zarr(path: ContainerPath, parameter: str) -> ArraySource | None:
         group = zarr.open_group(path.container, path=path.key, mode="r")
         multiscale = multiscale_of(dict(group.attrs))
         if multiscale is None:
-            raise ValueError(
+            raise ParameterError(
                 f"{parameter}: {str(path)!r} is a zarr group without OME-Zarr multiscales "
                 "metadata; "
                 f"give one of its arrays ({', '.join(sorted(group.array_keys())) or 'none'}) as "

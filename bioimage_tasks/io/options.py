@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from bioimage_tasks.errors import ParameterError
+
 Codec = Literal["zstd", "blosc-lz4", "gzip"]
 # codec: (lowest, highest, default) level; blosc-lz4 is blosc with lz4 and byte shuffle
 LEVELS: dict[str, tuple[int, int, int]] = {
@@ -37,15 +39,15 @@ class OutputOptions:
 
     def __post_init__(self) -> None:
         if self.codec is not None and self.codec not in LEVELS:
-            raise ValueError(
+            raise ParameterError(
                 f"output_options.codec must be one of {tuple(LEVELS)} or None, got {self.codec!r}"
             )
         if self.level is not None:
             if self.codec is None:
-                raise ValueError("output_options.level needs a codec (zstd, blosc-lz4 or gzip)")
+                raise ParameterError("output_options.level needs a codec (zstd, blosc-lz4 or gzip)")
             low, high, _ = LEVELS[self.codec]
             if not _is_int(self.level) or not low <= self.level <= high:
-                raise ValueError(
+                raise ParameterError(
                     f"output_options.level for {self.codec} must be an integer in [{low}, {high}], "
                     f"got {self.level!r}"
                 )
@@ -55,7 +57,7 @@ class OutputOptions:
             except TypeError:  # a bare number: which axes it meant is unknown here
                 shards = ()
             if not shards or not all(_is_int(s) and s >= 1 for s in shards):
-                raise ValueError(
+                raise ParameterError(
                     "output_options.shards must be positive integers, one per axis, got "
                     f"{self.shards!r}"
                 )
@@ -63,7 +65,7 @@ class OutputOptions:
                 self, "shards", tuple(int(s) for s in shards)
             )  # a JSON list becomes a tuple
         if not isinstance(self.write_empty_chunks, (bool, np.bool_)):
-            raise ValueError(
+            raise ParameterError(
                 "output_options.write_empty_chunks must be True or False, got "
                 f"{self.write_empty_chunks!r}"
             )
@@ -91,11 +93,11 @@ class OutputOptions:
         if self.shards is None:
             return
         if kind != "zarr v3":
-            raise ValueError(
+            raise ParameterError(
                 f"output_options.shards need a zarr v3 output; a new {kind} output has no shards"
             )
         if len(self.shards) != ndim:
-            raise ValueError(
+            raise ParameterError(
                 f"output_options.shards must have one entry per axis ({ndim}), got {self.shards}"
             )
 
@@ -157,13 +159,13 @@ def check_output_options(value: OutputOptions | dict | None) -> OutputOptions:
     if isinstance(value, dict):
         unknown = set(value) - {f.name for f in fields(OutputOptions)}
         if unknown:
-            raise ValueError(
+            raise ParameterError(
                 f"output_options has no field(s) {sorted(unknown)}; it takes "
                 f"{[f.name for f in fields(OutputOptions)]}"
             )
         return OutputOptions(**value)
     if not isinstance(value, OutputOptions):
-        raise ValueError(
+        raise ParameterError(
             f"output_options must be an OutputOptions (or a dict of its fields), got {value!r}"
         )
     return value
@@ -203,12 +205,12 @@ def check_existing(
     codec, level = stored_codec(metadata)
     if options.codec is not None and (codec != options.codec or options.level not in (None, level)):
         asked = options.codec + (f" level {options.level}" if options.level is not None else "")
-        raise ValueError(
+        raise ParameterError(
             f"output {name} exists with codec {codec} level {level}; output_options ask for "
             f"{asked}: options apply to new outputs, so write elsewhere or delete it"
         )
     if options.shards is not None and tuple(shards or ()) != options.shards:
-        raise ValueError(
+        raise ParameterError(
             f"output {name} exists with shards {shards}; output_options ask for {options.shards}: "
             "options apply to new outputs, so write elsewhere or delete it"
         )

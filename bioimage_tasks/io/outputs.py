@@ -100,13 +100,13 @@ def plan_output(
     else:
         existing = as_source(output, "output", storage_options)
         if not hasattr(existing, "write"):
-            raise ValueError(
+            raise ParameterError(
                 f"output must be writable (a numpy, zarr or tensorstore array), got {output!r}"
             )
     if existing.shape != shape:
-        raise ValueError(f"output has shape {existing.shape}, expected {shape}")
+        raise ParameterError(f"output has shape {existing.shape}, expected {shape}")
     if not np.can_cast(dtype, existing.dtype, "safe"):
-        raise ValueError(f"output dtype {existing.dtype} cannot hold the result dtype {dtype}")
+        raise ParameterError(f"output dtype {existing.dtype} cannot hold the result dtype {dtype}")
     check_existing_output(existing, options, getattr(existing, "name", repr(output)))
     return OutputPlan(shape, existing.dtype, existing=existing, options=options)
 
@@ -120,7 +120,7 @@ def output_path(
         return ContainerPath.parse(output, parameter)
     path = UrlPath.parse(output, parameter, storage_options)
     if not path.writable:
-        raise ValueError(
+        raise ParameterError(
             f"{parameter}: {path.scheme}:// is read-only; write to a local path or an s3:// URL, "
             f"got {output!r}"
         )
@@ -163,7 +163,7 @@ def check_existing_output(sink: Source, options: OutputOptions, name: str) -> No
 def refuse_in_memory(options: OutputOptions) -> None:
     """Codec, shards and `write_empty_chunks` are about stored chunks: a numpy output has none."""
     if options.changes_layout or options.write_empty_chunks:
-        raise ValueError(
+        raise ParameterError(
             f"output_options ({options.describe()}) apply to zarr and n5 outputs, not to a numpy "
             "output: give an output path"
         )
@@ -198,7 +198,7 @@ def with_write_empty_chunks(
             if (
                 spec.get("kvstore", {}).get("driver") == "memory"
             ):  # reopened, it would be another, empty store
-                raise ValueError(
+                raise ParameterError(
                     "output_options.write_empty_chunks cannot change for an in-memory tensorstore "
                     "output: open it with store_data_equal_to_fill_value yourself"
                 )

@@ -10,6 +10,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.io.kv import Location
 
 
@@ -48,11 +49,11 @@ def check_array(source: Source, parameter: str) -> Source:
     block-wise operation can compute with (object, str, bytes, void)."""
     shape, dtype = tuple(source.shape), np.dtype(source.dtype)
     if not shape:
-        raise ValueError(f"{parameter} is a 0-D array (a scalar); it needs at least one axis")
+        raise ParameterError(f"{parameter} is a 0-D array (a scalar); it needs at least one axis")
     if 0 in shape:
-        raise ValueError(f"{parameter} is empty (shape {shape}): there is nothing to process")
+        raise ParameterError(f"{parameter} is empty (shape {shape}): there is nothing to process")
     if dtype.kind in UNSUPPORTED_KINDS:
-        raise ValueError(
+        raise ParameterError(
             f"{parameter} has dtype {dtype} ({UNSUPPORTED_KINDS[dtype.kind]}); only bool and "
             "numeric dtypes are supported"
         )

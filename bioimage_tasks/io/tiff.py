@@ -108,7 +108,7 @@ class TiffSource:
             if plane is None:
                 plane = PlaneReader(self.files[z], 0)
                 if plane.shape != self.shape[1:] or plane.dtype != self.dtype:
-                    raise ValueError(
+                    raise ParameterError(
                         f"{self.files[z]} holds {plane.shape} {plane.dtype}; the first slice "
                         f"{self.files[0]} holds {self.shape[1:]} {self.dtype}: slices must all "
                         "match"
@@ -295,7 +295,7 @@ def open_tiff(text: str, parameter: str) -> TiffSource | None:
         ) from None
     with tif:
         if not 0 <= series < len(tif.series):
-            raise ValueError(
+            raise ParameterError(
                 f"{parameter}: {files[0]!r} has {len(tif.series)} series "
                 f"(0-{len(tif.series) - 1}), not series {series}"
             )
@@ -308,7 +308,7 @@ def open_tiff(text: str, parameter: str) -> TiffSource | None:
         array.store.close()
     if len(files) > 1:
         if len(shape) != 2:
-            raise ValueError(
+            raise ParameterError(
                 f"{parameter}: a sequence of slices needs 2-D files; {files[0]!r} has shape {shape}"
             )
         check_slices(files, shape, dtype, parameter)

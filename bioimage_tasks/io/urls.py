@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
-from bioimage_tasks.errors import StorageError
+from bioimage_tasks.errors import ParameterError, StorageError
 from bioimage_tasks.io.kv import JsonAttributes, KvLocation
 from bioimage_tasks.io.n5 import TensorStoreSource
 from bioimage_tasks.io.options import OutputOptions
@@ -74,7 +74,7 @@ class StorageOptions:
         if isinstance(value, dict):
             unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
             if unknown:
-                raise ValueError(f"storage_options has unknown fields {sorted(unknown)}")
+                raise ParameterError(f"storage_options has unknown fields {sorted(unknown)}")
             return cls(**value)
         raise TypeError(
             f"storage_options must be a StorageOptions or a dict, got {type(value).__name__}"
@@ -123,17 +123,17 @@ class UrlPath:
         nothing."""
         scheme, _, rest = url.partition("://")
         if scheme == "gs":
-            raise ValueError(
+            raise ParameterError(
                 f"{parameter}: gs:// is not supported (only s3:// and read-only http(s)://), "
                 f"got {url!r}"
             )
         if scheme not in SCHEMES:
-            raise ValueError(
+            raise ParameterError(
                 f"{parameter}: unsupported URL scheme {scheme!r} (s3:// or http(s)://), got {url!r}"
             )
         host, _, inside = rest.partition("/")
         if not host or not inside:
-            raise ValueError(
+            raise ParameterError(
                 f"{parameter} must be "
                 f"'{scheme}://{'bucket' if scheme == 's3' else 'host'}/path/container.zarr/key', "
                 f"got {url!r}"
@@ -142,7 +142,7 @@ class UrlPath:
         options = StorageOptions.coerce(options).resolved()
         if scheme == "s3":
             if not options.endpoint_url:
-                raise ValueError(
+                raise ParameterError(
                     f"{parameter}: no S3 endpoint for {url!r}: set AWS_ENDPOINT_URL or "
                     "storage_options=StorageOptions(endpoint_url=...) (for AWS e.g. https://s3.us-east-1.amazonaws.com)"
                 )
@@ -152,7 +152,7 @@ class UrlPath:
                 or os.environ.get("AWS_ACCESS_KEY_ID")
                 and os.environ.get("AWS_SECRET_ACCESS_KEY")
             ):
-                raise ValueError(
+                raise ParameterError(
                     f"{parameter}: no S3 credentials for {url!r}: set AWS_ACCESS_KEY_ID and "
                     "AWS_SECRET_ACCESS_KEY, or storage_options profile=... or anonymous=True"
                 )
@@ -194,7 +194,7 @@ class UrlPath:
     def _probe(self, sub: str | None, names: tuple[str, ...]) -> list[bool]:
         """Which of `names` exist under `sub`, asked with quick retries, once the endpoint has
         answered (`check_answers`: a StorageError within PROBE_TIMEOUT otherwise); a missing
-        bucket or another refusal is a ValueError."""
+        bucket is a ParameterError, another refusal a StorageError."""
         endpoint = self.endpoint.rstrip("/")
         root = f"{endpoint}/{self.host}" if self.scheme == "s3" else f"{endpoint}/"  # the bucket
         check_answers(root, endpoint, str(self))
@@ -208,10 +208,10 @@ class UrlPath:
         except ValueError as error:
             text = str(error)
             if "NoSuchBucket" in text:
-                raise ValueError(
+                raise ParameterError(
                     f"bucket {self.host!r} does not exist at {self.options.endpoint_url} ({self})"
                 ) from None
-            raise ValueError(f"cannot reach {self}: {text.splitlines()[0][:300]}") from None
+            raise StorageError(f"cannot reach {self}: {text.splitlines()[0][:300]}") from None
 
     def driver(self) -> str | None:
         """The tensorstore driver of the array at this URL (by its metadata file), None if
