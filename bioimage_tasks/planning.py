@@ -74,26 +74,9 @@ def plan_blockwise(
     output_plan = plan_output(
         output, source.shape, source.dtype, block_shape, output_options, storage_options
     )
-    unit = aligned_unit(
-        output_plan.write_unit, read_unit_of(source), source.shape
-    )  # whole strips/tiles too
-    fits = functools.partial(block_bytes, source)
-    if block_shape is None:  # shrinks as the factor grows
-        block_shape, piece_shape = fit_to_budget(
-            default_block_shape(source.shape, unit), unit, source.shape, fits, memory_budget
-        )
-    else:  # the caller's blocks, computed in pieces where one needs more than the budget
-        block_shape, piece_shape = fit_to_budget(
-            block_shape, block_shape, source.shape, fits, memory_budget
-        )
+    block_shape, piece_shape = fit_blocks(source, block_shape, output_plan, memory_budget)
     grid = BlockGrid(source.shape, block_shape)
-    mask_source = None
-    if mask is not None:
-        mask_source = as_source(mask, "mask", storage_options)
-        if mask_source.shape != source.shape:
-            raise ParameterError(
-                f"mask has shape {mask_source.shape}, expected the output shape {source.shape}"
-            )
+    mask_source = None if mask is None else open_mask(mask, source, storage_options)
     if output_plan.existing is not None and same_storage(source, output_plan.existing):
         raise ParameterError(
             f"output {output!r} is the input: write to another array (a block would read voxels "
@@ -103,21 +86,7 @@ def plan_blockwise(
         check_resume_from(resume_from, output, output_plan)
     ids = None if block_ids is None else grid.validate_block_ids(block_ids)
     if job_type != "local":
-        for name, data in (("input", source), ("mask", mask_source)):
-            if data is not None and in_memory(data):
-                raise ParameterError(
-                    f"job_type={job_type!r} needs a file-backed {name} (a zarr/n5 path or array), "
-                    "not numpy"
-                )
-        if (
-            output_plan.existing is None
-            and output_plan.create_at is None
-            or in_memory(output_plan.existing)
-        ):
-            raise ParameterError(
-                f"job_type={job_type!r} needs an output (a zarr/n5 path or array), not numpy or "
-                "None"
-            )
+        check_file_backed(job_type, source, mask_source, output_plan)
     return BlockwisePlan(
         source,
         output_plan,
@@ -129,6 +98,51 @@ def plan_blockwise(
         if isinstance(resume_from, (str, os.PathLike)) and os.path.isdir(resume_from)
         else None,
     )
+
+
+def fit_blocks(
+    source: Source,
+    block_shape: Sequence[int] | None,
+    output_plan: OutputPlan,
+    memory_budget: int,
+) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """The block shape and the piece shape a block is computed in: by default whole write units
+    (and the input's strips or tiles), shrinking as the factor grows until a block fits the
+    budget; the caller's `block_shape` is kept and computed in pieces where one needs more."""
+    fits = functools.partial(block_bytes, source)
+    if block_shape is None:
+        unit = aligned_unit(output_plan.write_unit, read_unit_of(source), source.shape)
+        start = default_block_shape(source.shape, unit)
+        return fit_to_budget(start, unit, source.shape, fits, memory_budget)
+    return fit_to_budget(block_shape, block_shape, source.shape, fits, memory_budget)
+
+
+def open_mask(mask: Any, source: Source, storage_options: Any) -> Source:
+    """The mask as a source of the output's shape (ParameterError otherwise)."""
+    mask_source = as_source(mask, "mask", storage_options)
+    if mask_source.shape != source.shape:
+        raise ParameterError(
+            f"mask has shape {mask_source.shape}, expected the output shape {source.shape}"
+        )
+    return mask_source
+
+
+def check_file_backed(
+    job_type: str, source: Source, mask: Source | None, output_plan: OutputPlan
+) -> None:
+    """Backends other than "local" run in other processes: input, mask and output must be
+    stored (files or object storage), not numpy arrays of this process."""
+    for name, data in (("input", source), ("mask", mask)):
+        if data is not None and in_memory(data):
+            raise ParameterError(
+                f"job_type={job_type!r} needs a file-backed {name} (a zarr/n5 path or array), "
+                "not numpy"
+            )
+    no_output = output_plan.existing is None and output_plan.create_at is None
+    if no_output or in_memory(output_plan.existing):
+        raise ParameterError(
+            f"job_type={job_type!r} needs an output (a zarr/n5 path or array), not numpy or None"
+        )
 
 
 def check_resume_from(resume_from: Any, output: Any, output_plan: OutputPlan) -> None:
