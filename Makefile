@@ -8,12 +8,12 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 
-.PHONY: setup demo test clean postgres bench-backtoback
+.PHONY: setup demo test docs clean postgres bench-backtoback
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -c constraints.txt -e ".[test,microscopy]"
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[test,microscopy,docs]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -21,13 +21,18 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) scripts/demo.py
 
-test: setup
+# The documentation site (mkdocs.yml, docs/) into site/; --strict: a broken link, page or API
+# reference fails the build. No internet needed (no web fonts, no plugin that downloads).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+test: setup docs
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) .prefect data
+	rm -rf $(VENV) .prefect data site
 
 # Our flows against tensorstore, dask.array, scikit-image and bioimage-py on generated data
 # (benchmarks/README.md); e.g. make bench BENCH_ARGS="--size 256 --repeats 3"
