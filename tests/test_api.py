@@ -176,3 +176,27 @@ def test_cli_runs_as_a_flow_run_when_an_api_is_configured(prefect_server, volume
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs()
     assert any(r.parameters.get("output") == f"{root}/cli.zarr/copy" for r in runs)
+
+
+def test_relative_paths_work_for_zarr_and_n5(tmp_path, monkeypatch):
+    """Paths relative to the working directory, as a user types them, for every container kind
+    (tensorstore's file kvstore refuses relative paths: we hand it absolute ones)."""
+    import bioimage_tasks as bt
+
+    monkeypatch.chdir(tmp_path)
+    data = random_array(np.random.default_rng(3), (12, 10, 9), np.uint16)
+    bt.copy(data, "in.zarr/raw")
+    bt.copy("in.zarr/raw", "copy.n5/raw")
+    bt.downsample("copy.n5/raw", 2, "down.n5/s1", method="mean")
+    bt.copy("copy.n5/raw", "back.zarr/raw")
+    np.testing.assert_array_equal(zarr.open_array("back.zarr/raw")[:], data)
+    expected = ts.open(
+        {
+            "driver": "n5",
+            "kvstore": {"driver": "file", "path": str(tmp_path / "copy.n5")},
+            "path": "raw",
+        }
+    ).result()
+    np.testing.assert_array_equal(expected.read().result(), data)
+    mean = ts.downsample(ts.array(data), [2, 2, 2], "mean").read().result()
+    np.testing.assert_array_equal(read(f"{tmp_path}/down.n5/s1"), mean)

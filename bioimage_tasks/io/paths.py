@@ -83,7 +83,7 @@ class ContainerPath:
     def n5_spec(self) -> dict:
         return {
             "driver": "n5",
-            "kvstore": {"driver": "file", "path": self.container},
+            "kvstore": {"driver": "file", "path": os.path.abspath(self.container)},
             "path": self.key,
         }
 
