@@ -8,7 +8,7 @@ import logging
 import os
 import tomllib
 from collections.abc import Callable
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
@@ -191,17 +191,21 @@ def run(flow_call: Callable[[], Any], quiet: bool, debug: bool, done: Callable[[
             else:
                 result = flow_call()
     except Exception as error:  # noqa: BLE001 - the CLI's contract: one line, non-zero exit
-        if debug:
-            raise
-        console.print(
-            f"[red]error:[/red] {type(error).__name__}: {error}",
-            markup=True,
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(1) from None
+        fail(error, debug)
     if not quiet:
         console.print(done(result), highlight=False)
+
+
+def fail(error: BaseException, debug: bool) -> NoReturn:
+    """The CLI's contract for errors: one line on stderr and exit 1 (the traceback with --debug)."""
+    from rich.console import Console
+
+    if debug:
+        raise error
+    Console(stderr=True).print(
+        f"[red]error:[/red] {type(error).__name__}: {error}", highlight=False, soft_wrap=True
+    )
+    raise typer.Exit(1) from None
 
 
 def wrote(output: str) -> Callable[[Any], str]:

@@ -104,7 +104,7 @@ def test_bad_argument_prints_one_line(tmp_path, image_path):
     assert lines[0].startswith("bioimage-tasks downsample: running "), (
         failed.stderr
     )  # says which engine
-    assert lines[1:] == ["error: ValueError: order must be an integer from 0 to 5, got 9"], (
+    assert lines[1:] == ["error: ParameterError: order must be an integer from 0 to 5, got 9"], (
         failed.stderr
     )
     assert "Traceback" not in failed.stderr + failed.stdout
