@@ -134,7 +134,8 @@ def named_inputs(files: list[str]) -> dict[str, str]:
 
 def check_parameters(output_dir: str, pyramid_kwargs: dict[str, Any], keep_axes: str) -> None:
     """Every parameter that is the same for all files, checked before anything is written."""
-    from bioimage_tasks.api import check_method_options, pyramid_operation
+    from bioimage_tasks.api import pyramid_operation
+    from bioimage_tasks.api_checks import check_method_options
     from bioimage_tasks.io import check_output_options
     from bioimage_tasks.runners import check_backend
 
