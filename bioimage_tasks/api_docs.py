@@ -112,11 +112,14 @@ ParameterError
     Raised before anything is created or written. It is a `ValueError`; a few checks of paths
     and formats raise a plain `ValueError`, `TypeError` or `FileNotFoundError` still.
 StorageError
-    A store cannot be reached, read or written (an endpoint that does not answer, ...).
+    An object-storage endpoint does not answer when a URL is first opened; raised before
+    anything is written.
 BlocksFailedError
     Some blocks failed (in a flow, after their retries); the others are written. It names the
     failed block ids and the first errors; re-run the same call to write only what is
-    missing.""",
+    missing.
+NoWorkersError
+    A Dask backend has had no worker for `job_config.worker_timeout` seconds.""",
 }
 
 
