@@ -3,7 +3,10 @@
 Each is a checked operation (`*_operation`: every parameter is validated, naming it, before
 anything is created) run by the one engine on the chosen backend (threads, a local Dask cluster,
 SLURM or an existing scheduler), with the same resume, block records, leases and budgets as the
-Prefect flows, which run the same operations (bioimage_tasks/prefect/flows.py).
+Prefect flows, which run the same operations (bioimage_tasks/prefect/flows.py). A builder's
+docstring documents the function and the flow made from it; the parameters they share are
+documented once, in api_docs.py. `pyramid_operation` is in api_pyramid.py, the checks of the
+method and dtype in api_checks.py.
 
 >>> import numpy as np
 >>> from bioimage_tasks import downsample
@@ -17,13 +20,12 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
+from bioimage_tasks.api_checks import check_input_dtype, check_method_options
+from bioimage_tasks.api_docs import shared_docs
+from bioimage_tasks.api_pyramid import pyramid_operation
 from bioimage_tasks.backends import backend
-from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.geometry import downscale_shape, normalize_factors
 from bioimage_tasks.io import (
     OutputOptions,
@@ -33,62 +35,12 @@ from bioimage_tasks.io import (
     physical_of,
 )
 from bioimage_tasks.io.precomputed_output import precomputed_target
-from bioimage_tasks.kernels.window import METHODS as WINDOW_METHODS
-from bioimage_tasks.kernels.window import SUPPORTED_DTYPES as WINDOW_DTYPES
 from bioimage_tasks.naming import describe, describe_source
 from bioimage_tasks.operations import BlockwiseOperation, Operation, execute
 from bioimage_tasks.plain import PlainEdge
-from bioimage_tasks.planning import in_memory, plan_blockwise
-from bioimage_tasks.pyramid_checks import check_chunks_and_shards, pyramid_geometry
-from bioimage_tasks.pyramid_formats import PrecomputedOutput, precomputed_output
-from bioimage_tasks.pyramid_levels import group_output_path, level_spec, region_plan, reuses_s0
-from bioimage_tasks.pyramid_op import PyramidOperation
-from bioimage_tasks.resampling import (
-    ResizedSource,
-    WindowedSource,
-    check_anti_aliasing,
-    check_order,
-)
+from bioimage_tasks.planning import plan_blockwise
+from bioimage_tasks.resampling import ResizedSource, WindowedSource
 from bioimage_tasks.runners import RunnerConfig, check_backend, describe_backend
-
-METHODS = ("resize", *WINDOW_METHODS)
-S0_ALONE = "s0 alone: no level below it (levels=0 or scale_factors=[])"
-
-
-def check_method_options(method: str, order: int, anti_aliasing: bool) -> None:
-    """Reject an unknown method, an order outside 0-5, and resize options given to a window
-    method."""
-    if method not in METHODS:
-        raise ParameterError(f"method must be one of {METHODS}, got {method!r}")
-    check_order(order)
-    check_anti_aliasing(anti_aliasing)
-    if method != "resize" and (order != 0 or anti_aliasing):
-        raise ParameterError(
-            f"order and anti_aliasing apply to method='resize' only, not method={method!r}"
-        )
-
-
-def check_input_dtype(dtype: np.dtype, method: str, order: int, anti_aliasing: bool) -> None:
-    """Reject an input dtype the method cannot reduce exactly (byte order aside)."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "b" and (order > 0 or anti_aliasing):
-        raise ParameterError(
-            "a bool input needs order=0 and anti_aliasing=False (interpolation is undefined "
-            "for bool)"
-        )
-    if method != "resize" and dtype.kind == "c":
-        raise ParameterError(
-            f"input has dtype {dtype}, which method={method!r} does not take: the window methods "
-            "reduce real numbers (tensorstore's complex mean divides as complex numbers, so an inf "
-            "or NaN part turns the other part into NaN). method='resize' resamples the real and "
-            "imaginary parts; or downsample the two parts as arrays of their own"
-        )
-    if method != "resize" and dtype.newbyteorder("=") not in WINDOW_DTYPES:
-        supported = sorted(str(d) for d in WINDOW_DTYPES)
-        raise ParameterError(
-            f"input has dtype {dtype}: method={method!r} supports {supported} "
-            "(in either byte order), not that one"
-        )
 
 
 def run_plain(operation: Operation) -> Any:
@@ -107,14 +59,18 @@ def built(builder: Callable[..., Operation], args: tuple, kwargs: dict[str, Any]
     return operation
 
 
-def plain(builder: Callable[..., Operation]) -> Callable[..., Any]:
-    """The plain function of an operation builder: same parameters and documentation."""
+def plain(builder: Callable[..., Operation], returns: str) -> Callable[..., Any]:
+    """The plain function of an operation builder: its parameters and documentation (a builder's
+    docstring documents this function), returning what the run returns (`returns`)."""
 
     @functools.wraps(builder)
     def call(*args: Any, **kwargs: Any) -> Any:
         return run_plain(built(builder, args, kwargs))
 
     call.__name__ = call.__qualname__ = builder.__name__.removesuffix("_operation")
+    call.__module__ = __name__  # found (pickle, docs) where it is defined: here
+    call.__signature__ = inspect.signature(builder).replace(return_annotation=returns)
+    del call.__wrapped__  # so that tools (inspect.unwrap, the API reference) stop here
     return call
 
 
@@ -161,6 +117,7 @@ def blockwise_operation(
     return BlockwiseOperation(kind, plan, config, num_workers, details, job_type)
 
 
+@shared_docs
 def downsample_operation(
     input: Any,
     scale_factor: int | Sequence[int],
@@ -179,26 +136,76 @@ def downsample_operation(
     output_options: OutputOptions | None = None,
     storage_options: StorageOptions | dict | None = None,
 ) -> BlockwiseOperation:
-    """Downsample `input` by `scale_factor` (an int or one int >= 1 per axis) block-wise.
+    """Downsample `input` by `scale_factor`, block by block, exactly.
 
-    The input (numpy, zarr v2/v3, n5, or a path: "path/container.zarr/key", an OME-Zarr image,
-    a TIFF file or slice folder, "file.h5/dataset"; see io/inputs.py) is resampled to
-    `downscale_shape(shape, factors)` (ceil mode). `method="resize"` does it exactly as
-    scikit-image's whole-array `resize(x, shape, order, anti_aliasing, mode="reflect",
-    preserve_range=True)` would, cast back to the input dtype (integers rounded to nearest); the
-    defaults (order 0, no anti-aliasing) are label-safe: order 0 picks input voxels, never mixes
-    them. The window methods "mean", "mode", "min", "max", "median" and "stride" reduce each window
-    of `factors` voxels exactly as tensorstore's `downsample` driver does ("mode" is label-safe).
+    Shrinks a volume larger than memory to `downscale_shape(shape, scale_factor)` (ceil mode:
+    a partial window at the edge still counts), the same result as the whole-array reference
+    would give: `method="resize"` equals scikit-image's `resize(x, shape, order,
+    anti_aliasing=..., mode="reflect", preserve_range=True)` cast back to the input dtype
+    (integers rounded to nearest), and the window methods equal tensorstore's `downsample`
+    driver. Blocks run on the chosen backend; a run that stops part-way resumes where it
+    stopped when the same call runs again.
 
-    `output` (array or path; created if missing) receives the result; without it a numpy array
-    is returned. `block_shape` is in output space and must be a multiple of the output's chunks
-    (default: derived from them). `mask` (output space) limits writes to its nonzero voxels;
-    `block_ids` limits the run to those blocks of the output grid. `output_options`
-    (`OutputOptions`, or a dict of its fields) choose a new output's codec, level and zarr v3
-    shards and whether all-fill chunks are stored. Paths may be "s3://bucket/path/container.zarr/key"
-    URLs (or read-only "https://..."); `storage_options` (a StorageOptions or a dict of its fields)
-    say how to reach them. `job_type` ("local" threads, "subprocess", "slurm", "dask") and
-    `job_config` choose the backend. Returns the output array.
+    Parameters
+    ----------
+    %(input)s
+    scale_factor : int or sequence of int
+        Reduction per axis: one int >= 1 for every axis, or one per axis (`(1, 2, 2)` keeps
+        the first axis).
+    %(output)s
+    %(order)s
+    %(anti_aliasing)s
+    method : {"resize", "mean", "mode", "min", "max", "median", "stride"}, default "resize"
+        `"resize"` resamples (with `order` and `anti_aliasing`); the others reduce each window
+        of `scale_factor` voxels to one: its mean, most frequent value (label-safe), minimum,
+        maximum, median, or first voxel (`"stride"`). Window methods take bool, integer and
+        float inputs; `"resize"` takes complex ones too. The default, resize of order 0
+        without anti-aliasing, picks input voxels and never mixes them: safe for labels.
+    %(block_shape)s
+    %(job_type)s
+    %(job_config)s
+    %(num_workers)s
+    %(mask)s
+    %(block_ids)s
+    %(resume_from)s
+    %(output_options)s
+    %(storage_options)s
+
+    Returns
+    -------
+    numpy.ndarray | zarr.Array | tensorstore.TensorStore
+        The output: a numpy array when `output` is None, else the array written (a
+        `zarr.Array` for zarr, a `tensorstore.TensorStore` for n5 and object storage).
+
+    Raises
+    ------
+    %(raises)s
+
+    See Also
+    --------
+    downsample_flow : the same run as a Prefect flow.
+    pyramid : every level of an OME-Zarr multiscale image in one run.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import bioimage_tasks as bt
+    >>> image = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    >>> bt.downsample(image, 2, method="mean")
+    array([[ 2,  4],
+           [10, 12]], dtype=uint8)
+    >>> bt.downsample(image, 2)  # resize, order 0: input voxels, label-safe
+    array([[ 5,  7],
+           [13, 15]], dtype=uint8)
+
+    Into a zarr array, created block by block, halving the last axis only:
+
+    >>> import tempfile
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> out = bt.downsample(image, (1, 2), f"{folder.name}/out.zarr/half", method="max")
+    >>> out.shape, out[:2].tolist()
+    ((4, 2), [[1, 3], [5, 7]])
+    >>> folder.cleanup()
     """
     check_method_options(method, order, anti_aliasing)
     source = as_source(input, storage_options=storage_options)
@@ -230,6 +237,7 @@ def downsample_operation(
     )
 
 
+@shared_docs
 def copy_operation(
     input: Any,
     output: Any = None,
@@ -244,13 +252,70 @@ def copy_operation(
     output_options: OutputOptions | None = None,
     storage_options: StorageOptions | dict | None = None,
 ) -> BlockwiseOperation:
-    """Copy `input` (any source, e.g. zarr, n5, numpy or a ResizedSource) into `output` block-wise.
+    """Copy `input` into `output`, block by block.
 
-    `output` is created if missing (zarr or n5 by its path) or must match the input's shape and
-    hold its dtype; without it a numpy array is returned. `block_shape`, `mask`, `block_ids` and
-    `output_options` work as in `downsample`, and so do s3:// URLs with `storage_options`.
-    A "precomputed://..." output is a single-scale neuroglancer volume with the input's voxel
-    size in nm (io/precomputed_output.py). Returns the output array.
+    Converts between formats (TIFF, HDF5, microscopy files, zarr v2/v3, n5, neuroglancer
+    precomputed, object storage) without holding the volume in memory, optionally inside a
+    `mask` or into a new layout (`output_options`: codec, shards). A run that stops part-way
+    resumes where it stopped when the same call runs again.
+
+    Parameters
+    ----------
+    %(input)s
+    output : zarr.Array | tensorstore.TensorStore | str | os.PathLike | None, default None
+        Where the copy goes: an array, or a path or URL (`"path/out.zarr/key"`,
+        `"path/out.n5/key"`, `"s3://bucket/out.zarr/key"`). A missing path is created (zarr v3,
+        zarr v2 inside a v2 container, or n5, as the path says) with chunks of about 64**3
+        voxels; an existing array must have the input's shape and a dtype that holds it.
+        `"precomputed://folder"` writes a single-scale neuroglancer volume with the input's
+        voxel size in nm. None: the copy is returned as a numpy array (`job_type="local"`
+        only).
+    %(block_shape)s
+    %(job_type)s
+    %(job_config)s
+    %(num_workers)s
+    %(mask)s
+    %(block_ids)s
+    %(resume_from)s
+    %(output_options)s
+    %(storage_options)s
+
+    Returns
+    -------
+    numpy.ndarray | zarr.Array | tensorstore.TensorStore
+        The output: a numpy array when `output` is None, else the array written (a
+        `zarr.Array` for zarr, a `tensorstore.TensorStore` for n5, precomputed and object
+        storage).
+
+    Raises
+    ------
+    %(raises)s
+
+    See Also
+    --------
+    copy_flow : the same run as a Prefect flow.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import bioimage_tasks as bt
+    >>> image = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> out = bt.copy(image, f"{folder.name}/copy.zarr/raw", mask=image > 5)
+    >>> out[:]
+    array([[ 0,  0,  0,  0],
+           [ 0,  0,  6,  7],
+           [ 8,  9, 10, 11],
+           [12, 13, 14, 15]], dtype=uint8)
+
+    Into n5 with gzip at level 9, from the zarr array just written:
+
+    >>> n5 = bt.copy(f"{folder.name}/copy.zarr/raw", f"{folder.name}/copy.n5/raw",
+    ...              output_options={"codec": "gzip", "level": 9})
+    >>> int(n5.read().result().sum())
+    105
+    >>> folder.cleanup()
     """
     source = as_source(input, storage_options=storage_options)
     output = precomputed_target(
@@ -274,145 +339,6 @@ def copy_operation(
     )
 
 
-def pyramid_operation(
-    input: Any,
-    output_group: str,
-    *,
-    levels: int | None = None,
-    scale_factors: Sequence[int | Sequence[int]] | None = None,
-    method: str = "mean",
-    order: int = 0,
-    anti_aliasing: bool = False,
-    voxel_size: Sequence[float] | None = None,
-    origin: Sequence[float] | None = None,
-    units: str | Sequence[str | None] | None = None,
-    axes: Sequence[str] | None = None,
-    chunks: Sequence[int] | None = None,
-    shards: Sequence[int] | None = None,
-    ngff_version: str = "0.5",
-    name: str | None = None,
-    labels: bool = False,
-    job_type: str = "local",
-    job_config: RunnerConfig | None = None,
-    num_workers: int = 1,
-    output_options: OutputOptions | None = None,
-    storage_options: StorageOptions | dict | None = None,
-) -> PyramidOperation:
-    """Write `input` as an OME-Zarr multiscale image at `output_group` ("path/image.zarr", or a
-    group inside a container): s0 is a copy, each further level is downsampled with `method`
-    (a window method, or "resize" with `order`/`anti_aliasing`) by `scale_factors` (per level,
-    relative to the previous level; an int or one per axis) or, with `levels`, by a plan from
-    `voxel_size` that makes voxels as isotropic as possible before halving every space axis.
-    Only space axes are reduced by `levels`: channel (c) and time (t) axes keep factor 1, scale
-    and translation. A 4-D or 5-D input needs its axes named (`axes`, or the input's metadata)
-    for `levels`. `scale_factors` may reduce a time axis (NGFF scales time too) but never a
-    channel axis. `levels=0` (or `scale_factors=[]`) writes s0 alone, and the run's log and
-    summary say so.
-
-    Window methods read each region of the input once and write s0 and every level from that
-    read, exactly equal to tensorstore's downsample of s0 by the level's cumulative factor (exact
-    sums for mean, histograms for mode and median, never a rounded level); `resize` levels equal
-    scikit-image's resize of s0. An input that is this group's own s0 ("<output_group>/s0") is
-    used as it is, not copied. Scale and translation follow from the factors and the method's
-    sampling (window centres; stride keeps the first voxel). One resumable run on any backend,
-    within `job_config.memory_budget` per worker.
-    With `labels=True` the output is a segmentation: `output_group` must be
-    "<image group>/labels/<name>", the data integer, the method label-safe (mode, min, max,
-    median, stride, or resize of order 0), and the `labels` group lists it. `output_options` set
-    the levels' codec and level and whether all-fill chunks are stored; its `shards` are another
-    way to give `shards`. `voxel_size`, `origin`, `units` and `axes` the caller leaves out come
-    from the input's own metadata where it has some (OME-TIFF, ImageJ TIFF, an OME-Zarr image or
-    level, HDF5 `element_size_um`); all must be what NGFF can say (2-5 unique axes ordered t, c,
-    space; finite voxel sizes > 0; finite origins; NGFF's space and time unit names; a single
-    unit is that of the space axes). `chunks` and `shards` are integers >= 1, one per axis, shards
-    whole numbers of chunks. `output_group` must be new, or hold only this pyramid's levels (and
-    a `labels` group). An `output_group` "precomputed://..." is a neuroglancer precomputed
-    volume instead, one scale per level (pyramid_formats.py); an input that is its scale 0 gets
-    the missing scales. Every refusal comes before anything is created. Returns the group's path."""
-    check_method_options(method, order, anti_aliasing)
-    config = check_backend(job_type, num_workers, job_config)
-    options = check_output_options(output_options)
-    if ngff_version not in ("0.4", "0.5"):
-        raise ParameterError(f"ngff_version must be '0.4' or '0.5', got {ngff_version!r}")
-    if (levels is None) == (scale_factors is None):
-        raise ParameterError(
-            "give exactly one of levels (planned from voxel_size) and scale_factors (per level)"
-        )
-    source = as_source(input, storage_options=storage_options)
-    check_input_dtype(source.dtype, method, order, anti_aliasing)
-    if job_type != "local" and in_memory(source):
-        raise ParameterError(
-            f"job_type={job_type!r} needs a file-backed input (a zarr/n5 path or array), not numpy"
-        )
-    chunks, shards = check_chunks_and_shards(
-        chunks, shards, options, len(source.shape), ngff_version
-    )
-    options = replace(options, shards=shards)  # what existing levels must have
-    geometry = pyramid_geometry(source, voxel_size, origin, units, axes, planned=levels is not None)
-    group_path = precomputed_output(
-        output_group, storage_options, labels, options
-    ) or group_output_path(
-        output_group, storage_options
-    )  # a precomputed volume (pyramid_formats.py) or an OME-Zarr group
-    if labels:
-        check_label_options(group_path, source.dtype, method, order, anti_aliasing)
-    spec = level_spec(source, group_path, levels, scale_factors, geometry, chunks, shards)
-    reuse_s0 = reuses_s0(input, group_path)
-    plan = region_plan(
-        source, spec, method, config, reuse_s0
-    )  # every check before anything is created
-    details = {
-        "input": describe_source(input, source),
-        "output": str(group_path),
-        "method": method
-        if method != "resize"
-        else f"resize, order {order}, anti-aliasing {anti_aliasing}",
-        "backend": describe_backend(job_type, num_workers),
-    }
-    if options != OutputOptions():
-        details["output options"] = options.describe()
-    if not spec.level_factors:
-        details["levels"] = S0_ALONE
-    return PyramidOperation(
-        input,
-        source,
-        group_path,
-        spec,
-        method,
-        order,
-        anti_aliasing,
-        options,
-        ngff_version,
-        name,
-        labels,
-        config,
-        num_workers,
-        details,
-        plan,
-        reuse_s0,
-        job_type,
-    )
-
-
-def check_label_options(
-    group_path: Any, dtype: Any, method: str, order: int, anti_aliasing: bool
-) -> None:
-    """A label image lives at <image>/labels/<name>, holds integers, and is downsampled
-    label-safely."""
-    parts = getattr(group_path, "key", "").split("/")
-    if not isinstance(group_path, PrecomputedOutput) and (len(parts) < 2 or parts[-2] != "labels"):
-        raise ParameterError(
-            f"labels=True needs output_group '<image>.zarr/labels/<name>', got {str(group_path)!r}"
-        )
-    if np.dtype(dtype).kind not in "iub":
-        raise ParameterError(f"label images hold integers, got dtype {dtype}")
-    if method == "mean" or (method == "resize" and (order > 0 or anti_aliasing)):
-        raise ParameterError(
-            f"method={method!r} (order {order}, anti_aliasing {anti_aliasing}) mixes label ids; "
-            "use mode, min, max, median, stride or resize with order 0"
-        )
-
-
-downsample = plain(downsample_operation)
-copy = plain(copy_operation)
-pyramid = plain(pyramid_operation)
+downsample = plain(downsample_operation, "numpy.ndarray | zarr.Array | tensorstore.TensorStore")
+copy = plain(copy_operation, "numpy.ndarray | zarr.Array | tensorstore.TensorStore")
+pyramid = plain(pyramid_operation, "str")

@@ -237,7 +237,8 @@ def sigterm_raises() -> Iterator[None]:
 
 
 class NoWorkersError(BioimageTasksError, RuntimeError):
-    """The Dask cluster had no worker for longer than `worker_timeout`."""
+    """Raised when a Dask backend has had no worker for longer than `job_config.worker_timeout`
+    (workers killed, SLURM jobs not starting); finished blocks are kept, a rerun resumes."""
 
 
 def worker_watchdog(client: Any, timeout: float) -> Callable[[], None]:

@@ -21,84 +21,16 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
-from bioimage_tasks.errors import BioimageTasksError, ParameterError
+from bioimage_tasks.convert_report import ConvertFailedError, ConvertReport, FileOutcome
+from bioimage_tasks.errors import ParameterError
 
+__all__ = ["ConvertFailedError", "ConvertReport", "FileOutcome", "convert", "convert_files"]
 RECORDS = os.path.join(".bioimage-tasks", "convert")
 NOT_PASSED = ("input", "output_group")  # convert chooses these per file
 logger = logging.getLogger("bioimage_tasks.convert")
-
-
-@dataclass
-class FileOutcome:
-    """What happened to one input: "converted", "resumed", "redone", "skipped", "failed", or
-    with `dry_run` "would convert", "would resume", "would redo", "would skip"."""
-
-    name: str
-    input: str
-    output: str
-    outcome: str
-    bytes: int = 0
-    seconds: float = 0.0
-    reason: str = ""
-
-
-@dataclass
-class ConvertReport:
-    """Every file's outcome, in the order they ran."""
-
-    output_dir: str
-    files: list[FileOutcome] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[FileOutcome]:
-        return [f for f in self.files if f.outcome == "failed"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def table(self) -> str:
-        """One line per file: name, outcome, size, time, and the output or the reason."""
-        lines = [f"{'file':30} {'outcome':14} {'size':>10} {'time':>8}  output / reason"]
-        for f in self.files:
-            where = f.reason if f.outcome == "failed" else f.output
-            lines.append(
-                f"{f.name:30} {f.outcome:14} {human_bytes(f.bytes):>10} {f.seconds:7.1f}s  {where}"
-            )
-        done = len(self.files) - len(self.failed)
-        lines.append(f"{done} of {len(self.files)} files ok, {len(self.failed)} failed")
-        return "\n".join(lines)
-
-    def markdown(self) -> str:
-        rows = [
-            f"| {f.name} | {f.outcome} | {human_bytes(f.bytes)} | {f.seconds:.1f} s | "
-            f"{(f.reason if f.outcome == 'failed' else f.output).replace('|', '/')} |"
-            for f in self.files
-        ]
-        head = ["| file | outcome | size | time | output / reason |", "|---|---|---|---|---|"]
-        return "\n".join([f"# convert -> {self.output_dir}", "", *head, *rows])
-
-
-class ConvertFailedError(BioimageTasksError, RuntimeError):
-    """Some files failed; `report` lists every file's outcome."""
-
-    def __init__(self, report: ConvertReport):
-        names = ", ".join(f"{f.name} ({f.reason})" for f in report.failed)
-        super().__init__(f"{len(report.failed)} of {len(report.files)} files failed: {names}")
-        self.report = report
-
-
-def human_bytes(size: int) -> str:
-    """'1.5 MB' style sizes (powers of 1024)."""
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TB"
 
 
 def input_files(pattern: str) -> list[str]:
@@ -134,7 +66,8 @@ def named_inputs(files: list[str]) -> dict[str, str]:
 
 def check_parameters(output_dir: str, pyramid_kwargs: dict[str, Any], keep_axes: str) -> None:
     """Every parameter that is the same for all files, checked before anything is written."""
-    from bioimage_tasks.api import check_method_options, pyramid_operation
+    from bioimage_tasks.api import pyramid_operation
+    from bioimage_tasks.api_checks import check_method_options
     from bioimage_tasks.io import check_output_options
     from bioimage_tasks.runners import check_backend
 
@@ -341,12 +274,75 @@ def convert(
     keep_axes: str = "",
     **pyramid_kwargs: Any,
 ) -> ConvertReport:
-    """Write every file `pattern` matches ('in/*.czi', a folder, or one file) as
-    `<output_dir>/<name>.ome.zarr` with `bioimage_tasks.pyramid(input, output, **pyramid_kwargs)`
-    (give `levels` or `scale_factors`, and any other pyramid parameter). Resumable, one file at a
-    time (see the module); `keep_axes` (e.g. "c") keeps those axes of microscopy files even when
-    they are singletons; `dry_run` only says what would be written. Returns the report of every
-    file; `report.ok` is False when a file failed (the others still ran)."""
+    """Convert every file `pattern` matches into an OME-Zarr image in `output_dir`.
+
+    A folder of microscopy files (CZI, ND2, LIF, OME-TIFF, TIFF stacks, HDF5, ...) becomes a
+    folder of OME-Zarr images in one call: each file is written by `bioimage_tasks.pyramid`
+    with `pyramid_kwargs`, one file after another, each using all of the backend's workers.
+    Resumable: a rerun skips the files converted with the same input (size, mtime) and
+    parameters, resumes one cut off, and starts over one whose input or parameters changed
+    (records in `<output_dir>/.bioimage-tasks/convert/`). A file that fails is reported with
+    its reason; the others still run.
+
+    Parameters
+    ----------
+    pattern : str
+        The input files: a glob (`"in/*.czi"`), a folder (all its files), or one file. Two
+        files may not share a name up to their extension (`a.czi`, `a.tif`): both would write
+        `a.ome.zarr`.
+    output_dir : str
+        A local folder, created if missing; each file `<name>.<ext>` becomes
+        `<output_dir>/<name>.ome.zarr` (`b.ome.tif` becomes `b.ome.zarr`).
+    dry_run : bool, default False
+        Only say what a run would do with each file ("would convert", "would resume",
+        "would redo", "would skip"), with its shape and dtype; nothing is written.
+    keep_axes : str, default ""
+        Axes among `"tczyx"` that microscopy files keep even where they have length 1 (e.g.
+        `"c"`, so every image has a channel axis); others of length 1 are dropped.
+    **pyramid_kwargs
+        Parameters of `bioimage_tasks.pyramid` (all but `input` and `output_group`), the same
+        for every file: give `levels` or `scale_factors`, and any of `method`, `voxel_size`,
+        `chunks`, `shards`, `ngff_version`, `job_type`, `job_config`, `num_workers`,
+        `output_options`, ...
+
+    Returns
+    -------
+    ConvertReport
+        Every file's outcome in the order they ran: `report.files` (name, input, output,
+        outcome, bytes, seconds, reason), `report.ok` (False when a file failed),
+        `report.table()` and `report.markdown()`.
+
+    Raises
+    ------
+    ParameterError
+        A parameter common to all files cannot be used (an unknown pyramid parameter, neither
+        or both of `levels` and `scale_factors`, a bad method, backend or `keep_axes`, a
+        pattern that matches no file, two files with one output name), or `output_dir` is not
+        a local folder; raised before anything is written. A parameter that does not fit one
+        file (its axes, dtype, ...) fails that file only.
+
+    See Also
+    --------
+    convert_flow : the same run as a Prefect flow, each file's pyramid a child flow run.
+    pyramid : the pyramid of one input, which each file gets.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import tifffile
+    >>> import bioimage_tasks as bt
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> for name in ("a", "b"):
+    ...     tifffile.imwrite(f"{folder.name}/{name}.tif", np.zeros((16, 16), np.uint8))
+    >>> report = bt.convert(f"{folder.name}/*.tif", f"{folder.name}/out", levels=1)
+    >>> [(file.name, file.outcome) for file in report.files]
+    [('a', 'converted'), ('b', 'converted')]
+    >>> report = bt.convert(f"{folder.name}/*.tif", f"{folder.name}/out", levels=1)
+    >>> [(file.name, file.outcome) for file in report.files], report.ok
+    ([('a', 'skipped'), ('b', 'skipped')], True)
+    >>> folder.cleanup()
+    """
     from bioimage_tasks.api import pyramid
 
     return convert_files(

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import tensorstore as ts
 
+from bioimage_tasks.api_docs import shared_docs
 from bioimage_tasks.chunk_manifest import ABSENT, INVALID, ChunkManifest, manifest_of
 from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.io import ContainerPath, KvLocation, LocalLocation, Location, UrlPath
@@ -60,8 +61,25 @@ class BadChunk:
 
 @dataclass
 class VerifyReport:
-    """What `verify` found: the arrays checked, files and bytes read, the bad chunks (after a
-    repair: those still bad) and, after a repair, the ones it found and had rewritten."""
+    """What `verify` found.
+
+    Attributes
+    ----------
+    path : str
+        The output checked.
+    arrays : list of str
+        The arrays checked (a pyramid's levels and staging arrays).
+    files : int
+        Files read.
+    bytes_read : int
+        Bytes read.
+    seconds : float
+        Time the check took.
+    bad : list of BadChunk
+        The files that are not as written (after a repair: those still bad).
+    repaired : list of BadChunk
+        After a repair, the bad files it found and had rewritten.
+    """
 
     path: str
     arrays: list[str] = field(default_factory=list)
@@ -73,6 +91,7 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
+        """Whether no file is bad."""
         return not self.bad
 
     def lines(self) -> list[str]:
@@ -91,13 +110,71 @@ class VerifyReport:
         )
 
 
+@shared_docs
 def verify(
     path: str, storage_options: StorageOptions | dict | None = None, repair: bool = False
 ) -> VerifyReport:
-    """Check the output array or pyramid group at `path` (a local path or s3:// URL) against its
-    chunk manifests; with `repair`, rewrite what is bad by re-running the stored call (see the
-    module), then check again. Raises ParameterError for a path that is no output, or a repair
-    without a stored call, before anything is changed."""
+    """Check that every stored chunk of an output is as it was written; optionally repair it.
+
+    Every chunk (or shard) file of the output array, or of every level of a pyramid group, is
+    read once, hashed and decoded, and compared with the chunk manifest the run that wrote it
+    kept: a file that is missing, unreadable (does not decode), changed since it was written,
+    or stored without a manifest entry is reported by its key. Storage can lose or damage
+    files (a full disk, a bad copy, a sync tool); this finds them without a reference copy.
+    With `repair`, the call that wrote the output (kept in `<output>/.bioimage-tasks/run.json`)
+    runs again on threads and rewrites only the blocks whose files are bad; then the output is
+    checked again.
+
+    Parameters
+    ----------
+    path : str
+        The output: a zarr or n5 array (`"out.zarr/key"`), an OME-Zarr group written by
+        `pyramid` (`"image.ome.zarr"`: every level and staging array), or an
+        `"s3://bucket/..."` URL.
+    %(storage_options)s
+    repair : bool, default False
+        Rewrite the bad chunks by re-running the stored call (its input must still be there,
+        unchanged), then check again.
+
+    Returns
+    -------
+    VerifyReport
+        What was checked and what is bad: `report.ok`, `report.bad` (after a repair, what is
+        still bad), `report.repaired`, `report.summary()` and `report.lines()`.
+
+    Raises
+    ------
+    ParameterError
+        `path` is no array or pyramid group, or is not stored in files; or a repair is asked
+        of an output without a stored call, or whose call cannot be repeated (data passed in
+        memory). Raised before anything is changed.
+
+    See Also
+    --------
+    verify_flow : the same check as a Prefect flow, e.g. on a schedule.
+
+    Examples
+    --------
+    >>> import os
+    >>> import tempfile
+    >>> import numpy as np
+    >>> import zarr
+    >>> import bioimage_tasks as bt
+    >>> from bioimage_tasks.verify import verify
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> source = zarr.create_array(f"{folder.name}/in.zarr", name="raw", shape=(16, 16),
+    ...                            chunks=(8, 8), dtype="uint8")
+    >>> source[:] = np.arange(256).reshape(16, 16)
+    >>> out = bt.copy(f"{folder.name}/in.zarr/raw", f"{folder.name}/out.zarr/raw")
+    >>> verify(f"{folder.name}/out.zarr/raw").ok
+    True
+    >>> os.remove(f"{folder.name}/out.zarr/raw/c/0/0")  # a chunk file lost
+    >>> verify(f"{folder.name}/out.zarr/raw").lines()
+    ['missing: c/0/0 (no file)']
+    >>> verify(f"{folder.name}/out.zarr/raw", repair=True).lines()
+    ['repaired missing: c/0/0 (no file)']
+    >>> folder.cleanup()
+    """
     place, arrays = output_arrays(path, storage_options)
     report = _check(path, arrays)
     if not repair or report.ok:

@@ -25,12 +25,33 @@ LEVELS: dict[str, tuple[int, int, int]] = {
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """`codec` and `level` (default: today's codecs, zarr's zstd for zarr v2/v3 and gzip for
-    n5; a codec without a level gets its usual default, zstd 3, blosc-lz4 5, gzip 6) and `shards`
-    (zarr v3 only; the chunks inside are about 64**3 voxels and divide them and the flow's
-    `block_shape`) for outputs the run creates. `write_empty_chunks=True` stores chunks equal to
-    the fill value (0) too; False, the default, leaves them out (and deletes one a write makes
-    all-fill), as zarr and tensorstore do."""
+    """How the outputs a run creates are stored: compression, zarr v3 shards, empty chunks.
+
+    The `output_options` parameter of `downsample`, `copy`, `pyramid` and their flows (a dict
+    of these fields will do). An existing output must already be stored this way. Every field
+    is checked when the options are made (`ValueError` naming `output_options.<field>`).
+
+    Attributes
+    ----------
+    codec : {"zstd", "blosc-lz4", "gzip"} or None, default None
+        The compressor (blosc-lz4: blosc with lz4 and byte shuffle). None: today's codecs,
+        zarr's zstd for zarr v2 and v3, gzip for n5.
+    level : int or None, default None
+        The codec's level: zstd 1-22, blosc-lz4 1-9, gzip 1-9; needs `codec`. None: the
+        codec's usual default (zstd 3, blosc-lz4 5, gzip 6).
+    shards : tuple of int or None, default None
+        Shard shape, one int >= 1 per axis (zarr v3 only): few large files holding chunks of
+        about 64**3 voxels that divide the shards and `block_shape`. None: no shards.
+    write_empty_chunks : bool, default False
+        Store chunks equal to the fill value (0) too. False leaves them out (and deletes one a
+        write makes all-fill), as zarr and tensorstore do.
+
+    Examples
+    --------
+    >>> from bioimage_tasks import OutputOptions
+    >>> OutputOptions(codec="zstd", level=5, shards=[128, 128, 128]).shards
+    (128, 128, 128)
+    """
 
     codec: Codec | None = None
     level: int | None = None
