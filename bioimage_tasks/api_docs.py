@@ -109,8 +109,8 @@ storage_options : StorageOptions | dict | None, default None
     "raises": """\
 ParameterError
     A parameter, or the data it names, cannot be used; the message names the parameter.
-    Raised before anything is created or written. It is a `ValueError`; a few checks of paths
-    and formats raise a plain `ValueError`, `TypeError` or `FileNotFoundError` still.
+    Raised before anything is created or written. It is a `ValueError`. A parameter of the
+    wrong type raises `TypeError`, an input that does not exist `FileNotFoundError`.
 StorageError
     An object-storage endpoint does not answer when a URL is first opened; raised before
     anything is written.
