@@ -431,8 +431,8 @@ def test_command_line_options(tmp_path, rng):
     assert refused.returncode == 1 and not os.path.exists(tmp_path / "out.n5")
     lines = [line for line in refused.stderr.splitlines() if line.strip()]
     assert lines[1:] == [
-        "error: ParameterError: output_options.shards need a zarr v3 output; a new n5 output has no "
-        "shards"
+        "error: ParameterError: output_options.shards need a zarr v3 output; a new n5 output "
+        "has no shards"
     ]  # after the line that says which engine runs
     shown = cli("pyramid", "--help").stdout  # downsample and copy took theirs above
     for option in ("--codec", "--level", "--shards", "--write-empty-chunks"):
