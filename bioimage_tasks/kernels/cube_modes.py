@@ -68,7 +68,8 @@ def _two_levels(voxels, first, second, n_pairs, bounds):
         np.empty(2 * full, voxels.dtype),
         np.empty(2 * full, np.uint8),
     )
-    kinds = np.zeros(out_width, np.uint8)
+    kinds = np.zeros(-(-out_width // 8) * 8, np.uint8)  # whole words: padding "uniform"
+    words = kinds.view(np.uint64)
     block = np.empty(64, voxels.dtype)  # a mixed block's voxels, child after child
     weights = np.empty(64, np.uint8)  # 0: outside the array (a copy of the first voxel)
     child_counts, child_modes = np.empty(8, np.int64), np.empty(8, voxels.dtype)
@@ -89,36 +90,39 @@ def _two_levels(voxels, first, second, n_pairs, bounds):
                     _scan_blocks(cube, z, y, bounds, scan)
                     _block_modes(scan, modes, 2 * out_z, 2 * out_y, out_row, kinds)
                 kinds[full if inside else 0 : out_width] = _HARD
-                for out_x in range(out_width):
-                    start = used
-                    if kinds[out_x] == _HARD:  # or cut by the edge: counted voxel by voxel
-                        n = _gather_block(cube, z, y, 4 * out_x, block, weights)
-                        out_row[out_x], used = _count_block(
-                            block,
-                            weights,
-                            n,
-                            bounds[1],
-                            child_counts,
-                            child_modes,
-                            modes,
-                            (2 * out_z, 2 * out_y, 2 * out_x),
-                            pair_values,
-                            pair_counts,
-                            used,
-                        )
-                        if used - start == 1:  # one value after all (cut by the edge)
-                            used = start
-                    else:  # no branch: a uniform block's pairs are written and not kept
-                        used = _two_pairs(
-                            scan.low[out_x],
-                            scan.other[out_x],
-                            scan.n_other[out_x],
-                            kinds[out_x],
-                            pair_values,
-                            pair_counts,
-                            used,
-                        )
-                    n_pairs[parent + out_x] = used - start
+                for word in range(words.size):
+                    if words[word] == 0:  # eight uniform blocks: no pairs (`n_pairs` is 0)
+                        continue
+                    for out_x in range(8 * word, min(8 * word + 8, out_width)):
+                        start = used
+                        if kinds[out_x] == _HARD:  # or cut by the edge: counted voxel by voxel
+                            n = _gather_block(cube, z, y, 4 * out_x, block, weights)
+                            out_row[out_x], used = _count_block(
+                                block,
+                                weights,
+                                n,
+                                bounds[1],
+                                child_counts,
+                                child_modes,
+                                modes,
+                                (2 * out_z, 2 * out_y, 2 * out_x),
+                                pair_values,
+                                pair_counts,
+                                used,
+                            )
+                            if used - start == 1:  # one value after all (cut by the edge)
+                                used = start
+                        else:  # no branch: a uniform block's pairs are written, not kept
+                            used = _two_pairs(
+                                scan.low[out_x],
+                                scan.other[out_x],
+                                scan.n_other[out_x],
+                                kinds[out_x],
+                                pair_values,
+                                pair_counts,
+                                used,
+                            )
+                        n_pairs[parent + out_x] = used - start
                 parent += out_width
     return pair_values[:used], pair_counts[:used]
 
