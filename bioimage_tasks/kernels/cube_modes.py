@@ -56,23 +56,15 @@ def _two_levels(voxels, first, second, n_pairs, bounds):
     full = width // 4  # level 2 windows along x whose 64 voxels are all inside
     pair_values = np.empty(max(1024, second.size), voxels.dtype)
     pair_counts = np.empty(pair_values.size, np.int64)
-    scan = _Scan(
-        np.zeros((4, 4 * full), np.uint8),
-        np.empty(4 * full, voxels.dtype),
-        np.empty(4 * full, voxels.dtype),
-        np.empty(4 * full, voxels.dtype),
-        np.empty(full, voxels.dtype),
-        np.empty(full, voxels.dtype),
-        np.empty(full, np.uint8),
-        np.empty(2 * full, voxels.dtype),
-        np.empty(2 * full, voxels.dtype),
-        np.empty(2 * full, np.uint8),
-    )
+    scan = _scan_buffers(full, voxels.dtype)
     kinds = np.zeros(-(-out_width // 8) * 8, np.uint8)  # whole words: padding "uniform"
     words = kinds.view(np.uint64)
-    block = np.empty(64, voxels.dtype)  # a mixed block's voxels, child after child
-    weights = np.empty(64, np.uint8)  # 0: outside the array (a copy of the first voxel)
-    child_counts, child_modes = np.empty(8, np.int64), np.empty(8, voxels.dtype)
+    hard = _Hard(
+        np.empty(64, voxels.dtype),
+        np.empty(64, np.uint8),
+        np.empty(8, np.int64),
+        np.empty(8, voxels.dtype),
+    )
     used = 0
     parent = 0
     for stack in range(second.shape[0]):
@@ -96,22 +88,11 @@ def _two_levels(voxels, first, second, n_pairs, bounds):
                     for out_x in range(8 * word, min(8 * word + 8, out_width)):
                         start = used
                         if kinds[out_x] == _HARD:  # or cut by the edge: counted voxel by voxel
-                            n = _gather_block(cube, z, y, 4 * out_x, block, weights)
+                            n = _gather_block(cube, z, y, 4 * out_x, hard)
+                            at = (2 * out_z, 2 * out_y, 2 * out_x)
                             out_row[out_x], used = _count_block(
-                                block,
-                                weights,
-                                n,
-                                bounds[1],
-                                child_counts,
-                                child_modes,
-                                modes,
-                                (2 * out_z, 2 * out_y, 2 * out_x),
-                                pair_values,
-                                pair_counts,
-                                used,
+                                hard, n, bounds[1], modes, at, pair_values, pair_counts, used
                             )
-                            if used - start == 1:  # one value after all (cut by the edge)
-                                used = start
                         else:  # no branch: a uniform block's pairs are written, not kept
                             used = _two_pairs(
                                 scan.low[out_x],
@@ -129,6 +110,16 @@ def _two_levels(voxels, first, second, n_pairs, bounds):
 
 _UNIFORM, _TWO, _HARD = 0, 1, 2  # level 2 windows: one value, two, more (or cut by the edge)
 
+_Hard = namedtuple(
+    "_Hard",
+    [
+        "block",  # a block's voxels, eight per level 1 window (C order of windows and voxels)
+        "weights",  # 1 for a voxel inside the array, 0 outside (a copy of the first voxel)
+        "child_counts",  # per level 1 window: the count of its mode so far
+        "child_modes",  # and that mode
+    ],
+)
+
 _Scan = namedtuple(
     "_Scan",
     [
@@ -144,6 +135,23 @@ _Scan = namedtuple(
         "pair_other",  # and how many of their 32 voxels are unlike the block's first
     ],
 )
+
+
+@numba.njit(nogil=True, cache=True)
+def _scan_buffers(full, dtype):
+    """`_Scan`'s arrays for rows of `full` whole blocks of `dtype`."""
+    return _Scan(
+        np.zeros((4, 4 * full), np.uint8),
+        np.empty(4 * full, dtype),
+        np.empty(4 * full, dtype),
+        np.empty(4 * full, dtype),
+        np.empty(full, dtype),
+        np.empty(full, dtype),
+        np.empty(full, np.uint8),
+        np.empty(2 * full, dtype),
+        np.empty(2 * full, dtype),
+        np.empty(2 * full, np.uint8),
+    )
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -227,10 +235,11 @@ def _two_pairs(low, other, n_other, kind, pair_values, pair_counts, used):
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _gather_block(cube, z, y, x, block, weights):
+def _gather_block(cube, z, y, x, hard):
     """The voxels of the block at input (z, y, x) into `block`, eight per level 1 window (C
     order of windows and of voxels in each); a position outside the array holds the block's
     first voxel with weight 0. Returns how many voxels are inside."""
+    block, weights = hard.block, hard.weights
     depth, height, width = cube.shape
     if z + 4 <= depth and y + 4 <= height and x + 4 <= width:
         for row in range(16):
@@ -255,15 +264,16 @@ def _gather_block(cube, z, y, x, block, weights):
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _count_block(
-    block, weights, n, high, child_counts, child_modes, modes, at, pairs, counts, used
-):
+def _count_block(hard, n, high, modes, at, pairs, counts, used):
     """The histogram of a block (`_gather_block`, `n` voxels inside) appended to `pairs`,
-    `counts` at `used`, and the modes of its level 1 windows written to `modes` from `at` on.
-    Its distinct values come in ascending order, each found as the smallest voxel above the
-    last (a loop over all 64 that the compiler vectorises), so a count that beats the best so
-    far wins and a tie keeps the smaller value. `high`: the dtype's largest value. Returns (the
-    block's mode, the new `used`)."""
+    `counts` at `used` (nothing if it holds one value), and the modes of its level 1 windows
+    written to `modes` from `at` on. Its distinct values come in ascending order, each found as
+    the smallest voxel above the last (a loop over all 64 that the compiler vectorises), so a
+    count that beats the best so far wins and a tie keeps the smaller value. `high`: the
+    dtype's largest value. Returns (the block's mode, the new `used`)."""
+    block, weights = hard.block, hard.weights
+    child_counts, child_modes = hard.child_counts, hard.child_modes
+    start = used
     current = block[0]
     for i in range(64):
         current = min(current, block[i])
@@ -294,4 +304,4 @@ def _count_block(
         z, y, x = at[0] + child // 4, at[1] + child // 2 % 2, at[2] + child % 2
         if z < depth and y < height and x < width:
             modes[z, y, x] = child_modes[child]
-    return pick, used
+    return pick, (start if used - start == 1 else used)
