@@ -3,6 +3,7 @@
     python benchmarks/kernels.py [--sizes 256,512] [--repeats 5] [--levels 4] [--cell 32]
                                  [--cases mean-uint8,mean-uint16,mode-uint32,mode-uint64]
                                  [--ours-order F|C] [--peer-venv DIR] [--data DIR] [--no-check]
+                                 [--clock wall|cpu]
 
 Every case builds `--levels` levels of 2x2x2 from one Fortran-ordered volume held in memory:
 ours with `bioimage_tasks.kernels.pyramid.pyramid_levels(volume, [(2, 2, 2)] * levels, method)`
@@ -15,6 +16,9 @@ ratio ours/tinybrain of seconds (below 1: ours is faster). `--ours-order C` give
 copy of the volume instead (made before the clock; tinybrain keeps the Fortran order its fast
 paths need). Then every one of our levels is
 compared with `tensorstore.downsample(base, [2**k] * 3, method)` (`--no-check` skips it).
+
+`--clock cpu` times both with the process's CPU time instead of the wall clock (both run on one
+thread, so it is their work; on a machine shared by many jobs it moves far less than wall time).
 
 tinybrain is not exact (its mean floors, its mode is chained and breaks ties otherwise): the
 comparison is of speed only; ours must equal tensorstore, which the check asserts.
@@ -50,8 +54,8 @@ SINGLE_THREAD = {
 
 
 def tinybrain_worker() -> None:
-    """Runs in the peer venv: for each JSON request on stdin ({"path", "method", "levels"}) times
-    one tinybrain call on the (cached) volume and answers {"seconds": ...} on stdout."""
+    """Runs in the peer venv: for each JSON request on stdin ({"path", "method", "levels",
+    "clock"}) times one tinybrain call on the (cached) volume and answers {"seconds": ...}."""
     import numpy as np
     import tinybrain
 
@@ -67,9 +71,10 @@ def tinybrain_worker() -> None:
             if request["method"] == "mean"
             else tinybrain.downsample_segmentation
         )
-        start = time.perf_counter()
+        clock = time.process_time if request.get("clock") == "cpu" else time.perf_counter
+        start = clock()
         call(volume, (2, 2, 2), num_mips=request["levels"])
-        seconds = time.perf_counter() - start
+        seconds = clock() - start
         print(
             json.dumps({"seconds": seconds, "fortran": bool(volume.flags.f_contiguous)}), flush=True
         )
@@ -136,12 +141,13 @@ def volume_path(data: Path, size: int, case: str, cell: int) -> Path:
     return path
 
 
-def time_ours(volume, method: str, levels: int) -> float:
+def time_ours(volume, method: str, levels: int, clock: str = "wall") -> float:
     from bioimage_tasks.kernels.pyramid import pyramid_levels
 
-    start = time.perf_counter()
+    timer = time.process_time if clock == "cpu" else time.perf_counter
+    start = timer()
     pyramid_levels(volume, [(2, 2, 2)] * levels, method)
-    return time.perf_counter() - start
+    return timer() - start
 
 
 def check_against_tensorstore(volume, method: str, levels: int) -> str:
@@ -169,7 +175,12 @@ def run_case(case: str, size: int, args, worker) -> dict:
     path = volume_path(args.data, size, case, args.cell)
     volume = np.load(path)
     ours_volume = np.ascontiguousarray(volume) if args.ours_order == "C" else volume
-    request = json.dumps({"path": str(path), "method": method, "levels": args.levels}) + "\n"
+    request = (
+        json.dumps(
+            {"path": str(path), "method": method, "levels": args.levels, "clock": args.clock}
+        )
+        + "\n"
+    )
 
     def tinybrain_seconds() -> float:
         worker.stdin.write(request)
@@ -181,7 +192,7 @@ def run_case(case: str, size: int, args, worker) -> dict:
     ours, theirs = [], []
     for repeat in range(args.repeats):
         pair = [
-            ("ours", lambda: time_ours(ours_volume, method, args.levels)),
+            ("ours", lambda: time_ours(ours_volume, method, args.levels, args.clock)),
             ("tinybrain", tinybrain_seconds),
         ]
         for name, run in pair if repeat % 2 == 0 else pair[::-1]:
@@ -228,6 +239,9 @@ def main() -> None:
         "--ours-order", choices=["F", "C"], default="F", help="memory order of our input"
     )
     parser.add_argument("--no-check", dest="check", action="store_false")
+    parser.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall", help="wall time or CPU time"
+    )
     parser.add_argument("--tinybrain-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tinybrain_worker:
@@ -248,7 +262,8 @@ def main() -> None:
         env=os.environ | SINGLE_THREAD,
     )
     print(
-        f"{time.strftime('%Y-%m-%d %H:%M')}, one thread, {args.levels} levels of 2x2x2, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, one thread, {args.clock} clock, "
+        f"{args.levels} levels of 2x2x2, "
         f"input Fortran-ordered (ours: {args.ours_order}), {args.repeats} repeats; "
         f"labels: Voronoi cells of ~{args.cell}^3 voxels"
     )

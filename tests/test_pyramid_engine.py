@@ -19,6 +19,7 @@ from helpers import records_dir, wait_for
 
 from bioimage_tasks import pyramid_plan
 from bioimage_tasks.io import as_source
+from bioimage_tasks.kernels.cube_modes import first_two_modes
 from bioimage_tasks.kernels.pyramid import cumulative_products, pyramid_levels
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.runners import RunnerConfig
@@ -209,6 +210,90 @@ def test_cubic_pyramid_fast_paths_match_tensorstore(rng, order, method):
                     np.testing.assert_array_equal(
                         level, expected, err_msg=f"{dtype} {shape} {noise} {order}"
                     )
+
+
+def numpy_window_modes(base: np.ndarray, edge: int) -> np.ndarray:
+    """The mode of every edge^3 window of the last three axes (cut by the array's edge) with
+    np.unique: the most frequent value, the smallest on a tie."""
+    out_shape = base.shape[:-3] + tuple(-(-n // edge) for n in base.shape[-3:])
+    out = np.empty(out_shape, base.dtype)
+    for index in np.ndindex(out_shape):
+        window = base[index[:-3] + tuple(slice(i * edge, (i + 1) * edge) for i in index[-3:])]
+        values, counts = np.unique(window, return_counts=True)
+        out[index] = values[np.argmax(counts)]
+    return out
+
+
+def mode_palette(dtype: str) -> np.ndarray:
+    """Five values of `dtype` at its extremes (uint64: two ids one apart above 2**53, which a
+    float64 would merge)."""
+    if dtype == "uint64":
+        return np.array([2**53 + 1, 2**53, 2**64 - 1, 0, 2**63], np.uint64)
+    info = np.iinfo(dtype)
+    return np.array([info.max, info.min, info.max - 1, 0, info.min + 1], dtype)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint32", "int32", "int64", "uint64"])
+def test_cubic_mode_kernels_match_numpy_and_tensorstore(rng, dtype):
+    """The mode's 2x2x2 fast paths (cube_modes.py: levels 1 and 2 fused per 4x4x4 block;
+    cube_merge.py: the deeper levels): labels of two values drawn voxel by voxel (blocks tie 32 to
+    32, windows 4 to 4, the larger value first or second), of three to five values, and blocky
+    ones; odd shapes and a 4-D stack; every level against np.unique per window and against
+    tensorstore, and level 2's histograms against np.unique."""
+    palette = mode_palette(dtype)
+    for shape in [(16, 16, 16), (13, 9, 11), (5, 4, 7), (2, 9, 8, 12), (1, 1, 1)]:
+        for n_values in (2, 3, 5):
+            for blocky in (False, True):
+                cells = rng.integers(0, n_values, tuple(-(-n // 4) + 1 for n in shape))
+                if blocky:
+                    for axis in range(len(shape)):
+                        cells = np.repeat(cells, 4, axis=axis)
+                    picks = cells[tuple(slice(1, n + 1) for n in shape)]
+                    picks = np.where(rng.random(shape) < 0.1, rng.integers(0, 5, shape), picks)
+                else:
+                    picks = rng.integers(0, n_values, shape)
+                base = palette[picks]
+                factors = [(1,) * (len(shape) - 3) + (2, 2, 2)] * 4
+                levels = pyramid_levels(base, factors, "mode")
+                expected_levels = tensorstore_levels(base, cumulative_products(factors), "mode")
+                for k, (level, expected) in enumerate(zip(levels, expected_levels), start=1):
+                    message = f"{dtype} {shape} {n_values} {blocky} level {k}"
+                    np.testing.assert_array_equal(level, expected, err_msg=message, strict=True)
+                    if k <= 3:
+                        reference = numpy_window_modes(base, 2**k)
+                        np.testing.assert_array_equal(level, reference, err_msg=message)
+                assert_level_two_histograms(base)
+
+
+def assert_level_two_histograms(base: np.ndarray) -> None:
+    """first_two_modes' level 2 histograms: each window's distinct values ascending with their
+    voxel counts (none for a uniform window), as np.unique counts them."""
+    first, second, offsets, pairs, counts = first_two_modes(np.ascontiguousarray(base))
+    assert offsets.size == second.size + 1
+    for flat, index in enumerate(np.ndindex(second.shape)):
+        window = base[index[:-3] + tuple(slice(4 * i, 4 * i + 4) for i in index[-3:])]
+        values, value_counts = np.unique(window, return_counts=True)
+        got = slice(offsets[flat], offsets[flat + 1])
+        if values.size == 1:
+            assert got.stop == got.start
+        else:
+            np.testing.assert_array_equal(pairs[got], values, strict=True)
+            np.testing.assert_array_equal(counts[got], value_counts)
+
+
+def test_cubic_mode_ties_go_to_the_smaller_value():
+    """Hand-made ties: a 4x4x4 block half 7 (first voxel) and half 3, its 2x2x2 windows each
+    half and half; then a block of three values, 24 x 9, 24 x 4 and 16 x 1."""
+    half = np.where(np.indices((4, 4, 4))[2] % 2 == 0, 7, 3).astype(np.uint16)
+    three = np.full((4, 4, 4), 9, np.uint16)
+    three.reshape(-1)[24:48] = 4
+    three.reshape(-1)[48:] = 1
+    for block, first_level, second_level in ((half, 3, 3), (three, None, 4)):
+        levels = pyramid_levels(block, [(2, 2, 2)] * 2, "mode")
+        assert levels[1].tolist() == [[[second_level]]]
+        if first_level is not None:
+            assert (levels[0] == first_level).all()
+        np.testing.assert_array_equal(levels[0], numpy_window_modes(block, 2))
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "uint32", "int32"])

@@ -30,6 +30,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from bioimage_tasks.kernels.cube_histograms import first_two_levels
+from bioimage_tasks.kernels.cube_merge import merge_cubes
+from bioimage_tasks.kernels.cube_modes import first_two_modes
 from bioimage_tasks.kernels.histogram import LevelHistograms
 from bioimage_tasks.kernels.sums import chained_means, parent_axis_counts
 from bioimage_tasks.kernels.window import window_reduce
@@ -105,14 +107,19 @@ def _chained_histograms(
         levels = _chained_histograms(tile.T, [level[::-1] for level in factors], method)
         return [level.T for level in levels]
     voxels = np.ascontiguousarray(tile.view(np.uint8) if tile.dtype.kind == "b" else tile)
-    if _cubic(factors[:2], tile.ndim) and voxels.size:  # the common pyramid: two levels fused
+    cubic = _cubic(factors[:2], tile.ndim) and voxels.size > 0
+    if cubic:  # the common pyramid: two levels fused
         current, first = _first_two_levels(voxels, factors[:2], method)
         levels = [first.view(tile.dtype), current.values.view(tile.dtype)]
     else:
         current = LevelHistograms.of_windows(voxels, factors[0], method)
         levels = [current.values.view(tile.dtype)]
     for level in factors[len(levels) :]:
-        current = current.merge(level, method)
+        cubic = cubic and _cubic([level, level], tile.ndim)  # every level so far 2x2x2
+        if cubic:
+            current = merge_cubes(current, method == "median")
+        else:
+            current = current.merge(level, method)
         levels.append(current.values.view(tile.dtype))
     return levels
 
@@ -129,8 +136,12 @@ def _cubic(factors: list[tuple[int, ...]], ndim: int) -> bool:
 def _first_two_levels(
     voxels: np.ndarray, factors: list[tuple[int, ...]], method: str
 ) -> tuple[LevelHistograms, np.ndarray]:
-    """Level 2's histograms and level 1's values of a 2x2x2 pyramid (cube_histograms.py)."""
-    first, second, offsets, pairs, counts = first_two_levels(voxels, method == "median")
+    """Level 2's histograms and level 1's values of a 2x2x2 pyramid (cube_modes.py for the mode,
+    cube_histograms.py for the median)."""
+    if method == "mode":
+        first, second, offsets, pairs, counts = first_two_modes(voxels)
+    else:
+        first, second, offsets, pairs, counts = first_two_levels(voxels, True)
     axis_counts = np.ones((voxels.ndim, max(voxels.shape)), np.int64)
     shape = np.asarray(voxels.shape, np.int64)
     for level in factors:
