@@ -108,17 +108,27 @@ def level_paths(group: str) -> list[str]:
     return [str(root / d["path"]) for d in meta["datasets"]]
 
 
+def cpu_now() -> float:
+    """CPU seconds (user + system) of this process and of its children that have ended."""
+    import resource
+
+    own, children = (
+        resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run_ours(request: dict[str, Any]) -> dict[str, Any]:
     import bioimage_tasks
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_now()
     report = bioimage_tasks.convert(
         request["input"], request["output"], levels=LEVELS, num_workers=WORKERS
     )
     seconds = time.perf_counter() - started
     if not report.ok:
         raise RuntimeError(report.table())
-    return {"seconds": seconds, "groups": [f.output for f in report.files]}
+    return {"seconds": seconds, "cpu": cpu_now() - cpu, "groups": [f.output for f in report.files]}
 
 
 def level_shapes_by_axis(request: dict[str, Any], order: str) -> list[tuple[int, ...]]:
@@ -132,7 +142,7 @@ def run_bioio_writer(request: dict[str, Any]) -> dict[str, Any]:
     from bioio import BioImage
     from bioio_ome_zarr.writers import OMEZarrWriter
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_now()
     image = BioImage(request["input"])
     data = image.get_image_dask_data("CZYX")
     writer = OMEZarrWriter(
@@ -143,14 +153,15 @@ def run_bioio_writer(request: dict[str, Any]) -> dict[str, Any]:
     )
     with dask.config.set(scheduler="threads", num_workers=WORKERS):
         writer.write_full_volume(data)
-    return {"seconds": time.perf_counter() - started, "groups": [request["output"]]}
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "cpu": cpu_now() - cpu, "groups": [request["output"]]}
 
 
 def run_bioio_conversion(request: dict[str, Any]) -> dict[str, Any]:
     from bioio import BioImage
     from bioio_conversion.converters import OmeZarrConverter
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_now()
     order = BioImage(request["input"]).reader.dims.order.upper()
     folder, name = os.path.split(request["output"])
     OmeZarrConverter(
@@ -160,7 +171,8 @@ def run_bioio_conversion(request: dict[str, Any]) -> dict[str, Any]:
         level_shapes=level_shapes_by_axis(request, order),
         n_workers=WORKERS,
     ).convert()
-    return {"seconds": time.perf_counter() - started, "groups": [request["output"]], "order": order}
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "cpu": cpu_now() - cpu, "groups": [request["output"]]}
 
 
 CONTENDERS = {
@@ -235,7 +247,10 @@ def contenders_once(
                 args.max_rss * 1024,
             )
             result |= {"rss_mb": rss, "out": str(out)}
-            print(f"  #{repeat + 1} {name}: {result['seconds']:.1f} s, peak RSS {rss:.0f} MB")
+            print(
+                f"  #{repeat + 1} {name}: {result['seconds']:.1f} s, CPU {result['cpu']:.1f} s, "
+                f"peak RSS {rss:.0f} MB"
+            )
         except RuntimeError as error:
             result = {"error": str(error), "out": str(out)}
             print(f"  #{repeat + 1} {name}: FAILED {error}")
@@ -295,22 +310,29 @@ def exactness(runs: dict[str, list], czi: Path) -> dict[str, list[str]]:
     return checks
 
 
+def paired(ours: list[dict], theirs: list[dict], key: str) -> list[float]:
+    """theirs / ours of `key` per repeat (the runs of one repeat ran back to back)."""
+    return [b[key] / a[key] for a, b in zip(ours, theirs) if key in a and key in b]
+
+
 def print_czi_table(z: int, size: int, runs: dict[str, list], checks: dict) -> None:
     ours = runs[OURS]
     print(f"\n== {size / 1e9:.2f} GB CZI (z={z}), {LEVELS} levels, {len(ours)} repeat(s)")
-    print(f"{'contender':48} {'wall s (median)':>16} {'peer/ours':>20} {'peak RSS MB':>12}")
+    print(
+        f"{'contender':48} {'wall s (median)':>16} {'peer/ours wall':>20} "
+        f"{'peer/ours CPU':>20} {'peak RSS MB':>12}"
+    )
     for name, results in runs.items():
         seconds = [r["seconds"] for r in results if "seconds" in r]
         if not seconds:
             continue
-        ratios = [
-            p["seconds"] / o["seconds"]
-            for o, p in zip(ours, results)
-            if "seconds" in p and "seconds" in o
-        ]
+        wall, cpu = paired(ours, results, "seconds"), paired(ours, results, "cpu")
         rss = max(r["rss_mb"] for r in results if "rss_mb" in r)
-        ratio = "-" if name == OURS else bench.median_range(ratios)
-        print(f"{name:48} {statistics.median(seconds):16.1f} {ratio:>20} {rss:12.0f}")
+        shown = ("-", "-") if name == OURS else (bench.median_range(wall), bench.median_range(cpu))
+        print(
+            f"{name:48} {statistics.median(seconds):16.1f} {shown[0]:>20} {shown[1]:>20} "
+            f"{rss:12.0f}"
+        )
 
 
 def make_stacks(data: Path, files: int, planes: int, side: int) -> tuple[Path, Path]:
@@ -353,17 +375,22 @@ def many_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             )
             result |= {"rss_mb": rss}
             runs[name].append(result)
-            print(f"  #{repeat + 1} {name}: {result['seconds']:.2f} s, peak RSS {rss:.0f} MB")
+            print(
+                f"  #{repeat + 1} {name}: {result['seconds']:.2f} s, CPU {result['cpu']:.2f} s, "
+                f"peak RSS {rss:.0f} MB"
+            )
             sys.stdout.flush()
     shutil.rmtree(work, ignore_errors=True)
-    ratios = [a["seconds"] / b["seconds"] for a, b in zip(runs["files"], runs["concatenated"])]
+    ratios = paired(runs["concatenated"], runs["files"], "seconds")
+    cpu = paired(runs["concatenated"], runs["files"], "cpu")
     median = statistics.median(ratios)
     print(
-        f"\n== {args.files} files / concatenated, {LEVELS} levels: "
-        f"{bench.median_range(ratios)} (per repeat {', '.join(f'{r:.2f}' for r in ratios)})"
+        f"\n== {args.files} files / concatenated, {LEVELS} levels: wall "
+        f"{bench.median_range(ratios)} (per repeat {', '.join(f'{r:.2f}' for r in ratios)}), "
+        f"CPU {bench.median_range(cpu)}"
     )
-    print(f"{bench.verdict(median <= MANY_TARGET)} files / concatenated <= {MANY_TARGET}")
-    return {"runs": runs, "ratios": ratios}
+    print(f"{bench.verdict(median <= MANY_TARGET)} files / concatenated <= {MANY_TARGET} (wall)")
+    return {"runs": runs, "ratios": ratios, "cpu_ratios": cpu}
 
 
 def main() -> None:
