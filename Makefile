@@ -72,3 +72,10 @@ bench-tiff: setup
 .PHONY: bench-kernels
 bench-kernels: setup
 	$(PY) benchmarks/kernels.py $(BENCH_ARGS)
+
+# Microscopy files (issue 23): a tiled mosaic CZI (0.5 and 1.6 GB) against bioio's OME-Zarr writers,
+# and 200 small stacks against their concatenation (benchmarks/README.md, "bench-czi");
+# e.g. make bench-czi BENCH_ARGS="czi --z 5 --repeats 1" or BENCH_ARGS="many --files 50"
+.PHONY: bench-czi
+bench-czi: setup
+	$(PY) benchmarks/czi.py $(BENCH_ARGS)

@@ -1,14 +1,17 @@
 """A folder of images converted in one run: every file a pattern matches becomes
 `<output_dir>/<name>.ome.zarr`, an OME-Zarr pyramid as `bioimage_tasks.pyramid` writes it.
 
-Files run one after another, each pyramid using all of the backend's workers (`job_type`,
-`num_workers`): a pyramid already keeps every worker busy, and one at a time keeps the memory
-budget per worker and the order of the summary plain. Resumable: each output has a small record,
-`<output_dir>/.bioimage-tasks/convert/<name>.json` (the input's size and mtime, the parameters,
-the outcome). A rerun skips a file whose record says converted with the same input and
-parameters (reading only the record and the group's zarr.json), resumes one that was cut off
-(the pyramid's own block records), and redoes, from scratch, one whose input or parameters
-changed. A file that fails is reported with its reason; the others still run."""
+The plain `convert` starts the backend (`job_type`, `num_workers`) once for the whole run and
+runs up to `num_workers` files at once on it: every pyramid's batches go to the same workers, so
+a large file keeps them all busy and small files (one region each) fill them side by side
+instead of one file per worker-pool start. The memory budget stays per worker (a worker runs one
+batch at a time). `convert_flow` runs files one after another, a child flow run each.
+Resumable: each output has a small record, `<output_dir>/.bioimage-tasks/convert/<name>.json`
+(the input's size and mtime, the parameters, the outcome). A rerun skips a file whose record
+says converted with the same input and parameters (reading only the record and the group's
+zarr.json), resumes one that was cut off (the pyramid's own block records), and redoes, from
+scratch, one whose input or parameters changed. A file that fails is reported with its reason;
+the others still run."""
 
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from typing import Any
 
@@ -158,45 +162,80 @@ def convert_files(
     dry_run: bool = False,
     keep_axes: str = "",
     log: Callable[..., None] = logger.info,
+    files_at_once: int = 1,
     **pyramid_kwargs: Any,
 ) -> ConvertReport:
     """Convert every file `pattern` matches with `run_pyramid(input, output_group, **kwargs)`
-    (the plain pyramid, or pyramid_flow for child flow runs); see the module."""
+    (the plain pyramid on a shared backend, or pyramid_flow for child flow runs), up to
+    `files_at_once` at a time; see the module."""
     check_parameters(output_dir, pyramid_kwargs, keep_axes)
     named = named_inputs(input_files(pattern))
     records = os.path.join(output_dir, RECORDS)
     if not dry_run:
         os.makedirs(records, exist_ok=True)
     key = parameters_key(pyramid_kwargs, keep_axes)
-    report = ConvertReport(str(output_dir))
-    for name, path in named.items():
-        output = os.path.join(output_dir, f"{name}.ome.zarr")
-        record_path = os.path.join(records, f"{name}.json")
-        signature = stat_signature(path)
-        record = read_record(record_path)
-        step = next_step(record, signature, key, output)
-        if dry_run:
-            report.files.append(dry_run_outcome(name, path, output, step, record, keep_axes))
-        elif step == "skip":
-            report.files.append(FileOutcome(name, path, output, "skipped", record.get("bytes", 0)))
-        else:
-            report.files.append(
-                convert_one(
-                    name,
-                    path,
-                    output,
-                    step,
-                    record_path,
-                    signature,
-                    key,
-                    run_pyramid,
-                    keep_axes,
-                    pyramid_kwargs,
-                )
-            )
-        done = report.files[-1]
+
+    def one(name: str, path: str) -> FileOutcome:
+        done = file_outcome(
+            name, path, output_dir, key, dry_run, run_pyramid, keep_axes, pyramid_kwargs
+        )
         log("convert %s: %s %s", name, done.outcome, done.reason or done.output)
-    return report
+        return done
+
+    outcomes = {f.name: f for f in run_files(one, named.items(), 1 if dry_run else files_at_once)}
+    return ConvertReport(str(output_dir), [outcomes[name] for name in named])
+
+
+def file_outcome(
+    name: str,
+    path: str,
+    output_dir: str,
+    key: str,
+    dry_run: bool,
+    run_pyramid: Callable[..., Any],
+    keep_axes: str,
+    pyramid_kwargs: dict[str, Any],
+) -> FileOutcome:
+    """Skip, convert, resume or redo one file (or say which, with `dry_run`)."""
+    output = os.path.join(output_dir, f"{name}.ome.zarr")
+    record_path = os.path.join(output_dir, RECORDS, f"{name}.json")
+    signature = stat_signature(path)
+    record = read_record(record_path)
+    step = next_step(record, signature, key, output)
+    if dry_run:
+        return dry_run_outcome(name, path, output, step, record, keep_axes)
+    if step == "skip":
+        return FileOutcome(name, path, output, "skipped", record.get("bytes", 0))
+    return convert_one(
+        name,
+        path,
+        output,
+        step,
+        record_path,
+        signature,
+        key,
+        run_pyramid,
+        keep_axes,
+        pyramid_kwargs,
+    )
+
+
+def run_files(
+    one: Callable[[str, str], FileOutcome], items: Iterable[tuple[str, str]], at_once: int
+) -> list[FileOutcome]:
+    """`one(name, path)` for every item, `at_once` at a time; outcomes in the order they end.
+    Interrupted, files not started are dropped and the caller's backend stops the running ones."""
+    if at_once <= 1:
+        return [one(name, path) for name, path in items]
+    pool = ThreadPoolExecutor(at_once, "bioimage-tasks-convert")
+    try:
+        futures = [pool.submit(one, name, path) for name, path in items]
+        outcomes = [future.result() for future in as_completed(futures)]
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return outcomes
 
 
 def pyramid_input(path: str, keep_axes: str) -> Any:
@@ -278,7 +317,8 @@ def convert(
 
     A folder of microscopy files (CZI, ND2, LIF, OME-TIFF, TIFF stacks, HDF5, ...) becomes a
     folder of OME-Zarr images in one call: each file is written by `bioimage_tasks.pyramid`
-    with `pyramid_kwargs`, one file after another, each using all of the backend's workers.
+    with `pyramid_kwargs`, on one backend started for the whole run: up to `num_workers` files
+    at once, their batches sharing the workers (small files side by side, a large one on all).
     Resumable: a rerun skips the files converted with the same input (size, mtime) and
     parameters, resumes one cut off, and starts over one whose input or parameters changed
     (records in `<output_dir>/.bioimage-tasks/convert/`). A file that fails is reported with
@@ -308,7 +348,7 @@ def convert(
     Returns
     -------
     ConvertReport
-        Every file's outcome in the order they ran: `report.files` (name, input, output,
+        Every file's outcome, in the order of their names: `report.files` (name, input, output,
         outcome, bytes, seconds, reason), `report.ok` (False when a file failed),
         `report.table()` and `report.markdown()`.
 
@@ -345,6 +385,38 @@ def convert(
     """
     from bioimage_tasks.api import pyramid
 
-    return convert_files(
-        pattern, output_dir, pyramid, dry_run=dry_run, keep_axes=keep_axes, **pyramid_kwargs
-    )
+    check_parameters(output_dir, pyramid_kwargs, keep_axes)  # before any worker starts
+    named_inputs(input_files(pattern))
+    if dry_run:
+        return convert_files(
+            pattern, output_dir, pyramid, dry_run=True, keep_axes=keep_axes, **pyramid_kwargs
+        )
+    from bioimage_tasks.backends import backend
+    from bioimage_tasks.runners import check_backend
+
+    job_type = pyramid_kwargs.get("job_type", "local")
+    num_workers = pyramid_kwargs.get("num_workers", 1)
+    config = check_backend(job_type, num_workers, pyramid_kwargs.get("job_config"))
+    with backend(job_type, num_workers, config) as executor:
+        return convert_files(
+            pattern,
+            output_dir,
+            pyramid_on(executor),
+            keep_axes=keep_axes,
+            files_at_once=num_workers,
+            **pyramid_kwargs,
+        )
+
+
+def pyramid_on(executor: Any) -> Callable[..., Any]:
+    """`bioimage_tasks.pyramid` running its batches on `executor`, a backend already started
+    (its workers shared by every file of the run) instead of starting one per call."""
+    from bioimage_tasks.api import built, pyramid_operation
+    from bioimage_tasks.operations import execute
+    from bioimage_tasks.plain import PlainEdge
+
+    def run(input: Any, output_group: str, **kwargs: Any) -> Any:
+        operation = built(pyramid_operation, (input, output_group), kwargs)
+        return execute(operation, PlainEdge(executor, operation.config.worker_timeout))
+
+    return run

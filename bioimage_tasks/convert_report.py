@@ -43,7 +43,7 @@ class FileOutcome:
 
 @dataclass
 class ConvertReport:
-    """What `convert` did: every file's outcome, in the order they ran.
+    """What `convert` did: every file's outcome, in the order of their names.
 
     Attributes
     ----------

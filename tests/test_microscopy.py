@@ -230,6 +230,32 @@ def test_convert_folder_reports_a_bad_file_skips_done_ones_and_redoes_a_changed_
     assert not os.path.exists(tmp_path / "other")
 
 
+def test_convert_runs_files_side_by_side_on_one_backend_exactly(tmp_path, rng, caplog):
+    folder, out = tmp_path / "in", str(tmp_path / "out")
+    folder.mkdir()
+    stacks = {f"s{i}": rng.integers(0, 60000, (8, 24, 40), dtype=np.uint16) for i in range(6)}
+    for name, stack in stacks.items():
+        tifffile.imwrite(folder / f"{name}.ome.tif", stack, metadata={"axes": "ZYX"})
+    (folder / "s3x.ome.tif").write_bytes(b"not a tiff")
+    with caplog.at_level("INFO", logger="bioimage_tasks.convert"):
+        report = bt.convert(f"{folder}/*.ome.tif", out, levels=2, num_workers=2)
+    assert [f.name for f in report.files] == ["s0", "s1", "s2", "s3", "s3x", "s4", "s5"]
+    assert [f.outcome for f in report.files] == ["converted"] * 4 + ["failed"] + ["converted"] * 2
+    assert "s3x.ome.tif" in report.files[4].reason
+    # the files ran on two driver threads sharing the run's two workers
+    drivers = {r.threadName for r in caplog.records if r.getMessage().startswith("convert s")}
+    assert len(drivers) == 2 and all(t.startswith("bioimage-tasks-convert") for t in drivers)
+    for name, stack in stacks.items():
+        image = zarr.open_group(f"{out}/{name}.ome.zarr", mode="r")
+        np.testing.assert_array_equal(image["s0"][:], stack)
+        for level, factor in ((1, 2), (2, 4)):
+            expected = ts.downsample(ts.array(stack), [factor] * 3, "mean").read().result()
+            np.testing.assert_array_equal(image[f"s{level}"][:], expected)
+        assert records(out)[name]["outcome"] == "converted"
+    again = bt.convert(f"{folder}/*.ome.tif", out, levels=2, num_workers=2)
+    assert [f.outcome for f in again.files] == ["skipped"] * 4 + ["failed"] + ["skipped"] * 2
+
+
 def cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     return subprocess.Popen(

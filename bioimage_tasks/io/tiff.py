@@ -301,11 +301,11 @@ def open_tiff(text: str, parameter: str) -> TiffSource | None:
             )
         chosen = tif.series[series]
         physical = ome_physical(tif, series, chosen.axes) or imagej_physical(tif, chosen.axes)
-    array = open_series(files[0], series)
-    try:
-        shape, dtype, chunks = tuple(array.shape), np.dtype(array.dtype), tuple(array.chunks)
-    finally:
-        array.store.close()
+        array = zarr.open(chosen.aszarr(level=0), mode="r")  # as open_series, file parsed once
+        try:
+            shape, dtype, chunks = tuple(array.shape), np.dtype(array.dtype), tuple(array.chunks)
+        finally:
+            array.store.close()
     if len(files) > 1:
         if len(shape) != 2:
             raise ParameterError(

@@ -193,7 +193,7 @@ def convert_flow(
     Returns
     -------
     ConvertReport
-        Every file's outcome, in the order they ran.
+        Every file's outcome, in the order of their names.
 
     Raises
     ------
