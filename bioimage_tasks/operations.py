@@ -100,10 +100,14 @@ def all_done(stages: Sequence[Stage], operation: Operation) -> bool:
 
 
 def batch_done(stage: Stage, batch: Any) -> bool:
-    """Whether every block of `batch` is recorded done, from input with today's signature."""
-    if stage.job.records is None or getattr(stage, "rewrite", False):
+    """Whether every block of `batch` is recorded done, from input with today's signature. The
+    input is looked at only once every block has a record: a first run reads no signature."""
+    records = stage.job.records
+    if records is None or getattr(stage, "rewrite", False):
         return False
     for block_ids in stage.batch_blocks(batch):
+        if len(records.recorded(block_ids)) < len(block_ids):
+            return False
         if len(blocks_done(stage.job, block_ids, job_signatures(stage.job, block_ids))) < len(
             block_ids
         ):

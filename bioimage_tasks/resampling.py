@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -287,7 +288,7 @@ class WindowedSource(DerivedSource):
     factors: tuple[int, ...]
     method: str
 
-    @property
+    @cached_property  # asked for by every block's read
     def shape(self) -> tuple[int, ...]:
         return downscale_shape(self.source.shape, self.factors)
 

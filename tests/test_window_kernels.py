@@ -13,7 +13,7 @@ import tensorstore as ts
 
 from bioimage_tasks.geometry import downscale_shape
 from bioimage_tasks.kernels import window
-from bioimage_tasks.kernels.sums import accumulator_dtype
+from bioimage_tasks.kernels.sums import accumulator_dtype, whole_window_means
 from bioimage_tasks.kernels.window import METHODS, _sort_network, window_reduce
 
 SHAPES_3D = [(37, 41, 23), (33, 17, 9), (24, 18, 12)]  # the last one: whole windows only
@@ -153,6 +153,19 @@ def test_mean_of_pairs_matches_tensorstore(rng, shape, factors, dtype, data):
             window_reduce(block, factors, "mean"),
             reference(np.ascontiguousarray(block), factors, "mean"),
         )
+
+
+@pytest.mark.parametrize(
+    "shape,factors",
+    [((8, 6, 10), (2, 2, 2)), ((3, 8, 8, 8), (1, 4, 2, 2)), ((4, 12), (2, 4)), ((16,), (8,))],
+)
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint16", "int32", "uint32"])
+@pytest.mark.parametrize("data", ["wide", "few"])
+def test_mean_of_whole_windows_matches_tensorstore(rng, shape, factors, dtype, data):
+    # every window whole, of 2**k voxels: sums and rounding in one fused pass (an image block)
+    x = random_array(rng, shape, dtype, data)
+    assert whole_window_means(x, factors) is not None
+    assert_same(window_reduce(x, factors, "mean"), reference(x, factors, "mean"))
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint32", "uint64", "float32"])

@@ -33,7 +33,37 @@ from bioimage_tasks.geometry import downscale_shape
 def window_means(values: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     """Means of every `factors` window of bool or (u)int8-32 `values`, in their dtype, exactly as
     tensorstore's `downsample` computes them (`values`' origin on the window grid)."""
-    return chained_means(np.asarray(values), [factors])[0]
+    values = np.asarray(values)
+    whole = whole_window_means(values, factors)
+    return whole if whole is not None else chained_means(values, [factors])[0]
+
+
+def whole_window_means(values: np.ndarray, factors: Sequence[int]) -> np.ndarray | None:
+    """`window_means` in one compiled pass, sums and rounding fused, where every window is whole
+    and holds a power-of-two voxel count (the 2x2x2 mean of an image block): C-ordered (u)int8-16
+    or (u)int32 `values` of up to three axes past leading ones of factor 1, each axis a multiple
+    of its factor. None where that does not apply (`chained_means` then counts each window)."""
+    factors = tuple(int(f) for f in factors)
+    leading = values.ndim - 3
+    if (
+        values.dtype.kind not in "iu"
+        or values.dtype.itemsize > 4
+        or not values.size
+        or not values.ndim
+        or not values.flags.c_contiguous
+        or len(factors) != values.ndim
+        or any(f != 1 for f in factors[: max(0, leading)])
+        or any(n % f for n, f in zip(values.shape, factors))
+    ):
+        return None
+    cube = (*(1,) * (3 - values.ndim), *factors[max(0, leading) :])
+    voxels = int(np.prod(cube))
+    if voxels & (voxels - 1):  # not a power of two: a division per voxel, the general path
+        return None
+    rows = np.empty(values.shape[-1], accumulator_dtype(values.dtype, voxels))
+    out = np.empty(downscale_shape(values.shape, factors), values.dtype)
+    _mean_whole_windows(_as_4d(values), *cube, voxels.bit_length() - 1, rows, _as_4d(out))
+    return out
 
 
 def chained_means(tile: np.ndarray, level_factors: Sequence[Sequence[int]]) -> list[np.ndarray]:
@@ -146,6 +176,45 @@ def _sum_windows_3d(values, factor_z, factor_y, factor_x, out):
                             for x in range(width):
                                 rows[x] += row[x]
                 _sum_along_row(rows, factor_x, full, out[stack, out_z, out_y])
+
+
+@numba.njit(nogil=True, cache=True)
+def _mean_whole_windows(values, factor_z, factor_y, factor_x, shift, rows, out):
+    """`out[s, i, j, k]`: the mean of the whole window (i, j, k) of `values[s]` (2**shift voxels),
+    rounded half to even. The input rows of an output row are added into `rows` (as in
+    `_sum_windows_3d`), then each run of `factor_x` is summed and rounded at once."""
+    count = np.int64(1) << shift
+    mask = count - 1
+    for stack in range(out.shape[0]):
+        for out_z in range(out.shape[1]):
+            z = out_z * factor_z
+            for out_y in range(out.shape[2]):
+                y = out_y * factor_y
+                if factor_z == 2 and factor_y == 2:
+                    a, b = values[stack, z, y], values[stack, z, y + 1]
+                    c, d = values[stack, z + 1, y], values[stack, z + 1, y + 1]
+                    for x in range(rows.size):
+                        rows[x] = a[x] + b[x] + c[x] + d[x]
+                else:
+                    rows[:] = 0
+                    for dz in range(factor_z):
+                        for dy in range(factor_y):
+                            row = values[stack, z + dz, y + dy]
+                            for x in range(rows.size):
+                                rows[x] += row[x]
+                out_row = out[stack, out_z, out_y]
+                if factor_x == 2:
+                    for k in range(out_row.size):
+                        total = np.int64(rows[2 * k]) + np.int64(rows[2 * k + 1])
+                        quotient = total >> shift  # floor, also below zero: `_round_shifted`
+                        out_row[k] = quotient + (2 * (total & mask) + (quotient & 1) > count)
+                    continue
+                for k in range(out_row.size):
+                    total = np.int64(rows[k * factor_x])
+                    for x in range(k * factor_x + 1, (k + 1) * factor_x):
+                        total += rows[x]
+                    quotient = total >> shift
+                    out_row[k] = quotient + (2 * (total & mask) + (quotient & 1) > count)
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
