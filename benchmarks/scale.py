@@ -11,6 +11,8 @@ embedded Prefect; and the same 2048^3 input (1024^3 output, 262,144 chunks) in 4
 
     python benchmarks/scale.py --blocks 32768,262144 --flow
     python benchmarks/scale.py --blocks 1000000,10000000
+
+A case of the plain API prints its progress (time, CPU per block, RSS) to stderr every 5 %.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def child(request: dict) -> None:
     else:
         from bioimage_tasks import downsample as run
     cpu, wall = time.process_time(), time.perf_counter()
+    watch_progress(cpu, wall)
     run(
         os.path.join(root, "in.zarr", "raw"),
         2,
@@ -83,13 +86,44 @@ def child(request: dict) -> None:
     )
 
 
+def watch_progress(cpu: float, wall: float) -> None:
+    """Print to stderr, every 5 % of the blocks, the time, CPU per block and RSS so far: a run
+    of hours shows how far it is (the plain API's progress; a flow reports its own)."""
+    from bioimage_tasks.plain import progress_listener
+
+    shown = [0]
+
+    def show_progress(done: int, total: int) -> None:
+        twentieths = done * 20 // max(total, 1)
+        if done and twentieths > shown[0]:
+            shown[0] = twentieths
+            elapsed, used = time.perf_counter() - wall, time.process_time() - cpu
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(
+                f"  {time.strftime('%H:%M:%S')} {done:,} of {total:,} blocks, {elapsed:.0f} s, "
+                f"CPU {used / done * 1e6:.0f} us/block, RSS now {rss_now_mb():.0f} MB, "
+                f"peak {peak:.0f} MB, ETA {elapsed / done * (total - done):.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    progress_listener.set(show_progress)
+
+
+def rss_now_mb() -> float:
+    """The resident set of this process now (Linux), in MB."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
 def run_case(side: int, block: int, flow: bool) -> dict:
     """One case in a fresh child process, in a fresh temporary folder."""
     with tempfile.TemporaryDirectory(prefix="scale-") as root:
         request = {"side": side, "block": block, "flow": flow, "root": root}
         done = subprocess.run(
             [sys.executable, __file__, "--child", json.dumps(request)],
-            capture_output=True,
+            stdout=subprocess.PIPE,  # its progress (stderr) passes through
             text=True,
             check=True,
         )

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bioimage_tasks.chunk_manifest import outputs_intact, start_stamp
+from bioimage_tasks.chunk_manifest import StampBuffer, hold_stamps, outputs_intact, start_stamp
 from bioimage_tasks.errors import BlocksFailedError
 from bioimage_tasks.grid import BlockGrid
 from bioimage_tasks.io import ArraySource, Source, TensorStoreSource, start_read
@@ -162,8 +162,10 @@ class BatchWrites:
         report: BatchReport,
         failed: dict[int, str],
         signatures: dict[int, str | None] | None = None,
+        stamps: StampBuffer | None = None,
     ):
         self.job, self.report, self.failed, self.signatures = job, report, failed, signatures or {}
+        self.stamps = stamps  # the output files' stamps, appended just before the records
         self.in_flight: tuple[int, Callable[[], None]] | None = None
         self.closed: dict[int, int] = {}  # blocks that handed over all their writes -> voxels
         self.finished: list[tuple[int, str | None]] = []  # written, not yet recorded
@@ -216,7 +218,10 @@ class BatchWrites:
         self.report.voxels_written += voxels
 
     def flush(self) -> None:
-        """Record the finished blocks not yet recorded (one append per records shard)."""
+        """Record the finished blocks not yet recorded (one append per records shard), after
+        the stamps of the files they wrote."""
+        if self.stamps is not None:
+            self.stamps.flush()
         if self.finished:
             self.job.records.mark_done_many(self.finished)
             self.finished = []
@@ -271,7 +276,16 @@ def process_batch(job: Job, block_ids: Sequence[int]) -> BatchReport:
     done = blocks_done(job, block_ids, signatures, clear_unreadable=True)
     report.already_done = [block_id for block_id in block_ids if block_id in done]
     todo = [block_id for block_id in block_ids if block_id not in done]
-    writes = BatchWrites(job, report, failed, signatures)
+    with hold_stamps() as stamps:
+        _write_blocks(job, todo, BatchWrites(job, report, failed, signatures, stamps))
+    if failed:
+        raise BlocksFailedError(failed, len(block_ids), report=report)
+    return report
+
+
+def _write_blocks(job: Job, todo: Sequence[int], writes: BatchWrites) -> None:
+    """Run blocks `todo` in a pipeline, handing their writes to `writes`."""
+    failed = writes.failed
     reading: Callable[[], Any] | None = None
     try:
         for index, block_id in enumerate(todo):
@@ -291,6 +305,3 @@ def process_batch(job: Job, block_ids: Sequence[int]) -> BatchReport:
     finally:  # interrupted too: what finished stays recorded
         writes.wait()
         writes.flush()
-    if failed:
-        raise BlocksFailedError(failed, len(block_ids), report=report)
-    return report

@@ -21,14 +21,16 @@ mtime kept are seen by `verify`'s checksum only."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
 import os
 import re
+import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +47,7 @@ UNKNOWN = "?"  # not looked at: the file has no entry
 INVALID = "invalid"
 MANIFEST_DIR = "chunks"
 READ_PIECE = 4 << 20  # bytes hashed at a time
+_HELD = threading.local()  # `stamps`: a StampBuffer holding this thread's stamps (hold_stamps)
 _MD5 = re.compile(rb'"?([0-9a-f]{32})"?')
 
 Region = tuple[slice, ...]
@@ -73,9 +76,13 @@ class ChunkManifest:
 
     def cells(self, region: Region) -> np.ndarray:
         """Grid positions (N, ndim), C order, of the files `region` touches."""
+        cells = self._cell_tuples(region)
+        return np.array(cells, np.int64).reshape(-1, len(self.shape))
+
+    def _cell_tuples(self, region: Region) -> list[tuple[int, ...]]:
         bounds = [s.indices(n)[:2] for s, n in zip(region, self.shape)]
         ranges = [range(a // u, -(-b // u)) for (a, b), u in zip(bounds, self.layout[1])]
-        return np.array(list(itertools.product(*ranges)), np.int64).reshape(-1, len(self.shape))
+        return list(itertools.product(*ranges))
 
     @functools.cached_property
     def _strides(self) -> tuple[int, ...]:
@@ -112,14 +119,20 @@ class ChunkManifest:
         return prefix + separator.join(str(int(c)) for c in cell)
 
     def stamp(self, region: Region) -> None:
-        """Record the stamp, checksum included, of every file `region` touches, as it is now."""
-        cells = self.cells(region)
+        """Record the stamp, checksum included, of every file `region` touches, as it is now
+        (held until the batch records its blocks, inside `hold_stamps`)."""
+        cells = self._cell_tuples(region)
         folder = self.layout[0]
         if isinstance(folder, KvLocation):
             stamps = [object_stamp(g) for g in folder.stamps([self.key(c) for c in cells])]
         else:
             stamps = [file_stamp(os.path.join(folder, self.key(c))) for c in cells]
-        self.records.mark_done_many(zip(self.ids(cells).tolist(), stamps))
+        entries = list(zip(self.file_ids(region), stamps))
+        held = getattr(_HELD, "stamps", None)
+        if held is None:
+            self.records.mark_done_many(entries)
+        else:
+            held.setdefault(self.records, []).extend(entries)
 
     def current(self, cells: np.ndarray) -> list[str]:
         """The comparable part of each file's stamp now ("size:mtime_ns", the generation, or
@@ -145,6 +158,31 @@ class ChunkManifest:
         """Mark the entries of files `ids` bad: no file matches them, so their blocks run again."""
         invalid = f"{INVALID}-{time.time_ns()}"
         self.records.mark_done_many((block_id, invalid) for block_id in ids)
+
+
+class StampBuffer(dict):
+    """Stamps taken in one thread (manifest records -> entries), appended together by
+    `flush`: one append per manifest shard for a group of blocks instead of one per block."""
+
+    def flush(self) -> None:
+        """Append the held stamps (before the blocks that wrote them are recorded as done)."""
+        while self:
+            records, entries = self.popitem()
+            records.mark_done_many(entries)
+
+
+@contextlib.contextmanager
+def hold_stamps() -> Iterator[StampBuffer]:
+    """Within it, stamps this thread takes are held in the buffer it yields, until its `flush`
+    (a batch flushes them just before it records its blocks; whatever is left at the end is
+    flushed too)."""
+    buffer, outer = StampBuffer(), getattr(_HELD, "stamps", None)
+    _HELD.stamps = buffer
+    try:
+        yield buffer
+    finally:
+        _HELD.stamps = outer
+        buffer.flush()
 
 
 def matches(entry: str | None, current: str) -> bool:

@@ -40,10 +40,15 @@ class BlockGrid:
 
     def block_slices(self, block_id: int) -> tuple[slice, ...]:
         """The region of block `block_id` (C order over the grid)."""
-        position = np.unravel_index(block_id, self.grid_shape)
+        position, rest = [], int(block_id)  # np.unravel_index in plain Python: ~10x faster
+        for extent in reversed(self.grid_shape):
+            rest, index = divmod(rest, extent)
+            position.append(index)
+        if rest:
+            raise ValueError(f"block id {block_id} is outside a grid of {self.n_blocks} blocks")
         return tuple(
-            slice(int(p) * b, min((int(p) + 1) * b, s))
-            for p, b, s in zip(position, self.block_shape, self.shape)
+            slice(p * b, min((p + 1) * b, s))
+            for p, b, s in zip(reversed(position), self.block_shape, self.shape)
         )
 
     def write_group(self, block_id: int, write_unit: Sequence[int] | None) -> tuple[int, ...]:

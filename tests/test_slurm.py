@@ -4,6 +4,7 @@ fails in bounded time, and no job outlives its flow."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,16 @@ import numpy as np
 import pytest
 import tensorstore as ts
 import zarr
-from helpers import SlowSource, put_s3, read_s3, records_dir, records_location, slurm_jobs, wait_for
+from helpers import (
+    SlowSource,
+    free_port,
+    put_s3,
+    read_s3,
+    records_dir,
+    records_location,
+    slurm_jobs,
+    wait_for,
+)
 from reference import random_array
 
 from bioimage_tasks import BlockGrid
@@ -101,6 +111,81 @@ def test_slurm_matches_threads_and_runs_as_jobs(volume, slurm_config):
     for block_id in (1, 4):
         expected[grid.block_slices(block_id)] = full[grid.block_slices(block_id)]
     np.testing.assert_array_equal(block_ids[:], expected)
+    no_jobs_left()
+
+
+# The plain API on SLURM in a child process whose PREFECT_API_URL (passed to the jobs by sbatch)
+# is a closed port: any contact with Prefect would fail. Prints the Prefect modules it loaded.
+PLAIN_ON_SLURM = """
+import json, sys
+import bioimage_tasks as bt
+from bioimage_tasks.runners import SlurmConfig
+root = sys.argv[1]
+config = SlurmConfig(interface="lo", walltime="00:15:00", memory="1GB", worker_timeout=120,
+                     log_directory=f"{root}/plain-logs")
+kwargs = dict(job_type="slurm", num_workers=2, job_config=config)
+bt.downsample(f"{root}/in.zarr/raw", 2, f"{root}/plain.zarr/s1", method="mean",
+              mask=f"{root}/in.zarr/mask", block_shape=(8, 8, 8), **kwargs)
+bt.copy(f"{root}/in.zarr/raw", f"{root}/plain.n5/copy", block_shape=(16, 16, 16), **kwargs)
+bt.pyramid(f"{root}/in.zarr/raw", f"{root}/plain-pyramid.zarr", levels=2, method="mode",
+           chunks=(16, 16, 16), **kwargs)
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("prefect", "prefect_dask"))))
+"""
+
+
+def test_plain_api_on_slurm_equals_the_flows_without_contacting_prefect(volume, slurm_config):
+    """bioimage_tasks.downsample, copy and pyramid on SLURM jobs, with no Prefect API reachable,
+    write what the flows write on SLURM, and the blocks were written by SLURM jobs."""
+    root, image = volume
+    closed = f"http://127.0.0.1:{free_port()}/api"
+    done = subprocess.run(
+        [sys.executable, "-c", PLAIN_ON_SLURM, str(root)],
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PREFECT_API_URL": closed},
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []  # no Prefect module loaded
+    on_slurm = {"job_type": "slurm", "num_workers": 2, "job_config": slurm_config}
+    mean = downsample_flow(
+        f"{root}/in.zarr/raw",
+        2,
+        f"{root}/flow.zarr/s1",
+        method="mean",
+        mask=f"{root}/in.zarr/mask",
+        block_shape=(8, 8, 8),
+        **on_slurm,
+    )
+    copied = copy_flow(
+        f"{root}/in.zarr/raw", f"{root}/flow.n5/copy", block_shape=(16, 16, 16), **on_slurm
+    )
+    group = pyramid_flow(
+        f"{root}/in.zarr/raw",
+        f"{root}/flow-pyramid.zarr",
+        levels=2,
+        method="mode",
+        chunks=(16, 16, 16),
+        **on_slurm,
+    )
+    np.testing.assert_array_equal(zarr.open_array(f"{root}/plain.zarr/s1")[:], mean[:])
+    plain_copy = ts.open(
+        {"driver": "n5", "kvstore": {"driver": "file", "path": f"{root}/plain.n5/copy"}}
+    ).result()
+    np.testing.assert_array_equal(plain_copy.read().result(), image)
+    np.testing.assert_array_equal(copied[:], image)
+    for level in (0, 1, 2):
+        plain_level = zarr.open_array(f"{root}/plain-pyramid.zarr/s{level}")[:]
+        np.testing.assert_array_equal(plain_level, zarr.open_array(f"{group}/s{level}")[:])
+        mode = ts.downsample(ts.array(image), [2**level] * 3, "mode").read().result()
+        np.testing.assert_array_equal(plain_level, mode)
+    assert (
+        zarr.open_group(f"{root}/plain-pyramid.zarr").attrs.asdict()
+        == zarr.open_group(group).attrs.asdict()
+    )
+    for output in (f"{root}/plain.zarr/s1", f"{root}/plain.n5/copy"):
+        executors = BlockRecords(records_dir(output)).executors()
+        assert executors and all(e.startswith("slurm-job:") for e in executors.values()), executors
     no_jobs_left()
 
 
