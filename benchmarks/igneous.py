@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import os
 import shutil
@@ -88,21 +89,48 @@ def precomputed_spec(folder: Path, case: str, size: int, level: int) -> dict:
     }
 
 
-def image_slab(z0: int, depth: int, size: int):
-    """Planes [z0, z0 + depth) of a smooth image: a Gaussian-smoothed coarse field (one value per
-    8^3 voxels) interpolated trilinearly, plus noise; the same whatever the slab cut."""
+@functools.lru_cache(maxsize=1)
+def coarse_field(n: int):
+    """A smooth random n^3 field in [0.05, 0.95]."""
     import numpy as np
     from scipy import ndimage
 
-    step = 8
-    coarse = ndimage.gaussian_filter(
-        np.random.default_rng(0).standard_normal((size // step + 2,) * 3, dtype=np.float32), 2.0
+    field = ndimage.gaussian_filter(
+        np.random.default_rng(0).standard_normal((n,) * 3, dtype=np.float32), 2.0
     )
-    coarse = (coarse - coarse.min()) / float(np.ptp(coarse))
-    grid = np.mgrid[z0 : z0 + depth, 0:size, 0:size].astype(np.float32) / step
-    values = ndimage.map_coordinates(coarse, grid, order=1)
-    noise = np.random.default_rng(1 + z0).standard_normal(values.shape, dtype=np.float32)
-    return np.rint(np.clip(values * 0.9 + 0.05 + 0.02 * noise, 0, 1) * 255).astype(np.uint8)
+    return (field - field.min()) / float(np.ptp(field)) * 0.9 + 0.05
+
+
+def image_slab(z0: int, depth: int, size: int):
+    """Planes [z0, z0 + depth) of a smooth image: a Gaussian-smoothed coarse field (one value per
+    8^3 voxels) interpolated trilinearly, plus noise; the same whatever the slab cut."""
+    import numba
+    import numpy as np
+
+    step = 8
+    coarse = coarse_field(size // step + 2)
+
+    @numba.njit(cache=True)
+    def interpolate(out, z0, coarse, step):
+        for zz in range(out.shape[0]):
+            fz = (z0 + zz) / step
+            iz, wz = int(fz), fz - int(fz)
+            for y in range(out.shape[1]):
+                fy = y / step
+                iy, wy = int(fy), fy - int(fy)
+                for x in range(out.shape[2]):
+                    fx = x / step
+                    ix, wx = int(fx), fx - int(fx)
+                    value = 0.0
+                    for dz, az in ((0, 1 - wz), (1, wz)):
+                        for dy, ay in ((0, 1 - wy), (1, wy)):
+                            for dx, ax in ((0, 1 - wx), (1, wx)):
+                                value += az * ay * ax * coarse[iz + dz, iy + dy, ix + dx]
+                    out[zz, y, x] += value
+
+    values = 0.02 * np.random.default_rng(1 + z0).standard_normal((depth, size, size), np.float32)
+    interpolate(values, z0, coarse, step)
+    return np.rint(np.clip(values, 0, 1) * 255).astype(np.uint8)
 
 
 def labels_slab(z0: int, depth: int, size: int, cell: int = 32):
@@ -157,6 +185,13 @@ def base_volume(data: Path, case: str, size: int) -> Path:
     store = ts.open(precomputed_spec(folder, case, size, 0), create=True).result()
     zyx = store[ts.d["channel"][0]].T
     make = image_slab if CASES[case][2] == "image" else labels_slab
+    raw = data / f"labels-raw-{size}" / "base"
+    if case == "labels-cseg" and (raw / "info").exists():  # the same labels, not made again
+        labels_zyx = ts.open(precomputed_spec(raw, "labels-raw", size, 0)).result()
+
+        def make(z0: int, depth: int, size: int):
+            return labels_zyx[ts.d["channel"][0]].T[z0 : z0 + depth].read().result()
+
     for z0 in range(0, size, SLAB):
         zyx[z0 : z0 + SLAB].write(make(z0, min(SLAB, size - z0), size)).result()
     return folder
