@@ -180,9 +180,10 @@ def base_volume(data: Path, case: str, size: int) -> Path:
     folder = data / f"{case}-{size}" / "base"
     if (folder / "info").exists():
         return folder
-    shutil.rmtree(folder, ignore_errors=True)
+    partial = folder.with_name("base.partial")  # renamed once complete
+    shutil.rmtree(partial, ignore_errors=True)
     print(f"writing {folder} ...", flush=True)
-    store = ts.open(precomputed_spec(folder, case, size, 0), create=True).result()
+    store = ts.open(precomputed_spec(partial, case, size, 0), create=True).result()
     zyx = store[ts.d["channel"][0]].T
     make = image_slab if CASES[case][2] == "image" else labels_slab
     raw = data / f"labels-raw-{size}" / "base"
@@ -194,6 +195,7 @@ def base_volume(data: Path, case: str, size: int) -> Path:
 
     for z0 in range(0, size, SLAB):
         zyx[z0 : z0 + SLAB].write(make(z0, min(SLAB, size - z0), size)).result()
+    partial.rename(folder)
     return folder
 
 
