@@ -79,3 +79,9 @@ bench-kernels: setup
 .PHONY: bench-czi
 bench-czi: setup
 	$(PY) benchmarks/czi.py $(BENCH_ARGS)
+
+# Adding mips to a neuroglancer precomputed volume in place: ours against igneous (a venv of its
+# own) and tensorstore, same data (benchmarks/README.md, "bench-igneous"); quick: BENCH_ARGS="--size 128"
+.PHONY: bench-igneous
+bench-igneous: setup
+	$(PY) benchmarks/igneous.py $(BENCH_ARGS)

@@ -77,6 +77,7 @@ class PrecomputedOutput:
         self.channels = check_volume(shapes[0], dtype, geometry.axes, "input")
         info = self.path.info()
         check_info(info, dtype, self.channels, str(self.path), "output_group")
+        encoding = self.follow(info)
         base = resolution_nm(geometry.voxel_size, geometry.units)
         offset = offset_voxels(geometry, base)
         layouts = []
@@ -89,12 +90,25 @@ class PrecomputedOutput:
                 continue
             layout = new_layout(shape, self.channels, chunks, shards)
             level_offset = [o // f for o, f in zip(offset, xyz)]
-            self.scales.append(
-                new_scale(shape, dtype, layout, resolution, level_offset, self.labels, self.options)
+            scale = new_scale(
+                shape, dtype, layout, resolution, level_offset, self.labels, self.options
             )
+            self.scales.append(scale if encoding is None else encoding_of(scale, encoding))
             self.existing.append(False)
             layouts.append(layout)
         return layouts
+
+    def follow(self, info: dict | None) -> dict | None:
+        """An existing volume's new scales take its type and, as igneous's do, its scale 0's
+        encoding (raw or compressed_segmentation); None for a new volume."""
+        if not info or not info["scales"]:
+            return None
+        self.labels = info.get("type") == "segmentation"
+        first = info["scales"][0]
+        if first.get("encoding") not in ("raw", "compressed_segmentation"):
+            return None
+        keys = ("encoding", "compressed_segmentation_block_size")
+        return {key: first[key] for key in keys if key in first}
 
     def reuse(self, scale: dict, shape: tuple[int, ...], chunks: tuple[int, ...] | None) -> Layout:
         """An existing scale's layout; it must have the level's size and the chunks asked."""
@@ -163,6 +177,12 @@ class PrecomputedOutput:
     def complete(self) -> str:
         """The `info` was written as each scale was added: nothing is left to write."""
         return str(self.path)
+
+
+def encoding_of(scale: dict, encoding: dict) -> dict:
+    """`scale` with `encoding`'s encoding keys in place of its own."""
+    scale = {k: v for k, v in scale.items() if k != "compressed_segmentation_block_size"}
+    return scale | encoding
 
 
 def offset_voxels(geometry: Any, resolution: Sequence[float]) -> list[int]:

@@ -349,6 +349,34 @@ def test_jpeg_volumes_read_as_cloudvolume_decodes_them(cloudvolume, tmp_path, rn
     np.testing.assert_array_equal(as_source(path)[:, :, :], decoded)
 
 
+@pytest.mark.parametrize("encoding", ["raw", "compressed_segmentation"])
+def test_scales_added_in_place_follow_the_volume(tmp_path, rng, encoding):
+    """As igneous does, new scales take the volume's type and its scale 0's encoding, whatever
+    `labels` says."""
+    base = labels(rng, (32, 32, 32))
+    scale = {"key": "8_8_8", "size": [32] * 3, "resolution": [8] * 3, "chunk_size": [16] * 3}
+    scale |= {"encoding": encoding, "voxel_offset": [0, 0, 0]}
+    if encoding != "raw":
+        scale["compressed_segmentation_block_size"] = [8, 8, 8]
+    spec = {
+        "driver": "neuroglancer_precomputed",
+        "kvstore": {"driver": "file", "path": f"{tmp_path}/v/"},
+        "multiscale_metadata": {"type": "segmentation", "data_type": "uint32", "num_channels": 1},
+        "scale_metadata": scale,
+    }
+    ts.open(spec, create=True).result()[ts.d["channel"][0]].T.write(base).result()
+    url = f"precomputed://{tmp_path}/v"
+    pyramid(url, url, scale_factors=[2, 2], method="mode", labels=encoding == "raw")
+    info = json.loads((tmp_path / "v" / "info").read_text())
+    assert info["type"] == "segmentation"
+    assert [s["encoding"] for s in info["scales"]] == [encoding] * 3
+    for level in (1, 2):
+        np.testing.assert_array_equal(
+            as_source(f"{url}/{info['scales'][level]['key']}")[:, :, :],
+            downsampled(base, (2**level,) * 3, "mode"),
+        )
+
+
 def test_cli_adds_scales_in_place(tmp_path, rng):
     base = image(rng, (16, 32, 32))
     volume = f"precomputed://{tmp_path}/vol"
