@@ -19,8 +19,12 @@ from bioimage_tasks.cli_common import (
     Input,
     JobType,
     Level,
+    LevelChunks,
+    LevelShards,
     Mask,
+    NgffVersion,
     Output,
+    PyramidMethod,
     Quiet,
     Shards,
     UsePrefect,
@@ -156,9 +160,7 @@ def pyramid(
         Optional[str],
         typer.Option(help="Per-level factors relative to the previous level: '2;1,2,2'."),
     ] = None,
-    method: Annotated[
-        str, typer.Option(help="mean, mode (labels), min, max, median, stride, or resize.")
-    ] = "mean",
+    method: PyramidMethod = "mean",
     voxel_size: Annotated[
         Optional[str],
         typer.Option("--voxel-size", help="Voxel size of s0 per axis, e.g. 2.0,0.5,0.5."),
@@ -166,15 +168,9 @@ def pyramid(
     units: Annotated[
         Optional[str], typer.Option(help="Unit of the spatial axes, e.g. micrometer.")
     ] = None,
-    chunks: Annotated[
-        Optional[str], typer.Option(help="Chunk shape of every level, e.g. 64,64,64.")
-    ] = None,
-    shards: Annotated[
-        Optional[str], typer.Option(help="Shard shape (zarr v3 / NGFF 0.5 only).")
-    ] = None,
-    ngff_version: Annotated[
-        str, typer.Option("--ngff-version", help="0.5 (zarr v3) or 0.4 (zarr v2).")
-    ] = "0.5",
+    chunks: LevelChunks = None,
+    shards: LevelShards = None,
+    ngff_version: NgffVersion = "0.5",
     job_type: JobType = "local",
     workers: Workers = 1,
     codec: Codec = None,

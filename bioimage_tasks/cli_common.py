@@ -73,6 +73,15 @@ WriteEmptyChunks = Annotated[
         help="Store chunks that hold only zeros (default: leave them out).",
     ),
 ]
+# the options `pyramid` and `convert` share
+PyramidMethod = Annotated[
+    str, typer.Option(help="mean, mode (labels), min, max, median, stride, or resize.")
+]
+LevelChunks = Annotated[
+    Optional[str], typer.Option(help="Chunk shape of every level, e.g. 64,64,64.")
+]
+LevelShards = Annotated[Optional[str], typer.Option(help="Shard shape (zarr v3 / NGFF 0.5 only).")]
+NgffVersion = Annotated[str, typer.Option("--ngff-version", help="0.5 (zarr v3) or 0.4 (zarr v2).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks and the run's logs.")]
 UsePrefect = Annotated[

@@ -13,6 +13,10 @@ from bioimage_tasks.cli_common import (
     Debug,
     JobType,
     Level,
+    LevelChunks,
+    LevelShards,
+    NgffVersion,
+    PyramidMethod,
     Quiet,
     UsePrefect,
     Workers,
@@ -38,18 +42,10 @@ def convert(
     factors: Annotated[
         Optional[str], typer.Option(help="Per-level factors instead of --levels: '2;1,2,2'.")
     ] = None,
-    method: Annotated[
-        str, typer.Option(help="mean, mode (labels), min, max, median, stride, or resize.")
-    ] = "mean",
-    chunks: Annotated[
-        Optional[str], typer.Option(help="Chunk shape of every level, e.g. 64,64,64.")
-    ] = None,
-    shards: Annotated[
-        Optional[str], typer.Option(help="Shard shape (zarr v3 / NGFF 0.5 only).")
-    ] = None,
-    ngff_version: Annotated[
-        str, typer.Option("--ngff-version", help="0.5 (zarr v3) or 0.4 (zarr v2).")
-    ] = "0.5",
+    method: PyramidMethod = "mean",
+    chunks: LevelChunks = None,
+    shards: LevelShards = None,
+    ngff_version: NgffVersion = "0.5",
     keep_axes: Annotated[
         str,
         typer.Option(
