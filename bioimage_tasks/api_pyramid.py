@@ -157,47 +157,29 @@ def pyramid_operation(
     check_method_options(method, order, anti_aliasing)
     config = check_backend(job_type, num_workers, job_config)
     options = check_output_options(output_options)
-    if ngff_version not in ("0.4", "0.5"):
-        raise ParameterError(f"ngff_version must be '0.4' or '0.5', got {ngff_version!r}")
-    if (levels is None) == (scale_factors is None):
-        raise ParameterError(
-            "give exactly one of levels (planned from voxel_size) and scale_factors (per level)"
-        )
-    source = as_source(input, storage_options=storage_options)
-    check_input_dtype(source.dtype, method, order, anti_aliasing)
-    if job_type != "local" and in_memory(source):
-        raise ParameterError(
-            f"job_type={job_type!r} needs a file-backed input (a zarr/n5 path or array), not numpy"
-        )
+    _check_levels_and_version(levels, scale_factors, ngff_version)
+    source = _checked_source(input, storage_options, method, order, anti_aliasing, job_type)
     chunks, shards = check_chunks_and_shards(
         chunks, shards, options, len(source.shape), ngff_version
     )
     options = replace(options, shards=shards)  # what existing levels must have
     geometry = pyramid_geometry(source, voxel_size, origin, units, axes, planned=levels is not None)
+    # a precomputed volume (pyramid_formats.py) or an OME-Zarr group
     group_path = precomputed_output(
         output_group, storage_options, labels, options
-    ) or group_output_path(
-        output_group, storage_options
-    )  # a precomputed volume (pyramid_formats.py) or an OME-Zarr group
+    ) or group_output_path(output_group, storage_options)
     if labels:
         check_label_options(group_path, source.dtype, method, order, anti_aliasing)
     spec = level_spec(source, group_path, levels, scale_factors, geometry, chunks, shards)
     reuse_s0 = reuses_s0(input, group_path)
-    plan = region_plan(
-        source, spec, method, config, reuse_s0
-    )  # every check before anything is created
-    details = {
-        "input": describe_source(input, source),
-        "output": str(group_path),
-        "method": method
-        if method != "resize"
-        else f"resize, order {order}, anti-aliasing {anti_aliasing}",
-        "backend": describe_backend(job_type, num_workers),
-    }
-    if options != OutputOptions():
-        details["output options"] = options.describe()
-    if not spec.level_factors:
-        details["levels"] = S0_ALONE
+    plan = region_plan(source, spec, method, config, reuse_s0)  # every check before any write
+    method_text = (
+        method if method != "resize" else f"resize, order {order}, anti-aliasing {anti_aliasing}"
+    )
+    backend = describe_backend(job_type, num_workers)
+    details = _details(
+        describe_source(input, source), group_path, method_text, backend, options, spec
+    )
     return PyramidOperation(
         input,
         source,
@@ -217,3 +199,45 @@ def pyramid_operation(
         reuse_s0,
         job_type,
     )
+
+
+def _check_levels_and_version(
+    levels: int | None, scale_factors: Sequence | None, ngff_version: str
+) -> None:
+    """Refuse an unknown NGFF version, and both or neither of `levels` and `scale_factors`."""
+    if ngff_version not in ("0.4", "0.5"):
+        raise ParameterError(f"ngff_version must be '0.4' or '0.5', got {ngff_version!r}")
+    if (levels is None) == (scale_factors is None):
+        raise ParameterError(
+            "give exactly one of levels (planned from voxel_size) and scale_factors (per level)"
+        )
+
+
+def _checked_source(
+    input: Any,
+    storage_options: StorageOptions | dict | None,
+    method: str,
+    order: int,
+    anti_aliasing: bool,
+    job_type: str,
+) -> Any:
+    """Open `input` as a Source whose dtype suits the method and whose kind suits the backend."""
+    source = as_source(input, storage_options=storage_options)
+    check_input_dtype(source.dtype, method, order, anti_aliasing)
+    if job_type != "local" and in_memory(source):
+        raise ParameterError(
+            f"job_type={job_type!r} needs a file-backed input (a zarr/n5 path or array), not numpy"
+        )
+    return source
+
+
+def _details(
+    input_text: str, group_path: Any, method: str, backend: str, options: OutputOptions, spec: Any
+) -> dict[str, str]:
+    """The run's description for the summary: input, output, method, backend, options, levels."""
+    details = {"input": input_text, "output": str(group_path), "method": method, "backend": backend}
+    if options != OutputOptions():
+        details["output options"] = options.describe()
+    if not spec.level_factors:
+        details["levels"] = S0_ALONE
+    return details
