@@ -631,14 +631,40 @@ def peer_venv(
     return str(python), available
 
 
+def free_port() -> int:
+    """A loopback port no one listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def prefect_server_command(port: int) -> list[str]:
+    """`prefect server start` on loopback `port`, run by this Python."""
+    where = ["--host", "127.0.0.1", "--port", str(port)]
+    return [sys.executable, "-m", "prefect", "server", "start", *where]
+
+
+def wait_until_healthy(url: str, process: subprocess.Popen, seconds: float = 180) -> bool:
+    """Whether the server `process` at API `url` answered /health within `seconds` (False at once
+    if it exits)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return True
+        except OSError:
+            if process.poll() is not None:
+                return False
+            time.sleep(0.5)
+    return False
+
+
 class PrefectServer:
     """One `prefect server start` on a free loopback port for the whole benchmark, so no flow call
     pays an ephemeral server's start-up; PREFECT_HOME is a temporary folder."""
 
     def __init__(self, home: Path):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}/api"
         self.env = {
             "PREFECT_HOME": str(home),
@@ -648,32 +674,14 @@ class PrefectServer:
         }
         self.log = open(home / "server.log", "w")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
+            prefect_server_command(port),
             env=os.environ | self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2):
-                    return
-            except OSError:
-                if self.process.poll() is not None:
-                    break
-                time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"the Prefect server did not start; see {home / 'server.log'}")
+        if not wait_until_healthy(self.url, self.process):
+            self.stop()
+            raise RuntimeError(f"the Prefect server did not start; see {home / 'server.log'}")
 
     def stop(self) -> None:
         self.process.terminate()
@@ -682,6 +690,46 @@ class PrefectServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
         self.log.close()
+
+
+class RunSpace:
+    """A temporary folder under DEFAULT_ROOT for the runs' outputs, one PrefectServer for the whole
+    benchmark, and the environment every child run gets (that server, this checkout first on the
+    path, one OpenMP thread)."""
+
+    def __init__(self, prefix: str):
+        self.work = Path(tempfile.mkdtemp(prefix=prefix, dir=DEFAULT_ROOT))
+        (self.work / "prefect").mkdir()
+        self.server = PrefectServer(self.work / "prefect")
+        self.env = (
+            os.environ
+            | self.server.env
+            | {"PREFECT_API_URL": self.server.url, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        )
+
+    def output(self, label: str, suffix: str = ".zarr") -> Path:
+        """A new output path in the work folder (numbered by what the folder holds now)."""
+        return self.work / f"{label}-{len(os.listdir(self.work))}{suffix}"
+
+    def close(self) -> None:
+        self.server.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def wanted_names(option: str) -> list[str]:
+    """The lower-cased substrings of a comma-separated --contenders option."""
+    return [w.strip().lower() for w in option.split(",") if w.strip()]
+
+
+def selected(name: str, wanted: list[str]) -> bool:
+    """Whether contender `name` matches one of the --contenders substrings (all do if none)."""
+    return not wanted or any(w in name.lower() for w in wanted)
+
+
+def rotation(names: list[Any], repeat: int) -> list[Any]:
+    """The run order in `repeat`: contenders alternate, the first one moving back each repeat."""
+    shift = repeat % len(names)
+    return names[shift:] + names[:shift]
 
 
 def mem_available_mb() -> float:
@@ -811,87 +859,117 @@ def print_table(case: Case, cells: dict[str, Cell], input_mb: float, repeats: in
         )
 
 
-def target_checks(results: dict[str, dict[str, Cell]]) -> list[tuple[str, str, bool | None]]:
-    """The issue's targets: (what, measured, met) from the paired median ratios; met is None and
-    measured "not measured (skipped: ...)" where a contender of the comparison was skipped."""
-    checks: list[tuple[str, str, bool | None]] = []
+Check = tuple[str, str, bool | None]  # (what, measured, met); met None: not measured
+TENSORSTORE_LIMITS = {  # ours / tensorstore downsample, per case
+    "order0-image": 1.3,
+    "order0-labels": 1.3,
+    "stride-image": 1.3,
+    "stride-labels": 1.3,
+    "mean-image": 1.3,
+    "mode-labels": 1.5,
+}
+SKIMAGE = "skimage resize (whole array)"
+BIOIMAGE_PY = "bioimage-py 0.2.2 (local x2)"
 
-    def check(
-        what: str, case: str, a: str, b: str, met: Callable[[float], bool], show: str = "{:.2f}x"
+
+class TargetChecks:
+    """The checks of one benchmark's `results`, in the order they are added."""
+
+    def __init__(self, results: dict[str, dict[str, Cell]]):
+        self.results = results
+        self.rows: list[Check] = []
+
+    def ratio(
+        self,
+        what: str,
+        case: str,
+        a: str,
+        b: str,
+        met: Callable[[float], bool],
+        show: str = "{:.2f}x",
     ) -> float | None:
         """Adds the check on the paired median a/b; nothing if a or b was not selected or never
         succeeded."""
-        cells = results.get(case, {})
+        cells = self.results.get(case, {})
         if a not in cells or b not in cells:
             return None
         if skipped := cells[a].skipped or cells[b].skipped:
-            checks.append((what, f"not measured ({skipped})", None))
+            self.rows.append((what, f"not measured ({skipped})", None))
             return None
         values = paired_ratios(cells[a], cells[b])
         if not values:
             return None
         value = statistics.median(values)
-        checks.append((what, show.format(value), met(value)))
+        self.rows.append((what, show.format(value), met(value)))
         return value
 
-    limits = {
-        "order0-image": 1.3,
-        "order0-labels": 1.3,
-        "stride-image": 1.3,
-        "stride-labels": 1.3,
-        "mean-image": 1.3,
-        "mode-labels": 1.5,
-    }
-    for case, limit in limits.items():
-        check(
+
+def target_checks(results: dict[str, dict[str, Cell]]) -> list[Check]:
+    """The issue's targets: (what, measured, met) from the paired median ratios; met is None and
+    measured "not measured (skipped: ...)" where a contender of the comparison was skipped."""
+    checks = TargetChecks(results)
+    for case, limit in TENSORSTORE_LIMITS.items():
+        checks.ratio(
             f"{case}: ours/tensorstore <= {limit}",
             case,
             OURS,
             "tensorstore downsample",
             lambda v, bound=limit: v <= bound,
         )
-    skimage = "skimage resize (whole array)"
+    skimage_checks(checks)
+    checks.ratio(
+        "order1aa-image: bioimage-py/ours >= 2",
+        "order1aa-image",
+        BIOIMAGE_PY,
+        OURS,
+        lambda v: v >= 2,
+    )
+    for case in results:
+        peer_checks(checks, case)
+    return checks.rows
+
+
+def skimage_checks(checks: TargetChecks) -> None:
+    """order1aa-image against scikit-image's whole-array resize: time, and then peak RSS."""
     rss_target = "order1aa-image: ours peak RSS <= skimage's / 4"
+    results = checks.results
     if (
-        check(
-            "order1aa-image: skimage/ours >= 4", "order1aa-image", skimage, OURS, lambda v: v >= 4
+        checks.ratio(
+            "order1aa-image: skimage/ours >= 4", "order1aa-image", SKIMAGE, OURS, lambda v: v >= 4
         )
         is not None
     ):
         cells = results["order1aa-image"]
         ours_rss = statistics.median(valid(cells[OURS].rss_mb))
-        sk_rss = statistics.median(valid(cells[skimage].rss_mb))
-        checks.append((rss_target, f"{ours_rss:.0f} vs {sk_rss:.0f} MB", ours_rss <= sk_rss / 4))
-    elif (
-        skimage in results.get("order1aa-image", {}) and results["order1aa-image"][skimage].skipped
-    ):
-        checks.append(
-            (rss_target, f"not measured ({results['order1aa-image'][skimage].skipped})", None)
+        sk_rss = statistics.median(valid(cells[SKIMAGE].rss_mb))
+        checks.rows.append(
+            (rss_target, f"{ours_rss:.0f} vs {sk_rss:.0f} MB", ours_rss <= sk_rss / 4)
         )
-    check(
-        "order1aa-image: bioimage-py/ours >= 2",
-        "order1aa-image",
-        "bioimage-py 0.2.2 (local x2)",
-        OURS,
-        lambda v: v >= 2,
-    )
-    for case in results:
-        for peer in ("bioimage-py 0.2.2 (local x2)", "dask.array"):
-            check(
-                f"{case}: ours faster than {peer.split()[0]}",
-                case,
-                OURS,
-                peer,
-                lambda v: v < 1,
-                "ours/peer {:.2f}x",
-            )
-        if (
-            value := ratio_or_none(results, case, "ours no Prefect (threads x2)", OURS)
-        ) is not None:
-            checks.append(
-                (f"{case}: Prefect <= 5% of wall", f"{100 * (1 - value):.1f} %", 1 - value <= 0.05)
-            )
-    return checks
+    elif (
+        SKIMAGE in results.get("order1aa-image", {}) and results["order1aa-image"][SKIMAGE].skipped
+    ):
+        checks.rows.append(
+            (rss_target, f"not measured ({results['order1aa-image'][SKIMAGE].skipped})", None)
+        )
+
+
+def peer_checks(checks: TargetChecks, case: str) -> None:
+    """On `case`: ours faster than bioimage-py and dask.array, and Prefect's share of ours."""
+    for peer in (BIOIMAGE_PY, "dask.array"):
+        checks.ratio(
+            f"{case}: ours faster than {peer.split()[0]}",
+            case,
+            OURS,
+            peer,
+            lambda v: v < 1,
+            "ours/peer {:.2f}x",
+        )
+    if (
+        value := ratio_or_none(checks.results, case, "ours no Prefect (threads x2)", OURS)
+    ) is not None:
+        checks.rows.append(
+            (f"{case}: Prefect <= 5% of wall", f"{100 * (1 - value):.1f} %", 1 - value <= 0.05)
+        )
 
 
 def ratio_or_none(results: dict[str, dict[str, Cell]], case: str, a: str, b: str) -> float | None:
@@ -940,14 +1018,7 @@ def compare_sizes(paths: list[Path], ours: str = OURS) -> None:
     each pair of neighbouring sizes (512 and 1024, say), peak RSS ratio <= SCALING_LIMIT (flat in
     volume size) and wall-time ratio / voxel ratio <= SCALING_LIMIT (linear in volume size), on
     the medians. Per size and case the newest file that measured ours on it is used."""
-    newest: dict[int, dict[str, tuple[str, dict[str, Any]]]] = {}
-    for path in sorted(
-        paths, key=lambda p: p.name
-    ):  # bench-SIZE-YYYYmmdd-HHMMSS.json: by time within a size
-        report = json.loads(path.read_text())
-        for case, cells in report["cases"].items():
-            if valid(cells.get(ours, {}).get("seconds", [])):
-                newest.setdefault(report["size"], {})[case] = (path.name, cells)
+    newest = newest_results(paths, ours)
     sizes = sorted(newest)
     if len(sizes) < 2:
         raise SystemExit(
@@ -955,50 +1026,135 @@ def compare_sizes(paths: list[Path], ours: str = OURS) -> None:
             f"from {len(paths)} file(s)"
         )
     for small, large in zip(sizes, sizes[1:]):
-        voxels = (large / small) ** 3
-        print(
-            f"\n== scaling {small}^3 -> {large}^3 ({voxels:.0f}x the voxels), medians; targets: "
-            f"peak RSS ratio <= {SCALING_LIMIT} (flat), wall-time ratio / {voxels:.0f} "
-            f"<= {SCALING_LIMIT} (linear)"
-        )
-        print(
-            f"{'case':15} {'contender':29} {'wall s':>15} {'x time':>7} {'s/voxel':>8}      "
-            f"{'peak RSS MB':>13} {'x RSS':>6}"
-        )
-        for case in (c for c in newest[large] if c in newest[small]):
-            for name in (n for n in newest[large][case][1] if n.startswith("ours")):
-                a, b = newest[small][case][1].get(name), newest[large][case][1][name]
-                if not a or not valid(a["seconds"]) or not valid(b["seconds"]):
-                    continue
-                ta, tb = (
-                    statistics.median(valid(a["seconds"])),
-                    statistics.median(valid(b["seconds"])),
-                )
-                ra, rb = (
-                    statistics.median(valid(a["rss_mb"])),
-                    statistics.median(valid(b["rss_mb"])),
-                )
-                per_voxel = tb / ta / voxels
-                print(
-                    f"{case:15} {name:29} {f'{ta:.2f} -> {tb:.2f}':>15} {tb / ta:7.2f} "
-                    f"{per_voxel:8.2f} {verdict(per_voxel <= SCALING_LIMIT)} "
-                    f"{f'{ra:.0f} -> {rb:.0f}':>13} {rb / ra:6.2f} "
-                    f"{verdict(rb / ra <= SCALING_LIMIT)}"
-                )
+        print_scaling(newest, small, large)
         cases = [c for c in newest[large] if c in newest[small]]
         files = sorted({newest[size][c][0] for size in (small, large) for c in cases})
         print(f"from {', '.join(files)}")
 
 
-def main() -> None:
+Newest = dict[int, dict[str, tuple[str, dict[str, Any]]]]  # {size: {case: (file name, cells)}}
+
+
+def newest_results(paths: list[Path], ours: str) -> Newest:
+    """Per size and case, the newest of `paths` that measured `ours` on it."""
+    newest: Newest = {}
+    for path in sorted(
+        paths, key=lambda p: p.name
+    ):  # bench-SIZE-YYYYmmdd-HHMMSS.json: by time within a size
+        report = json.loads(path.read_text())
+        for case, cells in report["cases"].items():
+            if valid(cells.get(ours, {}).get("seconds", [])):
+                newest.setdefault(report["size"], {})[case] = (path.name, cells)
+    return newest
+
+
+def print_scaling(newest: Newest, small: int, large: int) -> None:
+    """The scaling table of our rows (names starting with "ours") from `small`^3 to `large`^3."""
+    voxels = (large / small) ** 3
+    print(
+        f"\n== scaling {small}^3 -> {large}^3 ({voxels:.0f}x the voxels), medians; targets: "
+        f"peak RSS ratio <= {SCALING_LIMIT} (flat), wall-time ratio / {voxels:.0f} "
+        f"<= {SCALING_LIMIT} (linear)"
+    )
+    print(
+        f"{'case':15} {'contender':29} {'wall s':>15} {'x time':>7} {'s/voxel':>8}      "
+        f"{'peak RSS MB':>13} {'x RSS':>6}"
+    )
+    for case in (c for c in newest[large] if c in newest[small]):
+        for name in (n for n in newest[large][case][1] if n.startswith("ours")):
+            a, b = newest[small][case][1].get(name), newest[large][case][1][name]
+            if not a or not valid(a["seconds"]) or not valid(b["seconds"]):
+                continue
+            ta, tb = (
+                statistics.median(valid(a["seconds"])),
+                statistics.median(valid(b["seconds"])),
+            )
+            ra, rb = (
+                statistics.median(valid(a["rss_mb"])),
+                statistics.median(valid(b["rss_mb"])),
+            )
+            per_voxel = tb / ta / voxels
+            print(
+                f"{case:15} {name:29} {f'{ta:.2f} -> {tb:.2f}':>15} {tb / ta:7.2f} "
+                f"{per_voxel:8.2f} {verdict(per_voxel <= SCALING_LIMIT)} "
+                f"{f'{ra:.0f} -> {rb:.0f}':>13} {rb / ra:6.2f} "
+                f"{verdict(rb / ra <= SCALING_LIMIT)}"
+            )
+
+
+def cases_json(results: dict[str, dict[str, Cell]]) -> dict[str, dict[str, Any]]:
+    """The results JSON's "cases": every cell of every case as a dict."""
+    return {
+        case: {name: asdict(cell) for name, cell in cells.items()}
+        for case, cells in results.items()
+    }
+
+
+def targets_json(checks: list[Check]) -> list[dict[str, Any]]:
+    """The results JSON's "targets"."""
+    return [{"target": w, "measured": m, "met": ok} for w, m, ok in checks]
+
+
+def value_check(what: str, value: Any, show: str, met: bool) -> Check:
+    """(what, `value` formatted by `show`, met), or "not measured" if `value` is None."""
+    return (what, show.format(value), met) if value is not None else (what, "not measured", None)
+
+
+def print_targets(title: str | None, checks: list[Check], width: int) -> None:
+    """The checks under "== targets (`title`)", one a line: verdict, what (`width` wide),
+    measured."""
+    print(f"\n== targets ({title})" if title else "\n== targets")
+    for what, measured, met in checks:
+        print(f"{verdict(met)} {what:{width}} {measured}")
+
+
+def save_results(out: Path, prefix: str, report: dict[str, Any]) -> Path:
+    """`report` as `out`/PREFIX-YYYYmmdd-HHMMSS.json (path printed)."""
+    path = out / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=1))
+    print(f"\nresults: {path}")
+    return path
+
+
+def chart(peer_python: str, script: Path, results_json: Path) -> None:
+    """The PNG bar chart next to `results_json`, drawn by `script --chart` in the peer venv."""
+    png = results_json.with_suffix(".png")
+    drawn = subprocess.run([peer_python, str(script), "--chart", str(results_json), str(png)])
+    print(f"chart:   {png}" if drawn.returncode == 0 else "chart: failed (see above)")
+
+
+def add_case_arguments(
+    parser: argparse.ArgumentParser, cases: dict[str, Case], default_size: int
+) -> None:
+    """--size, --repeats and --cases (a subset of `cases`)."""
+    parser.add_argument("--size", type=int, choices=(256, 512, 1024), default=default_size)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--cases", default=",".join(cases), help=f"comma-separated subset of {', '.join(cases)}"
+    )
+
+
+def add_child_arguments(parser: argparse.ArgumentParser, timeout: float, data_help: str) -> None:
+    """--max-rss, --timeout, --out, --data and --peer-venv of scripts whose contenders run by
+    `run_child` with a memory limit."""
+    parser.add_argument(
+        "--max-rss",
+        type=float,
+        default=8.0,
+        help="GB: a contender's process tree above it is killed",
+    )
+    parser.add_argument("--timeout", type=float, default=timeout, help="seconds per contender run")
+    parser.add_argument("--out", type=Path, default=DEFAULT_ROOT / "results")
+    parser.add_argument("--data", type=Path, default=DEFAULT_ROOT / "data", help=data_help)
+    parser.add_argument("--peer-venv", type=Path, default=DEFAULT_ROOT / "peer-venv")
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", type=int, choices=(256, 512, 1024), default=512)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}"
-    )
+    add_case_arguments(parser, CASES, default_size=512)
     parser.add_argument(
         "--contenders", default="", help="comma-separated substrings: only contenders matching one"
     )
@@ -1028,7 +1184,91 @@ def main() -> None:
     )
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     parser.add_argument("--chart", nargs=2, type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def input_megabytes(case: Case, size: int) -> float:
+    """The input volume's size in MB (uint8 image, uint32 labels)."""
+    return size**3 * (1 if case.volume == "image" else 4) / 1e6
+
+
+def run_cases(
+    args: argparse.Namespace,
+    cases: list[Case],
+    volumes: dict[str, str],
+    peer_python: str | None,
+    peer_modules: set[str],
+) -> dict[str, dict[str, Cell]]:
+    """Every case against one Prefect server: {case: {contender: Cell}}; each case's
+    table is printed as soon as it is done."""
+    runs = RunSpace("runs-")
+    print(f"Prefect server {runs.server.url}; runs in {runs.work}", flush=True)
+    results: dict[str, dict[str, Cell]] = {}
+    try:
+        for case in cases:
+            cells = results[case.name] = new_cells(case, args, peer_modules)
+            runnable = [c for c in cells if not cells[c].skipped]
+            for repeat in range(args.repeats):
+                for name in rotation(runnable, repeat):
+                    request = {
+                        "case": case.name,
+                        "contender": name,
+                        "input": volumes[case.volume],
+                        "output": f"{runs.output(case.name)}/s1",
+                    }
+                    python = peer_python if CONTENDERS[name].peer else sys.executable
+                    label = f"{case.name} #{repeat + 1} {name}"
+                    record_run(cells[name], label, python, runs.env, request, args.timeout)
+            print_table(case, cells, input_megabytes(case, args.size), args.repeats)
+    finally:
+        runs.close()
+    return results
+
+
+def new_cells(case: Case, args: argparse.Namespace, peer_modules: set[str]) -> dict[str, Cell]:
+    """An empty cell per contender that applies to `case` and is selected (ours always), each with
+    why it is skipped at --size, if it is (printed)."""
+    wanted = wanted_names(args.contenders)
+    contenders = [
+        c
+        for c in CONTENDERS.values()
+        if c.applies(case) and (c.name == OURS or selected(c.name, wanted))
+    ]
+    cells = {c.name: Cell() for c in contenders}
+    for contender in contenders:
+        cells[contender.name].skipped = skip_reason(contender, case, args.size, peer_modules)
+        if cells[contender.name].skipped:
+            print(
+                f"  {case.name} {contender.name} -- {cells[contender.name].skipped}",
+                flush=True,
+            )
+    return cells
+
+
+def record_run(
+    cell: Cell,
+    label: str,
+    python: str,
+    env: dict[str, str],
+    request: dict[str, Any],
+    timeout: float,
+) -> None:
+    """One contender run (`measure`): its seconds and peak RSS, or None and the error, appended to
+    `cell` and printed; its output is removed."""
+    try:
+        seconds, rss = measure(python, env, request, timeout)
+        print(f"  {label}: {seconds:.2f} s, {rss:.0f} MB", flush=True)
+    except RuntimeError as error:
+        seconds = rss = None
+        cell.error = str(error)
+        print(f"  {label}: FAILED {error}", flush=True)
+    cell.seconds.append(seconds)
+    cell.rss_mb.append(rss)
+    shutil.rmtree(Path(request["output"]).parent, ignore_errors=True)
+
+
+def main() -> None:
+    args = parse_args()
     if args.run_one:
         sys.path.insert(0, str(REPO))
         return run_one(json.loads(args.run_one))
@@ -1038,112 +1278,30 @@ def main() -> None:
         return compare_sizes(args.compare or sorted(args.out.glob("bench-*.json")))
 
     cases = [CASES[name] for name in args.cases.split(",") if name]
-    wanted = [w.strip().lower() for w in args.contenders.split(",") if w.strip()]
     args.data.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     volumes = make_volumes(args.data, args.size)
     peer_python, peer_modules = peer_venv(args.peer_venv)
-    work = Path(tempfile.mkdtemp(prefix="runs-", dir=DEFAULT_ROOT))
-    (work / "prefect").mkdir()
-    server = PrefectServer(work / "prefect")
-    env = (
-        os.environ
-        | server.env
-        | {"PREFECT_API_URL": server.url, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    )
-    print(f"Prefect server {server.url}; runs in {work}", flush=True)
-    results: dict[str, dict[str, Cell]] = {}
-    try:
-        for case in cases:
-            contenders = [
-                c
-                for c in CONTENDERS.values()
-                if c.applies(case)
-                and (c.name == OURS or not wanted or any(w in c.name.lower() for w in wanted))
-            ]
-            cells = results[case.name] = {c.name: Cell() for c in contenders}
-            for contender in contenders:
-                cells[contender.name].skipped = skip_reason(
-                    contender, case, args.size, peer_modules
-                )
-                if cells[contender.name].skipped:
-                    print(
-                        f"  {case.name} {contender.name} -- {cells[contender.name].skipped}",
-                        flush=True,
-                    )
-            runnable = [c for c in contenders if not cells[c.name].skipped]
-            for repeat in range(args.repeats):
-                shift = repeat % len(runnable)
-                for contender in runnable[shift:] + runnable[:shift]:
-                    output = work / f"{case.name}-{len(os.listdir(work))}.zarr"
-                    request = {
-                        "case": case.name,
-                        "contender": contender.name,
-                        "input": volumes[case.volume],
-                        "output": f"{output}/s1",
-                    }
-                    python = peer_python if contender.peer else sys.executable
-                    cell = cells[contender.name]
-                    try:
-                        seconds, rss = measure(python, env, request, args.timeout)
-                        print(
-                            f"  {case.name} #{repeat + 1} {contender.name}: {seconds:.2f} s, "
-                            f"{rss:.0f} MB",
-                            flush=True,
-                        )
-                    except RuntimeError as error:
-                        seconds = rss = None
-                        cell.error = str(error)
-                        print(
-                            f"  {case.name} #{repeat + 1} {contender.name}: FAILED {error}",
-                            flush=True,
-                        )
-                    cell.seconds.append(seconds)
-                    cell.rss_mb.append(rss)
-                    shutil.rmtree(output, ignore_errors=True)
-            input_mb = args.size**3 * (1 if case.volume == "image" else 4) / 1e6
-            print_table(case, cells, input_mb, args.repeats)
-    finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
-
+    results = run_cases(args, cases, volumes, peer_python, peer_modules)
     for case in cases:
-        print_table(
-            case,
-            results[case.name],
-            args.size**3 * (1 if case.volume == "image" else 4) / 1e6,
-            args.repeats,
-        )
+        print_table(case, results[case.name], input_megabytes(case, args.size), args.repeats)
     checks = target_checks(results)
-    print("\n== targets (paired median ratios)")
-    for what, measured, met in checks:
-        print(f"{verdict(met)} {what:58} {measured}")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    results_json = args.out / f"bench-{args.size}-{stamp}.json"
-    results_json.write_text(
-        json.dumps(
-            {
-                "size": args.size,
-                "repeats": args.repeats,
-                "factor": FACTOR,
-                "chunks": CHUNK,
-                "workers": WORKERS,
-                "cases": {
-                    case: {name: asdict(cell) for name, cell in cells.items()}
-                    for case, cells in results.items()
-                },
-                "targets": [{"target": w, "measured": m, "met": ok} for w, m, ok in checks],
-            },
-            indent=1,
-        )
+    print_targets("paired median ratios", checks, 58)
+    results_json = save_results(
+        args.out,
+        f"bench-{args.size}",
+        {
+            "size": args.size,
+            "repeats": args.repeats,
+            "factor": FACTOR,
+            "chunks": CHUNK,
+            "workers": WORKERS,
+            "cases": cases_json(results),
+            "targets": targets_json(checks),
+        },
     )
-    print(f"\nresults: {results_json}")
     if peer_python and "matplotlib" in peer_modules:
-        png = results_json.with_suffix(".png")
-        chart = subprocess.run(
-            [peer_python, str(Path(__file__).resolve()), "--chart", str(results_json), str(png)]
-        )
-        print(f"chart:   {png}" if chart.returncode == 0 else "chart: failed (see above)")
+        chart(peer_python, Path(__file__).resolve(), results_json)
     else:
         print("chart:   skipped (matplotlib is not available in the peer venv)")
 
