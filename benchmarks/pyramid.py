@@ -24,14 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,23 +64,12 @@ def partner(name: str) -> str:
     return pc.OURS_EXISTING if pc.CONTENDERS[name].existing_s0 else pc.OURS
 
 
-class Runner:
+class Runner(bench.RunSpace):
     """Runs child jobs against one Prefect server (our venv) or in the peer venv."""
 
     def __init__(self, args: argparse.Namespace, peer_python: str | None):
         self.args, self.peer_python = args, peer_python
-        self.work = Path(tempfile.mkdtemp(prefix="pyramid-runs-", dir=bench.DEFAULT_ROOT))
-        (self.work / "prefect").mkdir()
-        self.server = bench.PrefectServer(self.work / "prefect")
-        self.env = (
-            os.environ
-            | self.server.env
-            | {
-                "PREFECT_API_URL": self.server.url,
-                "PYTHONPATH": str(bench.REPO),
-                "OMP_NUM_THREADS": "1",
-            }
-        )
+        super().__init__("pyramid-runs-")
         print(f"Prefect server {self.server.url}; runs in {self.work}", flush=True)
 
     def run(self, request: dict[str, Any], peer: bool = False) -> tuple[dict[str, Any], float]:
@@ -92,13 +77,6 @@ class Runner:
         return bench.run_child(
             python, self.env, request, self.args.timeout, SCRIPT, self.args.max_rss * 1024
         )
-
-    def output(self, label: str) -> str:
-        return str(self.work / f"{label}-{len(os.listdir(self.work))}.zarr")
-
-    def close(self) -> None:
-        self.server.stop()
-        shutil.rmtree(self.work, ignore_errors=True)
 
 
 def run_case(
@@ -108,62 +86,78 @@ def run_case(
     base."""
     cells = {name: PyramidCell(skipped=skipped.get(name)) for name in names}
     runnable = [name for name in names if not cells[name].skipped]
-    method = CASES[case].method
     kept: dict[str, str] = {}
     for repeat in range(runner.args.repeats):
-        shift = repeat % len(runnable)
-        for name in runnable[shift:] + runnable[:shift]:
-            group, cell = runner.output(case), cells[name]
-            request = {
-                "job": "run",
-                "contender": name,
-                "method": method,
-                "input": source,
-                "output": group,
-            }
-            try:
-                result, rss = runner.run(request, peer=pc.CONTENDERS[name].peer is not None)
-                seconds, read = result["seconds"], result["read_bytes"]
-                print(
-                    f"  {case} #{repeat + 1} {name}: {seconds:.2f} s, {rss:.0f} MB, "
-                    f"read {read / 1e6:.0f} MB",
-                    flush=True,
-                )
-            except RuntimeError as error:
-                seconds = rss = read = None
-                cell.error = str(error)
-                print(f"  {case} #{repeat + 1} {name}: FAILED {error}", flush=True)
-            cell.seconds.append(seconds)
-            cell.rss_mb.append(rss)
-            cell.read_bytes.append(read)
-            if seconds is not None and name not in kept:
+        for name in bench.rotation(runnable, repeat):
+            group = run_once(
+                runner, case, source, name, f"{case} #{repeat + 1} {name}", cells[name]
+            )
+            if cells[name].seconds[-1] is not None and name not in kept:
                 kept[name] = group
             else:
                 shutil.rmtree(group, ignore_errors=True)
     if pc.TS_BASE in kept:
-        try:
-            request = {
-                "job": "check",
-                "reference": kept[pc.TS_BASE],
-                "input": source,
-                "groups": {n: g for n, g in kept.items() if n not in (pc.TS_BASE, pc.IO_FLOOR)},
-                "labels": CASES[case].volume == "labels",
-            }
-            result, _ = runner.run(request)
-            for name, differs in result["exact"].items():
-                cells[name].exact = differs
-            if result["non_constant"]:
-                print(
-                    "  labels: share of non-constant 2^k cubes in the first 256^3, "
-                    f"k=1..{pc.LEVELS}: "
-                    + ", ".join(f"{100 * s:.1f} %" for s in result["non_constant"]),
-                    flush=True,
-                )
-        except RuntimeError as error:
-            print(f"  exactness check FAILED: {error}", flush=True)
+        check_exactness(runner, case, source, kept, cells)
     for group in kept.values():
         shutil.rmtree(group, ignore_errors=True)
     return cells
+
+
+def run_once(
+    runner: Runner, case: str, source: str, name: str, label: str, cell: PyramidCell
+) -> str:
+    """One run of contender `name` into a new group (returned): its seconds, peak RSS and bytes
+    read, or None and the error, appended to `cell` and printed."""
+    group = str(runner.output(case))
+    request = {
+        "job": "run",
+        "contender": name,
+        "method": CASES[case].method,
+        "input": source,
+        "output": group,
+    }
+    try:
+        result, rss = runner.run(request, peer=pc.CONTENDERS[name].peer is not None)
+        seconds, read = result["seconds"], result["read_bytes"]
+        print(
+            f"  {label}: {seconds:.2f} s, {rss:.0f} MB, read {read / 1e6:.0f} MB",
+            flush=True,
+        )
+    except RuntimeError as error:
+        seconds = rss = read = None
+        cell.error = str(error)
+        print(f"  {label}: FAILED {error}", flush=True)
+    cell.seconds.append(seconds)
+    cell.rss_mb.append(rss)
+    cell.read_bytes.append(read)
+    return group
+
+
+def check_exactness(
+    runner: Runner, case: str, source: str, kept: dict[str, str], cells: dict[str, PyramidCell]
+) -> None:
+    """Compares the `kept` groups' levels with tensorstore's from base (one child job) and notes
+    what differs in each cell; for labels, prints how many small cubes are not constant."""
+    try:
+        request = {
+            "job": "check",
+            "reference": kept[pc.TS_BASE],
+            "input": source,
+            "groups": {n: g for n, g in kept.items() if n not in (pc.TS_BASE, pc.IO_FLOOR)},
+            "labels": CASES[case].volume == "labels",
+        }
+        result, _ = runner.run(request)
+        for name, differs in result["exact"].items():
+            cells[name].exact = differs
+        if result["non_constant"]:
+            print(
+                "  labels: share of non-constant 2^k cubes in the first 256^3, "
+                f"k=1..{pc.LEVELS}: "
+                + ", ".join(f"{100 * s:.1f} %" for s in result["non_constant"]),
+                flush=True,
+            )
+    except RuntimeError as error:
+        print(f"  exactness check FAILED: {error}", flush=True)
 
 
 def median_or_none(values: list[Any]) -> float | None:
@@ -221,83 +215,90 @@ def target_checks(
 ) -> list[tuple[str, str, bool | None]]:
     """The issue's targets on the paired medians (what, measured, met; met None: not measured)."""
     checks: list[tuple[str, str, bool | None]] = []
-
-    def ratio(case: str, a: str, b: str) -> float | None:
-        cells = results.get(case, {})
-        values = paired_ratios(cells[a], cells[b]) if a in cells and b in cells else []
-        return statistics.median(values) if values else None
-
-    def add(what: str, value: float | None, show: str, met: bool) -> None:
-        checks.append(
-            (what, show.format(value), met) if value is not None else (what, "not measured", None)
-        )
-
     for case, limit in TIME_LIMITS.items():
         if case not in results:
             continue
-        value = ratio(case, pc.OURS, "tensorstore chained")
-        add(
+        checks += time_checks(results, case, limit)
+        for ours in (pc.OURS, pc.OURS_EXISTING):
+            cell = results[case].get(ours)
+            if cell is not None and not cell.skipped:
+                checks += resource_checks(case, ours, cell, base_bytes[case])
+    return checks
+
+
+def time_checks(
+    results: dict[str, dict[str, PyramidCell]], case: str, limit: float
+) -> list[tuple[str, str, bool | None]]:
+    """Ours against tensorstore chained (from scratch and on an existing s0), and for the mean
+    pyramid ome-zarr-py against ours."""
+    value = bench.ratio_or_none(results, case, pc.OURS, "tensorstore chained")
+    existing = bench.ratio_or_none(
+        results, case, pc.OURS_EXISTING, "tensorstore chained, existing s0"
+    )
+    checks = [
+        bench.value_check(
             f"{case}: ours/tensorstore chained <= {limit}",
             value,
             "{:.2f}x",
             value is not None and value <= limit,
-        )
-        existing = ratio(case, pc.OURS_EXISTING, "tensorstore chained, existing s0")
-        add(
+        ),
+        bench.value_check(
             f"{case}: same, existing s0 (levels 1..5 only) <= {limit}",
             existing,
             "{:.2f}x",
             existing is not None and existing <= limit,
-        )
-        if case == "mean-image":
-            value = ratio(case, "ome-zarr-py write_image", pc.OURS)
-            add(
+        ),
+    ]
+    if case == "mean-image":
+        value = bench.ratio_or_none(results, case, "ome-zarr-py write_image", pc.OURS)
+        checks.append(
+            bench.value_check(
                 f"{case}: ome-zarr-py/ours >= {OMEZARR_SPEEDUP:.0f}",
                 value,
                 "{:.2f}x",
                 value is not None and value >= OMEZARR_SPEEDUP,
             )
-        for ours in (pc.OURS, pc.OURS_EXISTING):
-            cell = results[case].get(ours)
-            if cell is None or cell.skipped:
-                continue
-            rss = median_or_none(cell.rss_mb)
-            add(
-                f"{case}: {ours} peak RSS <= {RSS_LIMIT_MB:.0f} MB",
-                rss,
-                "{:.0f} MB",
-                rss is not None and rss <= RSS_LIMIT_MB,
-            )
-            read = median_or_none(cell.read_bytes)
-            value = None if read is None else read / base_bytes[case]
-            add(
-                f"{case}: {ours} bytes read <= {READ_LIMIT}x base",
-                value,
-                "{:.2f}x",
-                value is not None and value <= READ_LIMIT,
-            )
-            if cell.exact is not None:
-                checks.append(
-                    (
-                        f"{case}: {ours} levels = tensorstore from base",
-                        ", ".join(cell.exact) or "exact",
-                        not cell.exact,
-                    )
-                )
+        )
     return checks
 
 
-def print_targets(checks: list[tuple[str, str, bool | None]]) -> None:
-    print("\n== targets (paired median ratios; RSS and bytes read: medians)")
-    for what, measured, met in checks:
-        print(f"{verdict(met)} {what:66} {measured}")
+def resource_checks(
+    case: str, ours: str, cell: PyramidCell, base_bytes: int
+) -> list[tuple[str, str, bool | None]]:
+    """One row of ours: peak RSS, bytes read against the base's size, levels exact."""
+    rss = median_or_none(cell.rss_mb)
+    read = median_or_none(cell.read_bytes)
+    value = None if read is None else read / base_bytes
+    checks = [
+        bench.value_check(
+            f"{case}: {ours} peak RSS <= {RSS_LIMIT_MB:.0f} MB",
+            rss,
+            "{:.0f} MB",
+            rss is not None and rss <= RSS_LIMIT_MB,
+        ),
+        bench.value_check(
+            f"{case}: {ours} bytes read <= {READ_LIMIT}x base",
+            value,
+            "{:.2f}x",
+            value is not None and value <= READ_LIMIT,
+        ),
+    ]
+    if cell.exact is not None:
+        checks.append(
+            (
+                f"{case}: {ours} levels = tensorstore from base",
+                ", ".join(cell.exact) or "exact",
+                not cell.exact,
+            )
+        )
+    return checks
 
 
 def scale_run(runner: Runner, args: argparse.Namespace) -> None:
     """One 2048^3 uint32 label pyramid (mode, 5 levels), ours only."""
     source = bench.make_volumes(args.data, SCALE_SIZE, ("labels",))["labels"]
     base = bench.disk_mb(Path(source)) * 1e6
-    group = runner.output("scale")
+    group = str(runner.output("scale"))
     request = {
         "job": "run",
         "contender": pc.OURS,
@@ -326,8 +327,8 @@ def scale_run(runner: Runner, args: argparse.Namespace) -> None:
         print(f"{pc.OURS}: FAILED {error}\nMISS finishes within --max-rss {args.max_rss} GB")
         report = {"error": str(error)}
     shutil.rmtree(group, ignore_errors=True)
-    save(
-        args,
+    bench.save_results(
+        args.out,
         f"pyramid-scale-{SCALE_SIZE}",
         {"size": SCALE_SIZE, "levels": pc.LEVELS, "method": "mode", "ours": report},
     )
@@ -373,30 +374,28 @@ def downsample_factors(runner: Runner, args: argparse.Namespace) -> None:
                 print(f"MISS factor {factor:3} {method:7} FAILED {error}", flush=True)
                 rows.append({"factor": factor, "method": method, "error": str(error)})
             shutil.rmtree(Path(output).parent, ignore_errors=True)
-    save(args, f"pyramid-downsample-{args.size}", {"size": args.size, "runs": rows})
+    bench.save_results(
+        args.out, f"pyramid-downsample-{args.size}", {"size": args.size, "runs": rows}
+    )
 
 
-def save(args: argparse.Namespace, prefix: str, report: dict[str, Any]) -> Path:
-    path = args.out / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(report, indent=1))
-    print(f"\nresults: {path}")
-    return path
-
-
-def benchmark(runner: Runner, args: argparse.Namespace, peer_modules: set[str]) -> None:
-    volumes = bench.make_volumes(args.data, args.size)
-    wanted = [w.strip().lower() for w in args.contenders.split(",") if w.strip()]
-    names = [
-        n
-        for n in pc.CONTENDERS
-        if n in (pc.OURS, pc.TS_BASE) or not wanted or any(w in n.lower() for w in wanted)
-    ]
+def contender_names(args: argparse.Namespace) -> list[str]:
+    """The contenders --contenders selects, ours and tensorstore from base always, and ours on an
+    existing s0 when a selected contender starts from one."""
+    wanted = bench.wanted_names(args.contenders)
+    names = [n for n in pc.CONTENDERS if n in (pc.OURS, pc.TS_BASE) or bench.selected(n, wanted)]
     if (
         wanted
         and pc.OURS_EXISTING not in names
         and any(pc.CONTENDERS[n].existing_s0 for n in names)
     ):
         names.append(pc.OURS_EXISTING)
+    return names
+
+
+def skipped_contenders(runner: Runner, names: list[str], peer_modules: set[str]) -> dict[str, str]:
+    """{contender: why it is skipped}: its peer package is missing, or it starts from an existing
+    s0 that pyramid_flow cannot reuse yet (asked of a child job)."""
     skipped = {
         n: f"skipped: {pc.CONTENDERS[n].peer} is not installable in the peer venv"
         for n in names
@@ -414,6 +413,13 @@ def benchmark(runner: Runner, args: argparse.Namespace, peer_modules: set[str]) 
                 for n in names
                 if pc.CONTENDERS[n].existing_s0
             }
+    return skipped
+
+
+def benchmark(runner: Runner, args: argparse.Namespace, peer_modules: set[str]) -> None:
+    volumes = bench.make_volumes(args.data, args.size)
+    names = contender_names(args)
+    skipped = skipped_contenders(runner, names, peer_modules)
     results, base_bytes = {}, {}
     for case in (c for c in args.cases.split(",") if c):
         source = volumes[CASES[case].volume]
@@ -423,9 +429,9 @@ def benchmark(runner: Runner, args: argparse.Namespace, peer_modules: set[str]) 
     for case, cells in results.items():
         print_table(case, cells, args.size, base_bytes[case], args.repeats)
     checks = target_checks(results, base_bytes)
-    print_targets(checks)
-    path = save(
-        args,
+    bench.print_targets("paired median ratios; RSS and bytes read: medians", checks, 66)
+    path = bench.save_results(
+        args.out,
         f"pyramid-{args.size}",
         {
             "size": args.size,
@@ -433,46 +439,27 @@ def benchmark(runner: Runner, args: argparse.Namespace, peer_modules: set[str]) 
             "levels": pc.LEVELS,
             "chunks": bench.CHUNK,
             "base_bytes": base_bytes,
-            "cases": {
-                case: {name: asdict(cell) for name, cell in cells.items()}
-                for case, cells in results.items()
-            },
-            "targets": [{"target": w, "measured": m, "met": ok} for w, m, ok in checks],
+            "cases": bench.cases_json(results),
+            "targets": bench.targets_json(checks),
         },
     )
     if runner.peer_python and "matplotlib" in peer_modules:
-        png = path.with_suffix(".png")
-        chart = subprocess.run([runner.peer_python, str(SCRIPT), "--chart", str(path), str(png)])
-        print(f"chart:   {png}" if chart.returncode == 0 else "chart: failed (see above)")
+        bench.chart(runner.peer_python, SCRIPT, path)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", type=int, choices=(256, 512, 1024), default=1024)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}"
-    )
+    bench.add_case_arguments(parser, CASES, default_size=1024)
     parser.add_argument(
         "--contenders",
         default="",
         help="comma-separated substrings: only contenders matching one "
         "(ours and tensorstore from base, the exactness reference, always run)",
     )
-    parser.add_argument(
-        "--max-rss",
-        type=float,
-        default=8.0,
-        help="GB: a contender's process tree above it is killed",
-    )
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds per contender run")
-    parser.add_argument("--out", type=Path, default=bench.DEFAULT_ROOT / "results")
-    parser.add_argument(
-        "--data", type=Path, default=bench.DEFAULT_ROOT / "data", help="generated volumes (kept)"
-    )
-    parser.add_argument("--peer-venv", type=Path, default=bench.DEFAULT_ROOT / "peer-venv")
+    bench.add_child_arguments(parser, timeout=1800, data_help="generated volumes (kept)")
     parser.add_argument(
         "--compare",
         nargs="*",
@@ -492,7 +479,11 @@ def main() -> None:
     )
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     parser.add_argument("--chart", nargs=2, type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.run_one:
         sys.path.insert(0, str(bench.REPO))
         return pc.child_main(json.loads(args.run_one), bench.RESULT_TAG)
