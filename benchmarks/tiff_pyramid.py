@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -165,19 +163,17 @@ def level_shapes(group: str) -> list[list[int]]:
     ]
 
 
+def tile_count(args: argparse.Namespace) -> int:
+    """How many tiles the --size stack has: --tile^2 tiles (edge tiles padded) per plane."""
+    return args.size * (-(-args.size // args.tile)) ** 2
+
+
 def benchmark(args: argparse.Namespace) -> None:
     tiff = make_tiff(args.data, args.size, args.tile, args.compression)
-    tiles = args.size * (-(-args.size // args.tile)) ** 2
+    tiles = tile_count(args)
     base = tiff.stat().st_size
     peer_python, peer_modules = bench.peer_venv(args.peer_venv, PEER_PACKAGES)
-    work = Path(tempfile.mkdtemp(prefix="tiff-pyramid-", dir=bench.DEFAULT_ROOT))
-    (work / "prefect").mkdir()
-    server = bench.PrefectServer(work / "prefect")
-    env = (
-        os.environ
-        | server.env
-        | {"PREFECT_API_URL": server.url, "PYTHONPATH": str(bench.REPO), "OMP_NUM_THREADS": "1"}
-    )
+    space = bench.RunSpace("tiff-pyramid-")
     print(
         f"{tiff}: {args.size}^3 uint16, tiles {args.tile}^2 ({tiles} tiles), "
         f"{base / 1e9:.2f} GB on disk",
@@ -187,8 +183,7 @@ def benchmark(args: argparse.Namespace) -> None:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
     try:
         for repeat in range(args.repeats):
-            names = list(CONTENDERS)[repeat % 2 :] + list(CONTENDERS)[: repeat % 2]
-            for name in names:
+            for name in bench.rotation(list(CONTENDERS), repeat):
                 peer = CONTENDERS[name][1]
                 if peer and "ngff_zarr" not in peer_modules:
                     print(
@@ -196,37 +191,43 @@ def benchmark(args: argparse.Namespace) -> None:
                         flush=True,
                     )
                     continue
-                group = str(work / f"out-{repeat}-{len(list(work.iterdir()))}.ome.zarr")
-                request = {"contender": name, "input": str(tiff), "output": group}
-                try:
-                    result, rss = bench.run_child(
-                        peer_python if peer else sys.executable,
-                        env,
-                        request,
-                        args.timeout,
-                        SCRIPT,
-                        args.max_rss * 1024,
-                    )
-                    result |= {"rss_mb": rss, "shapes": level_shapes(group)}
-                    print(
-                        f"  #{repeat + 1} {name}: {result['seconds']:.1f} s, "
-                        f"peak RSS {rss:.0f} MB, read {result['read_bytes'] / base:.2f}x the file"
-                        + (
-                            f", {result['decodes']} decodes for {tiles} tiles"
-                            if "decodes" in result
-                            else ""
-                        ),
-                        flush=True,
-                    )
-                except RuntimeError as error:
-                    result = {"error": str(error)}
-                    print(f"  #{repeat + 1} {name}: FAILED {error}", flush=True)
-                runs[name].append(result)
-                shutil.rmtree(group, ignore_errors=True)
+                python = peer_python if peer else sys.executable
+                runs[name].append(run_once(args, space, tiff, name, repeat, python))
     finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        space.close()
     report(args, runs, tiles, base)
+
+
+def run_once(
+    args: argparse.Namespace,
+    space: bench.RunSpace,
+    tiff: Path,
+    name: str,
+    repeat: int,
+    python: str,
+) -> dict[str, Any]:
+    """One run of contender `name` with `python` into a new group, removed afterwards: its result
+    (seconds, bytes read, peak RSS, level shapes; decodes for ours) or its error, printed."""
+    tiles = tile_count(args)
+    base = tiff.stat().st_size
+    group = str(space.output(f"out-{repeat}", ".ome.zarr"))
+    request = {"contender": name, "input": str(tiff), "output": group}
+    try:
+        result, rss = bench.run_child(
+            python, space.env, request, args.timeout, SCRIPT, args.max_rss * 1024
+        )
+        result |= {"rss_mb": rss, "shapes": level_shapes(group)}
+        print(
+            f"  #{repeat + 1} {name}: {result['seconds']:.1f} s, "
+            f"peak RSS {rss:.0f} MB, read {result['read_bytes'] / base:.2f}x the file"
+            + (f", {result['decodes']} decodes for {tiles} tiles" if "decodes" in result else ""),
+            flush=True,
+        )
+    except RuntimeError as error:
+        result = {"error": str(error)}
+        print(f"  #{repeat + 1} {name}: FAILED {error}", flush=True)
+    shutil.rmtree(group, ignore_errors=True)
+    return result
 
 
 def report(
@@ -236,13 +237,28 @@ def report(
     ratios = [
         b["seconds"] / a["seconds"] for a, b in zip(ours, peer) if "seconds" in a and "seconds" in b
     ]
-    good = [r for r in ours if "seconds" in r]
     speedup = statistics.median(ratios) if ratios else None
-    rss = max((r["rss_mb"] for r in good), default=None)
-    decodes = max((r["decodes"] for r in good), default=None)
-    same_shapes = all(
-        a.get("shapes") == b.get("shapes") for a, b in zip(ours, peer) if "shapes" in b
+    print_runs(args, runs, base)
+    bench.print_targets(None, target_checks(ours, peer, tiles, speedup), 48)
+    args.out.mkdir(parents=True, exist_ok=True)
+    bench.save_results(
+        args.out,
+        f"tiff-pyramid-{args.size}-{args.compression}",
+        {
+            "size": args.size,
+            "tile": args.tile,
+            "compression": args.compression,
+            "tiles": tiles,
+            "file_bytes": base,
+            "runs": runs,
+            "speedup": speedup,
+        },
     )
+
+
+def print_runs(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], base: int) -> None:
+    """The heading, then each run's peak RSS and bytes read (or its error)."""
+    good = [r for r in runs[next(iter(CONTENDERS))] if "seconds" in r]
     print(
         f"\n== {args.size}^3 uint16 OME-TIFF, tiles {args.tile}^2 {args.compression}, "
         f"{LEVELS} levels x2 (mean), "
@@ -257,48 +273,34 @@ def report(
                     f"{name:32} peak RSS {r['rss_mb']:6.0f} MB, "
                     f"read {r['read_bytes'] / base:5.2f}x the file"
                 )
-    checks = [
-        (
+
+
+def target_checks(
+    ours: list[dict[str, Any]], peer: list[dict[str, Any]], tiles: int, speedup: float | None
+) -> list[bench.Check]:
+    """Speed-up over ngff-zarr, our peak RSS, one decode per tile, same level shapes."""
+    good = [r for r in ours if "seconds" in r]
+    rss = max((r["rss_mb"] for r in good), default=None)
+    decodes = max((r["decodes"] for r in good), default=None)
+    same_shapes = all(
+        a.get("shapes") == b.get("shapes") for a, b in zip(ours, peer) if "shapes" in b
+    )
+    return [
+        bench.value_check(
             f"ngff-zarr / ours >= {SPEEDUP_TARGET:.0f} (paired median)",
             speedup,
             "{:.2f}x",
             speedup is not None and speedup >= SPEEDUP_TARGET,
         ),
-        (
+        bench.value_check(
             f"ours peak RSS <= {RSS_LIMIT_MB:.0f} MB",
             rss,
             "{:.0f} MB",
             rss is not None and rss <= RSS_LIMIT_MB,
         ),
-        (f"ours decodes = tiles ({tiles})", decodes, "{}", decodes == tiles),
-        ("same level shapes as ngff-zarr", same_shapes, "{}", same_shapes),
+        bench.value_check(f"ours decodes = tiles ({tiles})", decodes, "{}", decodes == tiles),
+        bench.value_check("same level shapes as ngff-zarr", same_shapes, "{}", same_shapes),
     ]
-    print("\n== targets")
-    for what, value, show, met in checks:
-        print(
-            f"{bench.verdict(met if value is not None else None)} {what:48} "
-            f"{show.format(value) if value is not None else 'not measured'}"
-        )
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = (
-        args.out
-        / f"tiff-pyramid-{args.size}-{args.compression}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    )
-    path.write_text(
-        json.dumps(
-            {
-                "size": args.size,
-                "tile": args.tile,
-                "compression": args.compression,
-                "tiles": tiles,
-                "file_bytes": base,
-                "runs": runs,
-                "speedup": speedup,
-            },
-            indent=1,
-        )
-    )
-    print(f"\nresults: {path}")
 
 
 def main() -> None:
@@ -313,18 +315,7 @@ def main() -> None:
         "--compression", choices=("zlib", "none"), default="zlib", help="of the TIFF's tiles"
     )
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument(
-        "--max-rss",
-        type=float,
-        default=8.0,
-        help="GB: a contender's process tree above it is killed",
-    )
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds per contender run")
-    parser.add_argument("--out", type=Path, default=bench.DEFAULT_ROOT / "results")
-    parser.add_argument(
-        "--data", type=Path, default=bench.DEFAULT_ROOT / "data", help="generated TIFFs (kept)"
-    )
-    parser.add_argument("--peer-venv", type=Path, default=bench.DEFAULT_ROOT / "peer-venv")
+    bench.add_child_arguments(parser, timeout=3600, data_help="generated TIFFs (kept)")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_one:
