@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+import bench  # benchmarks/bench.py: the Prefect server's command and health wait
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RETRY_LINE = "Received response with retryable status code 503"
@@ -67,71 +68,54 @@ def client(runs: int, size: int, work: str) -> dict:
     return {"seconds": seconds, "client_retries": len(retries)}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def measure(database: str, database_url: str | None, runs: int, size: int) -> dict:
-    """Start a server on `database_url` (None: SQLite), run the client against it, stop it."""
-    import httpx
-
-    work = tempfile.mkdtemp(prefix=f"backtoback-{database}-")
-    port = free_port()
+def server_env(work: str, port: int, database_url: str | None) -> dict[str, str]:
+    """The server's environment: PREFECT_HOME in `work`, `port`, each 503 logged with its cause,
+    the database at `database_url` (None: SQLite)."""
     env = os.environ | {
         "PREFECT_HOME": f"{work}/prefect",
         "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true",
-    }  # the server logs each 503 with its cause
+    }
     env.pop("PREFECT_API_URL", None)
     if database_url:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    return env
+
+
+def run_client(env: dict[str, str], url: str, runs: int, size: int, work: str) -> dict:
+    """`client` in a fresh process against the server at `url`; its result."""
+    code = (
+        f"import json, sys; sys.path.insert(0, {REPO!r}); "
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r}); "
+        f"from backtoback import client; print(json.dumps(client({runs}, {size}, {work!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env | {"PREFECT_API_URL": url},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def measure(database: str, database_url: str | None, runs: int, size: int) -> dict:
+    """Start a server on `database_url` (None: SQLite), run the client against it, stop it."""
+    work = tempfile.mkdtemp(prefix=f"backtoback-{database}-")
+    port = bench.free_port()
+    env = server_env(work, port, database_url)
     log_path = f"{work}/server.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "prefect",
-                "server",
-                "start",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            bench.prefect_server_command(port), env=env, stdout=log, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"{database} server did not start; see {log_path}")
-            time.sleep(0.5)
-        code = (
-            f"import json, sys; sys.path.insert(0, {REPO!r}); "
-            f"sys.path.insert(0, {os.path.dirname(__file__)!r}); "
-            f"from backtoback import client; print(json.dumps(client({runs}, {size}, {work!r})))"
-        )
-        out = subprocess.run(
-            [sys.executable, "-c", code],
-            env=env | {"PREFECT_API_URL": url},
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        result = json.loads(out.strip().splitlines()[-1])
+        if not bench.wait_until_healthy(url, server):
+            raise RuntimeError(f"{database} server did not start; see {log_path}")
+        result = run_client(env, url, runs, size, work)
     finally:
         server.terminate()
         server.wait(timeout=60)
