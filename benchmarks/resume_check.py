@@ -35,7 +35,8 @@ def grid_for(n_blocks: int) -> tuple[int, int, int]:
     return side, side, math.ceil(n_blocks / side**2)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -47,10 +48,12 @@ def main() -> None:
     parser.add_argument(
         "--dir", default=None, help="where to create the data (default: a temporary folder)"
     )
-    args = parser.parse_args()
-    root = args.dir or tempfile.mkdtemp(prefix="resume-check-")
-    out_grid = grid_for(args.blocks)
-    in_shape = tuple(g * CHUNK * args.factor for g in out_grid)
+    return parser.parse_args()
+
+
+def make_input(root: str, in_shape: tuple[int, ...]) -> int:
+    """The input array `root`/in.zarr/raw with a one-byte stand-in file for every chunk; returns
+    how many chunk files there are."""
     array = zarr.create_array(
         store=os.path.join(root, "in.zarr"),
         name="raw",
@@ -72,11 +75,11 @@ def main() -> None:
     print(
         f"{n_files} input chunk files created in {time.perf_counter() - started:.1f} s under {root}"
     )
-    source = as_source(os.path.join(root, "in.zarr", "raw"))
-    view = source if args.factor == 1 else WindowedSource(source, (args.factor,) * 3, "mean")
-    job = SimpleNamespace(source=view, mask=None, grid=BlockGrid(view.shape, (CHUNK,) * 3))
-    block_ids = list(range(job.grid.n_blocks))
-    records = BlockRecords(os.path.join(root, "out.zarr", "s0", ".bioimage-tasks", "blocks", "key"))
+    return n_files
+
+
+def record_finished_run(job: SimpleNamespace, block_ids: list[int], records: BlockRecords) -> None:
+    """Writes every block's record as a finished run does (printed: how long, how many files)."""
     started = time.perf_counter()
     signatures = job_signatures(job, block_ids)
     for block_id in block_ids:
@@ -88,27 +91,47 @@ def main() -> None:
         f"{sum(len(f) for _, _, f in os.walk(records.directory))} record files in "
         f"{sum(len(d) for _, d, _ in os.walk(records.directory))} folders"
     )
-    for repeat in range(args.repeats):
-        timings = {}
-        started = time.perf_counter()
-        recorded = records.recorded(block_ids)
-        timings["read records"] = time.perf_counter() - started
-        started = time.perf_counter()
-        signatures = job_signatures(job, block_ids)
-        timings["signatures"] = time.perf_counter() - started
-        started = time.perf_counter()
-        done = records.done_among(block_ids, signatures)
-        timings["check (records + compare)"] = time.perf_counter() - started
-        total = timings["signatures"] + timings["check (records + compare)"]
-        assert len(recorded) == len(done) == len(block_ids)
-        print(
-            f"repeat {repeat + 1}: resume check of {len(block_ids)} blocks ({n_files} input files) "
-            f"{total:.2f} s = "
-            + ", ".join(
-                f"{name} {value:.2f} s" for name, value in timings.items() if name != "read records"
-            )
-            + f" (records alone {timings['read records']:.2f} s)"
+
+
+def time_resume_check(
+    job: SimpleNamespace, block_ids: list[int], records: BlockRecords, n_files: int, repeat: int
+) -> None:
+    """One resume check of every block, timed by step and printed."""
+    timings = {}
+    started = time.perf_counter()
+    recorded = records.recorded(block_ids)
+    timings["read records"] = time.perf_counter() - started
+    started = time.perf_counter()
+    signatures = job_signatures(job, block_ids)
+    timings["signatures"] = time.perf_counter() - started
+    started = time.perf_counter()
+    done = records.done_among(block_ids, signatures)
+    timings["check (records + compare)"] = time.perf_counter() - started
+    total = timings["signatures"] + timings["check (records + compare)"]
+    assert len(recorded) == len(done) == len(block_ids)
+    print(
+        f"repeat {repeat + 1}: resume check of {len(block_ids)} blocks ({n_files} input files) "
+        f"{total:.2f} s = "
+        + ", ".join(
+            f"{name} {value:.2f} s" for name, value in timings.items() if name != "read records"
         )
+        + f" (records alone {timings['read records']:.2f} s)"
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    root = args.dir or tempfile.mkdtemp(prefix="resume-check-")
+    out_grid = grid_for(args.blocks)
+    n_files = make_input(root, tuple(g * CHUNK * args.factor for g in out_grid))
+    source = as_source(os.path.join(root, "in.zarr", "raw"))
+    view = source if args.factor == 1 else WindowedSource(source, (args.factor,) * 3, "mean")
+    job = SimpleNamespace(source=view, mask=None, grid=BlockGrid(view.shape, (CHUNK,) * 3))
+    block_ids = list(range(job.grid.n_blocks))
+    records = BlockRecords(os.path.join(root, "out.zarr", "s0", ".bioimage-tasks", "blocks", "key"))
+    record_finished_run(job, block_ids, records)
+    for repeat in range(args.repeats):
+        time_resume_check(job, block_ids, records, n_files, repeat)
 
 
 if __name__ == "__main__":
