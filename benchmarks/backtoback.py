@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-import bench  # benchmarks/bench.py: the Prefect server's command and health wait
+from bench_runs import free_port, prefect_server_command, wait_until_healthy
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RETRY_LINE = "Received response with retryable status code 503"
@@ -104,16 +104,16 @@ def run_client(env: dict[str, str], url: str, runs: int, size: int, work: str) -
 def measure(database: str, database_url: str | None, runs: int, size: int) -> dict:
     """Start a server on `database_url` (None: SQLite), run the client against it, stop it."""
     work = tempfile.mkdtemp(prefix=f"backtoback-{database}-")
-    port = bench.free_port()
+    port = free_port()
     env = server_env(work, port, database_url)
     log_path = f"{work}/server.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            bench.prefect_server_command(port), env=env, stdout=log, stderr=subprocess.STDOUT
+            prefect_server_command(port), env=env, stdout=log, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}/api"
     try:
-        if not bench.wait_until_healthy(url, server):
+        if not wait_until_healthy(url, server):
             raise RuntimeError(f"{database} server did not start; see {log_path}")
         result = run_client(env, url, runs, size, work)
     finally:

@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402
-from bench import RESULT_TAG, peak_rss_mb  # noqa: E402
+from bench_runs import RESULT_TAG, peak_rss_mb  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 DEFAULT_DATA = Path("/work/bench-data/czibench") if Path("/work").is_dir() else bench.DEFAULT_ROOT

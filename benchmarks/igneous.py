@@ -491,7 +491,7 @@ def main() -> None:
     args.contenders = args.contenders.split(",")
     if "igneous" in args.contenders:
         sys.path.insert(0, str(HERE))
-        from bench import peer_venv
+        from bench_peers import peer_venv
 
         python, available = peer_venv(
             args.peer_venv, {"igneous": ["igneous-pipeline==4.37.*", "numpy"]}

@@ -249,7 +249,7 @@ def main() -> None:
     os.environ.update(SINGLE_THREAD)
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(HERE))
-    from bench import peer_venv
+    from bench_peers import peer_venv
 
     python, available = peer_venv(args.peer_venv, {"tinybrain": ["tinybrain", "numpy"]})
     if "tinybrain" not in available:

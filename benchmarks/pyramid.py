@@ -32,14 +32,41 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402
 import pyramid_contenders as pc  # noqa: E402
 from bench import CASES as ALL_CASES  # noqa: E402
-from bench import Cell, median_range, paired_ratios, valid, verdict
+from bench_chart import chart, draw_chart  # noqa: E402
+from bench_peers import PEER_PACKAGES as BENCH_PEER_PACKAGES  # noqa: E402
+from bench_peers import peer_venv  # noqa: E402
+from bench_results import (  # noqa: E402
+    Cell,
+    cases_json,
+    compare_sizes,
+    median_range,
+    paired_ratios,
+    print_targets,
+    ratio_or_none,
+    save_results,
+    targets_json,
+    valid,
+    value_check,
+    verdict,
+)
+from bench_runs import (  # noqa: E402
+    REPO,
+    RESULT_TAG,
+    RunSpace,
+    add_case_arguments,
+    add_child_arguments,
+    rotation,
+    run_child,
+    selected,
+    wanted_names,
+)
+from bench_volumes import CHUNK, disk_mb, make_volumes  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 CASES = {name: ALL_CASES[name] for name in ("mean-image", "mode-labels")}
-PEER_PACKAGES = bench.PEER_PACKAGES | {
+PEER_PACKAGES = BENCH_PEER_PACKAGES | {
     "ome_zarr": ["ome-zarr==0.18.0", "zarr>=3.1,<3.2"],
     "ngff_zarr": ["ngff-zarr[dask-image]==0.50.0", "zarr>=3.1,<3.2"],
 }
@@ -64,7 +91,7 @@ def partner(name: str) -> str:
     return pc.OURS_EXISTING if pc.CONTENDERS[name].existing_s0 else pc.OURS
 
 
-class Runner(bench.RunSpace):
+class Runner(RunSpace):
     """Runs child jobs against one Prefect server (our venv) or in the peer venv."""
 
     def __init__(self, args: argparse.Namespace, peer_python: str | None):
@@ -74,7 +101,7 @@ class Runner(bench.RunSpace):
 
     def run(self, request: dict[str, Any], peer: bool = False) -> tuple[dict[str, Any], float]:
         python = self.peer_python if peer else sys.executable
-        return bench.run_child(
+        return run_child(
             python, self.env, request, self.args.timeout, SCRIPT, self.args.max_rss * 1024
         )
 
@@ -88,7 +115,7 @@ def run_case(
     runnable = [name for name in names if not cells[name].skipped]
     kept: dict[str, str] = {}
     for repeat in range(runner.args.repeats):
-        for name in bench.rotation(runnable, repeat):
+        for name in rotation(runnable, repeat):
             group = run_once(
                 runner, case, source, name, f"{case} #{repeat + 1} {name}", cells[name]
             )
@@ -231,18 +258,16 @@ def time_checks(
 ) -> list[tuple[str, str, bool | None]]:
     """Ours against tensorstore chained (from scratch and on an existing s0), and for the mean
     pyramid ome-zarr-py against ours."""
-    value = bench.ratio_or_none(results, case, pc.OURS, "tensorstore chained")
-    existing = bench.ratio_or_none(
-        results, case, pc.OURS_EXISTING, "tensorstore chained, existing s0"
-    )
+    value = ratio_or_none(results, case, pc.OURS, "tensorstore chained")
+    existing = ratio_or_none(results, case, pc.OURS_EXISTING, "tensorstore chained, existing s0")
     checks = [
-        bench.value_check(
+        value_check(
             f"{case}: ours/tensorstore chained <= {limit}",
             value,
             "{:.2f}x",
             value is not None and value <= limit,
         ),
-        bench.value_check(
+        value_check(
             f"{case}: same, existing s0 (levels 1..5 only) <= {limit}",
             existing,
             "{:.2f}x",
@@ -250,9 +275,9 @@ def time_checks(
         ),
     ]
     if case == "mean-image":
-        value = bench.ratio_or_none(results, case, "ome-zarr-py write_image", pc.OURS)
+        value = ratio_or_none(results, case, "ome-zarr-py write_image", pc.OURS)
         checks.append(
-            bench.value_check(
+            value_check(
                 f"{case}: ome-zarr-py/ours >= {OMEZARR_SPEEDUP:.0f}",
                 value,
                 "{:.2f}x",
@@ -270,13 +295,13 @@ def resource_checks(
     read = median_or_none(cell.read_bytes)
     value = None if read is None else read / base_bytes
     checks = [
-        bench.value_check(
+        value_check(
             f"{case}: {ours} peak RSS <= {RSS_LIMIT_MB:.0f} MB",
             rss,
             "{:.0f} MB",
             rss is not None and rss <= RSS_LIMIT_MB,
         ),
-        bench.value_check(
+        value_check(
             f"{case}: {ours} bytes read <= {READ_LIMIT}x base",
             value,
             "{:.2f}x",
@@ -296,8 +321,8 @@ def resource_checks(
 
 def scale_run(runner: Runner, args: argparse.Namespace) -> None:
     """One 2048^3 uint32 label pyramid (mode, 5 levels), ours only."""
-    source = bench.make_volumes(args.data, SCALE_SIZE, ("labels",))["labels"]
-    base = bench.disk_mb(Path(source)) * 1e6
+    source = make_volumes(args.data, SCALE_SIZE, ("labels",))["labels"]
+    base = disk_mb(Path(source)) * 1e6
     group = str(runner.output("scale"))
     request = {
         "job": "run",
@@ -327,7 +352,7 @@ def scale_run(runner: Runner, args: argparse.Namespace) -> None:
         print(f"{pc.OURS}: FAILED {error}\nMISS finishes within --max-rss {args.max_rss} GB")
         report = {"error": str(error)}
     shutil.rmtree(group, ignore_errors=True)
-    bench.save_results(
+    save_results(
         args.out,
         f"pyramid-scale-{SCALE_SIZE}",
         {"size": SCALE_SIZE, "levels": pc.LEVELS, "method": "mode", "ours": report},
@@ -337,7 +362,7 @@ def scale_run(runner: Runner, args: argparse.Namespace) -> None:
 def downsample_factors(runner: Runner, args: argparse.Namespace) -> None:
     """`downsample_flow` of the SIZE^3 labels at large factors (mode and stride): peak RSS vs the
     budget."""
-    source = bench.make_volumes(args.data, args.size, ("labels",))["labels"]
+    source = make_volumes(args.data, args.size, ("labels",))["labels"]
     factors = [int(f) for f in args.downsample_factors.split(",")]
     print(
         f"\n== downsample_flow of {args.size}^3 uint32 labels, threads x2, once each; "
@@ -374,16 +399,14 @@ def downsample_factors(runner: Runner, args: argparse.Namespace) -> None:
                 print(f"MISS factor {factor:3} {method:7} FAILED {error}", flush=True)
                 rows.append({"factor": factor, "method": method, "error": str(error)})
             shutil.rmtree(Path(output).parent, ignore_errors=True)
-    bench.save_results(
-        args.out, f"pyramid-downsample-{args.size}", {"size": args.size, "runs": rows}
-    )
+    save_results(args.out, f"pyramid-downsample-{args.size}", {"size": args.size, "runs": rows})
 
 
 def contender_names(args: argparse.Namespace) -> list[str]:
     """The contenders --contenders selects, ours and tensorstore from base always, and ours on an
     existing s0 when a selected contender starts from one."""
-    wanted = bench.wanted_names(args.contenders)
-    names = [n for n in pc.CONTENDERS if n in (pc.OURS, pc.TS_BASE) or bench.selected(n, wanted)]
+    wanted = wanted_names(args.contenders)
+    names = [n for n in pc.CONTENDERS if n in (pc.OURS, pc.TS_BASE) or selected(n, wanted)]
     if (
         wanted
         and pc.OURS_EXISTING not in names
@@ -417,34 +440,34 @@ def skipped_contenders(runner: Runner, names: list[str], peer_modules: set[str])
 
 
 def benchmark(runner: Runner, args: argparse.Namespace, peer_modules: set[str]) -> None:
-    volumes = bench.make_volumes(args.data, args.size)
+    volumes = make_volumes(args.data, args.size)
     names = contender_names(args)
     skipped = skipped_contenders(runner, names, peer_modules)
     results, base_bytes = {}, {}
     for case in (c for c in args.cases.split(",") if c):
         source = volumes[CASES[case].volume]
-        base_bytes[case] = int(bench.disk_mb(Path(source)) * 1e6)
+        base_bytes[case] = int(disk_mb(Path(source)) * 1e6)
         results[case] = run_case(runner, case, source, names, skipped)
         print_table(case, results[case], args.size, base_bytes[case], args.repeats)
     for case, cells in results.items():
         print_table(case, cells, args.size, base_bytes[case], args.repeats)
     checks = target_checks(results, base_bytes)
-    bench.print_targets("paired median ratios; RSS and bytes read: medians", checks, 66)
-    path = bench.save_results(
+    print_targets("paired median ratios; RSS and bytes read: medians", checks, 66)
+    path = save_results(
         args.out,
         f"pyramid-{args.size}",
         {
             "size": args.size,
             "repeats": args.repeats,
             "levels": pc.LEVELS,
-            "chunks": bench.CHUNK,
+            "chunks": CHUNK,
             "base_bytes": base_bytes,
-            "cases": bench.cases_json(results),
-            "targets": bench.targets_json(checks),
+            "cases": cases_json(results),
+            "targets": targets_json(checks),
         },
     )
     if runner.peer_python and "matplotlib" in peer_modules:
-        bench.chart(runner.peer_python, SCRIPT, path)
+        chart(runner.peer_python, SCRIPT, path)
 
 
 def parse_args() -> argparse.Namespace:
@@ -452,14 +475,14 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    bench.add_case_arguments(parser, CASES, default_size=1024)
+    add_case_arguments(parser, CASES, default_size=1024)
     parser.add_argument(
         "--contenders",
         default="",
         help="comma-separated substrings: only contenders matching one "
         "(ours and tensorstore from base, the exactness reference, always run)",
     )
-    bench.add_child_arguments(parser, timeout=1800, data_help="generated volumes (kept)")
+    add_child_arguments(parser, timeout=1800, data_help="generated volumes (kept)")
     parser.add_argument(
         "--compare",
         nargs="*",
@@ -485,12 +508,12 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     if args.run_one:
-        sys.path.insert(0, str(bench.REPO))
-        return pc.child_main(json.loads(args.run_one), bench.RESULT_TAG)
+        sys.path.insert(0, str(REPO))
+        return pc.child_main(json.loads(args.run_one), RESULT_TAG)
     if args.chart:
-        return bench.draw_chart(*args.chart, ours=pc.OURS)
+        return draw_chart(*args.chart, ours=pc.OURS)
     if args.compare is not None:
-        return bench.compare_sizes(
+        return compare_sizes(
             args.compare or sorted(args.out.glob("pyramid-[0-9]*.json")), ours=pc.OURS
         )
     args.data.mkdir(parents=True, exist_ok=True)
@@ -498,7 +521,7 @@ def main() -> None:
     peer_python, peer_modules = (
         (None, set())
         if args.scale_run or args.downsample_factors
-        else bench.peer_venv(args.peer_venv, PEER_PACKAGES)
+        else peer_venv(args.peer_venv, PEER_PACKAGES)
     )
     runner = Runner(args, peer_python)
     try:

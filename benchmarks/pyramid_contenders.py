@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import CHUNK, SETTLE_SECONDS, WORKERS, peak_rss_mb, settle_disk, ts_create, ts_spec
+from bench_runs import SETTLE_SECONDS, peak_rss_mb, settle_disk
+from bench_volumes import CHUNK
+from downsample_contenders import WORKERS, ts_create, ts_spec
 
 LEVELS = 5  # s1..s5, factor 2 each
 SAMPLE_CHUNKS = 16  # chunks compared on levels too large to compare whole
@@ -73,7 +75,8 @@ class Contender:
 
 def warm_up_prefect(method: str, source: str, group: str) -> None:
     """One tiny untimed pyramid call (a process's first flow call pays Prefect's client set-up),
-    then SETTLE_SECONDS for the server to store its events (see bench.warm_up_prefect)."""
+    then SETTLE_SECONDS for the server to store its events (see
+    downsample_contenders.warm_up_prefect)."""
     import numpy as np
 
     from flows import pyramid_flow

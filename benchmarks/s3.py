@@ -32,7 +32,7 @@ import tensorstore as ts
 import zarr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench  # noqa: E402  (benchmarks/bench.py: PrefectServer)
+from bench_runs import PrefectServer  # noqa: E402
 
 BUCKET, CHUNK = "bench", 64
 
@@ -183,7 +183,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-s3-"))
     (work / "prefect").mkdir()
     moto, endpoint = start_moto(work)
-    server = bench.PrefectServer(work / "prefect")
+    server = PrefectServer(work / "prefect")
     os.environ.update(
         server.env
         | {

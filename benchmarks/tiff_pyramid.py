@@ -27,8 +27,22 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402
-from bench import CHUNK, RESULT_TAG, WORKERS, peak_rss_mb  # noqa: E402
+from bench_peers import peer_venv  # noqa: E402
+from bench_results import Check, print_targets, save_results, value_check  # noqa: E402
+from bench_runs import (  # noqa: E402
+    REPO,
+    RESULT_TAG,
+    SETTLE_SECONDS,
+    RunSpace,
+    add_child_arguments,
+    peak_rss_mb,
+    read_through,
+    rotation,
+    run_child,
+    settle_disk,
+)
+from bench_volumes import CHUNK  # noqa: E402
+from downsample_contenders import WORKERS  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 LEVELS = 5
@@ -105,7 +119,7 @@ def run_ours(tiff: str, group: str) -> dict[str, Any]:
         np.zeros((16, 16, 16), np.uint16), f"{group}-warm-up.zarr", scale_factors=[2]
     )  # Prefect's set-up
     shutil.rmtree(f"{group}-warm-up.zarr", ignore_errors=True)
-    time.sleep(bench.SETTLE_SECONDS)
+    time.sleep(SETTLE_SECONDS)
     decoded = count_decodes()
     return timed(
         lambda: pyramid_flow(
@@ -140,7 +154,7 @@ def run_ngff_zarr(tiff: str, group: str) -> dict[str, Any]:
 def timed(work) -> dict[str, Any]:
     from pyramid_contenders import tree_rchar
 
-    bench.settle_disk()
+    settle_disk()
     read_before = tree_rchar()
     started = time.perf_counter()
     work()
@@ -172,18 +186,18 @@ def benchmark(args: argparse.Namespace) -> None:
     tiff = make_tiff(args.data, args.size, args.tile, args.compression)
     tiles = tile_count(args)
     base = tiff.stat().st_size
-    peer_python, peer_modules = bench.peer_venv(args.peer_venv, PEER_PACKAGES)
-    space = bench.RunSpace("tiff-pyramid-")
+    peer_python, peer_modules = peer_venv(args.peer_venv, PEER_PACKAGES)
+    space = RunSpace("tiff-pyramid-")
     print(
         f"{tiff}: {args.size}^3 uint16, tiles {args.tile}^2 ({tiles} tiles), "
         f"{base / 1e9:.2f} GB on disk",
         flush=True,
     )
-    bench.read_through(tiff)  # every contender then reads it from the page cache, the first one too
+    read_through(tiff)  # every contender then reads it from the page cache, the first one too
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONTENDERS}
     try:
         for repeat in range(args.repeats):
-            for name in bench.rotation(list(CONTENDERS), repeat):
+            for name in rotation(list(CONTENDERS), repeat):
                 peer = CONTENDERS[name][1]
                 if peer and "ngff_zarr" not in peer_modules:
                     print(
@@ -200,7 +214,7 @@ def benchmark(args: argparse.Namespace) -> None:
 
 def run_once(
     args: argparse.Namespace,
-    space: bench.RunSpace,
+    space: RunSpace,
     tiff: Path,
     name: str,
     repeat: int,
@@ -213,7 +227,7 @@ def run_once(
     group = str(space.output(f"out-{repeat}", ".ome.zarr"))
     request = {"contender": name, "input": str(tiff), "output": group}
     try:
-        result, rss = bench.run_child(
+        result, rss = run_child(
             python, space.env, request, args.timeout, SCRIPT, args.max_rss * 1024
         )
         result |= {"rss_mb": rss, "shapes": level_shapes(group)}
@@ -239,9 +253,9 @@ def report(
     ]
     speedup = statistics.median(ratios) if ratios else None
     print_runs(args, runs, base)
-    bench.print_targets(None, target_checks(ours, peer, tiles, speedup), 48)
+    print_targets(None, target_checks(ours, peer, tiles, speedup), 48)
     args.out.mkdir(parents=True, exist_ok=True)
-    bench.save_results(
+    save_results(
         args.out,
         f"tiff-pyramid-{args.size}-{args.compression}",
         {
@@ -277,7 +291,7 @@ def print_runs(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]], 
 
 def target_checks(
     ours: list[dict[str, Any]], peer: list[dict[str, Any]], tiles: int, speedup: float | None
-) -> list[bench.Check]:
+) -> list[Check]:
     """Speed-up over ngff-zarr, our peak RSS, one decode per tile, same level shapes."""
     good = [r for r in ours if "seconds" in r]
     rss = max((r["rss_mb"] for r in good), default=None)
@@ -286,20 +300,20 @@ def target_checks(
         a.get("shapes") == b.get("shapes") for a, b in zip(ours, peer) if "shapes" in b
     )
     return [
-        bench.value_check(
+        value_check(
             f"ngff-zarr / ours >= {SPEEDUP_TARGET:.0f} (paired median)",
             speedup,
             "{:.2f}x",
             speedup is not None and speedup >= SPEEDUP_TARGET,
         ),
-        bench.value_check(
+        value_check(
             f"ours peak RSS <= {RSS_LIMIT_MB:.0f} MB",
             rss,
             "{:.0f} MB",
             rss is not None and rss <= RSS_LIMIT_MB,
         ),
-        bench.value_check(f"ours decodes = tiles ({tiles})", decodes, "{}", decodes == tiles),
-        bench.value_check("same level shapes as ngff-zarr", same_shapes, "{}", same_shapes),
+        value_check(f"ours decodes = tiles ({tiles})", decodes, "{}", decodes == tiles),
+        value_check("same level shapes as ngff-zarr", same_shapes, "{}", same_shapes),
     ]
 
 
@@ -315,11 +329,11 @@ def main() -> None:
         "--compression", choices=("zlib", "none"), default="zlib", help="of the TIFF's tiles"
     )
     parser.add_argument("--repeats", type=int, default=1)
-    bench.add_child_arguments(parser, timeout=3600, data_help="generated TIFFs (kept)")
+    add_child_arguments(parser, timeout=3600, data_help="generated TIFFs (kept)")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_one:
-        sys.path.insert(0, str(bench.REPO))
+        sys.path.insert(0, str(REPO))
         request = json.loads(args.run_one)
         result = CONTENDERS[request["contender"]][0](request["input"], request["output"])
         print(RESULT_TAG + json.dumps(result | {"self_rss_mb": peak_rss_mb()}), flush=True)
