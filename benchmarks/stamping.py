@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from bioimage_tasks.blockwise import BlockJob, plan_batches, process_batch
+from bioimage_tasks.blockwise import BlockJob, process_batch
 from bioimage_tasks.chunk_manifest import ChunkManifest, outputs_intact, stamp_writes
 from bioimage_tasks.io import as_source
 from bioimage_tasks.planning import block_records, plan_blockwise
@@ -80,10 +80,14 @@ def write(view: Any, output: str, stamped: bool) -> tuple[float, BlockJob]:
     os.sync()  # earlier runs' dirty pages are not this run's cost
     started = time.perf_counter()
     with ThreadPoolExecutor(WORKERS) as pool:
-        list(
-            pool.map(lambda batch: process_batch(job, batch), plan_batches(plan.block_ids, WORKERS))
-        )
+        list(pool.map(lambda batch: process_batch(job, batch), batches(plan.grid.n_blocks)))
     return time.perf_counter() - started, job
+
+
+def batches(n_blocks: int) -> list[range]:
+    """The blocks cut into one contiguous range per worker thread."""
+    cuts = [n_blocks * i // WORKERS for i in range(WORKERS + 1)]
+    return [range(a, b) for a, b in zip(cuts, cuts[1:])]
 
 
 def stored_bytes(folder: str) -> int:

@@ -63,6 +63,8 @@ def region_signatures(source: Any, regions: Sequence[tuple[slice, ...]]) -> list
 def interval_signatures(source: Any, starts: np.ndarray, stops: np.ndarray) -> list[str | None]:
     """Signatures of the boxes [starts[i], stops[i]) of `source` (arrays of shape (N, ndim))."""
     starts, stops = np.asarray(starts, np.int64), np.asarray(stops, np.int64)
+    if len(starts) == 0:  # an empty batch
+        return []
     while hasattr(source, "source"):
         if not hasattr(source, "input_interval"):
             return [None] * len(starts)

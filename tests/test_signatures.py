@@ -104,3 +104,11 @@ def test_signature_of_n5_follows_written_files(tmp_path):
     assert changed(before, signatures(path, (8, 8, 8))) == {
         int(np.ravel_multi_index((2, 2, 1), (3, 3, 2)))
     }
+
+
+def test_an_empty_batch_has_no_signatures(tmp_path):
+    """A batch of no blocks (more workers than blocks) gets an empty list, not a numpy error."""
+    source = as_source(make_array(str(tmp_path), "v3 default", (16, 16), (8, 8)))
+    empty = np.zeros((0, 2), np.int64)
+    assert interval_signatures(source, empty, empty) == []
+    assert len(signatures(str(tmp_path / "a.zarr" / "x"), (8, 8))) == 4
