@@ -264,9 +264,9 @@ def open_group(path: ContainerPath | UrlPath, zarr_format: int) -> tuple[Any, st
     it keeps its files (its folder, or its Location on object storage)."""
     if isinstance(path, UrlPath):
         return path.open_group(zarr_format), path.location()
-    group = local_zarr.new_group(path.container, path.key, zarr_format) or zarr.open_group(
-        path.container, path=path.key, mode="a", zarr_format=zarr_format
-    )
+    group = local_zarr.new_group(path.container, path.key, zarr_format)
+    if group is None:  # it exists (or its parents are not all groups yet): zarr-python opens it
+        group = zarr.open_group(path.container, path=path.key, mode="a", zarr_format=zarr_format)
     return group, os.path.join(path.container, path.key)
 
 
