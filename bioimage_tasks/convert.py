@@ -254,21 +254,14 @@ def convert_one(
     outcome = {"convert": "converted", "resume": "resumed", "redo": "redone"}[step]
     if step == "redo":
         shutil.rmtree(output, ignore_errors=True)
-    record = {
-        "input": os.path.abspath(path),
-        "signature": signature,
-        "parameters": job.key,
-        "outcome": "running",
-    }
-    write_record(record_path, record)
+    record = {"input": os.path.abspath(path), "signature": signature, "parameters": job.key}
+    write_record(record_path, record | {"outcome": "running"})
     started, reason = time.perf_counter(), ""
     try:
         job.run_pyramid(pyramid_input(path, job.keep_axes), output, **job.pyramid_kwargs)
     except Exception as error:  # noqa: BLE001 - a bad file is reported; the others still run
-        outcome, reason = (
-            "failed",
-            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
-        )
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        outcome, reason = "failed", f"{type(error).__name__}: {first_line}"
     result = FileOutcome(
         name, path, output, outcome, folder_bytes(output), time.perf_counter() - started, reason
     )
