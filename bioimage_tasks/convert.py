@@ -25,7 +25,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from bioimage_tasks.convert_report import ConvertFailedError, ConvertReport, FileOutcome
@@ -104,6 +104,15 @@ def check_parameters(output_dir: str, pyramid_kwargs: dict[str, Any], keep_axes:
         raise ParameterError(f"keep_axes must name axes among 'tczyx', got {keep_axes!r}")
 
 
+def checked_inputs(
+    pattern: str, output_dir: str, pyramid_kwargs: dict[str, Any], keep_axes: str
+) -> dict[str, str]:
+    """{output name: input file} of `pattern`, every parameter common to all files checked first;
+    raised before anything is written or started."""
+    check_parameters(output_dir, pyramid_kwargs, keep_axes)
+    return named_inputs(input_files(pattern))
+
+
 def parameters_key(pyramid_kwargs: dict[str, Any], keep_axes: str) -> str:
     """A digest of what shapes the outputs (backend choices aside)."""
     backend = {"job_type", "job_config", "num_workers"}
@@ -163,61 +172,52 @@ def convert_files(
     keep_axes: str = "",
     log: Callable[..., None] = logger.info,
     files_at_once: int = 1,
+    inputs: dict[str, str] | None = None,
     **pyramid_kwargs: Any,
 ) -> ConvertReport:
     """Convert every file `pattern` matches with `run_pyramid(input, output_group, **kwargs)`
     (the plain pyramid on a shared backend, or pyramid_flow for child flow runs), up to
-    `files_at_once` at a time; see the module."""
-    check_parameters(output_dir, pyramid_kwargs, keep_axes)
-    named = named_inputs(input_files(pattern))
-    records = os.path.join(output_dir, RECORDS)
+    `files_at_once` at a time; see the module. `inputs`: what `checked_inputs` returned for
+    these arguments already (the pattern is then not matched again)."""
+    if inputs is None:
+        inputs = checked_inputs(pattern, output_dir, pyramid_kwargs, keep_axes)
     if not dry_run:
-        os.makedirs(records, exist_ok=True)
+        os.makedirs(os.path.join(output_dir, RECORDS), exist_ok=True)
     key = parameters_key(pyramid_kwargs, keep_axes)
+    job = FileJob(output_dir, key, run_pyramid, keep_axes, pyramid_kwargs)
 
     def one(name: str, path: str) -> FileOutcome:
-        done = file_outcome(
-            name, path, output_dir, key, dry_run, run_pyramid, keep_axes, pyramid_kwargs
-        )
+        done = job.outcome(name, path, dry_run)
         log("convert %s: %s %s", name, done.outcome, done.reason or done.output)
         return done
 
-    outcomes = {f.name: f for f in run_files(one, named.items(), 1 if dry_run else files_at_once)}
-    return ConvertReport(str(output_dir), [outcomes[name] for name in named])
+    outcomes = {f.name: f for f in run_files(one, inputs.items(), 1 if dry_run else files_at_once)}
+    return ConvertReport(str(output_dir), [outcomes[name] for name in inputs])
 
 
-def file_outcome(
-    name: str,
-    path: str,
-    output_dir: str,
-    key: str,
-    dry_run: bool,
-    run_pyramid: Callable[..., Any],
-    keep_axes: str,
-    pyramid_kwargs: dict[str, Any],
-) -> FileOutcome:
-    """Skip, convert, resume or redo one file (or say which, with `dry_run`)."""
-    output = os.path.join(output_dir, f"{name}.ome.zarr")
-    record_path = os.path.join(output_dir, RECORDS, f"{name}.json")
-    signature = stat_signature(path)
-    record = read_record(record_path)
-    step = next_step(record, signature, key, output)
-    if dry_run:
-        return dry_run_outcome(name, path, output, step, record, keep_axes)
-    if step == "skip":
-        return FileOutcome(name, path, output, "skipped", record.get("bytes", 0))
-    return convert_one(
-        name,
-        path,
-        output,
-        step,
-        record_path,
-        signature,
-        key,
-        run_pyramid,
-        keep_axes,
-        pyramid_kwargs,
-    )
+@dataclass(frozen=True)
+class FileJob:
+    """What every file of a run shares: where outputs go, the parameters' digest (`key`), the
+    pyramid call and its parameters."""
+
+    output_dir: str
+    key: str
+    run_pyramid: Callable[..., Any]
+    keep_axes: str
+    pyramid_kwargs: dict[str, Any]
+
+    def outcome(self, name: str, path: str, dry_run: bool) -> FileOutcome:
+        """Skip, convert, resume or redo one file (or say which, with `dry_run`)."""
+        output = os.path.join(self.output_dir, f"{name}.ome.zarr")
+        record_path = os.path.join(self.output_dir, RECORDS, f"{name}.json")
+        signature = stat_signature(path)
+        record = read_record(record_path)
+        step = next_step(record, signature, self.key, output)
+        if dry_run:
+            return dry_run_outcome(name, path, output, step, record, self.keep_axes)
+        if step == "skip":
+            return FileOutcome(name, path, output, "skipped", record.get("bytes", 0))
+        return convert_one(self, name, path, output, step, record_path, signature)
 
 
 def run_files(
@@ -248,36 +248,20 @@ def pyramid_input(path: str, keep_axes: str) -> Any:
 
 
 def convert_one(
-    name: str,
-    path: str,
-    output: str,
-    step: str,
-    record_path: str,
-    signature: dict,
-    key: str,
-    run_pyramid: Callable[..., Any],
-    keep_axes: str,
-    pyramid_kwargs: dict[str, Any],
+    job: FileJob, name: str, path: str, output: str, step: str, record_path: str, signature: dict
 ) -> FileOutcome:
     """Write one pyramid (its record first says "running"), catching its error as the outcome."""
     outcome = {"convert": "converted", "resume": "resumed", "redo": "redone"}[step]
     if step == "redo":
         shutil.rmtree(output, ignore_errors=True)
-    record = {
-        "input": os.path.abspath(path),
-        "signature": signature,
-        "parameters": key,
-        "outcome": "running",
-    }
-    write_record(record_path, record)
+    record = {"input": os.path.abspath(path), "signature": signature, "parameters": job.key}
+    write_record(record_path, record | {"outcome": "running"})
     started, reason = time.perf_counter(), ""
     try:
-        run_pyramid(pyramid_input(path, keep_axes), output, **pyramid_kwargs)
+        job.run_pyramid(pyramid_input(path, job.keep_axes), output, **job.pyramid_kwargs)
     except Exception as error:  # noqa: BLE001 - a bad file is reported; the others still run
-        outcome, reason = (
-            "failed",
-            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
-        )
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        outcome, reason = "failed", f"{type(error).__name__}: {first_line}"
     result = FileOutcome(
         name, path, output, outcome, folder_bytes(output), time.perf_counter() - started, reason
     )
@@ -385,12 +369,10 @@ def convert(
     """
     from bioimage_tasks.api import pyramid
 
-    check_parameters(output_dir, pyramid_kwargs, keep_axes)  # before any worker starts
-    named_inputs(input_files(pattern))
+    named = checked_inputs(pattern, output_dir, pyramid_kwargs, keep_axes)  # before any worker
+    options = {"keep_axes": keep_axes, "inputs": named, **pyramid_kwargs}
     if dry_run:
-        return convert_files(
-            pattern, output_dir, pyramid, dry_run=True, keep_axes=keep_axes, **pyramid_kwargs
-        )
+        return convert_files(pattern, output_dir, pyramid, dry_run=True, **options)
     from bioimage_tasks.backends import backend
     from bioimage_tasks.runners import check_backend
 
@@ -398,14 +380,8 @@ def convert(
     num_workers = pyramid_kwargs.get("num_workers", 1)
     config = check_backend(job_type, num_workers, pyramid_kwargs.get("job_config"))
     with backend(job_type, num_workers, config) as executor:
-        return convert_files(
-            pattern,
-            output_dir,
-            pyramid_on(executor),
-            keep_axes=keep_axes,
-            files_at_once=num_workers,
-            **pyramid_kwargs,
-        )
+        run_pyramid = pyramid_on(executor)
+        return convert_files(pattern, output_dir, run_pyramid, files_at_once=num_workers, **options)
 
 
 def pyramid_on(executor: Any) -> Callable[..., Any]:

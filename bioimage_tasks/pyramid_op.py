@@ -18,6 +18,7 @@ from bioimage_tasks.io import (
     open_group,
     storage_place,
 )
+from bioimage_tasks.io.local_zarr import update_attributes
 from bioimage_tasks.io.source import physical_of
 from bioimage_tasks.multiscale import (
     axes_metadata,
@@ -213,7 +214,8 @@ class PyramidOperation:
             for f, shape in zip(spec.cumulative, spec.shapes)
         ]
         label_name = group_path.key.rsplit("/", 1)[-1]
-        self.group.attrs.update(
+        update_attributes(
+            self.group,
             multiscales_attributes(
                 self.ngff_version,
                 self.name or label_name or "image",
@@ -222,7 +224,7 @@ class PyramidOperation:
                 self.method,
                 label=self.labels,
                 omero=self.omero(),
-            )
+            ),
         )
         if self.labels:
             parent = replace(group_path, key=group_path.key.rsplit("/", 1)[0])

@@ -102,6 +102,31 @@ def test_tiff_kinds_read_what_tifffile_reads(tmp_path, image, kind):
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(source))[key], reference[key])
 
 
+def test_the_opening_process_reads_what_open_tiff_parsed(tmp_path, image, rng):
+    """A source reads, in the process that opened it, through the series `open_tiff` parsed (no
+    second parse: the file moved away meanwhile, it still reads its segments); its read unit is
+    the chunks of tifffile's own zarr store for every layout (RGB samples: read through it)."""
+    rgb = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    layouts = {
+        **KINDS,
+        "rgb": lambda p, x: (tifffile.imwrite(p / "a.tif", rgb), str(p / "a.tif"))[1],
+    }
+    for kind, write in layouts.items():
+        (tmp_path / kind).mkdir()
+        path = write(tmp_path / kind, image)
+        source = as_source(path)
+        store = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+        assert source.read_unit == tuple(store.chunks), kind
+        if kind == "rgb":  # samples are read through tifffile's store, which opens files by name
+            continue
+        expected = tifffile.imread(path)
+        os.rename(path, f"{path}.moved")
+        key = tuple(slice(1, n - 1) for n in source.shape)
+        np.testing.assert_array_equal(source[key], expected[key], err_msg=kind)
+        with pytest.raises(FileNotFoundError):  # a copy elsewhere opens the file by its name
+            pickle.loads(pickle.dumps(source))[key]
+
+
 def test_2d_predictor_jpeg_big_endian_and_rgb_files(tmp_path, rng):
     """Codecs and layouts: the segment reader (predictor, JPEG tables, big-endian LZW strips) and
     tifffile's zarr store for RGB samples read what tifffile.imread reads."""

@@ -437,3 +437,47 @@ def test_command_line_options(tmp_path, rng):
     shown = cli("pyramid", "--help").stdout  # downsample and copy took theirs above
     for option in ("--codec", "--level", "--shards", "--write-empty-chunks"):
         assert option in shown
+
+
+@pytest.mark.parametrize(
+    "zarr_format, layout",
+    [
+        (3, {"chunks": (8, 16, 16), "compressors": [{"name": "zstd", "configuration": {}}]}),
+        (3, {"chunks": (4, 8, 8), "shards": (8, 16, 16), "dimension_names": ("z", "y", "x")}),
+        (2, {"chunks": (8, 16, 16), "compressors": {"id": "gzip", "level": 2}}),
+    ],
+)
+def test_arrays_and_groups_written_directly_are_what_zarr_python_writes(
+    tmp_path, rng, zarr_format, layout
+):
+    """io/local_zarr.py: the second array of a layout (from the first one's metadata) and a group's
+    attributes, written without zarr-python's calls, are byte for byte what zarr-python writes,
+    with each array's own attributes; the arrays hold data written through them."""
+    from bioimage_tasks.io import local_zarr
+
+    create = {"shape": (20, 33, 40), "dtype": "uint16", "fill_value": 0, "zarr_format": zarr_format}
+    create |= layout
+    ours, theirs = str(tmp_path / "ours.zarr"), str(tmp_path / "theirs.zarr")
+    group = local_zarr.new_group(ours, "", zarr_format)
+    reference = zarr.open_group(theirs, mode="w", zarr_format=zarr_format)
+    assert local_zarr.new_group(ours, "", zarr_format) is None  # exists: zarr-python opens it
+    names = ["zarr.json"] if zarr_format == 3 else [".zarray", ".zattrs"]
+    data = rng.integers(0, 60000, create["shape"], dtype=np.uint16)
+    for key, token in [("s0", "first"), ("s1", "second"), ("s2", "third")]:
+        array = local_zarr.create_array(ours, key, {"token": token}, **create)
+        zarr.create_array(store=theirs, name=key, attributes={"token": token}, **create)
+        for name in names:
+            assert (tmp_path / "ours.zarr" / key / name).read_bytes() == (
+                tmp_path / "theirs.zarr" / key / name
+            ).read_bytes(), (key, name)
+        array[:] = data
+        np.testing.assert_array_equal(ts_open(f"{ours}/{key}").read().result(), data)
+        assert zarr.open_array(ours, path=key, mode="r").attrs["token"] == token
+    attributes = {"multiscales": [{"name": "x", "datasets": [{"path": "s0"}]}], "n": 1}
+    local_zarr.update_attributes(group, attributes)
+    reference.attrs.update(attributes)
+    for name in ["zarr.json"] if zarr_format == 3 else [".zgroup", ".zattrs"]:
+        assert (tmp_path / "ours.zarr" / name).read_bytes() == (
+            tmp_path / "theirs.zarr" / name
+        ).read_bytes()
+    assert dict(zarr.open_group(ours, mode="r").attrs) == attributes

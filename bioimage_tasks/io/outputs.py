@@ -16,6 +16,7 @@ import zarr
 
 from bioimage_tasks.errors import ParameterError, StorageError
 from bioimage_tasks.grid import chunks_dividing, default_block_shape
+from bioimage_tasks.io import local_zarr
 from bioimage_tasks.io.inputs import as_source, refuse_input_only
 from bioimage_tasks.io.kv import LOCAL_IO, Location
 from bioimage_tasks.io.n5 import TensorStoreSource
@@ -242,9 +243,10 @@ def create_array(
         sink.set_attribute(TOKEN_ATTRIBUTE, new_token())
         return sink
     zarr_format = path.zarr_format()
-    array = zarr.create_array(
-        store=path.container,
-        name=path.key or None,
+    array = local_zarr.create_array(
+        path.container,
+        path.key,
+        {TOKEN_ATTRIBUTE: new_token()},
         shape=shape,
         dtype=dtype,
         chunks=chunks,
@@ -252,7 +254,6 @@ def create_array(
         compressors=options.zarr_compressors(zarr_format),
         fill_value=0,
         zarr_format=zarr_format,
-        attributes={TOKEN_ATTRIBUTE: new_token()},
         dimension_names=dimension_names if zarr_format == 3 else None,
     )
     return with_write_empty_chunks(ArraySource(array, str(path)), options.write_empty_chunks)
@@ -263,10 +264,10 @@ def open_group(path: ContainerPath | UrlPath, zarr_format: int) -> tuple[Any, st
     it keeps its files (its folder, or its Location on object storage)."""
     if isinstance(path, UrlPath):
         return path.open_group(zarr_format), path.location()
-    return (
-        zarr.open_group(path.container, path=path.key, mode="a", zarr_format=zarr_format),
-        os.path.join(path.container, path.key),
-    )
+    group = local_zarr.new_group(path.container, path.key, zarr_format)
+    if group is None:  # it exists (or its parents are not all groups yet): zarr-python opens it
+        group = zarr.open_group(path.container, path=path.key, mode="a", zarr_format=zarr_format)
+    return group, os.path.join(path.container, path.key)
 
 
 def output_token(sink: ArraySource | TensorStoreSource) -> str | None:

@@ -33,7 +33,7 @@ from bioimage_tasks.io.tiff_headers import check_slices
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 OPEN_PLANES = 64  # slice files a sequence keeps open per process
-READ_THREADS = 2  # background reads per source and process (start_read)
+READ_THREADS = 2  # background reads per process, shared by its TIFF sources (start_read)
 # OME and ImageJ unit spellings -> NGFF (UDUNITS-2) names
 UNITS = {
     "µm": "micrometer",
@@ -83,7 +83,8 @@ class TiffSource:
 
     @cached_property
     def _reader(self) -> PlaneReader:
-        """The file's series, opened once per process (not pickled)."""
+        """The file's series, opened once per process (not pickled; `open_tiff` leaves the one it
+        parsed here, so the process that opened the source does not parse the file again)."""
         return PlaneReader(self.files[0], self.series)
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
@@ -95,11 +96,7 @@ class TiffSource:
     def start_read(self, key: tuple[slice, ...]) -> Callable[[], np.ndarray]:
         """Start reading `key` in a background thread (its decoding overlaps the caller's compute,
         as tensorstore's reads do for zarr); the returned function waits for the values."""
-        return self._background.submit(self.__getitem__, key).result
-
-    @cached_property
-    def _background(self) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(READ_THREADS, thread_name_prefix="tiff-read")
+        return read_threads().submit(self.__getitem__, key).result
 
     def _plane(self, z: int) -> PlaneReader:
         """Slice file `z`, from a small per-process cache of open files."""
@@ -130,7 +127,7 @@ class TiffSource:
         return {
             k: v
             for k, v in self.__dict__.items()
-            if k not in ("_reader", "_open_planes", "_lock", "_background")
+            if k not in ("_reader", "_open_planes", "_lock")
         }
 
     def fingerprint(self) -> dict:
@@ -156,6 +153,20 @@ class TiffSource:
         return hashlib.blake2b(" ".join(states).encode(), digest_size=8).hexdigest()
 
 
+_READ_THREADS: dict[int, ThreadPoolExecutor] = {}  # per process id
+
+
+def read_threads() -> ThreadPoolExecutor:
+    """This process's threads for background reads, shared by every TIFF source (a folder of
+    small files would otherwise start threads per file)."""
+    pool = _READ_THREADS.get(os.getpid())
+    if pool is None:
+        pool = _READ_THREADS.setdefault(
+            os.getpid(), ThreadPoolExecutor(READ_THREADS, thread_name_prefix="tiff-read")
+        )
+    return pool
+
+
 def open_series(path: str, series: int) -> zarr.Array:
     """Level 0 of series `series` of the TIFF at `path` as a read-only zarr array."""
     return zarr.open(
@@ -171,8 +182,8 @@ class PlaneReader:
     serialises every chunk). Other layouts (RGB samples, planar configurations, hyperstacks
     whose pages are not the planes) go through tifffile's zarr store."""
 
-    def __init__(self, path: str, series: int):
-        self.tif = tifffile.TiffFile(path)
+    def __init__(self, path: str, series: int, tif: tifffile.TiffFile | None = None):
+        self.tif = tif if tif is not None else tifffile.TiffFile(path)
         chosen = self.tif.series[series]
         self.keyframe = chosen.keyframe
         self.shape, self.dtype = tuple(chosen.shape), np.dtype(chosen.dtype)
@@ -191,6 +202,13 @@ class PlaneReader:
         for page in self.pages:  # a multi-file OME-TIFF's planes live in several files
             if page is not None:
                 page.parent.filehandle.set_lock(True)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        """The chunks tifffile's zarr store exposes: one strip or tile of one plane."""
+        if self.array is not None:
+            return tuple(self.array.chunks)
+        return (1,) * (len(self.shape) - 2) + tuple(self.keyframe.chunks[-2:])
 
     def read(self, key: tuple[slice, ...]) -> np.ndarray:
         if self.array is not None:
@@ -293,7 +311,7 @@ def open_tiff(text: str, parameter: str) -> TiffSource | None:
         raise ParameterError(
             f"{parameter}: {files[0]!r} is not a readable TIFF file ({error})"
         ) from None
-    with tif:
+    try:
         if not 0 <= series < len(tif.series):
             raise ParameterError(
                 f"{parameter}: {files[0]!r} has {len(tif.series)} series "
@@ -301,12 +319,14 @@ def open_tiff(text: str, parameter: str) -> TiffSource | None:
             )
         chosen = tif.series[series]
         physical = ome_physical(tif, series, chosen.axes) or imagej_physical(tif, chosen.axes)
-        array = zarr.open(chosen.aszarr(level=0), mode="r")  # as open_series, file parsed once
-        try:
-            shape, dtype, chunks = tuple(array.shape), np.dtype(array.dtype), tuple(array.chunks)
-        finally:
-            array.store.close()
+        reader = PlaneReader(files[0], series, tif)  # the file parsed once in this process
+        stored = reader.array if reader.array is not None else reader
+        shape, dtype, chunks = tuple(stored.shape), np.dtype(stored.dtype), reader.chunks
+    except BaseException:
+        tif.close()
+        raise
     if len(files) > 1:
+        reader.close()
         if len(shape) != 2:
             raise ParameterError(
                 f"{parameter}: a sequence of slices needs 2-D files; {files[0]!r} has shape {shape}"
@@ -315,7 +335,10 @@ def open_tiff(text: str, parameter: str) -> TiffSource | None:
         shape, chunks = (len(files), *shape), (1, *chunks)
         physical = Physical(axes=("z", "y", "x"))
     name = os.path.basename(files[0]) + (f" (+{len(files) - 1} slices)" if len(files) > 1 else "")
-    return TiffSource(tuple(files), series, shape, dtype, chunks, physical or Physical(), name)
+    source = TiffSource(tuple(files), series, shape, dtype, chunks, physical or Physical(), name)
+    if len(files) == 1:
+        source.__dict__["_reader"] = reader  # what the cached property would open again
+    return source
 
 
 def ngff_axes(axes: str) -> tuple[str, ...] | None:

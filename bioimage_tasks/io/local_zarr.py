@@ -1,0 +1,97 @@
+"""zarr arrays and groups on local disk created, and group attributes updated, by writing their
+metadata files directly instead of through zarr-python's calls, each of which crosses to its
+event-loop thread and back (about 2 ms of CPU per array created, measured; a folder of small
+images converted in one run pays it for every level of every file, issue 23).
+
+The files are zarr-python's own: an array's metadata is a template that `zarr.create_array`
+made once per layout in this process (its attributes replaced), serialised by zarr-python's
+metadata classes; anything else (object storage, a missing parent group) goes through
+zarr-python as before."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+import zarr
+from zarr.core.array import Array, AsyncArray
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.group import AsyncGroup, Group, GroupMetadata
+from zarr.storage import LocalStore, StorePath
+
+TEMPLATES = 64  # array layouts remembered per process
+_templates: OrderedDict[str, Any] = OrderedDict()
+_lock = threading.Lock()
+
+
+def write_metadata(folder: str, metadata: Any) -> None:
+    """Write `metadata`'s files (zarr.json, or .zarray/.zgroup and .zattrs) into `folder`, each
+    replaced whole, as zarr's LocalStore writes them."""
+    os.makedirs(folder, exist_ok=True)
+    for name, buffer in metadata.to_buffer_dict(default_buffer_prototype()).items():
+        path = os.path.join(folder, name)
+        temporary = f"{path}.{uuid.uuid4().hex}.partial"
+        with open(temporary, "wb") as stream:
+            stream.write(buffer.as_buffer_like())
+        os.replace(temporary, path)
+
+
+def parents_are_groups(container: str, key: str, zarr_format: int) -> bool:
+    """Whether the container and every folder between it and `key` hold a group's metadata
+    (zarr-python would otherwise create them)."""
+    marker = "zarr.json" if zarr_format == 3 else ".zgroup"
+    parts = [p for p in key.split("/") if p][:-1]
+    folders = [os.path.join(container, *parts[:i]) for i in range(len(parts) + 1)]
+    return all(os.path.isfile(os.path.join(folder, marker)) for folder in folders)
+
+
+def create_array(container: str, key: str, attributes: dict[str, Any], **create: Any) -> Array:
+    """`zarr.create_array(store=container, name=key, attributes=attributes, **create)` on local
+    disk: the first array of a layout (`create`: shape, dtype, chunks, shards, compressors,
+    fill_value, zarr_format, dimension_names) through zarr-python, later ones from its
+    metadata with their own `attributes`, written directly."""
+    zarr_format = create.get("zarr_format", 3)
+    if not key or not parents_are_groups(container, key, zarr_format):
+        return zarr.create_array(store=container, name=key or None, attributes=attributes, **create)
+    layout = json.dumps(create, sort_keys=True, default=str)
+    with _lock:
+        template = _templates.get(layout)
+        if template is not None:
+            _templates.move_to_end(layout)
+    if template is None:
+        array = zarr.create_array(store=container, name=key, attributes=attributes, **create)
+        with _lock:
+            _templates[layout] = array.metadata
+            while len(_templates) > TEMPLATES:
+                _templates.popitem(last=False)
+        return array
+    metadata = template.update_attributes(dict(attributes))
+    write_metadata(os.path.join(container, key), metadata)
+    return Array(AsyncArray(metadata=metadata, store_path=StorePath(LocalStore(container), key)))
+
+
+def new_group(container: str, key: str, zarr_format: int) -> Group | None:
+    """A new, empty group at `key` of a local container, written directly; None when it exists
+    already or its parents are not all groups (open it with zarr-python then)."""
+    folder = os.path.join(container, key)
+    if any(os.path.exists(os.path.join(folder, m)) for m in ("zarr.json", ".zgroup", ".zarray")):
+        return None
+    if key and not parents_are_groups(container, key, zarr_format):
+        return None
+    metadata = GroupMetadata(zarr_format=zarr_format)
+    write_metadata(folder, metadata)
+    return Group(AsyncGroup(metadata=metadata, store_path=StorePath(LocalStore(container), key)))
+
+
+def update_attributes(group: Any, attributes: dict[str, Any]) -> None:
+    """`group.attrs.update(attributes)`, written directly for a zarr group on local disk."""
+    store = getattr(getattr(group, "store_path", None), "store", None)
+    if not isinstance(group, Group) or not isinstance(store, LocalStore) or store.read_only:
+        group.attrs.update(attributes)
+        return
+    group.metadata.attributes.update(attributes)  # in place, as zarr-python's update does
+    write_metadata(os.path.join(str(store.root), group.store_path.path), group.metadata)
