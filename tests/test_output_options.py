@@ -473,6 +473,8 @@ def test_arrays_and_groups_written_directly_are_what_zarr_python_writes(
         array[:] = data
         np.testing.assert_array_equal(ts_open(f"{ours}/{key}").read().result(), data)
         assert zarr.open_array(ours, path=key, mode="r").attrs["token"] == token
+    with pytest.raises(zarr.errors.ContainsArrayError):  # never written over, as zarr-python
+        local_zarr.create_array(ours, "s1", {"token": "again"}, **create)
     attributes = {"multiscales": [{"name": "x", "datasets": [{"path": "s0"}]}], "n": 1}
     local_zarr.update_attributes(group, attributes)
     reference.attrs.update(attributes)

@@ -55,7 +55,8 @@ def create_array(container: str, key: str, attributes: dict[str, Any], **create:
     fill_value, zarr_format, dimension_names) through zarr-python, later ones from its
     metadata with their own `attributes`, written directly."""
     zarr_format = create.get("zarr_format", 3)
-    if not key or not parents_are_groups(container, key, zarr_format):
+    taken = _holds_metadata(os.path.join(container, key))  # zarr-python refuses to overwrite it
+    if not key or taken or not parents_are_groups(container, key, zarr_format):
         return zarr.create_array(store=container, name=key or None, attributes=attributes, **create)
     layout = json.dumps(create, sort_keys=True, default=str)
     with _lock:
@@ -78,13 +79,18 @@ def new_group(container: str, key: str, zarr_format: int) -> Group | None:
     """A new, empty group at `key` of a local container, written directly; None when it exists
     already or its parents are not all groups (open it with zarr-python then)."""
     folder = os.path.join(container, key)
-    if any(os.path.exists(os.path.join(folder, m)) for m in ("zarr.json", ".zgroup", ".zarray")):
+    if _holds_metadata(folder):
         return None
     if key and not parents_are_groups(container, key, zarr_format):
         return None
     metadata = GroupMetadata(zarr_format=zarr_format)
     write_metadata(folder, metadata)
     return Group(AsyncGroup(metadata=metadata, store_path=StorePath(LocalStore(container), key)))
+
+
+def _holds_metadata(folder: str) -> bool:
+    """Whether `folder` holds a zarr array's or group's metadata."""
+    return any(os.path.exists(os.path.join(folder, m)) for m in ("zarr.json", ".zgroup", ".zarray"))
 
 
 def update_attributes(group: Any, attributes: dict[str, Any]) -> None:
