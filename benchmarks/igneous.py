@@ -134,43 +134,12 @@ def image_slab(z0: int, depth: int, size: int):
 
 
 def labels_slab(z0: int, depth: int, size: int, cell: int = 32):
-    """Planes [z0, z0 + depth) of Voronoi labels: one seed jittered in each `cell`^3 grid cell,
-    each voxel labelled with its nearest seed's (random, scattered uint32) id."""
-    import numba
-    import numpy as np
+    """Planes [z0, z0 + depth) of Voronoi labels (benchmarks/voronoi.py): one seed jittered in
+    each `cell`^3 grid cell, each voxel labelled with its nearest seed's (random, scattered
+    uint32) id."""
+    from voronoi import voronoi_slab
 
-    cells = -(-size // cell)
-    rng = np.random.default_rng(0)
-    seeds = (
-        np.indices((cells,) * 3).reshape(3, -1).T * cell + rng.random((cells**3, 3)) * cell
-    ).astype(np.float32)
-    ids = (rng.choice(2**32 - 2, size=cells**3, replace=False) + 1).astype(np.uint32)
-
-    @numba.njit(cache=True)
-    def label(out, z0, seeds, ids, cell, cells):
-        depth, n = out.shape[0], out.shape[1]
-        for zz in range(depth):
-            z = z0 + zz
-            for y in range(n):
-                for x in range(n):
-                    cz, cy, cx = z // cell, y // cell, x // cell
-                    best, best_id = np.inf, ids[0]
-                    for dz in range(max(0, cz - 1), min(cells, cz + 2)):
-                        for dy in range(max(0, cy - 1), min(cells, cy + 2)):
-                            for dx in range(max(0, cx - 1), min(cells, cx + 2)):
-                                k = (dz * cells + dy) * cells + dx
-                                d = (
-                                    (seeds[k, 0] - z) ** 2
-                                    + (seeds[k, 1] - y) ** 2
-                                    + (seeds[k, 2] - x) ** 2
-                                )
-                                if d < best:
-                                    best, best_id = d, ids[k]
-                    out[zz, y, x] = best_id
-
-    out = np.empty((depth, size, size), np.uint32)
-    label(out, z0, seeds, ids, cell, cells)
-    return out
+    return voronoi_slab(z0, depth, size, cell, "uint32", id_count=2**32 - 2)
 
 
 def base_volume(data: Path, case: str, size: int) -> Path:

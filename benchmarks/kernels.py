@@ -80,47 +80,6 @@ def tinybrain_worker() -> None:
         )
 
 
-def voronoi_labels(size: int, cell: int, dtype: str, seed: int = 0):
-    """A Voronoi tessellation of a `size`^3 volume: one seed jittered inside each `cell`^3 grid
-    cell, every voxel labelled with its nearest seed's id (ids are large and scattered, so uint64
-    ids exceed 2**32). Compiled, a few seconds at 512^3."""
-    import numba
-    import numpy as np
-
-    cells = -(-size // cell)
-    rng = np.random.default_rng(seed)
-    seeds = (
-        np.indices((cells,) * 3).reshape(3, -1).T * cell + rng.random((cells**3, 3)) * cell
-    ).astype(np.float32)
-    high = np.iinfo(dtype).max
-    ids = rng.choice(min(high, 2**62), size=cells**3, replace=False).astype(dtype) + 1
-
-    @numba.njit(cache=False)
-    def label(out, seeds, ids, cell, cells):
-        n = out.shape[0]
-        for z in range(n):
-            for y in range(n):
-                for x in range(n):
-                    cz, cy, cx = z // cell, y // cell, x // cell
-                    best, best_id = np.inf, ids[0]
-                    for dz in range(max(0, cz - 1), min(cells, cz + 2)):
-                        for dy in range(max(0, cy - 1), min(cells, cy + 2)):
-                            for dx in range(max(0, cx - 1), min(cells, cx + 2)):
-                                k = (dz * cells + dy) * cells + dx
-                                d = (
-                                    (seeds[k, 0] - z) ** 2
-                                    + (seeds[k, 1] - y) ** 2
-                                    + (seeds[k, 2] - x) ** 2
-                                )
-                                if d < best:
-                                    best, best_id = d, ids[k]
-                    out[z, y, x] = best_id
-
-    out = np.empty((size,) * 3, dtype)
-    label(out, seeds, ids, cell, cells)
-    return out
-
-
 def volume_path(data: Path, size: int, case: str, cell: int) -> Path:
     """The case's volume as a Fortran-ordered .npy in `data`, generated once."""
     import numpy as np
@@ -135,6 +94,8 @@ def volume_path(data: Path, size: int, case: str, cell: int) -> Path:
 
             volume = smooth_image((size,) * 3, seed=0, dtype=np.dtype(dtype))
         else:
+            from voronoi import voronoi_labels
+
             volume = voronoi_labels(size, cell, dtype)
         data.mkdir(parents=True, exist_ok=True)
         np.save(path, np.asfortranarray(volume))

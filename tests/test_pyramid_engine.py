@@ -296,6 +296,31 @@ def test_cubic_mode_ties_go_to_the_smaller_value():
         np.testing.assert_array_equal(levels[0], numpy_window_modes(block, 2))
 
 
+@pytest.mark.parametrize("dtype", ["int8", "uint64", "int64"])
+def test_cubic_mode_blocks_told_apart_by_bits(rng, dtype):
+    """cube_modes.py tells a block of two values from one of more by the bitwise or and and of
+    its voxels unlike the first: blocks whose other values are 0 and all ones (the or's and the
+    and's neutral values), bit subsets of each other (6 and 7 behind 5), or one of those alone,
+    every value at any of the 64 places, each level against np.unique and tensorstore."""
+    info, bits = np.iinfo(dtype), 8 * np.dtype(dtype).itemsize
+    triples = [(5, 0, -1), (5, 6, 7), (7, 6, 4), (0, -1, 1), (-1, 0, 1), (info.max, info.min, 0)]
+    blocks = []
+    for triple in triples:  # -1: all ones
+        first, *others = np.array([v % 2**bits for v in triple], np.uint64).astype(dtype)
+        for chosen in (others, others[:1], others[1:]):
+            block = np.full(64, first, dtype)
+            places = rng.permutation(63)[: 8 * len(chosen)] + 1  # the first voxel stays `first`
+            for k, value in enumerate(chosen):
+                block[places[8 * k : 8 * k + 8]] = value
+            blocks.append(block.reshape(4, 4, 4))
+    base = np.concatenate(blocks, axis=2)  # a row of blocks, all inside the array
+    for k, level in enumerate(pyramid_levels(base, [(2, 2, 2)] * 2, "mode"), start=1):
+        np.testing.assert_array_equal(level, numpy_window_modes(base, 2**k), err_msg=f"{k}")
+        expected = tensorstore_levels(base, [(2**k,) * 3], "mode")[0]
+        np.testing.assert_array_equal(level, expected, strict=True)
+    assert_level_two_histograms(base)
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "uint32", "int32"])
 def test_mean_levels_at_the_dtype_extremes(dtype):
     """Sums kept in the narrowest type that holds them (uint8: uint16 up to 257 voxels, then

@@ -2,13 +2,15 @@
 block of voxels (one level 2 window, its eight level 1 windows as children).
 
 Most blocks of a label volume hold one value, most others two. For each row of blocks, one pass
-along its 16 input rows (compares, selects, min and max: loops the compiler vectorises) counts,
-per column of each level 1 row, the voxels unlike the block's first voxel and keeps the smallest
-and largest of those. A block with none is uniform; one whose smallest and largest agree holds
-two values, and its level 1 modes, its mode and its histogram follow from those counts alone
-(selects over pairs of columns, vectorised; a tie goes to the smaller value). Only the blocks of
-three or more values and those cut by the array's edge are counted voxel by voxel: their
-distinct values in ascending order, each the smallest voxel above the last.
+along its 16 input rows at once (compares, selects, bitwise or and and: a loop the compiler
+vectorises) counts, per column of each level 1 row, the voxels unlike the block's first voxel
+and keeps the bitwise or and the bitwise and of those. A block with none is uniform; one whose or
+equals its and holds two values (every voxel unlike the first is that one value; equality only,
+no 64-bit min or max), and its level 1 modes, its mode and its histogram follow from those counts
+alone (selects over pairs of columns, vectorised; a tie goes to the smaller value). Only the
+blocks of three or more values and those cut by the array's edge are counted voxel by voxel:
+their distinct values in ascending order, each the smallest voxel above the last (a block inside
+the array with its eight level 1 windows side by side, fixed-length loops that vectorise).
 Level 2 comes out as `histogram.LevelHistograms` holds it (CSR pairs of the mixed windows) for
 the deeper levels (`cube_merge.py`). Compiled, the GIL released.
 """
@@ -51,61 +53,71 @@ def _two_levels(voxels, first, second, n_pairs, bounds):
     """Fill `first`, `second` (stack, z, y, x) and `n_pairs` (pairs of each level 2 window, in
     C order) and return the pairs (distinct values ascending, their voxel counts) of the level 2
     windows of more than one value. `bounds`: the dtype's smallest and largest values."""
-    depth, height, width = voxels.shape[1:]
     out_width = second.shape[3]
-    full = width // 4  # level 2 windows along x whose 64 voxels are all inside
     pair_values = np.empty(max(1024, second.size), voxels.dtype)
     pair_counts = np.empty(pair_values.size, np.int64)
-    scan = _scan_buffers(full, voxels.dtype)
+    scan = _scan_buffers(voxels.shape[3] // 4, voxels.dtype)
     kinds = np.zeros(-(-out_width // 8) * 8, np.uint8)  # whole words: padding "uniform"
-    words = kinds.view(np.uint64)
     hard = _Hard(
         np.empty(64, voxels.dtype),
         np.empty(64, np.uint8),
         np.empty(8, np.int64),
         np.empty(8, voxels.dtype),
+        np.empty(8, np.int64),
     )
+    work = (scan, kinds, hard)
     used = 0
     parent = 0
     for stack in range(second.shape[0]):
-        cube, modes = voxels[stack], first[stack]
         for out_z in range(second.shape[1]):
             for out_y in range(second.shape[2]):
                 if used + out_width * 64 > pair_values.size:
                     capacity = 2 * pair_values.size + out_width * 64
                     pair_values = _grown(pair_values, used, capacity)
                     pair_counts = _grown(pair_counts, used, capacity)
-                z, y = 4 * out_z, 4 * out_y
-                inside = z + 4 <= depth and y + 4 <= height and full > 0
-                out_row = second[stack, out_z, out_y]
-                if inside:
-                    _scan_blocks(cube, z, y, bounds, scan)
-                    _block_modes(scan, modes, 2 * out_z, 2 * out_y, out_row, kinds)
-                kinds[full if inside else 0 : out_width] = _HARD
-                for word in range(words.size):
-                    if words[word] == 0:  # eight uniform blocks: no pairs (`n_pairs` is 0)
-                        continue
-                    for out_x in range(8 * word, min(8 * word + 8, out_width)):
-                        start = used
-                        if kinds[out_x] == _HARD:  # or cut by the edge: counted voxel by voxel
-                            n = _gather_block(cube, z, y, 4 * out_x, hard)
-                            at = (2 * out_z, 2 * out_y, 2 * out_x)
-                            out_row[out_x], used = _count_block(
-                                hard, n, bounds[1], modes, at, pair_values, pair_counts, used
-                            )
-                        else:  # no branch: a uniform block's pairs are written, not kept
-                            used = _two_pairs(
-                                scan.low[out_x],
-                                scan.other[out_x],
-                                scan.n_other[out_x],
-                                kinds[out_x],
-                                pair_values,
-                                pair_counts,
-                                used,
-                            )
-                        n_pairs[parent + out_x] = used - start
+                row, row_pairs = (stack, out_z, out_y), n_pairs[parent : parent + out_width]
+                pairs = (pair_values, pair_counts)
+                used = _block_row(voxels, first, second, row, bounds, work, row_pairs, pairs, used)
                 parent += out_width
     return pair_values[:used], pair_counts[:used]
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _block_row(voxels, first, second, block_row, bounds, work, row_pairs, pairs, used):
+    """One row of 4x4x4 blocks (`block_row`: stack, z, y of level 2): the full blocks scanned
+    together, then each block of more than one value's pairs appended to `pairs` (values,
+    counts) at `used` and counted in `row_pairs`. Returns the new `used`."""
+    (stack, out_z, out_y), (scan, kinds, hard), (pairs, counts) = block_row, work, pairs
+    cube, modes, out_row = voxels[stack], first[stack], second[stack, out_z, out_y]
+    depth, height, width = cube.shape
+    full = width // 4  # level 2 windows along x whose 64 voxels are all inside
+    z, y = 4 * out_z, 4 * out_y
+    inside = z + 4 <= depth and y + 4 <= height and full > 0
+    if inside:
+        _scan_blocks(cube, z, y, bounds, scan)
+        _block_modes(scan, modes, 2 * out_z, 2 * out_y, out_row, kinds)
+    out_width = out_row.size
+    kinds[full if inside else 0 : out_width] = _HARD
+    full_hard = full if inside else 0  # hard blocks before it are inside the array
+    words = kinds.view(np.uint64)
+    for word in range(words.size):
+        if words[word] == 0:  # eight uniform blocks: no pairs (`n_pairs` is 0)
+            continue
+        for out_x in range(8 * word, min(8 * word + 8, out_width)):
+            start = used
+            at = (2 * out_z, 2 * out_y, 2 * out_x)
+            kind, high = kinds[out_x], bounds[1]
+            if kind != _HARD:  # no branch: a uniform block's pairs are written, not kept
+                low, other, n_other = scan.low[out_x], scan.other[out_x], scan.n_other[out_x]
+                used = _two_pairs(low, other, n_other, kind, pairs, counts, used)
+            elif out_x < full_hard:  # three or more values
+                _gather_inside(cube, z, y, 4 * out_x, hard.block)
+                out_row[out_x], used = _count_inside(hard, high, modes, at, pairs, counts, used)
+            else:  # cut by the edge: counted voxel by voxel
+                n = _gather_block(cube, z, y, 4 * out_x, hard)
+                out_row[out_x], used = _count_block(hard, n, high, modes, at, pairs, counts, used)
+            row_pairs[out_x] = used - start
+    return used
 
 
 _UNIFORM, _TWO, _HARD = 0, 1, 2  # level 2 windows: one value, two, more (or cut by the edge)
@@ -117,6 +129,7 @@ _Hard = namedtuple(
         "weights",  # 1 for a voxel inside the array, 0 outside (a copy of the first voxel)
         "child_counts",  # per level 1 window: the count of its mode so far
         "child_modes",  # and that mode
+        "now",  # per level 1 window: the count of the current value (`_count_inside`)
     ],
 )
 
@@ -125,13 +138,13 @@ _Scan = namedtuple(
     [
         "differ",  # (quadrant, x): voxels of the quadrant's column at x unlike the block's first
         "first_x",  # at each x: its block's first voxel
-        "smallest",  # at each x: the smallest and largest voxel of its 16 unlike the first
-        "largest",  # (the dtype's largest and smallest if none)
+        "ored",  # at each x: the bitwise or and the bitwise and of its 16 voxels unlike the
+        "anded",  # first (0 and all ones if none): equal if those voxels are one value
         "low",  # per block: its first voxel,
-        "other",  # the smallest voxel unlike it (the other value if the block holds two),
+        "other",  # the or of the voxels unlike it (the other value if the block holds two),
         "n_other",  # and how many voxels are unlike it
-        "pair_small",  # per pair of x (level 1 window): `smallest`, `largest` of the two x,
-        "pair_large",
+        "pair_ored",  # per pair of x (level 1 window): `ored`, `anded` of the two x,
+        "pair_anded",
         "pair_other",  # and how many of their 32 voxels are unlike the block's first
     ],
 )
@@ -157,68 +170,74 @@ def _scan_buffers(full, dtype):
 @numba.njit(nogil=True, cache=True, inline="always")
 def _scan_blocks(cube, z, y, bounds, scan):
     """The columns of the full blocks of input rows z..z+3, y..y+3: for each x and quadrant
-    (level 1 row) how many voxels differ from the block's first voxel, and the smallest and
-    largest of those. Loops along the rows: the compiler vectorises them."""
-    first_x, smallest, largest = scan.first_x, scan.smallest, scan.largest
+    (level 1 row) how many voxels differ from the block's first voxel, and the bitwise or and
+    and of those over all 16 rows. One loop along the rows, reading the 16 at once (each
+    result stored once; the compiler vectorises it)."""
+    first_x, ored, anded = scan.first_x, scan.ored, scan.anded
     corner = cube[z, y]
+    none = bounds[0] ^ bounds[0]
     for k in range(first_x.size):
         first_x[k] = corner[k & ~3]
-        smallest[k], largest[k] = bounds[1], bounds[0]
-    for quadrant in range(4):
-        dz, dy = 2 * (quadrant // 2), 2 * (quadrant % 2)
-        r0, r1 = cube[z + dz, y + dy], cube[z + dz, y + dy + 1]
-        r2, r3 = cube[z + dz + 1, y + dy], cube[z + dz + 1, y + dy + 1]
-        differ = scan.differ[quadrant]
-        for k in range(first_x.size):
-            low, v0, v1, v2, v3 = first_x[k], r0[k], r1[k], r2[k], r3[k]
-            d0, d1, d2, d3 = v0 != low, v1 != low, v2 != low, v3 != low
-            differ[k] = np.uint8(d0) + np.uint8(d1) + np.uint8(d2) + np.uint8(d3)
-            high, small = bounds[1], smallest[k]
-            small = min(small, v0 if d0 else high)
-            small = min(small, v1 if d1 else high)
-            small = min(small, v2 if d2 else high)
-            smallest[k] = min(small, v3 if d3 else high)
-            lowest, large = bounds[0], largest[k]
-            large = max(large, v0 if d0 else lowest)
-            large = max(large, v1 if d1 else lowest)
-            large = max(large, v2 if d2 else lowest)
-            largest[k] = max(large, v3 if d3 else lowest)
+    a0, a1, a2, a3 = cube[z, y], cube[z, y + 1], cube[z + 1, y], cube[z + 1, y + 1]
+    b0, b1, b2, b3 = cube[z, y + 2], cube[z, y + 3], cube[z + 1, y + 2], cube[z + 1, y + 3]
+    c0, c1, c2, c3 = cube[z + 2, y], cube[z + 2, y + 1], cube[z + 3, y], cube[z + 3, y + 1]
+    e0, e1, e2, e3 = cube[z + 2, y + 2], cube[z + 2, y + 3], cube[z + 3, y + 2], cube[z + 3, y + 3]
+    q0, q1, q2, q3 = scan.differ[0], scan.differ[1], scan.differ[2], scan.differ[3]
+    for k in range(first_x.size):
+        low = first_x[k]
+        q0[k], or0, and0 = _unlike(low, a0[k], a1[k], a2[k], a3[k], none)
+        q1[k], or1, and1 = _unlike(low, b0[k], b1[k], b2[k], b3[k], none)
+        q2[k], or2, and2 = _unlike(low, c0[k], c1[k], c2[k], c3[k], none)
+        q3[k], or3, and3 = _unlike(low, e0[k], e1[k], e2[k], e3[k], none)
+        ored[k], anded[k] = or0 | or1 | or2 | or3, and0 & and1 & and2 & and3
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _unlike(low, v0, v1, v2, v3, none):
+    """Of four voxels, those unlike `low`: how many (uint8), their bitwise or and their bitwise
+    and (`none`, 0, and all ones if none)."""
+    every = ~none
+    d0, d1, d2, d3 = v0 != low, v1 != low, v2 != low, v3 != low
+    count = np.uint8(d0) + np.uint8(d1) + np.uint8(d2) + np.uint8(d3)
+    ored = (v0 if d0 else none) | (v1 if d1 else none) | (v2 if d2 else none)
+    anded = (v0 if d0 else every) & (v1 if d1 else every) & (v2 if d2 else every)
+    return count, ored | (v3 if d3 else none), anded & (v3 if d3 else every)
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
 def _block_modes(scan, modes, z1, y1, out_row, kinds):
     """From `_scan_blocks`: each full block's kind, and for those of at most two values the
     modes of its eight level 1 windows and its own (`out_row`); the others' are wrong here and
-    counted later. A two-valued block's other value is the smallest voxel unlike its first in
-    any part of it that has one. Selects over pairs of x, then pairs of pairs, few arrays per
-    loop (so that the compiler vectorises each)."""
-    first_x, pair_small, pair_large, pair_other = (
+    counted later. A two-valued block's other value is the or of its voxels unlike its first
+    (they are all that value), in any part of it that has one. Selects over pairs of x, then
+    pairs of pairs, few arrays per loop (so that the compiler vectorises each)."""
+    first_x, pair_ored, pair_anded, pair_other = (
         scan.first_x,
-        scan.pair_small,
-        scan.pair_large,
+        scan.pair_ored,
+        scan.pair_anded,
         scan.pair_other,
     )
-    smallest, largest = scan.smallest, scan.largest
-    for k in range(pair_small.size):
-        pair_small[k] = min(smallest[2 * k], smallest[2 * k + 1])
-        pair_large[k] = max(largest[2 * k], largest[2 * k + 1])
+    ored, anded = scan.ored, scan.anded
+    for k in range(pair_ored.size):
+        pair_ored[k] = ored[2 * k] | ored[2 * k + 1]
+        pair_anded[k] = anded[2 * k] & anded[2 * k + 1]
         pair_other[k] = 0
     for quadrant in range(4):
         differ = scan.differ[quadrant]
         row = modes[z1 + quadrant // 2, y1 + quadrant % 2]
-        for k in range(pair_small.size):
-            low, small = first_x[2 * k], pair_small[k]
+        for k in range(pair_ored.size):
+            low, other = first_x[2 * k], pair_ored[k]
             n = differ[2 * k] + differ[2 * k + 1]
-            row[k] = small if (n > 4) | ((n == 4) & (small < low)) else low
+            row[k] = other if (n > 4) | ((n == 4) & (other < low)) else low
             pair_other[k] += n
     for g in range(scan.low.size):
         low = first_x[4 * g]
-        small = min(pair_small[2 * g], pair_small[2 * g + 1])
-        large = max(pair_large[2 * g], pair_large[2 * g + 1])
+        other = pair_ored[2 * g] | pair_ored[2 * g + 1]
+        all_of = pair_anded[2 * g] & pair_anded[2 * g + 1]
         n_other = pair_other[2 * g] + pair_other[2 * g + 1]
-        out_row[g] = small if (n_other > 32) | ((n_other == 32) & (small < low)) else low
-        kinds[g] = _UNIFORM if n_other == 0 else (_TWO if small == large else _HARD)
-        scan.low[g], scan.other[g], scan.n_other[g] = low, small, n_other
+        out_row[g] = other if (n_other > 32) | ((n_other == 32) & (other < low)) else low
+        kinds[g] = _UNIFORM if n_other == 0 else (_TWO if other == all_of else _HARD)
+        scan.low[g], scan.other[g], scan.n_other[g] = low, other, n_other
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -305,3 +324,59 @@ def _count_block(hard, n, high, modes, at, pairs, counts, used):
         if z < depth and y < height and x < width:
             modes[z, y, x] = child_modes[child]
     return pick, (start if used - start == 1 else used)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _gather_inside(cube, z, y, x, block):
+    """The 64 voxels of the block at input (z, y, x), all inside the array, into `block` as
+    [voxel * 8 + child] (child, voxel: C order of the level 1 windows and of their voxels)."""
+    for row in range(16):
+        dz, dy = row // 4, row % 4
+        child = 4 * (dz // 2) + 2 * (dy // 2)
+        at = 8 * (4 * (dz % 2) + 2 * (dy % 2)) + child
+        line = cube[z + dz, y + dy]
+        block[at], block[at + 8] = line[x], line[x + 1]
+        block[at + 1], block[at + 9] = line[x + 2], line[x + 3]
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _count_inside(hard, high, modes, at, pairs, counts, used):
+    """`_count_block` for a block all inside the array, its voxels as `_gather_inside` lays them
+    out: the eight level 1 windows counted side by side (fixed-length loops, vectorised)."""
+    block, now = hard.block, hard.now
+    child_counts, child_modes = hard.child_counts, hard.child_modes
+    current = block[0]
+    for i in range(64):
+        current = min(current, block[i])
+    for child in range(8):
+        child_counts[child] = 0
+    pick, best, seen = current, 0, 0
+    while True:
+        for child in range(8):
+            now[child] = 0
+        for voxel in range(8):
+            for child in range(8):
+                now[child] += block[8 * voxel + child] == current
+        total = 0
+        for child in range(8):
+            count = now[child]
+            better = count > child_counts[child]
+            child_counts[child] = count if better else child_counts[child]
+            child_modes[child] = current if better else child_modes[child]
+            total += count
+        pairs[used], counts[used] = current, total
+        used += 1
+        if total > best:
+            pick, best = current, total
+        seen += total
+        if seen == 64:
+            break
+        following = high
+        for i in range(64):
+            value = block[i]
+            following = min(following, value if value > current else high)
+        current = following
+    z, y, x = at
+    for child in range(8):
+        modes[z + child // 4, y + child // 2 % 2, x + child % 2] = child_modes[child]
+    return pick, used
