@@ -16,8 +16,9 @@ How each method stays exact:
 - integer `mode`, `median`: a histogram per window (its distinct values and their counts;
   nothing but the value for a window of one value), merged from the children's histograms
   (`histogram.py`); the first level straight from the voxels (`voxel_histograms.py`), and for
-  2x2x2 the first two levels fused, windows of at most two values kept densely
-  (`cube_histograms.py`).
+  2x2x2 the first two levels fused: for the mode, 4x4x4 blocks sorted into one, two or more
+  values by one scan (`cube_modes.py`), deeper levels merged (`cube_merge.py`); for the median,
+  windows of at most two values kept densely (`cube_histograms.py`).
 - A Fortran-ordered tile is reduced through its transpose for these (no copy).
 - float `mean` (tensorstore sums in the float type, in window order), float `mode`/`median` and
   64-bit integer `mean`: from the tile at every level (exact, and slower).
