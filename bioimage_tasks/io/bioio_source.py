@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import os
 import re
 import threading
@@ -34,6 +35,8 @@ MICROSCOPY_PATH = re.compile(r"(.+?\.(?:czi|nd2|lif))(?:/(\d+))?", re.IGNORECASE
 SCENE_PATH = re.compile(r"(.+?)/(\d+)")
 OUR_SUFFIXES = (".tif", ".tiff", ".h5", ".hdf5", ".hdf", ".zarr", ".n5", ".json")
 AXES = "tczyx"
+CHUNK_PLANES = 4  # z depth of the chunks a pyramid of a microscopy file gets by default
+CHUNK_VOXELS = 2**18  # and their size (as the default chunks of other inputs: 64**3)
 INSTALL_HINT = "install the microscopy extra: pip install 'bioimage-tasks[microscopy]'"
 
 
@@ -63,6 +66,17 @@ class MicroscopySource:
     @property
     def write_unit(self) -> tuple[int, ...] | None:
         return self.read_unit
+
+    @property
+    def preferred_chunks(self) -> tuple[int, ...]:
+        """Default chunks of a pyramid of this file: one time point and channel each,
+        CHUNK_PLANES planes deep, square in y and x (CHUNK_VOXELS in all). Chunks across all
+        channels and planes would make a tile of the memory budget a thin y/x slab of every
+        plane, and the reader decode each subblock or frame once per slab."""
+        planes = min(CHUNK_PLANES, self.full_shape[2]) if 2 in self.kept else 1
+        side = 2 ** round(math.log2(CHUNK_VOXELS / planes) / 2)
+        chosen = {0: 1, 1: 1, 2: planes, 3: side, 4: side}
+        return tuple(chosen[a] for a in self.kept)
 
     @cached_property
     def _local(self) -> threading.local:
