@@ -438,6 +438,7 @@ def test_rgb_czi_samples_become_channels_in_rgb_order(tmp_path, rng):
     source = as_source(str(tmp_path / "rgb.czi"))
     expected = np.moveaxis(np.stack(planes)[..., ::-1], -1, 0)  # (c, z, y, x), c = r, g, b
     assert source.shape == (3, 2, 30, 40) and physical_of(source).axes == ("c", "z", "y", "x")
+    assert source.read_unit == (3, 1, 30, 40)  # tiles hold all samples: a plane is read once
     np.testing.assert_array_equal(source[ALL[:4]], expected)
     key = (slice(1, 3), slice(1, 2), slice(3, 20, 2), slice(5, 9))
     np.testing.assert_array_equal(source[key], expected[key])

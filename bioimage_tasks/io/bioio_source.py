@@ -3,9 +3,13 @@ plugin reads) as read-only inputs: `"file.czi"` (scene 0), `"file.czi/2"` (scene
 
 Which reader: CZI through pylibCZIrw (the library bioio-czi wraps) directly, one plane region
 per (t, c, z) of a block: `CziReader.read(roi=..., plane=..., scene=...)` decodes only the
-subblocks that region touches. Every other format through its bioio plugin (bioio-nd2,
-bioio-lif, ...): the plugin's lazy dask array, cut to the block and computed in the calling
-thread, which decodes the plugin's chunks the block touches (whole frames for ND2 and LIF).
+subblocks that region touches, each whole (what a part of a subblock costs). So the read unit
+is the scene's subblock size, and pyramids default to `preferred_chunks` (one channel x 4
+planes): a tile of the memory budget then covers whole subblocks and decodes each once, where
+chunks across all channels and planes made it a thin slab re-decoding each subblock (8 times
+for 16 planes x 3 channels of 1024^2 subblocks). Every other format through its bioio plugin
+(bioio-nd2, bioio-lif, ...): the plugin's lazy dask array, cut to the block and computed in the
+calling thread, which decodes the plugin's chunks the block touches (whole frames for ND2 and LIF).
 TIFF and OME-TIFF keep our own reader (io/tiff.py); `open_microscopy(path, reader="bioio")`
 forces the bioio path on any file.
 

@@ -70,7 +70,7 @@ def scene_description(czi: Any, file: str, scene: int, parameter: str) -> tuple:
         )
     full_shape = (counts["T"], max(counts["C"], samples), counts["Z"], rectangle.h, rectangle.w)
     first = {a: box.get(a, (0, 1))[0] for a in "TCZ"}
-    unit = (1, 1, 1, *subblock_unit(czi, rectangle, first))
+    unit = (1, samples, 1, *subblock_unit(czi, rectangle, first))  # a read decodes all samples
     metadata = czi.metadata.get("ImageDocument", {}).get("Metadata", {})
     physical = czi_physical(metadata, None if samples > 1 else counts["C"])
     extra = {
