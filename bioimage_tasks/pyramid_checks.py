@@ -252,12 +252,19 @@ def check_shards_hold_chunks(chunks: Sequence[int] | None, shards: Sequence[int]
 
 
 def new_level_layout(
-    shape: Sequence[int], chunks: tuple[int, ...] | None, shards: tuple[int, ...] | None
+    shape: Sequence[int],
+    chunks: tuple[int, ...] | None,
+    shards: tuple[int, ...] | None,
+    preferred: Sequence[int] | None = None,
 ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
-    """(chunks, shards) of a level the pyramid creates: the chunks asked for, else about 64**3
-    voxels that divide the shards."""
+    """(chunks, shards) of a level the pyramid creates: the chunks asked for, else the input's
+    `preferred` chunks (cut to the level), else about 64**3 voxels; dividing the shards."""
     if chunks is None:
-        chunks = default_block_shape(shape, None)
+        chunks = (
+            default_block_shape(shape, None)
+            if preferred is None
+            else tuple(min(int(p), n) for p, n in zip(preferred, shape))
+        )
         chunks = chunks if shards is None else chunks_dividing(shards, chunks)
     return chunks, shards
 

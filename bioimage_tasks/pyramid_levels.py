@@ -121,12 +121,18 @@ def existing_layout(
 
 
 def level_layouts(
-    group_path: Any, shapes: Sequence[tuple[int, ...]], dtype: np.dtype, chunks: Any, shards: Any
+    group_path: Any,
+    shapes: Sequence[tuple[int, ...]],
+    dtype: np.dtype,
+    chunks: Any,
+    shards: Any,
+    preferred: Sequence[int] | None = None,
 ) -> list[Layout]:
-    """Each level's (chunks, shards): an existing level's own, else the ones asked for."""
+    """Each level's (chunks, shards): an existing level's own, else the ones asked for, else
+    the input's `preferred` chunks (a CZI's: see MicroscopySource.preferred_chunks)."""
     return [
         existing_layout(group_path, level, shape, dtype, chunks)
-        or new_level_layout(shape, chunks, shards)
+        or new_level_layout(shape, chunks, shards, preferred)
         for level, shape in enumerate(shapes)
     ]
 
@@ -232,5 +238,6 @@ def level_spec(
             shards,
         )
     else:
-        layouts = level_layouts(group_path, shapes, source.dtype, chunks, shards)
+        preferred = getattr(source, "preferred_chunks", None)
+        layouts = level_layouts(group_path, shapes, source.dtype, chunks, shards, preferred)
     return LevelSpec(level_factors, shapes, layouts, geometry)

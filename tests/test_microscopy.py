@@ -4,7 +4,9 @@ OME-TIFF (bioio-ome-tiff) against tifffile; pyramids against tensorstore's downs
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import pickle
 import signal
@@ -21,6 +23,7 @@ import zarr
 import bioimage_tasks as bt
 from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.io import as_source, open_microscopy, physical_of
+from bioimage_tasks.runners import RunnerConfig
 
 pyczi = pytest.importorskip("pylibCZIrw.czi")
 pytest.importorskip("bioio_ome_tiff")
@@ -125,6 +128,88 @@ def test_czi_pyramid_levels_exact_with_geometry_and_omero(tmp_path, rng):
     from ome_zarr_models.v05.image import Image
 
     Image.from_zarr(zarr.open_group(group, mode="r"))  # valid NGFF 0.5
+
+
+def write_mosaic(path, rng, channels=2, planes=5, tiles=(3, 2), tile=(128, 160)) -> np.ndarray:
+    """A CZI of `tiles` (rows, columns) subblocks of `tile` per plane, as a stage writes a
+    mosaic; returns its (c, z, y, x) values."""
+    (rows, columns), (height, width) = tiles, tile
+    data = rng.integers(0, 60000, (channels, planes, rows * height, columns * width), np.uint16)
+    with pyczi.create_czi(str(path), exist_ok=True) as czi:
+        for c in range(channels):
+            for z in range(planes):
+                for row in range(rows):
+                    for column in range(columns):
+                        part = data[c, z, row * height : (row + 1) * height]
+                        czi.write(
+                            data=part[:, column * width : (column + 1) * width],
+                            plane={"C": c, "Z": z, "T": 0},
+                            location=(column * width, row * height),
+                        )
+        czi.write_metadata(document_name="mosaic", scale_x=0.5e-6, scale_y=0.5e-6, scale_z=1e-6)
+    return data
+
+
+def test_czi_mosaic_reads_by_subblock_exactly_and_pyramid_decodes_each_once(tmp_path, rng):
+    """The read unit is the mosaic's subblock; a block straddling subblocks reads what
+    pylibCZIrw's own ROI read gives; a pyramid's default chunks are one channel x 4 planes,
+    so its tiles cover whole subblocks: each (plane, subblock) is read once, levels exact."""
+    path = tmp_path / "mosaic.czi"
+    data = write_mosaic(path, rng)
+    source = as_source(str(path))
+    assert source.shape == (2, 5, 384, 320) and source.read_unit == (1, 1, 128, 160)
+    assert source.preferred_chunks == (1, 4, 256, 256)
+    key = (slice(1, 2), slice(2, 5), slice(100, 300), slice(150, 310))
+    with pyczi.open_czi(str(path)) as czi:
+        own = np.stack(
+            [czi.read(roi=(150, 100, 160, 200), plane={"C": 1, "Z": z})[..., 0] for z in (2, 3, 4)]
+        )
+    np.testing.assert_array_equal(source[key][0], own)
+    np.testing.assert_array_equal(own, data[key][0])
+    # a 1.6 GB-like scene (the benchmark's): every tile is whole subblocks, and fits the budget
+    big = dataclasses.replace(
+        source, full_shape=(1, 3, 16, 4096, 4096), read_unit=(1, 1, 1024, 1024)
+    )
+    plan = bt.api.pyramid_operation(big, str(tmp_path / "big.ome.zarr"), levels=3).plan
+    assert plan.tile[2:] == (1024, 1024) and math.prod(plan.tile) <= 2**23
+    for region in range(plan.grid.n_blocks):
+        for tile in plan.tiles(region):
+            assert all(s.start % 1024 == 0 and s.stop % 1024 == 0 for s in tile[2:])
+    # default chunks: one channel x 4 planes (cut to each level)
+    layouts = bt.api.pyramid_operation(
+        str(path), str(tmp_path / "p.ome.zarr"), levels=2
+    ).spec.layouts
+    assert [chunks for chunks, _ in layouts] == [(1, 4, 256, 256), (1, 4, 192, 160), (1, 3, 96, 80)]
+    # tiles of one subblock (a small budget): each (plane, subblock) read once, counted
+    # through pylibCZIrw itself, and every level exact
+    reads = []
+    read = pyczi.CziReader.read
+
+    def counted(self, roi=None, plane=None, scene=None, **options):
+        reads.append((tuple(roi), tuple(sorted(plane.items()))))
+        return read(self, roi=roi, plane=plane, scene=scene, **options)
+
+    pyczi.CziReader.read = counted
+    try:
+        group = bt.pyramid(
+            str(path),
+            str(tmp_path / "mosaic.ome.zarr"),
+            levels=2,
+            chunks=(1, 1, 128, 160),
+            job_config=RunnerConfig(memory_budget=2**20),
+        )
+    finally:
+        pyczi.CziReader.read = read
+    assert len(reads) == len(set(reads)) == 2 * 5 * 6
+    assert all(x % 160 == 0 and y % 128 == 0 and (w, h) == (160, 128) for (x, y, w, h), _ in reads)
+    image = zarr.open_group(group, mode="r")
+    datasets = image.attrs["ome"]["multiscales"][0]["datasets"]
+    assert len(datasets) == 3
+    for level, dataset in enumerate(datasets):
+        scale = dataset["coordinateTransformations"][0]["scale"]
+        factor = [1, round(scale[1]), round(scale[2] / 0.5), round(scale[3] / 0.5)]
+        expected = ts.downsample(ts.array(data), factor, "mean").read().result()
+        np.testing.assert_array_equal(image[f"s{level}"][:], expected)
 
 
 def write_ome_tiff(path, rng) -> np.ndarray:
@@ -353,6 +438,7 @@ def test_rgb_czi_samples_become_channels_in_rgb_order(tmp_path, rng):
     source = as_source(str(tmp_path / "rgb.czi"))
     expected = np.moveaxis(np.stack(planes)[..., ::-1], -1, 0)  # (c, z, y, x), c = r, g, b
     assert source.shape == (3, 2, 30, 40) and physical_of(source).axes == ("c", "z", "y", "x")
+    assert source.read_unit == (3, 1, 30, 40)  # tiles hold all samples: a plane is read once
     np.testing.assert_array_equal(source[ALL[:4]], expected)
     key = (slice(1, 3), slice(1, 2), slice(3, 20, 2), slice(5, 9))
     np.testing.assert_array_equal(source[key], expected[key])

@@ -3,9 +3,13 @@ plugin reads) as read-only inputs: `"file.czi"` (scene 0), `"file.czi/2"` (scene
 
 Which reader: CZI through pylibCZIrw (the library bioio-czi wraps) directly, one plane region
 per (t, c, z) of a block: `CziReader.read(roi=..., plane=..., scene=...)` decodes only the
-subblocks that region touches. Every other format through its bioio plugin (bioio-nd2,
-bioio-lif, ...): the plugin's lazy dask array, cut to the block and computed in the calling
-thread, which decodes the plugin's chunks the block touches (whole frames for ND2 and LIF).
+subblocks that region touches, each whole (what a part of a subblock costs). So the read unit
+is the scene's subblock size, and pyramids default to `preferred_chunks` (one channel x 4
+planes): a tile of the memory budget then covers whole subblocks and decodes each once, where
+chunks across all channels and planes made it a thin slab re-decoding each subblock (8 times
+for 16 planes x 3 channels of 1024^2 subblocks). Every other format through its bioio plugin
+(bioio-nd2, bioio-lif, ...): the plugin's lazy dask array, cut to the block and computed in the
+calling thread, which decodes the plugin's chunks the block touches (whole frames for ND2 and LIF).
 TIFF and OME-TIFF keep our own reader (io/tiff.py); `open_microscopy(path, reader="bioio")`
 forces the bioio path on any file.
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
 import os
 import re
 import threading
@@ -34,6 +39,8 @@ MICROSCOPY_PATH = re.compile(r"(.+?\.(?:czi|nd2|lif))(?:/(\d+))?", re.IGNORECASE
 SCENE_PATH = re.compile(r"(.+?)/(\d+)")
 OUR_SUFFIXES = (".tif", ".tiff", ".h5", ".hdf5", ".hdf", ".zarr", ".n5", ".json")
 AXES = "tczyx"
+CHUNK_PLANES = 4  # z depth of the chunks a pyramid of a microscopy file gets by default
+CHUNK_VOXELS = 2**18  # and their size (as the default chunks of other inputs: 64**3)
 INSTALL_HINT = "install the microscopy extra: pip install 'bioimage-tasks[microscopy]'"
 
 
@@ -63,6 +70,17 @@ class MicroscopySource:
     @property
     def write_unit(self) -> tuple[int, ...] | None:
         return self.read_unit
+
+    @property
+    def preferred_chunks(self) -> tuple[int, ...]:
+        """Default chunks of a pyramid of this file: one time point and channel each,
+        CHUNK_PLANES planes deep, square in y and x (CHUNK_VOXELS in all). Chunks across all
+        channels and planes would make a tile of the memory budget a thin y/x slab of every
+        plane, and the reader decode each subblock or frame once per slab."""
+        planes = min(CHUNK_PLANES, self.full_shape[2]) if 2 in self.kept else 1
+        side = 2 ** round(math.log2(CHUNK_VOXELS / planes) / 2)
+        chosen = {0: 1, 1: 1, 2: planes, 3: side, 4: side}
+        return tuple(chosen[a] for a in self.kept)
 
     @cached_property
     def _local(self) -> threading.local:

@@ -17,7 +17,7 @@ CZI_TYPES = {
     "Bgr48": ("uint16", 3),
     "Bgr96Float": ("float32", 3),
 }
-PLANE_CAP = 2048  # read unit along y and x: whole planes, or this much of a large mosaic
+PLANE_CAP = 2048  # read unit along y and x: at most this much (a plane of one large subblock)
 INSTALL_HINT = "install the microscopy extra: pip install 'bioimage-tasks[microscopy]'"
 
 
@@ -69,7 +69,8 @@ def scene_description(czi: Any, file: str, scene: int, parameter: str) -> tuple:
             "and samples can be the c axis"
         )
     full_shape = (counts["T"], max(counts["C"], samples), counts["Z"], rectangle.h, rectangle.w)
-    unit = (1, 1, 1, min(rectangle.h, PLANE_CAP), min(rectangle.w, PLANE_CAP))
+    first = {a: box.get(a, (0, 1))[0] for a in "TCZ"}
+    unit = (1, samples, 1, *subblock_unit(czi, rectangle, first))  # a read decodes all samples
     metadata = czi.metadata.get("ImageDocument", {}).get("Metadata", {})
     physical = czi_physical(metadata, None if samples > 1 else counts["C"])
     extra = {
@@ -79,6 +80,26 @@ def scene_description(czi: Any, file: str, scene: int, parameter: str) -> tuple:
         "has_scenes": bool(scenes),
     }
     return full_shape, dtype, unit, physical, extra
+
+
+def subblock_unit(czi: Any, rectangle: Any, plane: dict[str, int]) -> tuple[int, int]:
+    """The (height, width) of the scene's full-resolution subblocks (the most common size in
+    its first plane; the mosaic's tiles), at most PLANE_CAP: libCZI decodes a whole subblock
+    for any part of it, so regions aligned to this unit decode each subblock once."""
+    sizes: dict[tuple[int, int], int] = {}
+
+    def count(_index: int, info: Any) -> bool:
+        size = (info.logicalRect.h, info.logicalRect.w)
+        sizes[size] = sizes.get(size, 0) + 1
+        return len(sizes) < 64  # enough to know the usual size
+
+    roi = (rectangle.x, rectangle.y, rectangle.w, rectangle.h)
+    czi.enumerate_subblocks_subset(count, plane=plane, roi=roi, only_layer0=True)
+    height, width = max(sizes, key=sizes.get) if sizes else (rectangle.h, rectangle.w)
+    return (
+        max(1, min(height, rectangle.h, PLANE_CAP)),
+        max(1, min(width, rectangle.w, PLANE_CAP)),
+    )
 
 
 def listed(value: Any) -> list:
