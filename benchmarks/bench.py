@@ -32,11 +32,9 @@ from bench_results import (
     Cell,
     cases_json,
     compare_sizes,
-    median_range,  # noqa: F401 (czi.py uses it as bench.median_range)
     print_targets,
     save_results,
     targets_json,
-    verdict,  # noqa: F401 (czi.py uses it as bench.verdict)
 )
 from bench_runs import (
     DEFAULT_ROOT,
@@ -47,9 +45,7 @@ from bench_runs import (
     measure,
     mem_available_mb,
     peak_rss_mb,
-    read_through,  # noqa: F401 (czi.py uses it as bench.read_through)
     rotation,
-    run_child,  # noqa: F401 (czi.py uses it as bench.run_child)
     selected,
     settle_disk,
     wanted_names,

@@ -35,11 +35,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402
+import bench_peers  # noqa: E402
+import bench_runs  # noqa: E402
+from bench_results import median_range, verdict  # noqa: E402
 from bench_runs import RESULT_TAG, peak_rss_mb  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
-DEFAULT_DATA = Path("/work/bench-data/czibench") if Path("/work").is_dir() else bench.DEFAULT_ROOT
+DEFAULT_DATA = (
+    Path("/work/bench-data/czibench") if Path("/work").is_dir() else bench_runs.DEFAULT_ROOT
+)
 PEER_PACKAGES = {
     "bioio_conversion": ["bioio-conversion==3.0.0", "bioio-ome-zarr", "bioio-czi", "bioio"]
 }
@@ -236,9 +240,9 @@ def contenders_once(
             "output": str(out / f"{czi.stem}.ome.zarr") if is_peer else str(out),
             "shapes": args.shapes,
         }
-        bench.settle_disk()
+        bench_runs.settle_disk()
         try:
-            result, rss = bench.run_child(
+            result, rss = bench_runs.run_child(
                 peer[0] if is_peer else sys.executable,
                 args.env,
                 request,
@@ -260,7 +264,7 @@ def contenders_once(
 
 
 def czi_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    peer = bench.peer_venv(args.peer_venv, PEER_PACKAGES)
+    peer = bench_peers.peer_venv(args.peer_venv, PEER_PACKAGES)
     summary: dict[str, Any] = {}
     for z in args.z:
         czi = make_czi(args.data, z, args.channels, args.mosaic, args.tile)
@@ -270,7 +274,7 @@ def czi_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.mosaic}x{args.mosaic} tiles of {args.tile}^2, {size / 1e9:.2f} GB",
             flush=True,
         )
-        bench.read_through(czi)
+        bench_runs.read_through(czi)
         work = args.data / "runs"
         args.shapes = probe_shapes(args, czi, work)
         runs: dict[str, list] = {name: [] for name in CONTENDERS}
@@ -328,7 +332,7 @@ def print_czi_table(z: int, size: int, runs: dict[str, list], checks: dict) -> N
             continue
         wall, cpu = paired(ours, results, "seconds"), paired(ours, results, "cpu")
         rss = max(r["rss_mb"] for r in results if "rss_mb" in r)
-        shown = ("-", "-") if name == OURS else (bench.median_range(wall), bench.median_range(cpu))
+        shown = ("-", "-") if name == OURS else (median_range(wall), median_range(cpu))
         print(
             f"{name:48} {statistics.median(seconds):16.1f} {shown[0]:>20} {shown[1]:>20} "
             f"{rss:12.0f}"
@@ -368,9 +372,9 @@ def many_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         names = list(cases)[repeat % 2 :] + list(cases)[: repeat % 2]
         for name in names:
             shutil.rmtree(work, ignore_errors=True)
-            bench.settle_disk()
+            bench_runs.settle_disk()
             request = {"contender": OURS, "input": cases[name], "output": str(work)}
-            result, rss = bench.run_child(
+            result, rss = bench_runs.run_child(
                 sys.executable, args.env, request, args.timeout, SCRIPT, args.max_rss * 1024
             )
             result |= {"rss_mb": rss}
@@ -386,10 +390,10 @@ def many_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     median = statistics.median(ratios)
     print(
         f"\n== {args.files} files / concatenated, {LEVELS} levels: wall "
-        f"{bench.median_range(ratios)} (per repeat {', '.join(f'{r:.2f}' for r in ratios)}), "
-        f"CPU {bench.median_range(cpu)}"
+        f"{median_range(ratios)} (per repeat {', '.join(f'{r:.2f}' for r in ratios)}), "
+        f"CPU {median_range(cpu)}"
     )
-    print(f"{bench.verdict(median <= MANY_TARGET)} files / concatenated <= {MANY_TARGET} (wall)")
+    print(f"{verdict(median <= MANY_TARGET)} files / concatenated <= {MANY_TARGET} (wall)")
     return {"runs": runs, "ratios": ratios, "cpu_ratios": cpu}
 
 
@@ -409,19 +413,19 @@ def main() -> None:
     parser.add_argument("--max-rss", type=float, default=12.0, help="GB; a tree above is killed")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per contender run")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="generated inputs (kept)")
-    parser.add_argument("--out", type=Path, default=bench.DEFAULT_ROOT / "results")
+    parser.add_argument("--out", type=Path, default=bench_runs.DEFAULT_ROOT / "results")
     parser.add_argument("--peer-venv", type=Path, default=DEFAULT_DATA / "peer-venv")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_one:
-        sys.path.insert(0, str(bench.REPO))
+        sys.path.insert(0, str(bench_runs.REPO))
         request = json.loads(args.run_one)
         result = CONTENDERS[request["contender"]][0](request)
         print(RESULT_TAG + json.dumps(result | {"self_rss_mb": peak_rss_mb()}), flush=True)
         return
     args.z = [int(v) for v in args.z.split(",")]
     args.data.mkdir(parents=True, exist_ok=True)
-    args.env = os.environ | {"PYTHONPATH": str(bench.REPO), "OMP_NUM_THREADS": "1"}
+    args.env = os.environ | {"PYTHONPATH": str(bench_runs.REPO), "OMP_NUM_THREADS": "1"}
     summary = czi_benchmark(args) if args.mode == "czi" else many_benchmark(args)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"czi-{args.mode}-{time.strftime('%Y%m%d-%H%M%S')}.json"

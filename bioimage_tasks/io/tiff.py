@@ -125,9 +125,7 @@ class TiffSource:
 
     def __getstate__(self) -> dict:
         return {
-            k: v
-            for k, v in self.__dict__.items()
-            if k not in ("_reader", "_open_planes", "_lock")
+            k: v for k, v in self.__dict__.items() if k not in ("_reader", "_open_planes", "_lock")
         }
 
     def fingerprint(self) -> dict:
