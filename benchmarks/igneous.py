@@ -2,23 +2,28 @@
 one run, same data (issue 22's benchmark).
 
     python benchmarks/igneous.py [--size 1024] [--mips 3] [--repeats 3] [--threads 2]
-                                 [--cases image-raw,labels-raw,labels-cseg]
+                                 [--cases image-raw,labels-raw,labels-cseg,image-gzip,labels-gzip]
                                  [--contenders ours,igneous,tensorstore]
                                  [--data /work/bench-data/igneous] [--peer-venv DIR] [--keep]
 
 Data: a `--size`^3 smooth uint8 image (mean) and uint32 Voronoi labels (cells of ~32^3 voxels,
 mode), each written once as scale 0 ("8_8_8", 64^3 chunks) of a precomputed volume, raw, or
-compressed_segmentation for labels (what igneous writes for segmentation; neither we nor
-tensorstore read cloud-volume's unsharded `.gz` chunk files, so there is no unsharded gzip case).
+compressed_segmentation for labels (what igneous writes for segmentation), or sharded with gzip
+data encoding (`*-gzip`: shards of 4^3 chunks; the mips are sharded gzip too). No unsharded gzip
+case: cloud-volume writes those chunks as `<chunk>.gz` files on disk, which tensorstore's driver
+does not read (we refuse such a volume, naming the problem).
 Before every run the base folder is copied afresh, so each contender starts from the same files
 (in the page cache for all). Contenders, each in a process of its own, `--threads` workers:
 - ours: `bioimage_tasks.pyramid("precomputed://F", "precomputed://F", scale_factors=[2] * mips,
   method, chunks=(64,) * 3, num_workers=threads)`, the missing scales added in place;
 - igneous (`igneous-pipeline` 4.37 in the peer venv, created on first use):
   `create_downsampling_tasks("file://F", mip=0, num_mips=mips, factor=(2, 2, 2))` run by
-  `LocalTaskQueue(parallel=threads)`;
+  `LocalTaskQueue(parallel=threads)`; for the sharded cases its sharded task,
+  `create_image_shard_downsample_tasks("file://F", mip=0, num_mips=mips, factor=(2, 2, 2))`
+  (its default memory target of 3.5 GB: one shard per mip, so one task for the volume);
 - tensorstore: each mip k written from `ts.downsample(base, 2**k, method)` (from the base, so
-  exact), `data_copy_concurrency` and `file_io_concurrency` limited to `threads`.
+  exact; sharded gzip like the base in the sharded cases), `data_copy_concurrency` and
+  `file_io_concurrency` limited to `threads`.
 Repeats rotate the contenders' order; the tables give medians. Per run: wall time of the work
 (imports and start-up excluded), peak memory of the process tree (the sum of PSS over every
 process, sampled every 50 ms: igneous's workers share pages, RSS would count them twice), bytes
@@ -51,7 +56,12 @@ CASES = {  # name: (method, dtype, layer type, encoding)
     "image-raw": ("mean", "uint8", "image", "raw"),
     "labels-raw": ("mode", "uint32", "segmentation", "raw"),
     "labels-cseg": ("mode", "uint32", "segmentation", "compressed_segmentation"),
+    "image-gzip": ("mean", "uint8", "image", "raw"),  # sharded, gzip data encoding
+    "labels-gzip": ("mode", "uint32", "segmentation", "raw"),  # sharded, gzip data encoding
 }
+SHARDED = {"image-gzip", "labels-gzip"}  # scale 0: shards of SHARD_CHUNKS^3 chunks, gzip
+SHARD_CHUNKS = 4
+SAME_DATA = {"labels-cseg": "labels-raw", "image-gzip": "image-raw", "labels-gzip": "labels-raw"}
 CONTENDERS = ("ours", "igneous", "tensorstore")
 RESOLUTION = 8
 CHUNK = 64
@@ -63,8 +73,9 @@ PROC_READS = [0]  # bytes the measuring process read from /proc itself (not the 
 # ---------------------------------------------------------------- data
 
 
-def scale_metadata(size: int, level: int, encoding: str) -> dict:
-    """Scale `level` of a `size`^3 volume: 8 nm * 2**level, 64^3 chunks (capped at the size)."""
+def scale_metadata(size: int, level: int, encoding: str, sharded: bool = False) -> dict:
+    """Scale `level` of a `size`^3 volume: 8 nm * 2**level, 64^3 chunks (capped at the size);
+    `sharded`: shards of SHARD_CHUNKS^3 chunks (capped at the grid), gzip data encoding."""
     n, r = max(1, size >> level), RESOLUTION << level
     scale = {
         "key": f"{r}_{r}_{r}",
@@ -76,6 +87,18 @@ def scale_metadata(size: int, level: int, encoding: str) -> dict:
     }
     if encoding == "compressed_segmentation":
         scale["compressed_segmentation_block_size"] = [8, 8, 8]
+    if sharded:  # a cubic grid: the low 3 * log2(chunks per shard) Morton bits stay in a shard
+        bits = max(0, (-(-n // min(CHUNK, n)) - 1).bit_length())
+        low = 3 * min(bits, SHARD_CHUNKS.bit_length() - 1)
+        scale["sharding"] = {
+            "@type": "neuroglancer_uint64_sharded_v1",
+            "preshift_bits": min(low, 3),
+            "minishard_bits": low - min(low, 3),
+            "shard_bits": 3 * bits - low,
+            "hash": "identity",
+            "minishard_index_encoding": "gzip",
+            "data_encoding": "gzip",
+        }
     return scale
 
 
@@ -85,7 +108,7 @@ def precomputed_spec(folder: Path, case: str, size: int, level: int) -> dict:
         "driver": "neuroglancer_precomputed",
         "kvstore": {"driver": "file", "path": str(folder) + "/"},
         "multiscale_metadata": {"type": kind, "data_type": dtype, "num_channels": 1},
-        "scale_metadata": scale_metadata(size, level, encoding),
+        "scale_metadata": scale_metadata(size, level, encoding, case in SHARDED),
     }
 
 
@@ -186,12 +209,12 @@ def base_volume(data: Path, case: str, size: int) -> Path:
     store = ts.open(precomputed_spec(partial, case, size, 0), create=True).result()
     zyx = store[ts.d["channel"][0]].T
     make = image_slab if CASES[case][2] == "image" else labels_slab
-    raw = data / f"labels-raw-{size}" / "base"
-    if case == "labels-cseg" and (raw / "info").exists():  # the same labels, not made again
-        labels_zyx = ts.open(precomputed_spec(raw, "labels-raw", size, 0)).result()
+    raw = data / f"{SAME_DATA.get(case)}-{size}" / "base"
+    if case in SAME_DATA and (raw / "info").exists():  # the same voxels, not made again
+        same_zyx = ts.open(precomputed_spec(raw, SAME_DATA[case], size, 0)).result()
 
         def make(z0: int, depth: int, size: int):
-            return labels_zyx[ts.d["channel"][0]].T[z0 : z0 + depth].read().result()
+            return same_zyx[ts.d["channel"][0]].T[z0 : z0 + depth].read().result()
 
     for z0 in range(0, size, SLAB):
         zyx[z0 : z0 + SLAB].write(make(z0, min(SLAB, size - z0), size)).result()
@@ -222,9 +245,14 @@ def run_igneous(folder: str, method: str, mips: int, threads: int, case: str) ->
     import igneous.task_creation as tc
     from taskqueue import LocalTaskQueue
 
-    tasks = tc.create_downsampling_tasks(
-        "file://" + folder, mip=0, num_mips=mips, factor=(2, 2, 2), compress=False
-    )
+    if case in SHARDED:  # its task for sharded volumes: sharded mips (gzip data encoding)
+        tasks = tc.create_image_shard_downsample_tasks(
+            "file://" + folder, mip=0, num_mips=mips, factor=(2, 2, 2)
+        )
+    else:
+        tasks = tc.create_downsampling_tasks(
+            "file://" + folder, mip=0, num_mips=mips, factor=(2, 2, 2), compress=False
+        )
     queue = LocalTaskQueue(parallel=threads, progress=False)
     queue.insert(tasks)
     queue.execute(progress=False)

@@ -417,7 +417,7 @@ def test_scales_added_in_place_keep_a_sharded_gzip_volume_sharded_gzip(
     cloudvolume, tmp_path, rng, kind
 ):
     """As igneous's sharded downsampling does, new scales of a sharded scale 0 are sharded, with
-    its data encoding (gzip); cloud-volume reads every mip back equal to tensorstore's downsample."""
+    its data encoding (gzip); cloud-volume reads every mip back equal to tensorstore's."""
     base = image(rng, (32, 64, 64)) if kind == "image" else labels(rng, (32, 64, 64))
     case = CV_CASES["raw-sharded" if kind == "image" else "cseg-sharded"]
     path = cv_write(cloudvolume, tmp_path, base, "v", resolution=[8, 8, 8], **case)

@@ -174,10 +174,10 @@ def refuse_gzip_files(path: PrecomputedPath, scale: dict, parameter: str) -> Non
         found = first + ".gz" if stamps[0] is None and stamps[1] is not None else None
     if found is not None:
         raise ParameterError(
-            f"{parameter}: {path} scale {scale['key']} keeps its chunks gzip-compressed as '.gz' files "
-            f"({found!r}: cloud-volume's compress='gzip' on disk), which are read here as missing "
-            "chunks (zeros): decompress them (`gunzip -r` on the scale's folder), or write the "
-            "volume sharded with data_encoding gzip, or uncompressed"
+            f"{parameter}: {path} scale {scale['key']} keeps its chunks gzip-compressed as '.gz' "
+            f"files ({found!r}: cloud-volume's compress='gzip' on disk), which are read here as "
+            "missing chunks (zeros): decompress them (`gunzip -r` on the scale's folder), or "
+            "write the volume sharded with data_encoding gzip, or uncompressed"
         )
 
 
