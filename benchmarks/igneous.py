@@ -25,13 +25,15 @@ Before every run the base folder is copied afresh, so each contender starts from
   exact; sharded gzip like the base in the sharded cases), `data_copy_concurrency` and
   `file_io_concurrency` limited to `threads`.
 Repeats rotate the contenders' order; the tables give medians. Per run: wall time of the work
-(imports and start-up excluded), peak memory of the process tree (the sum of PSS over every
-process, sampled every 50 ms: igneous's workers share pages, RSS would count them twice), bytes
-read (`rchar` of /proc/<pid>/io: every byte read(2) returned, from files or pipes, by the tree,
-reaped children included; `read_bytes`, what came from the block device, is ~0 with a warm
-page cache and is shown too). Exactness: every mip of the first run of each contender is
-compared with tensorstore's downsample of the base (the tensorstore contender's output, itself
-checked at size <= 256 against `ts.downsample` of the whole base in memory): % voxels differing.
+(imports and start-up excluded), CPU seconds of the whole tree (user + system, start-up
+included: the load here swings, CPU time less), peak memory of the process tree (the sum of
+PSS over every process, sampled every 50 ms: igneous's workers share pages, RSS would count
+them twice), bytes read (`rchar` of /proc/<pid>/io: every byte read(2) returned, from files or
+pipes, by the tree, reaped children included; `read_bytes`, what came from the block device,
+is ~0 with a warm page cache and is shown too). Exactness: every mip of the first run of each
+contender is compared with tensorstore's downsample of the base (the tensorstore contender's
+output, itself checked at size <= 256 against `ts.downsample` of the whole base in memory):
+% voxels differing.
 """
 
 from __future__ import annotations
@@ -331,7 +333,7 @@ def measure_main(command: list[str]) -> None:
     holds every byte the tree read; the tree's PSS is summed every 50 ms. Prints JSON."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    before = io_counts()
+    before, times = io_counts(), os.times()
     own_reads, peak = 0, 0
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     done = threading.Event()
@@ -356,13 +358,15 @@ def measure_main(command: list[str]) -> None:
             break
     done.set()
     sampler.join()
-    after = io_counts()
+    after, spent = io_counts(), os.times()
     result = json.loads(out.strip().splitlines()[-1]) if child.returncode == 0 else {}
     result |= {
         "returncode": child.returncode,
         "peak_pss": peak,
         "rchar": after["rchar"] - before["rchar"] - own_reads - PROC_READS[0] - len(out),
         "read_bytes": after["read_bytes"] - before["read_bytes"],
+        "cpu": spent.children_user + spent.children_system - times.children_user
+        - times.children_system,
     }
     print(json.dumps(result), flush=True)
 
@@ -466,21 +470,24 @@ def run_case(args, case: str) -> None:
 
 def print_case(args, case: str, results: dict, exact: dict) -> None:
     median = {
-        c: {k: statistics.median(r[k] for r in runs) for k in ("seconds", "peak_pss", "rchar")}
+        c: {
+            k: statistics.median(r.get(k, 0) for r in runs)
+            for k in ("seconds", "cpu", "peak_pss", "rchar")
+        }
         for c, runs in results.items()
     }
     print(
         f"\n{case} ({CASES[case][0]}), {args.size}^3, {args.mips} mips, {args.threads} workers, "
         f"{args.repeats} repeats (medians)\n"
-        "| contender | wall s (min-max) | peak PSS MB | rchar MB | read_bytes MB "
-        "| % voxels != tensorstore, per mip |\n|---|---|---|---|---|---|"
+        "| contender | wall s (min-max) | CPU s | peak PSS MB | rchar MB | read_bytes MB "
+        "| % voxels != tensorstore, per mip |\n|---|---|---|---|---|---|---|"
     )
     for contender, runs in results.items():
         seconds = [r["seconds"] for r in runs]
         m = median[contender]
         print(
             f"| {contender} | {m['seconds']:.2f} ({min(seconds):.2f}-{max(seconds):.2f}) "
-            f"| {m['peak_pss'] / 1e6:.0f} | {m['rchar'] / 1e6:.0f} "
+            f"| {m['cpu']:.1f} | {m['peak_pss'] / 1e6:.0f} | {m['rchar'] / 1e6:.0f} "
             f"| {statistics.median(r['read_bytes'] for r in runs) / 1e6:.0f} "
             f"| {', '.join('missing' if p is None else f'{p:.3g}' for p in exact[contender])} |"
         )
@@ -488,8 +495,8 @@ def print_case(args, case: str, results: dict, exact: dict) -> None:
         for peer in (c for c in median if c != "ours"):
             ratio = {k: median["ours"][k] / max(median[peer][k], 1) for k in median["ours"]}
             print(
-                f"| ours/{peer} | {ratio['seconds']:.2f}x | {ratio['peak_pss']:.2f}x "
-                f"| {ratio['rchar']:.2f}x | | |"
+                f"| ours/{peer} | {ratio['seconds']:.2f}x | {ratio['cpu']:.2f}x "
+                f"| {ratio['peak_pss']:.2f}x | {ratio['rchar']:.2f}x | | |"
             )
     print(flush=True)
 
