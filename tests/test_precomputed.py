@@ -396,8 +396,9 @@ def test_cli_adds_scales_in_place(tmp_path, rng):
 
 
 def test_unsharded_gzip_chunk_files_are_refused_not_read_as_zeros(cloudvolume, tmp_path, rng):
-    """cloud-volume's compress="gzip" on disk stores `<chunk>.gz` files, which tensorstore reads
-    as missing chunks: the volume is refused, naming the problem, before anything is written."""
+    """cloud-volume's compress="gzip" on disk stores `<chunk>.gz` (or `<shard>.shard.gz`) files,
+    which tensorstore reads as missing: the volume is refused, naming the problem, before
+    anything is written."""
     base = image(rng, (32, 32, 32))
     path = cv_write(
         cloudvolume, tmp_path, base, "gz", resolution=[8, 8, 8], compress="gzip", **CV_CASES["raw"]
@@ -410,6 +411,11 @@ def test_unsharded_gzip_chunk_files_are_refused_not_read_as_zeros(cloudvolume, t
     with pytest.raises(ParameterError, match=r"\.gz"):
         pyramid(f"precomputed://{path}", f"precomputed://{path}", levels=1)
     assert (Path(path) / "info").read_text() == info and not (tmp_path / "gz.zarr").exists()
+    case = CV_CASES["raw-sharded"] | {"compress": "gzip", "resolution": [8, 8, 8]}
+    sharded = cv_write(cloudvolume, tmp_path, base, "sgz", **case)  # `<shard>.shard.gz` files
+    assert os.listdir(os.path.join(sharded, "8_8_8")) == ["0.shard.gz"]
+    with pytest.raises(ParameterError, match=r"0\.shard\.gz"):
+        as_source(sharded)
 
 
 @pytest.mark.parametrize("kind", ["image", "labels"])

@@ -154,11 +154,11 @@ def scale_of(info: dict, key: str | None) -> dict:
 
 
 def refuse_gzip_files(path: PrecomputedPath, scale: dict, parameter: str) -> None:
-    """ParameterError if an unsharded scale keeps its chunks as `<chunk>.gz` files, as
-    cloud-volume writes them with compress="gzip" on disk: tensorstore finds no `<chunk>` there
-    and would read every chunk as missing, i.e. zeros. Checks a few names only: the first
-    entries of a local folder; on object storage, the first chunk and its `.gz` twin."""
-    if not scale or scale.get("sharding") or "key" not in scale:
+    """ParameterError if a scale keeps its chunk (or shard) files gzip-compressed as `<name>.gz`
+    files, as cloud-volume writes them with compress="gzip" on disk: tensorstore finds no
+    `<name>` there and would read every chunk as missing, i.e. zeros. Checks a few names only:
+    the first entries of a local folder; on object storage, the first file and its `.gz` twin."""
+    if not scale or "key" not in scale:
         return
     if path.url is None:
         folder = os.path.join(path.folder, scale["key"])
@@ -174,10 +174,10 @@ def refuse_gzip_files(path: PrecomputedPath, scale: dict, parameter: str) -> Non
         found = first + ".gz" if stamps[0] is None and stamps[1] is not None else None
     if found is not None:
         raise ParameterError(
-            f"{parameter}: {path} scale {scale['key']} keeps its chunks gzip-compressed as '.gz' "
+            f"{parameter}: {path} scale {scale['key']} keeps its files gzip-compressed as '.gz' "
             f"files ({found!r}: cloud-volume's compress='gzip' on disk), which are read here as "
             "missing chunks (zeros): decompress them (`gunzip -r` on the scale's folder), or "
-            "write the volume sharded with data_encoding gzip, or uncompressed"
+            "write the volume with compress=False (gzip: sharded, with data_encoding gzip)"
         )
 
 
