@@ -2,31 +2,38 @@
 one run, same data (issue 22's benchmark).
 
     python benchmarks/igneous.py [--size 1024] [--mips 3] [--repeats 3] [--threads 2]
-                                 [--cases image-raw,labels-raw,labels-cseg]
+                                 [--cases image-raw,labels-raw,labels-cseg,image-gzip,labels-gzip]
                                  [--contenders ours,igneous,tensorstore]
                                  [--data /work/bench-data/igneous] [--peer-venv DIR] [--keep]
 
 Data: a `--size`^3 smooth uint8 image (mean) and uint32 Voronoi labels (cells of ~32^3 voxels,
 mode), each written once as scale 0 ("8_8_8", 64^3 chunks) of a precomputed volume, raw, or
-compressed_segmentation for labels (what igneous writes for segmentation; neither we nor
-tensorstore read cloud-volume's unsharded `.gz` chunk files, so there is no unsharded gzip case).
+compressed_segmentation for labels (what igneous writes for segmentation), or sharded with gzip
+data encoding (`*-gzip`: shards of 4^3 chunks; the mips are sharded gzip too). No unsharded gzip
+case: cloud-volume writes those chunks as `<chunk>.gz` files on disk, which tensorstore's driver
+does not read (we refuse such a volume, naming the problem).
 Before every run the base folder is copied afresh, so each contender starts from the same files
 (in the page cache for all). Contenders, each in a process of its own, `--threads` workers:
 - ours: `bioimage_tasks.pyramid("precomputed://F", "precomputed://F", scale_factors=[2] * mips,
   method, chunks=(64,) * 3, num_workers=threads)`, the missing scales added in place;
 - igneous (`igneous-pipeline` 4.37 in the peer venv, created on first use):
   `create_downsampling_tasks("file://F", mip=0, num_mips=mips, factor=(2, 2, 2))` run by
-  `LocalTaskQueue(parallel=threads)`;
+  `LocalTaskQueue(parallel=threads)`; for the sharded cases its sharded task,
+  `create_image_shard_downsample_tasks("file://F", mip=0, num_mips=mips, factor=(2, 2, 2))`
+  (its default memory target of 3.5 GB: one shard per mip, so one task for the volume);
 - tensorstore: each mip k written from `ts.downsample(base, 2**k, method)` (from the base, so
-  exact), `data_copy_concurrency` and `file_io_concurrency` limited to `threads`.
+  exact; sharded gzip like the base in the sharded cases), `data_copy_concurrency` and
+  `file_io_concurrency` limited to `threads`.
 Repeats rotate the contenders' order; the tables give medians. Per run: wall time of the work
-(imports and start-up excluded), peak memory of the process tree (the sum of PSS over every
-process, sampled every 50 ms: igneous's workers share pages, RSS would count them twice), bytes
-read (`rchar` of /proc/<pid>/io: every byte read(2) returned, from files or pipes, by the tree,
-reaped children included; `read_bytes`, what came from the block device, is ~0 with a warm
-page cache and is shown too). Exactness: every mip of the first run of each contender is
-compared with tensorstore's downsample of the base (the tensorstore contender's output, itself
-checked at size <= 256 against `ts.downsample` of the whole base in memory): % voxels differing.
+(imports and start-up excluded), CPU seconds of the whole tree (user + system, start-up
+included: the load here swings, CPU time less), peak memory of the process tree (the sum of
+PSS over every process, sampled every 50 ms: igneous's workers share pages, RSS would count
+them twice), bytes read (`rchar` of /proc/<pid>/io: every byte read(2) returned, from files or
+pipes, by the tree, reaped children included; `read_bytes`, what came from the block device,
+is ~0 with a warm page cache and is shown too). Exactness: every mip of the first run of each
+contender is compared with tensorstore's downsample of the base (the tensorstore contender's
+output, itself checked at size <= 256 against `ts.downsample` of the whole base in memory):
+% voxels differing.
 """
 
 from __future__ import annotations
@@ -51,7 +58,12 @@ CASES = {  # name: (method, dtype, layer type, encoding)
     "image-raw": ("mean", "uint8", "image", "raw"),
     "labels-raw": ("mode", "uint32", "segmentation", "raw"),
     "labels-cseg": ("mode", "uint32", "segmentation", "compressed_segmentation"),
+    "image-gzip": ("mean", "uint8", "image", "raw"),  # sharded, gzip data encoding
+    "labels-gzip": ("mode", "uint32", "segmentation", "raw"),  # sharded, gzip data encoding
 }
+SHARDED = {"image-gzip", "labels-gzip"}  # scale 0: shards of SHARD_CHUNKS^3 chunks, gzip
+SHARD_CHUNKS = 4
+SAME_DATA = {"labels-cseg": "labels-raw", "image-gzip": "image-raw", "labels-gzip": "labels-raw"}
 CONTENDERS = ("ours", "igneous", "tensorstore")
 RESOLUTION = 8
 CHUNK = 64
@@ -63,8 +75,9 @@ PROC_READS = [0]  # bytes the measuring process read from /proc itself (not the 
 # ---------------------------------------------------------------- data
 
 
-def scale_metadata(size: int, level: int, encoding: str) -> dict:
-    """Scale `level` of a `size`^3 volume: 8 nm * 2**level, 64^3 chunks (capped at the size)."""
+def scale_metadata(size: int, level: int, encoding: str, sharded: bool = False) -> dict:
+    """Scale `level` of a `size`^3 volume: 8 nm * 2**level, 64^3 chunks (capped at the size);
+    `sharded`: shards of SHARD_CHUNKS^3 chunks (capped at the grid), gzip data encoding."""
     n, r = max(1, size >> level), RESOLUTION << level
     scale = {
         "key": f"{r}_{r}_{r}",
@@ -76,6 +89,18 @@ def scale_metadata(size: int, level: int, encoding: str) -> dict:
     }
     if encoding == "compressed_segmentation":
         scale["compressed_segmentation_block_size"] = [8, 8, 8]
+    if sharded:  # a cubic grid: the low 3 * log2(chunks per shard) Morton bits stay in a shard
+        bits = max(0, (-(-n // min(CHUNK, n)) - 1).bit_length())
+        low = 3 * min(bits, SHARD_CHUNKS.bit_length() - 1)
+        scale["sharding"] = {
+            "@type": "neuroglancer_uint64_sharded_v1",
+            "preshift_bits": min(low, 3),
+            "minishard_bits": low - min(low, 3),
+            "shard_bits": 3 * bits - low,
+            "hash": "identity",
+            "minishard_index_encoding": "gzip",
+            "data_encoding": "gzip",
+        }
     return scale
 
 
@@ -85,7 +110,7 @@ def precomputed_spec(folder: Path, case: str, size: int, level: int) -> dict:
         "driver": "neuroglancer_precomputed",
         "kvstore": {"driver": "file", "path": str(folder) + "/"},
         "multiscale_metadata": {"type": kind, "data_type": dtype, "num_channels": 1},
-        "scale_metadata": scale_metadata(size, level, encoding),
+        "scale_metadata": scale_metadata(size, level, encoding, case in SHARDED),
     }
 
 
@@ -155,12 +180,12 @@ def base_volume(data: Path, case: str, size: int) -> Path:
     store = ts.open(precomputed_spec(partial, case, size, 0), create=True).result()
     zyx = store[ts.d["channel"][0]].T
     make = image_slab if CASES[case][2] == "image" else labels_slab
-    raw = data / f"labels-raw-{size}" / "base"
-    if case == "labels-cseg" and (raw / "info").exists():  # the same labels, not made again
-        labels_zyx = ts.open(precomputed_spec(raw, "labels-raw", size, 0)).result()
+    raw = data / f"{SAME_DATA.get(case)}-{size}" / "base"
+    if case in SAME_DATA and (raw / "info").exists():  # the same voxels, not made again
+        same_zyx = ts.open(precomputed_spec(raw, SAME_DATA[case], size, 0)).result()
 
         def make(z0: int, depth: int, size: int):
-            return labels_zyx[ts.d["channel"][0]].T[z0 : z0 + depth].read().result()
+            return same_zyx[ts.d["channel"][0]].T[z0 : z0 + depth].read().result()
 
     for z0 in range(0, size, SLAB):
         zyx[z0 : z0 + SLAB].write(make(z0, min(SLAB, size - z0), size)).result()
@@ -191,9 +216,14 @@ def run_igneous(folder: str, method: str, mips: int, threads: int, case: str) ->
     import igneous.task_creation as tc
     from taskqueue import LocalTaskQueue
 
-    tasks = tc.create_downsampling_tasks(
-        "file://" + folder, mip=0, num_mips=mips, factor=(2, 2, 2), compress=False
-    )
+    if case in SHARDED:  # its task for sharded volumes: sharded mips (gzip data encoding)
+        tasks = tc.create_image_shard_downsample_tasks(
+            "file://" + folder, mip=0, num_mips=mips, factor=(2, 2, 2)
+        )
+    else:
+        tasks = tc.create_downsampling_tasks(
+            "file://" + folder, mip=0, num_mips=mips, factor=(2, 2, 2), compress=False
+        )
     queue = LocalTaskQueue(parallel=threads, progress=False)
     queue.insert(tasks)
     queue.execute(progress=False)
@@ -272,7 +302,7 @@ def measure_main(command: list[str]) -> None:
     holds every byte the tree read; the tree's PSS is summed every 50 ms. Prints JSON."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    before = io_counts()
+    before, times = io_counts(), os.times()
     own_reads, peak = 0, 0
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     done = threading.Event()
@@ -297,13 +327,15 @@ def measure_main(command: list[str]) -> None:
             break
     done.set()
     sampler.join()
-    after = io_counts()
+    after, spent = io_counts(), os.times()
     result = json.loads(out.strip().splitlines()[-1]) if child.returncode == 0 else {}
     result |= {
         "returncode": child.returncode,
         "peak_pss": peak,
         "rchar": after["rchar"] - before["rchar"] - own_reads - PROC_READS[0] - len(out),
         "read_bytes": after["read_bytes"] - before["read_bytes"],
+        "cpu": spent.children_user + spent.children_system - times.children_user
+        - times.children_system,
     }
     print(json.dumps(result), flush=True)
 
@@ -407,21 +439,24 @@ def run_case(args, case: str) -> None:
 
 def print_case(args, case: str, results: dict, exact: dict) -> None:
     median = {
-        c: {k: statistics.median(r[k] for r in runs) for k in ("seconds", "peak_pss", "rchar")}
+        c: {
+            k: statistics.median(r.get(k, 0) for r in runs)
+            for k in ("seconds", "cpu", "peak_pss", "rchar")
+        }
         for c, runs in results.items()
     }
     print(
         f"\n{case} ({CASES[case][0]}), {args.size}^3, {args.mips} mips, {args.threads} workers, "
         f"{args.repeats} repeats (medians)\n"
-        "| contender | wall s (min-max) | peak PSS MB | rchar MB | read_bytes MB "
-        "| % voxels != tensorstore, per mip |\n|---|---|---|---|---|---|"
+        "| contender | wall s (min-max) | CPU s | peak PSS MB | rchar MB | read_bytes MB "
+        "| % voxels != tensorstore, per mip |\n|---|---|---|---|---|---|---|"
     )
     for contender, runs in results.items():
         seconds = [r["seconds"] for r in runs]
         m = median[contender]
         print(
             f"| {contender} | {m['seconds']:.2f} ({min(seconds):.2f}-{max(seconds):.2f}) "
-            f"| {m['peak_pss'] / 1e6:.0f} | {m['rchar'] / 1e6:.0f} "
+            f"| {m['cpu']:.1f} | {m['peak_pss'] / 1e6:.0f} | {m['rchar'] / 1e6:.0f} "
             f"| {statistics.median(r['read_bytes'] for r in runs) / 1e6:.0f} "
             f"| {', '.join('missing' if p is None else f'{p:.3g}' for p in exact[contender])} |"
         )
@@ -429,8 +464,8 @@ def print_case(args, case: str, results: dict, exact: dict) -> None:
         for peer in (c for c in median if c != "ours"):
             ratio = {k: median["ours"][k] / max(median[peer][k], 1) for k in median["ours"]}
             print(
-                f"| ours/{peer} | {ratio['seconds']:.2f}x | {ratio['peak_pss']:.2f}x "
-                f"| {ratio['rchar']:.2f}x | | |"
+                f"| ours/{peer} | {ratio['seconds']:.2f}x | {ratio['cpu']:.2f}x "
+                f"| {ratio['peak_pss']:.2f}x | {ratio['rchar']:.2f}x | | |"
             )
     print(flush=True)
 

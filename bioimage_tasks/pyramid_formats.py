@@ -26,6 +26,7 @@ from bioimage_tasks.io.precomputed_output import (
     new_layout,
     new_scale,
     resolution_nm,
+    sharding_ratio,
 )
 from bioimage_tasks.io.urls import UrlPath
 
@@ -77,7 +78,7 @@ class PrecomputedOutput:
         self.channels = check_volume(shapes[0], dtype, geometry.axes, "input")
         info = self.path.info()
         check_info(info, dtype, self.channels, str(self.path), "output_group")
-        encoding = self.follow(info)
+        encoding, sharded = self.follow(info), self.follow_sharding(info)
         base = resolution_nm(geometry.voxel_size, geometry.units)
         offset = offset_voxels(geometry, base)
         layouts = []
@@ -89,10 +90,16 @@ class PrecomputedOutput:
                 layouts.append(self.reuse(found, shape, chunks))
                 continue
             layout = new_layout(shape, self.channels, chunks, shards)
+            if shards is None and sharded is not None:  # shards like scale 0's
+                shards_like = [c * r for c, r in zip(layout[0][-3:], sharded[0][::-1])]
+                lead = layout[0][:-3]
+                layout = new_layout(shape, self.channels, layout[0], lead + tuple(shards_like))
             level_offset = [o // f for o, f in zip(offset, xyz)]
             scale = new_scale(
                 shape, dtype, layout, resolution, level_offset, self.labels, self.options
             )
+            if "sharding" in scale and sharded is not None and self.options.codec is None:
+                scale["sharding"] |= sharded[1]
             self.scales.append(scale if encoding is None else encoding_of(scale, encoding))
             self.existing.append(False)
             layouts.append(layout)
@@ -100,7 +107,8 @@ class PrecomputedOutput:
 
     def follow(self, info: dict | None) -> dict | None:
         """An existing volume's new scales take its type and, as igneous's do, its scale 0's
-        encoding (raw or compressed_segmentation); None for a new volume."""
+        encoding (raw or compressed_segmentation) and sharding (follow_sharding); None for a
+        new volume."""
         if not info or not info["scales"]:
             return None
         self.labels = info.get("type") == "segmentation"
@@ -109,6 +117,15 @@ class PrecomputedOutput:
             return None
         keys = ("encoding", "compressed_segmentation_block_size")
         return {key: first[key] for key in keys if key in first}
+
+    def follow_sharding(self, info: dict | None) -> tuple[list[int], dict] | None:
+        """A sharded scale 0's chunks per shard (x, y, z) and its data and index encodings,
+        which new scales take unless `shards` or a codec are given; None if it is unsharded."""
+        first = ((info or {}).get("scales") or [{}])[0]
+        if not first.get("sharding"):
+            return None
+        keys = ("data_encoding", "minishard_index_encoding")
+        return sharding_ratio(first), {k: first["sharding"][k] for k in keys}
 
     def reuse(self, scale: dict, shape: tuple[int, ...], chunks: tuple[int, ...] | None) -> Layout:
         """An existing scale's layout; it must have the level's size and the chunks asked."""
@@ -132,7 +149,7 @@ class PrecomputedOutput:
         """Level `level`'s scale, added to the volume if missing (with a fresh identity token)."""
         scale = self.scales[level]
         if self.existing[level]:
-            return self.path.open("r+", scale["key"], options.write_empty_chunks)
+            return self.path.open("r+", scale["key"], options.write_empty_chunks, "output_group")
         sink = create_scale(
             self.path, dtype, self.channels, scale, self.labels, options.write_empty_chunks
         )

@@ -1,7 +1,7 @@
 """Run inside the cloud-volume peer venv (tests/test_precomputed.py): write a precomputed
 volume from a .npy array, or read one scale of a volume into a .npy file. One JSON request
 per call: {"op": "write", "data", "path", "layer_type", "encoding", "resolution", "chunk",
-"offset", "sharding"} or {"op": "read", "path", "mip", "out"}; prints the volume's info."""
+"offset", "sharding", "compress"} or {"op": "read", "path", "mip", "out"}; prints the volume's info."""
 
 import json
 import sys
@@ -25,7 +25,8 @@ def write(request: dict) -> CloudVolume:
     )
     if request.get("sharding"):
         info["scales"][0]["sharding"] = request["sharding"]
-    volume = CloudVolume("file://" + request["path"], info=info, compress=False, progress=False)
+    compress = request.get("compress", False)  # "gzip": unsharded chunks as `<chunk>.gz` files
+    volume = CloudVolume("file://" + request["path"], info=info, compress=compress, progress=False)
     volume.commit_info()
     start = volume.bounds.minpt
     volume[start[0] :, start[1] :, start[2] :] = np.asfortranarray(xyzc)

@@ -393,3 +393,104 @@ def test_cli_adds_scales_in_place(tmp_path, rng):
     np.testing.assert_array_equal(
         as_source(f"{tmp_path}/vol/4_4_4")[:, :, :], downsampled(base, (4, 4, 4), "mean")
     )
+
+
+def test_unsharded_gzip_chunk_files_are_refused_not_read_as_zeros(cloudvolume, tmp_path, rng):
+    """cloud-volume's compress="gzip" on disk stores `<chunk>.gz` (or `<shard>.shard.gz`) files,
+    which tensorstore reads as missing: the volume is refused, naming the problem, before
+    anything is written."""
+    base = image(rng, (32, 32, 32))
+    path = cv_write(
+        cloudvolume, tmp_path, base, "gz", resolution=[8, 8, 8], compress="gzip", **CV_CASES["raw"]
+    )
+    assert any(n.endswith(".gz") for n in os.listdir(os.path.join(path, "8_8_8")))
+    info = (Path(path) / "info").read_text()
+    for name in (f"precomputed://{path}", path, f"{path}/8_8_8"):
+        with pytest.raises(ParameterError, match=r"input: .*'\.gz' files"):
+            as_source(name)
+    with pytest.raises(ParameterError, match=r"\.gz"):
+        pyramid(f"precomputed://{path}", f"precomputed://{path}", levels=1)
+    assert (Path(path) / "info").read_text() == info and not (tmp_path / "gz.zarr").exists()
+    case = CV_CASES["raw-sharded"] | {"compress": "gzip", "resolution": [8, 8, 8]}
+    sharded = cv_write(cloudvolume, tmp_path, base, "sgz", **case)  # `<shard>.shard.gz` files
+    assert os.listdir(os.path.join(sharded, "8_8_8")) == ["0.shard.gz"]
+    with pytest.raises(ParameterError, match=r"0\.shard\.gz"):
+        as_source(sharded)
+
+
+@pytest.mark.parametrize("kind", ["image", "labels"])
+def test_scales_added_in_place_keep_a_sharded_gzip_volume_sharded_gzip(
+    cloudvolume, tmp_path, rng, kind
+):
+    """As igneous's sharded downsampling does, new scales of a sharded scale 0 are sharded, with
+    its data encoding (gzip); cloud-volume reads every mip back equal to tensorstore's."""
+    base = image(rng, (32, 64, 64)) if kind == "image" else labels(rng, (32, 64, 64))
+    case = CV_CASES["raw-sharded" if kind == "image" else "cseg-sharded"]
+    path = cv_write(cloudvolume, tmp_path, base, "v", resolution=[8, 8, 8], **case)
+    url, method = f"precomputed://{path}", "mean" if kind == "image" else "mode"
+    pyramid(url, url, scale_factors=[2, 2], method=method, chunks=(8, 16, 16))
+    for mip in (1, 2):
+        values, info = cv_read(cloudvolume, path, mip)
+        np.testing.assert_array_equal(values, downsampled(base, (2**mip,) * 3, method))
+        scale = info["scales"][mip]
+        assert scale["sharding"]["data_encoding"] == "gzip"
+        assert scale["sharding"]["minishard_index_encoding"] == "gzip"
+        assert scale["encoding"] == case["encoding"]
+        stored = {n for n in os.listdir(f"{path}/{scale['key']}") if not n.startswith(".")}
+        assert stored and all(n.endswith(".shard") for n in stored)
+
+
+MURMUR_SHARDING = SHARDING | {
+    "hash": "murmurhash3_x86_128",
+    "preshift_bits": 0,
+    "minishard_bits": 1,
+    "shard_bits": 5,
+}
+
+
+def murmur_volume(folder: Path, data: np.ndarray | None) -> ts.TensorStore:
+    """A (z, y, x) 64^3 uint8 volume of 16^3 chunks, murmurhash-sharded, written by tensorstore."""
+    scale = {"key": "8_8_8", "size": [64] * 3, "resolution": [8] * 3, "chunk_size": [16] * 3}
+    scale |= {"encoding": "raw", "voxel_offset": [0, 0, 0], "sharding": MURMUR_SHARDING}
+    spec = {
+        "driver": "neuroglancer_precomputed",
+        "kvstore": {"driver": "file", "path": f"{folder}/"},
+        "multiscale_metadata": {"type": "image", "data_type": "uint8", "num_channels": 1},
+        "scale_metadata": scale,
+    }
+    store = ts.open(spec, open=True, create=True).result()[ts.d["channel"][0]].T
+    if data is not None:
+        store.write(data).result()
+    return store
+
+
+def test_murmurhash_shard_files_are_named_as_tensorstore_writes_them(tmp_path):
+    store = murmur_volume(tmp_path / "v", None)
+    files = as_source(f"precomputed://{tmp_path}/v").files
+    seen: set[str] = set()
+    for z, y, x in [(0, 0, 0), (1, 0, 0), (0, 3, 2), (3, 3, 3), (2, 1, 3), (1, 2, 0)]:
+        store[z * 16 : z * 16 + 16, y * 16 : y * 16 + 16, x * 16 : x * 16 + 16].write(1).result()
+        now = {n for n in os.listdir(tmp_path / "v" / "8_8_8") if n.endswith(".shard")}
+        written = files.names((z * 16, y * 16, x * 16), (z * 16 + 1, y * 16 + 1, x * 16 + 1))
+        assert len(written) == 1 and written[0] in now and now - seen <= set(written)
+        seen = now
+
+
+def test_a_changed_murmurhash_sharded_input_is_redone(tmp_path, rng):
+    """Block signatures stamp the shard files a block's chunks hash to: a chunk rewritten after
+    a run makes the next run redo the blocks whose shards changed, not the others."""
+    base = image(rng, (64, 64, 64))
+    store = murmur_volume(tmp_path / "v", base)
+    source, output = f"precomputed://{tmp_path}/v", str(tmp_path / "out.zarr" / "a")
+    copy(source, output, block_shape=(32, 32, 32))
+    changed = base.copy()
+    changed[32:48, 0:16, 16:32] = 255  # one chunk, in block 4 of 8
+    time.sleep(0.01)
+    store[32:48, 0:16, 16:32].write(changed[32:48, 0:16, 16:32]).result()
+    started = time.time()
+    result = copy(source, output, block_shape=(32, 32, 32))
+    from helpers import executed_since
+
+    redone = executed_since(output, started)
+    assert 4 in redone and len(redone) < 8
+    np.testing.assert_array_equal(result[...], changed)

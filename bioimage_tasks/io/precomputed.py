@@ -127,17 +127,58 @@ class PrecomputedPath:
         return LOCAL_IO if self.url is None else None
 
     def open(
-        self, mode: str = "r", scale: str | None = None, write_empty_chunks: bool = False
+        self,
+        mode: str = "r",
+        scale: str | None = None,
+        write_empty_chunks: bool = False,
+        parameter: str = "input",
     ) -> PrecomputedSource:
         """A scale (default: this path's) as a source (and, with mode "r+", a sink that stores
-        all-zero chunks too with `write_empty_chunks`)."""
+        all-zero chunks too with `write_empty_chunks`); refusals name `parameter`."""
         info = self.info()
         if info is None:
             raise FileNotFoundError(f"no precomputed volume (an 'info' file) at {self}")
+        refuse_gzip_files(self, scale_of(info, scale or self.scale), parameter)
         write = mode != "r" and self.writable
         spec = self.spec(scale) | {"store_data_equal_to_fill_value": write_empty_chunks}
         store = ts.open(spec, open=True, read=True, write=write, context=self.context()).result()
         return source_of(self, store, scale or self.scale)
+
+
+def scale_of(info: dict, key: str | None) -> dict:
+    """The scale of `info` with this key (None: scale 0); {} if there is none (tensorstore
+    then says so)."""
+    if key is None:
+        return info["scales"][0] if info["scales"] else {}
+    return next((s for s in info["scales"] if s.get("key") == key), {})
+
+
+def refuse_gzip_files(path: PrecomputedPath, scale: dict, parameter: str) -> None:
+    """ParameterError if a scale keeps its chunk (or shard) files gzip-compressed as `<name>.gz`
+    files, as cloud-volume writes them with compress="gzip" on disk: tensorstore finds no
+    `<name>` there and would read every chunk as missing, i.e. zeros. Checks a few names only:
+    the first entries of a local folder; on object storage, the first file and its `.gz` twin."""
+    if not scale or "key" not in scale:
+        return
+    if path.url is None:
+        folder = os.path.join(path.folder, scale["key"])
+        try:
+            with os.scandir(folder) as entries:
+                names = [e.name for e, _ in zip(entries, range(64))]
+        except OSError:
+            return
+        found = next((n for n in names if n.endswith(".gz")), None)
+    else:
+        first = ScaleFiles.of(scale).names((0, 0, 0), (1, 1, 1))[0]
+        stamps = path.url.location(scale["key"]).stamps([first, first + ".gz"])
+        found = first + ".gz" if stamps[0] is None and stamps[1] is not None else None
+    if found is not None:
+        raise ParameterError(
+            f"{parameter}: {path} scale {scale['key']} keeps its files gzip-compressed as '.gz' "
+            f"files ({found!r}: cloud-volume's compress='gzip' on disk), which are read here as "
+            "missing chunks (zeros): decompress them (`gunzip -r` on the scale's folder), or "
+            "write the volume with compress=False (gzip: sharded, with data_encoding gzip)"
+        )
 
 
 def check_reachable(scheme: str, text: str, options: StorageOptions, parameter: str) -> None:
@@ -237,7 +278,7 @@ class PrecomputedSource(TensorStoreSource):
             box = [s.indices(n)[:2] for s, n in zip(key, self.shape)]
             try:
                 names = self.files.names([a for a, _ in box], [b for _, b in box])
-            except NotImplementedError:  # a murmurhash sharding: files cannot be named here
+            except NotImplementedError:  # an unknown sharding hash: files cannot be named here
                 names = []
             for name in names:
                 remove_if_stale(os.path.join(self.directory, name) + LOCK_SUFFIX)
@@ -264,7 +305,7 @@ def open_precomputed(
             raise FileNotFoundError(
                 f"{parameter}: no precomputed volume (an 'info' file) at {text!r}"
             )
-        return found.open("r")
+        return found.open("r", parameter=parameter)
     parts = text.rstrip("/").split("/")
     if any(p.endswith((".zarr", ".n5", ".h5", ".hdf5", ".tif", ".tiff")) for p in parts):
         return None
@@ -280,4 +321,4 @@ def open_precomputed(
         found = path.with_scale_from_folder()
     except (ValueError, OSError):
         return None
-    return None if found is None else found.open("r")
+    return None if found is None else found.open("r", parameter=parameter)

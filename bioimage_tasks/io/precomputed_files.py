@@ -1,7 +1,7 @@
 """Which files of a precomputed scale hold a region: unsharded chunk files named by their voxel
 ranges (`x0-x1_y0-y1_z0-z1`), or the shard files (`<hex>.shard`) that the sharded format's
-compressed Morton code assigns each chunk to; and stamps of those files for block signatures,
-and the sharding spec a pyramid derives from a shard shape."""
+compressed Morton code (hashed or not) assigns each chunk to; and stamps of those files for block
+signatures, and the sharding spec a pyramid derives from a shard shape."""
 
 from __future__ import annotations
 
@@ -12,8 +12,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.io.kv import KvLocation
+from bioimage_tasks.io.murmur import murmurhash3_x86_128_low64
 
 
 def grid_bits(grid: Sequence[int]) -> list[int]:
@@ -105,7 +108,7 @@ class ScaleFiles:
         cells = self.cells(start, stop)
         if self.sharding is None:
             return [self.chunk_name(cell) for cell in cells]
-        return sorted({self.shard_name(cell) for cell in cells})
+        return self.shard_names(cells)
 
     def chunk_name(self, cell: Sequence[int]) -> str:
         bounds = []
@@ -113,21 +116,27 @@ class ScaleFiles:
             bounds.append(f"{o + i * c}-{o + min((i + 1) * c, n)}")
         return "_".join(bounds)
 
-    def shard_name(self, cell: Sequence[int]) -> str:
+    def shard_names(self, cells: Sequence[Sequence[int]]) -> list[str]:
+        """The shard files holding these chunk cells: each chunk id (its compressed Morton
+        code) shifted right by `preshift_bits`, hashed (identity or murmurhash3_x86_128), then
+        the shard number taken from above the minishard bits."""
         spec = self.sharding
-        grid = [-(-n // c) for n, c in zip(self.size, self.chunk)]
-        code = morton_code(cell, grid_bits(grid)) >> spec["preshift_bits"]
-        if spec["hash"] != "identity":
+        if spec["hash"] not in ("identity", "murmurhash3_x86_128"):
             raise NotImplementedError(spec["hash"])
-        shard = (code >> spec["minishard_bits"]) & ((1 << spec["shard_bits"]) - 1)
+        bits = grid_bits([-(-n // c) for n, c in zip(self.size, self.chunk)])
+        codes = [morton_code(cell, bits) >> spec["preshift_bits"] for cell in cells]
+        if spec["hash"] == "murmurhash3_x86_128":
+            codes = [int(h) for h in murmurhash3_x86_128_low64(np.array(codes, np.uint64))]
+        mask = (1 << spec["shard_bits"]) - 1
+        shards = {(code >> spec["minishard_bits"]) & mask for code in codes}
         digits = -(-spec["shard_bits"] // 4)
-        return f"{shard:0{digits}x}.shard" if digits else "0.shard"
+        return sorted(f"{shard:0{digits}x}.shard" if digits else "0.shard" for shard in shards)
 
     def signature(
         self, where: str | KvLocation, start: Sequence[int], stop: Sequence[int]
     ) -> str | None:
         """A hash of the box's files' (name, size, mtime), or their ETags on object storage;
-        None where files cannot be named (a murmurhash sharding)."""
+        None where files cannot be named (a hash other than identity or murmurhash)."""
         try:
             names = self.names(start, stop)
         except NotImplementedError:

@@ -92,6 +92,16 @@ def shard_shape(grid: Sequence[int], chunk: Sequence[int], sharding: dict) -> tu
     )
 
 
+def sharding_ratio(scale: dict) -> list[int]:
+    """The (x, y, z) chunks a shard of `scale` holds along each axis as its low Morton bits
+    (preshift and minishard) make it, whatever the hash; capped at the chunk grid."""
+    chunk = scale.get("chunk_size") or scale["chunk_sizes"][0]
+    bits = grid_bits([-(-n // c) for n, c in zip(scale["size"], chunk)])
+    order = [axis for bit in range(max(bits, default=0)) for axis in range(3) if bit < bits[axis]]
+    low = scale["sharding"]["preshift_bits"] + scale["sharding"]["minishard_bits"]
+    return [2 ** order[:low].count(axis) for axis in range(3)]
+
+
 def array_layout(scale: dict, channels: int, ndim: int) -> Layout:
     """A scale's (chunks, shards) in array order ((c,) z, y, x)."""
     chunk = tuple(scale.get("chunk_size") or scale["chunk_sizes"][0])
@@ -265,7 +275,7 @@ class PrecomputedTarget:
                 chunks=layout[0],
                 options=replace(options, shards=layout[1]),
             )
-        sink = self.path.open("r+", scale["key"], options.write_empty_chunks)
+        sink = self.path.open("r+", scale["key"], options.write_empty_chunks, "output")
         if sink.shape != tuple(shape):
             raise ParameterError(
                 f"output: {sink.name} has shape {sink.shape}, expected {tuple(shape)}"
