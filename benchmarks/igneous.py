@@ -334,7 +334,9 @@ def measure_main(command: list[str]) -> None:
         "peak_pss": peak,
         "rchar": after["rchar"] - before["rchar"] - own_reads - PROC_READS[0] - len(out),
         "read_bytes": after["read_bytes"] - before["read_bytes"],
-        "cpu": spent.children_user + spent.children_system - times.children_user
+        "cpu": spent.children_user
+        + spent.children_system
+        - times.children_user
         - times.children_system,
     }
     print(json.dumps(result), flush=True)

@@ -1,7 +1,8 @@
 """Run inside the cloud-volume peer venv (tests/test_precomputed.py): write a precomputed
 volume from a .npy array, or read one scale of a volume into a .npy file. One JSON request
 per call: {"op": "write", "data", "path", "layer_type", "encoding", "resolution", "chunk",
-"offset", "sharding", "compress"} or {"op": "read", "path", "mip", "out"}; prints the volume's info."""
+"offset", "sharding", "compress"} or {"op": "read", "path", "mip", "out"}; prints the volume's
+info."""
 
 import json
 import sys
