@@ -1,10 +1,26 @@
 """Our flow class: direct calls run without Prefect's flow-run heartbeat (whose thread is joined
-at the end of every call, ~1 s), unless the user chose a heartbeat frequency."""
+at the end of every call, ~1 s), unless the user chose a heartbeat frequency; and read the default
+result storage once, while honouring a default the settings or the server configure."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 import pytest
-from prefect.settings import PREFECT_API_URL, get_current_settings
+import tensorstore as ts
+from prefect import flow
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.context import FlowRunContext
+from prefect.filesystems import LocalFileSystem
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK,
+    get_current_settings,
+    temporary_settings,
+)
 
 from bioimage_tasks.prefect.flow_class import (
     BlockwiseFlow,
@@ -50,3 +66,77 @@ def test_a_direct_call_runs_with_the_heartbeat_it_should(monkeypatch, chosen):
         lambda: get_current_settings().flows.heartbeat_frequency
     )
     assert probe() == (get_current_settings().flows.heartbeat_frequency if chosen else None)
+
+
+def result_probe() -> BlockwiseFlow:
+    """A flow of our class that returns the result storage and persistence its run got."""
+
+    def probe() -> tuple[Any, bool]:
+        context = FlowRunContext.get()
+        return context.result_store.result_storage, context.persist_result
+
+    return blockwise_flow("result-probe", lambda: "probe")(probe)
+
+
+def count_default_storage_reads(monkeypatch) -> list[int]:
+    """Count the API reads of the server's default result storage (the real call is made)."""
+    reads = [0]
+    real = SyncPrefectClient.read_server_default_result_storage
+
+    def counted(self):
+        reads[0] += 1
+        return real(self)
+
+    monkeypatch.setattr(SyncPrefectClient, "read_server_default_result_storage", counted)
+    return reads
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_direct_call_reads_the_default_result_storage_once(monkeypatch):
+    reads = count_default_storage_reads(monkeypatch)
+    storage, persist = result_probe()()
+    assert reads[0] == 1  # Prefect alone reads it three times a run
+    settings = get_current_settings()
+    assert Path(storage.basepath) == Path(settings.results.local_storage_path)
+    assert persist is settings.results.persist_by_default
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_server_default_result_storage_is_honoured(tmp_path, rng):
+    image = rng.integers(0, 256, (20, 24, 16), dtype=np.uint8)
+    lab = LocalFileSystem(basepath=str(tmp_path / "lab-results"))
+    block_id = lab.save("lab-results-test", overwrite=True)
+    with get_client(sync_client=True) as client:
+        client.update_server_default_result_storage(block_id)
+        try:
+            storage, persist = result_probe()()
+            output = downsample_flow(image, 2, f"{tmp_path}/out.zarr/s1", method="mean")
+        finally:
+            client.clear_server_default_result_storage()
+    assert storage._block_document_id == block_id and persist is True
+    expected = ts.downsample(ts.array(image), [2, 2, 2], "mean").read().result()
+    np.testing.assert_array_equal(output[:], expected)
+    assert len(os.listdir(tmp_path / "lab-results")) >= 2  # both flows' results were stored there
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_settings_default_result_storage_is_honoured(tmp_path, monkeypatch):
+    LocalFileSystem(basepath=str(tmp_path / "settings-results")).save(
+        "settings-results-test", overwrite=True
+    )
+    reads = count_default_storage_reads(monkeypatch)
+    slug = "local-file-system/settings-results-test"
+    with temporary_settings({PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: slug}):
+        storage, persist = result_probe()()
+    assert reads[0] == 0  # the settings choose: the server is not asked
+    assert Path(storage.basepath) == tmp_path / "settings-results" and persist is True
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_parent_flows_result_storage_is_kept_by_ours(tmp_path):
+    @flow(result_storage=tmp_path / "parent-results", persist_result=False)
+    def parent() -> tuple[Any, bool]:
+        return result_probe()()
+
+    storage, _ = parent()
+    assert Path(storage.basepath) == tmp_path / "parent-results"
