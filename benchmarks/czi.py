@@ -39,6 +39,7 @@ import bench_peers  # noqa: E402
 import bench_runs  # noqa: E402
 from bench_results import median_range, verdict  # noqa: E402
 from bench_runs import RESULT_TAG, peak_rss_mb  # noqa: E402
+from czi_contenders import CONTENDERS, LEVELS, OURS  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 DEFAULT_DATA = (
@@ -47,11 +48,8 @@ DEFAULT_DATA = (
 PEER_PACKAGES = {
     "bioio_conversion": ["bioio-conversion==3.0.0", "bioio-ome-zarr", "bioio-czi", "bioio"]
 }
-LEVELS = 3
-WORKERS = 2
 SPEEDUP_TARGET = 2.0  # peer / ours
 MANY_TARGET = 1.5  # files / concatenated
-OURS = "ours convert (threads x2)"
 
 
 def make_czi(data: Path, z: int, channels: int, mosaic: int, tile: int) -> Path:
@@ -110,80 +108,6 @@ def level_paths(group: str) -> list[str]:
     root = Path(group)
     meta = json.loads((root / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]
     return [str(root / d["path"]) for d in meta["datasets"]]
-
-
-def cpu_now() -> float:
-    """CPU seconds (user + system) of this process and of its children that have ended."""
-    import resource
-
-    own, children = (
-        resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-    )
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def run_ours(request: dict[str, Any]) -> dict[str, Any]:
-    import bioimage_tasks
-
-    started, cpu = time.perf_counter(), cpu_now()
-    report = bioimage_tasks.convert(
-        request["input"], request["output"], levels=LEVELS, num_workers=WORKERS
-    )
-    seconds = time.perf_counter() - started
-    if not report.ok:
-        raise RuntimeError(report.table())
-    return {"seconds": seconds, "cpu": cpu_now() - cpu, "groups": [f.output for f in report.files]}
-
-
-def level_shapes_by_axis(request: dict[str, Any], order: str) -> list[tuple[int, ...]]:
-    """Our level shapes (c, z, y, x) in `order` (singleton axes the peer has: 1)."""
-    shapes = [dict(zip("czyx", s)) for s in request["shapes"]]
-    return [tuple(s.get(a.lower(), 1) for a in order) for s in shapes]
-
-
-def run_bioio_writer(request: dict[str, Any]) -> dict[str, Any]:
-    import dask
-    from bioio import BioImage
-    from bioio_ome_zarr.writers import OMEZarrWriter
-
-    started, cpu = time.perf_counter(), cpu_now()
-    image = BioImage(request["input"])
-    data = image.get_image_dask_data("CZYX")
-    writer = OMEZarrWriter(
-        request["output"],
-        level_shapes=level_shapes_by_axis(request, "CZYX"),
-        dtype=data.dtype,
-        axes_names=list("czyx"),
-    )
-    with dask.config.set(scheduler="threads", num_workers=WORKERS):
-        writer.write_full_volume(data)
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "cpu": cpu_now() - cpu, "groups": [request["output"]]}
-
-
-def run_bioio_conversion(request: dict[str, Any]) -> dict[str, Any]:
-    from bioio import BioImage
-    from bioio_conversion.converters import OmeZarrConverter
-
-    started, cpu = time.perf_counter(), cpu_now()
-    order = BioImage(request["input"]).reader.dims.order.upper()
-    folder, name = os.path.split(request["output"])
-    OmeZarrConverter(
-        source=request["input"],
-        destination=folder,
-        name=name.removesuffix(".ome.zarr"),
-        level_shapes=level_shapes_by_axis(request, order),
-        n_workers=WORKERS,
-    ).convert()
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "cpu": cpu_now() - cpu, "groups": [request["output"]]}
-
-
-CONTENDERS = {
-    OURS: (run_ours, False),
-    "bioio-ome-zarr write_full_volume (dask x2)": (run_bioio_writer, True),
-    "bioio-conversion OmeZarrConverter (2 processes)": (run_bioio_conversion, True),
-}
 
 
 def check_levels(group: str, volume: Any, factors: list[tuple[int, ...]]) -> list[str]:
