@@ -5,9 +5,9 @@ with today's default (zarr's zstd level 0): wall time ratio and bytes written ra
     .venv/bin/python benchmarks/codecs.py [--size 384] [--repeats 3]
 
 It times the flow's per-block path without Prefect (the same plan, sink and kernels; see
-`run_ours_pure` in downsample_contenders.py): a flow call adds a fixed ~0.2-0.3 s, and back-to-back calls on an
-SQLite server now and then wait 2 s (README), which would drown what the codec costs. The
-options alternate within each repeat (the order rotates); a cell is the median (min-max) over
+`run_ours_pure` in downsample_contenders.py): a flow call adds a fixed ~0.2-0.3 s, and back-to-back
+calls on an SQLite server now and then wait 2 s (README), which would drown what the codec costs.
+The options alternate within each repeat (the order rotates); a cell is the median (min-max) over
 repeats of the per-repeat ratio to the default. Read the ratios: the machines are shared."""
 
 from __future__ import annotations
