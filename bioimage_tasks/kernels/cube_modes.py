@@ -22,6 +22,7 @@ from collections import namedtuple
 import numba
 import numpy as np
 
+from bioimage_tasks.kernels.prefetch import prefetch
 from bioimage_tasks.kernels.voxel_histograms import _grown
 
 
@@ -103,7 +104,11 @@ def _block_row(voxels, first, second, block_row, bounds, work, row_ends, pairs, 
     kinds[full if inside else 0 : out_width] = _HARD
     full_hard = full if inside else 0  # hard blocks before it are inside the array
     low, other, n_other = scan.low, scan.other, scan.n_other
+    ahead = _next_block_row(cube.shape, z, y)
+    step = max(1, 16 // cube.itemsize)  # blocks per cache line of a row
     for out_x in range(out_width):
+        if ahead >= 0 and out_x % step == 0:  # the next row of blocks, while this one is counted
+            _prefetch_rows(cube, ahead, 4 * out_x)
         kind = kinds[out_x]
         if kind != _HARD:  # no branch: a uniform block's pairs are written, not kept
             added = _two_pairs(low[out_x], other[out_x], n_other[out_x], kind, pairs, counts, used)
@@ -118,6 +123,28 @@ def _block_row(voxels, first, second, block_row, bounds, work, row_ends, pairs, 
             out_row[out_x], used = _count_block(hard, n, bounds[1], modes, at, pairs, counts, used)
         row_ends[out_x] = used
     return used
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _next_block_row(shape, z, y):
+    """Flat index of the first voxel of the row of whole blocks after the one at input (z, y),
+    or -1 if there is none."""
+    depth, height, width = shape
+    if y + 8 <= height:
+        return (z * height + y + 4) * width
+    if z + 8 <= depth and height >= 4:
+        return (z + 4) * height * width
+    return -1
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _prefetch_rows(cube, first, x):
+    """Prefetch column `x` of the 16 input rows of the row of blocks whose first voxel is at
+    flat index `first`."""
+    height, width = cube.shape[1], cube.shape[2]
+    for dz in range(4):
+        for dy in range(4):
+            prefetch(cube, first + (dz * height + dy) * width + x)
 
 
 _UNIFORM, _TWO, _HARD = 0, 1, 2  # level 2 windows: one value, two, more (or cut by the edge)
