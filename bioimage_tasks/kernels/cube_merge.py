@@ -6,8 +6,10 @@ For each row of parents, one pass along its four rows of children (compares only
 finds the parents whose children are all uniform with one value. Every other parent gathers its
 children's (value, voxel count) entries and finds its distinct values in ascending order, each
 the smallest entry above the last (loops over the entries that the compiler vectorises, no sort,
-few branches): the histogram comes out sorted, a count that beats the best so far wins the mode
-and a tie keeps the smaller value. Compiled, the GIL released.
+few branches; the entries padded to whole vectors): the histogram comes out sorted, and the mode
+is picked on the way (a count that beats the best so far wins, a tie keeps the smaller value).
+The pairs go to room numpy allocates once (a parent has at most as many values as its children
+have entries), the offsets are written as the parents are merged. Compiled, the GIL released.
 """
 
 from __future__ import annotations

@@ -12,7 +12,10 @@ blocks of three or more values and those cut by the array's edge are counted vox
 their distinct values in ascending order, each the smallest voxel above the last (a block inside
 the array with its eight level 1 windows side by side, fixed-length loops that vectorise).
 Level 2 comes out as `histogram.LevelHistograms` holds it (CSR pairs of the mixed windows) for
-the deeper levels (`cube_merge.py`). Compiled, the GIL released.
+the deeper levels (`cube_merge.py`): each window's pair offsets written by the kernel as it goes,
+the pairs in room numpy allocates (huge pages). While a row of blocks is counted, the next row's
+16 input rows are prefetched (`prefetch.py`): the hardware prefetchers stop at every 4 KB row of
+a large volume, and the scan would otherwise wait for memory. Compiled, the GIL released.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections import namedtuple
 import numba
 import numpy as np
 
-from bioimage_tasks.kernels.prefetch import prefetch
+from bioimage_tasks.kernels.prefetch import next_row_group, prefetch_rows
 from bioimage_tasks.kernels.voxel_histograms import _grown
 
 
@@ -40,8 +43,8 @@ def first_two_modes(voxels: np.ndarray):
     offsets[0] = 0
     info = np.iinfo(voxels.dtype)
     bounds = np.array([info.min, info.max], voxels.dtype)
-    # the pairs' room allocated by numpy (huge pages: a third of the page faults of numba's)
-    pairs = (np.empty(max(1024, second.size), voxels.dtype), np.empty(max(1024, second.size), np.int64))
+    room = max(1024, second.size)  # allocated by numpy: huge pages, a third of numba's faults
+    pairs = (np.empty(room, voxels.dtype), np.empty(room, np.int64))
     pair_values, pair_counts = _two_levels(stacked, first, second, offsets[1:], bounds, pairs)
     return (
         first.reshape(*shape[:-3], *first_shape[1:]),
@@ -55,9 +58,9 @@ def first_two_modes(voxels: np.ndarray):
 @numba.njit(nogil=True, cache=True)
 def _two_levels(voxels, first, second, ends, bounds, room):
     """Fill `first`, `second` (stack, z, y, x) and `ends` (where the pairs of each level 2
-    window end, in C order) and return the pairs (distinct values ascending, their voxel counts) of the level 2
-    windows of more than one value, in `room` (values, counts) or larger copies. `bounds`: the
-    dtype's smallest and largest values."""
+    window end, in C order) and return the pairs (distinct values ascending, their voxel
+    counts) of the level 2 windows of more than one value, in `room` (values, counts) or larger
+    copies. `bounds`: the dtype's smallest and largest values."""
     out_width = second.shape[3]
     pair_values, pair_counts = room
     scan = _scan_buffers(voxels.shape[3] // 4, voxels.dtype)
@@ -104,11 +107,11 @@ def _block_row(voxels, first, second, block_row, bounds, work, row_ends, pairs, 
     kinds[full if inside else 0 : out_width] = _HARD
     full_hard = full if inside else 0  # hard blocks before it are inside the array
     low, other, n_other = scan.low, scan.other, scan.n_other
-    ahead = _next_block_row(cube.shape, z, y)
+    ahead = next_row_group(cube.shape, z, y, 4)
     step = max(1, 16 // cube.itemsize)  # blocks per cache line of a row
     for out_x in range(out_width):
         if ahead >= 0 and out_x % step == 0:  # the next row of blocks, while this one is counted
-            _prefetch_rows(cube, ahead, 4 * out_x)
+            prefetch_rows(cube, ahead, 4 * out_x, 4)
         kind = kinds[out_x]
         if kind != _HARD:  # no branch: a uniform block's pairs are written, not kept
             added = _two_pairs(low[out_x], other[out_x], n_other[out_x], kind, pairs, counts, used)
@@ -123,28 +126,6 @@ def _block_row(voxels, first, second, block_row, bounds, work, row_ends, pairs, 
             out_row[out_x], used = _count_block(hard, n, bounds[1], modes, at, pairs, counts, used)
         row_ends[out_x] = used
     return used
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _next_block_row(shape, z, y):
-    """Flat index of the first voxel of the row of whole blocks after the one at input (z, y),
-    or -1 if there is none."""
-    depth, height, width = shape
-    if y + 8 <= height:
-        return (z * height + y + 4) * width
-    if z + 8 <= depth and height >= 4:
-        return (z + 4) * height * width
-    return -1
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _prefetch_rows(cube, first, x):
-    """Prefetch column `x` of the 16 input rows of the row of blocks whose first voxel is at
-    flat index `first`."""
-    height, width = cube.shape[1], cube.shape[2]
-    for dz in range(4):
-        for dy in range(4):
-            prefetch(cube, first + (dz * height + dy) * width + x)
 
 
 _UNIFORM, _TWO, _HARD = 0, 1, 2  # level 2 windows: one value, two, more (or cut by the edge)

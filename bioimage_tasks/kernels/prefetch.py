@@ -6,6 +6,7 @@ on them can fetch its next rows during that computation instead of after it."""
 
 from __future__ import annotations
 
+import numba
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -31,3 +32,25 @@ def prefetch(typingctx, array, index):
         return context.get_dummy_value()
 
     return signature, codegen
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def next_row_group(shape, z, y, edge):
+    """Flat index of the first voxel of the group of `edge` x `edge` rows (planes z.., rows y..)
+    after the one at (z, y) of a (depth, height, width) array, whole groups only, or -1."""
+    depth, height, width = shape
+    if y + 2 * edge <= height:
+        return (z * height + y + edge) * width
+    if z + 2 * edge <= depth and height >= edge:
+        return (z + edge) * height * width
+    return -1
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def prefetch_rows(cube, first, x, edge):
+    """Prefetch column `x` of the `edge` x `edge` rows of the C-ordered 3-D `cube` whose first
+    voxel is at flat index `first` (`next_row_group`)."""
+    height, width = cube.shape[1], cube.shape[2]
+    for dz in range(edge):
+        for dy in range(edge):
+            prefetch(cube, first + (dz * height + dy) * width + x)
