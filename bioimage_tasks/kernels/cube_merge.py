@@ -146,25 +146,27 @@ def _flag_uniform(cube, offsets, first_child, z, y, same, odd):
 @numba.njit(nogil=True, cache=True, inline="always")
 def _gather_entries(cube, children, axis_counts, first_child, z, y, x, entries):
     """The (value, voxel count) entries of the parent whose first child is at (z, y, x): a
-    uniform child's value and voxel count, a mixed one's pairs. Returns how many."""
+    uniform child's value and voxel count (written always, kept if it has no pairs), a mixed
+    one's pairs (those of two neighbours along x copied in one loop: they are contiguous).
+    Returns how many."""
     offsets, child_pairs, child_counts = children
     values, counts = entries
     depth, height, width = cube.shape
     n = 0
     for dz in range(min(2, depth - z)):
         for dy in range(min(2, height - y)):
-            row = first_child + (dz * height + dy) * width
-            for dx in range(min(2, width - x)):
-                child = row + x + dx
-                start, end = offsets[child], offsets[child + 1]
-                if start == end:
-                    values[n] = cube[z + dz, y + dy, x + dx]
-                    counts[n] = axis_counts[0, z + dz] * axis_counts[1, y + dy]
-                    counts[n] *= axis_counts[2, x + dx]
-                    n += 1
-                for pair in range(start, end):
-                    values[n], counts[n] = child_pairs[pair], child_counts[pair]
-                    n += 1
+            row = first_child + (dz * height + dy) * width + x
+            rows = axis_counts[0, z + dz] * axis_counts[1, y + dy]
+            start = end = offsets[row + 1]
+            values[n], counts[n] = cube[z + dz, y + dy, x], rows * axis_counts[2, x]
+            n += offsets[row] == start
+            if x + 1 < width:
+                end = offsets[row + 2]
+                values[n], counts[n] = cube[z + dz, y + dy, x + 1], rows * axis_counts[2, x + 1]
+                n += start == end
+            for pair in range(offsets[row], end):
+                values[n], counts[n] = child_pairs[pair], child_counts[pair]
+                n += 1
     return n
 
 
