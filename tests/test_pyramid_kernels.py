@@ -286,6 +286,28 @@ def test_cubic_mode_blocks_told_apart_by_bits(rng, dtype):
     assert_level_two_histograms(base)
 
 
+@pytest.mark.parametrize("method", ["mode", "median"])
+def test_cubic_merge_of_levels_without_pairs(rng, method):
+    """cube_merge.py on levels whose windows are all uniform (no pairs at all): a tile of one
+    value, and tiles of uniform 4x4x4 blocks of a few values (level 3 merges uniform children
+    only, ties among them included), odd shapes, uint64 above 2**53 and int8, four levels
+    against tensorstore."""
+    for dtype in ("uint64", "int8"):
+        palette = mode_palette(dtype)
+        for shape in [(24, 24, 24), (20, 13, 30)]:
+            blocks = rng.integers(0, 3, tuple(-(-n // 4) for n in shape))
+            for axis in range(3):
+                blocks = np.repeat(blocks, 4, axis=axis)
+            tiled = palette[blocks[: shape[0], : shape[1], : shape[2]]]
+            for base in (np.full(shape, palette[0]), tiled):
+                levels = pyramid_levels(base, [(2, 2, 2)] * 4, method)
+                expected = tensorstore_levels(base, cumulative_products([(2, 2, 2)] * 4), method)
+                for k, (level, reference) in enumerate(zip(levels, expected), start=1):
+                    np.testing.assert_array_equal(
+                        level, reference, err_msg=f"{dtype} {shape} level {k}", strict=True
+                    )
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "uint32", "int32"])
 def test_mean_levels_at_the_dtype_extremes(dtype):
     """Sums kept in the narrowest type that holds them (uint8: uint16 up to 257 voxels, then

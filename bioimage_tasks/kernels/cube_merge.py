@@ -6,8 +6,10 @@ For each row of parents, one pass along its four rows of children (compares only
 finds the parents whose children are all uniform with one value. Every other parent gathers its
 children's (value, voxel count) entries and finds its distinct values in ascending order, each
 the smallest entry above the last (loops over the entries that the compiler vectorises, no sort,
-few branches): the histogram comes out sorted, a count that beats the best so far wins the mode
-and a tie keeps the smaller value. Compiled, the GIL released.
+few branches; the entries padded to whole vectors): the histogram comes out sorted, and the mode
+is picked on the way (a count that beats the best so far wins, a tie keeps the smaller value).
+The pairs go to room numpy allocates once (a parent has at most as many values as its children
+have entries), the offsets are written as the parents are merged. Compiled, the GIL released.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import numpy as np
 
 from bioimage_tasks.kernels.histogram import LevelHistograms, _pick
 from bioimage_tasks.kernels.sums import parent_axis_counts
-from bioimage_tasks.kernels.voxel_histograms import _grown
 
 
 def merge_cubes(level: LevelHistograms, median: bool) -> LevelHistograms:
@@ -28,46 +29,48 @@ def merge_cubes(level: LevelHistograms, median: bool) -> LevelHistograms:
     stacked = values.reshape(-1, *shape[-3:])
     out_shape = (stacked.shape[0], *(-(-n // 2) for n in shape[-3:]))
     out = np.empty(out_shape, values.dtype)
-    n_pairs = np.zeros(out.size + 1, np.int64)
+    offsets = np.empty(out.size + 1, np.int64)  # every entry written by the kernel
+    offsets[0] = 0
     bounds = np.array([np.iinfo(values.dtype).max], values.dtype)
-    pairs, counts = _merge_cubes(
+    # a parent has at most as many values as its children have entries: room that never grows,
+    # allocated by numpy (huge pages, lazily touched)
+    room = level.pair_values.size + values.size
+    pairs = (np.empty(room, values.dtype), np.empty(room, level.pair_counts.dtype))
+    child_pairs = level.pair_values if level.pair_values.size else np.zeros(1, values.dtype)
+    child_counts = level.pair_counts if level.pair_counts.size else np.zeros(1, np.int64)
+    used = _merge_cubes(
         stacked,
-        level.offsets,
-        level.pair_values,
-        level.pair_counts,
+        (level.offsets, child_pairs, child_counts),
         level.axis_counts[-3:],
         median,
         bounds,
         out,
-        n_pairs[1:],
+        offsets[1:],
+        pairs,
     )
     factors = np.array((1,) * (len(shape) - 3) + (2, 2, 2), np.int64)
     return LevelHistograms(
         out.reshape(*shape[:-3], *out_shape[1:]),
         parent_axis_counts(level.axis_counts, np.asarray(shape, np.int64), factors),
-        np.cumsum(n_pairs),
-        pairs,
-        counts,
+        offsets,
+        pairs[0][:used],
+        pairs[1][:used],
     )
 
 
 @numba.njit(nogil=True, cache=True)
-def _merge_cubes(
-    values, offsets, child_pairs, child_counts, axis_counts, median, bounds, out, n_pairs
-):
-    """Fill `out` (stack, z, y, x) and `n_pairs` (of each parent, C order) and return the pairs
-    (ascending values, voxel counts) of the parents of more than one value."""
+def _merge_cubes(values, children, axis_counts, median, bounds, out, ends, pairs):
+    """Fill `out` (stack, z, y, x), `ends` (where each parent's pairs end, C order) and
+    `pairs` (ascending values, voxel counts of the parents of more than one value) from the
+    children's `values` and `children` (offsets, pair values, pair counts; at least one pair).
+    Returns how many pairs."""
+    offsets = children[0]
     depth, height, width = values.shape[1:]
-    out_width = out.shape[3]
     full = width // 2  # parents along x with both children inside
     longest = 1
     for child in range(offsets.size - 1):
         longest = max(longest, offsets[child + 1] - offsets[child])
-    per_parent = 8 * longest
-    pair_values = np.empty(max(1024, out.size + per_parent), values.dtype)
-    pair_counts = np.empty(pair_values.size, np.int64)
-    entry_values = np.empty(per_parent, values.dtype)
-    entry_counts = np.empty(per_parent, np.int64)
+    entries = (np.empty(8 * longest + 16, values.dtype), np.empty(8 * longest + 16, np.int64))
     same = np.zeros(2 * full, np.uint8)
     odd = np.arange(2 * full).astype(np.uint8) & 1
     used = 0
@@ -76,44 +79,44 @@ def _merge_cubes(
         cube = values[stack]
         for out_z in range(out.shape[1]):
             for out_y in range(out.shape[2]):
-                if used + out_width * per_parent > pair_values.size:
-                    capacity = 2 * pair_values.size + out_width * per_parent
-                    pair_values = _grown(pair_values, used, capacity)
-                    pair_counts = _grown(pair_counts, used, capacity)
                 z, y = 2 * out_z, 2 * out_y
                 inside = z + 2 <= depth and y + 2 <= height and full > 0
                 first_child = ((stack * depth + z) * height + y) * width
                 if inside:
                     _flag_uniform(cube, offsets, first_child, z, y, same, odd)
-                out_row = out[stack, out_z, out_y]
-                both = same.view(np.uint16)
-                for out_x in range(out_width):
-                    if inside and out_x < full and both[out_x] == 0x0101:
-                        out_row[out_x] = cube[z, y, 2 * out_x]
-                        continue
-                    n = _gather_entries(
-                        cube,
-                        offsets,
-                        child_pairs,
-                        child_counts,
-                        axis_counts,
-                        first_child,
-                        z,
-                        y,
-                        2 * out_x,
-                        entry_values,
-                        entry_counts,
-                    )
-                    start = used
-                    used, total = _distinct(
-                        entry_values, entry_counts, n, bounds[0], pair_values, pair_counts, used
-                    )
-                    out_row[out_x] = _pick(pair_values, pair_counts, start, used, total, median)
-                    if used - start == 1:  # one value (children cut by the edge)
-                        used = start
-                    n_pairs[parent + out_x] = used - start
-                parent += out_width
-    return pair_values[:used], pair_counts[:used]
+                row = (z, y, first_child, full if inside else 0)
+                parents = (out[stack, out_z, out_y], ends[parent : parent + out.shape[3]])
+                work = (same, entries, median, bounds[0])
+                used = _merge_row(cube, children, axis_counts, row, work, parents, pairs, used)
+                parent += out.shape[3]
+    return used
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _merge_row(cube, children, axis_counts, row, work, parents, pairs, used):
+    """One row of parents (`row`: z, y of its first children, the first child's index, how many
+    parents of the row have all eight children inside and flags in `same`): their values and
+    pair ends into `parents`, their pairs appended to `pairs` at `used`. Returns the new
+    `used`."""
+    z, y, first_child, full = row
+    same, entries, median, high = work
+    out_row, row_ends = parents
+    both = same.view(np.uint16)
+    for out_x in range(out_row.size):
+        x = 2 * out_x
+        if out_x < full and both[out_x] == 0x0101:  # eight uniform children, one value
+            out_row[out_x] = cube[z, y, x]
+            row_ends[out_x] = used
+            continue
+        n = _gather_entries(cube, children, axis_counts, first_child, z, y, x, entries)
+        start = used
+        used, total, mode = _distinct(entries, n, high, pairs, used)
+        if median:
+            mode = _pick(pairs[0], pairs[1], start, used, total, True)
+        out_row[out_x] = mode
+        used = start if used - start == 1 else used  # one value (children cut by the edge)
+        row_ends[out_x] = used
+    return used
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -141,50 +144,60 @@ def _flag_uniform(cube, offsets, first_child, z, y, same, odd):
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _gather_entries(
-    cube, offsets, child_pairs, child_counts, axis_counts, first_child, z, y, x, values, counts
-):
-    """The (value, voxel count) entries of the parent whose first child is at (z, y, x) (cut by
-    the edge): a uniform child's value and voxel count, a mixed one's pairs. Returns how many."""
+def _gather_entries(cube, children, axis_counts, first_child, z, y, x, entries):
+    """The (value, voxel count) entries of the parent whose first child is at (z, y, x): a
+    uniform child's value and voxel count (written always, kept if it has no pairs), a mixed
+    one's pairs (those of two neighbours along x copied in one loop: they are contiguous).
+    Returns how many."""
+    offsets, child_pairs, child_counts = children
+    values, counts = entries
     depth, height, width = cube.shape
     n = 0
     for dz in range(min(2, depth - z)):
         for dy in range(min(2, height - y)):
-            row = first_child + (dz * height + dy) * width
-            for dx in range(min(2, width - x)):
-                child = row + x + dx
-                start, end = offsets[child], offsets[child + 1]
-                if start == end:
-                    values[n] = cube[z + dz, y + dy, x + dx]
-                    counts[n] = axis_counts[0, z + dz] * axis_counts[1, y + dy]
-                    counts[n] *= axis_counts[2, x + dx]
-                    n += 1
-                for pair in range(start, end):
-                    values[n], counts[n] = child_pairs[pair], child_counts[pair]
-                    n += 1
+            row = first_child + (dz * height + dy) * width + x
+            rows = axis_counts[0, z + dz] * axis_counts[1, y + dy]
+            start = end = offsets[row + 1]
+            values[n], counts[n] = cube[z + dz, y + dy, x], rows * axis_counts[2, x]
+            n += offsets[row] == start
+            if x + 1 < width:
+                end = offsets[row + 2]
+                values[n], counts[n] = cube[z + dz, y + dy, x + 1], rows * axis_counts[2, x + 1]
+                n += start == end
+            for pair in range(offsets[row], end):
+                values[n], counts[n] = child_pairs[pair], child_counts[pair]
+                n += 1
     return n
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _distinct(values, counts, n, high, pair_values, pair_counts, used):
-    """Append the distinct values of the `n` entries, ascending, with their summed counts at
-    `used`: each the smallest entry above the last (`high`: the dtype's largest value). Returns
-    (the new `used`, the total count)."""
+def _distinct(entries, n, high, pairs, used):
+    """Append the distinct values of the `n` entries (values, counts), ascending, with their
+    summed counts to `pairs` at `used`: each the smallest entry above the last (`high`: the
+    dtype's largest value; the entries padded to a multiple of eight with a count of 0, so that
+    the loops run whole vectors). Returns (the new `used`, the total count, the mode: the first
+    value of the highest count)."""
+    values, counts = entries
+    pair_values, pair_counts = pairs
     current = values[0]
+    for k in range(8):
+        values[n + k], counts[n + k] = current, 0
+    padded = (n + 7) // 8 * 8
     total = 0
-    for i in range(n):
+    for i in range(padded):
         current = min(current, values[i])
         total += counts[i]
-    seen = 0
+    seen, mode, best = 0, current, 0
     while seen < total:
         count = 0
         following = high
-        for i in range(n):
+        for i in range(padded):
             value = values[i]
             count += counts[i] if value == current else 0
             following = min(following, value if value > current else high)
         pair_values[used], pair_counts[used] = current, count
         used += 1
         seen += count
+        mode, best = (current, count) if count > best else (mode, best)
         current = following
-    return used, total
+    return used, total, mode

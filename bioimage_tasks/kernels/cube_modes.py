@@ -12,7 +12,10 @@ blocks of three or more values and those cut by the array's edge are counted vox
 their distinct values in ascending order, each the smallest voxel above the last (a block inside
 the array with its eight level 1 windows side by side, fixed-length loops that vectorise).
 Level 2 comes out as `histogram.LevelHistograms` holds it (CSR pairs of the mixed windows) for
-the deeper levels (`cube_merge.py`). Compiled, the GIL released.
+the deeper levels (`cube_merge.py`): each window's pair offsets written by the kernel as it goes,
+the pairs in room numpy allocates (huge pages). While a row of blocks is counted, the next row's
+16 input rows are prefetched (`prefetch.py`): the hardware prefetchers stop at every 4 KB row of
+a large volume, and the scan would otherwise wait for memory. Compiled, the GIL released.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections import namedtuple
 import numba
 import numpy as np
 
+from bioimage_tasks.kernels.prefetch import next_row_group, prefetch_rows
 from bioimage_tasks.kernels.voxel_histograms import _grown
 
 
@@ -35,29 +39,32 @@ def first_two_modes(voxels: np.ndarray):
     second_shape = (stacked.shape[0], *(-(-n // 2) for n in first_shape[1:]))
     first = np.empty(first_shape, voxels.dtype)
     second = np.empty(second_shape, voxels.dtype)
-    n_pairs = np.zeros(second.size + 1, np.int64)
+    offsets = np.empty(second.size + 1, np.int64)  # every entry written by the kernel
+    offsets[0] = 0
     info = np.iinfo(voxels.dtype)
     bounds = np.array([info.min, info.max], voxels.dtype)
-    pair_values, pair_counts = _two_levels(stacked, first, second, n_pairs[1:], bounds)
+    room = max(1024, second.size)  # allocated by numpy: huge pages, a third of numba's faults
+    pairs = (np.empty(room, voxels.dtype), np.empty(room, np.int64))
+    pair_values, pair_counts = _two_levels(stacked, first, second, offsets[1:], bounds, pairs)
     return (
         first.reshape(*shape[:-3], *first_shape[1:]),
         second.reshape(*shape[:-3], *second_shape[1:]),
-        np.cumsum(n_pairs),
+        offsets,
         pair_values,
         pair_counts,
     )
 
 
 @numba.njit(nogil=True, cache=True)
-def _two_levels(voxels, first, second, n_pairs, bounds):
-    """Fill `first`, `second` (stack, z, y, x) and `n_pairs` (pairs of each level 2 window, in
-    C order) and return the pairs (distinct values ascending, their voxel counts) of the level 2
-    windows of more than one value. `bounds`: the dtype's smallest and largest values."""
+def _two_levels(voxels, first, second, ends, bounds, room):
+    """Fill `first`, `second` (stack, z, y, x) and `ends` (where the pairs of each level 2
+    window end, in C order) and return the pairs (distinct values ascending, their voxel
+    counts) of the level 2 windows of more than one value, in `room` (values, counts) or larger
+    copies. `bounds`: the dtype's smallest and largest values."""
     out_width = second.shape[3]
-    pair_values = np.empty(max(1024, second.size), voxels.dtype)
-    pair_counts = np.empty(pair_values.size, np.int64)
+    pair_values, pair_counts = room
     scan = _scan_buffers(voxels.shape[3] // 4, voxels.dtype)
-    kinds = np.zeros(-(-out_width // 8) * 8, np.uint8)  # whole words: padding "uniform"
+    kinds = np.zeros(out_width, np.uint8)
     hard = _Hard(
         np.empty(64, voxels.dtype),
         np.empty(64, np.uint8),
@@ -75,18 +82,18 @@ def _two_levels(voxels, first, second, n_pairs, bounds):
                     capacity = 2 * pair_values.size + out_width * 64
                     pair_values = _grown(pair_values, used, capacity)
                     pair_counts = _grown(pair_counts, used, capacity)
-                row, row_pairs = (stack, out_z, out_y), n_pairs[parent : parent + out_width]
+                row, row_ends = (stack, out_z, out_y), ends[parent : parent + out_width]
                 pairs = (pair_values, pair_counts)
-                used = _block_row(voxels, first, second, row, bounds, work, row_pairs, pairs, used)
+                used = _block_row(voxels, first, second, row, bounds, work, row_ends, pairs, used)
                 parent += out_width
     return pair_values[:used], pair_counts[:used]
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
-def _block_row(voxels, first, second, block_row, bounds, work, row_pairs, pairs, used):
+def _block_row(voxels, first, second, block_row, bounds, work, row_ends, pairs, used):
     """One row of 4x4x4 blocks (`block_row`: stack, z, y of level 2): the full blocks scanned
     together, then each block of more than one value's pairs appended to `pairs` (values,
-    counts) at `used` and counted in `row_pairs`. Returns the new `used`."""
+    counts) at `used`, where they end in `row_ends`. Returns the new `used`."""
     (stack, out_z, out_y), (scan, kinds, hard), (pairs, counts) = block_row, work, pairs
     cube, modes, out_row = voxels[stack], first[stack], second[stack, out_z, out_y]
     depth, height, width = cube.shape
@@ -99,24 +106,25 @@ def _block_row(voxels, first, second, block_row, bounds, work, row_pairs, pairs,
     out_width = out_row.size
     kinds[full if inside else 0 : out_width] = _HARD
     full_hard = full if inside else 0  # hard blocks before it are inside the array
-    words = kinds.view(np.uint64)
-    for word in range(words.size):
-        if words[word] == 0:  # eight uniform blocks: no pairs (`n_pairs` is 0)
+    low, other, n_other = scan.low, scan.other, scan.n_other
+    ahead = next_row_group(cube.shape, z, y, 4)
+    step = max(1, 16 // cube.itemsize)  # blocks per cache line of a row
+    for out_x in range(out_width):
+        if ahead >= 0 and out_x % step == 0:  # the next row of blocks, while this one is counted
+            prefetch_rows(cube, ahead, 4 * out_x, 4)
+        kind = kinds[out_x]
+        if kind != _HARD:  # no branch: a uniform block's pairs are written, not kept
+            added = _two_pairs(low[out_x], other[out_x], n_other[out_x], kind, pairs, counts, used)
+            row_ends[out_x] = used = added
             continue
-        for out_x in range(8 * word, min(8 * word + 8, out_width)):
-            start = used
-            at = (2 * out_z, 2 * out_y, 2 * out_x)
-            kind, high = kinds[out_x], bounds[1]
-            if kind != _HARD:  # no branch: a uniform block's pairs are written, not kept
-                low, other, n_other = scan.low[out_x], scan.other[out_x], scan.n_other[out_x]
-                used = _two_pairs(low, other, n_other, kind, pairs, counts, used)
-            elif out_x < full_hard:  # three or more values
-                _gather_inside(cube, z, y, 4 * out_x, hard.block)
-                out_row[out_x], used = _count_inside(hard, high, modes, at, pairs, counts, used)
-            else:  # cut by the edge: counted voxel by voxel
-                n = _gather_block(cube, z, y, 4 * out_x, hard)
-                out_row[out_x], used = _count_block(hard, n, high, modes, at, pairs, counts, used)
-            row_pairs[out_x] = used - start
+        at = (2 * out_z, 2 * out_y, 2 * out_x)
+        if out_x < full_hard:  # three or more values
+            _gather_inside(cube, z, y, 4 * out_x, hard.block)
+            out_row[out_x], used = _count_inside(hard, bounds[1], modes, at, pairs, counts, used)
+        else:  # cut by the edge: counted voxel by voxel
+            n = _gather_block(cube, z, y, 4 * out_x, hard)
+            out_row[out_x], used = _count_block(hard, n, bounds[1], modes, at, pairs, counts, used)
+        row_ends[out_x] = used
     return used
 
 
