@@ -145,9 +145,8 @@ def _acquire(
     )
     entries = _entries(folder)
     for other in also_check:
-        entries |= {
-            f"{other.url} {k}": e for k, e in _entries(_records_location(other).child("lease")).items()
-        }
+        found = _entries(_records_location(other).child("lease"))
+        entries |= {f"{other.url} {k}": e for k, e in found.items()}
     others = [
         e
         for k, e in entries.items()
@@ -240,8 +239,8 @@ class _Renewer:
                 now = time.monotonic()
                 due = [h for h in self.held.values() if now >= h.renewed + h.ttl / 4]
                 if not due:
-                    next_due = min((h.renewed + h.ttl / 4 for h in self.held.values()), default=None)
-                    self.wake.wait(None if next_due is None else next_due - now)
+                    due_times = [h.renewed + h.ttl / 4 for h in self.held.values()]
+                    self.wake.wait(min(due_times) - now if due_times else None)
                     continue
             for held in due:
                 held.renew()
