@@ -426,3 +426,15 @@ def test_a_level_rewritten_alone_is_rewritten_by_its_pyramid(volume):
         for p in ["0/0/0", "2/2/2"]
     }
     assert after == before
+
+
+def test_one_thread_renews_every_lease_of_a_process(tmp_path):
+    """Leases held at once are all renewed (past twice their ttl) by one thread, not one each."""
+    first, second = Holder("run-a"), Holder("run-b")
+    a, b = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
+    with output_lease([a], "A", first, ttl=0.4), output_lease([b], "B", second, ttl=0.4):
+        time.sleep(1.0)
+        assert holders(a) == ("A", [first]) and holders(b) == ("B", [second])
+        names = [thread.name for thread in threading.enumerate()]
+        assert names.count("bioimage-tasks-lease") == 1
+    assert holders(a) == (None, []) and holders(b) == (None, [])
