@@ -97,6 +97,8 @@ class PyramidOperation:
             )
             for level, shape in enumerate(spec.shapes)
         ]
+        for array in arrays:  # opened together now, not one by one in the first write
+            getattr(array, "start_open", lambda: None)()
         self.sinks = [
             None if a is None else throttle_writes(stamp_writes(a), self.config.write_limit)
             for a in arrays

@@ -19,9 +19,17 @@ import zarr
 from helpers import SlowSource, executed_since, record_times, records_dir, wait_for
 from reference import random_array, skimage_downsample
 
-from bioimage_tasks import BlockGrid, downsample
+from bioimage_tasks import BlockGrid, copy, downsample, pyramid
 from bioimage_tasks.io import as_source
-from bioimage_tasks.lease import Holder, LeaseHeldError, _acquire, holders, output_lease
+from bioimage_tasks.lease import (
+    Holder,
+    LeaseHeldError,
+    _acquire,
+    claim_ownership,
+    holders,
+    output_lease,
+    owned_epoch,
+)
 from bioimage_tasks.records import BlockRecords
 from bioimage_tasks.resampling import ResizedSource
 from bioimage_tasks.runners import LocalClusterConfig
@@ -352,3 +360,81 @@ def test_records_under_concurrent_writers(tmp_path):
     records.mark_done(8, "again")
     assert records.done_among([7, 8, 9], {8: "again"}) == {8}
     assert records.done_among(range(6, 12)) == {6, 8, 9, 10, 11}
+
+
+def test_a_pyramid_lease_on_its_group_covers_its_levels(tmp_path):
+    """A pyramid's lease file is on its group only, yet a writer of one of its levels and a
+    writer of the whole pyramid still refuse each other; the same computation joins."""
+    group = str(tmp_path / "image.zarr")
+    level = f"{group}/s1"
+    places = [group, f"{group}/s0", level]
+    with output_lease(places, "P", Holder("run-p"), ttl=5.0):
+        assert holders(group) == ("P", [Holder("run-p")])
+        assert not os.path.exists(f"{level}/.bioimage-tasks")  # no lease file per level
+        with pytest.raises(LeaseHeldError, match="flow run run-p"):
+            with output_lease([level], "D", ttl=5.0):
+                pass
+        with output_lease([level], "P", Holder("run-p2"), ttl=5.0):
+            assert len(holders(group)[1]) == 1 and holders(level)[0] == "P"
+    with output_lease([level], "D", Holder("run-d"), ttl=5.0):
+        with pytest.raises(LeaseHeldError, match="flow run run-d"):
+            with output_lease(places, "P", ttl=5.0):
+                pass
+        assert holders(group) == (None, [])  # the refused pyramid removed its file
+    assert holders(group) == (None, []) and holders(level) == (None, [])
+
+
+def test_a_level_claimed_alone_is_claimed_back_with_a_new_epoch(tmp_path):
+    """A pyramid's owner file is on its group only; a level claimed by another computation since
+    makes the pyramid's epoch (its run keys) new when the pyramid claims it back."""
+    group = str(tmp_path / "image.zarr")
+    level = f"{group}/s1"
+    places = [group, f"{group}/s0", level]
+    first = claim_ownership(places, "P")
+    assert owned_epoch(places, "P") == first == claim_ownership(places, "P")
+    assert not os.path.exists(f"{level}/.bioimage-tasks/owner.json")
+    os.makedirs(f"{level}/.bioimage-tasks/blocks/old")
+    alone = claim_ownership([level], "D")  # the level written alone
+    assert owned_epoch(places, "P") is None and owned_epoch([level], "D") == alone
+    assert not os.path.exists(f"{level}/.bioimage-tasks/blocks/old")
+    again = claim_ownership(places, "P")
+    assert again != first and owned_epoch(places, "P") == again
+    assert owned_epoch([level], "D") is None  # D's records stop counting
+    assert claim_ownership([level], "D") != alone
+
+
+def test_a_level_rewritten_alone_is_rewritten_by_its_pyramid(volume):
+    """Plain API: a pyramid, then a copy into one of its levels, then the pyramid again: the
+    rerun rewrites that level (it does not trust its records), a second rerun writes nothing."""
+    root, image = volume
+    group = f"{root}/image.zarr"
+    call = {"scale_factors": [2], "chunks": (8, 8, 8)}
+    pyramid(f"{root}/in.zarr/raw", group, **call)
+    expected = window_mean(image)
+    np.testing.assert_array_equal(zarr.open_array(f"{group}/s1")[:], expected)
+    copy(np.zeros(OUT_SHAPE, np.uint8), f"{group}/s1", block_shape=BLOCK)
+    assert not zarr.open_array(f"{group}/s1")[:].any()
+    pyramid(f"{root}/in.zarr/raw", group, **call)
+    np.testing.assert_array_equal(zarr.open_array(f"{group}/s1")[:], expected)
+    before = {
+        p: os.stat(os.path.join(group, "s1", "c", *p.split("/"))).st_mtime_ns
+        for p in ["0/0/0", "2/2/2"]
+    }
+    pyramid(f"{root}/in.zarr/raw", group, **call)
+    after = {
+        p: os.stat(os.path.join(group, "s1", "c", *p.split("/"))).st_mtime_ns
+        for p in ["0/0/0", "2/2/2"]
+    }
+    assert after == before
+
+
+def test_one_thread_renews_every_lease_of_a_process(tmp_path):
+    """Leases held at once are all renewed (past twice their ttl) by one thread, not one each."""
+    first, second = Holder("run-a"), Holder("run-b")
+    a, b = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
+    with output_lease([a], "A", first, ttl=0.4), output_lease([b], "B", second, ttl=0.4):
+        time.sleep(1.0)
+        assert holders(a) == ("A", [first]) and holders(b) == ("B", [second])
+        names = [thread.name for thread in threading.enumerate()]
+        assert names.count("bioimage-tasks-lease") == 1
+    assert holders(a) == (None, []) and holders(b) == (None, [])

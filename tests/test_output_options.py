@@ -257,7 +257,8 @@ def test_arrays_and_groups_written_directly_are_what_zarr_python_writes(
     assert local_zarr.new_group(ours, "", zarr_format) is None  # exists: zarr-python opens it
     names = ["zarr.json"] if zarr_format == 3 else [".zarray", ".zattrs"]
     data = rng.integers(0, 60000, create["shape"], dtype=np.uint16)
-    for key, token in [("s0", "first"), ("s1", "second"), ("s2", "third")]:
+    tokens = [("s0", "first"), ("s1", "second"), ("s2", "third"), ("s3", 'a "quoted" tøken\n')]
+    for key, token in tokens:  # from s2 on, the encoded metadata of s1 with the token put in
         array = local_zarr.create_array(ours, key, {"token": token}, **create)
         zarr.create_array(store=theirs, name=key, attributes={"token": token}, **create)
         for name in names:

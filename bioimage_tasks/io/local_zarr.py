@@ -25,19 +25,50 @@ from zarr.storage import LocalStore, StorePath
 
 TEMPLATES = 64  # array layouts remembered per process
 _templates: OrderedDict[str, Any] = OrderedDict()
+_encoded: OrderedDict[str, dict[str, bytes]] = OrderedDict()  # encoded_with's files, marked
+_MARKER = f"bioimage-tasks-attribute-{uuid.uuid4().hex}-"
 _lock = threading.Lock()
 
 
-def write_metadata(folder: str, metadata: Any) -> None:
+def write_metadata(folder: str, metadata: Any, files: dict[str, bytes] | None = None) -> None:
     """Write `metadata`'s files (zarr.json, or .zarray/.zgroup and .zattrs) into `folder`, each
-    replaced whole, as zarr's LocalStore writes them."""
+    replaced whole, as zarr's LocalStore writes them (`files`: those files already encoded)."""
     os.makedirs(folder, exist_ok=True)
-    for name, buffer in metadata.to_buffer_dict(default_buffer_prototype()).items():
+    for name, data in (files or encoded(metadata)).items():
         path = os.path.join(folder, name)
         temporary = f"{path}.{uuid.uuid4().hex}.partial"
         with open(temporary, "wb") as stream:
-            stream.write(buffer.as_buffer_like())
+            stream.write(data)
         os.replace(temporary, path)
+
+
+def encoded(metadata: Any) -> dict[str, bytes]:
+    """`metadata`'s files as zarr-python serialises them."""
+    buffers = metadata.to_buffer_dict(default_buffer_prototype())
+    return {name: bytes(buffer.as_buffer_like()) for name, buffer in buffers.items()}
+
+
+def encoded_with(template: Any, layout: str, attributes: dict[str, Any]) -> dict[str, bytes]:
+    """The files of `template` with `attributes`, byte for byte as zarr-python writes them,
+    without encoding each array's metadata again (zarr-python's indented JSON is encoded in
+    Python): encoded once per layout and attribute names, each string value standing in as a
+    marker, then the values put in place of the markers."""
+    if not all(isinstance(value, str) for value in attributes.values()):
+        return encoded(template.update_attributes(dict(attributes)))
+    key = json.dumps([layout, list(attributes)])
+    with _lock:
+        files = _encoded.get(key)
+    if files is None:
+        markers = {name: f"{_MARKER}{i}" for i, name in enumerate(attributes)}
+        files = encoded(template.update_attributes(markers) if markers else template)
+        with _lock:
+            _encoded[key] = files
+            while len(_encoded) > TEMPLATES:
+                _encoded.popitem(last=False)
+    for index, value in enumerate(attributes.values()):
+        marker, text = json.dumps(f"{_MARKER}{index}").encode(), json.dumps(value).encode()
+        files = {name: data.replace(marker, text) for name, data in files.items()}
+    return files
 
 
 def parents_are_groups(container: str, key: str, zarr_format: int) -> bool:
@@ -71,7 +102,8 @@ def create_array(container: str, key: str, attributes: dict[str, Any], **create:
                 _templates.popitem(last=False)
         return array
     metadata = template.update_attributes(dict(attributes))
-    write_metadata(os.path.join(container, key), metadata)
+    files = encoded_with(template, layout, attributes)
+    write_metadata(os.path.join(container, key), metadata, files)
     return Array(AsyncArray(metadata=metadata, store_path=StorePath(LocalStore(container), key)))
 
 
@@ -84,7 +116,7 @@ def new_group(container: str, key: str, zarr_format: int) -> Group | None:
     if key and not parents_are_groups(container, key, zarr_format):
         return None
     metadata = GroupMetadata(zarr_format=zarr_format)
-    write_metadata(folder, metadata)
+    write_metadata(folder, metadata, encoded_with(metadata, f"group v{zarr_format}", {}))
     return Group(AsyncGroup(metadata=metadata, store_path=StorePath(LocalStore(container), key)))
 
 

@@ -63,13 +63,30 @@ class ArraySource:
         self.array[key] = values
         return lambda: None
 
-    @cached_property
+    @property
     def fast_io(self) -> ts.TensorStore | None:
         """A tensorstore handle on this zarr array on disk, which reads 2-3x and writes ~1.4x faster
         than zarr-python (measured, benchmarks/); None for numpy, other stores, or metadata
         tensorstore cannot open (codecs it lacks), where zarr-python does the I/O. Opened once per
         process: it is not pickled. It honours the zarr array's `write_empty_chunks` config
-        (tensorstore's `store_data_equal_to_fill_value`), as zarr-python's own writes do."""
+        (tensorstore's `store_data_equal_to_fill_value`), as zarr-python's own writes do. Cached
+        without `cached_property`, whose lock (Python 3.11) is one for every instance: a thread
+        waiting for its open would hold up every other array's first read or write."""
+        if "fast_io" not in self.__dict__:
+            opening = self.__dict__.pop("_opening", None) or self._start_open()
+            self.__dict__["fast_io"] = None if opening is None else self._opened(opening)
+        return self.__dict__["fast_io"]
+
+    def start_open(self) -> None:
+        """Start opening `fast_io` in tensorstore's threads; the first read or write waits for it
+        (a pyramid opens its levels together while it takes its lease, not one after another in
+        its first write)."""
+        if "fast_io" not in self.__dict__ and "_opening" not in self.__dict__:
+            self.__dict__["_opening"] = self._start_open()
+
+    def _start_open(self, assume_metadata: bool = True) -> ts.Future | None:
+        """The tensorstore open of this array, started (None where zarr-python does the I/O).
+        zarr v3 metadata is passed as zarr-python holds it, not read again from disk."""
         if not isinstance(self.array, zarr.Array) or not isinstance(
             self.array.store, zarr.storage.LocalStore
         ):
@@ -80,12 +97,27 @@ class ArraySource:
             "kvstore": {"driver": "file", "path": self.directory},
             "store_data_equal_to_fill_value": bool(self.array.config.write_empty_chunks),
         }
+        if assume_metadata and driver == "zarr3":
+            spec |= {"metadata": self.array.metadata.to_dict(), "assume_metadata": True}
         try:
-            store = ts.open(
+            return ts.open(
                 spec, open=True, read=True, write=not self.array.read_only, context=LOCAL_IO
-            ).result()
+            )
         except ValueError:
-            return None
+            return None if not assume_metadata else self._start_open(False)
+
+    def _opened(self, opening: ts.Future) -> ts.TensorStore | None:
+        """The store `opening` gives, if it holds this array's shape and dtype."""
+        try:
+            store = opening.result()
+        except ValueError:
+            retry = self._start_open(False)  # metadata as zarr-python holds it refused: read it
+            if retry is None:
+                return None
+            try:
+                store = retry.result()
+            except ValueError:
+                return None
         if tuple(store.shape) != self.shape or np.dtype(store.dtype.numpy_dtype) != self.dtype:
             return None
         return store
@@ -96,7 +128,11 @@ class ArraySource:
         return local_layout(self)
 
     def __getstate__(self) -> dict:
-        return {name: value for name, value in self.__dict__.items() if name != "fast_io"}
+        return {
+            name: value
+            for name, value in self.__dict__.items()
+            if name not in ("fast_io", "_opening")
+        }
 
     @property
     def directory(self) -> str | None:
