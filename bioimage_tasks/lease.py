@@ -148,9 +148,7 @@ def _acquire(
         found = _entries(_records_location(other).child("lease"))
         entries |= {f"{other.url} {k}": e for k, e in found.items()}
     others = [
-        e
-        for k, e in entries.items()
-        if k != holder_id and e.get("computation") != computation
+        e for k, e in entries.items() if k != holder_id and e.get("computation") != computation
     ]
     live = [e for e in others if _alive(e, now)]
     if live:
