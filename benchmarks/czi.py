@@ -42,9 +42,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_peers  # noqa: E402
 import bench_runs  # noqa: E402
-from bench_results import median_range, verdict  # noqa: E402
+from bench_results import median_range  # noqa: E402
 from bench_runs import RESULT_TAG, peak_rss_mb  # noqa: E402
 from czi_contenders import CONTENDERS, LEVELS, OURS  # noqa: E402
+from czi_many import many_benchmark, paired  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
 DEFAULT_DATA = (
@@ -54,7 +55,6 @@ PEER_PACKAGES = {
     "bioio_conversion": ["bioio-conversion==3.0.0", "bioio-ome-zarr", "bioio-czi", "bioio"]
 }
 SPEEDUP_TARGET = 2.0  # peer / ours
-MANY_TARGET = 1.5  # files / concatenated
 
 
 def make_czi(data: Path, z: int, channels: int, mosaic: int, tile: int) -> Path:
@@ -245,11 +245,6 @@ def exactness(runs: dict[str, list], czi: Path) -> dict[str, list[str]]:
     return checks
 
 
-def paired(ours: list[dict], theirs: list[dict], key: str) -> list[float]:
-    """theirs / ours of `key` per repeat (the runs of one repeat ran back to back)."""
-    return [b[key] / a[key] for a, b in zip(ours, theirs) if key in a and key in b]
-
-
 def print_czi_table(z: int, size: int, runs: dict[str, list], checks: dict) -> None:
     ours = runs[OURS]
     print(f"\n== {size / 1e9:.2f} GB CZI (z={z}), {LEVELS} levels, {len(ours)} repeat(s)")
@@ -268,112 +263,6 @@ def print_czi_table(z: int, size: int, runs: dict[str, list], checks: dict) -> N
             f"{name:48} {statistics.median(seconds):16.1f} {shown[0]:>20} {shown[1]:>20} "
             f"{rss:12.0f}"
         )
-
-
-def make_stacks(data: Path, files: int, planes: int, side: int) -> tuple[Path, Path]:
-    """FILES OME-TIFF stacks and their concatenation (one file); kept for later runs."""
-    import numpy as np
-    import tifffile
-
-    folder = data / f"stacks-{files}x{planes}x{side}"
-    whole = data / f"concatenated-{files * planes}x{side}.ome.tif"
-    if whole.exists():
-        return folder, whole
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[:side, :side].astype(np.float32)
-    with tifffile.TiffWriter(whole, bigtiff=True, ome=True) as concatenated:
-        stacks = []
-        for i in range(files):
-            smooth = (np.sin(x / 17.0 + i) + np.cos(y / 11.0)) * 3000 + 10000
-            stack = (smooth + rng.integers(0, 64, (planes, side, side))).astype(np.uint16)
-            tifffile.imwrite(folder / f"stack{i:04d}.ome.tif", stack, metadata={"axes": "ZYX"})
-            stacks.append(stack)
-        concatenated.write(np.concatenate(stacks), metadata={"axes": "ZYX"})
-    return folder, whole
-
-
-INODES_SETTLE = 35.0  # s: unjournaled ext4 skips inodes freed in the last ~30 s
-
-
-def many_schedule(repeats: int, deletion: str) -> list[tuple[int, str, str]]:
-    """(repeat, variant, case) of every timed run: cases alternate per repeat; with `both` each
-    repeat runs the fresh-folder variant, then the delete-before one."""
-    variants = ("fresh", "before") if deletion == "both" else (deletion,)
-    cases = ("files", "concatenated")
-    schedule = []
-    for repeat in range(repeats):
-        for variant in variants:
-            order = cases[repeat % 2 :] + cases[: repeat % 2]
-            schedule += [(repeat, variant, name) for name in order]
-    return schedule
-
-
-def wait_after_deletion(deleted_at: float) -> None:
-    """Sleep until the last mass deletion is INODES_SETTLE old: the real job has none before."""
-    time.sleep(max(0.0, deleted_at + INODES_SETTLE - time.monotonic()))
-
-
-def many_run(args: argparse.Namespace, source: str, output: Path) -> dict[str, Any]:
-    """One timed convert of `source` into `output`, in a fresh process."""
-    bench_runs.settle_disk()
-    request = {"contender": OURS, "input": source, "output": str(output)}
-    result, rss = bench_runs.run_child(
-        sys.executable, args.env, request, args.timeout, SCRIPT, args.max_rss * 1024
-    )
-    return result | {"rss_mb": rss}
-
-
-def many_ratios(runs: dict[str, list], variant: str) -> dict[str, list[float]]:
-    """Paired files / concatenated ratios (wall, CPU) of one variant's runs."""
-    files = [r for r in runs["files"] if r["variant"] == variant]
-    whole = [r for r in runs["concatenated"] if r["variant"] == variant]
-    return {"wall": paired(whole, files, "seconds"), "cpu": paired(whole, files, "cpu")}
-
-
-def many_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """Timed runs each into a fresh folder (`fresh`), or right after deleting the previous run's
-    output (`before`, the old way: ~13,000 inodes freed make ext4's next allocations slow), or
-    both interleaved; outputs deleted after all repeats, old ones INODES_SETTLE before any run."""
-    folder, whole = make_stacks(args.data, args.files, args.planes, args.side)
-    cases = {"files": str(folder / "*.ome.tif"), "concatenated": str(whole)}
-    runs: dict[str, list] = {name: [] for name in cases}
-    work = args.data / "runs-many"
-    print(f"\n{args.files} stacks of {args.planes}x{args.side}^2 uint16 vs {whole}", flush=True)
-    deleted_at = -INODES_SETTLE
-    if work.exists():
-        shutil.rmtree(work, ignore_errors=True)
-        deleted_at = time.monotonic()
-    previous = None
-    for index, (repeat, variant, name) in enumerate(many_schedule(args.repeats, args.deletion)):
-        output = work / f"run{index:02d}-{variant}-{name}"
-        if variant == "before" and previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
-        else:
-            wait_after_deletion(deleted_at)
-        result = many_run(args, cases[name], output) | {"variant": variant}
-        if variant == "before":
-            deleted_at = time.monotonic()
-        previous = output
-        runs[name].append(result)
-        print(
-            f"  #{repeat + 1} {variant} {name}: {result['seconds']:.2f} s, "
-            f"CPU {result['cpu']:.2f} s, peak RSS {result['rss_mb']:.0f} MB",
-            flush=True,
-        )
-    shutil.rmtree(work, ignore_errors=True)
-    summary: dict[str, Any] = {"runs": runs, "deletion": args.deletion}
-    for variant in dict.fromkeys(v for _, v, _ in many_schedule(1, args.deletion)):
-        ratios = many_ratios(runs, variant)
-        summary[variant] = ratios
-        print(
-            f"\n== {args.files} files / concatenated, {LEVELS} levels, {variant}: wall "
-            f"{median_range(ratios['wall'])} (per repeat "
-            f"{', '.join(f'{r:.2f}' for r in ratios['wall'])}), CPU {median_range(ratios['cpu'])}"
-        )
-        median = statistics.median(ratios["wall"])
-        print(f"{verdict(median <= MANY_TARGET)} files / concatenated <= {MANY_TARGET} (wall)")
-    return summary
 
 
 def main() -> None:
