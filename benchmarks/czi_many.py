@@ -88,7 +88,8 @@ def many_ratios(runs: dict[str, list], variant: str) -> dict[str, list[float]]:
 def many_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     """Timed runs each into a fresh folder (`fresh`), or right after deleting the previous run's
     output (`before`, the old way: ~13,000 inodes freed make ext4's next allocations slow), or
-    both interleaved; outputs deleted after all repeats, old ones INODES_SETTLE before any run."""
+    both interleaved; outputs deleted after all repeats, then INODES_SETTLE waited (so that a
+    next invocation's first run does not follow the deletion), old ones before the first run."""
     folder, whole = make_stacks(args.data, args.files, args.planes, args.side)
     cases = {"files": str(folder / "*.ome.tif"), "concatenated": str(whole)}
     runs: dict[str, list] = {name: [] for name in cases}
@@ -116,6 +117,8 @@ def many_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
     shutil.rmtree(work, ignore_errors=True)
+    print(f"outputs deleted; waiting {INODES_SETTLE:.0f} s so that no next run follows it")
+    wait_after_deletion(time.monotonic())
     summary: dict[str, Any] = {"runs": runs, "deletion": args.deletion}
     for variant in dict.fromkeys(v for _, v, _ in many_schedule(1, args.deletion)):
         ratios = many_ratios(runs, variant)
