@@ -1,8 +1,9 @@
 """The Prefect flow class of our flows: a direct call skips Prefect's flow-run heartbeat, which
 costs about 1 s per call (its thread sleeps in 1 s steps and is joined when the flow ends), unless
-the user chose a heartbeat frequency; and a top-level call reads the default result storage once,
-with one API client, instead of three times. Deployment runs (workers, `serve`) start flows
-through Prefect's engine, not through a call, and keep Prefect's own behaviour."""
+the user chose a heartbeat frequency; a top-level call reads the default result storage once
+instead of three times, with the API client the process's calls share (client.py). Deployment
+runs (workers, `serve`) start flows through Prefect's engine, not through a call, and keep
+Prefect's own behaviour."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from prefect import Flow
 from prefect.context import (
     FlowRunContext,
     SettingsContext,
-    SyncClientContext,
     TaskRunContext,
     get_settings_context,
 )
 from prefect.results import should_persist_result
+
+from bioimage_tasks.prefect.client import api_client_context
 
 HEARTBEAT_SETTINGS = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
 
@@ -44,7 +46,7 @@ class BlockwiseFlow(Flow):
                 stack.enter_context(settings_without_heartbeat())
             flow: Flow = self
             if FlowRunContext.get() is None and TaskRunContext.get() is None:
-                stack.enter_context(SyncClientContext.get_or_create())  # the call's API client
+                stack.enter_context(api_client_context())  # the process's client (client.py)
                 flow = with_default_results(self)
             return Flow.__call__(flow, *args, **kwargs)
 
