@@ -99,6 +99,24 @@ def instrument() -> None:
             RECORDER.mark("body end")
 
     flows_module.run_in_flow = marked
+    import bioimage_tasks.prefect.edge as edge_module
+
+    def marking(name: str, method: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            RECORDER.mark(f"{name} start")
+            try:
+                return method(*args, **kwargs)
+            finally:
+                RECORDER.mark(f"{name} end")
+
+        return call
+
+    for name in ("run_merged", "finished"):
+        method = getattr(edge_module.PrefectEdge, name)
+        if name == "run_merged":
+            setattr(edge_module.PrefectEdge, name, marking_generator(name, method))
+        else:
+            setattr(edge_module.PrefectEdge, name, marking(name, method))
     build = flows_module.built
 
     def marked_build(*args: Any) -> Any:
@@ -108,6 +126,17 @@ def instrument() -> None:
             RECORDER.mark("built")
 
     flows_module.built = marked_build
+
+
+def marking_generator(name: str, method: Any) -> Any:
+    """`method` (a generator method) marking when it starts and when it is exhausted."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        RECORDER.mark(f"{name} start")
+        yield from method(*args, **kwargs)
+        RECORDER.mark(f"{name} end")
+
+    return call
 
 
 def cpu_seconds() -> float:
@@ -252,6 +281,10 @@ def show_call(number: str, call: dict) -> None:
         f"  call -> built and body {marks.get('body start', 0):.3f} s, body "
         f"{marks.get('body end', 0) - marks.get('body start', 0):.3f} s, body -> return "
         f"{marks['return'] - marks.get('body end', 0):.3f} s"
+    )
+    print(
+        "  marks: "
+        + ", ".join(f"{n} {t:.3f}" for n, t in sorted(marks.items(), key=lambda m: m[1]))
     )
     print(
         "  server CPU before body, in body, after body, after return: "
