@@ -148,6 +148,17 @@ def api_client_context() -> contextlib.AbstractContextManager[Any]:
     return SyncClientContext.get_or_create() if client is None else SharedClientContext(client)
 
 
+def _forget_after_fork() -> None:
+    """A forked child makes clients of its own (its parent's connections are not its own, and
+    the lock may have been held by another thread)."""
+    global _LOCK
+    _LOCK = threading.Lock()
+    _CLIENTS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 @atexit.register
 def close_shared_clients() -> None:
     """Close every shared client (at exit; a later call opens a new one)."""
