@@ -112,7 +112,9 @@ def instrument() -> None:
         return call
 
     for name in ("run_merged", "finished"):
-        method = getattr(edge_module.PrefectEdge, name)
+        method = getattr(edge_module.PrefectEdge, name, None)
+        if method is None:  # an older tree
+            continue
         if name == "run_merged":
             setattr(edge_module.PrefectEdge, name, marking_generator(name, method))
         else:

@@ -1,7 +1,7 @@
 """Our flow class: direct calls run without Prefect's flow-run heartbeat (whose thread is joined
 at the end of every call, ~1 s), unless the user chose a heartbeat frequency; read the default
 result storage once, while honouring a default the settings or the server configure; share one
-API client per process and API settings."""
+API client per process and API settings; create runs already named."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from prefect.settings import (
     get_current_settings,
     temporary_settings,
 )
+from prefect.utilities.annotations import quote
 
 from bioimage_tasks.prefect.client import SharedSyncClient, close_shared_clients
 from bioimage_tasks.prefect.flow_class import (
@@ -175,3 +176,30 @@ def test_a_flow_deleted_on_the_server_is_registered_again():
         second = probe().flow_run
         assert client.read_flow_run(second.id).state.is_completed()
     assert second.flow_id != first.flow_id
+
+
+def count_renames(monkeypatch) -> list[str]:
+    """The names Prefect's client is asked to rename runs to (the real request is made)."""
+    names: list[str] = []
+    real = SyncPrefectClient.set_flow_run_name
+
+    def counted(self, flow_run_id, name):
+        names.append(name)
+        return real(self, flow_run_id, name)
+
+    monkeypatch.setattr(SyncPrefectClient, "set_flow_run_name", counted)
+    return names
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize("quoted", [False, True])
+def test_a_run_is_created_with_its_name(monkeypatch, rng, quoted):
+    """A direct call's run is created with its name (no rename request), unless a parameter is
+    one Prefect resolves before it names the run (here `quote`): then Prefect renames it."""
+    renames = count_renames(monkeypatch)
+    image = rng.integers(0, 256, (8, 8, 8), dtype=np.uint8)
+    state = downsample_flow(quote(image) if quoted else image, 2, return_state=True)
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(state.state_details.flow_run_id).name
+    assert name == "downsample numpy(8, 8, 8) uint8 x2 -> memory"
+    assert state.is_completed() and renames == ([name] if quoted else [])

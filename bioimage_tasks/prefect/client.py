@@ -6,17 +6,21 @@ several threads need no reference count (httpx's client is safe to share between
 change of API URL, key or client settings (another server) gets a client of its own; a restarted
 server at the same URL is reconnected by httpx and Prefect's retries. Without an API URL (the
 ephemeral server) every call keeps Prefect's own client. The client also registers each flow
-once instead of before every run (~5 ms and a server write a call)."""
+once instead of before every run, and creates a run with the name the engine would give it
+right after (`runs_named`): two requests (~10-20 ms and two server writes) fewer a call."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
 import json
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
+import httpx
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.context import ContextModel, SyncClientContext
 from prefect.exceptions import PrefectHTTPStatusError
@@ -34,6 +38,7 @@ class SharedSyncClient(SyncPrefectClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.flow_registrations: dict[tuple[str, str], Any] = {}  # (name, request): answer
+        self.named_runs: dict[Any, str] = {}  # flow run id: the name it was created with
 
     def request(self, method: str, path: str, *args: Any, **kwargs: Any) -> Any:
         flow = kwargs.get("json") if method == "POST" and path == "/flows/" else None
@@ -46,8 +51,26 @@ class SharedSyncClient(SyncPrefectClient):
         return known
 
     def create_flow_run(self, flow: Any, *args: Any, **kwargs: Any) -> Any:
-        """Prefect's, registering the flow again if the server refuses the id this client
-        kept (the flow was deleted since)."""
+        """Prefect's, with the run's name if the call knows it already (`runs_named`)."""
+        named = _RUN_NAME.get()
+        if named is None or named[0] != getattr(flow, "name", None) or args:
+            return self.create_flow_run_once_registered(flow, *args, **kwargs)
+        if kwargs.get("name") is not None or kwargs.get("parent_task_run_id") is not None:
+            return self.create_flow_run_once_registered(flow, **kwargs)
+        run = self.create_flow_run_once_registered(flow, **(kwargs | {"name": named[1]}))
+        self.named_runs[run.id] = named[1]
+        return run
+
+    def set_flow_run_name(self, flow_run_id: Any, name: str) -> Any:
+        """Prefect's, without a request when the run was created with that name (the engine
+        renames every run of a flow with a `flow_run_name`: a request, ~4-10 ms)."""
+        if self.named_runs.pop(flow_run_id, None) == name:
+            return httpx.Response(204)
+        return super().set_flow_run_name(flow_run_id, name)
+
+    def create_flow_run_once_registered(self, flow: Any, *args: Any, **kwargs: Any) -> Any:
+        """Prefect's `create_flow_run`, registering the flow again if the server refuses the
+        id this client kept (the flow was deleted since)."""
         try:
             return super().create_flow_run(flow, *args, **kwargs)
         except PrefectHTTPStatusError as error:
@@ -93,6 +116,22 @@ class SharedClientContext(SyncClientContext):
 
     def __exit__(self, *exc_info: Any) -> None:
         ContextModel.__exit__(self, *exc_info)
+
+
+_RUN_NAME: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "bioimage-tasks-run-name", default=None
+)
+
+
+@contextlib.contextmanager
+def runs_named(flow_name: str, run_name: str | None) -> Iterator[None]:
+    """Within: the shared client creates top-level runs of the flow `flow_name` already named
+    `run_name` (None: as Prefect does), so the engine's rename to that name sends nothing."""
+    token = _RUN_NAME.set(None if run_name is None else (flow_name, run_name))
+    try:
+        yield
+    finally:
+        _RUN_NAME.reset(token)
 
 
 def _secret(value: Any) -> Any:
