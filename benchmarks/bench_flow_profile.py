@@ -415,6 +415,15 @@ def own_client() -> Any:
 VARIANTS: dict[str, Any] = {  # how a call runs: as the tree has it, or with one change undone
     "current": contextlib.nullcontext,
     "own-client": own_client,
+    "batch-per-worker": lambda: patched(
+        "bioimage_tasks.prefect.edge",
+        "PrefectEdge",
+        type(
+            "BatchPerWorkerEdge",
+            (importlib.import_module("bioimage_tasks.prefect.edge").PrefectEdge,),
+            {"tasks_per_worker": 1},
+        ),
+    ),
     "task-per-batch": lambda: patched(
         "bioimage_tasks.prefect.edge",
         "PrefectEdge",

@@ -102,11 +102,14 @@ def task_run_names(client, run_id, count: int) -> list[str]:
 
 @pytest.mark.parametrize(
     "block_shape, task_runs",
-    [((4, 4, 4), ["process-blocks downsample 0-15, 16-31 (2 batches on threads)"]), ((2, 2, 2), 4)],
+    [
+        ((4, 4, 4), ["process-blocks downsample 0-3, ..., 28-31 (8 batches on threads)"]),
+        ((1, 1, 2), 16),
+    ],
 )
 def test_a_small_stage_is_one_task_run(tmp_path, rng, block_shape, task_runs):
-    """A stage of no more batches than threads runs as one task run (its batches named), a
-    larger one as a task run per batch; the output is the same."""
+    """A small stage's batches (4 per thread) run as one task run on the threads (its batches
+    named), a larger stage's as a task run per batch; the output is the same."""
     image = rng.integers(0, 255, (32, 32, 16), dtype=np.uint8)
     output = f"{tmp_path}/out.zarr/s1"
     state = downsample_flow(

@@ -30,7 +30,7 @@ from prefect_dask import DaskTaskRunner
 
 from bioimage_tasks.backends import Executor, backend, worker_watchdog
 from bioimage_tasks.chunk_manifest import damage_token
-from bioimage_tasks.engine import Batch, Counts, Stage, run_batch
+from bioimage_tasks.engine import TASKS_PER_WORKER, Batch, Counts, Stage, run_batch
 from bioimage_tasks.operations import Operation, batch_done, execute
 from bioimage_tasks.prefect.artifacts import Progress, publish_summary
 from bioimage_tasks.prefect.events import emit_outcome_events
@@ -80,12 +80,13 @@ class BatchesFailedError(Exception):
 
 
 @task(name="process-blocks", task_run_name=_batches_run_name, cache_policy=NO_CACHE)
-def process_batches(stage: Stage, batches: list[Batch]) -> list[Counts]:
-    """Write a few batches at once, each on a thread of its own, in one task run: a small
-    stage's batches (one per worker) cost one task run's API calls and events instead of one
-    each. Raises BatchesFailedError, with every batch's outcome, when any batch failed."""
-    with ThreadPoolExecutor(len(batches), thread_name_prefix="process-blocks") as pool:
-        outcomes = list(pool.map(_batch_outcome, [(stage, b, copy_context()) for b in batches]))
+def process_batches(stage: Stage, batches: list[Batch], threads: int) -> list[Counts]:
+    """Write a small stage's batches (TASKS_PER_WORKER per thread, for balance) on `threads`
+    threads in one task run: one task run's API calls and events instead of one each. Raises
+    BatchesFailedError, with every batch's outcome, when any batch failed."""
+    calls = [(stage, batch, copy_context()) for batch in batches]
+    with ThreadPoolExecutor(min(threads, len(batches)), "process-blocks") as pool:
+        outcomes = list(pool.map(_batch_outcome, calls))
     for value in outcomes:
         if isinstance(value, BaseException) and not isinstance(value, Exception):
             raise value  # KeyboardInterrupt, SystemExit
@@ -174,7 +175,7 @@ class PrefectEdge:
     and summary as artifacts; the outcome as events. Batches found done are not submitted (a
     cache hit costs ~15 ms on threads and ~80-300 ms on Dask, a look at the records nothing)."""
 
-    tasks_per_worker = 1  # a Prefect task costs ~15-30 ms of API calls: as few as balance allows
+    tasks_per_worker = TASKS_PER_WORKER  # a small stage's batches share one task run (merges)
 
     def __init__(self, runner: Any, executor: Executor, config: RunnerConfig):
         self.runner, self.executor, self.config = runner, executor, config
@@ -229,16 +230,21 @@ class PrefectEdge:
                 check_workers()
 
     def merges(self, batches: Sequence[Batch]) -> bool:
-        """Whether `batches` run in one task run: a small stage's few batches (no more than
-        threads), on threads. A Prefect task run costs ~15 ms of this process's CPU and ~30 ms
-        of the server's (3 events), which a short run pays beside its work on the same cores."""
-        return 1 < len(batches) <= self.executor.num_workers and self.executor.client is None
+        """Whether `batches` run in one task run: a small stage's few batches (TASKS_PER_WORKER
+        per thread at most), on threads. A Prefect task run costs ~15 ms of this process's CPU
+        and ~30 ms of the server's (3 events), which a short run pays beside its work."""
+        workers = self.executor.num_workers
+        return 1 < len(batches) <= TASKS_PER_WORKER * workers and self.executor.client is None
 
     def run_merged(
         self, stage: Stage, batches: Sequence[Batch]
     ) -> Iterator[tuple[Batch, Counts | BaseException]]:
-        """`batches`, no more than there are threads, in one `process_batches` task run."""
-        parameters = {"stage": self.opaque(stage), "batches": list(batches)}
+        """`batches` in one `process_batches` task run on the backend's threads."""
+        parameters = {
+            "stage": self.opaque(stage),
+            "batches": list(batches),
+            "threads": self.executor.num_workers,
+        }
         result = outcome(self.runner.submit(self.batch_task(stage, merged=True), parameters))
         if isinstance(result, BatchesFailedError):
             outcomes = result.outcomes
