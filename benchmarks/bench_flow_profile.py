@@ -161,24 +161,6 @@ def server_cpu(process: Any) -> float:
     return total
 
 
-class ServerSampler(threading.Thread):
-    """The server's CPU seconds every 10 ms, from the call's start (RECORDER's clock)."""
-
-    def __init__(self, server: Any) -> None:
-        super().__init__(daemon=True)
-        self.server, self.samples, self.stopped = server, [], threading.Event()
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            self.samples.append((time.perf_counter() - RECORDER.started, server_cpu(self.server)))
-            self.stopped.wait(0.01)
-
-    def between(self, start: float, end: float) -> float:
-        """Server CPU seconds between two times of the call (nearest samples)."""
-        inside = [cpu for at, cpu in self.samples if start <= at <= end]
-        return inside[-1] - inside[0] if len(inside) > 1 else 0.0
-
-
 class StackSampler(threading.Thread):
     """Every thread's stack every 2 ms: samples per function (cumulative, once per stack) of
     the threads other than this one, for where the work threads spend their time."""
@@ -217,9 +199,6 @@ def flow_call(args: argparse.Namespace, source: str, output: str, server: Any, i
 
     server_before, cpu_before, thread_before = server_cpu(server), cpu_seconds(), time.thread_time()
     RECORDER.reset()
-    sampler = ServerSampler(server)
-    if args.server_phases:
-        sampler.start()
     stacks = StackSampler()
     if args.sample:
         stacks.start()
@@ -242,19 +221,7 @@ def flow_call(args: argparse.Namespace, source: str, output: str, server: Any, i
     wall, cpu, thread = RECORDER.marks["return"], cpu_seconds() - cpu_before, time.thread_time()
     time.sleep(SETTLE)
     window = time.perf_counter() - RECORDER.started
-    sampler.stopped.set()
-    if args.server_phases:
-        sampler.join()
-    marks = RECORDER.marks
-    phases = (
-        0.0,
-        marks.get("body start", 0.0),
-        marks.get("body end", 0.0),
-        marks["return"],
-        window,
-    )
     return {
-        "server phases": [sampler.between(a, b) for a, b in zip(phases, phases[1:])],
         "wall": wall,
         "cpu": cpu,
         "thread cpu": thread - thread_before,
@@ -288,10 +255,6 @@ def show_call(number: str, call: dict) -> None:
         "  marks: "
         + ", ".join(f"{n} {t:.3f}" for n, t in sorted(marks.items(), key=lambda m: m[1]))
     )
-    print(
-        "  server CPU before body, in body, after body, after return: "
-        + ", ".join(f"{p:.3f}" for p in call["server phases"])
-    )
     print(f"  {len(call['requests'])} requests, {sum(r[1] for r in call['requests']):.3f} s:")
     for at, seconds, method, path, thread in sorted(call["requests"]):
         print(f"    {at:7.3f} {1000 * seconds:6.1f} ms {method:6} {path} [{thread}]")
@@ -312,9 +275,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sample", action="store_true", help="sample every thread's stack")
     parser.add_argument(
         "--variants", default="current", help=f"comma-separated, alternating: {', '.join(VARIANTS)}"
-    )
-    parser.add_argument(
-        "--server-phases", action="store_true", help="sample the server's CPU (costs CPU itself)"
     )
     return parser.parse_args()
 
@@ -383,9 +343,6 @@ def summarise(name: str, flows: list[dict], plains: list[dict]) -> None:
     )
     print("  flow thread CPU", median([c["thread cpu"] for c in flows]))
     print("  server CPU per call", median([c["server cpu"] for c in flows]))
-    if flows[0]["server phases"][1]:
-        for index, phase in enumerate(("before body", "in body", "after body", "after return")):
-            print(f"    server CPU {phase}", median([c["server phases"][index] for c in flows]))
     print("  call -> first task event", median([head_and_tail(c)[0] for c in flows]))
     print("  last task event -> return", median([head_and_tail(c)[1] for c in flows]))
     print("  requests", median([len(c["requests"]) for c in flows]))
