@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import resource
 import shutil
 import sys
 import time
@@ -40,12 +42,13 @@ from bench_runs import (
     DEFAULT_ROOT,
     REPO,
     RESULT_TAG,
+    SERVER_PID_VARIABLE,
     RunSpace,
     add_case_arguments,
-    measure,
     mem_available_mb,
     peak_rss_mb,
     rotation,
+    run_child,
     selected,
     settle_disk,
     wanted_names,
@@ -187,19 +190,37 @@ def run_one(request: dict[str, Any]) -> None:
         importlib.import_module(module)
     contender.prepare(case)
     settle_disk()
+    server_before = server_cpu_seconds()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     seconds = contender.run(case, request["input"], request["output"])
     elapsed = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = sum(getattr(cpu_after, f) - getattr(cpu_before, f) for f in ("ru_utime", "ru_stime"))
+    server = None if server_before is None else server_cpu_seconds() - server_before
     print(
         RESULT_TAG
         + json.dumps(
             {
                 "seconds": seconds if isinstance(seconds, float) else elapsed,
                 "self_rss_mb": peak_rss_mb(),
+                "cpu_s": cpu,
+                "server_cpu_s": server,
             }
         ),
         flush=True,
     )
+
+
+def server_cpu_seconds() -> float | None:
+    """CPU seconds (user + system) the benchmark's Prefect server has used so far (None without
+    one), to report next to a contender's wall time: the server shares the cores."""
+    pid = os.environ.get(SERVER_PID_VARIABLE)
+    if pid is None:
+        return None
+    with open(f"/proc/{pid}/stat") as stat:  # the standard library only: peers import this file
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def skip_reason(contender: Contender, case: Case, size: int, peer_modules: set[str]) -> str | None:
@@ -319,17 +340,23 @@ def record_run(
     request: dict[str, Any],
     timeout: float,
 ) -> None:
-    """One contender run (`measure`): its seconds and peak RSS, or None and the error, appended to
-    `cell` and printed; its output is removed."""
+    """One contender run (`run_child`): its seconds, CPU seconds (its process's and the Prefect
+    server's, during the timed work) and peak RSS, or None and the error, appended to `cell` and
+    printed; its output is removed."""
     try:
-        seconds, rss = measure(python, env, request, timeout)
-        print(f"  {label}: {seconds:.2f} s, {rss:.0f} MB", flush=True)
+        result, rss = run_child(python, env, request, timeout)
+        seconds, cpu, server = result["seconds"], result.get("cpu_s"), result.get("server_cpu_s")
+        server_text = "" if server is None else f", server CPU {server:.2f} s"
+        cpu_text = "" if cpu is None else f", CPU {cpu:.2f} s{server_text}"
+        print(f"  {label}: {seconds:.2f} s{cpu_text}, {rss:.0f} MB", flush=True)
     except RuntimeError as error:
-        seconds = rss = None
+        seconds = rss = cpu = server = None
         cell.error = str(error)
         print(f"  {label}: FAILED {error}", flush=True)
     cell.seconds.append(seconds)
     cell.rss_mb.append(rss)
+    cell.cpu_s.append(cpu)
+    cell.server_cpu_s.append(server)
     shutil.rmtree(Path(request["output"]).parent, ignore_errors=True)
 
 

@@ -26,6 +26,8 @@ class Cell:
     seconds: list[float | None] = field(default_factory=list)
     rss_mb: list[float | None] = field(default_factory=list)
     error: str | None = None
+    cpu_s: list[float | None] = field(default_factory=list)  # the contender process's CPU
+    server_cpu_s: list[float | None] = field(default_factory=list)  # the Prefect server's
     skipped: str | None = None
 
 

@@ -30,6 +30,7 @@ REPO = HERE.parent
 RESULT_TAG = "BENCH-RESULT "
 DEFAULT_ROOT = Path(tempfile.gettempdir()) / "bioimage-tasks-bench"
 SETTLE_SECONDS = 3.0  # after a warm-up flow call, for the server to store its events
+SERVER_PID_VARIABLE = "BIOIMAGE_TASKS_BENCH_SERVER_PID"  # children report the server's CPU
 
 
 def peak_rss_mb() -> float:
@@ -171,6 +172,7 @@ class RunSpace:
             os.environ
             | self.server.env
             | {"PREFECT_API_URL": self.server.url, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+            | {SERVER_PID_VARIABLE: str(self.server.process.pid)}
         )
 
     def output(self, label: str, suffix: str = ".zarr") -> Path:

@@ -1,6 +1,7 @@
 """Our flow class: direct calls run without Prefect's flow-run heartbeat (whose thread is joined
-at the end of every call, ~1 s), unless the user chose a heartbeat frequency; and read the default
-result storage once, while honouring a default the settings or the server configure."""
+at the end of every call, ~1 s), unless the user chose a heartbeat frequency; read the default
+result storage once, while honouring a default the settings or the server configure; share one
+API client per process and API settings; create runs already named."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.context import FlowRunContext
 from prefect.filesystems import LocalFileSystem
 from prefect.settings import (
+    PREFECT_API_REQUEST_TIMEOUT,
     PREFECT_API_URL,
     PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK,
     get_current_settings,
     temporary_settings,
 )
+from prefect.utilities.annotations import quote
 
+from bioimage_tasks.prefect.client import SharedSyncClient, close_shared_clients
 from bioimage_tasks.prefect.flow_class import (
     BlockwiseFlow,
     blockwise_flow,
@@ -140,3 +144,62 @@ def test_a_parent_flows_result_storage_is_kept_by_ours(tmp_path):
 
     storage, _ = parent()
     assert Path(storage.basepath) == tmp_path / "parent-results"
+
+
+def client_probe() -> BlockwiseFlow:
+    """A flow of our class that returns the API client its run used."""
+    return blockwise_flow("client-probe", lambda: "probe")(lambda: get_client(sync_client=True))
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_direct_calls_share_one_api_client_per_api_settings():
+    probe = client_probe()
+    first, second = probe(), probe()
+    assert first is second and isinstance(first, SharedSyncClient) and not first.closed
+    with temporary_settings({PREFECT_API_REQUEST_TIMEOUT: 61.0}):  # other settings: other client
+        other = probe()
+    assert other is not first and other._client.timeout.read == 61.0
+    close_shared_clients()  # as at exit: the clients are closed, the next call opens a new one
+    assert first.closed and other.closed
+    third = probe()
+    assert third is not first and not third.closed and third.hello().status_code == 200
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_flow_deleted_on_the_server_is_registered_again():
+    """The shared client registers a flow once; if the server forgot it, the next call
+    registers it again instead of failing."""
+    probe = blockwise_flow("registration-probe", lambda: "probe")(lambda: FlowRunContext.get())
+    first = probe().flow_run
+    with get_client(sync_client=True) as client:
+        client.delete_flow(first.flow_id)
+        second = probe().flow_run
+        assert client.read_flow_run(second.id).state.is_completed()
+    assert second.flow_id != first.flow_id
+
+
+def count_renames(monkeypatch) -> list[str]:
+    """The names Prefect's client is asked to rename runs to (the real request is made)."""
+    names: list[str] = []
+    real = SyncPrefectClient.set_flow_run_name
+
+    def counted(self, flow_run_id, name):
+        names.append(name)
+        return real(self, flow_run_id, name)
+
+    monkeypatch.setattr(SyncPrefectClient, "set_flow_run_name", counted)
+    return names
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize("quoted", [False, True])
+def test_a_run_is_created_with_its_name(monkeypatch, rng, quoted):
+    """A direct call's run is created with its name (no rename request), unless a parameter is
+    one Prefect resolves before it names the run (here `quote`): then Prefect renames it."""
+    renames = count_renames(monkeypatch)
+    image = rng.integers(0, 256, (8, 8, 8), dtype=np.uint8)
+    state = downsample_flow(quote(image) if quoted else image, 2, return_state=True)
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(state.state_details.flow_run_id).name
+    assert name == "downsample numpy(8, 8, 8) uint8 x2 -> memory"
+    assert state.is_completed() and renames == ([name] if quoted else [])

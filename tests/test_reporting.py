@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tensorstore as ts
 from helpers import wait_for
 from prefect import get_client
 from prefect.client.schemas.filters import (
@@ -86,3 +87,40 @@ def test_a_short_run_publishes_only_its_summary(tmp_path, rng):
         )
         artifacts = client.read_artifacts(artifact_filter=artifact_filter)
     assert [artifact.type for artifact in artifacts] == ["markdown"]
+
+
+def task_run_names(client, run_id, count: int) -> list[str]:
+    """The names of a flow run's task runs, once `count` of them reached the API (events lag)."""
+    flow_run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+
+    def names():
+        runs = client.read_task_runs(flow_run_filter=flow_run_filter)
+        return len(runs) >= count and sorted(run.name for run in runs)
+
+    return wait_for(names, 30)
+
+
+@pytest.mark.parametrize(
+    "block_shape, task_runs",
+    [
+        ((4, 4, 4), ["process-blocks downsample 0-3, ..., 28-31 (8 batches on threads)"]),
+        ((1, 1, 2), 16),
+    ],
+)
+def test_a_small_stage_is_one_task_run(tmp_path, rng, block_shape, task_runs):
+    """A small stage's batches (4 per thread) run as one task run on the threads (its batches
+    named), a larger stage's as a task run per batch; the output is the same."""
+    image = rng.integers(0, 255, (32, 32, 16), dtype=np.uint8)
+    output = f"{tmp_path}/out.zarr/s1"
+    state = downsample_flow(
+        image, 2, output, method="mean", block_shape=block_shape, num_workers=2, return_state=True
+    )
+    expected = ts.downsample(ts.array(image), [2, 2, 2], "mean").read().result()
+    np.testing.assert_array_equal(state.result()[:], expected)
+    with get_client(sync_client=True) as client:
+        count = len(task_runs) if isinstance(task_runs, list) else task_runs
+        names = task_run_names(client, state.state_details.flow_run_id, count)
+    if isinstance(task_runs, list):
+        assert names == task_runs
+    else:
+        assert len(names) == task_runs and all(" batches on threads" not in n for n in names)

@@ -159,13 +159,14 @@ def test_prefect_cache_resumes_when_block_records_are_lost(volume):
     state = downsample_flow(f"{root}/in.zarr/raw", 2, output, return_state=True, **kwargs)
     with get_client(sync_client=True) as client:
         flow_run_filter = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
-        n_batches = len(
+        planned = len(
             plan_batches(
                 Stage("downsample", SimpleNamespace(grid=BlockGrid(OUT_SHAPE, (8, 8, 8)))),
                 1,
                 per_worker=PrefectEdge.tasks_per_worker,
             )
         )
+        n_batches = 1 if planned <= PrefectEdge.tasks_per_worker else planned  # one task run
 
         # task runs and their states reach the API through events, so they may lag
         def final_states():

@@ -10,6 +10,8 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import Context, copy_context
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from prefect_dask import DaskTaskRunner
 
 from bioimage_tasks.backends import Executor, backend, worker_watchdog
 from bioimage_tasks.chunk_manifest import damage_token
-from bioimage_tasks.engine import Batch, Counts, Stage, run_batch
+from bioimage_tasks.engine import TASKS_PER_WORKER, Batch, Counts, Stage, run_batch
 from bioimage_tasks.operations import Operation, batch_done, execute
 from bioimage_tasks.prefect.artifacts import Progress, publish_summary
 from bioimage_tasks.prefect.events import emit_outcome_events
@@ -51,6 +53,54 @@ def _batch_run_name() -> str:
 def process_blocks(stage: Stage, batch: Batch) -> Counts:
     """Write a batch of blocks (engine.run_batch: each block checks its records first)."""
     return run_batch(stage, batch)
+
+
+def _batches_run_name() -> str:
+    stage, batches = task_run.parameters["stage"], task_run.parameters["batches"]
+    stage = stage.unwrap() if isinstance(stage, quote) else stage
+    shown = [b.describe() for b in batches]
+    listed = ", ".join(shown) if len(shown) <= 4 else f"{shown[0]}, ..., {shown[-1]}"
+    return f"{task_run.task_name} {stage.name} {listed} ({len(batches)} batches on threads)"
+
+
+class BatchesFailedError(Exception):
+    """Some batches of a `process_batches` task failed: every batch's outcome (its counts or
+    its error), so that the stage counts them as separate tasks would."""
+
+    def __init__(self, outcomes: list[Counts | BaseException]):
+        self.outcomes = outcomes
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        super().__init__(
+            f"{len(errors)} of {len(outcomes)} batches failed; first: "
+            f"{type(errors[0]).__name__}: {errors[0]}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return BatchesFailedError, (self.outcomes,)
+
+
+@task(name="process-blocks", task_run_name=_batches_run_name, cache_policy=NO_CACHE)
+def process_batches(stage: Stage, batches: list[Batch], threads: int) -> list[Counts]:
+    """Write a small stage's batches (TASKS_PER_WORKER per thread, for balance) on `threads`
+    threads in one task run: one task run's API calls and events instead of one each. Raises
+    BatchesFailedError, with every batch's outcome, when any batch failed."""
+    calls = [(stage, batch, copy_context()) for batch in batches]
+    with ThreadPoolExecutor(min(threads, len(batches)), "process-blocks") as pool:
+        outcomes = list(pool.map(_batch_outcome, calls))
+    for value in outcomes:
+        if isinstance(value, BaseException) and not isinstance(value, Exception):
+            raise value  # KeyboardInterrupt, SystemExit
+    if any(isinstance(value, BaseException) for value in outcomes):
+        raise BatchesFailedError(outcomes)
+    return outcomes
+
+
+def _batch_outcome(call: tuple[Stage, Batch, Context]) -> Counts | BaseException:
+    stage, batch, context = call
+    try:
+        return context.run(run_batch, stage, batch)  # in the task run's context
+    except BaseException as error:  # noqa: BLE001 - returned to the task, which raises it
+        return error
 
 
 @task(name="measure-range", cache_policy=NO_CACHE)
@@ -77,6 +127,18 @@ def batch_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
         digest.update(",".join(f"{b}:{s}:{stored.get(b)}" for b, s in signatures.items()).encode())
         digest.update(damage_token(stage.job, block_ids).encode())  # files damaged since: a new key
     return f"bioimage-tasks-{records.key}-{digest.hexdigest()}"
+
+
+def batches_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    """Prefect cache key of a `process_batches` task: its batches' keys together."""
+    keys = [
+        batch_cache_key(context, {"stage": parameters["stage"], "batch": batch})
+        for batch in parameters["batches"]
+    ]
+    if None in keys:
+        return None
+    digest = hashlib.blake2b(" ".join(keys).encode(), digest_size=8).hexdigest()
+    return f"bioimage-tasks-batches-{digest}"
 
 
 _STORAGE_BLOCKS: dict[tuple[str | None, str], WritableFileSystem] = {}  # (API URL, slug): block
@@ -113,7 +175,7 @@ class PrefectEdge:
     and summary as artifacts; the outcome as events. Batches found done are not submitted (a
     cache hit costs ~15 ms on threads and ~80-300 ms on Dask, a look at the records nothing)."""
 
-    tasks_per_worker = 1  # a Prefect task costs ~15-30 ms of API calls: as few as balance allows
+    tasks_per_worker = TASKS_PER_WORKER  # a small stage's batches share one task run (merges)
 
     def __init__(self, runner: Any, executor: Executor, config: RunnerConfig):
         self.runner, self.executor, self.config = runner, executor, config
@@ -122,8 +184,8 @@ class PrefectEdge:
     def select_batches(self, stage: Stage, batches: Sequence[Batch]) -> list[Batch]:
         return [b for b in batches if not batch_done(stage, b)]
 
-    def batch_task(self, stage: Stage) -> Any:
-        task_fn = process_blocks.with_options(
+    def batch_task(self, stage: Stage, merged: bool = False) -> Any:
+        task_fn = (process_batches if merged else process_blocks).with_options(
             retries=self.config.retries,
             retry_delay_seconds=exponential_backoff(backoff_factor=self.config.retry_delay),
         )
@@ -132,7 +194,9 @@ class PrefectEdge:
         if storage is None:
             return task_fn
         return task_fn.with_options(
-            cache_policy=CacheKeyFnPolicy(cache_key_fn=batch_cache_key),
+            cache_policy=CacheKeyFnPolicy(
+                cache_key_fn=batches_cache_key if merged else batch_cache_key
+            ),
             persist_result=True,
             result_storage=storage,
             refresh_cache=getattr(stage, "rewrite", False),
@@ -148,6 +212,9 @@ class PrefectEdge:
     def run_batches(
         self, stage: Stage, batches: Sequence[Batch]
     ) -> Iterator[tuple[Batch, Counts | BaseException]]:
+        if self.merges(batches):
+            yield from self.run_merged(stage, batches)
+            return
         futures = [
             self.runner.submit(self.batch_task(stage), {"stage": self.opaque(stage), "batch": b})
             for b in batches
@@ -161,6 +228,31 @@ class PrefectEdge:
                 yield batch, outcome(future)
             if pending:
                 check_workers()
+
+    def merges(self, batches: Sequence[Batch]) -> bool:
+        """Whether `batches` run in one task run: a small stage's few batches (TASKS_PER_WORKER
+        per thread at most), on threads. A Prefect task run costs ~15 ms of this process's CPU
+        and ~30 ms of the server's (3 events), which a short run pays beside its work."""
+        workers = self.executor.num_workers
+        return 1 < len(batches) <= TASKS_PER_WORKER * workers and self.executor.client is None
+
+    def run_merged(
+        self, stage: Stage, batches: Sequence[Batch]
+    ) -> Iterator[tuple[Batch, Counts | BaseException]]:
+        """`batches` in one `process_batches` task run on the backend's threads."""
+        parameters = {
+            "stage": self.opaque(stage),
+            "batches": list(batches),
+            "threads": self.executor.num_workers,
+        }
+        result = outcome(self.runner.submit(self.batch_task(stage, merged=True), parameters))
+        if isinstance(result, BatchesFailedError):
+            outcomes = result.outcomes
+        elif isinstance(result, BaseException):
+            outcomes = [result] * len(batches)
+        else:
+            outcomes = result
+        yield from zip(batches, outcomes)
 
     def map(self, fn: Callable[..., Any], calls: Sequence[tuple[Any, ...]]) -> list[Any]:
         futures = [

@@ -1,28 +1,38 @@
 """The Prefect flow class of our flows: a direct call skips Prefect's flow-run heartbeat, which
 costs about 1 s per call (its thread sleeps in 1 s steps and is joined when the flow ends), unless
-the user chose a heartbeat frequency; and a top-level call reads the default result storage once,
-with one API client, instead of three times. Deployment runs (workers, `serve`) start flows
-through Prefect's engine, not through a call, and keep Prefect's own behaviour."""
+the user chose a heartbeat frequency; a top-level call reads the default result storage once
+instead of three times, with the API client the process's calls share (client.py). Deployment
+runs (workers, `serve`) start flows through Prefect's engine, not through a call, and keep
+Prefect's own behaviour."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prefect import Flow
+from prefect.client.schemas.objects import FlowRun
 from prefect.context import (
     FlowRunContext,
     SettingsContext,
-    SyncClientContext,
     TaskRunContext,
     get_settings_context,
 )
+from prefect.futures import PrefectFuture
 from prefect.results import should_persist_result
+from prefect.states import State
+from prefect.utilities.annotations import BaseAnnotation
+from prefect.utilities.callables import get_call_parameters
+from prefect.utilities.collections import visit_collection
 
+from bioimage_tasks.prefect.client import api_client_context, runs_named
+
+CALL_OPTIONS = ("return_state", "wait_for")  # Flow.__call__'s own keywords, not parameters
 HEARTBEAT_SETTINGS = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
 
 
@@ -44,9 +54,44 @@ class BlockwiseFlow(Flow):
                 stack.enter_context(settings_without_heartbeat())
             flow: Flow = self
             if FlowRunContext.get() is None and TaskRunContext.get() is None:
-                stack.enter_context(SyncClientContext.get_or_create())  # the call's API client
+                stack.enter_context(api_client_context())  # the process's client (client.py)
+                stack.enter_context(runs_named(self.name, early_run_name(self, args, kwargs)))
                 flow = with_default_results(self)
             return Flow.__call__(flow, *args, **kwargs)
+
+
+def early_run_name(flow: Flow, args: tuple, kwargs: dict[str, Any]) -> str | None:
+    """The name Prefect's engine gives a direct call's run (`flow_run_name` with the call's
+    parameters), known before the run is created; None where it is not (no custom name, a
+    parameter Prefect resolves first, or a failing name function: the engine then names the
+    run itself, as always)."""
+    if not callable(flow.flow_run_name):
+        return None
+    given = {name: value for name, value in kwargs.items() if name not in CALL_OPTIONS}
+    try:
+        parameters = get_call_parameters(flow.fn, args, given)
+        if not resolved_as_given(parameters):
+            return None
+        placeholder = FlowRun(flow_id=uuid.uuid4(), name="", parameters=parameters)
+        with FlowRunContext.model_construct(flow=flow, flow_run=placeholder, parameters=parameters):
+            name = flow.flow_run_name()
+    except Exception:  # noqa: BLE001 - the engine names the run (and reports the error)
+        return None
+    return name if isinstance(name, str) else None
+
+
+def resolved_as_given(values: Any) -> bool:
+    """Whether Prefect passes `values` to the flow as they are: no future, state or annotation
+    (quote, allow_failure) inside, which Prefect resolves before the run is named."""
+    found: list[Any] = []
+
+    def visit(value: Any) -> Any:
+        if isinstance(value, (PrefectFuture, State, BaseAnnotation)):
+            found.append(value)
+        return value
+
+    visit_collection(values, visit_fn=visit, return_data=False, max_depth=-1)
+    return not found
 
 
 def with_default_results(flow: Flow) -> Flow:
