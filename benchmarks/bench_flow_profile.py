@@ -89,27 +89,8 @@ def instrument() -> None:
     EventsWorker._handle = handle_event
     import bioimage_tasks.prefect.flows as flows_module
 
-    run_in_flow = flows_module.run_in_flow
-
-    def marked(operation: Any) -> Any:
-        RECORDER.mark("body start")
-        try:
-            return run_in_flow(operation)
-        finally:
-            RECORDER.mark("body end")
-
-    flows_module.run_in_flow = marked
+    flows_module.run_in_flow = marking("body", flows_module.run_in_flow)
     import bioimage_tasks.prefect.edge as edge_module
-
-    def marking(name: str, method: Any) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            RECORDER.mark(f"{name} start")
-            try:
-                return method(*args, **kwargs)
-            finally:
-                RECORDER.mark(f"{name} end")
-
-        return call
 
     for name in ("run_merged", "finished"):
         method = getattr(edge_module.PrefectEdge, name, None)
@@ -128,6 +109,19 @@ def instrument() -> None:
             RECORDER.mark("built")
 
     flows_module.built = marked_build
+
+
+def marking(name: str, method: Any) -> Any:
+    """`method` marking when it starts and when it returns or raises."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        RECORDER.mark(f"{name} start")
+        try:
+            return method(*args, **kwargs)
+        finally:
+            RECORDER.mark(f"{name} end")
+
+    return call
 
 
 def marking_generator(name: str, method: Any) -> Any:
