@@ -25,8 +25,8 @@ from bioimage_tasks.engine import Stage, plan_batches
 from bioimage_tasks.errors import ParameterError, StorageError
 from bioimage_tasks.grid import BlockGrid
 from bioimage_tasks.io import UrlPath
-from bioimage_tasks.prefect.edge import PrefectEdge
 from bioimage_tasks.records import BlockRecords
+from bioimage_tasks.runners import RunnerConfig
 from bioimage_tasks.verify import verify
 from flows import copy_flow, downsample_flow, pyramid_flow, verify_flow
 
@@ -179,22 +179,37 @@ def test_partly_written_unreadable_shard_is_rewritten(tmp_path, image):
 
 
 def test_damage_is_seen_when_block_records_are_lost(tmp_path, image):
-    """Prefect's cached batches stand in for lost block records, but not for damaged files."""
+    """Prefect's cached batches stand in for lost block records, but not for damaged files: a
+    stage of many batches (a task run each) redoes only the damaged block's batch."""
+    path, x = image
+    output = f"{tmp_path}/out.zarr/s1"
+    options = {"block_shape": (8, 8, 8), "job_config": RunnerConfig(blocks_per_task=8)}
+    copy_flow(path, output, **options)
+    shutil.rmtree(records_dir(output))
+    delete(f"{output}/c/2/0/3")
+    copy_flow(path, output, **options)
+    (damaged,) = blocks_covering(SHAPE, (8, 8, 8), (8, 8, 8), (2, 0, 3))
+    grid = SimpleNamespace(grid=BlockGrid(SHAPE, (8, 8, 8)))
+    batches = plan_batches(Stage("copy", grid), 2, blocks_per_task=8)
+    assert len(batches) > 4 * 2  # not a small stage: no merged task run
+    batch = next(range(b.start, b.stop) for b in batches if b.start <= damaged < b.stop)
+    assert BlockRecords(records_dir(output)).done() == set(batch)  # the others came from the cache
+    np.testing.assert_array_equal(read(output, "zarr3"), x)
+
+
+def test_damage_redoes_a_small_stage_whose_block_records_are_lost(tmp_path, image):
+    """A small stage's batches share one task run and one cache entry: with its block records lost
+    and one file damaged, the whole stage is redone, and the output is whole again."""
     path, x = image
     output = f"{tmp_path}/out.zarr/s1"
     copy_flow(path, output, block_shape=(8, 8, 8))
     shutil.rmtree(records_dir(output))
     delete(f"{output}/c/2/0/3")
     copy_flow(path, output, block_shape=(8, 8, 8))
-    (damaged,) = blocks_covering(SHAPE, (8, 8, 8), (8, 8, 8), (2, 0, 3))
-    grid = SimpleNamespace(grid=BlockGrid(SHAPE, (8, 8, 8)))
-    batch = next(
-        range(b.start, b.stop)
-        for b in plan_batches(Stage("copy", grid), 1, per_worker=PrefectEdge.tasks_per_worker)
-        if b.start <= damaged < b.stop
-    )
-    assert BlockRecords(records_dir(output)).done() == set(batch)  # the others came from the cache
+    every_block = set(range(BlockGrid(SHAPE, (8, 8, 8)).n_blocks))
+    assert BlockRecords(records_dir(output)).done() == every_block
     np.testing.assert_array_equal(read(output, "zarr3"), x)
+    assert verify(output).ok
 
 
 def test_masked_blocks_vouch_for_files_they_leave_alone(tmp_path, image):
