@@ -312,15 +312,27 @@ def _owner(location: Location) -> dict:
     return {}
 
 
-def owned_epoch(directories: Sequence[Place], computation: str) -> str | None:
-    """The epoch `claim_ownership` would return without a change, if `computation` owns every
-    output already; None otherwise."""
+def _owner_files(
+    directories: Sequence[Place],
+) -> tuple[list[tuple[Location, dict]], list[Location]]:
+    """The outputs whose owner file counts, in URL order, each with that file (read once, `{}`
+    for none yet); and the outputs inside another that keep none (owned through it)."""
     roots, covered = _covering(directories)
-    epochs = []
+    counted, unowned = [], []
     for location in sorted(roots + covered, key=lambda place: place.url):
         owner = _owner(location)
         if location in covered and not owner:
-            continue  # owned through the output it is inside
+            unowned.append(location)
+        else:
+            counted.append((location, owner))
+    return counted, unowned
+
+
+def owned_epoch(directories: Sequence[Place], computation: str) -> str | None:
+    """The epoch `claim_ownership` would return without a change, if `computation` owns every
+    output already; None otherwise."""
+    epochs = []
+    for _, owner in _owner_files(directories)[0]:
         if owner.get("computation") != computation or "epoch" not in owner:
             return None
         epochs.append(owner["epoch"])
@@ -332,12 +344,9 @@ def claim_ownership(directories: Sequence[Place], computation: str) -> str:
     return the combined epoch to put into run keys. An output owned by another computation (or by
     none yet) gets a new epoch, and its old records are removed, with those of the outputs inside
     it that keep no owner file of their own."""
-    roots, covered = _covering(directories)
+    counted, unowned = _owner_files(directories)
     epochs = []
-    for location in sorted(roots + covered, key=lambda place: place.url):
-        owner = _owner(location)
-        if location in covered and not owner:
-            continue  # owned through the output it is inside (its records went with that claim)
+    for location, owner in counted:
         if owner.get("computation") != computation or "epoch" not in owner:
             seed = f"{computation} after {owner.get('epoch')}".encode()
             owner = {
@@ -349,8 +358,8 @@ def claim_ownership(directories: Sequence[Place], computation: str) -> str:
                 "owner.json", json.dumps(owner).encode()
             )  # first: from here on, old records are not trusted
             folder.child("blocks").remove_tree()
-            for inner in covered:
-                if _inside(inner, location) and not _owner(inner):
+            for inner in unowned:
+                if _inside(inner, location):
                     inner.child(RECORDS_DIR).child("blocks").remove_tree()
         epochs.append(owner["epoch"])
     return "-".join(epochs)
