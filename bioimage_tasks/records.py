@@ -63,18 +63,27 @@ class Entry:
 
 
 class _Segments:
-    """This process's segment file names (one per shard folder), renewed after a fork, and a lock
-    so threads never interleave their lines."""
+    """This process's segment file name (renewed after a fork), and striped locks: two threads
+    never interleave their lines in one segment, while appends to different folders (the records
+    of other outputs, converted side by side) do not wait for each other's file creation."""
+
+    STRIPES = 64
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self._name_lock = threading.Lock()
+        self._locks = [threading.Lock() for _ in range(self.STRIPES)]
         self.pid = -1
         self.tag = ""
 
     def name(self) -> str:
-        if self.pid != os.getpid():
-            self.pid, self.tag = os.getpid(), uuid.uuid4().hex[:8]
-        return f"{socket.gethostname()}-{self.pid}-{self.tag}.log"
+        with self._name_lock:
+            if self.pid != os.getpid():
+                self.pid, self.tag = os.getpid(), uuid.uuid4().hex[:8]
+            return f"{socket.gethostname()}-{self.pid}-{self.tag}.log"
+
+    def lock(self, folder: Location) -> threading.Lock:
+        """The lock of the segment in `folder` (one of STRIPES: bounded however many folders)."""
+        return self._locks[hash(folder.url) % self.STRIPES]
 
 
 _SEGMENTS = _Segments()
@@ -166,12 +175,11 @@ class BlockRecords:
             by_shard.setdefault(block_id // SHARD_BLOCKS, []).append(
                 _line(block_id, time_ns, signature)
             )
-        location = self.location
+        location, name, header = self.location, _SEGMENTS.name(), f"# {executor()}\n".encode()
         for shard, lines in by_shard.items():
-            with _SEGMENTS.lock:  # the executor once, as a header
-                location.child(f"{shard:06d}").append(
-                    _SEGMENTS.name(), "".join(lines).encode(), f"# {executor()}\n".encode()
-                )
+            folder = location.child(f"{shard:06d}")
+            with _SEGMENTS.lock(folder):  # the executor once, as a header
+                folder.append(name, "".join(lines).encode(), header)
 
     def _latest(self, block_ids: Iterable[int] | None) -> dict[int, tuple[int, str, str]]:
         """(time_ns, signature, executor) of the latest event of each block, tombstones dropped."""
