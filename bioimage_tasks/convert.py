@@ -127,10 +127,20 @@ def stat_signature(path: str) -> dict[str, int]:
 
 
 def folder_bytes(path: str) -> int:
-    """Bytes of every file under `path` (0 when it does not exist)."""
-    return sum(
-        os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files
-    )
+    """Bytes of every file under `path` (0 when it does not exist), from the folders' entries
+    (one stat per file, none per folder: a small pyramid has as many folders as files)."""
+    total, folders = 0, [path]
+    while folders:
+        try:
+            with os.scandir(folders.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.path)
+                    else:
+                        total += entry.stat(follow_symlinks=False).st_size
+        except FileNotFoundError:
+            continue
+    return total
 
 
 def read_record(path: str) -> dict[str, Any] | None:
