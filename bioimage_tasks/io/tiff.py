@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
+from xml.etree import ElementTree
 
 import numpy as np
 import tifffile
@@ -350,11 +351,11 @@ def ome_physical(tif: tifffile.TiffFile, series: int, axes: str) -> Physical | N
     """Voxel sizes and units of an OME-TIFF series from its OME-XML (None for other files)."""
     if not tif.is_ome or tif.ome_metadata is None:
         return None
-    images = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", [])
-    images = images if isinstance(images, list) else [images]
+    images = [e for e in ElementTree.fromstring(tif.ome_metadata) if local_name(e) == "Image"]
     if series >= len(images):
         return None
-    pixels: dict[str, Any] = images[series].get("Pixels", {})
+    found = [e.attrib for e in images[series] if local_name(e) == "Pixels"]
+    pixels: dict[str, Any] = found[0] if found else {}
     names = ngff_axes(axes)
     sizes, units = [], []
     for axis in names or ():
@@ -365,6 +366,11 @@ def ome_physical(tif: tifffile.TiffFile, series: int, axes: str) -> Physical | N
             UNITS.get(str(pixels.get(f"{key}Unit", default_unit))) if value is not None else None
         )
     return Physical(tuple(sizes), tuple(units), names) if names else None
+
+
+def local_name(element: ElementTree.Element) -> str:
+    """An XML element's tag without its namespace ('{http://...}Pixels' -> 'Pixels')."""
+    return element.tag.rsplit("}", 1)[-1]
 
 
 def imagej_physical(tif: tifffile.TiffFile, axes: str) -> Physical | None:
