@@ -219,11 +219,14 @@ class _Renewer:
 
     def add(self, held: _Held) -> None:
         with self.wake:
+            due = held.renewed + held.ttl / 4
+            sooner = all(due < h.renewed + h.ttl / 4 for h in self.held.values())
             self.held[held.holder_id] = held
             if self.pid != os.getpid():  # none started yet in this process
                 self.pid = os.getpid()
                 threading.Thread(target=self.run, name="bioimage-tasks-lease", daemon=True).start()
-            self.wake.notify()
+            if sooner:  # it sleeps until the first renewal due: woken only for a sooner one
+                self.wake.notify()
 
     def remove(self, held: _Held) -> None:
         with self.wake:

@@ -428,6 +428,19 @@ def test_a_level_rewritten_alone_is_rewritten_by_its_pyramid(volume):
     assert after == before
 
 
+def test_a_lease_due_sooner_wakes_the_renewer(tmp_path):
+    """The renewer sleeps until its first renewal due; a later lease that must be renewed sooner
+    (a shorter ttl) wakes it, one that is due later does not need to."""
+    long, short, later = Holder("run-long"), Holder("run-short"), Holder("run-later")
+    a, b, c = (str(tmp_path / f"{name}.zarr") for name in "abc")
+    with output_lease([a], "A", long, ttl=60.0):
+        time.sleep(0.2)  # the renewer now sleeps until the long lease's renewal
+        with output_lease([b], "B", short, ttl=0.4), output_lease([c], "C", later, ttl=0.6):
+            time.sleep(1.5)  # past three times the short ttl
+            assert holders(b) == ("B", [short]) and holders(c) == ("C", [later])
+    assert [holders(p) for p in (a, b, c)] == [(None, [])] * 3
+
+
 def test_one_thread_renews_every_lease_of_a_process(tmp_path):
     """Leases held at once are all renewed (past twice their ttl) by one thread, not one each."""
     first, second = Holder("run-a"), Holder("run-b")
