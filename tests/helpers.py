@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tensorstore as ts
+import zarr
 
 from bioimage_tasks.io import UrlPath, as_source
 
@@ -70,6 +71,19 @@ def slurm_jobs(name_prefix: str = "bioimage-tasks") -> list[str]:
         ["squeue", "-h", "-o", "%i %j"], capture_output=True, text=True, check=True
     ).stdout
     return [line.split()[0] for line in out.splitlines() if line.split()[1].startswith(name_prefix)]
+
+
+def zarr_input(
+    folder, image: np.ndarray, chunks, *, container: str = "in.zarr", name: str = "raw", **create
+) -> str:
+    """Write `image` with zarr-python (not our code) as array `name` of the zarr container
+    `folder/container` (made if new), of the image's shape and dtype unless `create` says
+    otherwise (e.g. a big-endian dtype, zarr_format=2); return the input string the API and the
+    flows take, '<folder>/<container>/<name>'."""
+    store = f"{folder}/{container}"
+    create = {"shape": image.shape, "dtype": image.dtype} | create
+    zarr.create_array(store=store, name=name, chunks=chunks, **create)[:] = image
+    return f"{store}/{name}"
 
 
 def records_dir(array_dir: str) -> str:

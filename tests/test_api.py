@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 import zarr
-from helpers import free_port
+from helpers import free_port, zarr_input
 from reference import random_array, skimage_downsample
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -45,13 +45,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("prefect",
 @pytest.fixture
 def volume(tmp_path):
     image = random_array(np.random.default_rng(5), SHAPE, "uint16")
-    zarr.create_array(
-        store=str(tmp_path / "in.zarr"),
-        name="raw",
-        shape=SHAPE,
-        dtype="uint16",
-        chunks=(16, 16, 16),
-    )[:] = image
+    zarr_input(tmp_path, image, (16, 16, 16))
     return tmp_path, image
 
 

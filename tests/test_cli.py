@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import zarr
+from helpers import zarr_input
 from reference import skimage_downsample
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -33,14 +34,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def image_path(tmp_path, rng):
     image = rng.integers(0, 255, (30, 34, 26), dtype=np.uint8)
-    zarr.create_array(
-        store=str(tmp_path / "in.zarr"),
-        name="raw",
-        shape=image.shape,
-        dtype="uint8",
-        chunks=(8, 8, 8),
-    )[:] = image
-    return f"{tmp_path}/in.zarr/raw", image
+    return zarr_input(tmp_path, image, (8, 8, 8)), image
 
 
 def test_downsample_and_copy(tmp_path, image_path):
@@ -223,12 +217,9 @@ def long_run(tmp_path_factory) -> tuple[list[str], np.ndarray]:
     anti-aliased resize of a 256^3 float32 image in 512 blocks of 16^3 on one thread) and
     scikit-image's result for it."""
     image = np.random.default_rng(7).standard_normal((256, 256, 256)).astype(np.float32)
-    path = str(tmp_path_factory.mktemp("interrupt") / "in.zarr")
-    zarr.create_array(
-        store=path, name="raw", shape=image.shape, dtype="float32", chunks=(32, 32, 32)
-    )[:] = image
+    source = zarr_input(tmp_path_factory.mktemp("interrupt"), image, (32, 32, 32))
     arguments = [
-        f"{path}/raw",
+        source,
         "--factor",
         "2",
         "--order",

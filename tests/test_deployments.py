@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from helpers import prefect_server_process, served_deployments, wait_for
+from helpers import prefect_server_process, served_deployments, wait_for, zarr_input
 from reference import skimage_downsample
 
 pytestmark = pytest.mark.slow
@@ -39,13 +39,7 @@ def test_served_deployments_run_on_demand_and_on_schedule(server, tmp_path):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     image = np.random.default_rng(5).integers(0, 255, (40, 36, 32), dtype=np.uint8)
-    zarr.create_array(
-        store=str(tmp_path / "sample.zarr"),
-        name="raw",
-        shape=image.shape,
-        dtype="uint8",
-        chunks=(16, 16, 16),
-    )[:] = image
+    zarr_input(tmp_path, image, (16, 16, 16), container="sample.zarr")
     with served_deployments(
         server, tmp_path, "{'cron': '0 2 * * *'}", "{'interval': 15, 'paused': True}"
     ):

@@ -9,9 +9,8 @@ import threading
 
 import numpy as np
 import pytest
-import zarr
 from distributed import LocalCluster
-from helpers import SlowSource, records_dir, wait_for
+from helpers import SlowSource, records_dir, wait_for, zarr_input
 from reference import assert_matches_skimage, random_array, skimage_downsample
 
 from bioimage_tasks import BlockGrid
@@ -29,14 +28,10 @@ def volume(tmp_path_factory):
     """A zarr input, and an output-space mask (partial chunks, empty blocks)."""
     root = tmp_path_factory.mktemp("distributed")
     image = random_array(np.random.default_rng(7), SHAPE, "uint16")
-    zarr.create_array(
-        store=str(root / "in.zarr"), name="raw", shape=SHAPE, dtype="uint16", chunks=(16, 16, 16)
-    )[:] = image
+    zarr_input(root, image, (16, 16, 16))
     mask = np.zeros((31, 34, 23), bool)
     mask[3:20, 5:30, 2:11] = True
-    zarr.create_array(
-        store=str(root / "in.zarr"), name="mask", shape=mask.shape, dtype=bool, chunks=(8, 8, 8)
-    )[:] = mask
+    zarr_input(root, mask, (8, 8, 8), name="mask")
     return root, image, mask
 
 

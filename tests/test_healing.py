@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 import zarr
-from helpers import prefect_server_process, wait_for
+from helpers import prefect_server_process, wait_for, zarr_input
 
 pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,9 +89,7 @@ def test_blocks_failed_in_a_deployment_run_are_healed_by_the_automation(tmp_path
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     image = np.random.default_rng(8).integers(0, 255, SHAPE, dtype=np.uint8)
-    zarr.create_array(
-        store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=BLOCK
-    )[:] = image
+    zarr_input(tmp_path, image, BLOCK)
     expected = np.rint(image.reshape(16, 2, 16, 2, 16, 2).mean(axis=(1, 3, 5))).astype(
         np.uint8
     )  # ties to even

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 import zarr
-from helpers import SlowSource, executed_since, record_times, records_dir, wait_for
+from helpers import SlowSource, executed_since, record_times, records_dir, wait_for, zarr_input
 from reference import random_array, skimage_downsample
 
 from bioimage_tasks import BlockGrid, copy, downsample, pyramid
@@ -47,9 +47,7 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 @pytest.fixture
 def volume(tmp_path):
     image = random_array(np.random.default_rng(21), SHAPE, "uint8")
-    zarr.create_array(
-        store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=(16, 16, 16)
-    )[:] = image
+    zarr_input(tmp_path, image, (16, 16, 16))
     return tmp_path, image
 
 
@@ -181,9 +179,7 @@ def test_mask_rewritten(volume):
     output = f"{root}/out.zarr/s1"
     mask = np.zeros(OUT_SHAPE, bool)
     mask[2:10, 3:12, 1:7] = True
-    zarr.create_array(
-        store=str(root / "in.zarr"), name="mask", shape=OUT_SHAPE, dtype=bool, chunks=(8, 8, 8)
-    )[:] = mask
+    zarr_input(root, mask, (8, 8, 8), name="mask")
     kwargs = {"method": "mean", "block_shape": BLOCK, "mask": f"{root}/in.zarr/mask"}
     downsample_flow(f"{root}/in.zarr/raw", 2, output, **kwargs)
     grown = mask.copy()

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import zarr
+from helpers import zarr_input
 from output_stores import chunk_files, output_path, ts_open, zarr_codec
 from reference import random_array
 from test_cli import cli
@@ -92,13 +93,7 @@ def test_dask_workers_honour_the_options(tmp_path, rng):
     from bioimage_tasks.runners import LocalClusterConfig
 
     image = half_empty(rng)
-    zarr.create_array(
-        store=str(tmp_path / "in.zarr"),
-        name="raw",
-        shape=image.shape,
-        dtype="uint8",
-        chunks=(8, 8, 8),
-    )[:] = image
+    zarr_input(tmp_path, image, (8, 8, 8))
     path = f"{tmp_path}/out.zarr/x"
     copy_flow(
         f"{tmp_path}/in.zarr/raw",
@@ -136,13 +131,7 @@ def test_pyramid_levels_take_codec_and_write_empty_chunks(tmp_path, rng):
 
 def test_command_line_options(tmp_path, rng):
     image = half_empty(rng)
-    zarr.create_array(
-        store=str(tmp_path / "in.zarr"),
-        name="raw",
-        shape=image.shape,
-        dtype="uint8",
-        chunks=(8, 8, 8),
-    )[:] = image
+    zarr_input(tmp_path, image, (8, 8, 8))
     out = f"{tmp_path}/out.zarr/x"
     done = cli(
         "copy",

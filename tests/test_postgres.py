@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from helpers import prefect_server_process, served_deployments
+from helpers import prefect_server_process, served_deployments, zarr_input
 from reference import skimage_downsample
 
 pytestmark = pytest.mark.slow
@@ -47,13 +47,7 @@ def test_deployment_runs_against_a_postgres_backed_server(
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     image = np.random.default_rng(9).integers(0, 255, (40, 36, 32), dtype=np.uint8)
-    zarr.create_array(
-        store=str(tmp_path / "sample.zarr"),
-        name="raw",
-        shape=image.shape,
-        dtype="uint8",
-        chunks=(16, 16, 16),
-    )[:] = image
+    zarr_input(tmp_path, image, (16, 16, 16), container="sample.zarr")
     with served_deployments(postgres_prefect, tmp_path):
         with temporary_settings(updates={PREFECT_API_URL: postgres_prefect}):
             run = run_deployment("downsample/nightly-downsample", timeout=240)
@@ -79,13 +73,7 @@ def test_pyramid_against_a_postgres_backed_server(postgres_prefect, postgres_dat
     from flows import pyramid_flow
 
     image = np.random.default_rng(4).integers(0, 255, (32, 32, 32), dtype=np.uint8)
-    zarr.create_array(
-        store=str(tmp_path / "in.zarr"),
-        name="raw",
-        shape=image.shape,
-        dtype="uint8",
-        chunks=(16, 16, 16),
-    )[:] = image
+    zarr_input(tmp_path, image, (16, 16, 16))
     with temporary_settings(updates={PREFECT_API_URL: postgres_prefect}):
         state = pyramid_flow(
             f"{tmp_path}/in.zarr/raw",

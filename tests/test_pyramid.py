@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 import zarr
+from helpers import zarr_input
 from ngff import validate_ngff
 from ngff_pyramid_checks import check_with_readers, expected_geometry, tensorstore_level
 from reference import skimage_downsample
@@ -174,13 +175,7 @@ def test_label_image_beside_its_image(tmp_path, rng, ngff_version):
 @pytest.mark.slow
 def test_pyramid_on_a_local_dask_cluster_resumes(tmp_path, rng):
     labels = rng.integers(0, 5, (32, 40, 36)).astype(np.uint32)
-    zarr.create_array(
-        store=str(tmp_path / "in.zarr"),
-        name="raw",
-        shape=labels.shape,
-        dtype="uint32",
-        chunks=(16, 16, 16),
-    )[:] = labels
+    zarr_input(tmp_path, labels, (16, 16, 16))
     options = {
         "scale_factors": [2, 2],
         "method": "mode",

@@ -10,7 +10,7 @@ import pytest
 import tensorstore as ts
 import zarr
 from distributed import LocalCluster
-from helpers import slurm_jobs, wait_for
+from helpers import slurm_jobs, wait_for, zarr_input
 
 from bioimage_tasks.runners import DaskConfig, SlurmConfig
 from flows import pyramid_flow
@@ -24,14 +24,7 @@ def labels(tmp_path, rng):
         :47, :43, :41
     ].astype(np.uint32)
     data[rng.random(data.shape) < 0.05] = 7
-    zarr.create_array(
-        store=f"{tmp_path}/in.zarr",
-        name="raw",
-        shape=data.shape,
-        dtype="uint32",
-        chunks=(16, 16, 16),
-    )[:] = data
-    return f"{tmp_path}/in.zarr/raw", data
+    return zarr_input(tmp_path, data, (16, 16, 16)), data
 
 
 def check_levels(path: str, data: np.ndarray, levels: int) -> None:

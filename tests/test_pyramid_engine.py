@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import zarr
-from helpers import records_dir, wait_for
+from helpers import records_dir, wait_for, zarr_input
 from pyramid_references import assert_same_bits, nan_floats, tensorstore_levels
 
 from bioimage_tasks import pyramid_plan
@@ -148,14 +148,7 @@ def test_big_endian_zarr_v2_input_and_a_rerun(tmp_path, rng, small_regions, dtyp
         if native_dtype.kind == "f"
         else labels_like(rng, (27, 22, 19), native_dtype.name)
     )
-    zarr.create_array(
-        store=f"{tmp_path}/in.zarr",
-        name="raw",
-        shape=base.shape,
-        dtype=dtype,
-        chunks=(8, 8, 8),
-        zarr_format=2,
-    )[:] = base
+    zarr_input(tmp_path, base, (8, 8, 8), dtype=dtype, zarr_format=2)
     path = f"{tmp_path}/pyramid.zarr"
     cumulative = [(1, 1, 1), (2, 2, 2), (4, 4, 4)]
     for _ in range(2):
@@ -237,13 +230,7 @@ def finished_regions(output: str) -> set[int]:
 @pytest.mark.slow
 def test_killed_pyramid_resumes_only_unfinished_regions(tmp_path, rng, small_regions):
     labels = labels_like(rng, (48, 48, 48), "uint16")
-    zarr.create_array(
-        store=f"{tmp_path}/in.zarr",
-        name="raw",
-        shape=labels.shape,
-        dtype="uint16",
-        chunks=(16, 16, 16),
-    )[:] = labels
+    zarr_input(tmp_path, labels, (16, 16, 16))
     output = f"{tmp_path}/out.zarr"
     job = [
         sys.executable,
@@ -286,10 +273,7 @@ def test_pyramid_never_trusts_records_of_another_computation_or_a_changed_input(
 ):
     """A, B, A into one group recomputes A; an input rewritten in place is seen on the rerun."""
     image = rng.integers(0, 255, (30, 34, 28), dtype=np.uint8)
-    source = zarr.create_array(
-        store=f"{tmp_path}/in.zarr", name="raw", shape=image.shape, dtype="uint8", chunks=(8, 8, 8)
-    )
-    source[:] = image
+    source = zarr.open_array(zarr_input(tmp_path, image, (8, 8, 8)), mode="r+")
     path, options = f"{tmp_path}/out.zarr", {"scale_factors": [2, 2], "chunks": (8, 8, 8)}
 
     def check(data, method):

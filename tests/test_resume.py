@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import zarr
-from helpers import executed_since, record_times, records_dir, slurm_jobs, wait_for
+from helpers import executed_since, record_times, records_dir, slurm_jobs, wait_for, zarr_input
 from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from reference import random_array, skimage_downsample
@@ -37,9 +37,7 @@ TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 @pytest.fixture
 def volume(tmp_path):
     image = random_array(np.random.default_rng(11), SHAPE, "uint8")
-    zarr.create_array(
-        store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=(16, 16, 16)
-    )[:] = image
+    zarr_input(tmp_path, image, (16, 16, 16))
     return tmp_path, image
 
 
@@ -322,9 +320,7 @@ def test_tiny_chunks_lose_no_update(volume, job_type, config):
     )
     output[:] = 5
     mask = np.random.default_rng(0).random(OUT_SHAPE) > 0.3
-    zarr.create_array(
-        store=str(root / "tiny.zarr"), name="mask", shape=OUT_SHAPE, dtype=bool, chunks=(4, 4, 4)
-    )[:] = mask
+    zarr_input(root, mask, (4, 4, 4), container="tiny.zarr", name="mask")
     downsample_flow(
         f"{root}/in.zarr/raw",
         2,

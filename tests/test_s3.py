@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 import zarr
-from helpers import CHUNKS, put_s3, records_location
+from helpers import CHUNKS, put_s3, records_location, zarr_input
 from reference import skimage_downsample
 
 from bioimage_tasks.errors import ParameterError, StorageError
@@ -56,10 +56,7 @@ def expected(x: np.ndarray) -> np.ndarray:
 def test_flows_between_s3_and_local_are_exact(prefect_server, s3_server, bucket, image, tmp_path):
     put_s3(f"s3://{bucket}/lab/raw.zarr/v3", image)
     put_s3(f"s3://{bucket}/lab/old.zarr/v2", image, zarr_format=2)
-    local = zarr.create_array(
-        store=str(tmp_path / "raw.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=CHUNKS
-    )
-    local[...] = image
+    zarr_input(tmp_path, image, CHUNKS, container="raw.zarr")
     # local -> S3 (a new zarr v3), S3 -> S3 (v2 -> n5), S3 -> local
     copied = copy_flow(f"{tmp_path}/raw.zarr/raw", f"s3://{bucket}/out/copy.zarr/raw")
     assert np.array_equal(read(copied), image)
@@ -257,10 +254,7 @@ def test_result_storage_block_on_s3(prefect_server, s3_server, bucket, image, gi
 
 
 def test_http_input_is_read_only(prefect_server, image, tmp_path):
-    array = zarr.create_array(
-        store=str(tmp_path / "pub.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=CHUNKS
-    )
-    array[...] = image
+    zarr_input(tmp_path, image, CHUNKS, container="pub.zarr")
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -25,6 +25,7 @@ from helpers import (
     records_location,
     slurm_jobs,
     wait_for,
+    zarr_input,
 )
 from reference import random_array
 
@@ -59,14 +60,10 @@ def slurm_config(tmp_path, monkeypatch):
 @pytest.fixture
 def volume(tmp_path):
     image = random_array(np.random.default_rng(3), SHAPE, "uint8")
-    zarr.create_array(
-        store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=(16, 16, 16)
-    )[:] = image
+    zarr_input(tmp_path, image, (16, 16, 16))
     mask = np.zeros((24, 25, 22), bool)
     mask[2:19, 4:20, 1:15] = True
-    zarr.create_array(
-        store=str(tmp_path / "in.zarr"), name="mask", shape=mask.shape, dtype=bool, chunks=(8, 8, 8)
-    )[:] = mask
+    zarr_input(tmp_path, mask, (8, 8, 8), name="mask")
     return tmp_path, image
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 import zarr
+from helpers import zarr_input
 from reference import random_array, skimage_downsample
 
 from bioimage_tasks.io import ArraySource, TensorStoreSource
@@ -58,10 +59,7 @@ def test_a_new_computation_over_dead_writers_locks_writes_whole_chunks(
     """B writes an output and is 'killed' (its lock files stay, with bytes); A then takes over the
     output. Every chunk decodes and holds A's result."""
     image = random_array(np.random.default_rng(3), SHAPE, "uint8")
-    source = f"{tmp_path}/in.zarr/raw"
-    zarr.create_array(
-        store=f"{tmp_path}/in.zarr", name="raw", shape=SHAPE, dtype="uint8", chunks=CHUNKS
-    )[:] = image
+    source = zarr_input(tmp_path, image, CHUNKS)
     container = "out.n5" if layout == "n5" else "out.zarr"
     if layout == "zarr2":
         zarr.open_group(f"{tmp_path}/{container}", mode="w", zarr_format=2)
@@ -93,9 +91,7 @@ def test_a_new_computation_over_dead_writers_locks_writes_whole_chunks(
 def test_copy_into_an_array_whose_writer_was_killed(tmp_path, prefect_server):
     """A copy (the same computation resuming after a kill) over stale lock files."""
     image = random_array(np.random.default_rng(4), SHAPE, "uint16")
-    zarr.create_array(
-        store=f"{tmp_path}/in.zarr", name="raw", shape=SHAPE, dtype="uint16", chunks=CHUNKS
-    )[:] = image
+    zarr_input(tmp_path, image, CHUNKS)
     out = zarr.create_array(
         store=f"{tmp_path}/out.zarr", name="raw", shape=SHAPE, dtype="uint16", chunks=CHUNKS
     )

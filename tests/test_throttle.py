@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
-from helpers import TimedReads, TimedWrites, logged_intervals, max_overlap
+from helpers import TimedReads, TimedWrites, logged_intervals, max_overlap, zarr_input
 
 from bioimage_tasks.runners import LocalClusterConfig
 from bioimage_tasks.throttle import ThrottledSink, throttle_writes
@@ -43,9 +43,7 @@ def read_ahead(reads, writes) -> list[int]:
 
 def run_copy(tmp_path, name: str, limit: str | None, workers: int = 2):
     image = np.random.default_rng(1).integers(0, 255, SHAPE, dtype=np.uint8)
-    zarr.create_array(
-        store=str(tmp_path / f"{name}.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=BLOCK
-    )[:] = image
+    zarr_input(tmp_path, image, BLOCK, container=f"{name}.zarr")
     zarr.create_array(
         store=str(tmp_path / f"{name}.zarr"), name="copy", shape=SHAPE, dtype="uint8", chunks=BLOCK
     )

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import zarr
+from helpers import zarr_input
 
 from bioimage_tasks.errors import ParameterError
 from bioimage_tasks.runners import RunnerConfig, SlurmConfig
@@ -24,9 +25,7 @@ SENTINEL = 99
 @pytest.fixture
 def setup(tmp_path, rng):
     image = rng.integers(0, 1000, SHAPE).astype(np.uint16)
-    zarr.create_array(
-        store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint16", chunks=(8, 8, 8)
-    )[:] = image
+    zarr_input(tmp_path, image, (8, 8, 8))
     existing = zarr.create_array(
         store=str(tmp_path / "out.zarr"),
         name="s1",

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 import zarr
-from helpers import executed_since, records_dir
+from helpers import executed_since, records_dir, zarr_input
 
 from bioimage_tasks import pyramid_plan
 from bioimage_tasks.engine import Stage, plan_batches
@@ -46,10 +46,7 @@ FORMATS = {  # output under tmp_path, flow options, file key of a grid cell, ten
 @pytest.fixture
 def image(tmp_path, rng):
     x = rng.integers(0, 256, SHAPE, dtype=np.uint8)
-    zarr.create_array(
-        store=str(tmp_path / "in.zarr"), name="raw", shape=SHAPE, dtype="uint8", chunks=(16, 16, 16)
-    )[:] = x
-    return f"{tmp_path}/in.zarr/raw", x
+    return zarr_input(tmp_path, x, (16, 16, 16)), x
 
 
 def mean(x: np.ndarray, factor: int) -> np.ndarray:
@@ -342,14 +339,7 @@ def test_cli_verify_and_repair(tmp_path, image):
 
 def test_repair_is_refused_without_a_stored_call(tmp_path, image):
     _, x = image
-    foreign = zarr.create_array(
-        store=str(tmp_path / "other.zarr"),
-        name="raw",
-        shape=SHAPE,
-        dtype="uint8",
-        chunks=(16, 16, 16),
-    )
-    foreign[...] = x
+    zarr_input(tmp_path, x, (16, 16, 16), container="other.zarr")
     report = verify(f"{tmp_path}/other.zarr/raw")  # written by zarr-python: no file has an entry
     assert len(report.bad) == 4 * 3 * 2 and {b.kind for b in report.bad} == {"unrecorded"}
     with pytest.raises(ParameterError, match="run.json"):
@@ -411,14 +401,7 @@ def test_s3_pyramid_and_copy_verified(s3_server, tmp_path, image, small_regions)
     bucket = s3_server.create_bucket("verify-pyramid")
     _, x = image
     x = x[:32, :32, :16]  # few regions, few objects
-    path = f"{tmp_path}/small.zarr/raw"
-    zarr.create_array(
-        store=str(tmp_path / "small.zarr"),
-        name="raw",
-        shape=x.shape,
-        dtype="uint8",
-        chunks=(16, 16, 16),
-    )[...] = x
+    path = zarr_input(tmp_path, x, (16, 16, 16), container="small.zarr")
     group = f"s3://{bucket}/image.ome.zarr"
     pyramid_flow(path, group, scale_factors=[2, 2], method="mean", chunks=(8, 8, 8))
     UrlPath.parse(f"{group}/s2", "test").location().delete("c/0/0/0")

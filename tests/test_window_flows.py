@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorstore as ts
-import zarr
+from helpers import zarr_input
 from reference import random_array
 
 from bioimage_tasks.errors import ParameterError
@@ -27,13 +27,7 @@ def test_window_methods_match_tensorstore(tmp_path, rng, method, dtype, factors)
     x = random_array(rng, (37, 41, 23), dtype)
     if dtype == "uint64":  # label ids above 2**53, few of them so modes and ties happen
         x = (2**60 + rng.integers(0, 4, x.shape)).astype(np.uint64)
-    zarr.create_array(
-        store=str(tmp_path / "in.zarr"),
-        name="raw",
-        shape=x.shape,
-        dtype=x.dtype,
-        chunks=(16, 16, 16),
-    )[:] = x
+    zarr_input(tmp_path, x, (16, 16, 16))
     result = downsample_flow(
         f"{tmp_path}/in.zarr/raw",
         factors,
@@ -53,13 +47,7 @@ def test_nan_median_and_mode_match_tensorstore_bit_for_bit(tmp_path, rng, method
     # windows with NaN and zeros of both signs, whose result depends on where they lie
     palette = np.array([np.nan, 0.0, -0.0, np.inf, -np.inf, 1.0, -2.0], dtype)
     x = palette[rng.integers(0, len(palette), (37, 41, 23))]
-    zarr.create_array(
-        store=str(tmp_path / "in.zarr"),
-        name="raw",
-        shape=x.shape,
-        dtype=x.dtype,
-        chunks=(16, 16, 16),
-    )[:] = x
+    zarr_input(tmp_path, x, (16, 16, 16))
     result = downsample_flow(
         f"{tmp_path}/in.zarr/raw",
         factors,
@@ -82,14 +70,7 @@ def test_big_endian_zarr_v2_input_matches_tensorstore(tmp_path, rng, dtype):
         native[rng.random(native.shape) < 0.05] = np.nan
     else:
         native //= 8192  # few values: modes and ties
-    zarr.create_array(
-        store=str(tmp_path / "in.zarr"),
-        name="raw",
-        shape=native.shape,
-        dtype=dtype,
-        chunks=(16, 16, 16),
-        zarr_format=2,
-    )[:] = native
+    zarr_input(tmp_path, native, (16, 16, 16), dtype=dtype, zarr_format=2)
     bits = f"u{native.dtype.itemsize}"
     for method in ("mean", "mode", "min", "max", "median", "stride"):
         result = downsample_flow(
