@@ -231,16 +231,21 @@ class PlaneReader:
             range(x0 // width, -(-x1 // width)),
         )
         wanted = [r * per_row + c for r in grid_rows for c in grid_columns]
-        covered = np.empty((len(grid_rows) * height, len(grid_columns) * width), self.dtype)
+        top, left = grid_rows.start * height, grid_columns.start * width
+        covered_shape = (len(grid_rows) * height, len(grid_columns) * width)
         out = np.empty(
             (len(planes), len(range(y0, y1, ystep)), len(range(x0, x1, xstep))), self.dtype
         )
+        # segments decoded straight into `out` when they cover exactly the region asked for
+        direct = (ystep, xstep, y0, x0) == (1, 1, top, left) and out.shape[1:] == covered_shape
+        covered = None if direct else np.empty(covered_shape, self.dtype)
         extra = {"jpegheader": keyframe.jpegheader} if keyframe.jpegheader is not None else {}
         for i, z in enumerate(planes):
             page = self.pages[z]
             if page is None:  # a plane the file does not store
                 out[i] = keyframe.nodata
                 continue
+            plane = out[i] if direct else covered
             offsets, counts, handle = page.dataoffsets, page.databytecounts, page.parent.filehandle
             if getattr(page, "jpegtables", None) is not None:
                 extra["jpegtables"] = page.jpegtables
@@ -252,16 +257,16 @@ class PlaneReader:
                 lock=handle.lock,
             ):
                 r, c = divmod(index, per_row)
-                top, left = (r - grid_rows.start) * height, (c - grid_columns.start) * width
-                target = covered[top : top + height, left : left + width]
+                row, column = (r - grid_rows.start) * height, (c - grid_columns.start) * width
+                target = plane[row : row + height, column : column + width]
                 if data is None or not counts[index]:
                     target[...] = keyframe.nodata
                 else:
                     target[...] = keyframe.decode(data, index, _fullsize=True, **extra)[0].reshape(
                         height, width
                     )
-            top, left = grid_rows.start * height, grid_columns.start * width
-            out[i] = covered[y0 - top : y1 - top : ystep, x0 - left : x1 - left : xstep]
+            if not direct:
+                out[i] = covered[y0 - top : y1 - top : ystep, x0 - left : x1 - left : xstep]
         return out
 
     def close(self) -> None:
