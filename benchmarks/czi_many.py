@@ -68,6 +68,29 @@ def wait_after_deletion(deleted_at: float) -> None:
     time.sleep(max(0.0, deleted_at + INODES_SETTLE - time.monotonic()))
 
 
+def creation_cost(folder: Path, count: int = 300) -> float:
+    """Microseconds per new folder (nested pairs) made now in `folder`, kept until the outputs are
+    deleted: ext4 here makes them 5-8x dearer for minutes after a mass deletion (benchmarks/
+    README), and a files run makes ~36 folders a stack, the concatenation ~10."""
+    started = time.perf_counter()
+    for index in range(count):
+        (folder / f"probe{index:04d}" / "inner").mkdir(parents=True)
+    return (time.perf_counter() - started) / (2 * count) * 1e6
+
+
+def fresh_work(work: Path) -> tuple[float, float]:
+    """Delete an interrupted invocation's leftovers in `work`, wait until that deletion is
+    INODES_SETTLE old, and probe folder creation: (when the last deletion was, us a folder)."""
+    deleted_at = -INODES_SETTLE
+    if work.exists():
+        shutil.rmtree(work, ignore_errors=True)
+        deleted_at = time.monotonic()
+    wait_after_deletion(deleted_at)
+    probe = creation_cost(work / "probe-before")
+    print(f"folder creation now: {probe:.0f} us a folder (quiet: 10-25 us)", flush=True)
+    return deleted_at, probe
+
+
 def many_run(args: argparse.Namespace, source: str, output: Path) -> dict[str, Any]:
     """One timed convert of `source` into `output`, in a fresh process."""
     bench_runs.settle_disk()
@@ -95,10 +118,7 @@ def many_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[str, list] = {name: [] for name in cases}
     work = args.data / "runs-many"
     print(f"\n{args.files} stacks of {args.planes}x{args.side}^2 uint16 vs {whole}", flush=True)
-    deleted_at = -INODES_SETTLE
-    if work.exists():
-        shutil.rmtree(work, ignore_errors=True)
-        deleted_at = time.monotonic()
+    deleted_at, probe = fresh_work(work)
     previous = None
     for index, (repeat, variant, name) in enumerate(many_schedule(args.repeats, args.deletion)):
         output = work / f"run{index:02d}-{variant}-{name}"
@@ -116,10 +136,16 @@ def many_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             f"CPU {result['cpu']:.2f} s, peak RSS {result['rss_mb']:.0f} MB",
             flush=True,
         )
+    after = creation_cost(work / "probe-after")
+    print(f"folder creation after the runs: {after:.0f} us a folder", flush=True)
     shutil.rmtree(work, ignore_errors=True)
     print(f"outputs deleted; waiting {INODES_SETTLE:.0f} s so that no next run follows it")
     wait_after_deletion(time.monotonic())
-    summary: dict[str, Any] = {"runs": runs, "deletion": args.deletion}
+    summary: dict[str, Any] = {
+        "runs": runs,
+        "deletion": args.deletion,
+        "folder_creation_us": {"before": probe, "after": after},
+    }
     for variant in dict.fromkeys(v for _, v, _ in many_schedule(1, args.deletion)):
         ratios = many_ratios(runs, variant)
         summary[variant] = ratios
