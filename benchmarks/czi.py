@@ -44,7 +44,7 @@ import bench_peers  # noqa: E402
 import bench_runs  # noqa: E402
 from bench_results import median_range  # noqa: E402
 from bench_runs import RESULT_TAG, peak_rss_mb  # noqa: E402
-from czi_contenders import CONTENDERS, LEVELS, OURS  # noqa: E402
+from czi_contenders import CONTENDERS, LEVELS, OURS, RUNNABLE  # noqa: E402
 from czi_many import many_benchmark, paired  # noqa: E402
 
 SCRIPT = Path(__file__).resolve()
@@ -294,7 +294,7 @@ def main() -> None:
     if args.run_one:
         sys.path.insert(0, str(bench_runs.REPO))
         request = json.loads(args.run_one)
-        result = CONTENDERS[request["contender"]][0](request)
+        result = RUNNABLE[request["contender"]][0](request)
         print(RESULT_TAG + json.dumps(result | {"self_rss_mb": peak_rss_mb()}), flush=True)
         return
     args.z = [int(v) for v in args.z.split(",")]

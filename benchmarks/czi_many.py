@@ -91,10 +91,13 @@ def fresh_work(work: Path) -> tuple[float, float]:
     return deleted_at, probe
 
 
-def many_run(args: argparse.Namespace, source: str, output: Path) -> dict[str, Any]:
-    """One timed convert of `source` into `output`, in a fresh process."""
+def many_run(
+    args: argparse.Namespace, source: str, output: Path, contender: str = OURS
+) -> dict[str, Any]:
+    """One timed run of `contender` (our convert) from `source` into `output`, in a fresh
+    process."""
     bench_runs.settle_disk()
-    request = {"contender": OURS, "input": source, "output": str(output)}
+    request = {"contender": contender, "input": source, "output": str(output)}
     result, rss = bench_runs.run_child(
         sys.executable, args.env, request, args.timeout, SCRIPT, args.max_rss * 1024
     )
