@@ -3,9 +3,11 @@
 
 The plain `convert` starts the backend (`job_type`, `num_workers`) once for the whole run and
 runs up to `num_workers` files at once on it: every pyramid's batches go to the same workers, so
-a large file keeps them all busy and small files (one region each) fill them side by side
-instead of one file per worker-pool start. The memory budget stays per worker (a worker runs one
-batch at a time). `convert_flow` runs files one after another, a child flow run each.
+a large file keeps them all busy instead of one file per worker-pool start. On threads
+(`job_type="local"`), files of at most 64 MiB go first to `num_workers` worker processes, one
+file at a time each (convert_processes.py): their per-file Python would otherwise queue for one
+GIL. The memory budget stays per worker (a worker runs one batch at a time). `convert_flow` runs
+files one after another, a child flow run each.
 Resumable: each output has a small record, `<output_dir>/.bioimage-tasks/convert/<name>.json`
 (the input's size and mtime, the parameters, the outcome). A rerun skips a file whose record
 says converted with the same input and parameters (reading only the record and the group's
@@ -21,18 +23,16 @@ import inspect
 import json
 import logging
 import os
-import shutil
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
 from typing import Any
 
+from bioimage_tasks.convert_job import RECORDS, FileJob
+from bioimage_tasks.convert_processes import convert_in_processes, small_inputs
 from bioimage_tasks.convert_report import ConvertFailedError, ConvertReport, FileOutcome
 from bioimage_tasks.errors import ParameterError
 
 __all__ = ["ConvertFailedError", "ConvertReport", "FileOutcome", "convert", "convert_files"]
-RECORDS = os.path.join(".bioimage-tasks", "convert")
 NOT_PASSED = ("input", "output_group")  # convert chooses these per file
 logger = logging.getLogger("bioimage_tasks.convert")
 
@@ -121,58 +121,6 @@ def parameters_key(pyramid_kwargs: dict[str, Any], keep_axes: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-def stat_signature(path: str) -> dict[str, int]:
-    status = os.stat(path)
-    return {"size": status.st_size, "mtime_ns": status.st_mtime_ns}
-
-
-def folder_bytes(path: str) -> int:
-    """Bytes of every file under `path` (0 when it does not exist), from the folders' entries
-    (one stat per file, none per folder: a small pyramid has as many folders as files)."""
-    total, folders = 0, [path]
-    while folders:
-        try:
-            with os.scandir(folders.pop()) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        folders.append(entry.path)
-                    else:
-                        total += entry.stat(follow_symlinks=False).st_size
-        except FileNotFoundError:
-            continue
-    return total
-
-
-def read_record(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path) as file:
-            return json.load(file)
-    except (OSError, ValueError):
-        return None
-
-
-def write_record(path: str, record: dict[str, Any]) -> None:
-    """Write the record atomically (a kill leaves the old one or the new one)."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with open(temporary, "w") as file:
-        json.dump(record, file, indent=1)
-    os.replace(temporary, path)
-
-
-def next_step(record: dict[str, Any] | None, signature: dict, key: str, output: str) -> str:
-    """'skip' (converted, same input and parameters), 'resume' (cut off, same input and
-    parameters), 'redo' (input or parameters changed: start over), or 'convert' (new)."""
-    if record is None:
-        return "resume" if os.path.exists(output) else "convert"
-    same = record.get("signature") == signature and record.get("parameters") == key
-    if not same:
-        return "redo" if os.path.exists(output) else "convert"
-    written = any(os.path.exists(os.path.join(output, f)) for f in ("zarr.json", ".zattrs"))
-    if record.get("outcome") in ("converted", "resumed", "redone") and written:
-        return "skip"
-    return "resume" if os.path.exists(output) else "convert"
-
-
 def convert_files(
     pattern: str,
     output_dir: str,
@@ -182,12 +130,14 @@ def convert_files(
     keep_axes: str = "",
     log: Callable[..., None] = logger.info,
     files_at_once: int = 1,
+    processes: int = 0,
     inputs: dict[str, str] | None = None,
     **pyramid_kwargs: Any,
 ) -> ConvertReport:
     """Convert every file `pattern` matches with `run_pyramid(input, output_group, **kwargs)`
     (the plain pyramid on a shared backend, or pyramid_flow for child flow runs), up to
-    `files_at_once` at a time; see the module. `inputs`: what `checked_inputs` returned for
+    `files_at_once` at a time; with `processes` > 1, small files in that many worker processes
+    first (convert_processes.py). See the module. `inputs`: what `checked_inputs` returned for
     these arguments already (the pattern is then not matched again)."""
     if inputs is None:
         inputs = checked_inputs(pattern, output_dir, pyramid_kwargs, keep_axes)
@@ -196,38 +146,21 @@ def convert_files(
     key = parameters_key(pyramid_kwargs, keep_axes)
     job = FileJob(output_dir, key, run_pyramid, keep_axes, pyramid_kwargs)
 
-    def one(name: str, path: str) -> FileOutcome:
-        done = job.outcome(name, path, dry_run)
-        log("convert %s: %s %s", name, done.outcome, done.reason or done.output)
+    def logged(done: FileOutcome) -> FileOutcome:
+        log("convert %s: %s %s", done.name, done.outcome, done.reason or done.output)
         return done
 
-    outcomes = {f.name: f for f in run_files(one, inputs.items(), 1 if dry_run else files_at_once)}
+    small = {} if dry_run else small_inputs(inputs, processes)
+    outcomes = {
+        f.name: f
+        for f in convert_in_processes(job, small.items(), processes, logged)
+        + run_files(
+            lambda name, path: logged(job.outcome(name, path, dry_run)),
+            [(name, path) for name, path in inputs.items() if name not in small],
+            1 if dry_run else files_at_once,
+        )
+    }
     return ConvertReport(str(output_dir), [outcomes[name] for name in inputs])
-
-
-@dataclass(frozen=True)
-class FileJob:
-    """What every file of a run shares: where outputs go, the parameters' digest (`key`), the
-    pyramid call and its parameters."""
-
-    output_dir: str
-    key: str
-    run_pyramid: Callable[..., Any]
-    keep_axes: str
-    pyramid_kwargs: dict[str, Any]
-
-    def outcome(self, name: str, path: str, dry_run: bool) -> FileOutcome:
-        """Skip, convert, resume or redo one file (or say which, with `dry_run`)."""
-        output = os.path.join(self.output_dir, f"{name}.ome.zarr")
-        record_path = os.path.join(self.output_dir, RECORDS, f"{name}.json")
-        signature = stat_signature(path)
-        record = read_record(record_path)
-        step = next_step(record, signature, self.key, output)
-        if dry_run:
-            return dry_run_outcome(name, path, output, step, record, self.keep_axes)
-        if step == "skip":
-            return FileOutcome(name, path, output, "skipped", record.get("bytes", 0))
-        return convert_one(self, name, path, output, step, record_path, signature)
 
 
 def run_files(
@@ -248,57 +181,6 @@ def run_files(
     return outcomes
 
 
-def pyramid_input(path: str, keep_axes: str) -> Any:
-    """The path itself, or a microscopy source keeping `keep_axes` where they are singletons."""
-    if not keep_axes:
-        return path
-    from bioimage_tasks.io import open_microscopy
-
-    return open_microscopy(path, "input", keep=keep_axes)
-
-
-def convert_one(
-    job: FileJob, name: str, path: str, output: str, step: str, record_path: str, signature: dict
-) -> FileOutcome:
-    """Write one pyramid (its record first says "running"), catching its error as the outcome."""
-    outcome = {"convert": "converted", "resume": "resumed", "redo": "redone"}[step]
-    if step == "redo":
-        shutil.rmtree(output, ignore_errors=True)
-    record = {"input": os.path.abspath(path), "signature": signature, "parameters": job.key}
-    write_record(record_path, record | {"outcome": "running"})
-    started, reason = time.perf_counter(), ""
-    try:
-        job.run_pyramid(pyramid_input(path, job.keep_axes), output, **job.pyramid_kwargs)
-    except Exception as error:  # noqa: BLE001 - a bad file is reported; the others still run
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        outcome, reason = "failed", f"{type(error).__name__}: {first_line}"
-    result = FileOutcome(
-        name, path, output, outcome, folder_bytes(output), time.perf_counter() - started, reason
-    )
-    write_record(
-        record_path,
-        {**record, **{k: v for k, v in asdict(result).items() if k not in ("name", "input")}},
-    )
-    return result
-
-
-def dry_run_outcome(
-    name: str, path: str, output: str, step: str, record: dict | None, keep_axes: str
-) -> FileOutcome:
-    """What a run would do with one file, with the input's shape and dtype (or why it cannot
-    be read)."""
-    if step == "skip":
-        return FileOutcome(name, path, output, "would skip", (record or {}).get("bytes", 0))
-    from bioimage_tasks.io import as_source
-
-    try:
-        source = as_source(pyramid_input(path, keep_axes))
-    except Exception as error:  # noqa: BLE001 - reported like a failed file
-        return FileOutcome(name, path, output, "failed", reason=f"{type(error).__name__}: {error}")
-    detail = f"{tuple(source.shape)} {source.dtype}"
-    return FileOutcome(name, path, f"{output} ({detail})", f"would {step}")
-
-
 def convert(
     pattern: str,
     output_dir: str,
@@ -312,7 +194,8 @@ def convert(
     A folder of microscopy files (CZI, ND2, LIF, OME-TIFF, TIFF stacks, HDF5, ...) becomes a
     folder of OME-Zarr images in one call: each file is written by `bioimage_tasks.pyramid`
     with `pyramid_kwargs`, on one backend started for the whole run: up to `num_workers` files
-    at once, their batches sharing the workers (small files side by side, a large one on all).
+    at once, their batches sharing the workers (a large file on all of them). On threads, files
+    of at most 64 MiB run in `num_workers` worker processes instead, one file at a time each.
     Resumable: a rerun skips the files converted with the same input (size, mtime) and
     parameters, resumes one cut off, and starts over one whose input or parameters changed
     (records in `<output_dir>/.bioimage-tasks/convert/`). A file that fails is reported with
@@ -391,7 +274,15 @@ def convert(
     config = check_backend(job_type, num_workers, pyramid_kwargs.get("job_config"))
     with backend(job_type, num_workers, config) as executor:
         run_pyramid = pyramid_on(executor)
-        return convert_files(pattern, output_dir, run_pyramid, files_at_once=num_workers, **options)
+        processes = num_workers if job_type == "local" else 0
+        return convert_files(
+            pattern,
+            output_dir,
+            run_pyramid,
+            files_at_once=num_workers,
+            processes=processes,
+            **options,
+        )
 
 
 def pyramid_on(executor: Any) -> Callable[..., Any]:
