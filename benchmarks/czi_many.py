@@ -4,6 +4,7 @@ each converted by `bioimage_tasks.convert` in a fresh process (see czi.py's docs
 from __future__ import annotations
 
 import argparse
+import glob
 import shutil
 import statistics
 import sys
@@ -95,13 +96,14 @@ def many_run(
     args: argparse.Namespace, source: str, output: Path, contender: str = OURS
 ) -> dict[str, Any]:
     """One timed run of `contender` (our convert) from `source` into `output`, in a fresh
-    process."""
-    bench_runs.settle_disk()
+    process, the page cache holding the inputs and nothing else where it can be dropped."""
+    inputs = [Path(p) for p in sorted(glob.glob(source))]
+    dropped = bench_runs.fresh_page_cache(inputs)
     request = {"contender": contender, "input": source, "output": str(output)}
     result, rss = bench_runs.run_child(
         sys.executable, args.env, request, args.timeout, SCRIPT, args.max_rss * 1024
     )
-    return result | {"rss_mb": rss}
+    return result | {"rss_mb": rss, "page_cache_dropped": dropped}
 
 
 def many_ratios(runs: dict[str, list], variant: str) -> dict[str, list[float]]:
@@ -149,6 +151,8 @@ def many_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "deletion": args.deletion,
         "folder_creation_us": {"before": probe, "after": after},
     }
+    dropped = all(r["page_cache_dropped"] for case in runs.values() for r in case)
+    print(f"page cache dropped before every run: {'yes' if dropped else 'no (not root)'}")
     for variant in dict.fromkeys(v for _, v, _ in many_schedule(1, args.deletion)):
         ratios = many_ratios(runs, variant)
         summary[variant] = ratios
