@@ -86,6 +86,11 @@ def convert(
     convert_call = convert_function(use_prefect, quiet, debug)
     try:
         report = convert_call(pattern, output_dir, **kwargs)
+    except KeyboardInterrupt:  # Ctrl-C: files in progress unwound, finished ones recorded
+        from rich.console import Console
+
+        Console(stderr=True).print(INTERRUPTED, highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     except Exception as error:  # noqa: BLE001 - the CLI's contract: one line, non-zero exit
         report = getattr(error, "report", None)
         if report is None:
@@ -94,6 +99,9 @@ def convert(
         print(report.table())
     if report.failed:
         raise typer.Exit(1)
+
+
+INTERRUPTED = "interrupted by SIGINT: rerun the same command to resume (finished files are skipped)"
 
 
 def convert_function(use_prefect: bool, quiet: bool, debug: bool) -> Callable[..., Any]:

@@ -150,7 +150,7 @@ def convert_files(
         log("convert %s: %s %s", done.name, done.outcome, done.reason or done.output)
         return done
 
-    small = {} if dry_run else small_inputs(inputs, processes)
+    small = {} if dry_run else pooled_inputs(job, inputs, processes)
     outcomes = {
         f.name: f
         for f in convert_in_processes(job, small.items(), processes, logged)
@@ -161,6 +161,15 @@ def convert_files(
         )
     }
     return ConvertReport(str(output_dir), [outcomes[name] for name in inputs])
+
+
+def pooled_inputs(job: FileJob, inputs: dict[str, str], processes: int) -> dict[str, str]:
+    """The files `processes` worker processes convert: small ones that are not finished (a rerun
+    of a converted folder starts no process)."""
+    if processes < 2:
+        return {}
+    unfinished = {n: p for n, p in inputs.items() if job.step(n, p)[-1] != "skip"}
+    return small_inputs(unfinished, processes)
 
 
 def run_files(

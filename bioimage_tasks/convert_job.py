@@ -81,16 +81,21 @@ class FileJob:
 
     def outcome(self, name: str, path: str, dry_run: bool) -> FileOutcome:
         """Skip, convert, resume or redo one file (or say which, with `dry_run`)."""
-        output = os.path.join(self.output_dir, f"{name}.ome.zarr")
-        record_path = os.path.join(self.output_dir, RECORDS, f"{name}.json")
-        signature = stat_signature(path)
-        record = read_record(record_path)
-        step = next_step(record, signature, self.key, output)
+        output, record_path, signature, record, step = self.step(name, path)
         if dry_run:
             return dry_run_outcome(name, path, output, step, record, self.keep_axes)
         if step == "skip":
             return FileOutcome(name, path, output, "skipped", record.get("bytes", 0))
         return convert_one(self, name, path, output, step, record_path, signature)
+
+    def step(self, name: str, path: str) -> tuple[str, str, dict, dict | None, str]:
+        """(output, record path, the input's signature, its record, next_step) of one file."""
+        output = os.path.join(self.output_dir, f"{name}.ome.zarr")
+        record_path = os.path.join(self.output_dir, RECORDS, f"{name}.json")
+        signature = stat_signature(path)
+        record = read_record(record_path)
+        step = next_step(record, signature, self.key, output)
+        return output, record_path, signature, record, step
 
 
 def pyramid_input(path: str, keep_axes: str) -> Any:

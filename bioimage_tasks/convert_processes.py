@@ -22,6 +22,7 @@ killed run's does, and the rerun resumes it."""
 from __future__ import annotations
 
 import ctypes
+import math
 import multiprocessing
 import os
 import signal
@@ -32,6 +33,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from typing import Any
 
+from bioimage_tasks.convert_job import FileJob
 from bioimage_tasks.convert_report import FileOutcome
 
 SMALL_FILE_BYTES = 2**26  # on disk: one batch on one worker converts it in well under a second
@@ -47,12 +49,20 @@ def small_inputs(inputs: dict[str, str], processes: int) -> dict[str, str]:
     for fewer than two processes or two such files (a process would only add its start)."""
     if processes < 2:
         return {}
-    small = {n: p for n, p in inputs.items() if os.stat(p).st_size <= SMALL_FILE_BYTES}
+    small = {n: p for n, p in inputs.items() if _size(p) <= SMALL_FILE_BYTES}
     return small if len(small) > 1 else {}
 
 
+def _size(path: str) -> float:
+    """Bytes of `path` on disk (infinite when it cannot be read: its own run reports why)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return math.inf
+
+
 def convert_in_processes(
-    job: Any,
+    job: FileJob,
     items: Iterable[tuple[str, str]],
     processes: int,
     done: Callable[[FileOutcome], FileOutcome],

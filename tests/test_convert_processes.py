@@ -20,6 +20,8 @@ import bioimage_tasks as bt
 from bioimage_tasks import convert_processes
 from bioimage_tasks.convert_processes import small_inputs
 
+MANY = 80  # stacks: the run lasts a few seconds, long enough to be stopped in the middle
+
 
 def writers(output_dir: str) -> set[int]:
     """The processes that wrote block records or hold leases in the images of `output_dir`."""
@@ -112,9 +114,16 @@ def test_only_small_files_go_to_processes_and_large_ones_run_here(tmp_path, rng,
     in_workers = writers(out) - {os.getpid()}
     assert in_workers and not any(alive(pid) for pid in in_workers)  # they ended with the run
 
+    def refused(*args, **kwargs):
+        raise AssertionError("a rerun of a converted folder started worker processes")
+
+    monkeypatch.setattr(convert_processes, "ProcessPoolExecutor", refused)
+    again = bt.convert(f"{tmp_path}/in/*.ome.tif", out, levels=1, num_workers=2)
+    assert [f.outcome for f in again.files] == ["skipped"] * 4
+
 
 def test_a_killed_run_leaves_no_worker_and_the_rerun_finishes(tmp_path, rng):
-    written = stacks(tmp_path / "in", rng, 40, shape=(16, 96, 96))
+    written = stacks(tmp_path / "in", rng, MANY, shape=(32, 128, 128))
     out = str(tmp_path / "out")
     command = [sys.executable, "-m", "bioimage_tasks.cli", "convert", f"{tmp_path}/in/*.ome.tif"]
     arguments = [*command, out, "--levels", "1", "--workers", "2"]
@@ -136,5 +145,34 @@ def test_a_killed_run_leaves_no_worker_and_the_rerun_finishes(tmp_path, rng):
     assert not any(alive(pid) for pid in started), "a worker outlived its killed run"
     again = subprocess.run(arguments, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert "40 of 40 files ok" in again.stdout
+    assert f"{MANY} of {MANY} files ok" in again.stdout
+    assert_exact(out, written)
+
+
+def test_ctrl_c_ends_the_run_and_its_workers_within_seconds(tmp_path, rng):
+    written = stacks(tmp_path / "in", rng, MANY, shape=(32, 128, 128))
+    out = str(tmp_path / "out")
+    command = [sys.executable, "-m", "bioimage_tasks.cli", "convert", f"{tmp_path}/in/*.ome.tif"]
+    arguments = [*command, out, "--levels", "1", "--workers", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    log = open(tmp_path / "interrupted.log", "w")
+    run = subprocess.Popen(
+        arguments, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and run.poll() is None and not writers(out):
+        time.sleep(0.01)
+    assert run.poll() is None, "the run ended before it could be interrupted"
+    os.killpg(run.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+    interrupted = time.monotonic()
+    assert run.wait(timeout=30) == 130
+    log.close()
+    started = writers(out)
+    while time.monotonic() < interrupted + 15 and any(alive(pid) for pid in started):
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in started), "a worker outlived the interrupted run"
+    assert time.monotonic() - interrupted < 15
+    assert "rerun the same command to resume" in (tmp_path / "interrupted.log").read_text()
+    again = subprocess.run(arguments, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and f"{MANY} of {MANY} files ok" in again.stdout, again.stderr
     assert_exact(out, written)
