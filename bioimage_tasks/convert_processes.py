@@ -10,9 +10,9 @@ processes, each converting one file at a time on one thread, keep the cores busy
 than SMALL_FILE_BYTES on disk still run in the calling process, their batches on all the
 workers. The memory budget stays per worker: a process is one worker.
 
-Processes are forked when this process runs no other thread (numpy's BLAS pool and the command
-line's interrupt watcher aside, which fork safely): they start at once with the modules already
-imported. Otherwise (a notebook, a
+Processes are forked when this process runs no other thread (numpy's BLAS pool aside, which
+forks safely), as the `bioimage-tasks convert` command does: they start at once with the modules
+already imported. Otherwise (a notebook, a
 test session, tensorstore's thread pool already started) a fork could copy a lock that another
 thread holds, so a forkserver starts them instead, importing bioimage_tasks once (about a
 second). On Linux a worker is killed when the calling process dies (`PR_SET_PDEATHSIG`), so a
@@ -38,7 +38,6 @@ from bioimage_tasks.convert_report import FileOutcome
 
 SMALL_FILE_BYTES = 2**26  # on disk: one batch on one worker converts it in well under a second
 PR_SET_PDEATHSIG = 1
-FORK_SAFE_THREADS = {"interrupts"}  # interrupts.py's watcher: no lock held until a signal
 _worker_job: Any = None  # the FileJob of this worker process
 _worker_executor: Any = None  # its one-thread backend, started on its first file
 _converting = False  # whether this worker is inside a conversion (Ctrl-C unwinds it then)
@@ -102,11 +101,9 @@ def start_context() -> multiprocessing.context.BaseContext:
 
 
 def single_threaded() -> bool:
-    """Whether the only threads are the main one, numpy's BLAS pool (named like the process) and
-    the command line's interrupt watcher (blocked reading a socket until a signal comes): no
-    other Python thread, no tensorstore pool, nothing a fork would copy mid-lock."""
-    main = threading.main_thread()
-    if any(t is not main and t.name not in FORK_SAFE_THREADS for t in threading.enumerate()):
+    """Whether the only threads are the main one and numpy's BLAS pool (named like the process):
+    no Python thread, no tensorstore pool, nothing a fork would copy mid-lock."""
+    if threading.active_count() > 1:
         return False
     try:
         tasks = os.listdir("/proc/self/task")
@@ -139,7 +136,7 @@ def _start_worker(job: Any) -> None:
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     signal.signal(signal.SIGINT, _interrupted)
-    signal.set_wakeup_fd(-1)  # a forked worker's signals are not the calling process's news
+    signal.set_wakeup_fd(-1)  # a forked worker's signals are not news for the caller's loop
 
 
 def _interrupted(signum: int, frame: Any) -> None:
