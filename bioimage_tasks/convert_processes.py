@@ -33,13 +33,14 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from typing import Any
 
+from bioimage_tasks.backends import Executor
 from bioimage_tasks.convert_job import FileJob
 from bioimage_tasks.convert_report import FileOutcome
 
 SMALL_FILE_BYTES = 2**26  # on disk: one batch on one worker converts it in well under a second
 PR_SET_PDEATHSIG = 1
-_worker_job: Any = None  # the FileJob of this worker process
-_worker_executor: Any = None  # its one-thread backend, started on its first file
+_worker_job: FileJob | None = None  # the job of this worker process
+_worker_executor: Executor | None = None  # its one-thread backend, from its first file
 _converting = False  # whether this worker is inside a conversion (Ctrl-C unwinds it then)
 
 
@@ -121,15 +122,14 @@ def _thread_name(task: str) -> str:
 def pyramid_in_worker(input: Any, output_group: str, **kwargs: Any) -> Any:
     """`bioimage_tasks.pyramid` on this worker process's one-thread backend."""
     global _worker_executor
-    from bioimage_tasks.backends import Executor
-    from bioimage_tasks.convert import pyramid_on
+    from bioimage_tasks.convert import pyramid_on  # convert imports this module
 
     if _worker_executor is None:
         _worker_executor = Executor("local", 1)
     return pyramid_on(_worker_executor)(input, output_group, **kwargs)
 
 
-def _start_worker(job: Any) -> None:
+def _start_worker(job: FileJob) -> None:
     """A worker's start: its job, death with the calling process, and a quiet Ctrl-C."""
     global _worker_job
     _worker_job = job
