@@ -41,7 +41,6 @@ SMALL_FILE_BYTES = 2**26  # on disk: one batch on one worker converts it in well
 PR_SET_PDEATHSIG = 1
 _worker_job: FileJob | None = None  # the job of this worker process
 _worker_executor: Executor | None = None  # its one-thread backend, from its first file
-_converting = False  # whether this worker is inside a conversion (Ctrl-C unwinds it then)
 
 
 def small_inputs(inputs: dict[str, str], processes: int) -> dict[str, str]:
@@ -130,30 +129,19 @@ def pyramid_in_worker(input: Any, output_group: str, **kwargs: Any) -> Any:
 
 
 def _start_worker(job: FileJob) -> None:
-    """A worker's start: its job, death with the calling process, and a quiet Ctrl-C."""
+    """A worker's start: its job, and death with the calling process. Ctrl-C is the calling
+    process's to handle: it cancels the files not started, and a worker ends its current file
+    (a small one: well under a second) rather than stopping at any point of its bookkeeping."""
     global _worker_job
     _worker_job = job
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group
     signal.set_wakeup_fd(-1)  # a forked worker's signals are not news for the caller's loop
 
 
-def _interrupted(signum: int, frame: Any) -> None:
-    """Ctrl-C reaches the whole process group: a conversion unwinds (its lease released), an
-    idle worker ends without a traceback."""
-    if _converting:
-        raise KeyboardInterrupt
-    os._exit(128 + signum)
-
-
 def _convert(name: str, path: str) -> FileOutcome:
-    global _converting
-    _converting = True
-    try:
-        return _worker_job.outcome(name, path, False)
-    finally:
-        _converting = False
+    return _worker_job.outcome(name, path, False)
 
 
 def _outcome(future: Future, name: str, path: str, output_dir: str) -> FileOutcome:

@@ -119,57 +119,54 @@ def test_only_small_files_go_to_processes_and_large_ones_run_here(tmp_path, rng,
     assert [f.outcome for f in again.files] == ["skipped"] * 4
 
 
+class CliRun:
+    """`bioimage-tasks convert` of MANY stacks on 2 workers, in its own process group, its output
+    in a log file (a pipe would wait for every orphan's end), running until a worker has written."""
+
+    def __init__(self, tmp_path, rng):
+        self.written = stacks(tmp_path / "in", rng, MANY, shape=(32, 128, 128))
+        self.out, self.log_path = str(tmp_path / "out"), tmp_path / "run.log"
+        command = ["-m", "bioimage_tasks.cli", "convert", f"{tmp_path}/in/*.ome.tif", self.out]
+        self.arguments = [sys.executable, *command, "--levels", "1", "--workers", "2"]
+        self.env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+        with open(self.log_path, "w") as log:
+            self.run = subprocess.Popen(
+                self.arguments, env=self.env, stdout=log, stderr=log, start_new_session=True
+            )
+        deadline, self.seen = time.monotonic() + 120, set()
+        while time.monotonic() < deadline and self.run.poll() is None and not self.seen:
+            self.seen = writers(self.out)  # a lease alone goes with its unwound conversion
+            time.sleep(0.01)
+        assert self.run.poll() is None, "the run ended before it could be stopped"
+
+    def workers_end(self, since: float) -> None:
+        """Every process that wrote a record or holds a lease ends within 15 s of `since`."""
+        started = self.seen | writers(self.out)
+        assert started and self.run.pid not in started  # the files ran in worker processes
+        while time.monotonic() < since + 15 and any(alive(pid) for pid in started):
+            time.sleep(0.05)
+        assert not any(alive(pid) for pid in started), "a worker outlived its run"
+
+    def rerun_finishes(self) -> None:
+        again = subprocess.run(self.arguments, env=self.env, capture_output=True, text=True)
+        assert again.returncode == 0, again.stdout[-1500:] + again.stderr
+        assert f"{MANY} of {MANY} files ok" in again.stdout
+        assert_exact(self.out, self.written)
+
+
 def test_a_killed_run_leaves_no_worker_and_the_rerun_finishes(tmp_path, rng):
-    written = stacks(tmp_path / "in", rng, MANY, shape=(32, 128, 128))
-    out = str(tmp_path / "out")
-    command = [sys.executable, "-m", "bioimage_tasks.cli", "convert", f"{tmp_path}/in/*.ome.tif"]
-    arguments = [*command, out, "--levels", "1", "--workers", "2"]
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    log = open(tmp_path / "killed.log", "w")  # a pipe would wait for every orphan's end
-    run = subprocess.Popen(arguments, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and run.poll() is None and not writers(out):
-        time.sleep(0.01)
-    assert run.poll() is None, "the run ended before it could be killed"
-    run.send_signal(signal.SIGKILL)
-    run.wait()
-    log.close()
-    started = writers(out)
-    assert started and run.pid not in started  # the files ran in worker processes
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(alive(pid) for pid in started):
-        time.sleep(0.05)
-    assert not any(alive(pid) for pid in started), "a worker outlived its killed run"
-    again = subprocess.run(arguments, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr
-    assert f"{MANY} of {MANY} files ok" in again.stdout
-    assert_exact(out, written)
+    cli = CliRun(tmp_path, rng)
+    cli.run.send_signal(signal.SIGKILL)
+    cli.run.wait()
+    cli.workers_end(time.monotonic())
+    cli.rerun_finishes()
 
 
 def test_ctrl_c_ends_the_run_and_its_workers_within_seconds(tmp_path, rng):
-    written = stacks(tmp_path / "in", rng, MANY, shape=(32, 128, 128))
-    out = str(tmp_path / "out")
-    command = [sys.executable, "-m", "bioimage_tasks.cli", "convert", f"{tmp_path}/in/*.ome.tif"]
-    arguments = [*command, out, "--levels", "1", "--workers", "2"]
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    log = open(tmp_path / "interrupted.log", "w")
-    run = subprocess.Popen(
-        arguments, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and run.poll() is None and not writers(out):
-        time.sleep(0.01)
-    assert run.poll() is None, "the run ended before it could be interrupted"
-    os.killpg(run.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+    cli = CliRun(tmp_path, rng)
+    os.killpg(cli.run.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
     interrupted = time.monotonic()
-    assert run.wait(timeout=30) == 130
-    log.close()
-    started = writers(out)
-    while time.monotonic() < interrupted + 15 and any(alive(pid) for pid in started):
-        time.sleep(0.05)
-    assert not any(alive(pid) for pid in started), "a worker outlived the interrupted run"
-    assert time.monotonic() - interrupted < 15
-    assert "rerun the same command to resume" in (tmp_path / "interrupted.log").read_text()
-    again = subprocess.run(arguments, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and f"{MANY} of {MANY} files ok" in again.stdout, again.stderr
-    assert_exact(out, written)
+    assert cli.run.wait(timeout=30) == 130
+    cli.workers_end(interrupted)
+    assert "rerun the same command to resume" in cli.log_path.read_text()
+    cli.rerun_finishes()
