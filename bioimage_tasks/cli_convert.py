@@ -86,7 +86,7 @@ def convert(
     convert_call = convert_function(use_prefect, quiet, debug)
     try:
         report = convert_call(pattern, output_dir, **kwargs)
-    except KeyboardInterrupt:  # Ctrl-C: files in progress unwound, finished ones recorded
+    except KeyboardInterrupt:  # Ctrl-C: files not started cancelled, finished ones recorded
         from rich.console import Console
 
         Console(stderr=True).print(INTERRUPTED, highlight=False, soft_wrap=True)

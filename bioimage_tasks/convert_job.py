@@ -88,9 +88,13 @@ class FileJob:
             return FileOutcome(name, path, output, "skipped", record.get("bytes", 0))
         return convert_one(self, name, path, output, step, record_path, signature)
 
+    def output(self, name: str) -> str:
+        """Where the image of the input named `name` goes."""
+        return os.path.join(self.output_dir, f"{name}.ome.zarr")
+
     def step(self, name: str, path: str) -> tuple[str, str, dict, dict | None, str]:
         """(output, record path, the input's signature, its record, next_step) of one file."""
-        output = os.path.join(self.output_dir, f"{name}.ome.zarr")
+        output = self.output(name)
         record_path = os.path.join(self.output_dir, RECORDS, f"{name}.json")
         signature = stat_signature(path)
         record = read_record(record_path)
@@ -107,6 +111,12 @@ def pyramid_input(path: str, keep_axes: str) -> Any:
     return open_microscopy(path, "input", keep=keep_axes)
 
 
+def failure_reason(error: BaseException) -> str:
+    """A failed file's reason: the error's type and the first line of its message."""
+    first_line = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {first_line}"
+
+
 def convert_one(
     job: FileJob, name: str, path: str, output: str, step: str, record_path: str, signature: dict
 ) -> FileOutcome:
@@ -120,8 +130,7 @@ def convert_one(
     try:
         job.run_pyramid(pyramid_input(path, job.keep_axes), output, **job.pyramid_kwargs)
     except Exception as error:  # noqa: BLE001 - a bad file is reported; the others still run
-        first_line = str(error).splitlines()[0] if str(error) else ""
-        outcome, reason = "failed", f"{type(error).__name__}: {first_line}"
+        outcome, reason = "failed", failure_reason(error)
     result = FileOutcome(
         name, path, output, outcome, folder_bytes(output), time.perf_counter() - started, reason
     )

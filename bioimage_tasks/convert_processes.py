@@ -34,7 +34,7 @@ from dataclasses import replace
 from typing import Any
 
 from bioimage_tasks.backends import Executor
-from bioimage_tasks.convert_job import FileJob
+from bioimage_tasks.convert_job import FileJob, failure_reason
 from bioimage_tasks.convert_report import FileOutcome
 
 SMALL_FILE_BYTES = 2**26  # on disk: one batch on one worker converts it in well under a second
@@ -80,7 +80,7 @@ def convert_in_processes(
     )
     try:
         futures = {pool.submit(_convert, name, path): (name, path) for name, path in items}
-        outcomes = [done(_outcome(f, *futures[f], job.output_dir)) for f in as_completed(futures)]
+        outcomes = [done(_outcome(f, *futures[f], job)) for f in as_completed(futures)]
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)  # workers end with their current file
         raise
@@ -144,11 +144,10 @@ def _convert(name: str, path: str) -> FileOutcome:
     return _worker_job.outcome(name, path, False)
 
 
-def _outcome(future: Future, name: str, path: str, output_dir: str) -> FileOutcome:
+def _outcome(future: Future, name: str, path: str, job: FileJob) -> FileOutcome:
     """The worker's outcome, or a failed one when the worker died with the file unfinished."""
     try:
         return future.result()
     except Exception as error:  # noqa: BLE001 - reported like a failed file
-        output = os.path.join(output_dir, f"{name}.ome.zarr")
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        return FileOutcome(name, path, output, "failed", reason=f"{reason}; rerun to resume")
+        reason = f"{failure_reason(error)}; rerun to resume"
+        return FileOutcome(name, path, job.output(name), "failed", reason=reason)
